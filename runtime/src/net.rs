@@ -1,0 +1,428 @@
+//! TCP sockets driven by io_uring.
+//!
+//! Every operation takes its buffers by value and returns them with the result, so the kernel
+//! owns them while the operation is in flight ([`crate::op`]). Methods take `&self`: one task may
+//! receive while another sends on the same stream (share it with `Rc`).
+
+use std::io;
+use std::mem::{self, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use io_uring::{opcode, types};
+
+use crate::buf::AlignedBuf;
+use crate::op::Op;
+
+/// Bytes the kernel may read from an operation's buffer: stable heap memory owned by the value.
+pub trait IoBuf: 'static {
+    /// Start of the bytes; must not change when the value moves.
+    fn stable_ptr(&self) -> *const u8;
+    /// Number of bytes.
+    fn bytes_len(&self) -> usize;
+}
+
+impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.len()
+    }
+}
+impl IoBuf for Box<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.len()
+    }
+}
+impl IoBuf for AlignedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.len()
+    }
+}
+impl IoBuf for std::rc::Rc<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.len()
+    }
+}
+impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.len()
+    }
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+pub(crate) fn socket_addr_to_raw(addr: &SocketAddr) -> (Box<libc::sockaddr_storage>, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is valid.
+    let mut storage: Box<libc::sockaddr_storage> = Box::new(unsafe { mem::zeroed() });
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut *storage as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut *storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+pub(crate) fn raw_to_socket_addr(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        f => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unknown address family {f}"))),
+    }
+}
+
+fn new_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscall, result checked.
+    let fd = cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `value`.
+    cvt(unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), mem::size_of::<i32>() as libc::socklen_t)
+    })
+    .map(drop)
+}
+
+fn local_addr_of(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: zeroed storage is valid; the kernel fills at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: pointers describe `storage` and `len`.
+    cvt(unsafe { libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) })?;
+    raw_to_socket_addr(&storage)
+}
+
+/// A listening TCP socket.
+#[derive(Debug)]
+pub struct TcpListener {
+    fd: OwnedFd,
+    local: SocketAddr,
+}
+
+impl TcpListener {
+    /// Binds and listens (with `SO_REUSEADDR`). Port 0 picks a free port; see
+    /// [`TcpListener::local_addr`].
+    ///
+    /// # Errors
+    ///
+    /// The socket, bind or listen error.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let fd = new_socket(&addr)?;
+        set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        let (raw, len) = socket_addr_to_raw(&addr);
+        // SAFETY: `raw`/`len` describe a valid socket address.
+        cvt(unsafe { libc::bind(fd.as_raw_fd(), (&*raw as *const libc::sockaddr_storage).cast(), len) })
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+        // SAFETY: plain syscall.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 1024) })?;
+        let local = local_addr_of(fd.as_raw_fd())?;
+        Ok(Self { fd, local })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Accepts one connection.
+    ///
+    /// # Errors
+    ///
+    /// The accept error.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        struct Data {
+            // SAFETY-relevant: boxed so the kernel's pointers survive moves of `Data`.
+            addr: Box<(MaybeUninit<libc::sockaddr_storage>, libc::socklen_t)>,
+        }
+        let data = Data {
+            addr: Box::new((MaybeUninit::uninit(), mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t)),
+        };
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the address buffers are boxed inside `data`, owned by the operation.
+        let op = unsafe {
+            Op::submit(data, |d| {
+                opcode::Accept::new(types::Fd(fd), d.addr.0.as_mut_ptr().cast(), &mut d.addr.1)
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+            })
+        };
+        let done = op.await;
+        let raw = done.result? as RawFd;
+        // SAFETY: the kernel returned a fresh descriptor.
+        let stream = TcpStream::from_fd(unsafe { OwnedFd::from_raw_fd(raw) })?;
+        // SAFETY: the accept succeeded, so the kernel initialised the address.
+        let peer = raw_to_socket_addr(unsafe { done.data.addr.0.assume_init_ref() })?;
+        Ok((stream, peer))
+    }
+}
+
+/// A connected TCP stream with `TCP_NODELAY` set.
+#[derive(Debug)]
+pub struct TcpStream {
+    fd: OwnedFd,
+}
+
+struct MsgData<B> {
+    bufs: Vec<B>,
+    iovecs: Vec<libc::iovec>,
+    msg: Box<libc::msghdr>,
+}
+
+impl TcpStream {
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        Ok(Self { fd })
+    }
+
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    ///
+    /// The connect error (for example `ConnectionRefused`).
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let fd = new_socket(&addr)?;
+        let raw_fd = fd.as_raw_fd();
+        let (raw, len) = socket_addr_to_raw(&addr);
+        // SAFETY: the address is boxed and owned by the operation.
+        let op = unsafe {
+            Op::submit(raw, |r| {
+                opcode::Connect::new(types::Fd(raw_fd), (&**r as *const libc::sockaddr_storage).cast(), len).build()
+            })
+        };
+        op.await.result?;
+        Self::from_fd(fd)
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    ///
+    /// The `getsockname` error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        local_addr_of(self.fd.as_raw_fd())
+    }
+
+    /// Receives into `buf[offset..capacity]`; returns the byte count (0 at end of stream) and
+    /// the buffer. The buffer's visible length is not changed.
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not below the buffer's capacity.
+    pub async fn recv(&self, mut buf: AlignedBuf, offset: usize) -> (io::Result<usize>, AlignedBuf) {
+        assert!(offset < buf.capacity(), "recv offset {offset} at or past capacity {}", buf.capacity());
+        let fd = self.fd.as_raw_fd();
+        let room = (buf.capacity() - offset).min(u32::MAX as usize) as u32;
+        // SAFETY: the pointer is into the heap allocation of `buf`, owned by the operation.
+        let op = unsafe {
+            Op::submit(buf, |b| {
+                let p = b.as_mut_ptr().add(offset);
+                opcode::Recv::new(types::Fd(fd), p, room).build()
+            })
+        };
+        let done = op.await;
+        buf = done.data;
+        (done.result.map(|n| n as usize), buf)
+    }
+
+    /// Sends the bytes of `bufs`, skipping the first `skip` bytes, in one `sendmsg`. Returns how
+    /// many bytes were sent (possibly fewer than offered) and the buffers.
+    pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>, skip: usize) -> (io::Result<usize>, Vec<B>) {
+        let mut iovecs = Vec::with_capacity(bufs.len());
+        let mut skip_left = skip;
+        for b in &bufs {
+            let len = b.bytes_len();
+            if skip_left >= len {
+                skip_left -= len;
+                continue;
+            }
+            // SAFETY: `skip_left < len`, so the pointer stays inside the buffer.
+            let base = unsafe { b.stable_ptr().add(skip_left) };
+            iovecs.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: len - skip_left });
+            skip_left = 0;
+            if iovecs.len() == 1024 {
+                break; // IOV_MAX
+            }
+        }
+        if iovecs.is_empty() {
+            return (Ok(0), bufs);
+        }
+        // SAFETY: msghdr is plain data; zeroed is valid.
+        let msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+        let data = MsgData { bufs, iovecs, msg };
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the iovecs, the msghdr and the bytes they point to are heap memory owned by
+        // `data`, which the operation owns until completion.
+        let op = unsafe {
+            Op::submit(data, |d| {
+                d.msg.msg_iov = d.iovecs.as_mut_ptr();
+                d.msg.msg_iovlen = d.iovecs.len();
+                opcode::SendMsg::new(types::Fd(fd), &*d.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            })
+        };
+        let done = op.await;
+        (done.result.map(|n| n as usize), done.data.bufs)
+    }
+
+    /// Sends all of `buf`.
+    ///
+    /// # Errors
+    ///
+    /// The send error; `WriteZero` if the peer stopped accepting bytes.
+    pub async fn send_all<B: IoBuf>(&self, buf: B) -> io::Result<B> {
+        let mut bufs = vec![buf];
+        let total = bufs[0].bytes_len();
+        let mut sent = 0;
+        while sent < total {
+            let (res, b) = self.send_vectored(bufs, sent).await;
+            bufs = b;
+            match res? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => sent += n,
+            }
+        }
+        Ok(bufs.pop().expect("one buffer"))
+    }
+
+    /// Shuts down both directions (the peer sees end of stream); in-flight operations fail.
+    pub fn shutdown(&self) {
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Builder;
+    use std::rc::Rc;
+
+    #[test]
+    fn echo_over_loopback() {
+        let ex = Builder::new().build().unwrap();
+        ex.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr();
+            let server = crate::spawn(async move {
+                let (s, _) = listener.accept().await.unwrap();
+                let mut buf = AlignedBuf::zeroed(1024);
+                loop {
+                    let (n, b) = s.recv(buf, 0).await;
+                    buf = b;
+                    let n = n.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    s.send_all(buf[..n].to_vec()).await.unwrap();
+                }
+            });
+            let c = TcpStream::connect(addr).await.unwrap();
+            c.send_all(b"hello".to_vec()).await.unwrap();
+            let (n, buf) = c.recv(AlignedBuf::zeroed(64), 0).await;
+            assert_eq!(&buf[..n.unwrap()], b"hello");
+            c.shutdown();
+            server.await;
+        });
+    }
+
+    #[test]
+    fn connect_refused_is_an_error() {
+        let ex = Builder::new().build().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap().local_addr().port();
+        let err = ex.block_on(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn dropped_recv_is_cancelled_and_stream_still_works() {
+        let ex = Builder::new().build().unwrap();
+        ex.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr();
+            let accept = crate::spawn(async move { listener.accept().await.unwrap().0 });
+            let c = Rc::new(TcpStream::connect(addr).await.unwrap());
+            let s = accept.await;
+            // A receive that times out is dropped while in flight; its buffer goes to the reactor.
+            let r = crate::time::timeout(std::time::Duration::from_millis(5), c.recv(AlignedBuf::zeroed(64), 0)).await;
+            assert!(r.is_err());
+            s.send_all(b"after".to_vec()).await.unwrap();
+            let (n, buf) = c.recv(AlignedBuf::zeroed(64), 0).await;
+            assert_eq!(&buf[..n.unwrap()], b"after");
+        });
+    }
+
+    #[test]
+    fn vectored_send_with_skip() {
+        let ex = Builder::new().build().unwrap();
+        ex.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.local_addr();
+            let accept = crate::spawn(async move { listener.accept().await.unwrap().0 });
+            let c = TcpStream::connect(addr).await.unwrap();
+            let s = accept.await;
+            let (n, _) = c.send_vectored(vec![b"abc".to_vec(), b"defg".to_vec()], 2).await;
+            assert_eq!(n.unwrap(), 5);
+            let mut got = Vec::new();
+            let mut buf = AlignedBuf::zeroed(16);
+            while got.len() < 5 {
+                let (n, b) = s.recv(buf, 0).await;
+                buf = b;
+                got.extend_from_slice(&buf[..n.unwrap()]);
+            }
+            assert_eq!(got, b"cdefg");
+        });
+    }
+}

@@ -1,0 +1,880 @@
+//! The shared-memory transport: processes of one host exchanging pushes and frames through files
+//! in `/dev/shm`.
+//!
+//! Each peer creates, for itself, in `dir` (default `/dev/shm`):
+//!
+//! * a **control block** `derecho-{ns}-{id}.ctl`: magic, state, pid, a per-run nonce, a heartbeat
+//!   counter, and a **doorbell**: a futex word that other peers bump after every push or frame,
+//!   and wake when this peer sleeps;
+//! * one **ring** per sender, `derecho-{ns}-{from}-to-{id}.ring`: a single-producer byte ring of
+//!   16-byte aligned records (`len: u32, kind: u32`, then the body) carrying frames;
+//! * one file per **region**, `derecho-{ns}-{id}.r{region}`, which peers map and write into
+//!   directly: a push is a copy into the peer's mapping, words stored after a release fence.
+//!
+//! Files are created under a temporary name and renamed into place once initialised, so a peer
+//! never maps a half-written file, and a run replaces files a crashed run left behind. A peer
+//! accepts another's files only if the control block says `ready`, names a live process and
+//! carries the same nonce as the files. Files are removed when the transport is dropped.
+//!
+//! Receiving happens in a [poll hook](crate::PollHook): every loop iteration it drains the rings
+//! into [`TransportEvent::Frame`]s. Before the executor parks, the hook marks this peer asleep
+//! and arms an io_uring futex wait on its doorbell; a sender that sees the mark wakes it (one
+//! `FUTEX_WAKE` per sleep). A spinning executor never makes a system call to receive.
+//!
+//! Peer death is noticed through a pidfd (process exit), the control block's state (graceful
+//! close) and the heartbeat counter (a stopped or hung process).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::region::{Region, copy_shared_to_shared};
+use super::{
+    EventQueue, Frame, FrameError, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
+    TransportLimits, check_range,
+};
+use crate::buf::AlignedBuf;
+use crate::executor::{HookId, JoinHandle, Park, PollHook, add_poll_hook, disarm_futex, remove_poll_hook, spawn};
+use crate::time;
+
+const CTL_MAGIC: u64 = u64::from_le_bytes(*b"DRECSHMC");
+const RING_MAGIC: u64 = u64::from_le_bytes(*b"DRECSHMR");
+const REGION_MAGIC: u64 = u64::from_le_bytes(*b"DRECSHMG");
+const SHM_VERSION: u32 = 1;
+const CTL_LEN: usize = 4096;
+const RING_DATA_OFFSET: usize = 256;
+const REGION_DATA_OFFSET: usize = 64;
+const RECORD_HEADER: usize = 16;
+const KIND_FRAME: u32 = 1;
+const KIND_PAD: u32 = 2;
+const STATE_READY: u32 = 1;
+const STATE_CLOSED: u32 = 2;
+/// Frames waiting in the event queue beyond which the hook stops draining rings (the senders then
+/// see full rings and wait: backpressure instead of unbounded memory).
+const EVENTS_QUEUED_MAX: usize = 4096;
+
+/// The control block at the start of a `.ctl` file.
+#[repr(C, align(64))]
+struct Ctl {
+    magic: AtomicU64,
+    version: AtomicU32,
+    state: AtomicU32,
+    pid: AtomicU32,
+    _pad0: u32,
+    nonce: AtomicU64,
+    heartbeat: AtomicU64,
+    _pad1: [u64; 3],
+    /// Bumped by senders after each push or frame; the futex word a sleeping owner waits on.
+    doorbell: AtomicU32,
+    /// 1 while the owner is about to sleep or sleeping.
+    sleeping: AtomicU32,
+}
+
+/// The header of a `.ring` file; the data follows at `RING_DATA_OFFSET`.
+#[repr(C, align(64))]
+struct RingHeader {
+    magic: AtomicU64,
+    nonce: AtomicU64,
+    capacity: AtomicU64,
+    _pad0: [u64; 5],
+    /// Consumer position (bytes consumed, monotonic).
+    head: AtomicU64,
+    /// 1 when the producer waits for space.
+    producer_waiting: AtomicU32,
+    /// 1 once the producer has opened the ring (the second half of the connect barrier).
+    producer_attached: AtomicU32,
+    _pad1: [u32; 12],
+    /// Producer position (bytes produced, monotonic).
+    tail: AtomicU64,
+}
+
+/// The header of a region file.
+#[repr(C, align(64))]
+struct RegionHeader {
+    magic: AtomicU64,
+    nonce: AtomicU64,
+    len: AtomicU64,
+}
+
+const _: () = assert!(size_of::<Ctl>() <= CTL_LEN);
+const _: () = assert!(size_of::<RingHeader>() <= RING_DATA_OFFSET);
+const _: () = assert!(size_of::<RegionHeader>() <= REGION_DATA_OFFSET);
+
+/// Configuration of a [`ShmTransport`].
+#[derive(Clone, Debug)]
+pub struct ShmConfig {
+    /// This side's id.
+    pub me: PeerId,
+    /// The other peers.
+    pub peers: Vec<PeerId>,
+    /// Names this group's files; every peer uses the same one. Letters, digits, `_`, `.`, `-`;
+    /// at most 64 characters.
+    pub namespace: String,
+    /// Where the files live. Default `/dev/shm`.
+    pub dir: PathBuf,
+    /// Bytes of each incoming ring; at least twice the largest record
+    /// (`2 * (max_frame_len + 32)`), a multiple of 64. Default 16 MiB.
+    pub ring_len: usize,
+    /// Limits and timings.
+    pub limits: TransportLimits,
+}
+
+impl ShmConfig {
+    /// A configuration with defaults.
+    pub fn new(me: PeerId, peers: Vec<PeerId>, namespace: impl Into<String>) -> Self {
+        Self {
+            me,
+            peers,
+            namespace: namespace.into(),
+            dir: PathBuf::from("/dev/shm"),
+            ring_len: 16 << 20,
+            limits: TransportLimits::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), TransportError> {
+        self.limits.validate()?;
+        let ns = &self.namespace;
+        if ns.is_empty() || ns.len() > 64 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            return Err(TransportError::Config(format!(
+                "namespace {ns:?} must be 1 to 64 letters, digits, '_', '.' or '-'"
+            )));
+        }
+        let record_max = RECORD_HEADER + round16(self.limits.max_frame_len);
+        if !self.ring_len.is_multiple_of(64) || self.ring_len < 2 * record_max {
+            return Err(TransportError::Config(format!(
+                "ring_len {} must be a multiple of 64 and at least {} (twice the largest record for max_frame_len {})",
+                self.ring_len,
+                2 * record_max,
+                self.limits.max_frame_len
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if *p == self.me {
+                return Err(TransportError::Config(format!("peers: {p} is this side's own id (me)")));
+            }
+            if !seen.insert(*p) {
+                return Err(TransportError::Config(format!("peers: {p} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn round16(n: usize) -> usize {
+    (n + 15) & !15
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> TransportError {
+    let context = context.into();
+    move |source| TransportError::Io { context, source }
+}
+
+fn ctl_of(map: &MmapRaw) -> &Ctl {
+    assert!(map.len() >= CTL_LEN);
+    // SAFETY: the mapping is page-aligned and at least CTL_LEN bytes; `Ctl` is made of atomics
+    // (and padding), valid for any bit pattern, and only accessed atomically.
+    unsafe { &*map.as_ptr().cast::<Ctl>() }
+}
+
+fn ring_of(map: &MmapRaw) -> &RingHeader {
+    assert!(map.len() >= RING_DATA_OFFSET);
+    // SAFETY: as in `ctl_of`.
+    unsafe { &*map.as_ptr().cast::<RingHeader>() }
+}
+
+fn region_header_of(map: &MmapRaw) -> &RegionHeader {
+    assert!(map.len() >= REGION_DATA_OFFSET);
+    // SAFETY: as in `ctl_of`.
+    unsafe { &*map.as_ptr().cast::<RegionHeader>() }
+}
+
+fn map_file(path: &Path, create_len: Option<usize>) -> io::Result<MmapRaw> {
+    let f = OpenOptions::new().read(true).write(true).create(create_len.is_some()).truncate(false).open(path)?;
+    if let Some(len) = create_len {
+        f.set_len(len as u64)?;
+    }
+    MmapOptions::new().map_raw(&f)
+}
+
+/// Creates `path` atomically: a temporary file is sized, mapped, initialised by `init`, then
+/// renamed over `path` (replacing a stale file from a crashed run).
+fn create_file(path: &Path, len: usize, init: impl FnOnce(&MmapRaw)) -> Result<MmapRaw, TransportError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let map = map_file(&tmp, Some(len)).map_err(io_err(format!("create {}", tmp.display())))?;
+    init(&map);
+    std::fs::rename(&tmp, path).map_err(io_err(format!("rename {} into place", path.display())))?;
+    Ok(map)
+}
+
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn new_nonce() -> u64 {
+    // Not for security: it tells this run's files from a crashed run's. Mixed from the clock, the
+    // pid and a stack address (so two transports in one process differ).
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    let mut x = t ^ (u64::from(std::process::id()) << 32) ^ (&local as *const u8 as u64).rotate_left(17);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x | 1
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, mapped, 4-byte aligned word; the other arguments are unused.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+    }
+}
+
+/// Bumps a peer's doorbell and wakes it if it sleeps.
+fn ring_doorbell(ctl: &Ctl) {
+    ctl.doorbell.fetch_add(1, Ordering::SeqCst);
+    if ctl.sleeping.load(Ordering::SeqCst) != 0 && ctl.sleeping.swap(0, Ordering::SeqCst) != 0 {
+        futex_wake(&ctl.doorbell);
+    }
+}
+
+struct Peer {
+    id: PeerId,
+    pid: u32,
+    ctl: MmapRaw,
+    /// The peer's ring that we produce into.
+    out_ring: MmapRaw,
+    out_tail: Cell<u64>,
+    out_waiters: RefCell<Vec<Waker>>,
+    out_head_seen: Cell<u64>,
+    /// Our ring that the peer produces into.
+    in_ring: MmapRaw,
+    in_head: Cell<u64>,
+    regions: RefCell<BTreeMap<RegionId, MmapRaw>>,
+    failed: Cell<bool>,
+    heartbeat_seen: Cell<(u64, Instant)>,
+}
+
+impl Peer {
+    fn ctl(&self) -> &Ctl {
+        ctl_of(&self.ctl)
+    }
+}
+
+struct Inner {
+    me: PeerId,
+    config: ShmConfig,
+    nonce: u64,
+    my_ctl: MmapRaw,
+    peers: BTreeMap<PeerId, Peer>,
+    peer_ids: Vec<PeerId>,
+    regions: RefCell<BTreeMap<RegionId, Rc<Region>>>,
+    events: EventQueue,
+    closed: Cell<bool>,
+    created: RefCell<Vec<PathBuf>>,
+}
+
+impl Inner {
+    fn path(&self, name: &str) -> PathBuf {
+        self.config.dir.join(format!("derecho-{}-{}", self.config.namespace, name))
+    }
+
+    fn my_ctl(&self) -> &Ctl {
+        ctl_of(&self.my_ctl)
+    }
+
+    fn fail(&self, peer: &Peer, reason: PeerFailure) {
+        if peer.failed.replace(true) {
+            return;
+        }
+        tracing::debug!(me = %self.me, peer = %peer.id, %reason, "peer failed");
+        for w in peer.out_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if !self.closed.get() {
+            self.events.push(TransportEvent::PeerFailed { peer: peer.id, reason });
+        }
+    }
+
+    fn live_peer(&self, id: PeerId) -> Result<&Peer, TransportError> {
+        if self.closed.get() {
+            return Err(TransportError::Closed);
+        }
+        let p = self.peers.get(&id).ok_or(TransportError::UnknownPeer(id))?;
+        if p.failed.get() {
+            return Err(TransportError::PeerFailed(id));
+        }
+        Ok(p)
+    }
+
+    /// Writes one frame record into the peer's ring if there is room.
+    fn try_write(&self, peer: &Peer, body: &[u8]) -> bool {
+        let hdr = ring_of(&peer.out_ring);
+        let cap = self.config.ring_len as u64;
+        let rec = (RECORD_HEADER + round16(body.len())) as u64;
+        let mut tail = peer.out_tail.get();
+        let head = hdr.head.load(Ordering::Acquire);
+        let pos = tail % cap;
+        let contiguous = cap - pos;
+        let pad = if rec > contiguous { contiguous } else { 0 };
+        if tail - head + pad + rec > cap {
+            return false;
+        }
+        // SAFETY: `[tail, tail + pad + rec)` is free space of the ring (checked against `head`),
+        // which only this producer writes; the consumer reads it only after the release store of
+        // `tail` below. Offsets stay inside the data area (`pos + rec <= cap` after padding).
+        unsafe {
+            let data = peer.out_ring.as_mut_ptr().add(RING_DATA_OFFSET);
+            let mut pos = pos as usize;
+            if pad > 0 {
+                write_record_header(data.add(pos), 0, KIND_PAD);
+                tail += pad;
+                pos = 0;
+            }
+            std::ptr::copy_nonoverlapping(body.as_ptr(), data.add(pos + RECORD_HEADER), body.len());
+            write_record_header(data.add(pos), body.len() as u32, KIND_FRAME);
+        }
+        tail += rec;
+        peer.out_tail.set(tail);
+        hdr.tail.store(tail, Ordering::Release);
+        true
+    }
+
+    /// Drains the ring from `peer`; returns the number of frames received.
+    fn drain(&self, peer: &Peer) -> usize {
+        let hdr = ring_of(&peer.in_ring);
+        let cap = self.config.ring_len as u64;
+        let tail = hdr.tail.load(Ordering::Acquire);
+        let mut head = peer.in_head.get();
+        let mut n = 0;
+        let result = loop {
+            if head == tail || self.events.len() >= EVENTS_QUEUED_MAX {
+                break Ok(());
+            }
+            if tail < head || tail - head > cap {
+                break Err(FrameError::BadRecord { pos: head, len: tail.wrapping_sub(head) });
+            }
+            let pos = head % cap;
+            // SAFETY: `pos + 16 <= cap` (records are 16-aligned and cap is a multiple of 64), the
+            // record was published by the producer's release store of `tail`, and the producer
+            // does not write `[head, tail)` until we advance `head`.
+            let (len, kind) = unsafe { read_record_header(peer.in_ring.as_ptr().add(RING_DATA_OFFSET + pos as usize)) };
+            let rec = match kind {
+                KIND_PAD => cap - pos,
+                KIND_FRAME if (len as usize) <= self.config.limits.max_frame_len => {
+                    (RECORD_HEADER + round16(len as usize)) as u64
+                }
+                KIND_FRAME => {
+                    break Err(FrameError::TooLong { len: len as usize, max: self.config.limits.max_frame_len });
+                }
+                _ => break Err(FrameError::BadRecord { pos: head, len: u64::from(len) }),
+            };
+            if pos + rec > cap || head + rec > tail {
+                break Err(FrameError::BadRecord { pos: head, len: rec });
+            }
+            if kind == KIND_FRAME {
+                let mut buf = AlignedBuf::zeroed(len as usize);
+                // SAFETY: the body lies inside the record, inside the data area (checked above).
+                unsafe {
+                    let src = peer.in_ring.as_ptr().add(RING_DATA_OFFSET + pos as usize + RECORD_HEADER);
+                    std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len as usize);
+                }
+                self.events.push(TransportEvent::Frame { from: peer.id, frame: Frame::new(buf) });
+                n += 1;
+            }
+            head += rec;
+        };
+        if head != peer.in_head.get() {
+            peer.in_head.set(head);
+            hdr.head.store(head, Ordering::Release);
+            if hdr.producer_waiting.load(Ordering::SeqCst) != 0 && hdr.producer_waiting.swap(0, Ordering::SeqCst) != 0 {
+                ring_doorbell(peer.ctl());
+            }
+        }
+        if let Err(e) = result {
+            self.fail(peer, PeerFailure::Protocol(e));
+        }
+        n
+    }
+
+    fn peer_region(&self, peer: &Peer, id: RegionId, len: usize) -> Result<*mut u8, TransportError> {
+        let mut regions = peer.regions.borrow_mut();
+        if let Some(m) = regions.get(&id) {
+            // SAFETY: the mapping holds REGION_DATA_OFFSET + len bytes (checked when opened).
+            return Ok(unsafe { m.as_mut_ptr().add(REGION_DATA_OFFSET) });
+        }
+        let path = self.path(&format!("{}.r{}", peer.id.0, id.0));
+        let not_ready = || TransportError::RegionNotReady { peer: peer.id, region: id };
+        let map = map_file(&path, None).map_err(|_| not_ready())?;
+        if map.len() < REGION_DATA_OFFSET + len {
+            return Err(not_ready());
+        }
+        let h = region_header_of(&map);
+        let peer_nonce = peer.ctl().nonce.load(Ordering::Acquire);
+        if h.magic.load(Ordering::Acquire) != REGION_MAGIC
+            || h.nonce.load(Ordering::Acquire) != peer_nonce
+            || h.len.load(Ordering::Acquire) != len as u64
+        {
+            return Err(not_ready());
+        }
+        // SAFETY: as above.
+        let ptr = unsafe { map.as_mut_ptr().add(REGION_DATA_OFFSET) };
+        regions.insert(id, map);
+        Ok(ptr)
+    }
+}
+
+/// Writes a ring record header.
+///
+/// # Safety
+///
+/// `p` must be valid for 16 bytes of writes and 4-byte aligned.
+unsafe fn write_record_header(p: *mut u8, len: u32, kind: u32) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        p.cast::<u32>().write_volatile(len);
+        p.add(4).cast::<u32>().write_volatile(kind);
+    }
+}
+
+/// Reads a ring record header.
+///
+/// # Safety
+///
+/// `p` must be valid for 8 bytes of reads and 4-byte aligned.
+unsafe fn read_record_header(p: *const u8) -> (u32, u32) {
+    // SAFETY: forwarded from the caller.
+    unsafe { (p.cast::<u32>().read_volatile(), p.add(4).cast::<u32>().read_volatile()) }
+}
+
+struct Hook {
+    inner: Rc<Inner>,
+    doorbell_seen: u32,
+}
+
+impl PollHook for Hook {
+    fn poll(&mut self) -> usize {
+        let inner = &*self.inner;
+        if inner.closed.get() {
+            return 0;
+        }
+        let bell = inner.my_ctl().doorbell.load(Ordering::Acquire);
+        let mut progress = usize::from(bell != self.doorbell_seen);
+        self.doorbell_seen = bell;
+        for peer in inner.peers.values() {
+            if peer.failed.get() {
+                continue;
+            }
+            progress += inner.drain(peer);
+            if !peer.out_waiters.borrow().is_empty() {
+                let head = ring_of(&peer.out_ring).head.load(Ordering::Acquire);
+                if head != peer.out_head_seen.get() {
+                    peer.out_head_seen.set(head);
+                    for w in peer.out_waiters.borrow_mut().drain(..) {
+                        w.wake();
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    fn prepare_park(&mut self, park: &mut Park<'_>) -> bool {
+        let inner = &*self.inner;
+        if inner.closed.get() {
+            return true;
+        }
+        let ctl = inner.my_ctl();
+        ctl.sleeping.store(1, Ordering::SeqCst);
+        let bell = ctl.doorbell.load(Ordering::SeqCst);
+        if bell != self.doorbell_seen {
+            // A push or frame arrived after this iteration's poll: run another iteration.
+            ctl.sleeping.store(0, Ordering::SeqCst);
+            return false;
+        }
+        // SAFETY: the doorbell lives in our control block, mapped until the transport closes,
+        // which disarms the wait first.
+        unsafe { park.futex_wait(ctl.doorbell.as_ptr(), bell) };
+        // Waiting producers of ours are woken by the consumer's doorbell; heartbeats and peer
+        // checks are timers. Nothing else needs a bounded park.
+        true
+    }
+
+    fn after_park(&mut self) {
+        if !self.inner.closed.get() {
+            self.inner.my_ctl().sleeping.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A shared-memory transport among processes (or threads) of one host. See the module docs.
+pub struct ShmTransport {
+    inner: Rc<Inner>,
+    hook: Cell<Option<HookId>>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for ShmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmTransport")
+            .field("me", &self.inner.me)
+            .field("namespace", &self.inner.config.namespace)
+            .field("peers", &self.inner.peer_ids)
+            .finish()
+    }
+}
+
+impl ShmTransport {
+    /// Creates this side's files, waits for every peer's, and starts receiving.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] for an invalid configuration, [`TransportError::Io`] if files
+    /// cannot be created, [`TransportError::ConnectTimeout`] naming the peers that did not appear
+    /// (with a live process) within `connect_timeout`.
+    pub async fn connect(config: ShmConfig) -> Result<Self, TransportError> {
+        config.validate()?;
+        let me = config.me;
+        let nonce = new_nonce();
+        let ns_path = |name: &str| config.dir.join(format!("derecho-{}-{}", config.namespace, name));
+        let mut created = Vec::new();
+
+        // Our incoming rings first, the control block last: a peer that sees our control block
+        // ready finds our rings in place.
+        let mut in_rings = BTreeMap::new();
+        for &p in &config.peers {
+            let path = ns_path(&format!("{}-to-{}.ring", p.0, me.0));
+            let map = create_file(&path, RING_DATA_OFFSET + config.ring_len, |m| {
+                let h = ring_of(m);
+                h.capacity.store(config.ring_len as u64, Ordering::Relaxed);
+                h.nonce.store(nonce, Ordering::Relaxed);
+                h.magic.store(RING_MAGIC, Ordering::Release);
+            })?;
+            created.push(path);
+            in_rings.insert(p, map);
+        }
+        let ctl_path = ns_path(&format!("{}.ctl", me.0));
+        let my_ctl = create_file(&ctl_path, CTL_LEN, |m| {
+            let c = ctl_of(m);
+            c.version.store(SHM_VERSION, Ordering::Relaxed);
+            c.pid.store(std::process::id(), Ordering::Relaxed);
+            c.nonce.store(nonce, Ordering::Relaxed);
+            c.state.store(STATE_READY, Ordering::Relaxed);
+            c.magic.store(CTL_MAGIC, Ordering::Release);
+        })?;
+        created.push(ctl_path);
+        let cleanup = |created: &[PathBuf]| created.iter().for_each(|p| drop(std::fs::remove_file(p)));
+
+        let deadline = Instant::now() + config.limits.connect_timeout;
+        let mut peers = BTreeMap::new();
+        let mut pidfds = Vec::new();
+        let mut waiting: Vec<PeerId> = config.peers.clone();
+        loop {
+            let mut still = Vec::new();
+            for p in waiting {
+                match Self::open_peer(&config, p) {
+                    Some((ctl, out_ring, pid)) => {
+                        ring_of(&out_ring).producer_attached.store(1, Ordering::Release);
+                        let now = Instant::now();
+                        let hb = ctl_of(&ctl).heartbeat.load(Ordering::Acquire);
+                        let tail = ring_of(&out_ring).tail.load(Ordering::Acquire);
+                        peers.insert(
+                            p,
+                            Peer {
+                                id: p,
+                                pid,
+                                ctl,
+                                out_ring,
+                                out_tail: Cell::new(tail),
+                                out_waiters: RefCell::new(Vec::new()),
+                                out_head_seen: Cell::new(0),
+                                in_ring: in_rings.remove(&p).expect("ring per peer"),
+                                in_head: Cell::new(0),
+                                regions: RefCell::new(BTreeMap::new()),
+                                failed: Cell::new(false),
+                                heartbeat_seen: Cell::new((hb, now)),
+                            },
+                        );
+                        if pid != std::process::id() {
+                            // SAFETY: plain syscall; the result is checked.
+                            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+                            if fd >= 0 {
+                                // SAFETY: a fresh descriptor.
+                                pidfds.push((p, unsafe { OwnedFd::from_raw_fd(fd as i32) }));
+                            }
+                        }
+                    }
+                    None => still.push(p),
+                }
+            }
+            waiting = still;
+            // Connecting is a barrier: done when we have every peer's files and every peer has
+            // attached to the ring we read from it (so a peer that connects, sends and closes at
+            // once cannot leave the other side waiting for files that are already gone).
+            let unattached: Vec<PeerId> = peers
+                .keys()
+                .copied()
+                .filter(|p| ring_of(&peers[p].in_ring).producer_attached.load(Ordering::Acquire) == 0)
+                .collect();
+            if waiting.is_empty() && unattached.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                cleanup(&created);
+                let mut missing = waiting;
+                missing.extend(unattached);
+                missing.sort();
+                return Err(TransportError::ConnectTimeout { after: config.limits.connect_timeout, missing });
+            }
+            time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let inner = Rc::new(Inner {
+            me,
+            peer_ids: peers.keys().copied().collect(),
+            peers,
+            nonce,
+            my_ctl,
+            regions: RefCell::new(BTreeMap::new()),
+            events: EventQueue::default(),
+            closed: Cell::new(false),
+            created: RefCell::new(created),
+            config,
+        });
+        let bell = inner.my_ctl().doorbell.load(Ordering::Acquire);
+        let hook = add_poll_hook(Hook { inner: inner.clone(), doorbell_seen: bell.wrapping_sub(1) });
+        let mut tasks = vec![spawn(heartbeat(inner.clone()))];
+        for (p, fd) in pidfds {
+            let inner = inner.clone();
+            tasks.push(spawn(async move {
+                if crate::op::poll_readable(fd.as_raw_fd()).await.is_ok()
+                    && let Some(peer) = inner.peers.get(&p)
+                {
+                    inner.fail(peer, PeerFailure::ProcessExited);
+                }
+            }));
+        }
+        Ok(Self { inner, hook: Cell::new(Some(hook)), tasks: RefCell::new(tasks) })
+    }
+
+    /// Opens a peer's control block and the ring we produce into, if both are in place, ready,
+    /// of this run (same nonce) and owned by a live process.
+    fn open_peer(config: &ShmConfig, p: PeerId) -> Option<(MmapRaw, MmapRaw, u32)> {
+        let path = |name: &str| config.dir.join(format!("derecho-{}-{}", config.namespace, name));
+        let ctl = map_file(&path(&format!("{}.ctl", p.0)), None).ok()?;
+        if ctl.len() < CTL_LEN {
+            return None;
+        }
+        let c = ctl_of(&ctl);
+        if c.magic.load(Ordering::Acquire) != CTL_MAGIC
+            || c.version.load(Ordering::Acquire) != SHM_VERSION
+            || c.state.load(Ordering::Acquire) != STATE_READY
+        {
+            return None;
+        }
+        let pid = c.pid.load(Ordering::Acquire);
+        if !process_alive(pid) {
+            return None; // a crashed run's file: wait for the new one to replace it
+        }
+        let nonce = c.nonce.load(Ordering::Acquire);
+        let ring = map_file(&path(&format!("{}-to-{}.ring", config.me.0, p.0)), None).ok()?;
+        if ring.len() < RING_DATA_OFFSET + config.ring_len {
+            return None;
+        }
+        let r = ring_of(&ring);
+        if r.magic.load(Ordering::Acquire) != RING_MAGIC
+            || r.nonce.load(Ordering::Acquire) != nonce
+            || r.capacity.load(Ordering::Acquire) != config.ring_len as u64
+        {
+            return None;
+        }
+        Some((ctl, ring, pid))
+    }
+
+    /// Marks this side closed (peers see [`PeerFailure::Closed`]), stops receiving and removes
+    /// this side's files.
+    pub fn close(&self) {
+        let inner = &self.inner;
+        if inner.closed.replace(true) {
+            return;
+        }
+        let ctl = inner.my_ctl();
+        ctl.state.store(STATE_CLOSED, Ordering::SeqCst);
+        if let Some(h) = self.hook.take() {
+            remove_poll_hook(h);
+        }
+        disarm_futex(ctl.doorbell.as_ptr());
+        for p in inner.peers.values() {
+            ring_doorbell(p.ctl());
+            for w in p.out_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        for path in inner.created.borrow_mut().drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Removes every file of `namespace` in `dir` (for tests and tools cleaning up after a crash).
+    ///
+    /// # Errors
+    ///
+    /// The error reading the directory.
+    pub fn remove_namespace(dir: &Path, namespace: &str) -> io::Result<usize> {
+        let prefix = format!("derecho-{namespace}-");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with(&prefix) && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ShmTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn heartbeat(inner: Rc<Inner>) {
+    let mut tick = time::interval(inner.config.limits.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        inner.my_ctl().heartbeat.fetch_add(1, Ordering::Release);
+        let now = Instant::now();
+        for peer in inner.peers.values() {
+            if peer.failed.get() {
+                continue;
+            }
+            let c = peer.ctl();
+            if c.state.load(Ordering::Acquire) == STATE_CLOSED {
+                inner.drain(peer); // frames sent before the close still count
+                inner.fail(peer, PeerFailure::Closed);
+                continue;
+            }
+            if peer.pid != std::process::id() && !process_alive(peer.pid) {
+                inner.fail(peer, PeerFailure::ProcessExited);
+                continue;
+            }
+            let hb = c.heartbeat.load(Ordering::Acquire);
+            let (seen, at) = peer.heartbeat_seen.get();
+            if hb != seen {
+                peer.heartbeat_seen.set((hb, now));
+            } else if now.duration_since(at) > inner.config.limits.peer_timeout {
+                inner.fail(peer, PeerFailure::Silent(now.duration_since(at)));
+            }
+        }
+    }
+}
+
+impl Transport for ShmTransport {
+    fn me(&self) -> PeerId {
+        self.inner.me
+    }
+
+    fn peers(&self) -> &[PeerId] {
+        &self.inner.peer_ids
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.inner.config.limits.max_frame_len
+    }
+
+    fn register_region(&self, id: RegionId, len: usize) -> Result<Rc<Region>, TransportError> {
+        let inner = &self.inner;
+        if inner.closed.get() {
+            return Err(TransportError::Closed);
+        }
+        if inner.regions.borrow().contains_key(&id) {
+            return Err(TransportError::RegionExists(id));
+        }
+        let path = inner.path(&format!("{}.r{}", inner.me.0, id.0));
+        let map = create_file(&path, REGION_DATA_OFFSET + len.max(8), |m| {
+            let h = region_header_of(m);
+            h.len.store(len as u64, Ordering::Relaxed);
+            h.nonce.store(inner.nonce, Ordering::Relaxed);
+            h.magic.store(REGION_MAGIC, Ordering::Release);
+        })?;
+        inner.created.borrow_mut().push(path);
+        let r = Rc::new(Region::mapped(id, map, REGION_DATA_OFFSET, len));
+        inner.regions.borrow_mut().insert(id, r.clone());
+        Ok(r)
+    }
+
+    fn region(&self, id: RegionId) -> Option<Rc<Region>> {
+        self.inner.regions.borrow().get(&id).cloned()
+    }
+
+    fn push(&self, to: PeerId, region: RegionId, range: Range<usize>) -> Result<(), TransportError> {
+        let inner = &*self.inner;
+        let peer = inner.live_peer(to)?;
+        let r = self.region(region).ok_or(TransportError::UnknownRegion(region))?;
+        check_range(region, &range, r.len())?;
+        let dst = inner.peer_region(peer, region, r.len())?;
+        // SAFETY: both regions are `r.len()` bytes long (the peer's length was checked when it
+        // was mapped) and the range is inside them; region memory is only accessed atomically.
+        unsafe { copy_shared_to_shared(dst.add(range.start), r.as_ptr().add(range.start), range.len()) };
+        ring_doorbell(peer.ctl());
+        Ok(())
+    }
+
+    async fn send_frame(&self, to: PeerId, body: Payload) -> Result<(), TransportError> {
+        let inner = &*self.inner;
+        let max = inner.config.limits.max_frame_len;
+        if body.len() > max {
+            return Err(TransportError::FrameTooLong { len: body.len(), max });
+        }
+        let peer = inner.live_peer(to)?;
+        poll_fn(|cx| {
+            if inner.closed.get() {
+                return Poll::Ready(Err(TransportError::Closed));
+            }
+            if peer.failed.get() {
+                return Poll::Ready(Err(TransportError::PeerFailed(to)));
+            }
+            if inner.try_write(peer, body.as_bytes()) {
+                return Poll::Ready(Ok(()));
+            }
+            let hdr = ring_of(&peer.out_ring);
+            hdr.producer_waiting.store(1, Ordering::SeqCst);
+            if inner.try_write(peer, body.as_bytes()) {
+                return Poll::Ready(Ok(()));
+            }
+            peer.out_head_seen.set(hdr.head.load(Ordering::Acquire));
+            peer.out_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        ring_doorbell(peer.ctl());
+        Ok(())
+    }
+
+    async fn next_event(&self) -> TransportEvent {
+        self.inner.events.pop().await
+    }
+
+    fn try_next_event(&self) -> Option<TransportEvent> {
+        self.inner.events.try_pop()
+    }
+}

@@ -1,0 +1,706 @@
+//! The TCP transport: a full mesh of io_uring connections among a static set of peers.
+//!
+//! Every pair of peers shares one connection; the peer with the larger id connects to the smaller
+//! one and both exchange a `Hello` (wire version, peer id, group tag) before anything else.
+//! Pushes travel as `Push` frames applied by the receiver to its replica of the region, in order
+//! with the data frames of the same connection.
+//!
+//! Sending is batched: frames and pushes queued while a `sendmsg` is in flight leave together in
+//! the next one (up to 1024 pieces). Receiving reads into a 256 KiB aligned buffer and parses
+//! every complete frame in it; a frame larger than that buffer is received straight into its own
+//! allocation, after its header was validated against `max_frame_len`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::frame::{self, HEADER_LEN, Header, Kind};
+use super::region::{Region, copy_to_shared};
+use super::{
+    EventQueue, FrameError, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
+    TransportLimits, check_range,
+};
+use crate::buf::AlignedBuf;
+use crate::executor::{JoinHandle, spawn};
+use crate::net::{TcpListener, TcpStream};
+use crate::time;
+
+/// Size of each connection's receive buffer.
+const RECV_BUF_LEN: usize = 256 << 10;
+/// Pieces (headers and bodies) in one `sendmsg`.
+const SEND_BATCH_MAX: usize = 1024;
+
+/// Configuration of a [`TcpTransport`].
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// This side's id.
+    pub me: PeerId,
+    /// Every other peer and its address.
+    pub peers: Vec<(PeerId, SocketAddr)>,
+    /// Peers only connect to peers that present the same tag (a guard against mixing two groups
+    /// on one set of ports). Default 0.
+    pub group_tag: u32,
+    /// Limits and timings.
+    pub limits: TransportLimits,
+}
+
+impl TcpConfig {
+    /// A configuration with default limits and group tag.
+    pub fn new(me: PeerId, peers: Vec<(PeerId, SocketAddr)>) -> Self {
+        Self { me, peers, group_tag: 0, limits: TransportLimits::default() }
+    }
+
+    fn validate(&self) -> Result<(), TransportError> {
+        self.limits.validate()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (p, _) in &self.peers {
+            if *p == self.me {
+                return Err(TransportError::Config(format!("peers: {p} is this side's own id (me)")));
+            }
+            if !seen.insert(*p) {
+                return Err(TransportError::Config(format!("peers: {p} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Conn {
+    peer: PeerId,
+    stream: TcpStream,
+    out: RefCell<VecDeque<Payload>>,
+    out_len: Cell<usize>,
+    writer: RefCell<Option<Waker>>,
+    space_waiters: RefCell<Vec<Waker>>,
+    failed: Cell<bool>,
+    last_recv: Cell<Instant>,
+    last_send: Cell<Instant>,
+}
+
+impl Conn {
+    fn enqueue(&self, pieces: impl IntoIterator<Item = Payload>) {
+        let mut out = self.out.borrow_mut();
+        for p in pieces {
+            self.out_len.set(self.out_len.get() + p.len());
+            out.push_back(p);
+        }
+        drop(out);
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            w.wake();
+        }
+        for w in self.space_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+struct Inner {
+    me: PeerId,
+    peer_ids: Vec<PeerId>,
+    limits: TransportLimits,
+    conns: BTreeMap<PeerId, Rc<Conn>>,
+    regions: RefCell<BTreeMap<RegionId, Rc<Region>>>,
+    events: EventQueue,
+    closed: Cell<bool>,
+}
+
+impl Inner {
+    fn fail(&self, conn: &Conn, reason: PeerFailure) {
+        if conn.failed.replace(true) {
+            return;
+        }
+        tracing::debug!(me = %self.me, peer = %conn.peer, %reason, "peer failed");
+        conn.stream.shutdown();
+        conn.wake_all();
+        if !self.closed.get() {
+            self.events.push(TransportEvent::PeerFailed { peer: conn.peer, reason });
+        }
+    }
+
+    fn conn(&self, peer: PeerId) -> Result<&Rc<Conn>, TransportError> {
+        if self.closed.get() {
+            return Err(TransportError::Closed);
+        }
+        let c = self.conns.get(&peer).ok_or(TransportError::UnknownPeer(peer))?;
+        if c.failed.get() {
+            return Err(TransportError::PeerFailed(peer));
+        }
+        Ok(c)
+    }
+}
+
+/// A TCP mesh among a static set of peers. See the module docs.
+///
+/// [`TcpTransport::close`] lets queued frames leave before the connections close; dropping the
+/// transport closes them at once and discards what is still queued.
+///
+/// # Examples
+///
+/// ```
+/// use derecho_runtime::transport::tcp::{TcpConfig, TcpTransport};
+/// use derecho_runtime::transport::{PeerId, Transport, TransportEvent};
+/// use derecho_runtime::net::TcpListener;
+///
+/// let ex = derecho_runtime::Builder::new().build()?;
+/// ex.block_on(async {
+///     let la = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+///     let lb = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+///     let (a_addr, b_addr) = (la.local_addr(), lb.local_addr());
+///     let a = derecho_runtime::spawn(TcpTransport::connect(la, TcpConfig::new(PeerId(0), vec![(PeerId(1), b_addr)])));
+///     let b = TcpTransport::connect(lb, TcpConfig::new(PeerId(1), vec![(PeerId(0), a_addr)])).await.unwrap();
+///     let a = a.await.unwrap();
+///     a.send_frame(PeerId(1), b"hi".into()).await.unwrap();
+///     match b.next_event().await {
+///         TransportEvent::Frame { from, frame } => assert_eq!((from, &frame[..]), (PeerId(0), &b"hi"[..])),
+///         other => panic!("{other:?}"),
+///     }
+/// });
+/// # Ok::<(), derecho_runtime::RuntimeError>(())
+/// ```
+pub struct TcpTransport {
+    inner: Rc<Inner>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport").field("me", &self.inner.me).field("peers", &self.inner.peer_ids).finish()
+    }
+}
+
+/// A connection after its handshake, with bytes that arrived behind the `Hello`.
+struct Handshaken {
+    peer: PeerId,
+    stream: TcpStream,
+    buf: AlignedBuf,
+    filled: usize,
+}
+
+fn hello(me: PeerId, tag: u32) -> [u8; HEADER_LEN] {
+    Header::encode(Kind::Hello, u64::from(me.0) | (u64::from(tag) << 32), &[])
+}
+
+/// Reads until at least `HEADER_LEN` bytes are in `buf`, then validates them as a `Hello`.
+async fn read_hello(
+    stream: &TcpStream,
+    mut buf: AlignedBuf,
+    max_frame_len: usize,
+    tag: u32,
+) -> Result<(PeerId, AlignedBuf, usize), String> {
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        let (res, b) = stream.recv(buf, filled).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err("connection closed during the handshake".into()),
+            Ok(n) => filled += n,
+            Err(e) => return Err(format!("receive failed during the handshake: {e}")),
+        }
+    }
+    let raw: [u8; HEADER_LEN] = buf.spare_full()[..HEADER_LEN].try_into().expect("header");
+    let h = Header::decode(&raw, max_frame_len).map_err(|e| format!("bad hello: {e}"))?;
+    h.verify(&raw, &[]).map_err(|e| format!("bad hello: {e}"))?;
+    if h.kind != Kind::Hello || h.len != 0 {
+        return Err(format!("expected a hello, got {:?}", h.kind));
+    }
+    let their_tag = (h.aux >> 32) as u32;
+    if their_tag != tag {
+        return Err(format!("group tag {their_tag} differs from ours ({tag})"));
+    }
+    Ok((PeerId(h.aux as u32), buf, filled))
+}
+
+impl TcpTransport {
+    /// Connects the mesh: accepts from peers with a larger id on `listener`, connects to peers
+    /// with a smaller id (retrying while they are not yet listening), exchanges `Hello`s, and
+    /// returns once every peer is connected.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Config`] for an invalid configuration, [`TransportError::ConnectTimeout`]
+    /// naming the peers missing after `connect_timeout`, [`TransportError::Handshake`] when a
+    /// peer we dialled answers wrongly.
+    pub async fn connect(listener: TcpListener, config: TcpConfig) -> Result<Self, TransportError> {
+        config.validate()?;
+        let me = config.me;
+        let limits = config.limits.clone();
+        let tag = config.group_tag;
+        let deadline = Instant::now() + limits.connect_timeout;
+        let expected_accepts: Vec<PeerId> = config.peers.iter().map(|(p, _)| *p).filter(|p| *p > me).collect();
+        let dials: Vec<(PeerId, SocketAddr)> = config.peers.iter().copied().filter(|(p, _)| *p < me).collect();
+
+        let accepted: Rc<RefCell<BTreeMap<PeerId, Handshaken>>> = Rc::new(RefCell::new(BTreeMap::new()));
+        let acceptor = {
+            let accepted = accepted.clone();
+            let expected = expected_accepts.clone();
+            let max = limits.max_frame_len;
+            spawn(async move {
+                while accepted.borrow().len() < expected.len() {
+                    let Ok((stream, addr)) = listener.accept().await else { continue };
+                    let r = time::timeout(
+                        Duration::from_secs(5),
+                        read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max, tag),
+                    )
+                    .await;
+                    let (peer, buf, filled) = match r {
+                        Ok(Ok(v)) => v,
+                        Ok(Err(reason)) => {
+                            tracing::warn!(%addr, %reason, "refused a connection");
+                            continue;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
+                            continue;
+                        }
+                    };
+                    if !expected.contains(&peer) || accepted.borrow().contains_key(&peer) {
+                        tracing::warn!(%addr, %peer, "refused a connection from an unexpected or duplicate peer");
+                        continue;
+                    }
+                    if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+                        continue;
+                    }
+                    accepted.borrow_mut().insert(peer, Handshaken { peer, stream, buf, filled });
+                }
+            })
+        };
+
+        let mut dialled = Vec::new();
+        let mut dial_error = None;
+        for (peer, addr) in dials {
+            match Self::dial(me, peer, addr, tag, limits.max_frame_len, deadline).await {
+                Ok(h) => dialled.push(h),
+                Err(TransportError::ConnectTimeout { .. }) => {}
+                Err(e) => {
+                    dial_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut acceptor = acceptor;
+        if dial_error.is_none() {
+            let _ = time::timeout(deadline.saturating_duration_since(Instant::now()), &mut acceptor).await;
+        }
+        acceptor.abort();
+        if let Some(e) = dial_error {
+            return Err(e);
+        }
+        let mut all: BTreeMap<PeerId, Handshaken> = std::mem::take(&mut *accepted.borrow_mut());
+        for h in dialled {
+            all.insert(h.peer, h);
+        }
+        let missing: Vec<PeerId> = config.peers.iter().map(|(p, _)| *p).filter(|p| !all.contains_key(p)).collect();
+        if !missing.is_empty() {
+            return Err(TransportError::ConnectTimeout { after: limits.connect_timeout, missing });
+        }
+        Ok(Self::start(me, limits, all))
+    }
+
+    async fn dial(
+        me: PeerId,
+        peer: PeerId,
+        addr: SocketAddr,
+        tag: u32,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<Handshaken, TransportError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TransportError::ConnectTimeout { after: Duration::ZERO, missing: vec![peer] });
+            }
+            let stream = match time::timeout(left, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => {
+                    time::sleep(Duration::from_millis(10).min(left)).await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    return Err(TransportError::Io { context: format!("connect to {peer} at {addr}"), source: e });
+                }
+                Err(_) => continue,
+            };
+            if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+                time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let r = time::timeout(
+                left.max(Duration::from_millis(1)),
+                read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max, tag),
+            )
+            .await;
+            let handshake = |reason: String| TransportError::Handshake { addr: addr.to_string(), reason };
+            return match r {
+                Ok(Ok((got, buf, filled))) if got == peer => Ok(Handshaken { peer, stream, buf, filled }),
+                Ok(Ok((got, ..))) => Err(handshake(format!("expected {peer}, the listener is {got}"))),
+                // The listener refused us (closed the connection): it may not know us yet.
+                Ok(Err(reason)) => Err(handshake(reason)),
+                Err(_) => Err(TransportError::ConnectTimeout { after: Duration::ZERO, missing: vec![peer] }),
+            };
+        }
+    }
+
+    fn start(me: PeerId, limits: TransportLimits, connected: BTreeMap<PeerId, Handshaken>) -> Self {
+        let now = Instant::now();
+        let mut conns = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (peer, h) in connected {
+            let conn = Rc::new(Conn {
+                peer,
+                stream: h.stream,
+                out: RefCell::new(VecDeque::new()),
+                out_len: Cell::new(0),
+                writer: RefCell::new(None),
+                space_waiters: RefCell::new(Vec::new()),
+                failed: Cell::new(false),
+                last_recv: Cell::new(now),
+                last_send: Cell::new(now),
+            });
+            conns.insert(peer, conn.clone());
+            pending.push((conn, h.buf, h.filled));
+        }
+        let inner = Rc::new(Inner {
+            me,
+            peer_ids: conns.keys().copied().collect(),
+            limits,
+            conns,
+            regions: RefCell::new(BTreeMap::new()),
+            events: EventQueue::default(),
+            closed: Cell::new(false),
+        });
+        let mut tasks = Vec::new();
+        for (conn, buf, filled) in pending {
+            tasks.push(spawn(writer(inner.clone(), conn.clone())));
+            tasks.push(spawn(reader(inner.clone(), conn, buf, filled)));
+        }
+        tasks.push(spawn(heartbeat(inner.clone())));
+        Self { inner, tasks: RefCell::new(tasks) }
+    }
+
+    /// Says goodbye to every live peer, waits (at most `linger`) for queued bytes to leave, and
+    /// closes every connection. Peers see [`PeerFailure::Closed`].
+    pub async fn close(&self, linger: Duration) {
+        for c in self.inner.conns.values() {
+            if !c.failed.get() {
+                c.enqueue([Payload::from(frame::Header::encode(Kind::Goodbye, 0, &[]).to_vec())]);
+            }
+        }
+        let _ = time::timeout(linger, async {
+            for c in self.inner.conns.values() {
+                while c.out_len.get() > 0 && !c.failed.get() {
+                    time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        })
+        .await;
+        self.shutdown();
+    }
+
+    fn shutdown(&self) {
+        if self.inner.closed.replace(true) {
+            return;
+        }
+        for c in self.inner.conns.values() {
+            c.failed.set(true);
+            c.stream.shutdown();
+            c.wake_all();
+        }
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Bytes queued for `peer` and not yet handed to the kernel.
+    pub fn queued_len(&self, peer: PeerId) -> usize {
+        self.inner.conns.get(&peer).map_or(0, |c| c.out_len.get())
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Transport for TcpTransport {
+    fn me(&self) -> PeerId {
+        self.inner.me
+    }
+
+    fn peers(&self) -> &[PeerId] {
+        &self.inner.peer_ids
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.inner.limits.max_frame_len
+    }
+
+    fn register_region(&self, id: RegionId, len: usize) -> Result<Rc<Region>, TransportError> {
+        if len > u32::MAX as usize {
+            return Err(TransportError::Config(format!("region {id:?}: length {len} above 4 GiB")));
+        }
+        let mut regions = self.inner.regions.borrow_mut();
+        if regions.contains_key(&id) {
+            return Err(TransportError::RegionExists(id));
+        }
+        let r = Rc::new(Region::heap(id, len));
+        regions.insert(id, r.clone());
+        Ok(r)
+    }
+
+    fn region(&self, id: RegionId) -> Option<Rc<Region>> {
+        self.inner.regions.borrow().get(&id).cloned()
+    }
+
+    fn push(&self, to: PeerId, region: RegionId, range: Range<usize>) -> Result<(), TransportError> {
+        let conn = self.inner.conn(to)?;
+        let r = self.region(region).ok_or(TransportError::UnknownRegion(region))?;
+        check_range(region, &range, r.len())?;
+        let len = range.len();
+        if len > self.inner.limits.max_frame_len {
+            return Err(TransportError::FrameTooLong { len, max: self.inner.limits.max_frame_len });
+        }
+        let mut bytes = vec![0u8; HEADER_LEN + len];
+        r.read(range.start, &mut bytes[HEADER_LEN..]);
+        let aux = frame::push_aux(region.0, range.start as u32);
+        let h = Header::encode(Kind::Push, aux, &bytes[HEADER_LEN..]);
+        bytes[..HEADER_LEN].copy_from_slice(&h);
+        conn.enqueue([Payload::from(bytes)]);
+        Ok(())
+    }
+
+    async fn send_frame(&self, to: PeerId, body: Payload) -> Result<(), TransportError> {
+        let max = self.inner.limits.max_frame_len;
+        if body.len() > max {
+            return Err(TransportError::FrameTooLong { len: body.len(), max });
+        }
+        let conn = self.inner.conn(to)?.clone();
+        let limit = self.inner.limits.send_queue_len_max;
+        poll_fn(|cx| {
+            if conn.failed.get() {
+                return Poll::Ready(Err(TransportError::PeerFailed(to)));
+            }
+            if conn.out_len.get() + body.len() <= limit || conn.out_len.get() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            conn.space_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        let h = Header::encode(Kind::Data, 0, body.as_bytes());
+        if body.is_empty() {
+            conn.enqueue([Payload::from(h.to_vec())]);
+        } else {
+            conn.enqueue([Payload::from(h.to_vec()), body]);
+        }
+        Ok(())
+    }
+
+    async fn next_event(&self) -> TransportEvent {
+        self.inner.events.pop().await
+    }
+
+    fn try_next_event(&self) -> Option<TransportEvent> {
+        self.inner.events.try_pop()
+    }
+}
+
+async fn writer(inner: Rc<Inner>, conn: Rc<Conn>) {
+    let mut batch: Vec<Payload> = Vec::with_capacity(SEND_BATCH_MAX);
+    loop {
+        poll_fn(|cx| {
+            if conn.failed.get() || !conn.out.borrow().is_empty() {
+                Poll::Ready(())
+            } else {
+                *conn.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        if conn.failed.get() {
+            return;
+        }
+        {
+            let mut out = conn.out.borrow_mut();
+            let n = out.len().min(SEND_BATCH_MAX);
+            batch.extend(out.drain(..n));
+        }
+        let total: usize = batch.iter().map(Payload::len).sum();
+        let mut sent = 0;
+        while sent < total {
+            let (res, b) = conn.stream.send_vectored(std::mem::take(&mut batch), sent).await;
+            batch = b;
+            match res {
+                Ok(0) => {
+                    inner.fail(&conn, PeerFailure::Io(io::ErrorKind::WriteZero.into()));
+                    return;
+                }
+                Ok(n) => sent += n,
+                Err(e) => {
+                    inner.fail(&conn, PeerFailure::Io(e));
+                    return;
+                }
+            }
+        }
+        batch.clear();
+        conn.out_len.set(conn.out_len.get() - total);
+        conn.last_send.set(Instant::now());
+        for w in conn.space_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Receives until `buf[..filled]` holds at least `want` bytes.
+async fn fill_to(
+    conn: &Conn,
+    mut buf: AlignedBuf,
+    mut filled: usize,
+    want: usize,
+) -> Result<(AlignedBuf, usize), PeerFailure> {
+    while filled < want {
+        let (res, b) = conn.stream.recv(buf, filled).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err(PeerFailure::Closed),
+            Ok(n) => {
+                filled += n;
+                conn.last_recv.set(Instant::now());
+            }
+            Err(e) => return Err(PeerFailure::Io(e)),
+        }
+    }
+    Ok((buf, filled))
+}
+
+async fn reader(inner: Rc<Inner>, conn: Rc<Conn>, buf: AlignedBuf, filled: usize) {
+    if let Err(reason) = read_loop(&inner, &conn, buf, filled).await {
+        inner.fail(&conn, reason);
+    }
+}
+
+async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: usize) -> Result<(), PeerFailure> {
+    // The handshake's Hello is at the start of the buffer.
+    let mut start = HEADER_LEN;
+    let max = inner.limits.max_frame_len;
+    loop {
+        // Parse every complete frame in the buffer.
+        while filled - start >= HEADER_LEN {
+            let raw: [u8; HEADER_LEN] = buf.spare_full()[start..start + HEADER_LEN].try_into().expect("header");
+            let h = Header::decode(&raw, max)?;
+            let body_len = h.len as usize;
+            let need = HEADER_LEN + body_len;
+            if filled - start >= need {
+                let body = &buf.spare_full()[start + HEADER_LEN..start + need];
+                h.verify(&raw, body)?;
+                handle(inner, conn, h, body)?;
+                start += need;
+                continue;
+            }
+            if need > RECV_BUF_LEN {
+                // Too big for the receive buffer: receive the body into its own allocation.
+                let have = filled - start - HEADER_LEN;
+                let mut body = AlignedBuf::zeroed(body_len);
+                body[..have].copy_from_slice(&buf.spare_full()[start + HEADER_LEN..filled]);
+                let (b, _) = fill_to(conn, body, have, body_len).await?;
+                body = b;
+                h.verify(&raw, &body)?;
+                if h.kind == Kind::Data {
+                    inner.events.push(TransportEvent::Frame { from: conn.peer, frame: super::Frame::new(body) });
+                } else {
+                    handle(inner, conn, h, &body)?;
+                }
+                start = 0;
+                filled = 0;
+            } else if start + need > RECV_BUF_LEN {
+                // Fits the buffer, not from here: move the partial frame to the front.
+                buf.spare_full().copy_within(start..filled, 0);
+                filled -= start;
+                start = 0;
+            }
+            break;
+        }
+        if start == filled {
+            start = 0;
+            filled = 0;
+        } else if RECV_BUF_LEN - filled < 4096 {
+            buf.spare_full().copy_within(start..filled, 0);
+            filled -= start;
+            start = 0;
+        }
+        let (res, b) = conn.stream.recv(buf, filled).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err(PeerFailure::Closed),
+            Ok(n) => {
+                filled += n;
+                conn.last_recv.set(Instant::now());
+            }
+            Err(e) => return Err(PeerFailure::Io(e)),
+        }
+        if conn.failed.get() {
+            return Ok(());
+        }
+    }
+}
+
+fn handle(inner: &Inner, conn: &Conn, h: Header, body: &[u8]) -> Result<(), PeerFailure> {
+    match h.kind {
+        Kind::Data => {
+            inner.events.push(TransportEvent::Frame {
+                from: conn.peer,
+                frame: super::Frame::new(AlignedBuf::from_slice(body)),
+            });
+        }
+        Kind::Push => {
+            let (region, offset) = frame::push_aux_parts(h.aux);
+            let regions = inner.regions.borrow();
+            let r = regions.get(&RegionId(region)).ok_or(FrameError::UnknownRegion(region))?;
+            if offset.checked_add(body.len()).is_none_or(|end| end > r.len()) {
+                return Err(FrameError::PushOutOfBounds { region, offset, len: body.len(), region_len: r.len() }.into());
+            }
+            // SAFETY: the range is inside the region (checked above).
+            unsafe { copy_to_shared(r.as_ptr().add(offset), body) };
+        }
+        Kind::Heartbeat => {}
+        Kind::Goodbye => return Err(PeerFailure::Closed),
+        Kind::Hello => return Err(FrameError::Unexpected(Kind::Hello).into()),
+    }
+    Ok(())
+}
+
+async fn heartbeat(inner: Rc<Inner>) {
+    let period = inner.limits.heartbeat_interval;
+    let mut tick = time::interval(period / 2);
+    let beat = Payload::from(Header::encode(Kind::Heartbeat, 0, &[]).to_vec());
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        for c in inner.conns.values() {
+            if c.failed.get() {
+                continue;
+            }
+            let silent = now.saturating_duration_since(c.last_recv.get());
+            if silent > inner.limits.peer_timeout {
+                inner.fail(c, PeerFailure::Silent(silent));
+                continue;
+            }
+            if now.saturating_duration_since(c.last_send.get()) >= period && c.out_len.get() == 0 {
+                c.last_send.set(now);
+                c.enqueue([beat.clone()]);
+            }
+        }
+    }
+}
