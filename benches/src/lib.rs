@@ -1,1 +1,174 @@
-//! placeholder
+//! Shared pieces of the benchmark programs in `src/bin/`.
+//!
+//! Every program prints one JSON object per result line:
+//! `{"bench": NAME, "case": "...", "metric": "...", "value": N, "unit": "..."}`, plus `"baseline"`
+//! and `"ratio"` where it measured a baseline (raw socket, memcpy, fsync) in the same run. Cases
+//! name the transport and size (`tcp-64kib`). `--quick` keeps a run under a minute.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// One result line.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The benchmark program.
+    pub bench: &'static str,
+    /// Transport, size and mode.
+    pub case: String,
+    /// What was measured (`throughput`, `rtt_p50`, ...).
+    pub metric: &'static str,
+    /// The value.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The same metric of the baseline, measured in the same run.
+    pub baseline: Option<f64>,
+}
+
+impl Record {
+    /// A record without baseline.
+    pub fn new(
+        bench: &'static str,
+        case: impl Into<String>,
+        metric: &'static str,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        Self { bench, case: case.into(), metric, value, unit, baseline: None }
+    }
+
+    /// Adds the baseline (the ratio is `value / baseline`).
+    pub fn with_baseline(mut self, baseline: f64) -> Self {
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// Prints the JSON line.
+    pub fn print(&self) {
+        let mut o = serde_json::json!({
+            "bench": self.bench,
+            "case": self.case,
+            "metric": self.metric,
+            "value": round(self.value),
+            "unit": self.unit,
+        });
+        if let Some(b) = self.baseline {
+            o["baseline"] = serde_json::json!(round(b));
+            o["ratio"] = serde_json::json!(if b == 0.0 { 0.0 } else { round(self.value / b) });
+        }
+        println!("{o}");
+    }
+}
+
+fn round(v: f64) -> f64 {
+    if v.abs() >= 100.0 { (v * 10.0).round() / 10.0 } else { (v * 1000.0).round() / 1000.0 }
+}
+
+/// Percentile (0..=100) of samples, in the samples' unit.
+///
+/// # Panics
+///
+/// If `samples` is empty.
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    assert!(!samples.is_empty(), "no samples");
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// The median of a few repeated measurements.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    percentile(&mut v, 50.0)
+}
+
+/// Pins the calling thread to `core`; returns whether it could.
+pub fn pin(core: usize) -> bool {
+    if core >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: zeroed cpu_set_t is an empty set; CPU_SET writes a bit below CPU_SETSIZE (checked
+    // above); sched_setaffinity reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The cores for the two processes of a two-process benchmark: different ones when the machine
+/// has two, else the same one (reported on stderr).
+pub fn two_cores() -> (usize, usize) {
+    let cores = derecho_runtime::available_cores();
+    match cores.as_slice() {
+        [a, b, ..] => (*a, *b),
+        [a] => {
+            eprintln!("note: one core only; both processes share core {a}");
+            (*a, *a)
+        }
+        [] => (0, 0),
+    }
+}
+
+/// A child process that is killed and reaped when dropped, whatever happened.
+#[derive(Debug)]
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Starts this same program with `args`.
+    ///
+    /// # Panics
+    ///
+    /// If the program cannot be started.
+    pub fn spawn_self(args: &[String]) -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the child process");
+        Self(Some(child))
+    }
+
+    /// Waits (bounded) for the child to exit and checks its status.
+    ///
+    /// # Panics
+    ///
+    /// If it fails or does not exit in time.
+    pub fn finish(mut self, within: Duration) {
+        let mut child = self.0.take().expect("child");
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                assert!(status.success(), "child process failed: {status}");
+                return;
+            }
+            if start.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child process did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Reads `--name value` from `args`.
+pub fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// Whether `--flag` is present.
+pub fn flag(args: &[String], name: &str) -> bool {
+    args.iter().any(|a| a == name)
+}

@@ -5,9 +5,11 @@
 //! [`AlignedBuf`], aligned to [`BUF_ALIGN`] bytes.
 
 use std::alloc::{self, Layout};
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 /// Alignment, in bytes, of every [`AlignedBuf`].
 pub const BUF_ALIGN: usize = 64;
@@ -152,6 +154,122 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only hands out `&[u8]`.
 unsafe impl Sync for AlignedBuf {}
 
+/// A pool of [`AlignedBuf`]s in power-of-two size classes, so that receiving a frame reuses a
+/// buffer instead of allocating (and zeroing, and faulting in) a new one.
+///
+/// Single-threaded by design (`Rc`): one pool per executor or per transport.
+///
+/// # Examples
+///
+/// ```
+/// use derecho_runtime::buf::BufPool;
+/// let pool = BufPool::new(16 << 20);
+/// let a = pool.get(100_000);
+/// let first = a.as_ptr();
+/// drop(a);
+/// let b = pool.get(120_000); // same size class: the buffer comes back
+/// assert_eq!(b.as_ptr(), first);
+/// assert_eq!(b.len(), 120_000);
+/// ```
+#[derive(Clone)]
+pub struct BufPool {
+    inner: Rc<PoolInner>,
+}
+
+struct PoolInner {
+    classes: RefCell<Vec<Vec<AlignedBuf>>>,
+    /// Bytes kept per size class.
+    kept_len_max: usize,
+}
+
+impl fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kept: usize = self.inner.classes.borrow().iter().flatten().map(AlignedBuf::capacity).sum();
+        f.debug_struct("BufPool").field("kept_len", &kept).finish()
+    }
+}
+
+/// Smallest pooled class: 4 KiB.
+const CLASS_MIN: u32 = 12;
+
+fn class_of(len: usize) -> u32 {
+    len.max(1).next_power_of_two().trailing_zeros().max(CLASS_MIN)
+}
+
+impl BufPool {
+    /// A pool keeping at most `kept_len_max` bytes of free buffers per size class (and always at
+    /// least two buffers, so that a steady stream of large frames reuses them).
+    pub fn new(kept_len_max: usize) -> Self {
+        Self { inner: Rc::new(PoolInner { classes: RefCell::new(Vec::new()), kept_len_max }) }
+    }
+
+    /// A buffer of visible length `len`, from the pool if one is free. Its bytes are whatever a
+    /// previous user left (initialised, not necessarily zero): overwrite before exposing them.
+    pub fn get(&self, len: usize) -> PooledBuf {
+        let class = class_of(len) as usize;
+        let reused = self.inner.classes.borrow_mut().get_mut(class).and_then(Vec::pop);
+        let mut buf = reused.unwrap_or_else(|| AlignedBuf::with_capacity(0, 1 << class));
+        buf.set_len(len);
+        PooledBuf { buf: Some(buf), pool: Rc::downgrade(&self.inner) }
+    }
+
+    /// Attaches a buffer taken out with [`PooledBuf::into_inner`] back to this pool.
+    pub fn wrap(&self, buf: AlignedBuf) -> PooledBuf {
+        PooledBuf { buf: Some(buf), pool: Rc::downgrade(&self.inner) }
+    }
+}
+
+/// A buffer that returns to its [`BufPool`] when dropped.
+pub struct PooledBuf {
+    buf: Option<AlignedBuf>,
+    pool: std::rc::Weak<PoolInner>,
+}
+
+impl fmt::Debug for PooledBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledBuf").field("len", &self.len()).finish()
+    }
+}
+
+impl PooledBuf {
+    /// Detaches the buffer from the pool.
+    pub fn into_inner(mut self) -> AlignedBuf {
+        self.buf.take().expect("buffer present until drop")
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = AlignedBuf;
+    fn deref(&self) -> &AlignedBuf {
+        self.buf.as_ref().expect("buffer present until drop")
+    }
+}
+
+impl DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut AlignedBuf {
+        self.buf.as_mut().expect("buffer present until drop")
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.upgrade()) else { return };
+        let cap = buf.capacity();
+        if !cap.is_power_of_two() || cap < 1 << CLASS_MIN {
+            return; // not one of ours (wrapped from elsewhere)
+        }
+        let class = cap.trailing_zeros() as usize;
+        let mut classes = pool.classes.borrow_mut();
+        if classes.len() <= class {
+            classes.resize_with(class + 1, Vec::new);
+        }
+        let list = &mut classes[class];
+        if list.len() < 2 || (list.len() + 1) * cap <= pool.kept_len_max {
+            list.push(buf);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +292,25 @@ mod tests {
         assert_eq!(&buf[..], b"abc");
         let copy = buf.clone();
         assert_eq!(&copy[..], b"abc");
+    }
+
+    #[test]
+    fn pool_reuses_by_class_and_bounds_what_it_keeps() {
+        let pool = BufPool::new(64 << 10);
+        let a = pool.get(10);
+        assert_eq!((a.len(), a.capacity()), (10, 4096));
+        let pa = a.as_ptr();
+        drop(a);
+        assert_eq!(pool.get(4000).as_ptr(), pa);
+        // 1 MiB class: at least two kept even above the byte bound, not more.
+        let bufs: Vec<_> = (0..4).map(|_| pool.get(1 << 20)).collect();
+        let ptrs: Vec<_> = bufs.iter().map(|b| b.as_ptr()).collect();
+        drop(bufs);
+        let again: Vec<_> = (0..4).map(|_| pool.get(1 << 20)).collect();
+        let reused = again.iter().filter(|b| ptrs.contains(&b.as_ptr())).count();
+        assert_eq!(reused, 2);
+        let detached = pool.get(100).into_inner();
+        assert_eq!(detached.len(), 100);
     }
 
     #[test]

@@ -189,8 +189,36 @@ impl<T> ExecutorThread<T> {
     }
 }
 
-/// The cores this process may run on (its affinity mask).
+/// The cores executors may be pinned to: the online CPUs, restricted by the cgroup's cpuset when
+/// one is set (cgroup v2 `cpuset.cpus.effective`, or v1 `cpuset.cpus`).
+///
+/// This is deliberately not the calling thread's affinity mask: a thread that pinned itself to
+/// one core (or a child process that inherited such a mask) may still start executors on the
+/// others.
 pub fn available_cores() -> Vec<usize> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| parse_cpu_list(s.trim()));
+    let online = read("/sys/devices/system/cpu/online").unwrap_or_else(affinity_cores);
+    let cpuset = read("/sys/fs/cgroup/cpuset.cpus.effective").or_else(|| read("/sys/fs/cgroup/cpuset/cpuset.cpus"));
+    match cpuset {
+        Some(allowed) if !allowed.is_empty() => online.into_iter().filter(|c| allowed.contains(c)).collect(),
+        _ => online,
+    }
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.trim().parse::<usize>().ok()?..=b.trim().parse::<usize>().ok()?),
+            None => cpus.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// The calling thread's affinity mask (the fallback when sysfs is not readable).
+fn affinity_cores() -> Vec<usize> {
     // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer and size describe `set`.
@@ -297,12 +325,13 @@ impl Park<'_> {
     }
 
     /// Wakes the executor when another thread or process changes the futex word at `word` from
-    /// `expected` and calls `FUTEX_WAKE` on it.
+    /// `expected` and calls `FUTEX_WAKE` on it. Returns `false` if the kernel has no io_uring
+    /// futex waits (they need Linux 6.7): the hook must then bound the park instead.
     ///
     /// # Safety
     ///
     /// `word` must stay mapped until [`disarm_futex`] is called for it on this executor.
-    pub(crate) unsafe fn futex_wait(&mut self, word: *const u32, expected: u32) {
+    pub(crate) unsafe fn futex_wait(&mut self, word: *const u32, expected: u32) -> bool {
         // SAFETY: forwarded from the caller.
         unsafe { self.reactor.arm_futex(word, expected) }
     }
@@ -452,15 +481,23 @@ impl LocalExecutor {
                 progress += 1;
             }
             progress += cx.run_tasks();
-            progress += cx.poll_io();
-            progress += cx.fire_timers();
+            progress += cx.poll_io(&main.woken);
             progress += cx.run_hooks();
             cx.bump(|s| s.iterations += 1);
-            if progress > 0 {
+            // One clock read per iteration at most, and none on a busy iteration without timers.
+            let has_timers = !cx.timers.borrow().is_empty();
+            if progress > 0 && !has_timers {
                 idle_since = None;
                 continue;
             }
             let now = Instant::now();
+            if has_timers {
+                progress += cx.fire_timers(now);
+            }
+            if progress > 0 {
+                idle_since = None;
+                continue;
+            }
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) < cx.spin_budget.get() {
                 std::hint::spin_loop();
@@ -509,21 +546,18 @@ impl ExecContext {
         n
     }
 
-    fn poll_io(&self) -> usize {
+    fn poll_io(&self, main_woken: &AtomicBool) -> usize {
         let mut reactor = self.reactor.borrow_mut();
+        reactor.flush_deferred(self.shared.queue.is_empty() && !main_woken.load(Ordering::Relaxed));
         if reactor.needs_enter() {
             reactor.enter(None, false).unwrap_or_else(|e| panic!("executor cannot continue: {e}"));
         }
         reactor.reap_into_slots()
     }
 
-    fn fire_timers(&self) -> usize {
+    fn fire_timers(&self, now: Instant) -> usize {
         let due = {
             let mut timers = self.timers.borrow_mut();
-            if timers.is_empty() {
-                return 0;
-            }
-            let now = Instant::now();
             let mut due = Vec::new();
             while let Some(entry) = timers.first_entry() {
                 if entry.key().0 > now {
@@ -570,6 +604,8 @@ impl ExecContext {
             self.shared.parked.store(false, Ordering::SeqCst);
             return Ok(());
         }
+        // Nothing deferred may sleep with us.
+        self.reactor.borrow_mut().flush_deferred(true);
         let mut timeout =
             self.timers.borrow().first_key_value().map(|((at, _), _)| at.saturating_duration_since(Instant::now()));
         let mut list = std::mem::take(&mut self.hooks.borrow_mut().list);
@@ -782,6 +818,35 @@ mod tests {
             .await;
         });
         assert_eq!(shared.get(), 1);
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn a_pinned_thread_can_start_executors_on_other_cores() {
+        let cores = available_cores();
+        if cores.len() < 2 {
+            eprintln!("skipped: one core");
+            return;
+        }
+        let (first, last) = (cores[0], *cores.last().unwrap());
+        let t = Builder::new()
+            .pin_to_core(first)
+            .spawn_thread(move || async move {
+                // From a thread pinned to the first core, start one on the last.
+                let inner = Builder::new().pin_to_core(last).spawn_thread(|| async {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::sched_getcpu() }
+                });
+                inner.map(|t| t.join())
+            })
+            .unwrap();
+        assert_eq!(t.join().unwrap().unwrap().unwrap(), last as i32);
     }
 
     #[test]

@@ -14,6 +14,10 @@ use io_uring::{opcode, types};
 use crate::buf::AlignedBuf;
 use crate::op::Op;
 
+/// `IORING_RECVSEND_POLL_FIRST` from `<linux/io_uring.h>` (the io-uring crate keeps its
+/// constants private): wait for readiness before trying the receive.
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
+
 /// Bytes the kernel may read from an operation's buffer: stable heap memory owned by the value.
 pub trait IoBuf: 'static {
     /// Start of the bytes; must not change when the value moves.
@@ -262,20 +266,57 @@ impl TcpStream {
     /// # Panics
     ///
     /// If `offset` is not below the buffer's capacity.
-    pub async fn recv(&self, mut buf: AlignedBuf, offset: usize) -> (io::Result<usize>, AlignedBuf) {
+    pub async fn recv(&self, buf: AlignedBuf, offset: usize) -> (io::Result<usize>, AlignedBuf) {
+        self.recv_with(buf, offset, false).await
+    }
+
+    /// [`TcpStream::recv`], telling the kernel whether the socket is known to be empty
+    /// (`poll_first`): then it waits for data without first trying to read, which saves a failed
+    /// attempt on a connection that was just drained.
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is not below the buffer's capacity.
+    pub async fn recv_with(
+        &self,
+        mut buf: AlignedBuf,
+        offset: usize,
+        poll_first: bool,
+    ) -> (io::Result<usize>, AlignedBuf) {
         assert!(offset < buf.capacity(), "recv offset {offset} at or past capacity {}", buf.capacity());
         let fd = self.fd.as_raw_fd();
         let room = (buf.capacity() - offset).min(u32::MAX as usize) as u32;
+        let ioprio = if poll_first { IORING_RECVSEND_POLL_FIRST } else { 0 };
         // SAFETY: the pointer is into the heap allocation of `buf`, owned by the operation.
         let op = unsafe {
-            Op::submit(buf, |b| {
+            Op::submit_deferred(buf, |b| {
                 let p = b.as_mut_ptr().add(offset);
-                opcode::Recv::new(types::Fd(fd), p, room).build()
+                opcode::Recv::new(types::Fd(fd), p, room).ioprio(ioprio).build()
             })
         };
         let done = op.await;
         buf = done.data;
         (done.result.map(|n| n as usize), buf)
+    }
+
+    /// Sends the bytes of one buffer from `skip` on, in one `send`; returns how many were sent.
+    pub async fn send_one<B: IoBuf>(&self, buf: B, skip: usize) -> (io::Result<usize>, B) {
+        let len = buf.bytes_len().saturating_sub(skip);
+        if len == 0 {
+            return (Ok(0), buf);
+        }
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the pointer is into the buffer's stable heap memory, owned by the operation;
+        // `skip < bytes_len`.
+        let op = unsafe {
+            Op::submit(buf, |b| {
+                opcode::Send::new(types::Fd(fd), b.stable_ptr().add(skip), len.min(u32::MAX as usize) as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            })
+        };
+        let done = op.await;
+        (done.result.map(|n| n as usize), done.data)
     }
 
     /// Sends the bytes of `bufs`, skipping the first `skip` bytes, in one `sendmsg`. Returns how
@@ -402,6 +443,47 @@ mod tests {
             let (n, buf) = c.recv(AlignedBuf::zeroed(64), 0).await;
             assert_eq!(&buf[..n.unwrap()], b"after");
         });
+    }
+
+    #[test]
+    fn a_task_that_keeps_yielding_does_not_starve_receives() {
+        // Receives are deferred to let replies go first; a busy executor must still submit them.
+        let ex = Builder::new().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = listener.accept().unwrap();
+            for i in 0..100u8 {
+                s.write_all(&[i]).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+        let got = ex.block_on(async move {
+            let c = Rc::new(TcpStream::connect(addr).await.unwrap());
+            let received = Rc::new(std::cell::Cell::new(0usize));
+            let (c2, r2) = (c.clone(), received.clone());
+            let reader = crate::spawn(async move {
+                let mut buf = AlignedBuf::zeroed(64);
+                loop {
+                    let (n, b) = c2.recv(buf, 0).await;
+                    buf = b;
+                    match n.unwrap() {
+                        0 => break,
+                        n => r2.set(r2.get() + n),
+                    }
+                }
+            });
+            // The main future never stops being ready.
+            let start = std::time::Instant::now();
+            while received.get() < 100 && start.elapsed() < std::time::Duration::from_secs(10) {
+                crate::yield_now().await;
+            }
+            reader.abort();
+            received.get()
+        });
+        writer.join().unwrap();
+        assert_eq!(got, 100, "receives starved by a busy task");
     }
 
     #[test]

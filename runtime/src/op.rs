@@ -41,6 +41,19 @@ impl<T: 'static> Op<T> {
         let index = with_reactor(|r| unsafe { r.submit(entry) });
         Self { index, data: Some(data) }
     }
+
+    /// Like [`Op::submit`], for receives: the entry reaches the kernel once the executor has run
+    /// its ready tasks (see `Reactor::submit_deferred`).
+    ///
+    /// # Safety
+    ///
+    /// As [`Op::submit`].
+    pub(crate) unsafe fn submit_deferred(mut data: T, build: impl FnOnce(&mut T) -> squeue::Entry) -> Self {
+        let entry = build(&mut data);
+        // SAFETY: forwarded from the caller.
+        let index = with_reactor(|r| unsafe { r.submit_deferred(entry) });
+        Self { index, data: Some(data) }
+    }
 }
 
 // `Op` never pins `T` in place: the kernel's pointers go to heap memory owned by `T`.

@@ -65,6 +65,13 @@ pub(crate) struct Reactor {
     wake_armed: bool,
     futexes: Vec<FutexArm>,
     closing: bool,
+    /// Receive operations not yet handed to the kernel (see [`Reactor::submit_deferred`]),
+    /// deferred during the current loop iteration...
+    deferred: Vec<(u32, squeue::Entry)>,
+    /// ...and during the previous one (these go to the kernel at the next flush at the latest).
+    deferred_aged: Vec<(u32, squeue::Entry)>,
+    /// Set when the kernel refused a futex wait (io_uring futex operations need Linux 6.7).
+    futex_unsupported: bool,
 }
 
 impl Reactor {
@@ -103,6 +110,9 @@ impl Reactor {
             wake_armed: false,
             futexes: Vec::new(),
             closing: false,
+            deferred: Vec::new(),
+            deferred_aged: Vec::new(),
+            futex_unsupported: false,
         };
         reactor.arm_wake();
         Ok(reactor)
@@ -152,6 +162,13 @@ impl Reactor {
     /// Every buffer the entry points to must stay valid until the slot is released with
     /// [`Reactor::take_result`] or orphaned with [`Reactor::orphan`].
     pub(crate) unsafe fn submit(&mut self, entry: squeue::Entry) -> u32 {
+        let index = self.alloc_slot();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push(entry.user_data(TAG_OP | u64::from(index))) };
+        index
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -161,9 +178,44 @@ impl Reactor {
         };
         self.slots[index as usize] = Slot::Pending(None);
         self.in_flight += 1;
-        // SAFETY: forwarded from the caller.
-        unsafe { self.push(entry.user_data(TAG_OP | u64::from(index))) };
         index
+    }
+
+    /// Like [`Reactor::submit`], but the entry waits in a list until [`Reactor::flush_deferred`],
+    /// which the executor calls when it has run every ready task, and before it parks. Receives
+    /// are submitted this way so that replies produced by the tasks a receive woke reach the
+    /// kernel first: a receive submitted ahead of a send in one `io_uring_enter` delays the send
+    /// by the receive's attempt and poll arming (about 0.7 µs here). Nothing is lost by waiting:
+    /// bytes that arrive meanwhile stay in the socket buffer.
+    ///
+    /// # Safety
+    ///
+    /// As [`Reactor::submit`].
+    pub(crate) unsafe fn submit_deferred(&mut self, entry: squeue::Entry) -> u32 {
+        let index = self.alloc_slot();
+        self.deferred.push((index, entry.user_data(TAG_OP | u64::from(index))));
+        index
+    }
+
+    /// Once per loop iteration: hands to the kernel the entries deferred in the previous
+    /// iteration (after whatever this iteration's tasks submitted), or all of them when `all`
+    /// (nothing else is ready to run, or the executor is about to park). A receive therefore
+    /// waits at most one iteration, however busy the executor is.
+    pub(crate) fn flush_deferred(&mut self, all: bool) {
+        let aged = std::mem::take(&mut self.deferred_aged);
+        let young = std::mem::take(&mut self.deferred);
+        for (_, entry) in aged {
+            // SAFETY: the entries were accepted under `submit_deferred`'s contract.
+            unsafe { self.push(entry) };
+        }
+        if all {
+            for (_, entry) in young {
+                // SAFETY: as above.
+                unsafe { self.push(entry) };
+            }
+        } else {
+            self.deferred_aged = young;
+        }
     }
 
     /// If the operation completed, releases its slot and returns `(result, flags)`; otherwise
@@ -191,6 +243,17 @@ impl Reactor {
     /// The future of an operation was dropped before completion: keep `data` alive until the
     /// kernel is done with it, and ask the kernel to cancel the operation.
     pub(crate) fn orphan(&mut self, index: u32, data: Box<dyn Any>) {
+        let queued = [&mut self.deferred, &mut self.deferred_aged]
+            .into_iter()
+            .find_map(|list| list.iter().position(|(i, _)| *i == index).map(|pos| list.swap_remove(pos)));
+        if queued.is_some() {
+            // Never reached the kernel: forget it.
+            self.slots[index as usize] = Slot::Free;
+            self.free.push(index);
+            self.in_flight -= 1;
+            drop(data);
+            return;
+        }
         let slot = &mut self.slots[index as usize];
         match slot {
             Slot::Done { .. } => {
@@ -214,10 +277,13 @@ impl Reactor {
     ///
     /// `addr` must point to a 4-byte aligned word that stays mapped until [`Reactor::disarm_futex`]
     /// is called for it.
-    pub(crate) unsafe fn arm_futex(&mut self, addr: *const u32, expected: u32) {
+    pub(crate) unsafe fn arm_futex(&mut self, addr: *const u32, expected: u32) -> bool {
+        if self.futex_unsupported {
+            return false;
+        }
         let key = addr as usize;
         let index = match self.futexes.iter().position(|f| f.addr == key) {
-            Some(i) if self.futexes[i].outstanding => return,
+            Some(i) if self.futexes[i].outstanding => return true,
             Some(i) => i,
             None => {
                 self.futexes.push(FutexArm { addr: key, outstanding: false });
@@ -230,6 +296,7 @@ impl Reactor {
             .user_data(TAG_FUTEX | index as u64);
         // SAFETY: forwarded from the caller (the word stays mapped while armed).
         unsafe { self.push(entry) };
+        true
     }
 
     /// Cancels an armed futex wait and forgets the word; waits (bounded) until the kernel has let
@@ -327,6 +394,14 @@ impl Reactor {
                     if let Some(f) = self.futexes.get_mut(index) {
                         f.outstanding = false;
                     }
+                    if matches!(-cqe.result(), libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) {
+                        if !self.futex_unsupported {
+                            tracing::info!(
+                                "io_uring futex waits unavailable (Linux 6.7 needed); idle shared-memory receivers poll"
+                            );
+                        }
+                        self.futex_unsupported = true;
+                    }
                 }
                 _ => {} // cancellation results carry nothing we need
             }
@@ -357,6 +432,8 @@ impl Drop for Reactor {
         // Cancel everything still in flight and wait (bounded) for the kernel to let go of the
         // buffers. Whatever is still in flight after that is leaked, never freed under the kernel.
         self.closing = true;
+        self.deferred.clear();
+        self.deferred_aged.clear();
         let cancel_all = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(TAG_CANCEL);
         // SAFETY: a cancellation points to no buffer.
         unsafe { self.push(cancel_all) };

@@ -5,9 +5,9 @@
 //!  0     4    magic      0x44524543 ("DREC" read as a little-endian u32)
 //!  4     2    version    WIRE_VERSION
 //!  6     1    kind       Kind
-//!  7     1    flags      0 (reserved)
+//!  7     1    flags      bit 0: the checksum covers the body; other bits reserved (0)
 //!  8     4    length     body length in bytes, at most the configured max_frame_len
-//! 12     4    checksum   CRC32C of bytes 0..12, bytes 16..24 and the body
+//! 12     4    checksum   CRC32C of bytes 0..12, bytes 16..24 and, if flag 0 is set, the body
 //! 16     8    aux        kind-specific: Hello = sender id and group tag, Push = region and offset
 //! ```
 //! All integers are little-endian. A header is validated completely (magic, version, kind, length
@@ -19,6 +19,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"DREC");
 pub const WIRE_VERSION: u16 = 1;
 /// Length of the header in bytes.
 pub const HEADER_LEN: usize = 24;
+/// Flag: the checksum covers the body too.
+pub const FLAG_BODY_CHECKSUM: u8 = 1;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub struct Header {
     pub len: u32,
     /// Checksum from the wire.
     pub checksum: u32,
+    /// Flags from the wire.
+    pub flags: u8,
     /// Kind-specific word.
     pub aux: u64,
 }
@@ -124,15 +128,20 @@ pub struct Header {
 impl Header {
     /// Encodes the header; the checksum covers the header and `body`.
     pub fn encode(kind: Kind, aux: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+        Self::encode_with(kind, aux, body, true)
+    }
+
+    /// Encodes the header; the checksum covers the header, and the body if `checksum_body`.
+    pub fn encode_with(kind: Kind, aux: u64, body: &[u8], checksum_body: bool) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4..6].copy_from_slice(&WIRE_VERSION.to_le_bytes());
         h[6] = kind as u8;
-        h[7] = 0;
+        h[7] = if checksum_body { FLAG_BODY_CHECKSUM } else { 0 };
         let len = u32::try_from(body.len()).expect("frame body above 4 GiB");
         h[8..12].copy_from_slice(&len.to_le_bytes());
         h[16..24].copy_from_slice(&aux.to_le_bytes());
-        let sum = checksum(&h, body);
+        let sum = checksum(&h, if checksum_body { body } else { &[] });
         h[12..16].copy_from_slice(&sum.to_le_bytes());
         h
     }
@@ -153,8 +162,9 @@ impl Header {
             return Err(FrameError::Version(version));
         }
         let kind = Kind::from_u8(h[6]).ok_or(FrameError::Kind(h[6]))?;
-        if h[7] != 0 {
-            return Err(FrameError::Flags(h[7]));
+        let flags = h[7];
+        if flags & !FLAG_BODY_CHECKSUM != 0 {
+            return Err(FrameError::Flags(flags));
         }
         let len = word(8..12);
         if len as usize > max_len {
@@ -162,7 +172,7 @@ impl Header {
         }
         let checksum = word(12..16);
         let aux = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-        Ok(Self { kind, len, checksum, aux })
+        Ok(Self { kind, len, checksum, flags, aux })
     }
 
     /// Checks the checksum against the raw header bytes and the body.
@@ -171,7 +181,8 @@ impl Header {
     ///
     /// [`FrameError::Checksum`].
     pub fn verify(&self, raw: &[u8; HEADER_LEN], body: &[u8]) -> Result<(), FrameError> {
-        let actual = checksum(raw, body);
+        let covered = if self.flags & FLAG_BODY_CHECKSUM != 0 { body } else { &[] };
+        let actual = checksum(raw, covered);
         if actual != self.checksum {
             return Err(FrameError::Checksum { expected: self.checksum, actual });
         }
@@ -222,8 +233,8 @@ mod tests {
         b[6] = 77;
         cases.push((b, FrameError::Kind(77)));
         let mut b = good;
-        b[7] = 1;
-        cases.push((b, FrameError::Flags(1)));
+        b[7] = 2;
+        cases.push((b, FrameError::Flags(2)));
         let mut b = good;
         b[8..12].copy_from_slice(&1_000_000u32.to_le_bytes());
         cases.push((b, FrameError::TooLong { len: 1_000_000, max: 64 }));
@@ -241,6 +252,16 @@ mod tests {
         bad[16] ^= 0xff;
         let h = Header::decode(&bad, 64).unwrap();
         assert!(matches!(h.verify(&bad, b"abc"), Err(FrameError::Checksum { .. })));
+    }
+
+    #[test]
+    fn header_only_checksum_ignores_the_body_but_not_the_header() {
+        let raw = Header::encode_with(Kind::Data, 5, b"abc", false);
+        let h = Header::decode(&raw, 64).unwrap();
+        h.verify(&raw, b"xyz").unwrap();
+        let mut bad = raw;
+        bad[17] ^= 1;
+        assert!(matches!(Header::decode(&bad, 64).unwrap().verify(&bad, b"abc"), Err(FrameError::Checksum { .. })));
     }
 
     #[test]

@@ -58,27 +58,56 @@ impl fmt::Display for PeerId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RegionId(pub u16);
 
-/// A received frame: the body, in a buffer aligned for in-place validation.
-#[derive(Debug)]
+/// A received frame: the body, 16-byte aligned (rkyv validates archived bytes in place).
+///
+/// On TCP the body sits in a pooled buffer; on shared memory it is read in place from the ring
+/// (zero copy) and the ring space is released when the frame is dropped, so a frame held for a
+/// long time holds back its sender: keep frames briefly, or take the bytes with
+/// [`Frame::into_buf`]. Frames stay on the executor thread that received them.
 pub struct Frame {
-    buf: AlignedBuf,
+    body: FrameBody,
+}
+
+enum FrameBody {
+    Pooled(crate::buf::PooledBuf),
+    Ring(shm::RingFrame),
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.body {
+            FrameBody::Pooled(_) => "pooled",
+            FrameBody::Ring(_) => "in ring",
+        };
+        f.debug_struct("Frame").field("len", &self.len()).field("body", &kind).finish()
+    }
 }
 
 impl Frame {
-    pub(crate) fn new(buf: AlignedBuf) -> Self {
-        Self { buf }
+    pub(crate) fn pooled(buf: crate::buf::PooledBuf) -> Self {
+        Self { body: FrameBody::Pooled(buf) }
     }
 
-    /// Takes the buffer.
+    pub(crate) fn ring(f: shm::RingFrame) -> Self {
+        Self { body: FrameBody::Ring(f) }
+    }
+
+    /// Takes the bytes as an owned buffer (a copy for frames read in place).
     pub fn into_buf(self) -> AlignedBuf {
-        self.buf
+        match self.body {
+            FrameBody::Pooled(b) => b.into_inner(),
+            FrameBody::Ring(r) => AlignedBuf::from_slice(r.bytes()),
+        }
     }
 }
 
 impl Deref for Frame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf
+        match &self.body {
+            FrameBody::Pooled(b) => b,
+            FrameBody::Ring(r) => r.bytes(),
+        }
     }
 }
 
@@ -447,11 +476,17 @@ pub(crate) fn check_range(region: RegionId, range: &Range<usize>, len: usize) ->
     Ok(())
 }
 
+/// Frames waiting in a transport's event queue beyond which receiving pauses (TCP stops reading
+/// the socket, shared memory stops draining rings) until the application catches up: memory stays
+/// bounded and the senders feel backpressure.
+pub(crate) const EVENTS_QUEUED_MAX: usize = 4096;
+
 /// The queue of events of one transport, with the waker of its (single) consumer.
 #[derive(Default)]
 pub(crate) struct EventQueue {
     events: std::cell::RefCell<std::collections::VecDeque<TransportEvent>>,
     waker: std::cell::RefCell<Option<std::task::Waker>>,
+    room_wakers: std::cell::RefCell<Vec<std::task::Waker>>,
 }
 
 impl EventQueue {
@@ -466,8 +501,30 @@ impl EventQueue {
         self.events.borrow().len()
     }
 
+    pub(crate) fn has_room(&self) -> bool {
+        self.len() < EVENTS_QUEUED_MAX
+    }
+
+    /// Waits until the queue has room for more frames.
+    pub(crate) async fn wait_room(&self) {
+        std::future::poll_fn(|cx| {
+            if self.has_room() {
+                return std::task::Poll::Ready(());
+            }
+            self.room_wakers.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
     pub(crate) fn try_pop(&self) -> Option<TransportEvent> {
-        self.events.borrow_mut().pop_front()
+        let e = self.events.borrow_mut().pop_front();
+        if e.is_some() && self.len() == EVENTS_QUEUED_MAX / 2 {
+            for w in self.room_wakers.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+        e
     }
 
     pub(crate) async fn pop(&self) -> TransportEvent {

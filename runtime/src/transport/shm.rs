@@ -44,7 +44,6 @@ use super::{
     EventQueue, Frame, FrameError, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
     TransportLimits, check_range,
 };
-use crate::buf::AlignedBuf;
 use crate::executor::{HookId, JoinHandle, Park, PollHook, add_poll_hook, disarm_futex, remove_poll_hook, spawn};
 use crate::time;
 
@@ -60,9 +59,9 @@ const KIND_FRAME: u32 = 1;
 const KIND_PAD: u32 = 2;
 const STATE_READY: u32 = 1;
 const STATE_CLOSED: u32 = 2;
-/// Frames waiting in the event queue beyond which the hook stops draining rings (the senders then
-/// see full rings and wait: backpressure instead of unbounded memory).
-const EVENTS_QUEUED_MAX: usize = 4096;
+/// How long an idle receiver sleeps between looks at its rings when the kernel cannot wake it
+/// through a futex (io_uring futex waits need Linux 6.7).
+const FUTEXLESS_PARK: Duration = Duration::from_micros(200);
 
 /// The control block at the start of a `.ctl` file.
 #[repr(C, align(64))]
@@ -253,18 +252,90 @@ fn ring_doorbell(ctl: &Ctl) {
     }
 }
 
+/// The consumer side of one incoming ring. Frames are handed out in place; ring space is released
+/// in ring order as the frames are dropped (a frame dropped early waits for those before it).
+pub(crate) struct InRing {
+    map: MmapRaw,
+    /// The producer's control block, to ring its doorbell when it waits for space.
+    producer_ctl: Rc<MmapRaw>,
+    /// Published consumer position.
+    head: Cell<u64>,
+    /// Position up to which records have been read.
+    read: Cell<u64>,
+    /// Ends of records read but not released, with whether they were released.
+    outstanding: RefCell<std::collections::VecDeque<(u64, bool)>>,
+}
+
+impl InRing {
+    fn header(&self) -> &RingHeader {
+        ring_of(&self.map)
+    }
+
+    fn release(&self, end: u64) {
+        let mut out = self.outstanding.borrow_mut();
+        if let Some(e) = out.iter_mut().find(|(e, _)| *e == end) {
+            e.1 = true;
+        }
+        let mut head = self.head.get();
+        while let Some(&(e, true)) = out.front() {
+            head = e;
+            out.pop_front();
+        }
+        if out.is_empty() {
+            head = self.read.get();
+        }
+        drop(out);
+        self.publish(head);
+    }
+
+    fn publish(&self, head: u64) {
+        if head == self.head.get() {
+            return;
+        }
+        self.head.set(head);
+        let hdr = self.header();
+        hdr.head.store(head, Ordering::Release);
+        if hdr.producer_waiting.load(Ordering::SeqCst) != 0 && hdr.producer_waiting.swap(0, Ordering::SeqCst) != 0 {
+            ring_doorbell(ctl_of(&self.producer_ctl));
+        }
+    }
+}
+
+/// A frame read in place from a ring; releases its ring space when dropped.
+pub(crate) struct RingFrame {
+    ring: Rc<InRing>,
+    offset: usize,
+    len: usize,
+    end: u64,
+}
+
+impl RingFrame {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the record `[offset, offset + len)` lies inside the mapping (checked when it was
+        // read), the mapping lives as long as `self.ring`, and the producer does not write the
+        // record until it is released (when `self` is dropped). A producer that breaks that rule
+        // can only make these bytes change under the reader, which validates them anyway.
+        unsafe { std::slice::from_raw_parts(self.ring.map.as_ptr().add(self.offset), self.len) }
+    }
+}
+
+impl Drop for RingFrame {
+    fn drop(&mut self) {
+        self.ring.release(self.end);
+    }
+}
+
 struct Peer {
     id: PeerId,
     pid: u32,
-    ctl: MmapRaw,
+    ctl: Rc<MmapRaw>,
     /// The peer's ring that we produce into.
     out_ring: MmapRaw,
     out_tail: Cell<u64>,
     out_waiters: RefCell<Vec<Waker>>,
     out_head_seen: Cell<u64>,
     /// Our ring that the peer produces into.
-    in_ring: MmapRaw,
-    in_head: Cell<u64>,
+    in_ring: Rc<InRing>,
     regions: RefCell<BTreeMap<RegionId, MmapRaw>>,
     failed: Cell<bool>,
     heartbeat_seen: Cell<(u64, Instant)>,
@@ -355,25 +426,27 @@ impl Inner {
         true
     }
 
-    /// Drains the ring from `peer`; returns the number of frames received.
+    /// Reads the new records of the ring from `peer` into frame events (in place); returns the
+    /// number of frames received.
     fn drain(&self, peer: &Peer) -> usize {
-        let hdr = ring_of(&peer.in_ring);
+        let ring = &peer.in_ring;
+        let hdr = ring.header();
         let cap = self.config.ring_len as u64;
         let tail = hdr.tail.load(Ordering::Acquire);
-        let mut head = peer.in_head.get();
+        let mut read = ring.read.get();
         let mut n = 0;
         let result = loop {
-            if head == tail || self.events.len() >= EVENTS_QUEUED_MAX {
+            if read == tail || !self.events.has_room() {
                 break Ok(());
             }
-            if tail < head || tail - head > cap {
-                break Err(FrameError::BadRecord { pos: head, len: tail.wrapping_sub(head) });
+            if tail < read || tail - ring.head.get() > cap {
+                break Err(FrameError::BadRecord { pos: read, len: tail.wrapping_sub(read) });
             }
-            let pos = head % cap;
+            let pos = read % cap;
             // SAFETY: `pos + 16 <= cap` (records are 16-aligned and cap is a multiple of 64), the
             // record was published by the producer's release store of `tail`, and the producer
             // does not write `[head, tail)` until we advance `head`.
-            let (len, kind) = unsafe { read_record_header(peer.in_ring.as_ptr().add(RING_DATA_OFFSET + pos as usize)) };
+            let (len, kind) = unsafe { read_record_header(ring.map.as_ptr().add(RING_DATA_OFFSET + pos as usize)) };
             let rec = match kind {
                 KIND_PAD => cap - pos,
                 KIND_FRAME if (len as usize) <= self.config.limits.max_frame_len => {
@@ -382,34 +455,38 @@ impl Inner {
                 KIND_FRAME => {
                     break Err(FrameError::TooLong { len: len as usize, max: self.config.limits.max_frame_len });
                 }
-                _ => break Err(FrameError::BadRecord { pos: head, len: u64::from(len) }),
+                _ => break Err(FrameError::BadRecord { pos: read, len: u64::from(len) }),
             };
-            if pos + rec > cap || head + rec > tail {
-                break Err(FrameError::BadRecord { pos: head, len: rec });
+            if pos + rec > cap || read + rec > tail {
+                break Err(FrameError::BadRecord { pos: read, len: rec });
             }
+            read += rec;
+            ring.read.set(read);
             if kind == KIND_FRAME {
-                let mut buf = AlignedBuf::zeroed(len as usize);
-                // SAFETY: the body lies inside the record, inside the data area (checked above).
-                unsafe {
-                    let src = peer.in_ring.as_ptr().add(RING_DATA_OFFSET + pos as usize + RECORD_HEADER);
-                    std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len as usize);
-                }
-                self.events.push(TransportEvent::Frame { from: peer.id, frame: Frame::new(buf) });
+                ring.outstanding.borrow_mut().push_back((read, false));
+                let frame = RingFrame {
+                    ring: ring.clone(),
+                    offset: RING_DATA_OFFSET + pos as usize + RECORD_HEADER,
+                    len: len as usize,
+                    end: read,
+                };
+                self.events.push(TransportEvent::Frame { from: peer.id, frame: Frame::ring(frame) });
                 n += 1;
+            } else if ring.outstanding.borrow().is_empty() {
+                ring.publish(read);
+            } else {
+                ring.outstanding.borrow_mut().push_back((read, true));
             }
-            head += rec;
         };
-        if head != peer.in_head.get() {
-            peer.in_head.set(head);
-            hdr.head.store(head, Ordering::Release);
-            if hdr.producer_waiting.load(Ordering::SeqCst) != 0 && hdr.producer_waiting.swap(0, Ordering::SeqCst) != 0 {
-                ring_doorbell(peer.ctl());
-            }
-        }
         if let Err(e) = result {
             self.fail(peer, PeerFailure::Protocol(e));
         }
         n
+    }
+
+    /// Whether every record the peer published has been read.
+    fn fully_drained(&self, peer: &Peer) -> bool {
+        peer.in_ring.read.get() == peer.in_ring.header().tail.load(Ordering::Acquire)
     }
 
     fn peer_region(&self, peer: &Peer, id: RegionId, len: usize) -> Result<*mut u8, TransportError> {
@@ -481,6 +558,13 @@ impl PollHook for Hook {
                 continue;
             }
             progress += inner.drain(peer);
+            if peer.ctl().state.load(Ordering::Acquire) == STATE_CLOSED && inner.fully_drained(peer) {
+                // A graceful close rings our doorbell: report it now, not at the next heartbeat,
+                // and only once every frame sent before the close has been received.
+                inner.fail(peer, PeerFailure::Closed);
+                progress += 1;
+                continue;
+            }
             if !peer.out_waiters.borrow().is_empty() {
                 let head = ring_of(&peer.out_ring).head.load(Ordering::Acquire);
                 if head != peer.out_head_seen.get() {
@@ -509,7 +593,11 @@ impl PollHook for Hook {
         }
         // SAFETY: the doorbell lives in our control block, mapped until the transport closes,
         // which disarms the wait first.
-        unsafe { park.futex_wait(ctl.doorbell.as_ptr(), bell) };
+        let armed = unsafe { park.futex_wait(ctl.doorbell.as_ptr(), bell) };
+        if !armed {
+            // No io_uring futex waits on this kernel: look again soon.
+            park.wake_within(FUTEXLESS_PARK);
+        }
         // Waiting producers of ours are woken by the consumer's doorbell; heartbeats and peer
         // checks are timers. Nothing else needs a bounded park.
         true
@@ -593,6 +681,14 @@ impl ShmTransport {
                         let now = Instant::now();
                         let hb = ctl_of(&ctl).heartbeat.load(Ordering::Acquire);
                         let tail = ring_of(&out_ring).tail.load(Ordering::Acquire);
+                        let ctl = Rc::new(ctl);
+                        let in_ring = Rc::new(InRing {
+                            map: in_rings.remove(&p).expect("ring per peer"),
+                            producer_ctl: ctl.clone(),
+                            head: Cell::new(0),
+                            read: Cell::new(0),
+                            outstanding: RefCell::new(std::collections::VecDeque::new()),
+                        });
                         peers.insert(
                             p,
                             Peer {
@@ -603,8 +699,7 @@ impl ShmTransport {
                                 out_tail: Cell::new(tail),
                                 out_waiters: RefCell::new(Vec::new()),
                                 out_head_seen: Cell::new(0),
-                                in_ring: in_rings.remove(&p).expect("ring per peer"),
-                                in_head: Cell::new(0),
+                                in_ring,
                                 regions: RefCell::new(BTreeMap::new()),
                                 failed: Cell::new(false),
                                 heartbeat_seen: Cell::new((hb, now)),
@@ -629,7 +724,7 @@ impl ShmTransport {
             let unattached: Vec<PeerId> = peers
                 .keys()
                 .copied()
-                .filter(|p| ring_of(&peers[p].in_ring).producer_attached.load(Ordering::Acquire) == 0)
+                .filter(|p| peers[p].in_ring.header().producer_attached.load(Ordering::Acquire) == 0)
                 .collect();
             if waiting.is_empty() && unattached.is_empty() {
                 break;
@@ -769,8 +864,11 @@ async fn heartbeat(inner: Rc<Inner>) {
             }
             let c = peer.ctl();
             if c.state.load(Ordering::Acquire) == STATE_CLOSED {
-                inner.drain(peer); // frames sent before the close still count
-                inner.fail(peer, PeerFailure::Closed);
+                // Frames sent before the close still count: report the close once they are in.
+                inner.drain(peer);
+                if inner.fully_drained(peer) {
+                    inner.fail(peer, PeerFailure::Closed);
+                }
                 continue;
             }
             if peer.pid != std::process::id() && !process_alive(peer.pid) {

@@ -26,7 +26,7 @@ use super::{
     EventQueue, FrameError, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
     TransportLimits, check_range,
 };
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, BufPool};
 use crate::executor::{JoinHandle, spawn};
 use crate::net::{TcpListener, TcpStream};
 use crate::time;
@@ -35,6 +35,11 @@ use crate::time;
 const RECV_BUF_LEN: usize = 256 << 10;
 /// Pieces (headers and bodies) in one `sendmsg`.
 const SEND_BATCH_MAX: usize = 1024;
+/// Frames with bodies up to this long are copied behind their header into one buffer.
+const SMALL_FRAME_LEN: usize = 4 << 10;
+/// Bodies at least this long that are not yet complete in the receive buffer are received
+/// straight into their own buffer (one copy fewer).
+const RECV_DIRECT_MIN: usize = 16 << 10;
 
 /// Configuration of a [`TcpTransport`].
 #[derive(Clone, Debug)]
@@ -46,6 +51,13 @@ pub struct TcpConfig {
     /// Peers only connect to peers that present the same tag (a guard against mixing two groups
     /// on one set of ports). Default 0.
     pub group_tag: u32,
+    /// Bodies up to this many bytes are covered by the frame's CRC32C; longer ones only have
+    /// their header checked. Default 64 KiB: every push and control frame of the protocol is
+    /// covered, while bulk payloads skip two passes over their bytes (CRC32C runs at about
+    /// 20 GB/s here, which costs a 1 MiB frame about 50 µs on each side: 0.78 of the raw socket's
+    /// streaming rate instead of 1.1 in the benchmark). They still have TCP's checksum and the
+    /// receiver's validation of their contents. `usize::MAX` covers every body, 0 none.
+    pub checksum_body_len_max: usize,
     /// Limits and timings.
     pub limits: TransportLimits,
 }
@@ -53,7 +65,7 @@ pub struct TcpConfig {
 impl TcpConfig {
     /// A configuration with default limits and group tag.
     pub fn new(me: PeerId, peers: Vec<(PeerId, SocketAddr)>) -> Self {
-        Self { me, peers, group_tag: 0, limits: TransportLimits::default() }
+        Self { me, peers, group_tag: 0, checksum_body_len_max: 64 << 10, limits: TransportLimits::default() }
     }
 
     fn validate(&self) -> Result<(), TransportError> {
@@ -114,6 +126,8 @@ struct Inner {
     regions: RefCell<BTreeMap<RegionId, Rc<Region>>>,
     events: EventQueue,
     closed: Cell<bool>,
+    pool: BufPool,
+    checksum_body_len_max: usize,
 }
 
 impl Inner {
@@ -305,7 +319,7 @@ impl TcpTransport {
         if !missing.is_empty() {
             return Err(TransportError::ConnectTimeout { after: limits.connect_timeout, missing });
         }
-        Ok(Self::start(me, limits, all))
+        Ok(Self::start(me, limits, config.checksum_body_len_max, all))
     }
 
     async fn dial(
@@ -352,7 +366,12 @@ impl TcpTransport {
         }
     }
 
-    fn start(me: PeerId, limits: TransportLimits, connected: BTreeMap<PeerId, Handshaken>) -> Self {
+    fn start(
+        me: PeerId,
+        limits: TransportLimits,
+        checksum_body_len_max: usize,
+        connected: BTreeMap<PeerId, Handshaken>,
+    ) -> Self {
         let now = Instant::now();
         let mut conns = BTreeMap::new();
         let mut pending = Vec::new();
@@ -374,11 +393,13 @@ impl TcpTransport {
         let inner = Rc::new(Inner {
             me,
             peer_ids: conns.keys().copied().collect(),
-            limits,
             conns,
             regions: RefCell::new(BTreeMap::new()),
             events: EventQueue::default(),
             closed: Cell::new(false),
+            pool: BufPool::new(limits.max_frame_len.max(8 << 20)),
+            checksum_body_len_max,
+            limits,
         });
         let mut tasks = Vec::new();
         for (conn, buf, filled) in pending {
@@ -475,7 +496,7 @@ impl Transport for TcpTransport {
         let mut bytes = vec![0u8; HEADER_LEN + len];
         r.read(range.start, &mut bytes[HEADER_LEN..]);
         let aux = frame::push_aux(region.0, range.start as u32);
-        let h = Header::encode(Kind::Push, aux, &bytes[HEADER_LEN..]);
+        let h = Header::encode_with(Kind::Push, aux, &bytes[HEADER_LEN..], len <= self.inner.checksum_body_len_max);
         bytes[..HEADER_LEN].copy_from_slice(&h);
         conn.enqueue([Payload::from(bytes)]);
         Ok(())
@@ -499,9 +520,13 @@ impl Transport for TcpTransport {
             Poll::Pending
         })
         .await?;
-        let h = Header::encode(Kind::Data, 0, body.as_bytes());
-        if body.is_empty() {
-            conn.enqueue([Payload::from(h.to_vec())]);
+        let h = Header::encode_with(Kind::Data, 0, body.as_bytes(), body.len() <= self.inner.checksum_body_len_max);
+        if body.len() <= SMALL_FRAME_LEN {
+            // One contiguous buffer: a lone small frame then leaves in one plain `send`.
+            let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+            bytes.extend_from_slice(&h);
+            bytes.extend_from_slice(body.as_bytes());
+            conn.enqueue([Payload::from(bytes)]);
         } else {
             conn.enqueue([Payload::from(h.to_vec()), body]);
         }
@@ -540,8 +565,15 @@ async fn writer(inner: Rc<Inner>, conn: Rc<Conn>) {
         let total: usize = batch.iter().map(Payload::len).sum();
         let mut sent = 0;
         while sent < total {
-            let (res, b) = conn.stream.send_vectored(std::mem::take(&mut batch), sent).await;
-            batch = b;
+            let res = if batch.len() == 1 {
+                let (res, b) = conn.stream.send_one(batch.pop().expect("one piece"), sent).await;
+                batch.push(b);
+                res
+            } else {
+                let (res, b) = conn.stream.send_vectored(std::mem::take(&mut batch), sent).await;
+                batch = b;
+                res
+            };
             match res {
                 Ok(0) => {
                     inner.fail(&conn, PeerFailure::Io(io::ErrorKind::WriteZero.into()));
@@ -595,9 +627,16 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
     // The handshake's Hello is at the start of the buffer.
     let mut start = HEADER_LEN;
     let max = inner.limits.max_frame_len;
+    let mut drained = false;
     loop {
         // Parse every complete frame in the buffer.
         while filled - start >= HEADER_LEN {
+            if !inner.events.has_room() {
+                inner.events.wait_room().await;
+                if conn.failed.get() {
+                    return Ok(());
+                }
+            }
             let raw: [u8; HEADER_LEN] = buf.spare_full()[start..start + HEADER_LEN].try_into().expect("header");
             let h = Header::decode(&raw, max)?;
             let body_len = h.len as usize;
@@ -609,16 +648,16 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
                 start += need;
                 continue;
             }
-            if need > RECV_BUF_LEN {
-                // Too big for the receive buffer: receive the body into its own allocation.
+            if body_len >= RECV_DIRECT_MIN || need > RECV_BUF_LEN {
+                // Receive the rest of the body straight into its own buffer.
                 let have = filled - start - HEADER_LEN;
-                let mut body = AlignedBuf::zeroed(body_len);
+                let mut body = inner.pool.get(body_len);
                 body[..have].copy_from_slice(&buf.spare_full()[start + HEADER_LEN..filled]);
-                let (b, _) = fill_to(conn, body, have, body_len).await?;
-                body = b;
+                let (b, _) = fill_to(conn, body.into_inner(), have, body_len).await?;
+                let body = inner.pool.wrap(b);
                 h.verify(&raw, &body)?;
                 if h.kind == Kind::Data {
-                    inner.events.push(TransportEvent::Frame { from: conn.peer, frame: super::Frame::new(body) });
+                    inner.events.push(TransportEvent::Frame { from: conn.peer, frame: super::Frame::pooled(body) });
                 } else {
                     handle(inner, conn, h, &body)?;
                 }
@@ -640,12 +679,16 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
             filled -= start;
             start = 0;
         }
-        let (res, b) = conn.stream.recv(buf, filled).await;
+        let room = RECV_BUF_LEN - filled;
+        let (res, b) = conn.stream.recv_with(buf, filled, drained).await;
         buf = b;
         match res {
             Ok(0) => return Err(PeerFailure::Closed),
             Ok(n) => {
                 filled += n;
+                // A read that did not fill the room emptied the socket: the next one waits for
+                // data instead of trying first.
+                drained = n < room;
                 conn.last_recv.set(Instant::now());
             }
             Err(e) => return Err(PeerFailure::Io(e)),
@@ -659,10 +702,9 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
 fn handle(inner: &Inner, conn: &Conn, h: Header, body: &[u8]) -> Result<(), PeerFailure> {
     match h.kind {
         Kind::Data => {
-            inner.events.push(TransportEvent::Frame {
-                from: conn.peer,
-                frame: super::Frame::new(AlignedBuf::from_slice(body)),
-            });
+            let mut b = inner.pool.get(body.len());
+            b.copy_from_slice(body);
+            inner.events.push(TransportEvent::Frame { from: conn.peer, frame: super::Frame::pooled(b) });
         }
         Kind::Push => {
             let (region, offset) = frame::push_aux_parts(h.aux);

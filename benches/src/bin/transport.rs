@@ -1,0 +1,467 @@
+//! Transport micro-benchmarks: two processes, each pinned to its own core when the machine has
+//! two, measuring derecho's TCP and shared-memory transports against baselines measured in the
+//! same run: plain `std::net` sockets (blocking, and busy-polling with non-blocking reads) and
+//! single-thread `memcpy`.
+//!
+//! `cargo run --release -p derecho-benches --bin transport [-- --quick]`
+//!
+//! Cases: streaming throughput of 64 KiB and 1 MiB frames; ping-pong round trips of 64 B and
+//! 1 KiB frames, with spin budget 0 (parks between messages) and with spinning; on shared memory
+//! also the one-way latency of a push (a counter written into the peer's region).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use derecho_benches::{ChildGuard, Record, arg, flag, median, percentile, pin, two_cores};
+use derecho_runtime::net::TcpListener;
+use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
+use derecho_runtime::transport::tcp::{TcpConfig, TcpTransport};
+use derecho_runtime::transport::{AnyTransport, Payload, PeerId, RegionId, Transport, TransportEvent};
+use derecho_runtime::{AlignedBuf, Builder, time};
+
+const BENCH: &str = "transport";
+const PARENT: PeerId = PeerId(0);
+const CHILD: PeerId = PeerId(1);
+const SPIN: Duration = Duration::from_micros(200);
+const WAIT: Duration = Duration::from_secs(60);
+static CHILD_CORE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct Plan {
+    quick: bool,
+    stream_bytes: usize,
+    rounds: usize,
+    repeats: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(role) = arg(&args, "--child") {
+        child(role, &args);
+        return;
+    }
+    let quick = flag(&args, "--quick");
+    let plan = if quick {
+        Plan { quick, stream_bytes: 128 << 20, rounds: 2_000, repeats: 1 }
+    } else {
+        Plan { quick, stream_bytes: 1 << 30, rounds: 20_000, repeats: 3 }
+    };
+    let (parent_core, child_core) = two_cores();
+    assert!(pin(parent_core), "cannot pin to core {parent_core}");
+    CHILD_CORE.store(child_core, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "transport benchmark ({}): parent on core {parent_core}, child on core {child_core}",
+        if quick { "quick" } else { "full" }
+    );
+
+    // `--only WORD` runs the groups whose name contains WORD (stream-tcp, stream-shm,
+    // pingpong-tcp-park, pingpong-tcp-spin, pingpong-shm-park, pingpong-shm-spin, push), with their
+    // baselines.
+    let only = arg(&args, "--only").map(str::to_string);
+    let want = |group: &str| only.as_deref().is_none_or(|w| group.contains(w) || w.contains(group));
+
+    let memcpy = memcpy_gbps(1 << 20, if quick { 2 << 30 } else { 8 << 30 });
+    Record::new(BENCH, "memcpy-1mib", "throughput", memcpy, "GB/s").print();
+
+    for size in [64 << 10, 1 << 20] {
+        let name = size_name(size);
+        if want("stream-tcp") {
+            let raw = median((0..plan.repeats).map(|_| raw_stream(size, plan.stream_bytes)).collect());
+            Record::new(BENCH, format!("raw-tcp-{name}"), "throughput", raw, "GB/s").print();
+            let tcp = median((0..plan.repeats).map(|_| dx_stream("tcp", size, plan.stream_bytes)).collect());
+            Record::new(BENCH, format!("tcp-{name}"), "throughput", tcp, "GB/s").with_baseline(raw).print();
+            let full = median((0..plan.repeats).map(|_| dx_stream("tcp-fullsum", size, plan.stream_bytes)).collect());
+            Record::new(BENCH, format!("tcp-fullsum-{name}"), "throughput", full, "GB/s").with_baseline(raw).print();
+        }
+        if want("stream-shm") {
+            let shm = median((0..plan.repeats).map(|_| dx_stream("shm", size, plan.stream_bytes * 4)).collect());
+            Record::new(BENCH, format!("shm-{name}"), "throughput", shm, "GB/s").with_baseline(memcpy).print();
+        }
+    }
+
+    for size in [64, 1024] {
+        if !want("pingpong") {
+            break;
+        }
+        let name = size_name(size);
+        let (block_p50, block_p99) = raw_pingpong(size, plan.rounds, false);
+        Record::new(BENCH, format!("raw-tcp-blocking-{name}"), "rtt_p50", block_p50, "us").print();
+        Record::new(BENCH, format!("raw-tcp-blocking-{name}"), "rtt_p99", block_p99, "us").print();
+        let (spin_p50, spin_p99) = raw_pingpong(size, plan.rounds, true);
+        Record::new(BENCH, format!("raw-tcp-busypoll-{name}"), "rtt_p50", spin_p50, "us").print();
+        Record::new(BENCH, format!("raw-tcp-busypoll-{name}"), "rtt_p99", spin_p99, "us").print();
+        for (transport, spin) in [("tcp", Duration::ZERO), ("tcp", SPIN), ("shm", Duration::ZERO), ("shm", SPIN)] {
+            let mode = if spin.is_zero() { "park" } else { "spin" };
+            if !want(&format!("pingpong-{transport}-{mode}")) {
+                continue;
+            }
+            let (p50, p99) = dx_pingpong(transport, size, plan.rounds, spin);
+            let case = format!("{transport}-{mode}-{name}");
+            let base = match (transport, spin.is_zero()) {
+                ("tcp", true) => Some((block_p50, block_p99)),
+                ("tcp", false) => Some((spin_p50, spin_p99)),
+                _ => None,
+            };
+            let mut r50 = Record::new(BENCH, case.clone(), "rtt_p50", p50, "us");
+            let mut r99 = Record::new(BENCH, case, "rtt_p99", p99, "us");
+            if let Some((b50, b99)) = base {
+                r50 = r50.with_baseline(b50);
+                r99 = r99.with_baseline(b99);
+            }
+            r50.print();
+            r99.print();
+        }
+    }
+    if want("push") {
+        let (p50, p99) = shm_push_oneway(plan.rounds * 5);
+        Record::new(BENCH, "shm-push-8b", "oneway_p50", p50, "us").print();
+        Record::new(BENCH, "shm-push-8b", "oneway_p99", p99, "us").print();
+    }
+    let _ = plan.quick;
+}
+
+fn size_name(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{}mib", size >> 20)
+    } else if size >= 1 << 10 {
+        format!("{}kib", size >> 10)
+    } else {
+        format!("{size}b")
+    }
+}
+
+fn memcpy_gbps(size: usize, total: usize) -> f64 {
+    let src = vec![7u8; size];
+    let mut dst = vec![0u8; size];
+    let reps = total / size;
+    let start = Instant::now();
+    for i in 0..reps {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        if i == 0 {
+            std::hint::black_box(&src);
+        }
+    }
+    (reps * size) as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn child_args(role: &str, extra: &[(&str, String)]) -> Vec<String> {
+    let core = CHILD_CORE.load(std::sync::atomic::Ordering::Relaxed);
+    let mut v = vec!["--child".to_string(), role.to_string(), "--core".to_string(), core.to_string()];
+    for (k, val) in extra {
+        v.push((*k).to_string());
+        v.push(val.clone());
+    }
+    v
+}
+
+fn unique_ns(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("bench{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+// ---- raw std::net baselines -------------------------------------------------------------------
+
+fn raw_stream(size: usize, total: usize) -> f64 {
+    let count = total / size;
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let child = ChildGuard::spawn_self(&child_args(
+        "raw-stream-recv",
+        &[("--addr", addr.to_string()), ("--size", size.to_string()), ("--count", count.to_string())],
+    ));
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    let buf = vec![1u8; size];
+    let start = Instant::now();
+    for _ in 0..count {
+        s.write_all(&buf).unwrap();
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    child.finish(WAIT);
+    (count * size) as f64 / secs / 1e9
+}
+
+fn raw_pingpong(size: usize, rounds: usize, busy: bool) -> (f64, f64) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let role = if busy { "raw-pong-busy" } else { "raw-pong-block" };
+    let warm = rounds / 10;
+    let child = ChildGuard::spawn_self(&child_args(
+        role,
+        &[("--addr", addr.to_string()), ("--size", size.to_string()), ("--count", (rounds + warm).to_string())],
+    ));
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_nonblocking(busy).unwrap();
+    let out = vec![1u8; size];
+    let mut inp = vec![0u8; size];
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds + warm {
+        let t = Instant::now();
+        write_all_spin(&mut s, &out);
+        read_exact_spin(&mut s, &mut inp);
+        if i >= warm {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    child.finish(WAIT);
+    (percentile(&mut samples, 50.0), percentile(&mut samples, 99.0))
+}
+
+fn write_all_spin(s: &mut StdStream, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+fn read_exact_spin(s: &mut StdStream, buf: &mut [u8]) {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => panic!("peer closed"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+// ---- derecho transports ------------------------------------------------------------------------
+
+/// Where the parent is reachable, for the child to connect.
+enum Rendezvous {
+    /// The listener, its address, and whether frame checksums cover every body (not only those
+    /// up to the default 64 KiB).
+    Tcp(TcpListener, SocketAddr, bool),
+    Shm(String),
+}
+
+impl Rendezvous {
+    fn new(transport: &str) -> Self {
+        match transport {
+            "tcp" | "tcp-fullsum" => {
+                let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let a = l.local_addr();
+                Rendezvous::Tcp(l, a, transport == "tcp-fullsum")
+            }
+            "shm" => Rendezvous::Shm(unique_ns("t")),
+            other => panic!("unknown transport {other}"),
+        }
+    }
+
+    fn child_args(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Rendezvous::Tcp(_, a, sum) => {
+                vec![("--transport", "tcp".into()), ("--addr", a.to_string()), ("--checksum-all", sum.to_string())]
+            }
+            Rendezvous::Shm(ns) => vec![("--transport", "shm".into()), ("--ns", ns.clone())],
+        }
+    }
+
+    async fn connect(self) -> AnyTransport {
+        match self {
+            Rendezvous::Tcp(l, _, sum) => {
+                let mut cfg = TcpConfig::new(PARENT, vec![(CHILD, "127.0.0.1:1".parse().unwrap())]);
+                if sum {
+                    cfg.checksum_body_len_max = usize::MAX;
+                }
+                AnyTransport::Tcp(TcpTransport::connect(l, cfg).await.expect("tcp connect"))
+            }
+            Rendezvous::Shm(ns) => AnyTransport::Shm(
+                ShmTransport::connect(ShmConfig::new(PARENT, vec![CHILD], ns)).await.expect("shm connect"),
+            ),
+        }
+    }
+}
+
+async fn child_connect(args: &[String]) -> AnyTransport {
+    match arg(args, "--transport").expect("--transport") {
+        "tcp" => {
+            let parent: SocketAddr = arg(args, "--addr").expect("--addr").parse().unwrap();
+            let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            AnyTransport::Tcp(
+                TcpTransport::connect(l, TcpConfig::new(CHILD, vec![(PARENT, parent)])).await.expect("tcp connect"),
+            )
+        }
+        "shm" => {
+            let ns = arg(args, "--ns").expect("--ns").to_string();
+            AnyTransport::Shm(
+                ShmTransport::connect(ShmConfig::new(CHILD, vec![PARENT], ns)).await.expect("shm connect"),
+            )
+        }
+        other => panic!("unknown transport {other}"),
+    }
+}
+
+async fn next_frame(t: &AnyTransport) -> derecho_runtime::transport::Frame {
+    match time::timeout(WAIT, t.next_event()).await {
+        Ok(TransportEvent::Frame { frame, .. }) => frame,
+        Ok(other) => panic!("expected a frame, got {other:?}"),
+        Err(_) => panic!("no frame within {WAIT:?}"),
+    }
+}
+
+fn executor(spin: Duration) -> derecho_runtime::LocalExecutor {
+    Builder::new().spin_budget(spin).build().expect("executor")
+}
+
+fn dx_stream(transport: &str, size: usize, total: usize) -> f64 {
+    let count = total / size;
+    let rv = Rendezvous::new(transport);
+    let mut extra = rv.child_args();
+    extra.extend([("--size", size.to_string()), ("--count", count.to_string())]);
+    let child = ChildGuard::spawn_self(&child_args("dx-stream-recv", &extra));
+    let secs = executor(SPIN).block_on(async move {
+        let t = rv.connect().await;
+        let payload = Payload::from(AlignedBuf::from_slice(&vec![1u8; size]));
+        let start = Instant::now();
+        for _ in 0..count {
+            t.send_frame(CHILD, payload.clone()).await.unwrap();
+        }
+        let ack = next_frame(&t).await;
+        assert_eq!(&ack[..], b"ack");
+        let secs = start.elapsed().as_secs_f64();
+        t.close(Duration::from_secs(1)).await;
+        secs
+    });
+    child.finish(WAIT);
+    (count * size) as f64 / secs / 1e9
+}
+
+fn dx_pingpong(transport: &str, size: usize, rounds: usize, spin: Duration) -> (f64, f64) {
+    let rv = Rendezvous::new(transport);
+    let warm = rounds / 10;
+    let mut extra = rv.child_args();
+    extra.extend([("--count", (rounds + warm).to_string()), ("--spin-us", spin.as_micros().to_string())]);
+    let child = ChildGuard::spawn_self(&child_args("dx-pong", &extra));
+    let mut samples = executor(spin).block_on(async move {
+        let t = rv.connect().await;
+        let payload = Payload::from(AlignedBuf::from_slice(&vec![1u8; size]));
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..rounds + warm {
+            let start = Instant::now();
+            t.send_frame(CHILD, payload.clone()).await.unwrap();
+            let f = next_frame(&t).await;
+            assert_eq!(f.len(), size);
+            if i >= warm {
+                samples.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        t.close(Duration::from_secs(1)).await;
+        samples
+    });
+    child.finish(WAIT);
+    (percentile(&mut samples, 50.0), percentile(&mut samples, 99.0))
+}
+
+const PUSH_REGION: RegionId = RegionId(1);
+
+/// Ping-pong of counters pushed into each other's region; one-way latency is half the round trip.
+fn shm_push_oneway(rounds: usize) -> (f64, f64) {
+    let rv = Rendezvous::new("shm");
+    let warm = rounds / 10;
+    let mut extra = rv.child_args();
+    extra.push(("--count", (rounds + warm).to_string()));
+    let child = ChildGuard::spawn_self(&child_args("dx-push-pong", &extra));
+    let mut samples = executor(SPIN).block_on(async move {
+        let t = rv.connect().await;
+        let r = t.register_region(PUSH_REGION, 128).unwrap();
+        let _ = next_frame(&t).await; // the child registered its region
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 1..=(rounds + warm) as u64 {
+            let start = Instant::now();
+            r.store_u64(0, i);
+            t.push(CHILD, PUSH_REGION, 0..8).unwrap();
+            while r.load_u64(64) != i {
+                std::hint::spin_loop();
+            }
+            if i > warm as u64 {
+                samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+        }
+        t.close(Duration::from_secs(1)).await;
+        samples
+    });
+    child.finish(WAIT);
+    (percentile(&mut samples, 50.0), percentile(&mut samples, 99.0))
+}
+
+// ---- the child process -------------------------------------------------------------------------
+
+fn child(role: &str, args: &[String]) {
+    let core: usize = arg(args, "--core").expect("--core").parse().expect("a core number");
+    assert!(pin(core), "child cannot pin to core {core}");
+    let num = |name: &str| -> usize { arg(args, name).unwrap_or("0").parse().expect("a number") };
+    let count = num("--count");
+    match role {
+        "raw-stream-recv" => {
+            let mut s = StdStream::connect(arg(args, "--addr").unwrap()).unwrap();
+            s.set_nodelay(true).unwrap();
+            let total = num("--size") * count;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0;
+            while got < total {
+                match s.read(&mut buf) {
+                    Ok(0) => panic!("parent closed early"),
+                    Ok(n) => got += n,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            s.write_all(b"k").unwrap();
+        }
+        "raw-pong-block" | "raw-pong-busy" => {
+            let mut s = StdStream::connect(arg(args, "--addr").unwrap()).unwrap();
+            s.set_nodelay(true).unwrap();
+            s.set_nonblocking(role == "raw-pong-busy").unwrap();
+            let mut buf = vec![0u8; num("--size")];
+            for _ in 0..count {
+                read_exact_spin(&mut s, &mut buf);
+                write_all_spin(&mut s, &buf);
+            }
+        }
+        "dx-stream-recv" => executor(SPIN).block_on(async {
+            let t = child_connect(args).await;
+            let size = num("--size");
+            for _ in 0..count {
+                let f = next_frame(&t).await;
+                assert_eq!(f.len(), size);
+            }
+            t.send_frame(PARENT, b"ack".into()).await.unwrap();
+            t.close(Duration::from_secs(5)).await;
+        }),
+        "dx-pong" => {
+            let spin = Duration::from_micros(num("--spin-us") as u64);
+            executor(spin).block_on(async {
+                let t = child_connect(args).await;
+                for _ in 0..count {
+                    let f = next_frame(&t).await;
+                    t.send_frame(PARENT, Payload::from(f.into_buf())).await.unwrap();
+                }
+                t.close(Duration::from_secs(5)).await;
+            })
+        }
+        "dx-push-pong" => executor(SPIN).block_on(async {
+            let t = Rc::new(child_connect(args).await);
+            let r = t.register_region(PUSH_REGION, 128).unwrap();
+            t.send_frame(PARENT, b"registered".into()).await.unwrap();
+            for i in 1..=count as u64 {
+                while r.load_u64(0) != i {
+                    std::hint::spin_loop();
+                }
+                r.store_u64(64, i);
+                t.push(PARENT, PUSH_REGION, 64..72).unwrap();
+            }
+            t.close(Duration::from_secs(5)).await;
+        }),
+        other => panic!("unknown child role {other}"),
+    }
+}
