@@ -189,8 +189,8 @@ impl fmt::Debug for BufPool {
     }
 }
 
-/// Smallest pooled class: 4 KiB.
-const CLASS_MIN: u32 = 12;
+/// Smallest pooled class: 64 bytes (small frames stay cheap to allocate when detached).
+const CLASS_MIN: u32 = 6;
 
 fn class_of(len: usize) -> u32 {
     len.max(1).next_power_of_two().trailing_zeros().max(CLASS_MIN)
@@ -298,10 +298,12 @@ mod tests {
     fn pool_reuses_by_class_and_bounds_what_it_keeps() {
         let pool = BufPool::new(64 << 10);
         let a = pool.get(10);
-        assert_eq!((a.len(), a.capacity()), (10, 4096));
-        let pa = a.as_ptr();
-        drop(a);
-        assert_eq!(pool.get(4000).as_ptr(), pa);
+        assert_eq!((a.len(), a.capacity()), (10, 64));
+        let b = pool.get(3000);
+        assert_eq!((b.len(), b.capacity()), (3000, 4096));
+        let pb = b.as_ptr();
+        drop(b);
+        assert_eq!(pool.get(4000).as_ptr(), pb);
         // 1 MiB class: at least two kept even above the byte bound, not more.
         let bufs: Vec<_> = (0..4).map(|_| pool.get(1 << 20)).collect();
         let ptrs: Vec<_> = bufs.iter().map(|b| b.as_ptr()).collect();

@@ -32,8 +32,15 @@ use concurrent_queue::ConcurrentQueue;
 use crate::error::RuntimeError;
 use crate::reactor::Reactor;
 
-/// Tasks run per loop iteration before the executor looks at I/O again.
+/// Tasks run per round before the executor looks at I/O again.
 const TASK_BATCH: usize = 128;
+/// Rounds of "main future, then ready tasks" per loop iteration.
+const MAIN_ROUNDS: usize = 4;
+/// Operations that complete without waiting (a frame sent into free queue space, an event
+/// already queued) allowed per loop iteration before they make their task yield: a task that
+/// loops over such operations cannot keep the executor's timers, I/O and hooks (heartbeats among
+/// them) from running.
+const COOP_BUDGET: u32 = 256;
 
 /// Where an executor's thread runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,6 +371,7 @@ pub(crate) struct ExecContext {
     hooks: RefCell<Hooks>,
     spin_budget: Cell<Duration>,
     stats: Cell<LoopStats>,
+    coop: Cell<u32>,
 }
 
 thread_local! {
@@ -444,6 +452,7 @@ impl LocalExecutor {
                 hooks: RefCell::new(Hooks::default()),
                 spin_budget: Cell::new(b.spin_budget),
                 stats: Cell::new(LoopStats::default()),
+                coop: Cell::new(COOP_BUDGET),
             }),
             _not_send: PhantomData,
         })
@@ -474,13 +483,24 @@ impl LocalExecutor {
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = 0usize;
-            if main.woken.swap(false, Ordering::SeqCst) {
-                if let Poll::Ready(v) = future.as_mut().poll(&mut task_cx) {
-                    return v;
+            cx.coop.set(COOP_BUDGET);
+            // Run the main future and the ready tasks until both are quiet (a few bounded
+            // rounds), so that a chain such as "receive, handle, reply" completes within one
+            // iteration and its reply reaches the kernel in this iteration's submission.
+            for _ in 0..MAIN_ROUNDS {
+                let mut round = 0;
+                if main.woken.swap(false, Ordering::SeqCst) {
+                    if let Poll::Ready(v) = future.as_mut().poll(&mut task_cx) {
+                        return v;
+                    }
+                    round += 1;
                 }
-                progress += 1;
+                round += cx.run_tasks();
+                if round == 0 {
+                    break;
+                }
+                progress += round;
             }
-            progress += cx.run_tasks();
             progress += cx.poll_io(&main.woken);
             progress += cx.run_hooks();
             cx.bump(|s| s.iterations += 1);
@@ -749,6 +769,21 @@ impl<T> Drop for JoinHandle<T> {
     }
 }
 
+/// Spends one unit of the executor's cooperative budget; when the budget of this loop iteration
+/// is spent, returns `Pending` (after waking the task) so that the task yields. Operations that
+/// can complete without ever waiting call this first.
+pub(crate) fn poll_coop(cx: &mut TaskContext<'_>) -> Poll<()> {
+    if let Some(ecx) = current() {
+        let left = ecx.coop.get();
+        if left == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ecx.coop.set(left - 1);
+    }
+    Poll::Ready(())
+}
+
 /// Yields to the executor once: other ready tasks, I/O and hooks run before this task resumes.
 pub async fn yield_now() {
     let mut yielded = false;
@@ -920,19 +955,41 @@ mod tests {
         let n = Rc::new(Cell::new(0));
         ex.block_on(async {
             let id = add_poll_hook(Count(n.clone()));
-            for _ in 0..10 {
+            for _ in 0..40 {
                 yield_now().await;
             }
             remove_poll_hook(id);
         });
+        // The main future gets up to MAIN_ROUNDS polls per iteration; hooks run every iteration.
         let seen = n.get();
-        assert!(seen >= 10, "hook ran {seen} times over 10 yields");
+        assert!(seen >= 40 / MAIN_ROUNDS, "hook ran {seen} times over 40 yields");
         ex.block_on(async {
             for _ in 0..10 {
                 yield_now().await;
             }
         });
         assert_eq!(n.get(), seen, "a removed hook ran again");
+    }
+
+    #[test]
+    fn a_task_looping_over_ready_operations_lets_timers_run() {
+        // The ready path of an operation spends the cooperative budget, so a task that never
+        // waits still lets a timer task run.
+        let ex = Builder::new().build().unwrap();
+        let fired = Rc::new(Cell::new(false));
+        ex.block_on(async {
+            let f = fired.clone();
+            spawn(async move {
+                crate::time::sleep(Duration::from_millis(5)).await;
+                f.set(true);
+            });
+            let start = Instant::now();
+            while !fired.get() {
+                std::future::poll_fn(poll_coop).await;
+                assert!(start.elapsed() < Duration::from_secs(5), "timer task starved");
+            }
+        });
+        assert!(fired.get());
     }
 
     #[test]

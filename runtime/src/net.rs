@@ -277,15 +277,31 @@ impl TcpStream {
     /// # Panics
     ///
     /// If `offset` is not below the buffer's capacity.
-    pub async fn recv_with(
+    pub async fn recv_with(&self, buf: AlignedBuf, offset: usize, poll_first: bool) -> (io::Result<usize>, AlignedBuf) {
+        let end = buf.capacity();
+        self.recv_range(buf, offset..end, poll_first).await
+    }
+
+    /// Receives into `buf[range]` and nothing beyond it, for a reader that must not consume the
+    /// bytes after a frame's end (pooled buffers are larger than the frame they hold).
+    ///
+    /// # Panics
+    ///
+    /// If the range is empty or extends past the buffer's capacity.
+    pub async fn recv_range(
         &self,
         mut buf: AlignedBuf,
-        offset: usize,
+        range: std::ops::Range<usize>,
         poll_first: bool,
     ) -> (io::Result<usize>, AlignedBuf) {
-        assert!(offset < buf.capacity(), "recv offset {offset} at or past capacity {}", buf.capacity());
+        let offset = range.start;
+        assert!(
+            range.start < range.end && range.end <= buf.capacity(),
+            "recv range {range:?} empty or past capacity {}",
+            buf.capacity()
+        );
         let fd = self.fd.as_raw_fd();
-        let room = (buf.capacity() - offset).min(u32::MAX as usize) as u32;
+        let room = range.len().min(u32::MAX as usize) as u32;
         let ioprio = if poll_first { IORING_RECVSEND_POLL_FIRST } else { 0 };
         // SAFETY: the pointer is into the heap allocation of `buf`, owned by the operation.
         let op = unsafe {

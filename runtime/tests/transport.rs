@@ -797,3 +797,42 @@ fn tcp_close_after_a_burst_loses_nothing() {
 fn shm_close_after_a_burst_loses_nothing() {
     close_after_a_burst_loses_nothing(Which::Shm);
 }
+
+/// Frames of sizes that are not powers of two, large ones (received straight into a pooled
+/// buffer, which is larger than the frame) interleaved with small ones: nothing after a large
+/// frame may be swallowed by it.
+fn mixed_sizes_arrive_intact(which: Which) {
+    const SIZES: [usize; 8] = [100, 300_999, 50, 20_000, 65_537, 7, (1 << 20) - 3, 16 << 10];
+    let body = |i: usize| -> Vec<u8> {
+        let len = SIZES[i % SIZES.len()];
+        (0..len).map(|k| (k as u8).wrapping_mul(13).wrapping_add(i as u8)).collect()
+    };
+    const N: usize = 64;
+    run_pair(
+        Plan::new(which, limits()),
+        move |t| async move {
+            for i in 0..N {
+                t.send_frame(B, body(i).into()).await.unwrap();
+            }
+            assert_eq!(next_frame(&t).await.1, b"done");
+        },
+        move |t| async move {
+            for i in 0..N {
+                let (_, got) = next_frame(&t).await;
+                assert_eq!(got.len(), SIZES[i % SIZES.len()], "frame {i} has the wrong length");
+                assert!(got == body(i), "frame {i} corrupted");
+            }
+            t.send_frame(A, b"done".into()).await.unwrap();
+        },
+    );
+}
+
+#[test]
+fn tcp_mixed_sizes_arrive_intact() {
+    mixed_sizes_arrive_intact(Which::Tcp);
+}
+
+#[test]
+fn shm_mixed_sizes_arrive_intact() {
+    mixed_sizes_arrive_intact(Which::Shm);
+}

@@ -529,6 +529,9 @@ impl EventQueue {
 
     pub(crate) async fn pop(&self) -> TransportEvent {
         std::future::poll_fn(|cx| {
+            if !self.events.borrow().is_empty() && crate::executor::poll_coop(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
             if let Some(e) = self.try_pop() {
                 return std::task::Poll::Ready(e);
             }

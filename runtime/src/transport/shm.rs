@@ -338,7 +338,8 @@ struct Peer {
     in_ring: Rc<InRing>,
     regions: RefCell<BTreeMap<RegionId, MmapRaw>>,
     failed: Cell<bool>,
-    heartbeat_seen: Cell<(u64, Instant)>,
+    /// The peer's heartbeat counter and ring tail when last seen changing, and when.
+    heartbeat_seen: Cell<(u64, u64, Instant)>,
 }
 
 impl Peer {
@@ -702,7 +703,7 @@ impl ShmTransport {
                                 in_ring,
                                 regions: RefCell::new(BTreeMap::new()),
                                 failed: Cell::new(false),
-                                heartbeat_seen: Cell::new((hb, now)),
+                                heartbeat_seen: Cell::new((hb, 0, now)),
                             },
                         );
                         if pid != std::process::id() {
@@ -875,10 +876,12 @@ async fn heartbeat(inner: Rc<Inner>) {
                 inner.fail(peer, PeerFailure::ProcessExited);
                 continue;
             }
+            // A sign of life is a heartbeat or anything the peer published in its ring.
             let hb = c.heartbeat.load(Ordering::Acquire);
-            let (seen, at) = peer.heartbeat_seen.get();
-            if hb != seen {
-                peer.heartbeat_seen.set((hb, now));
+            let tail = peer.in_ring.header().tail.load(Ordering::Acquire);
+            let (seen_hb, seen_tail, at) = peer.heartbeat_seen.get();
+            if (hb, tail) != (seen_hb, seen_tail) {
+                peer.heartbeat_seen.set((hb, tail, now));
             } else if now.duration_since(at) > inner.config.limits.peer_timeout {
                 inner.fail(peer, PeerFailure::Silent(now.duration_since(at)));
             }
@@ -950,6 +953,9 @@ impl Transport for ShmTransport {
             }
             if peer.failed.get() {
                 return Poll::Ready(Err(TransportError::PeerFailed(to)));
+            }
+            if crate::executor::poll_coop(cx).is_pending() {
+                return Poll::Pending;
             }
             if inner.try_write(peer, body.as_bytes()) {
                 return Poll::Ready(Ok(()));

@@ -514,7 +514,7 @@ impl Transport for TcpTransport {
                 return Poll::Ready(Err(TransportError::PeerFailed(to)));
             }
             if conn.out_len.get() + body.len() <= limit || conn.out_len.get() == 0 {
-                return Poll::Ready(Ok(()));
+                return crate::executor::poll_coop(cx).map(Ok);
             }
             conn.space_waiters.borrow_mut().push(cx.waker().clone());
             Poll::Pending
@@ -595,7 +595,8 @@ async fn writer(inner: Rc<Inner>, conn: Rc<Conn>) {
     }
 }
 
-/// Receives until `buf[..filled]` holds at least `want` bytes.
+/// Receives until `buf[..want]` is full, and never past `want`: the bytes after it belong to the
+/// next frame, and `buf` (from the pool) may be larger than `want`.
 async fn fill_to(
     conn: &Conn,
     mut buf: AlignedBuf,
@@ -603,7 +604,7 @@ async fn fill_to(
     want: usize,
 ) -> Result<(AlignedBuf, usize), PeerFailure> {
     while filled < want {
-        let (res, b) = conn.stream.recv(buf, filled).await;
+        let (res, b) = conn.stream.recv_range(buf, filled..want, false).await;
         buf = b;
         match res {
             Ok(0) => return Err(PeerFailure::Closed),
