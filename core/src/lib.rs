@@ -1,1 +1,60 @@
-//! placeholder
+//! Replicated, fault-tolerant services for one data centre, after Cornell's Derecho.
+//!
+//! derecho will keep the replicas of a plain Rust type consistent across the members of a group:
+//! atomic multicast delivers every update to every member of a shard in the same order, a
+//! virtual-synchrony membership protocol moves the group from view to view as members fail or
+//! join, and persistent fields keep a versioned log on disk. The protocol is *sans-IO*: a
+//! deterministic state machine that takes inputs (a row update, a frame, a timer) and returns
+//! outputs (push this row range, send this frame, deliver this message). A driver turns those
+//! outputs into I/O on the runtime ([`runtime`]): thread-per-core executors on io_uring and
+//! transports over TCP or shared memory. Today this crate is the runtime's front door: the runtime
+//! and its transports exist and are re-exported here; the protocol, its driver, membership,
+//! replicated objects and persistence arrive next, each in its own module.
+//!
+//! # Layout
+//!
+//! * [`runtime`]: the whole `derecho-runtime` crate (executors, I/O, timers, channels, buffers,
+//!   transports), for anything not re-exported at the top level.
+//! * [`transport`]: the transports and their two primitives, push and frames;
+//!   [`transport::tcp`] and [`transport::shm`] are the two implementations.
+//! * top level: the items a program needs to start an executor ([`Builder`], [`Placement`],
+//!   [`LocalExecutor`], [`spawn`], [`available_cores`]) and to connect a transport
+//!   ([`TcpTransport`], [`ShmTransport`], [`Transport`], [`TransportEvent`], [`PeerId`]).
+//!
+//! # Examples
+//!
+//! An executor runs `!Send` tasks on the thread that built it:
+//!
+//! ```
+//! use derecho::{Builder, Placement, spawn};
+//!
+//! let executor = Builder::new().placement(Placement::Unpinned).build()?;
+//! let sum = executor.block_on(async {
+//!     let a = spawn(async { 20 });
+//!     let b = spawn(async { 22 });
+//!     a.await + b.await
+//! });
+//! assert_eq!(sum, 42);
+//! # Ok::<(), derecho::RuntimeError>(())
+//! ```
+//!
+//! The repository's `README.md` shows two TCP transports exchanging a frame; it is compiled and
+//! run as a doctest of this crate. The book's chapter "Running the transports" explains executors
+//! and transports in depth, and `cargo run --release -p derecho-examples --bin ping` measures them.
+
+pub use derecho_runtime as runtime;
+
+pub use derecho_runtime::net::TcpListener;
+pub use derecho_runtime::transport;
+pub use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
+pub use derecho_runtime::transport::tcp::{TcpConfig, TcpTransport};
+pub use derecho_runtime::transport::{
+    AnyTransport, Frame, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
+    TransportLimits,
+};
+pub use derecho_runtime::{Builder, JoinHandle, LocalExecutor, Placement, RuntimeError, available_cores, spawn};
+
+/// The README's code blocks, compiled and run as doctests (never part of the API).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,1 +1,13 @@
-//! placeholder
+//! Runnable programs for derecho, and the pieces they share.
+//!
+//! Each program is a binary in `src/bin/`, run with
+//! `cargo run --release -p derecho-examples --bin NAME`. The code they have in common lives in
+//! this library, written to be read: the book includes parts of it.
+//!
+//! # Layout
+//!
+//! * [`ping`]: the `ping` demo's command line, connecting a transport, the ping and pong loops,
+//!   and the latency summary. The binary `ping` starts a second process and measures round trips
+//!   between the two, pinned to different cores, over TCP and over shared memory.
+
+pub mod ping;
