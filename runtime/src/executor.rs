@@ -726,6 +726,11 @@ pub fn set_spin_budget(budget: Duration) {
     expect_current().spin_budget.set(budget);
 }
 
+/// The spin budget of the current executor (zero when no executor runs on this thread).
+pub fn spin_budget() -> Duration {
+    current().map_or(Duration::ZERO, |cx| cx.spin_budget.get())
+}
+
 /// Loop counters of the current executor.
 pub fn loop_stats() -> LoopStats {
     expect_current().stats.get()

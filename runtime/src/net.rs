@@ -394,6 +394,30 @@ impl TcpStream {
         Ok(bufs.pop().expect("one buffer"))
     }
 
+    /// One non-blocking `recv(2)` into `buf[range]`, outside io_uring: `Ok(None)` when no byte
+    /// is there. For polling a socket from a spinning executor, where a system call per look is
+    /// cheaper than io_uring's poll arming and completion (and no io_uring receive may be in
+    /// flight on the socket at the same time).
+    ///
+    /// # Errors
+    ///
+    /// The receive error.
+    ///
+    /// # Panics
+    ///
+    /// If the range extends past the buffer's capacity.
+    pub fn try_recv_now(&self, buf: &mut AlignedBuf, range: std::ops::Range<usize>) -> io::Result<Option<usize>> {
+        assert!(range.start <= range.end && range.end <= buf.capacity(), "recv range {range:?} past capacity");
+        let dst = &mut buf.spare_full()[range];
+        // SAFETY: `dst` is a valid, writable slice of the given length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) }
+    }
+
     /// Shuts down both directions (the peer sees end of stream); in-flight operations fail.
     pub fn shutdown(&self) {
         // SAFETY: plain syscall on a descriptor we own.

@@ -48,6 +48,8 @@ struct Plan {
     limits: TransportLimits,
     ns: String,
     listeners: Option<(TcpListener, TcpListener)>,
+    /// Spin budget of both executors (zero: they park whenever idle).
+    spin: Duration,
 }
 
 impl Plan {
@@ -56,7 +58,14 @@ impl Plan {
             let l = || TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             (l(), l())
         });
-        Self { which, limits, ns: unique_ns("pair"), listeners }
+        Self { which, limits, ns: unique_ns("pair"), listeners, spin: Duration::ZERO }
+    }
+
+    /// Both executors spin for `spin` before parking (TCP then receives with non-blocking reads
+    /// from its poll hook while spinning).
+    fn spinning(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
     }
 }
 
@@ -94,7 +103,7 @@ where
     RA: Send + 'static,
     RB: Send + 'static,
 {
-    let Plan { which, limits, ns, listeners } = plan;
+    let Plan { which, limits, ns, listeners, spin } = plan;
     let (la, lb, addr_a, addr_b) = match listeners {
         Some((la, lb)) => {
             let (aa, ab) = (la.local_addr(), lb.local_addr());
@@ -104,6 +113,7 @@ where
     };
     let (ns_a, ns_b, lim_a, lim_b) = (ns.clone(), ns.clone(), limits.clone(), limits);
     let ta = Builder::new()
+        .spin_budget(spin)
         .name("peer-a")
         .spawn_thread(move || async move {
             let t = Rc::new(connect_side(which, A, B, la, addr_b, ns_a, lim_a).await.expect("peer 0 connects"));
@@ -113,6 +123,7 @@ where
         })
         .unwrap();
     let tb = Builder::new()
+        .spin_budget(spin)
         .name("peer-b")
         .spawn_thread(move || async move {
             let t = Rc::new(connect_side(which, B, A, lb, addr_a, ns_b, lim_b).await.expect("peer 1 connects"));
@@ -155,9 +166,13 @@ fn frame_body(i: u32) -> Vec<u8> {
 }
 
 fn frames_arrive_in_order(which: Which) {
+    frames_arrive_in_order_with(which, Duration::ZERO);
+}
+
+fn frames_arrive_in_order_with(which: Which, spin: Duration) {
     const N: u32 = 3000;
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         |t| async move {
             for i in 0..N {
                 t.send_frame(B, frame_body(i).into()).await.unwrap();
@@ -194,9 +209,13 @@ const DATA_LEN: usize = 512;
 /// then sends a frame naming the counter. Peer 1 checks that the data it sees is never older than
 /// the counter it read before it, and that a frame never overtakes the push before it.
 fn pushes_keep_data_before_counter(which: Which) {
+    pushes_keep_data_before_counter_with(which, Duration::ZERO);
+}
+
+fn pushes_keep_data_before_counter_with(which: Which, spin: Duration) {
     const N: u64 = 20_000;
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         |t| async move {
             let r = t.register_region(ROW, DATA_OFF + DATA_LEN).unwrap();
             // Both sides register before anyone pushes (a frame is the barrier).
@@ -293,8 +312,12 @@ fn shm_max_frame_passes_and_larger_is_refused() {
 }
 
 fn closed_peer_is_reported(which: Which) {
+    closed_peer_is_reported_with(which, Duration::ZERO);
+}
+
+fn closed_peer_is_reported_with(which: Which, spin: Duration) {
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         |t| async move {
             t.send_frame(B, b"bye".into()).await.unwrap();
             t.close(Duration::from_secs(5)).await;
@@ -324,8 +347,12 @@ fn shm_closed_peer_is_reported() {
 
 /// A peer whose thread hangs (no heartbeats, nothing read) is reported silent.
 fn hung_peer_is_reported_silent(which: Which) {
+    hung_peer_is_reported_silent_with(which, Duration::ZERO);
+}
+
+fn hung_peer_is_reported_silent_with(which: Which, spin: Duration) {
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         |t| async move {
             // Block the whole executor thread, longer than the peer timeout.
             std::thread::sleep(Duration::from_millis(1500));
@@ -763,9 +790,13 @@ fn shm_frames_dropped_out_of_order_release_the_ring() {
 /// A peer that sends more frames than the receiver's event queue holds and then closes: every
 /// frame arrives, in order, before the close is reported.
 fn close_after_a_burst_loses_nothing(which: Which) {
+    close_after_a_burst_loses_nothing_with(which, Duration::ZERO);
+}
+
+fn close_after_a_burst_loses_nothing_with(which: Which, spin: Duration) {
     const N: u32 = 10_000;
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         |t| async move {
             for i in 0..N {
                 t.send_frame(B, i.to_le_bytes().to_vec().into()).await.unwrap();
@@ -802,6 +833,10 @@ fn shm_close_after_a_burst_loses_nothing() {
 /// buffer, which is larger than the frame) interleaved with small ones: nothing after a large
 /// frame may be swallowed by it.
 fn mixed_sizes_arrive_intact(which: Which) {
+    mixed_sizes_arrive_intact_with(which, Duration::ZERO);
+}
+
+fn mixed_sizes_arrive_intact_with(which: Which, spin: Duration) {
     const SIZES: [usize; 8] = [100, 300_999, 50, 20_000, 65_537, 7, (1 << 20) - 3, 16 << 10];
     let body = |i: usize| -> Vec<u8> {
         let len = SIZES[i % SIZES.len()];
@@ -809,7 +844,7 @@ fn mixed_sizes_arrive_intact(which: Which) {
     };
     const N: usize = 64;
     run_pair(
-        Plan::new(which, limits()),
+        Plan::new(which, limits()).spinning(spin),
         move |t| async move {
             for i in 0..N {
                 t.send_frame(B, body(i).into()).await.unwrap();
@@ -835,4 +870,75 @@ fn tcp_mixed_sizes_arrive_intact() {
 #[test]
 fn shm_mixed_sizes_arrive_intact() {
     mixed_sizes_arrive_intact(Which::Shm);
+}
+
+// ---- the same scenarios on spinning executors -------------------------------------------------
+// A spinning executor receives TCP bytes with non-blocking reads from a poll hook and hands the
+// receive back to io_uring before it parks: these cover both paths and the hand-over.
+
+const SPIN: Duration = Duration::from_micros(300);
+
+#[test]
+fn tcp_spinning_frames_arrive_in_order() {
+    frames_arrive_in_order_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn tcp_spinning_pushes_keep_data_before_counter() {
+    pushes_keep_data_before_counter_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn tcp_spinning_mixed_sizes_arrive_intact() {
+    mixed_sizes_arrive_intact_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn tcp_spinning_close_after_a_burst_loses_nothing() {
+    close_after_a_burst_loses_nothing_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn tcp_spinning_hung_peer_is_reported_silent() {
+    hung_peer_is_reported_silent_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn tcp_spinning_closed_peer_is_reported() {
+    closed_peer_is_reported_with(Which::Tcp, SPIN);
+}
+
+#[test]
+fn shm_spinning_frames_arrive_in_order() {
+    frames_arrive_in_order_with(Which::Shm, SPIN);
+}
+
+#[test]
+fn shm_spinning_close_after_a_burst_loses_nothing() {
+    close_after_a_burst_loses_nothing_with(Which::Shm, SPIN);
+}
+
+/// A spinning executor that goes quiet parks with its receive armed in io_uring, and wakes when
+/// bytes arrive: exchanges separated by idle gaps longer than the spin budget all complete.
+#[test]
+fn tcp_spinning_executor_parks_and_wakes_between_exchanges() {
+    run_pair(
+        Plan::new(Which::Tcp, limits()).spinning(SPIN),
+        |t| async move {
+            for i in 0u32..20 {
+                // Idle for longer than the spin budget: both executors park.
+                time::sleep(Duration::from_millis(3)).await;
+                t.send_frame(B, i.to_le_bytes().to_vec().into()).await.unwrap();
+                assert_eq!(next_frame(&t).await.1, i.to_le_bytes());
+            }
+            let s = derecho_runtime::loop_stats();
+            assert!(s.parks >= 10, "the spinning executor never parked: {s:?}");
+        },
+        |t| async move {
+            for _ in 0u32..20 {
+                let (_, body) = next_frame(&t).await;
+                t.send_frame(A, body.into()).await.unwrap();
+            }
+        },
+    );
 }

@@ -27,7 +27,7 @@ use super::{
     TransportLimits, check_range,
 };
 use crate::buf::{AlignedBuf, BufPool};
-use crate::executor::{JoinHandle, spawn};
+use crate::executor::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn};
 use crate::net::{TcpListener, TcpStream};
 use crate::time;
 
@@ -93,6 +93,19 @@ struct Conn {
     failed: Cell<bool>,
     last_recv: Cell<Instant>,
     last_send: Cell<Instant>,
+    /// A receive handed to the spin hook (see [`SpinHook`]).
+    spin_recv: RefCell<Option<SpinRecv>>,
+}
+
+/// A receive that the [`SpinHook`] performs with non-blocking `recv` calls while the executor
+/// spins.
+struct SpinRecv {
+    buf: AlignedBuf,
+    range: Range<usize>,
+    /// `Some(Ok(Some(n)))` bytes arrived, `Some(Ok(None))` the executor is about to park and the
+    /// reader must arm an io_uring receive, `Some(Err(e))` the socket failed.
+    result: Option<io::Result<Option<usize>>>,
+    waker: Option<Waker>,
 }
 
 impl Conn {
@@ -186,6 +199,7 @@ impl Inner {
 pub struct TcpTransport {
     inner: Rc<Inner>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    hook: Cell<Option<HookId>>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -386,6 +400,7 @@ impl TcpTransport {
                 failed: Cell::new(false),
                 last_recv: Cell::new(now),
                 last_send: Cell::new(now),
+                spin_recv: RefCell::new(None),
             });
             conns.insert(peer, conn.clone());
             pending.push((conn, h.buf, h.filled));
@@ -407,7 +422,8 @@ impl TcpTransport {
             tasks.push(spawn(reader(inner.clone(), conn, buf, filled)));
         }
         tasks.push(spawn(heartbeat(inner.clone())));
-        Self { inner, tasks: RefCell::new(tasks) }
+        let hook = add_poll_hook(SpinHook { inner: Rc::downgrade(&inner) });
+        Self { inner, tasks: RefCell::new(tasks), hook: Cell::new(Some(hook)) }
     }
 
     /// Says goodbye to every live peer, waits (at most `linger`) for queued bytes to leave, and
@@ -437,6 +453,9 @@ impl TcpTransport {
             c.failed.set(true);
             c.stream.shutdown();
             c.wake_all();
+        }
+        if let Some(h) = self.hook.take() {
+            remove_poll_hook(h);
         }
         for t in self.tasks.borrow_mut().drain(..) {
             t.abort();
@@ -595,6 +614,84 @@ async fn writer(inner: Rc<Inner>, conn: Rc<Conn>) {
     }
 }
 
+/// Receives into `buf[range]`. On a spinning executor the [`SpinHook`] looks at the socket with
+/// a non-blocking `recv` on every loop iteration (a system call each, as a busy-polling socket
+/// program does); that is cheaper per message than io_uring's poll arming and completion. When
+/// the executor is about to park, the receive is armed in io_uring instead.
+async fn receive(conn: &Conn, buf: AlignedBuf, range: Range<usize>, drained: bool) -> (io::Result<usize>, AlignedBuf) {
+    if crate::executor::spin_budget().is_zero() {
+        return conn.stream.recv_range(buf, range, drained).await;
+    }
+    *conn.spin_recv.borrow_mut() = Some(SpinRecv { buf, range: range.clone(), result: None, waker: None });
+    let (result, buf) = poll_fn(|cx| {
+        let mut slot = conn.spin_recv.borrow_mut();
+        let s = slot.as_mut().expect("spin receive slot");
+        if s.result.is_none() && conn.failed.get() {
+            s.result = Some(Err(io::ErrorKind::NotConnected.into()));
+        }
+        match s.result.take() {
+            Some(r) => {
+                let s = slot.take().expect("spin receive slot");
+                Poll::Ready((r, s.buf))
+            }
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(Some(n)) => (Ok(n), buf),
+        Ok(None) => conn.stream.recv_range(buf, range, true).await,
+        Err(e) => (Err(e), buf),
+    }
+}
+
+/// Performs the receives of a spinning executor's connections (see [`receive`]).
+struct SpinHook {
+    inner: std::rc::Weak<Inner>,
+}
+
+impl PollHook for SpinHook {
+    fn poll(&mut self) -> usize {
+        let Some(inner) = self.inner.upgrade() else { return 0 };
+        let mut progress = 0;
+        for conn in inner.conns.values() {
+            let mut slot = conn.spin_recv.borrow_mut();
+            let Some(s) = slot.as_mut().filter(|s| s.result.is_none()) else { continue };
+            let range = s.range.clone();
+            match conn.stream.try_recv_now(&mut s.buf, range) {
+                Ok(None) => continue,
+                Ok(Some(n)) => s.result = Some(Ok(Some(n))),
+                Err(e) => s.result = Some(Err(e)),
+            }
+            progress += 1;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+        progress
+    }
+
+    fn prepare_park(&mut self, _park: &mut Park<'_>) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return true };
+        let mut handed_back = false;
+        for conn in inner.conns.values() {
+            let mut slot = conn.spin_recv.borrow_mut();
+            let Some(s) = slot.as_mut().filter(|s| s.result.is_none()) else { continue };
+            // The executor is going to sleep: the reader must arm an io_uring receive first,
+            // or nothing would wake it when bytes arrive.
+            s.result = Some(Ok(None));
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            handed_back = true;
+        }
+        !handed_back
+    }
+}
+
 /// Receives until `buf[..want]` is full, and never past `want`: the bytes after it belong to the
 /// next frame, and `buf` (from the pool) may be larger than `want`.
 async fn fill_to(
@@ -681,7 +778,7 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
             start = 0;
         }
         let room = RECV_BUF_LEN - filled;
-        let (res, b) = conn.stream.recv_with(buf, filled, drained).await;
+        let (res, b) = receive(conn, buf, filled..RECV_BUF_LEN, drained).await;
         buf = b;
         match res {
             Ok(0) => return Err(PeerFailure::Closed),
