@@ -50,3 +50,20 @@ pub enum RuntimeError {
     #[error("the executor thread panicked")]
     Panicked,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_uring_refusal_says_how_to_fix_it() {
+        // io_uring cannot be switched off for one test on a shared machine; what the user reads
+        // when it is off is checked here.
+        let e = RuntimeError::IoUringUnavailable { source: io::Error::from_raw_os_error(libc::EPERM) };
+        let msg = e.to_string();
+        assert!(msg.contains("io_uring is unavailable"), "{msg}");
+        assert!(msg.contains("kernel.io_uring_disabled"), "{msg}");
+        assert!(msg.contains("seccomp"), "{msg}");
+        assert!(msg.contains("Operation not permitted"), "{msg}");
+    }
+}
