@@ -4,9 +4,10 @@
 //! receiver sits on a parked executor wakes that executor (through its waker, which writes the
 //! executor's eventfd).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::future::poll_fn;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,14 +43,17 @@ impl<T> Drop for Chan<T> {
     }
 }
 
-/// The sending half. Moves to the producer's thread.
+/// The sending half. Moves to the producer's thread; not `Sync`, so only one thread at a time
+/// can send (the channel has a single producer).
 pub struct Sender<T> {
     chan: Arc<Chan<T>>,
+    _not_sync: PhantomData<Cell<()>>,
 }
 
-/// The receiving half. Moves to the consumer's thread.
+/// The receiving half. Moves to the consumer's thread; not `Sync` (a single consumer).
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
+    _not_sync: PhantomData<Cell<()>>,
 }
 
 impl<T> fmt::Debug for Sender<T> {
@@ -80,6 +84,16 @@ pub enum TrySendError<T> {
 }
 
 /// A channel holding at most `capacity` values.
+///
+/// Each half belongs to one thread at a time: a shared `&Sender` cannot cross threads.
+///
+/// ```compile_fail
+/// let (tx, _rx) = derecho_runtime::channel::spsc::<u8>(1);
+/// let tx = &tx;
+/// std::thread::scope(|s| {
+///     s.spawn(move || tx.try_send(1));
+/// });
+/// ```
 ///
 /// # Panics
 ///
@@ -119,7 +133,7 @@ pub fn spsc<T: Send>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         tx_closed: AtomicBool::new(false),
         rx_closed: AtomicBool::new(false),
     });
-    (Sender { chan: chan.clone() }, Receiver { chan })
+    (Sender { chan: chan.clone(), _not_sync: PhantomData }, Receiver { chan, _not_sync: PhantomData })
 }
 
 impl<T: Send> Sender<T> {
@@ -253,6 +267,15 @@ mod tests {
         });
         producer.join().unwrap();
         assert_eq!(got, n);
+    }
+
+    #[test]
+    fn halves_are_send_but_not_sync() {
+        fn is_send<T: Send>() {}
+        is_send::<Sender<u8>>();
+        is_send::<Receiver<u8>>();
+        // Not Sync: checked at compile time by the absence of this impl; a doctest below shows
+        // `&Sender` cannot cross threads.
     }
 
     #[test]

@@ -19,14 +19,22 @@ use crate::op::Op;
 const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 /// Bytes the kernel may read from an operation's buffer: stable heap memory owned by the value.
-pub trait IoBuf: 'static {
+///
+/// # Safety
+///
+/// `stable_ptr()` must point to `bytes_len()` initialised bytes owned (or kept alive) by the
+/// value, and stay valid and unchanged in place when the value is moved, until it is dropped:
+/// the kernel reads them while the operation is in flight, possibly after the value moved into
+/// the reactor.
+pub unsafe trait IoBuf: 'static {
     /// Start of the bytes; must not change when the value moves.
     fn stable_ptr(&self) -> *const u8;
     /// Number of bytes.
     fn bytes_len(&self) -> usize;
 }
 
-impl IoBuf for Vec<u8> {
+// SAFETY: heap (or static) memory owned by the value; moving the value does not move it.
+unsafe impl IoBuf for Vec<u8> {
     fn stable_ptr(&self) -> *const u8 {
         self.as_ptr()
     }
@@ -34,7 +42,8 @@ impl IoBuf for Vec<u8> {
         self.len()
     }
 }
-impl IoBuf for Box<[u8]> {
+// SAFETY: heap (or static) memory owned by the value; moving the value does not move it.
+unsafe impl IoBuf for Box<[u8]> {
     fn stable_ptr(&self) -> *const u8 {
         self.as_ptr()
     }
@@ -42,7 +51,8 @@ impl IoBuf for Box<[u8]> {
         self.len()
     }
 }
-impl IoBuf for AlignedBuf {
+// SAFETY: heap (or static) memory owned by the value; moving the value does not move it.
+unsafe impl IoBuf for AlignedBuf {
     fn stable_ptr(&self) -> *const u8 {
         self.as_ptr()
     }
@@ -50,7 +60,8 @@ impl IoBuf for AlignedBuf {
         self.len()
     }
 }
-impl IoBuf for std::rc::Rc<[u8]> {
+// SAFETY: heap (or static) memory owned by the value; moving the value does not move it.
+unsafe impl IoBuf for std::rc::Rc<[u8]> {
     fn stable_ptr(&self) -> *const u8 {
         self.as_ptr()
     }
@@ -58,7 +69,8 @@ impl IoBuf for std::rc::Rc<[u8]> {
         self.len()
     }
 }
-impl IoBuf for &'static [u8] {
+// SAFETY: heap (or static) memory owned by the value; moving the value does not move it.
+unsafe impl IoBuf for &'static [u8] {
     fn stable_ptr(&self) -> *const u8 {
         self.as_ptr()
     }

@@ -285,10 +285,17 @@ impl Reactor {
         let index = match self.futexes.iter().position(|f| f.addr == key) {
             Some(i) if self.futexes[i].outstanding => return true,
             Some(i) => i,
-            None => {
-                self.futexes.push(FutexArm { addr: key, outstanding: false });
-                self.futexes.len() - 1
-            }
+            None => match self.futexes.iter().position(|f| f.addr == 0 && !f.outstanding) {
+                // Reuse an entry freed by `disarm_futex`.
+                Some(i) => {
+                    self.futexes[i].addr = key;
+                    i
+                }
+                None => {
+                    self.futexes.push(FutexArm { addr: key, outstanding: false });
+                    self.futexes.len() - 1
+                }
+            },
         };
         self.futexes[index].outstanding = true;
         let entry = opcode::FutexWait::new(addr, u64::from(expected), FUTEX_BITSET_MATCH_ANY, FUTEX2_SIZE_U32)

@@ -942,3 +942,94 @@ fn tcp_spinning_executor_parks_and_wakes_between_exchanges() {
         },
     );
 }
+
+/// Data and its counter in one push (the counter the range's last word): the counter is still
+/// never seen before the data it covers.
+fn one_push_data_then_counter(which: Which) {
+    const N: u64 = 20_000;
+    const COUNTER: usize = DATA_LEN; // the last word of the pushed range
+    run_pair(
+        Plan::new(which, limits()),
+        |t| async move {
+            let r = t.register_region(ROW, DATA_LEN + 8).unwrap();
+            t.send_frame(B, b"ready".into()).await.unwrap();
+            assert_eq!(next_frame(&t).await.1, b"ready");
+            for i in 1..=N {
+                r.write(0, &i.to_le_bytes());
+                r.write(8, &[(i % 256) as u8; DATA_LEN - 8]);
+                r.store_u64(COUNTER, i);
+                t.push(B, ROW, 0..DATA_LEN + 8).unwrap();
+                if i % 64 == 0 {
+                    derecho_runtime::yield_now().await;
+                }
+            }
+            assert_eq!(next_frame(&t).await.1, b"done");
+        },
+        |t| async move {
+            let r = t.register_region(ROW, DATA_LEN + 8).unwrap();
+            assert_eq!(next_frame(&t).await.1, b"ready");
+            t.send_frame(A, b"ready".into()).await.unwrap();
+            let started = std::time::Instant::now();
+            let mut last = 0;
+            while last < N {
+                let c = r.load_u64(COUNTER);
+                let stamp = r.load_u64(0);
+                assert!(stamp >= c, "counter {c} seen before its data (stamp {stamp})");
+                last = c;
+                assert!(started.elapsed() < Duration::from_secs(30), "stuck at {last}");
+                derecho_runtime::yield_now().await;
+            }
+            t.send_frame(A, b"done".into()).await.unwrap();
+        },
+    );
+}
+
+#[test]
+fn tcp_one_push_data_then_counter() {
+    one_push_data_then_counter(Which::Tcp);
+}
+
+#[test]
+fn shm_one_push_data_then_counter() {
+    one_push_data_then_counter(Which::Shm);
+}
+
+/// Pushes to a peer that stopped reading do not grow this side's memory without bound: once the
+/// queue reaches `send_queue_len_max` a push is refused with `QueueFull`.
+#[test]
+fn tcp_pushes_to_a_peer_that_stopped_reading_are_bounded() {
+    let bounded = TransportLimits { send_queue_len_max: 2 << 20, peer_timeout: Duration::from_secs(10), ..limits() };
+    run_pair(
+        Plan::new(Which::Tcp, bounded),
+        |t| async move {
+            let _r = t.register_region(ROW, 64 << 10).unwrap();
+            t.send_frame(B, b"go".into()).await.unwrap();
+            assert_eq!(next_frame(&t).await.1, b"stopped");
+            let mut refused = None;
+            for i in 0..10_000 {
+                match t.push(B, ROW, 0..64 << 10) {
+                    Ok(()) => {}
+                    Err(TransportError::QueueFull { peer, queued }) => {
+                        assert_eq!(peer, B);
+                        assert!(queued <= 2 << 20, "queued {queued} past the bound");
+                        refused = Some(i);
+                        break;
+                    }
+                    Err(e) => panic!("push {i}: {e}"),
+                }
+                if i % 16 == 0 {
+                    derecho_runtime::yield_now().await;
+                }
+            }
+            assert!(refused.is_some(), "10000 pushes of 64 KiB to a peer that reads nothing were all queued");
+        },
+        |t| async move {
+            let _r = t.register_region(ROW, 64 << 10).unwrap();
+            assert_eq!(next_frame(&t).await.1, b"go");
+            t.send_frame(A, b"stopped".into()).await.unwrap();
+            // Let the frame leave, then stop reading: the whole thread sleeps.
+            time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_secs(2));
+        },
+    );
+}

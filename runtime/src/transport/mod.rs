@@ -164,7 +164,9 @@ impl<const N: usize> From<&'static [u8; N]> for Payload {
     }
 }
 
-impl IoBuf for Payload {
+// SAFETY: every variant is heap memory kept alive by an `Rc` (or static); moving the payload moves
+// only the pointer.
+unsafe impl IoBuf for Payload {
     fn stable_ptr(&self) -> *const u8 {
         self.as_bytes().as_ptr()
     }
@@ -194,6 +196,7 @@ pub enum TransportEvent {
 
 /// Why a peer was declared failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerFailure {
     /// The peer closed the connection or its transport.
     #[error("the peer closed the connection")]
@@ -217,6 +220,7 @@ pub enum PeerFailure {
 
 /// Errors of transport operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The peer is not part of this transport.
     #[error("{0} is not a peer of this transport")]
@@ -289,6 +293,15 @@ pub enum TransportError {
     /// The transport was closed.
     #[error("the transport is closed")]
     Closed,
+    /// A push found the peer's queue at `send_queue_len_max`: the peer is not reading. Retry
+    /// later; the peer will be failed if it stays silent.
+    #[error("the queue to {peer} is full ({queued} bytes)")]
+    QueueFull {
+        /// The peer.
+        peer: PeerId,
+        /// Bytes queued to it.
+        queued: usize,
+    },
 }
 
 /// Limits and timings shared by every transport. Every field has a default
@@ -400,7 +413,8 @@ pub trait Transport {
     /// Unknown or failed peer, a frame above the maximum, a closed transport.
     fn send_frame(&self, to: PeerId, body: Payload) -> impl Future<Output = Result<(), TransportError>>;
 
-    /// The next event, waiting for one.
+    /// The next event, waiting for one. A transport has a single consumer of events: one task
+    /// at a time may wait here.
     fn next_event(&self) -> impl Future<Output = TransportEvent>;
 
     /// The next event if one is ready.
@@ -410,6 +424,7 @@ pub trait Transport {
 /// Either transport, chosen at run time (the trait's async methods make it unusable as a trait
 /// object; this enum is the dynamic choice, with static dispatch inside).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AnyTransport {
     /// TCP.
     Tcp(tcp::TcpTransport),
@@ -480,17 +495,24 @@ pub(crate) fn check_range(region: RegionId, range: &Range<usize>, len: usize) ->
 /// the socket, shared memory stops draining rings) until the application catches up: memory stays
 /// bounded and the senders feel backpressure.
 pub(crate) const EVENTS_QUEUED_MAX: usize = 4096;
+/// Bytes of frames waiting in a transport's event queue beyond which receiving pauses likewise.
+pub(crate) const EVENTS_QUEUED_LEN_MAX: usize = 64 << 20;
 
 /// The queue of events of one transport, with the waker of its (single) consumer.
 #[derive(Default)]
 pub(crate) struct EventQueue {
     events: std::cell::RefCell<std::collections::VecDeque<TransportEvent>>,
+    /// Bytes of the frames queued.
+    queued_len: std::cell::Cell<usize>,
     waker: std::cell::RefCell<Option<std::task::Waker>>,
     room_wakers: std::cell::RefCell<Vec<std::task::Waker>>,
 }
 
 impl EventQueue {
     pub(crate) fn push(&self, e: TransportEvent) {
+        if let TransportEvent::Frame { frame, .. } = &e {
+            self.queued_len.set(self.queued_len.get() + frame.len());
+        }
         self.events.borrow_mut().push_back(e);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -502,7 +524,7 @@ impl EventQueue {
     }
 
     pub(crate) fn has_room(&self) -> bool {
-        self.len() < EVENTS_QUEUED_MAX
+        self.len() < EVENTS_QUEUED_MAX && self.queued_len.get() < EVENTS_QUEUED_LEN_MAX
     }
 
     /// Waits until the queue has room for more frames.
@@ -519,7 +541,10 @@ impl EventQueue {
 
     pub(crate) fn try_pop(&self) -> Option<TransportEvent> {
         let e = self.events.borrow_mut().pop_front();
-        if e.is_some() && self.len() == EVENTS_QUEUED_MAX / 2 {
+        if let Some(TransportEvent::Frame { frame, .. }) = &e {
+            self.queued_len.set(self.queued_len.get() - frame.len());
+        }
+        if e.is_some() && !self.room_wakers.borrow().is_empty() && self.has_room() {
             for w in self.room_wakers.borrow_mut().drain(..) {
                 w.wake();
             }

@@ -127,6 +127,42 @@ impl Region {
         self.word(offset).store(value, Ordering::Release);
     }
 
+    /// Borrows bytes of the region directly.
+    ///
+    /// # Safety
+    ///
+    /// Nobody may write the range while the borrow lives: not this process (no
+    /// [`Region::write`] or mutable borrow of an overlapping range), and not a peer (the
+    /// protocol using the region must guarantee that peers leave the range alone, as
+    /// Derecho's flow control does for a message until every member delivered it).
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the region.
+    pub unsafe fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.check(range.start, range.len());
+        // SAFETY: in bounds (checked); no concurrent writer (the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(range.start), range.len()) }
+    }
+
+    /// Borrows bytes of the region for writing.
+    ///
+    /// # Safety
+    ///
+    /// Nobody else may read or write the range while the borrow lives: in practice the range is
+    /// part of this process's own row, which peers never write, and which they see only through
+    /// pushes made after the borrow ends.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the region.
+    #[allow(clippy::mut_from_ref)] // the region is shared memory; exclusivity is the caller's contract
+    pub unsafe fn bytes_mut(&self, range: std::ops::Range<usize>) -> &mut [u8] {
+        self.check(range.start, range.len());
+        // SAFETY: in bounds (checked); exclusive access (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(range.start), range.len()) }
+    }
+
     fn word(&self, offset: usize) -> &AtomicU64 {
         assert_eq!(offset % 8, 0, "u64 at unaligned offset {offset}");
         self.check(offset, 8);
@@ -174,8 +210,11 @@ pub(crate) unsafe fn copy_to_shared(dst: *mut u8, src: &[u8]) {
     }
     while i + 8 <= n {
         let w = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+        // The last whole word is stored with release ordering (a trailing counter publishes the
+        // bytes before it).
+        let order = if i + 8 == n { Ordering::Release } else { Ordering::Relaxed };
         // SAFETY: `i + 8 <= n`, inside the caller's range, and `dst + i` is 8-byte aligned.
-        unsafe { word(dst.add(i)) }.store(w, Ordering::Relaxed);
+        unsafe { word(dst.add(i)) }.store(w, order);
         i += 8;
     }
     while i < n {
@@ -236,8 +275,11 @@ pub(crate) unsafe fn copy_shared_to_shared(dst: *mut u8, src: *const u8, len: us
         while i + 8 <= len {
             // SAFETY: `i + 8 <= len`, inside both ranges, both addresses 8-byte aligned.
             let w = unsafe { word(src.add(i)) }.load(Ordering::Relaxed);
+            // The last whole word of a push is stored with release ordering: a counter at the end
+            // of a range is published after the data before it, even within one push.
+            let order = if i + 8 == len { Ordering::Release } else { Ordering::Relaxed };
             // SAFETY: as above.
-            unsafe { word(dst.add(i)) }.store(w, Ordering::Relaxed);
+            unsafe { word(dst.add(i)) }.store(w, order);
             i += 8;
         }
     }

@@ -401,6 +401,11 @@ impl Inner {
         let rec = (RECORD_HEADER + round16(body.len())) as u64;
         let mut tail = peer.out_tail.get();
         let head = hdr.head.load(Ordering::Acquire);
+        if head > tail || tail - head > cap {
+            // The consumer's position is foreign memory: a value no consumer could publish.
+            self.fail(peer, PeerFailure::Protocol(FrameError::BadRecord { pos: head, len: tail.wrapping_sub(head) }));
+            return false;
+        }
         let pos = tail % cap;
         let contiguous = cap - pos;
         let pad = if rec > contiguous { contiguous } else { 0 };
@@ -784,7 +789,8 @@ impl ShmTransport {
             return None;
         }
         let pid = c.pid.load(Ordering::Acquire);
-        if !process_alive(pid) {
+        // 0 and values past i32::MAX would make kill() address process groups: not a pid.
+        if pid == 0 || pid > i32::MAX as u32 || !process_alive(pid) {
             return None; // a crashed run's file: wait for the new one to replace it
         }
         let nonce = c.nonce.load(Ordering::Acquire);
@@ -964,6 +970,10 @@ impl Transport for ShmTransport {
             hdr.producer_waiting.store(1, Ordering::SeqCst);
             if inner.try_write(peer, body.as_bytes()) {
                 return Poll::Ready(Ok(()));
+            }
+            if peer.failed.get() {
+                // `try_write` may have failed the peer (a corrupt consumer position).
+                return Poll::Ready(Err(TransportError::PeerFailed(to)));
             }
             peer.out_head_seen.set(hdr.head.load(Ordering::Acquire));
             peer.out_waiters.borrow_mut().push(cx.waker().clone());

@@ -95,6 +95,8 @@ struct Conn {
     last_send: Cell<Instant>,
     /// A receive handed to the spin hook (see [`SpinHook`]).
     spin_recv: RefCell<Option<SpinRecv>>,
+    /// The reader waits for room in the event queue (not reading is then this side's doing).
+    paused: Cell<bool>,
 }
 
 /// A receive that the [`SpinHook`] performs with non-blocking `recv` calls while the executor
@@ -276,7 +278,15 @@ impl TcpTransport {
             let max = limits.max_frame_len;
             spawn(async move {
                 while accepted.borrow().len() < expected.len() {
-                    let Ok((stream, addr)) = listener.accept().await else { continue };
+                    let (stream, addr) = match listener.accept().await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Out of descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
                     let r = time::timeout(
                         Duration::from_secs(5),
                         read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max, tag),
@@ -401,6 +411,7 @@ impl TcpTransport {
                 last_recv: Cell::new(now),
                 last_send: Cell::new(now),
                 spin_recv: RefCell::new(None),
+                paused: Cell::new(false),
             });
             conns.insert(peer, conn.clone());
             pending.push((conn, h.buf, h.filled));
@@ -511,6 +522,11 @@ impl Transport for TcpTransport {
         let len = range.len();
         if len > self.inner.limits.max_frame_len {
             return Err(TransportError::FrameTooLong { len, max: self.inner.limits.max_frame_len });
+        }
+        if conn.out_len.get() + len > self.inner.limits.send_queue_len_max {
+            // Pushes do not wait (the protocol's rules run synchronously); a peer that stopped
+            // reading must not make this side's memory grow without bound either.
+            return Err(TransportError::QueueFull { peer: to, queued: conn.out_len.get() });
         }
         let mut bytes = vec![0u8; HEADER_LEN + len];
         r.read(range.start, &mut bytes[HEADER_LEN..]);
@@ -730,7 +746,11 @@ async fn read_loop(inner: &Inner, conn: &Conn, mut buf: AlignedBuf, mut filled: 
         // Parse every complete frame in the buffer.
         while filled - start >= HEADER_LEN {
             if !inner.events.has_room() {
+                // Paused by this side's own backpressure: the peer is not silent meanwhile.
+                conn.paused.set(true);
                 inner.events.wait_room().await;
+                conn.paused.set(false);
+                conn.last_recv.set(Instant::now());
                 if conn.failed.get() {
                     return Ok(());
                 }
@@ -833,7 +853,7 @@ async fn heartbeat(inner: Rc<Inner>) {
                 continue;
             }
             let silent = now.saturating_duration_since(c.last_recv.get());
-            if silent > inner.limits.peer_timeout {
+            if silent > inner.limits.peer_timeout && !c.paused.get() {
                 inner.fail(c, PeerFailure::Silent(silent));
                 continue;
             }
