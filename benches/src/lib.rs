@@ -3,7 +3,18 @@
 //! Every program prints one JSON object per result line:
 //! `{"bench": NAME, "case": "...", "metric": "...", "value": N, "unit": "..."}`, plus `"baseline"`
 //! and `"ratio"` where it measured a baseline (raw socket, memcpy, fsync) in the same run. Cases
-//! name the transport and size (`tcp-64kib`). `--quick` keeps a run under a minute.
+//! name the transport and size (`tcp-64kib`). `--quick` keeps a run under a minute. A program
+//! that checks targets ends with one line per target it measured, carrying `"threshold"` and
+//! `"met"`.
+//!
+//! # Layout
+//!
+//! * [`Record`]: one result line and its JSON form, with an optional baseline (and ratio) or
+//!   target (threshold and whether it was met).
+//! * [`percentile`], [`median`]: summaries of samples and of repeated runs.
+//! * [`pin`], [`two_cores`]: placing the two processes of a benchmark on their cores.
+//! * [`ChildGuard`]: the benchmark's child process (the same program), killed and reaped on drop.
+//! * [`arg`], [`flag`]: the few command-line options the programs take.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,6 +34,10 @@ pub struct Record {
     pub unit: &'static str,
     /// The same metric of the baseline, measured in the same run.
     pub baseline: Option<f64>,
+    /// The target `value` is checked against, in `unit`.
+    pub threshold: Option<f64>,
+    /// Whether `value` met `threshold` (the comparison depends on the target).
+    pub met: Option<bool>,
 }
 
 impl Record {
@@ -34,12 +49,19 @@ impl Record {
         value: f64,
         unit: &'static str,
     ) -> Self {
-        Self { bench, case: case.into(), metric, value, unit, baseline: None }
+        Self { bench, case: case.into(), metric, value, unit, baseline: None, threshold: None, met: None }
     }
 
     /// Adds the baseline (the ratio is `value / baseline`).
     pub fn with_baseline(mut self, baseline: f64) -> Self {
         self.baseline = Some(baseline);
+        self
+    }
+
+    /// Adds a target: its threshold and whether `value` met it.
+    pub fn with_target(mut self, threshold: f64, met: bool) -> Self {
+        self.threshold = Some(threshold);
+        self.met = Some(met);
         self
     }
 
@@ -55,6 +77,12 @@ impl Record {
         if let Some(b) = self.baseline {
             o["baseline"] = serde_json::json!(round(b));
             o["ratio"] = serde_json::json!(if b == 0.0 { 0.0 } else { round(self.value / b) });
+        }
+        if let Some(t) = self.threshold {
+            o["threshold"] = serde_json::json!(round(t));
+        }
+        if let Some(m) = self.met {
+            o["met"] = serde_json::json!(m);
         }
         println!("{o}");
     }

@@ -13,6 +13,13 @@
 //!
 //! # Layout
 //!
+//! * [`driver`]: runs a protocol node on the runtime over a transport; the static group and its
+//!   configuration file.
+//! * [`protocol`]: the sans-IO protocol core: identifiers, limits, views, the shared state table
+//!   and ordered multicast (PROTOCOLS §1, §2), driven through [`protocol::Node`].
+//! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: nodes in one
+//!   thread, virtual time, seeded latency, slow members and cut links, a checksummed workload and
+//!   a trace; the checkers that judge its runs are in the `derecho-tests` package.
 //! * [`runtime`]: the whole `derecho-runtime` crate (executors, I/O, timers, channels, buffers,
 //!   transports), for anything not re-exported at the top level.
 //! * [`transport`]: the transports and their two primitives, push and frames;
@@ -41,6 +48,11 @@
 //! The repository's `README.md` shows two TCP transports exchanging a frame; it is compiled and
 //! run as a doctest of this crate. The book's chapter "Running the transports" explains executors
 //! and transports in depth, and `cargo run --release -p derecho-examples --bin ping` measures them.
+
+pub mod driver;
+pub mod protocol;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 pub use derecho_runtime as runtime;
 

@@ -8,6 +8,14 @@
 //! Cases: streaming throughput of 64 KiB and 1 MiB frames; ping-pong round trips of 64 B and
 //! 1 KiB frames, with spin budget 0 (parks between messages) and with spinning; on shared memory
 //! also the one-way latency of a push (a counter written into the peer's region).
+//!
+//! Shared-memory streaming runs twice: `shm-*` frames are received in place and dropped without
+//! being read, so it measures the sender's copy into the ring; in `shm-read-*` the receiver reads
+//! every byte of each frame, as a consumer would.
+//!
+//! A full or quick run ends with one `target-*` line per target of the foundation issue whose
+//! inputs it measured (`--only` leaves out the others), carrying `"threshold"` and `"met"`, and
+//! an `info-*` line for the in-place shared-memory streaming, which has no target.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -64,19 +72,40 @@ fn main() {
     let memcpy = memcpy_gbps(1 << 20, if quick { 2 << 30 } else { 8 << 30 });
     Record::new(BENCH, "memcpy-1mib", "throughput", memcpy, "GB/s").print();
 
+    // The target lines, printed after every result line.
+    let mut targets: Vec<Record> = Vec::new();
+
     for size in [64 << 10, 1 << 20] {
         let name = size_name(size);
         if want("stream-tcp") {
             let raw = median((0..plan.repeats).map(|_| raw_stream(size, plan.stream_bytes)).collect());
             Record::new(BENCH, format!("raw-tcp-{name}"), "throughput", raw, "GB/s").print();
-            let tcp = median((0..plan.repeats).map(|_| dx_stream("tcp", size, plan.stream_bytes)).collect());
+            let tcp = median((0..plan.repeats).map(|_| dx_stream("tcp", size, plan.stream_bytes, false)).collect());
             Record::new(BENCH, format!("tcp-{name}"), "throughput", tcp, "GB/s").with_baseline(raw).print();
-            let full = median((0..plan.repeats).map(|_| dx_stream("tcp-fullsum", size, plan.stream_bytes)).collect());
+            let full =
+                median((0..plan.repeats).map(|_| dx_stream("tcp-fullsum", size, plan.stream_bytes, false)).collect());
             Record::new(BENCH, format!("tcp-fullsum-{name}"), "throughput", full, "GB/s").with_baseline(raw).print();
+            let r = ratio(tcp, raw);
+            targets.push(target(format!("tcp-stream-{name}"), "ratio", r, "x", 0.9, r >= 0.9));
         }
         if want("stream-shm") {
-            let shm = median((0..plan.repeats).map(|_| dx_stream("shm", size, plan.stream_bytes * 4)).collect());
+            // Received in place, not read: the sender's copy into the ring.
+            let shm = median((0..plan.repeats).map(|_| dx_stream("shm", size, plan.stream_bytes * 4, false)).collect());
             Record::new(BENCH, format!("shm-{name}"), "throughput", shm, "GB/s").with_baseline(memcpy).print();
+            // The receiver reads every byte of each frame.
+            let read = median((0..plan.repeats).map(|_| dx_stream("shm", size, plan.stream_bytes * 4, true)).collect());
+            Record::new(BENCH, format!("shm-read-{name}"), "throughput", read, "GB/s").with_baseline(memcpy).print();
+            if size == 1 << 20 {
+                let r = ratio(read, memcpy);
+                targets.push(target(format!("shm-stream-{name}"), "ratio", r, "x", 0.5, r >= 0.5));
+                targets.push(Record::new(
+                    BENCH,
+                    format!("info-shm-stream-{name}-in-place"),
+                    "ratio",
+                    ratio(shm, memcpy),
+                    "x",
+                ));
+            }
         }
     }
 
@@ -97,6 +126,10 @@ fn main() {
                 continue;
             }
             let (p50, p99) = dx_pingpong(transport, size, plan.rounds, spin);
+            if (transport, mode) == ("tcp", "spin") {
+                let r = ratio(p50, spin_p50);
+                targets.push(target(format!("tcp-spin-{name}-p50"), "ratio", r, "x", 1.5, r <= 1.5));
+            }
             let case = format!("{transport}-{mode}-{name}");
             let base = match (transport, spin.is_zero()) {
                 ("tcp", true) => Some((block_p50, block_p99)),
@@ -117,8 +150,22 @@ fn main() {
         let (p50, p99) = shm_push_oneway(plan.rounds * 5);
         Record::new(BENCH, "shm-push-8b", "oneway_p50", p50, "us").print();
         Record::new(BENCH, "shm-push-8b", "oneway_p99", p99, "us").print();
+        targets.push(target("shm-oneway-p50".to_string(), "oneway_p50", p50, "us", 1.0, p50 < 1.0));
+    }
+    for t in &targets {
+        t.print();
     }
     let _ = plan.quick;
+}
+
+/// The line of the target `target-{name}`: `value` against `threshold`, and whether it `met` it
+/// (at least, at most or below the threshold, depending on the target).
+fn target(name: String, metric: &'static str, value: f64, unit: &'static str, threshold: f64, met: bool) -> Record {
+    Record::new(BENCH, format!("target-{name}"), metric, value, unit).with_target(threshold, met)
+}
+
+fn ratio(value: f64, baseline: f64) -> f64 {
+    if baseline == 0.0 { 0.0 } else { value / baseline }
 }
 
 fn size_name(size: usize) -> String {
@@ -314,11 +361,13 @@ fn executor(spin: Duration) -> derecho_runtime::LocalExecutor {
     Builder::new().spin_budget(spin).build().expect("executor")
 }
 
-fn dx_stream(transport: &str, size: usize, total: usize) -> f64 {
+/// Streams `total` bytes in frames of `size` to the child; with `read`, the child reads every byte
+/// of each frame (else it only checks the length and drops the frame).
+fn dx_stream(transport: &str, size: usize, total: usize, read: bool) -> f64 {
     let count = total / size;
     let rv = Rendezvous::new(transport);
     let mut extra = rv.child_args();
-    extra.extend([("--size", size.to_string()), ("--count", count.to_string())]);
+    extra.extend([("--size", size.to_string()), ("--count", count.to_string()), ("--read", read.to_string())]);
     let child = ChildGuard::spawn_self(&child_args("dx-stream-recv", &extra));
     let secs = executor(SPIN).block_on(async move {
         let t = rv.connect().await;
@@ -431,9 +480,16 @@ fn child(role: &str, args: &[String]) {
         "dx-stream-recv" => executor(SPIN).block_on(async {
             let t = child_connect(args).await;
             let size = num("--size");
+            let read = arg(args, "--read") == Some("true");
+            // The parent sends bytes of 1; a frame summed as words must give this.
+            let expected = sum_words(&vec![1u8; size]);
             for _ in 0..count {
                 let f = next_frame(&t).await;
                 assert_eq!(f.len(), size);
+                if read {
+                    let sum = std::hint::black_box(sum_words(&f));
+                    assert_eq!(sum, expected, "frame bytes differ from those sent");
+                }
             }
             t.send_frame(PARENT, b"ack".into()).await.unwrap();
             t.close(Duration::from_secs(5)).await;
@@ -464,4 +520,12 @@ fn child(role: &str, args: &[String]) {
         }),
         other => panic!("unknown child role {other}"),
     }
+}
+
+/// Reads every byte: the wrapping sum of `bytes` as native-endian `u64` words (a tail shorter than
+/// a word added byte by byte).
+fn sum_words(bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    let sum = words.by_ref().fold(0u64, |s, w| s.wrapping_add(u64::from_ne_bytes(w.try_into().expect("8 bytes"))));
+    words.remainder().iter().fold(sum, |s, &b| s.wrapping_add(u64::from(b)))
 }

@@ -1,0 +1,420 @@
+//! The driver: runs a protocol [`Node`] on the runtime over a transport.
+//!
+//! It is the only module that knows both the protocol and the runtime. The shared state table is
+//! a region registered with the transport, so over shared memory peers' pushes land in it
+//! directly and over TCP the transport applies them. The rules run in a poll hook, on every turn
+//! of the executor's loop, like Derecho's predicate thread: apply everything that arrived, run
+//! the rules once, deliver, then push what changed (PROTOCOLS §2.4 batching). Sending writes in
+//! place into this member's row; a full window makes [`StaticGroup::send`] wait.
+//!
+//! The one `unsafe` outside the runtime lives here: delivery borrows message bytes from the table
+//! (zero copy), which is sound because flow control keeps a message's bytes untouched until every
+//! member delivered it; only the protocol knows that, so only the protocol's driver can promise
+//! it.
+//!
+//! # Layout
+//!
+//! * [`RegionMemory`]: the table in a transport region.
+//! * [`StaticGroup`]: a group of fixed membership: start, send, delivery callback, close.
+
+mod config;
+
+pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::ops::Range;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use derecho_runtime::transport::{
+    AnyTransport, Payload, PeerFailure, PeerId, Region, RegionId, Transport, TransportError, TransportEvent,
+};
+use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
+
+use crate::protocol::{
+    Delivered, Input, Limits, Node, NodeError, NodeId, Output, SendError, ShardRef, SstMemory, Time, View,
+};
+
+/// The region that holds the shared state table.
+pub const TABLE_REGION: RegionId = RegionId(0);
+
+/// The table in a transport region.
+#[derive(Debug)]
+pub struct RegionMemory {
+    region: Rc<Region>,
+}
+
+impl RegionMemory {
+    /// Wraps a registered region.
+    pub fn new(region: Rc<Region>) -> Self {
+        Self { region }
+    }
+}
+
+impl SstMemory for RegionMemory {
+    fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    fn load_u64(&self, offset: usize) -> u64 {
+        self.region.load_u64(offset)
+    }
+
+    fn store_u64(&mut self, offset: usize, value: u64) {
+        self.region.store_u64(offset, value);
+    }
+
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        self.region.read(offset, dst);
+    }
+
+    fn slice(&self, range: Range<usize>) -> &[u8] {
+        // SAFETY: the protocol borrows only (a) received messages not yet delivered, whose bytes
+        // their sender does not touch until every member delivered them (flow control,
+        // PROTOCOLS §2.1), and (b) this member's own row, which only this member writes, never
+        // while borrowed. No await happens while a borrow lives, so the TCP transport's reader
+        // (same thread) cannot apply a push meanwhile.
+        unsafe { self.region.bytes(range) }
+    }
+
+    fn slice_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        // SAFETY: the protocol borrows for writing only this member's own row, which peers never
+        // write and see only through pushes made after the borrow ends; `&mut self` keeps this
+        // process from borrowing it twice.
+        unsafe { self.region.bytes_mut(range) }
+    }
+}
+
+/// Errors of starting or running a group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The configuration or view is invalid.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The transport failed to set up the table region or to exchange the start-up barrier.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// A peer failed before the group started.
+    #[error("{peer} failed during start-up: {reason}")]
+    PeerFailedAtStart {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: PeerFailure,
+    },
+    /// The start-up barrier did not complete in time.
+    #[error("start-up barrier timed out after {0:?}; missing: {1:?}")]
+    StartTimeout(Duration, Vec<NodeId>),
+}
+
+/// Errors of [`StaticGroup::send`].
+#[derive(Debug, thiserror::Error)]
+pub enum GroupSendError {
+    /// The protocol refused the message for good (not a sender, too large, not a member).
+    #[error(transparent)]
+    Refused(SendError),
+    /// `send` was called from inside the delivery callback; spawn a task to send instead.
+    #[error("send called from inside the delivery callback")]
+    Reentrant,
+    /// The group was closed.
+    #[error("the group is closed")]
+    Closed,
+}
+
+/// Something the group reports besides deliveries.
+#[derive(Debug)]
+pub enum GroupEvent {
+    /// A peer failed (with a static membership the group can no longer make progress in shards
+    /// the peer belongs to; membership changes handle this in a later layer).
+    PeerFailed {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: PeerFailure,
+    },
+    /// A peer broke the protocol; its messages are ignored from now on.
+    Violation {
+        /// The peer.
+        peer: NodeId,
+        /// What it did.
+        what: String,
+    },
+}
+
+type DeliverFn = Box<dyn FnMut(Delivered<'_>)>;
+
+struct Inner {
+    node: RefCell<Node<RegionMemory>>,
+    transport: AnyTransport,
+    deliver: RefCell<DeliverFn>,
+    send_waiters: RefCell<Vec<Waker>>,
+    events: RefCell<Vec<GroupEvent>>,
+    event_waker: RefCell<Option<Waker>>,
+    epoch: Instant,
+    closed: Cell<bool>,
+    /// `Node::window_progress` when blocked senders were last woken.
+    window_seen: Cell<u64>,
+}
+
+impl Inner {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    fn report(&self, e: GroupEvent) {
+        self.events.borrow_mut().push(e);
+        if let Some(w) = self.event_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// One batch: run the rules, deliver, push. Returns how much happened.
+    fn step(&self) -> usize {
+        let Ok(mut node) = self.node.try_borrow_mut() else { return 0 };
+        let now = self.now();
+        node.handle(now, Input::RowsChanged);
+        let delivered = match self.deliver.try_borrow_mut() {
+            Ok(mut f) => node.deliver(&mut *f),
+            Err(_) => 0,
+        };
+        let mut pushes = 0;
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Push { range, to } => {
+                    for &peer in to.iter() {
+                        match self.transport.push(PeerId(peer.0), TABLE_REGION, range.clone()) {
+                            Ok(()) | Err(TransportError::PeerFailed(_)) => {}
+                            Err(e) => tracing::error!(%peer, error = %e, "push failed"),
+                        }
+                    }
+                    pushes += 1;
+                }
+                Output::Violation { node: peer, violation } => {
+                    tracing::warn!(%peer, %violation, "peer broke the protocol");
+                    self.report(GroupEvent::Violation { peer, what: violation.to_string() });
+                }
+            }
+        }
+        // Blocked senders wake when a window has room again, which other members' deliveries
+        // cause (their rows change) whether or not this step delivered or pushed anything.
+        let progress = node.window_progress();
+        if progress != self.window_seen.get() {
+            self.window_seen.set(progress);
+            for w in self.send_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+        delivered + pushes
+    }
+}
+
+struct RulesHook {
+    inner: Rc<Inner>,
+}
+
+impl PollHook for RulesHook {
+    fn poll(&mut self) -> usize {
+        if self.inner.closed.get() { 0 } else { self.inner.step() }
+    }
+
+    fn prepare_park(&mut self, _park: &mut Park<'_>) -> bool {
+        // Pushes arriving wake the executor (a TCP completion, a shared-memory doorbell), and the
+        // next turn runs this hook: nothing to arm here.
+        true
+    }
+}
+
+/// A group of fixed membership running ordered multicast (PROTOCOLS §1, §2).
+///
+/// # Examples
+///
+/// See `tests/tests/static_group.rs` and the `multicast` example.
+pub struct StaticGroup {
+    inner: Rc<Inner>,
+    hook: Cell<Option<HookId>>,
+    events_task: RefCell<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StaticGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticGroup").field("me", &self.inner.node.borrow().me()).finish_non_exhaustive()
+    }
+}
+
+const READY: &[u8] = b"derecho-static-group-ready";
+
+impl StaticGroup {
+    /// Starts member `me` of `view` on a connected transport: registers the table, waits (at
+    /// most `start_timeout`) until every peer has done the same, and starts running the rules.
+    /// `on_deliver` receives every delivered message, borrowed; it must not call
+    /// [`StaticGroup::send`] (spawn a task for that).
+    ///
+    /// # Errors
+    ///
+    /// [`GroupError`]: an invalid view or limits, a transport error, a peer failing or missing
+    /// during start-up.
+    pub async fn start(
+        transport: AnyTransport,
+        me: NodeId,
+        view: View,
+        limits: &Limits,
+        start_timeout: Duration,
+        on_deliver: impl FnMut(Delivered<'_>) + 'static,
+    ) -> Result<Self, GroupError> {
+        let len = Node::<RegionMemory>::table_len(&view, limits);
+        let region = transport.register_region(TABLE_REGION, len)?;
+        let node = Node::new(me, view.clone(), limits, RegionMemory::new(region))?;
+        // Barrier: nobody pushes into a peer's table before the peer registered it.
+        let peers: Vec<NodeId> = view.members.iter().copied().filter(|&m| m != me).collect();
+        for &p in &peers {
+            transport.send_frame(PeerId(p.0), Payload::from(READY)).await?;
+        }
+        let mut missing: Vec<NodeId> = peers.clone();
+        let deadline = Instant::now() + start_timeout;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match time::timeout(left, transport.next_event()).await {
+                Ok(TransportEvent::Frame { from, frame }) if &frame[..] == READY => {
+                    missing.retain(|&m| m.0 != from.0);
+                }
+                Ok(TransportEvent::Frame { from, .. }) => {
+                    tracing::warn!(?from, "unexpected frame during start-up");
+                }
+                Ok(TransportEvent::PeerFailed { peer, reason }) => {
+                    return Err(GroupError::PeerFailedAtStart { peer: NodeId(peer.0), reason });
+                }
+                Err(_) => return Err(GroupError::StartTimeout(start_timeout, missing)),
+            }
+        }
+        let inner = Rc::new(Inner {
+            node: RefCell::new(node),
+            transport,
+            deliver: RefCell::new(Box::new(on_deliver)),
+            send_waiters: RefCell::new(Vec::new()),
+            events: RefCell::new(Vec::new()),
+            event_waker: RefCell::new(None),
+            epoch: Instant::now(),
+            closed: Cell::new(false),
+            window_seen: Cell::new(0),
+        });
+        let hook = add_poll_hook(RulesHook { inner: inner.clone() });
+        let events_task = spawn({
+            let inner = inner.clone();
+            async move {
+                loop {
+                    match inner.transport.next_event().await {
+                        TransportEvent::PeerFailed { peer, reason } => {
+                            inner.report(GroupEvent::PeerFailed { peer: NodeId(peer.0), reason });
+                        }
+                        TransportEvent::Frame { from, .. } => {
+                            tracing::debug!(?from, "frame ignored by a static group");
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { inner, hook: Cell::new(Some(hook)), events_task: RefCell::new(Some(events_task)) })
+    }
+
+    /// Sends a message of `len` bytes into `shard`, written in place by `fill`; waits while the
+    /// window is full. Returns the message's index.
+    ///
+    /// # Errors
+    ///
+    /// [`GroupSendError`]: refused by the protocol, called from the delivery callback, or the
+    /// group closed.
+    pub async fn send(&self, shard: ShardRef, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<u64, GroupSendError> {
+        let mut fill = Some(fill);
+        poll_fn(|cx| {
+            if self.inner.closed.get() {
+                return Poll::Ready(Err(GroupSendError::Closed));
+            }
+            let Ok(mut node) = self.inner.node.try_borrow_mut() else {
+                return Poll::Ready(Err(GroupSendError::Reentrant));
+            };
+            let now = self.inner.now();
+            let f = fill.take().expect("send polled after completion");
+            let mut unused = Some(f);
+            let r = node.send(now, shard, len, |buf| (unused.take().expect("fill once"))(buf));
+            match r {
+                Ok(i) => Poll::Ready(Ok(i)),
+                Err(SendError::WindowFull(_)) => {
+                    fill = unused;
+                    self.inner.send_waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(GroupSendError::Refused(e))),
+            }
+        })
+        .await
+    }
+
+    /// Messages delivered in `shard` so far (ordered shards).
+    pub fn delivered_count(&self, shard: ShardRef) -> Option<u64> {
+        self.inner.node.borrow().delivered_count(shard)
+    }
+
+    /// The next group event, waiting for one.
+    pub async fn next_event(&self) -> GroupEvent {
+        poll_fn(|cx| {
+            let mut ev = self.inner.events.borrow_mut();
+            if !ev.is_empty() {
+                return Poll::Ready(ev.remove(0));
+            }
+            *self.inner.event_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A one-line description of the protocol state (counters of every row), for diagnostics.
+    pub fn describe(&self) -> String {
+        let node = self.inner.node.borrow();
+        let layout = node.row_layout().clone();
+        let mem = node.memory();
+        let mut out = format!("me {} waiters {}:", node.me(), self.inner.send_waiters.borrow().len());
+        for (s, cols) in node.view().shards.iter().zip(&layout.shards) {
+            for rank in 0..layout.rows {
+                let row = layout.row(rank);
+                let recv: Vec<u64> = (0..s.senders.len()).map(|j| mem.load_u64(row + cols.received + 8 * j)).collect();
+                out += &format!(
+                    " [row {rank}: seq {} delivered {} sent {} received {recv:?}]",
+                    mem.load_u64(row + cols.seq_num),
+                    mem.load_u64(row + cols.delivered_num),
+                    mem.load_u64(row + cols.sent)
+                );
+            }
+        }
+        out
+    }
+
+    /// Runs the rules once now (a send's pushes leave at the next turn of the loop anyway).
+    pub fn flush(&self) {
+        self.inner.step();
+    }
+
+    /// Stops running the rules and closes the transport (peers see this member leave).
+    pub async fn close(&self) {
+        if self.inner.closed.replace(true) {
+            return;
+        }
+        if let Some(h) = self.hook.take() {
+            remove_poll_hook(h);
+        }
+        if let Some(t) = self.events_task.borrow_mut().take() {
+            t.abort();
+        }
+        for w in self.inner.send_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+        self.inner.transport.close(Duration::from_secs(1)).await;
+    }
+}
+
+/// Peers of a node, by id (the driver maps node ids to transport peer ids one to one).
+pub fn peer_map(view: &View, me: NodeId) -> BTreeMap<NodeId, PeerId> {
+    view.members.iter().filter(|&&m| m != me).map(|&m| (m, PeerId(m.0))).collect()
+}

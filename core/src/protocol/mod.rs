@@ -1,0 +1,26 @@
+//! The sans-IO protocol core (PROTOCOLS.md): plain state machines fed inputs with the current
+//! time and drained for outputs. No sockets, files, threads, clocks, async or unseeded
+//! randomness below this module; a test in `tests/` reads these sources and fails if any appear.
+//!
+//! # Layout
+//!
+//! * [`ids`]: identifiers (`NodeId`, `ViewId`, `SubgroupId`, `ShardIndex`, `Version`, `Time`).
+//! * [`limits`]: the validated limits that size everything.
+//! * [`layout`]: views and their shard layout.
+//! * [`sst`]: the shared state table's row layout and the memory trait it lives in.
+//! * [`multicast`]: ordered and unordered multicast in one shard (§2).
+//! * [`node`]: one member: `handle`, `send`, `deliver`, `poll_output`, `poll_timeout`.
+
+pub mod ids;
+pub mod layout;
+pub mod limits;
+pub mod multicast;
+pub mod node;
+pub mod sst;
+
+pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
+pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
+pub use limits::{LimitError, Limits};
+pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
+pub use node::{Input, Node, NodeError, Output};
+pub use sst::{HeapMemory, RowLayout, ShardColumns, SstMemory};
