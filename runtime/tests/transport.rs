@@ -505,6 +505,48 @@ fn tcp_push_to_unknown_region_or_out_of_bounds_is_a_violation() {
 }
 
 #[test]
+fn tcp_push_outside_the_peers_window_is_a_violation() {
+    // The evil peer may write bytes 0..16 of the region; it pushes at 16.
+    let body = [1u8; 8];
+    let mut bytes = Header::encode(Kind::Push, frame::push_aux(ROW.0, 16), &body).to_vec();
+    bytes.extend_from_slice(&body);
+    let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr();
+    let evil = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(&Header::encode(Kind::Hello, 1, &[])).unwrap();
+        let mut hello = [0u8; HEADER_LEN];
+        s.read_exact(&mut hello).unwrap();
+        // Inside the window first: accepted.
+        let ok = [2u8; 8];
+        let mut good = Header::encode(Kind::Push, frame::push_aux(ROW.0, 8), &ok).to_vec();
+        good.extend_from_slice(&ok);
+        s.write_all(&good).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+    });
+    let ex = Builder::new().build().unwrap();
+    let (f, seen) = ex.block_on(async move {
+        let mut cfg = TcpConfig::new(A, vec![(B, "127.0.0.1:1".parse().unwrap())]);
+        cfg.limits = limits();
+        let t = TcpTransport::connect(listener, cfg).await.unwrap();
+        let r = t.register_region(ROW, 64).unwrap();
+        t.confine_pushes(ROW, B, 0..16);
+        let t = AnyTransport::Tcp(t);
+        let f = next_failure(&t).await.1;
+        (f, r.to_vec(8, 16))
+    });
+    evil.join().unwrap();
+    assert_eq!(protocol_error(f), FrameError::PushOutsideWindow { region: ROW.0, offset: 16, len: 8 });
+    assert_eq!(
+        seen,
+        [2u8; 8].iter().chain([0u8; 8].iter()).copied().collect::<Vec<_>>(),
+        "the push inside the window was not applied, or the one outside was"
+    );
+}
+
+#[test]
 fn tcp_second_hello_is_a_violation() {
     let (f, _) = evil_tcp_peer(Header::encode(Kind::Hello, 1, &[]).to_vec());
     assert_eq!(protocol_error(f), FrameError::Unexpected(Kind::Hello));

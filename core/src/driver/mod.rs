@@ -267,6 +267,15 @@ impl StaticGroup {
         let len = Node::<RegionMemory>::table_len(&view, limits);
         let region = transport.register_region(TABLE_REGION, len)?;
         let node = Node::new(me, view.clone(), limits, RegionMemory::new(region))?;
+        // PROTOCOLS §7: a peer's pushes may write only its own row. TCP enforces it as pushes
+        // arrive; shared-memory peers write directly (a same-host trust assumption).
+        if let AnyTransport::Tcp(t) = &transport {
+            for &m in view.members.iter().filter(|&&m| m != me) {
+                if let Some(row) = node.row_range(m) {
+                    t.confine_pushes(TABLE_REGION, PeerId(m.0), row);
+                }
+            }
+        }
         // Barrier: nobody pushes into a peer's table before the peer registered it.
         let peers: Vec<NodeId> = view.members.iter().copied().filter(|&m| m != me).collect();
         for &p in &peers {

@@ -97,6 +97,16 @@ pub enum FrameError {
         /// The region's length.
         region_len: usize,
     },
+    /// A push outside the range the sending peer may write (its own row).
+    #[error("push of {len} bytes at {offset} into region {region} outside what this peer may write")]
+    PushOutsideWindow {
+        /// Region.
+        region: u16,
+        /// Offset.
+        offset: usize,
+        /// Length.
+        len: usize,
+    },
     /// A frame kind that is not allowed at this point (a second Hello, say).
     #[error("unexpected {0:?} frame")]
     Unexpected(Kind),

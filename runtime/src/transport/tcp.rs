@@ -139,6 +139,8 @@ struct Inner {
     limits: TransportLimits,
     conns: BTreeMap<PeerId, Rc<Conn>>,
     regions: RefCell<BTreeMap<RegionId, Rc<Region>>>,
+    /// Per (region, peer): the only range that peer's pushes may write.
+    push_windows: RefCell<BTreeMap<(RegionId, PeerId), Range<usize>>>,
     events: EventQueue,
     closed: Cell<bool>,
     pool: BufPool,
@@ -421,6 +423,7 @@ impl TcpTransport {
             peer_ids: conns.keys().copied().collect(),
             conns,
             regions: RefCell::new(BTreeMap::new()),
+            push_windows: RefCell::new(BTreeMap::new()),
             events: EventQueue::default(),
             closed: Cell::new(false),
             pool: BufPool::new(limits.max_frame_len.max(8 << 20)),
@@ -471,6 +474,13 @@ impl TcpTransport {
         for t in self.tasks.borrow_mut().drain(..) {
             t.abort();
         }
+    }
+
+    /// Confines `peer`'s pushes into `region` to `range` (in Derecho, the peer's own row of the
+    /// table): a push outside it is a protocol violation that drops the peer (PROTOCOLS §7,
+    /// "sender = authenticated peer").
+    pub fn confine_pushes(&self, region: RegionId, peer: PeerId, range: Range<usize>) {
+        self.inner.push_windows.borrow_mut().insert((region, peer), range);
     }
 
     /// Bytes queued for `peer` and not yet handed to the kernel.
@@ -830,6 +840,11 @@ fn handle(inner: &Inner, conn: &Conn, h: Header, body: &[u8]) -> Result<(), Peer
             let r = regions.get(&RegionId(region)).ok_or(FrameError::UnknownRegion(region))?;
             if offset.checked_add(body.len()).is_none_or(|end| end > r.len()) {
                 return Err(FrameError::PushOutOfBounds { region, offset, len: body.len(), region_len: r.len() }.into());
+            }
+            if let Some(w) = inner.push_windows.borrow().get(&(RegionId(region), conn.peer))
+                && (offset < w.start || offset + body.len() > w.end)
+            {
+                return Err(FrameError::PushOutsideWindow { region, offset, len: body.len() }.into());
             }
             // SAFETY: the range is inside the region (checked above).
             unsafe { copy_to_shared(r.as_ptr().add(offset), body) };
