@@ -22,7 +22,6 @@ mod config;
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::ops::Range;
 use std::rc::Rc;
@@ -421,9 +420,4 @@ impl StaticGroup {
         }
         self.inner.transport.close(Duration::from_secs(1)).await;
     }
-}
-
-/// Peers of a node, by id (the driver maps node ids to transport peer ids one to one).
-pub fn peer_map(view: &View, me: NodeId) -> BTreeMap<NodeId, PeerId> {
-    view.members.iter().filter(|&&m| m != me).map(|&m| (m, PeerId(m.0))).collect()
 }

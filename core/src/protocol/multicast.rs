@@ -165,6 +165,8 @@ pub(crate) struct ShardState {
     counters_dirty: bool,
     /// Largest number of this member's indices outstanding at once (for the window checker).
     pub(crate) outstanding_max_seen: u64,
+    /// Received counts per sender, reused by each step (seq and nulls need them as a slice).
+    received_scratch: Vec<u64>,
 }
 
 fn round16(n: usize) -> usize {
@@ -237,6 +239,7 @@ impl ShardState {
             delivered: 0,
             counters_dirty: false,
             outstanding_max_seen: 0,
+            received_scratch: Vec::with_capacity(layout.senders.len()),
         }
     }
 
@@ -282,24 +285,27 @@ impl ShardState {
         }
     }
 
-    /// Whether `count` more indices in a record of `payload` bytes fit the window and ring.
-    fn fits<M: SstMemory>(&self, mem: &M, count: u64, payload: usize) -> bool {
-        let Some(r) = self.my_sender_rank else { return false };
+    /// If `count` more indices in a record of `payload` bytes fit the window and ring, the number
+    /// of this member's indices released everywhere (which `append` needs too).
+    fn fits<M: SstMemory>(&self, mem: &M, count: u64, payload: usize) -> Option<u64> {
+        let r = self.my_sender_rank?;
         let released = self.released_indices(mem, r);
         if self.out.next_index + count > released + self.window_len {
-            return false;
+            return None;
         }
         let ring_len = self.cols.ring_len as u64;
         let rec = (RECORD_HEADER_LEN + round16(payload)) as u64;
         let pos = self.out.write_pos % ring_len;
         let pad = if rec > ring_len - pos { ring_len - pos } else { 0 };
-        self.out.write_pos + pad + rec - self.out.head_pos <= ring_len
+        (self.out.write_pos + pad + rec - self.out.head_pos <= ring_len).then_some(released)
     }
 
-    /// Appends a record to this member's ring; the caller checked `fits`.
+    /// Appends a record to this member's ring; the caller checked `fits`, which gave `released`.
+    #[allow(clippy::too_many_arguments)] // private; each argument is one field of the record
     fn append<M: SstMemory>(
         &mut self,
         mem: &mut M,
+        released: u64,
         now: Time,
         kind: u8,
         count: u64,
@@ -341,9 +347,7 @@ impl ShardState {
         self.out.write_pos = end;
         self.out.next_index += count;
         self.out.outstanding.push_back((self.out.next_index - 1, end));
-        self.outstanding_max_seen = self
-            .outstanding_max_seen
-            .max(self.out.next_index - self.released_indices(mem, self.my_sender_rank.expect("sender")));
+        self.outstanding_max_seen = self.outstanding_max_seen.max(self.out.next_index - released);
         self.out.unpushed = Some(match self.out.unpushed.take() {
             Some(r) => r.start..end,
             None => start..end,
@@ -368,16 +372,16 @@ impl ShardState {
             return Err(SendError::TooLarge { len, max: self.payload_len_max });
         }
         self.release(mem);
-        if !self.fits(mem, 1, len) {
+        let Some(released) = self.fits(mem, 1, len) else {
             return Err(SendError::WindowFull(self.id));
-        }
-        Ok(self.append(mem, now, KIND_DATA, 1, len, fill))
+        };
+        Ok(self.append(mem, released, now, KIND_DATA, 1, len, fill))
     }
 
     /// Whether a message of `len` bytes could be sent now.
     pub(crate) fn can_send<M: SstMemory>(&mut self, mem: &M, len: usize) -> bool {
         self.release(mem);
-        self.my_sender_rank.is_some() && len <= self.payload_len_max && self.fits(mem, 1, len)
+        self.my_sender_rank.is_some() && len <= self.payload_len_max && self.fits(mem, 1, len).is_some()
     }
 
     /// Reads new records from every sender's row; returns violations found.
@@ -463,8 +467,8 @@ impl ShardState {
                     self.counters_dirty = true;
                 }
             }
-            let received: Vec<u64> = self.from.iter().map(|f| f.received).collect();
-            let seq = seq_count(&received);
+            self.refresh_received_scratch();
+            let seq = seq_count(&self.received_scratch);
             if seq != self.seq {
                 debug_assert!(seq > self.seq, "seq went backwards");
                 self.seq = seq;
@@ -480,19 +484,20 @@ impl ShardState {
     /// indices up to `n` if `r < q`, up to `n - 1` if `r > q`.
     fn send_nulls<M: SstMemory>(&mut self, mem: &mut M, now: Time) {
         let Some(r) = self.my_sender_rank else { return };
-        let received: Vec<u64> = self.from.iter().map(|f| f.received).collect();
-        let needed = indices_needed(r, &received);
+        self.refresh_received_scratch();
+        let needed = indices_needed(r, &self.received_scratch);
         if needed <= self.out.next_index {
             return;
         }
         self.release(mem);
         let mut count = needed - self.out.next_index;
         // As many as the window allows now; the rest once it opens.
-        while count > 0 && !self.fits(mem, count, 0) {
+        while count > 0 {
+            if let Some(released) = self.fits(mem, count, 0) {
+                self.append(mem, released, now, KIND_NULL, count, 0, |_| {});
+                break;
+            }
             count /= 2;
-        }
-        if count > 0 {
-            self.append(mem, now, KIND_NULL, count, 0, |_| {});
         }
     }
 
@@ -593,6 +598,12 @@ impl ShardState {
     /// Messages delivered here so far (`delivered_num + 1`), ordered shards.
     pub(crate) fn delivered_count(&self) -> u64 {
         self.delivered
+    }
+
+    /// Copies the received counts into the reused scratch buffer (no allocation per step).
+    fn refresh_received_scratch(&mut self) {
+        self.received_scratch.clear();
+        self.received_scratch.extend(self.from.iter().map(|f| f.received));
     }
 
     /// Indices this member has published as a sender.

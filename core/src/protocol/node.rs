@@ -80,6 +80,8 @@ pub struct Node<M: SstMemory> {
     shards: Vec<ShardState>,
     outputs: VecDeque<Output>,
     violations: Vec<(NodeId, RowViolation)>,
+    /// Set by `send` (with its time) until the rules next run.
+    sent_since_step: Option<Time>,
 }
 
 impl<M: SstMemory> Node<M> {
@@ -122,7 +124,16 @@ impl<M: SstMemory> Node<M> {
                 )
             })
             .collect();
-        Ok(Self { me, view, layout, mem, shards, outputs: VecDeque::new(), violations: Vec::new() })
+        Ok(Self {
+            me,
+            view,
+            layout,
+            mem,
+            shards,
+            outputs: VecDeque::new(),
+            violations: Vec::new(),
+            sent_since_step: None,
+        })
     }
 
     /// This member.
@@ -160,20 +171,26 @@ impl<M: SstMemory> Node<M> {
     /// Feeds an input and runs the rules once (PROTOCOLS §1: after every batch of updates).
     pub fn handle(&mut self, now: Time, input: Input) {
         match input {
-            Input::RowsChanged => {
-                for s in &mut self.shards {
-                    s.receive(&self.mem, &mut self.violations);
-                    s.update(&mut self.mem, now);
-                }
-                for (node, violation) in self.violations.drain(..) {
-                    self.outputs.push_back(Output::Violation { node, violation });
-                }
-            }
+            Input::RowsChanged => self.run_rules(now),
         }
     }
 
-    fn shard_mut(&mut self, shard: ShardRef) -> Result<&mut ShardState, SendError> {
-        self.shards.iter_mut().find(|s| s.id == shard).ok_or(SendError::NotAMember(shard))
+    fn run_rules(&mut self, now: Time) {
+        self.sent_since_step = None;
+        for s in &mut self.shards {
+            s.receive(&self.mem, &mut self.violations);
+            s.update(&mut self.mem, now);
+        }
+        for (node, violation) in self.violations.drain(..) {
+            self.outputs.push_back(Output::Violation { node, violation });
+        }
+    }
+
+    /// Runs the rules if messages were sent since they last ran.
+    fn catch_up(&mut self) {
+        if let Some(at) = self.sent_since_step {
+            self.run_rules(at);
+        }
     }
 
     /// Sends a message of `len` bytes into `shard`, written in place by `fill`. Returns the
@@ -193,9 +210,9 @@ impl<M: SstMemory> Node<M> {
         let (mem, shards) = (&mut self.mem, &mut self.shards);
         let s = shards.iter_mut().find(|s| s.id == shard).ok_or(SendError::NotAMember(shard))?;
         let index = s.send(mem, now, len, fill)?;
-        // Our own message is received locally at once.
-        s.receive(mem, &mut self.violations);
-        s.update(mem, now);
+        // Our own messages are received locally before the next delivery or push, once for a
+        // whole batch of sends rather than after each one.
+        self.sent_since_step = Some(now);
         Ok(index)
     }
 
@@ -207,6 +224,7 @@ impl<M: SstMemory> Node<M> {
 
     /// Delivers every deliverable message to `f`, in order; returns how many were delivered.
     pub fn deliver(&mut self, mut f: impl FnMut(Delivered<'_>)) -> usize {
+        self.catch_up();
         let mut n = 0;
         for s in &mut self.shards {
             n += s.deliver(&mut self.mem, &mut f);
@@ -216,6 +234,7 @@ impl<M: SstMemory> Node<M> {
 
     /// The next thing to do, data pushes before counter pushes.
     pub fn poll_output(&mut self) -> Option<Output> {
+        self.catch_up();
         if self.outputs.is_empty() {
             for s in &mut self.shards {
                 if s.dirty() {
@@ -254,11 +273,6 @@ impl<M: SstMemory> Node<M> {
     /// (never above `window_len`; the window checker reads it).
     pub fn outstanding_max(&self, shard: ShardRef) -> Option<u64> {
         self.shards.iter().find(|s| s.id == shard).map(|s| s.outstanding_max_seen)
-    }
-
-    #[allow(dead_code)]
-    fn shard(&mut self, shard: ShardRef) -> Result<&mut ShardState, SendError> {
-        self.shard_mut(shard)
     }
 }
 
