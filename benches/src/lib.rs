@@ -15,6 +15,9 @@
 //! * [`pin`], [`two_cores`]: placing the two processes of a benchmark on their cores.
 //! * [`ChildGuard`]: the benchmark's child process (the same program), killed and reaped on drop.
 //! * [`arg`], [`flag`]: the few command-line options the programs take.
+//! * [`raw`]: the baselines (plain sockets, `memcpy`) and their child processes.
+
+pub mod raw;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -9,5 +9,9 @@
 //! * [`ping`]: the `ping` demo's command line, connecting a transport, the ping and pong loops,
 //!   and the latency summary. The binary `ping` starts a second process and measures round trips
 //!   between the two, pinned to different cores, over TCP and over shared memory.
+//! * [`multicast`]: the `multicast` demo's command line, a member's life (start from the
+//!   configuration file, send, deliver, settle, close), and the messages it writes and checks.
+//!   The binary `multicast` starts one process per member of `multicast.toml`.
 
+pub mod multicast;
 pub mod ping;

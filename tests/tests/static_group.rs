@@ -107,7 +107,8 @@ fn run(which: Which, n: u32, per_sender: u32) -> Vec<Log> {
                     }
                     // Stay until every member has delivered everything (they still need our
                     // pushes of delivered_num to release their windows).
-                    derecho::runtime::time::sleep(Duration::from_millis(200)).await;
+                    let settled = group.settle(SHARD, Duration::from_secs(30)).await.expect("every member delivers");
+                    assert!(settled >= want, "settled at {settled} indices, below the {want} messages delivered");
                     group.close().await;
                     log.take()
                 })

@@ -17,12 +17,11 @@
 //! inputs it measured (`--only` leaves out the others), carrying `"threshold"` and `"met"`, and
 //! an `info-*` line for the in-place shared-memory streaming, which has no target.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use derecho_benches::{ChildGuard, Record, arg, flag, median, percentile, pin, two_cores};
+use derecho_benches::{ChildGuard, Record, arg, flag, median, percentile, pin, raw, two_cores};
 use derecho_runtime::net::TcpListener;
 use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
 use derecho_runtime::transport::tcp::{TcpConfig, TcpTransport};
@@ -69,7 +68,7 @@ fn main() {
     let only = arg(&args, "--only").map(str::to_string);
     let want = |group: &str| only.as_deref().is_none_or(|w| group.contains(w) || w.contains(group));
 
-    let memcpy = memcpy_gbps(1 << 20, if quick { 2 << 30 } else { 8 << 30 });
+    let memcpy = raw::memcpy_gbps(1 << 20, if quick { 2 << 30 } else { 8 << 30 });
     Record::new(BENCH, "memcpy-1mib", "throughput", memcpy, "GB/s").print();
 
     // The target lines, printed after every result line.
@@ -178,108 +177,26 @@ fn size_name(size: usize) -> String {
     }
 }
 
-fn memcpy_gbps(size: usize, total: usize) -> f64 {
-    let src = vec![7u8; size];
-    let mut dst = vec![0u8; size];
-    let reps = total / size;
-    let start = Instant::now();
-    for i in 0..reps {
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&mut dst);
-        if i == 0 {
-            std::hint::black_box(&src);
-        }
-    }
-    (reps * size) as f64 / start.elapsed().as_secs_f64() / 1e9
+fn child_core() -> usize {
+    CHILD_CORE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn child_args(role: &str, extra: &[(&str, String)]) -> Vec<String> {
-    let core = CHILD_CORE.load(std::sync::atomic::Ordering::Relaxed);
-    let mut v = vec!["--child".to_string(), role.to_string(), "--core".to_string(), core.to_string()];
-    for (k, val) in extra {
-        v.push((*k).to_string());
-        v.push(val.clone());
-    }
-    v
+    raw::child_args(role, child_core(), extra)
+}
+
+fn raw_stream(size: usize, total: usize) -> f64 {
+    raw::stream_gbps(size, total, child_core())
+}
+
+fn raw_pingpong(size: usize, rounds: usize, busy: bool) -> (f64, f64) {
+    raw::pingpong_us(size, rounds, busy, child_core())
 }
 
 fn unique_ns(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("bench{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-// ---- raw std::net baselines -------------------------------------------------------------------
-
-fn raw_stream(size: usize, total: usize) -> f64 {
-    let count = total / size;
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let child = ChildGuard::spawn_self(&child_args(
-        "raw-stream-recv",
-        &[("--addr", addr.to_string()), ("--size", size.to_string()), ("--count", count.to_string())],
-    ));
-    let (mut s, _) = listener.accept().unwrap();
-    s.set_nodelay(true).unwrap();
-    let buf = vec![1u8; size];
-    let start = Instant::now();
-    for _ in 0..count {
-        s.write_all(&buf).unwrap();
-    }
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack).unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    child.finish(WAIT);
-    (count * size) as f64 / secs / 1e9
-}
-
-fn raw_pingpong(size: usize, rounds: usize, busy: bool) -> (f64, f64) {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let role = if busy { "raw-pong-busy" } else { "raw-pong-block" };
-    let warm = rounds / 10;
-    let child = ChildGuard::spawn_self(&child_args(
-        role,
-        &[("--addr", addr.to_string()), ("--size", size.to_string()), ("--count", (rounds + warm).to_string())],
-    ));
-    let (mut s, _) = listener.accept().unwrap();
-    s.set_nodelay(true).unwrap();
-    s.set_nonblocking(busy).unwrap();
-    let out = vec![1u8; size];
-    let mut inp = vec![0u8; size];
-    let mut samples = Vec::with_capacity(rounds);
-    for i in 0..rounds + warm {
-        let t = Instant::now();
-        write_all_spin(&mut s, &out);
-        read_exact_spin(&mut s, &mut inp);
-        if i >= warm {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    child.finish(WAIT);
-    (percentile(&mut samples, 50.0), percentile(&mut samples, 99.0))
-}
-
-fn write_all_spin(s: &mut StdStream, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        match s.write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-}
-
-fn read_exact_spin(s: &mut StdStream, buf: &mut [u8]) {
-    let mut got = 0;
-    while got < buf.len() {
-        match s.read(&mut buf[got..]) {
-            Ok(0) => panic!("peer closed"),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) => panic!("read: {e}"),
-        }
-    }
 }
 
 // ---- derecho transports ------------------------------------------------------------------------
@@ -447,36 +364,14 @@ fn shm_push_oneway(rounds: usize) -> (f64, f64) {
 // ---- the child process -------------------------------------------------------------------------
 
 fn child(role: &str, args: &[String]) {
+    if raw::child_role(role, args) {
+        return;
+    }
     let core: usize = arg(args, "--core").expect("--core").parse().expect("a core number");
     assert!(pin(core), "child cannot pin to core {core}");
     let num = |name: &str| -> usize { arg(args, name).unwrap_or("0").parse().expect("a number") };
     let count = num("--count");
     match role {
-        "raw-stream-recv" => {
-            let mut s = StdStream::connect(arg(args, "--addr").unwrap()).unwrap();
-            s.set_nodelay(true).unwrap();
-            let total = num("--size") * count;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut got = 0;
-            while got < total {
-                match s.read(&mut buf) {
-                    Ok(0) => panic!("parent closed early"),
-                    Ok(n) => got += n,
-                    Err(e) => panic!("read: {e}"),
-                }
-            }
-            s.write_all(b"k").unwrap();
-        }
-        "raw-pong-block" | "raw-pong-busy" => {
-            let mut s = StdStream::connect(arg(args, "--addr").unwrap()).unwrap();
-            s.set_nodelay(true).unwrap();
-            s.set_nonblocking(role == "raw-pong-busy").unwrap();
-            let mut buf = vec![0u8; num("--size")];
-            for _ in 0..count {
-                read_exact_spin(&mut s, &mut buf);
-                write_all_spin(&mut s, &buf);
-            }
-        }
         "dx-stream-recv" => executor(SPIN).block_on(async {
             let t = child_connect(args).await;
             let size = num("--size");

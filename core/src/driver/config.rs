@@ -4,11 +4,12 @@
 //! me = 0                      # this member's id (required)
 //! transport = "tcp"           # "tcp" or "shm"; default "tcp"
 //! spin_us = 50                # executor spin budget before parking, µs; default 0
+//! core = 1                    # pin this member's executor to this core; default unpinned
 //! start_timeout_ms = 30000    # start-up barrier and connection timeout; default 30000
 //! shm_namespace = "derecho"   # names the /dev/shm files of a shm group; default "derecho"
 //!
 //! [limits]                    # every field optional; defaults as in `Limits::default()`
-//! window_len = 256
+//! window_len = 4096
 //! payload_len_max = 10240
 //! ring_len = 1048576
 //!
@@ -86,6 +87,7 @@ struct FileConfig {
     transport: TransportKind,
     #[serde(default)]
     spin_us: u64,
+    core: Option<usize>,
     #[serde(default = "thirty_s")]
     start_timeout_ms: u64,
     #[serde(default = "default_ns")]
@@ -116,6 +118,8 @@ pub struct GroupConfig {
     pub transport: TransportKind,
     /// Executor spin budget.
     pub spin: Duration,
+    /// The core this member's executor is pinned to; `None` leaves placement to the scheduler.
+    pub core: Option<usize>,
     /// Start-up timeout (connection and barrier).
     pub start_timeout: Duration,
     /// Namespace of shared-memory files.
@@ -184,6 +188,33 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
 }
 
 impl GroupConfig {
+    /// An executor builder with this member's placement and spin budget.
+    pub fn executor(&self) -> derecho_runtime::Builder {
+        let b = derecho_runtime::Builder::new().name(format!("derecho-{}", self.me)).spin_budget(self.spin);
+        match self.core {
+            Some(c) => b.pin_to_core(c),
+            None => b.placement(derecho_runtime::Placement::Unpinned),
+        }
+    }
+
+    /// A tag derived from the members, their addresses, the layout and the limits: TCP peers
+    /// refuse a peer whose tag differs, so two groups configured differently on the same ports
+    /// never connect to each other.
+    pub fn group_tag(&self) -> u32 {
+        // FNV-1a over a canonical description: deterministic across processes and builds.
+        let text = format!("{:?}|{:?}|{:?}|{:?}", self.members, self.view.shards, self.limits, self.transport);
+        let mut h: u32 = 0x811c_9dc5;
+        for b in text.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        h
+    }
+
+    /// The TCP address of member `id`, if it has one.
+    pub fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.members.iter().find(|m| m.id == id.0).and_then(|m| m.address)
+    }
+
     /// Reads a file, then applies environment (`DERECHO_*`) and `--set key=value` overrides.
     ///
     /// # Errors
@@ -247,6 +278,12 @@ impl GroupConfig {
         {
             return Err(invalid("members.address", format!("member {} has no address (required for tcp)", m.id)));
         }
+        if f.spin_us > 1_000_000 {
+            return Err(invalid("spin_us", format!("{} is more than one second (1000000)", f.spin_us)));
+        }
+        if f.core.is_some_and(|c| c >= 1024) {
+            return Err(invalid("core", "must be below 1024"));
+        }
         if f.shm_namespace.is_empty()
             || !f.shm_namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         {
@@ -293,6 +330,7 @@ impl GroupConfig {
             me: NodeId(f.me),
             transport: f.transport,
             spin: Duration::from_micros(f.spin_us),
+            core: f.core,
             start_timeout: Duration::from_millis(f.start_timeout_ms),
             shm_namespace: f.shm_namespace,
             limits,
@@ -365,6 +403,18 @@ address = "127.0.0.1:7001"
         assert!(load(no_addr, &[], &[]).unwrap_err().to_string().contains("members.address"));
         let shards = format!("{BASE}\n[[shards]]\nmembers = [0, 1]\nmode = \"sideways\"\n");
         assert!(load(&shards, &[], &[]).unwrap_err().to_string().contains("shards[0].mode"));
+    }
+
+    #[test]
+    fn placement_and_group_tag() {
+        let c = load(BASE, &[], &["core=1", "spin_us=30"]).unwrap();
+        assert_eq!(c.core, Some(1));
+        assert_eq!(c.address_of(NodeId(0)), Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(c.address_of(NodeId(9)), None);
+        // Every member computes the same tag; another layout gives another.
+        assert_eq!(c.group_tag(), load(BASE, &[], &["me=0"]).unwrap().group_tag());
+        assert_ne!(c.group_tag(), load(BASE, &[], &["limits.window_len=8"]).unwrap().group_tag());
+        assert!(load(BASE, &[], &["core=5000"]).unwrap_err().to_string().contains("core"));
     }
 
     #[test]

@@ -28,8 +28,12 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use derecho_runtime::net::TcpListener;
+use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
+use derecho_runtime::transport::tcp::{TcpConfig, TcpTransport};
 use derecho_runtime::transport::{
     AnyTransport, Payload, PeerFailure, PeerId, Region, RegionId, Transport, TransportError, TransportEvent,
+    TransportLimits,
 };
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
@@ -87,6 +91,63 @@ impl SstMemory for RegionMemory {
     }
 }
 
+/// Connects this member's transport as `config` says. Over TCP it listens on its own address
+/// (see [`connect_with`] to pass a listener already bound); over shared memory it uses the
+/// files of `config.shm_namespace`. Must run inside an executor.
+///
+/// # Errors
+///
+/// [`GroupError::Transport`]: the address cannot be bound, a peer does not connect within the
+/// start-up timeout, the shared-memory files cannot be created.
+pub async fn connect(config: &GroupConfig) -> Result<AnyTransport, GroupError> {
+    connect_with(config, None).await
+}
+
+fn no_address(id: u32) -> GroupError {
+    GroupError::Transport(TransportError::Config(format!("member {id} has no address")))
+}
+
+/// As [`connect`], with this member's TCP listener already bound (`None` binds the configured
+/// address; ignored over shared memory).
+///
+/// # Errors
+///
+/// As [`connect`].
+pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -> Result<AnyTransport, GroupError> {
+    let me = PeerId(config.me.0);
+    let mut limits = TransportLimits { connect_timeout: config.start_timeout, ..TransportLimits::default() };
+    // A push carries at most a whole row; the table is an upper bound of that.
+    limits.max_frame_len = limits.max_frame_len.max(Node::<RegionMemory>::table_len(&config.view, &config.limits) + 64);
+    let others = config.members.iter().filter(|m| m.id != config.me.0);
+    match config.transport {
+        TransportKind::Tcp => {
+            let listener = match listener {
+                Some(l) => l,
+                None => {
+                    let addr = config.address_of(config.me).ok_or_else(|| no_address(config.me.0))?;
+                    TcpListener::bind(addr).map_err(|e| {
+                        GroupError::Transport(TransportError::Config(format!("cannot listen on {addr}: {e}")))
+                    })?
+                }
+            };
+            let mut peers = Vec::new();
+            for m in others {
+                peers.push((PeerId(m.id), m.address.ok_or_else(|| no_address(m.id))?));
+            }
+            let mut tcp = TcpConfig::new(me, peers);
+            tcp.group_tag = config.group_tag();
+            tcp.limits = limits;
+            Ok(AnyTransport::Tcp(TcpTransport::connect(listener, tcp).await?))
+        }
+        TransportKind::Shm => {
+            let mut shm = ShmConfig::new(me, others.map(|m| PeerId(m.id)).collect(), config.shm_namespace.clone());
+            shm.ring_len = shm.ring_len.max((2 * (limits.max_frame_len + 64)).next_multiple_of(64));
+            shm.limits = limits;
+            Ok(AnyTransport::Shm(ShmTransport::connect(shm).await?))
+        }
+    }
+}
+
 /// Errors of starting or running a group.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -123,6 +184,27 @@ pub enum GroupSendError {
     Closed,
 }
 
+/// Errors of [`StaticGroup::settle`].
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// This member is not in the shard.
+    #[error("not a member of shard {0:?}")]
+    NoSuchShard(ShardRef),
+    /// Some member had not delivered as much in time.
+    #[error("after {within:?}, every member had delivered {everywhere} of the {here} indices delivered here")]
+    Timeout {
+        /// How long it waited.
+        within: Duration,
+        /// Indices delivered here when it started waiting.
+        here: u64,
+        /// Indices delivered by every member when it gave up.
+        everywhere: u64,
+    },
+    /// The group was closed.
+    #[error("the group is closed")]
+    Closed,
+}
+
 /// Something the group reports besides deliveries.
 #[derive(Debug)]
 pub enum GroupEvent {
@@ -150,6 +232,11 @@ struct Inner {
     transport: AnyTransport,
     deliver: RefCell<DeliverFn>,
     send_waiters: RefCell<Vec<Waker>>,
+    /// Scratch of `step`, reused: the peers of a push and the errors of pushing.
+    push_peers: RefCell<Vec<PeerId>>,
+    push_errors: RefCell<Vec<(PeerId, TransportError)>>,
+    /// Tasks in [`StaticGroup::settle`], woken after every step.
+    settle_waiters: RefCell<Vec<Waker>>,
     events: RefCell<Vec<GroupEvent>>,
     event_waker: RefCell<Option<Waker>>,
     epoch: Instant,
@@ -183,10 +270,14 @@ impl Inner {
         while let Some(o) = node.poll_output() {
             match o {
                 Output::Push { range, to } => {
-                    for &peer in to.iter() {
-                        match self.transport.push(PeerId(peer.0), TABLE_REGION, range.clone()) {
-                            Ok(()) | Err(TransportError::PeerFailed(_)) => {}
-                            Err(e) => tracing::error!(%peer, error = %e, "push failed"),
+                    let mut peers = self.push_peers.borrow_mut();
+                    let mut errors = self.push_errors.borrow_mut();
+                    peers.clear();
+                    peers.extend(to.iter().map(|p| PeerId(p.0)));
+                    self.transport.push_many(&peers, TABLE_REGION, range, &mut errors);
+                    for (peer, e) in errors.drain(..) {
+                        if !matches!(e, TransportError::PeerFailed(_)) {
+                            tracing::error!(%peer, error = %e, "push failed");
                         }
                     }
                     pushes += 1;
@@ -203,6 +294,12 @@ impl Inner {
         if progress != self.window_seen.get() {
             self.window_seen.set(progress);
             for w in self.send_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+        drop(node);
+        if !self.settle_waiters.borrow().is_empty() {
+            for w in self.settle_waiters.borrow_mut().drain(..) {
                 w.wake();
             }
         }
@@ -302,6 +399,9 @@ impl StaticGroup {
             transport,
             deliver: RefCell::new(Box::new(on_deliver)),
             send_waiters: RefCell::new(Vec::new()),
+            push_peers: RefCell::new(Vec::new()),
+            push_errors: RefCell::new(Vec::new()),
+            settle_waiters: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::new()),
             event_waker: RefCell::new(None),
             epoch: Instant::now(),
@@ -325,6 +425,20 @@ impl StaticGroup {
             }
         });
         Ok(Self { inner, hook: Cell::new(Some(hook)), events_task: RefCell::new(Some(events_task)) })
+    }
+
+    /// Connects the transport and starts this member as `config` says ([`connect`], then
+    /// [`StaticGroup::start`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`] and [`StaticGroup::start`].
+    pub async fn start_from_config(
+        config: &GroupConfig,
+        on_deliver: impl FnMut(Delivered<'_>) + 'static,
+    ) -> Result<Self, GroupError> {
+        let transport = connect(config).await?;
+        Self::start(transport, config.me, config.view.clone(), &config.limits, config.start_timeout, on_deliver).await
     }
 
     /// Sends a message of `len` bytes into `shard`, written in place by `fill`; waits while the
@@ -363,6 +477,36 @@ impl StaticGroup {
     /// Messages delivered in `shard` so far (ordered shards).
     pub fn delivered_count(&self, shard: ShardRef) -> Option<u64> {
         self.inner.node.borrow().delivered_count(shard)
+    }
+
+    /// Waits until every member of `shard` has delivered as much as this member had when called
+    /// (messages and nulls); returns that number of indices. A member that stops once it has
+    /// delivered what it expects calls this first, so that its leaving does not look like a
+    /// failure to members still catching up.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError`]: not a member of the shard, not settled within `within`, or closed.
+    pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<u64, SettleError> {
+        let (here, _) = self.inner.node.borrow().delivered_indices(shard).ok_or(SettleError::NoSuchShard(shard))?;
+        let wait = poll_fn(|cx| {
+            if self.inner.closed.get() {
+                return Poll::Ready(Err(SettleError::Closed));
+            }
+            let (_, everywhere) = self.inner.node.borrow().delivered_indices(shard).unwrap_or((0, 0));
+            if everywhere >= here {
+                return Poll::Ready(Ok(here));
+            }
+            self.inner.settle_waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        match time::timeout(within, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                let (_, everywhere) = self.inner.node.borrow().delivered_indices(shard).unwrap_or((0, 0));
+                Err(SettleError::Timeout { within, here, everywhere })
+            }
+        }
     }
 
     /// The next group event, waiting for one.
@@ -415,7 +559,8 @@ impl StaticGroup {
         if let Some(t) = self.events_task.borrow_mut().take() {
             t.abort();
         }
-        for w in self.inner.send_waiters.borrow_mut().drain(..) {
+        for w in self.inner.send_waiters.borrow_mut().drain(..).chain(self.inner.settle_waiters.borrow_mut().drain(..))
+        {
             w.wake();
         }
         self.inner.transport.close(Duration::from_secs(1)).await;

@@ -611,6 +611,21 @@ impl ShardState {
         self.out.next_index
     }
 
+    /// Indices delivered here and by every member of the shard: in ordered mode the delivered
+    /// counts, in unordered mode the totals of received counts (nulls included either way).
+    pub(crate) fn delivered_indices<M: SstMemory>(&self, mem: &M) -> (u64, u64) {
+        match self.mode {
+            DeliveryMode::Ordered => (self.delivered, self.min_over_members(mem, self.cols.delivered_num)),
+            DeliveryMode::Unordered => {
+                let total = |row: usize| -> u64 {
+                    (0..self.senders.len()).map(|j| mem.load_u64(self.col(row, self.cols.received + 8 * j))).sum()
+                };
+                let everywhere = self.member_rows.iter().map(|&row| total(row)).min().unwrap_or(0);
+                (total(self.my_row), everywhere)
+            }
+        }
+    }
+
     /// This member's indices released by every member (0 if it is not a sender): when it grows,
     /// a full window has room again.
     pub(crate) fn released<M: SstMemory>(&self, mem: &M) -> u64 {

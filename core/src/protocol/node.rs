@@ -257,6 +257,13 @@ impl<M: SstMemory> Node<M> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::delivered_count)
     }
 
+    /// Indices (messages and nulls) delivered in `shard` here and by every member of it, as
+    /// `(here, everywhere)`. When `everywhere` reaches `here`, every member has delivered what
+    /// this one has: a clean point to stop.
+    pub fn delivered_indices(&self, shard: ShardRef) -> Option<(u64, u64)> {
+        self.shards.iter().find(|s| s.id == shard).map(|s| s.delivered_indices(&self.mem))
+    }
+
     /// Indices this member has published in `shard` (messages and nulls).
     pub fn sent_count(&self, shard: ShardRef) -> Option<u64> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::sent_count)

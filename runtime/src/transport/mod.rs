@@ -406,6 +406,24 @@ pub trait Transport {
         Ok(n)
     }
 
+    /// Pushes `range` to each peer of `to`, reading the bytes once where the transport can share
+    /// them between peers (TCP builds one frame for all). Every peer is tried; the errors of
+    /// those that failed are appended to `errors`. An error about the region itself (unknown,
+    /// range out of bounds, too long) is appended once, with the first peer.
+    fn push_many(
+        &self,
+        to: &[PeerId],
+        region: RegionId,
+        range: Range<usize>,
+        errors: &mut Vec<(PeerId, TransportError)>,
+    ) {
+        for &p in to {
+            if let Err(e) = self.push(p, region, range.clone()) {
+                errors.push((p, e));
+            }
+        }
+    }
+
     /// Sends a frame, waiting while the peer's queue (or ring) is full.
     ///
     /// # Errors
@@ -471,6 +489,15 @@ impl Transport for AnyTransport {
     }
     fn push(&self, to: PeerId, region: RegionId, range: Range<usize>) -> Result<(), TransportError> {
         delegate!(self, t => t.push(to, region, range))
+    }
+    fn push_many(
+        &self,
+        to: &[PeerId],
+        region: RegionId,
+        range: Range<usize>,
+        errors: &mut Vec<(PeerId, TransportError)>,
+    ) {
+        delegate!(self, t => t.push_many(to, region, range, errors))
     }
     async fn send_frame(&self, to: PeerId, body: Payload) -> Result<(), TransportError> {
         delegate!(self, t => t.send_frame(to, body).await)

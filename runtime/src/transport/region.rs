@@ -66,6 +66,37 @@ impl Region {
         self.len == 0
     }
 
+    /// Whether only this thread ever touches the bytes: a heap region (TCP), written by the
+    /// transport on the executor's thread and never shared with another process. `Region` is
+    /// neither `Send` nor `Sync`, so such a region cannot be reached from another thread, and
+    /// plain copies are sound; mapped regions (shared memory, later RDMA) take the atomic path.
+    fn is_local(&self) -> bool {
+        matches!(self._backing, Backing::Heap(_))
+    }
+
+    /// Appends the `len` bytes at `offset` to `out`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is outside the region.
+    pub fn append_to(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        self.check(offset, len);
+        if self.is_local() {
+            out.reserve(len);
+            // SAFETY: the source range is inside the region (checked) and no other thread or
+            // process accesses a local region (see `is_local`); the destination is `len` bytes of
+            // reserved capacity, which the copy initialises before `set_len` covers it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr().add(out.len()), len);
+                out.set_len(out.len() + len);
+            }
+        } else {
+            let at = out.len();
+            out.resize(at + len, 0);
+            self.read(offset, &mut out[at..]);
+        }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
@@ -86,8 +117,15 @@ impl Region {
     /// If the range is outside the region (a programmer error).
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        // SAFETY: the range is inside the region (checked).
-        unsafe { copy_to_shared(self.ptr.as_ptr().add(offset), src) }
+        if self.is_local() {
+            // SAFETY: the range is inside the region (checked); nothing else accesses a local
+            // region concurrently (see `is_local`), and `src` cannot overlap it (a shared borrow
+            // of the region's bytes never coexists with this call on the one thread).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) }
+        } else {
+            // SAFETY: the range is inside the region (checked).
+            unsafe { copy_to_shared(self.ptr.as_ptr().add(offset), src) }
+        }
     }
 
     /// Copies bytes at `offset` into `dst`.
@@ -97,8 +135,13 @@ impl Region {
     /// If the range is outside the region.
     pub fn read(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
-        // SAFETY: the range is inside the region (checked).
-        unsafe { copy_from_shared(dst, self.ptr.as_ptr().add(offset)) }
+        if self.is_local() {
+            // SAFETY: as in `write`.
+            unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+        } else {
+            // SAFETY: the range is inside the region (checked).
+            unsafe { copy_from_shared(dst, self.ptr.as_ptr().add(offset)) }
+        }
     }
 
     /// Copies `range` out into a new vector.

@@ -21,7 +21,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::frame::{self, HEADER_LEN, Header, Kind};
-use super::region::{Region, copy_to_shared};
+use super::region::Region;
 use super::{
     EventQueue, FrameError, Payload, PeerFailure, PeerId, RegionId, Transport, TransportError, TransportEvent,
     TransportLimits, check_range,
@@ -483,6 +483,23 @@ impl TcpTransport {
         self.inner.push_windows.borrow_mut().insert((region, peer), range);
     }
 
+    /// The frame carrying `range` of `region`: header, then the bytes read from the region.
+    fn push_frame(&self, region: RegionId, range: Range<usize>) -> Result<Payload, TransportError> {
+        let r = self.region(region).ok_or(TransportError::UnknownRegion(region))?;
+        check_range(region, &range, r.len())?;
+        let len = range.len();
+        if len > self.inner.limits.max_frame_len {
+            return Err(TransportError::FrameTooLong { len, max: self.inner.limits.max_frame_len });
+        }
+        let mut bytes = Vec::with_capacity(HEADER_LEN + len);
+        bytes.extend_from_slice(&[0; HEADER_LEN]);
+        r.append_to(range.start, len, &mut bytes);
+        let aux = frame::push_aux(region.0, range.start as u32);
+        let h = Header::encode_with(Kind::Push, aux, &bytes[HEADER_LEN..], len <= self.inner.checksum_body_len_max);
+        bytes[..HEADER_LEN].copy_from_slice(&h);
+        Ok(Payload::from(bytes))
+    }
+
     /// Bytes queued for `peer` and not yet handed to the kernel.
     pub fn queued_len(&self, peer: PeerId) -> usize {
         self.inner.conns.get(&peer).map_or(0, |c| c.out_len.get())
@@ -526,25 +543,45 @@ impl Transport for TcpTransport {
     }
 
     fn push(&self, to: PeerId, region: RegionId, range: Range<usize>) -> Result<(), TransportError> {
-        let conn = self.inner.conn(to)?;
-        let r = self.region(region).ok_or(TransportError::UnknownRegion(region))?;
-        check_range(region, &range, r.len())?;
-        let len = range.len();
-        if len > self.inner.limits.max_frame_len {
-            return Err(TransportError::FrameTooLong { len, max: self.inner.limits.max_frame_len });
+        let mut errors = Vec::new();
+        self.push_many(&[to], region, range, &mut errors);
+        errors.pop().map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    fn push_many(
+        &self,
+        to: &[PeerId],
+        region: RegionId,
+        range: Range<usize>,
+        errors: &mut Vec<(PeerId, TransportError)>,
+    ) {
+        let frame = match self.push_frame(region, range) {
+            Ok(f) => f,
+            Err(e) => {
+                // About the region, not a peer: reported once.
+                if let Some(&first) = to.first() {
+                    errors.push((first, e));
+                }
+                return;
+            }
+        };
+        for &peer in to {
+            let conn = match self.inner.conn(peer) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push((peer, e));
+                    continue;
+                }
+            };
+            if conn.out_len.get() + frame.len() > self.inner.limits.send_queue_len_max {
+                // Pushes do not wait (the protocol's rules run synchronously); a peer that stopped
+                // reading must not make this side's memory grow without bound either.
+                errors.push((peer, TransportError::QueueFull { peer, queued: conn.out_len.get() }));
+                continue;
+            }
+            // One frame for every peer: the bytes are read and checksummed once.
+            conn.enqueue([frame.clone()]);
         }
-        if conn.out_len.get() + len > self.inner.limits.send_queue_len_max {
-            // Pushes do not wait (the protocol's rules run synchronously); a peer that stopped
-            // reading must not make this side's memory grow without bound either.
-            return Err(TransportError::QueueFull { peer: to, queued: conn.out_len.get() });
-        }
-        let mut bytes = vec![0u8; HEADER_LEN + len];
-        r.read(range.start, &mut bytes[HEADER_LEN..]);
-        let aux = frame::push_aux(region.0, range.start as u32);
-        let h = Header::encode_with(Kind::Push, aux, &bytes[HEADER_LEN..], len <= self.inner.checksum_body_len_max);
-        bytes[..HEADER_LEN].copy_from_slice(&h);
-        conn.enqueue([Payload::from(bytes)]);
-        Ok(())
     }
 
     async fn send_frame(&self, to: PeerId, body: Payload) -> Result<(), TransportError> {
@@ -846,8 +883,7 @@ fn handle(inner: &Inner, conn: &Conn, h: Header, body: &[u8]) -> Result<(), Peer
             {
                 return Err(FrameError::PushOutsideWindow { region, offset, len: body.len() }.into());
             }
-            // SAFETY: the range is inside the region (checked above).
-            unsafe { copy_to_shared(r.as_ptr().add(offset), body) };
+            r.write(offset, body);
         }
         Kind::Heartbeat => {}
         Kind::Goodbye => return Err(PeerFailure::Closed),
