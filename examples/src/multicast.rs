@@ -30,7 +30,7 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a member waits, once it has delivered everything, for the others to do the same.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a member prints its delivery rate.
-pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 
 /// Bytes of the header every message starts with: the sender's id (`u32`, little-endian), four
 /// zero bytes, and the message's number at that sender (`u64`).
@@ -46,7 +46,7 @@ launcher checks that all members delivered the same messages in the same order.
 
 options:
   --config FILE      the group (default: examples/multicast.toml)
-  --count N          messages each member sends, 1 to 4294967296 (default 500000)
+  --count N          messages each member sends, 1 to 4294967296 (default 2000000)
   --size BYTES       bytes per message, 16 to the configured payload_len_max (default 100)
   --set key=value    overrides a key of the file, for every member (e.g. transport=shm)
   --unpinned         leave the members' placement to the scheduler
@@ -80,7 +80,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { config: DEFAULT_CONFIG.into(), count: 500_000, size: 100, sets: Vec::new(), unpinned: false }
+        Self { config: DEFAULT_CONFIG.into(), count: 2_000_000, size: 100, sets: Vec::new(), unpinned: false }
     }
 }
 
@@ -394,12 +394,13 @@ async fn member(config: &GroupConfig, count: u64, size: usize) -> Result<Summary
             let mut tally = progress.tally.borrow_mut();
             if tally.delivered < 3 {
                 println!(
-                    "member {}: delivered message {} from {} ({} bytes, version {:?})",
+                    "member {}: delivered {}'s message {} ({} bytes) at position {} of view {}",
                     me.0,
-                    d.index,
                     d.sender,
+                    d.index,
                     d.payload.len(),
-                    d.version
+                    d.version.map_or(0, |v| v.seq()),
+                    d.version.map_or(0, |v| v.view().0),
                 );
             }
             tally.record(&d, rank);

@@ -4,9 +4,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use derecho::driver::StaticGroup;
+use derecho::driver::{GroupConfig, StaticGroup, connect_with};
 use derecho::protocol::{DeliveryMode, Limits, NodeId, ShardIndex, ShardLayout, ShardRef, SubgroupId, View, ViewId};
 use derecho::{AnyTransport, Builder, PeerId, ShmConfig, ShmTransport, TcpConfig, TcpListener, TcpTransport};
 
@@ -149,4 +150,88 @@ fn tcp_three_members_deliver_the_same_order() {
 #[test]
 fn shm_three_members_deliver_the_same_order() {
     check(&run(Which::Shm, 3, 300), 3, 300);
+}
+
+/// One member of a group that `two_groups_side_by_side_share_executors` runs: connect as the
+/// configuration says, send 200 two-byte messages tagged `tag`, wait for everybody's, settle.
+async fn tagged_member(config: GroupConfig, listener: Option<TcpListener>, tag: u8) -> Vec<(u32, u8, u8)> {
+    let log: Rc<RefCell<Vec<(u32, u8, u8)>>> = Rc::default();
+    let waker: Rc<RefCell<Option<Waker>>> = Rc::default();
+    let (l, w) = (log.clone(), waker.clone());
+    let transport = connect_with(&config, listener).await.expect("transport connects");
+    let group = StaticGroup::start(transport, config.me, config.view.clone(), &config.limits, config.start_timeout, {
+        move |d| {
+            l.borrow_mut().push((d.sender.0, d.payload[0], d.payload[1]));
+            if let Some(w) = w.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    })
+    .await
+    .expect("group starts");
+    for k in 0..200u8 {
+        group.send(SHARD, 2, |b| b.copy_from_slice(&[tag, k])).await.expect("send");
+    }
+    let want = 200 * config.view.members.len();
+    let all = std::future::poll_fn(|cx| {
+        if log.borrow().len() >= want {
+            return std::task::Poll::Ready(());
+        }
+        *waker.borrow_mut() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    });
+    derecho::runtime::time::timeout(Duration::from_secs(30), all).await.unwrap_or_else(|_| {
+        panic!("group {} member {}: {} of {want} delivered", tag as char, config.me, log.borrow().len())
+    });
+    group.settle(SHARD, Duration::from_secs(30)).await.expect("every member delivers");
+    group.close().await;
+    log.take()
+}
+
+/// Two groups side by side in one process, with no state shared between them: each of two
+/// executor threads hosts a member of a TCP group and a member of a shared-memory group, both
+/// configured from TOML. Each group delivers its own messages only, in one order.
+#[test]
+fn two_groups_side_by_side_share_executors() {
+    let limits = "[limits]\nwindow_len = 16\npayload_len_max = 64\nring_len = 4096\n";
+    let listeners: Vec<TcpListener> =
+        (0..2).map(|_| TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let tcp = format!(
+        "me = 0\ntransport = \"tcp\"\n{limits}[[members]]\nid = 0\naddress = \"{}\"\n[[members]]\nid = 1\naddress = \"{}\"\n",
+        listeners[0].local_addr(),
+        listeners[1].local_addr()
+    );
+    let ns = format!("sg{}-side", std::process::id());
+    let shm = format!(
+        "me = 0\ntransport = \"shm\"\nshm_namespace = \"{ns}\"\n{limits}[[members]]\nid = 0\n[[members]]\nid = 1\n"
+    );
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(me, listener)| {
+            let (tcp, shm) = (tcp.clone(), shm.clone());
+            Builder::new()
+                .spawn_thread(move || async move {
+                    let me = [format!("me={me}")];
+                    let tcp = GroupConfig::from_toml(&tcp, std::iter::empty(), &me).expect("valid TCP config");
+                    let shm = GroupConfig::from_toml(&shm, std::iter::empty(), &me).expect("valid shm config");
+                    let t = derecho::spawn(tagged_member(tcp, Some(listener), b'T'));
+                    let s = tagged_member(shm, None, b'S').await;
+                    (t.await, s)
+                })
+                .unwrap()
+        })
+        .collect();
+    let logs: Vec<_> = threads.into_iter().map(|t| t.join().expect("member thread")).collect();
+    let _ = ShmTransport::remove_namespace(std::path::Path::new("/dev/shm"), &ns);
+    for (group, tag, pick) in [("TCP", b'T', 0), ("shm", b'S', 1)] {
+        let member_logs: Vec<&Vec<(u32, u8, u8)>> = logs.iter().map(|(t, s)| if pick == 0 { t } else { s }).collect();
+        assert_eq!(member_logs[0].len(), 400, "{group} group delivered {} messages", member_logs[0].len());
+        assert_eq!(member_logs[0], member_logs[1], "{group} group members delivered different sequences");
+        assert!(member_logs[0].iter().all(|&(_, t, _)| t == tag), "{group} group delivered another group's message");
+        for sender in 0..2 {
+            let ks: Vec<u8> = member_logs[0].iter().filter(|d| d.0 == sender).map(|d| d.2).collect();
+            assert_eq!(ks, (0..200).collect::<Vec<u8>>(), "{group} group: sender {sender} out of order");
+        }
+    }
 }

@@ -173,6 +173,7 @@ fn round16(n: usize) -> usize {
     n.next_multiple_of(16)
 }
 
+// ANCHOR: delivery_rule
 /// PROTOCOLS §2.2 in counts: given how many indices have been received (contiguously) from each
 /// sender, in sender rank order, the number of global sequence positions received contiguously
 /// (`seq_num + 1`). With `j` the first sender with the fewest, it is `received[j] * S + j`.
@@ -203,6 +204,7 @@ pub fn indices_needed(r: usize, received: &[u64]) -> u64 {
 pub fn indices_below(delivered: u64, senders: u64, r: u64) -> u64 {
     if delivered > r { (delivered - r).div_ceil(senders) } else { 0 }
 }
+// ANCHOR_END: delivery_rule
 
 impl ShardState {
     #[allow(clippy::too_many_arguments)] // one call site (Node::new); a struct would only rename them
@@ -506,11 +508,13 @@ impl ShardState {
         let mut n = 0;
         match self.mode {
             DeliveryMode::Ordered => {
+                // ANCHOR: stable
                 let stable = self.min_over_members(mem, self.cols.seq_num);
                 let s = self.s();
                 while self.delivered < stable {
                     let seq = self.delivered;
                     let (j, k) = ((seq % s) as usize, seq / s);
+                    // ANCHOR_END: stable
                     let p = self.from[j].pending.front().expect("a stable message was received");
                     debug_assert!(p.first <= k && k < p.first + p.count, "pending out of step with seq");
                     if p.data {
