@@ -11,7 +11,7 @@
 //!   between the two, pinned to different cores, over TCP and over shared memory.
 //! * [`multicast`]: the `multicast` demo's command line, a member's life (start from the
 //!   configuration file, send, deliver, settle, close), and the messages it writes and checks.
-//!   The binary `multicast` starts one process per member of `multicast.toml`.
+//!   The binary `multicast-demo` starts one process per member of `multicast.toml`.
 
 pub mod multicast;
 pub mod ping;

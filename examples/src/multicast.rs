@@ -1,7 +1,7 @@
 //! The pieces of the `multicast` demo: its command line, what a member does, and how the messages
 //! are written and checked.
 //!
-//! Every member of the group (one process each, started by the binary `src/bin/multicast.rs`)
+//! Every member of the group (one process each, started by the binary `src/bin/multicast-demo.rs`)
 //! sends `count` messages into the group's one ordered shard and delivers everybody's messages in
 //! the one order they all agree on. Each member folds the order it delivered in into a digest;
 //! the launcher checks that the digests are equal, which is what ordered multicast promises. The
@@ -11,13 +11,15 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::poll_fn;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use derecho::driver::{ConfigError, GroupConfig, GroupError, GroupSendError, SettleError, StaticGroup};
+use derecho::driver::{ConfigError, GroupConfig, GroupError, GroupEvent, GroupSendError, SettleError, StaticGroup};
 use derecho::protocol::{Delivered, NodeId};
 use derecho::runtime::{RuntimeError, spawn, time};
+use futures::future::{Either, select};
 
 /// The demo's configuration file, next to this crate's `Cargo.toml`.
 pub const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/multicast.toml");
@@ -38,7 +40,7 @@ pub const HEADER_LEN: usize = 16;
 
 /// The help text.
 pub const USAGE: &str = "\
-usage: multicast [--config FILE] [--count N] [--size BYTES] [--set key=value ...]
+usage: multicast-demo [--config FILE] [--count N] [--size BYTES] [--set key=value ...]
 
 Starts one process per member of the group in FILE, each pinned to a core. Every member sends N
 messages into one ordered shard and prints what it delivers and how fast; at the end the
@@ -223,6 +225,9 @@ pub enum DemoError {
     /// A delivered message was not what its sender wrote.
     #[error("corrupt message: {0}")]
     Corrupt(String),
+    /// Another member failed; a static group cannot go on without it.
+    #[error("{0} failed: {1}")]
+    PeerFailed(NodeId, String),
     /// Not everything arrived in time.
     #[error("only {delivered} of {expected} messages delivered within {within:?}")]
     Incomplete {
@@ -417,27 +422,45 @@ async fn member(config: &GroupConfig, count: u64, size: usize) -> Result<Summary
     let reporter = spawn(report_rate(me, progress.clone()));
 
     let started = Instant::now();
-    if senders.contains(&me) {
-        for n in 0..count {
-            // The message is written in place into this member's row of the shared table.
-            group.send(shard.id, size, |buf| fill_message(buf, me, n)).await?;
+    let work = async {
+        if senders.contains(&me) {
+            for n in 0..count {
+                // The message is written in place into this member's row of the shared table.
+                group.send(shard.id, size, |buf| fill_message(buf, me, n)).await?;
+            }
         }
-    }
-    let all_delivered = poll_fn(|cx| {
-        if progress.finished.get() {
-            return Poll::Ready(());
+        poll_fn(|cx| {
+            if progress.finished.get() {
+                return Poll::Ready(());
+            }
+            *progress.done.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        Ok::<(), DemoError>(())
+    };
+    // A static group cannot go on without a member: a peer's failure ends the run.
+    let failure = async {
+        loop {
+            if let GroupEvent::PeerFailed { peer, reason } = group.next_event().await {
+                return DemoError::PeerFailed(peer, reason.to_string());
+            }
         }
-        *progress.done.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    });
-    let in_time = time::timeout(DELIVERY_TIMEOUT, all_delivered).await.is_ok();
+    };
+    let outcome = match select(pin!(time::timeout(DELIVERY_TIMEOUT, work)), pin!(failure)).await {
+        Either::Left((Ok(r), _)) => r,
+        Either::Left((Err(_), _)) => {
+            let (delivered, expected) = (progress.tally.borrow().delivered, progress.expected);
+            Err(DemoError::Incomplete { delivered, expected, within: DELIVERY_TIMEOUT })
+        }
+        Either::Right((e, _)) => Err(e),
+    };
     let elapsed = started.elapsed();
     reporter.abort();
     let tally = progress.tally.borrow().clone();
-    if !in_time {
+    if let Err(e) = outcome {
         group.close().await;
-        let (delivered, expected) = (tally.delivered, progress.expected);
-        return Err(DemoError::Incomplete { delivered, expected, within: DELIVERY_TIMEOUT });
+        return Err(e);
     }
     if let Some(e) = tally.error {
         group.close().await;

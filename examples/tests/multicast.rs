@@ -6,19 +6,19 @@ use std::time::{Duration, Instant};
 
 /// Runs the `multicast` binary with `args`, killing it if it takes longer than 120 s.
 fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multicast"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multicast-demo"))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the multicast binary");
+        .expect("start the multicast-demo binary");
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "multicast {args:?} did not finish within 120 s\nstdout:\n{}\nstderr:\n{}",
+                "multicast-demo {args:?} did not finish within 120 s\nstdout:\n{}\nstderr:\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -51,9 +51,12 @@ fn shared_memory_members_deliver_the_same_order() {
 
 #[test]
 fn tcp_members_from_a_configuration_file() {
-    // Ports the kernel hands out now are free; the members bind them again.
-    let ports: Vec<u16> =
-        (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    // Ports the kernel hands out now are free; the members bind them again. All four listeners
+    // stay open until every port is known, or the kernel could hand out one port twice.
+    let listeners: Vec<std::net::TcpListener> =
+        (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(listeners);
     let mut toml = String::from("me = 0\ntransport = \"tcp\"\nspin_us = 20\n[limits]\npayload_len_max = 2048\n");
     for (id, port) in ports.iter().enumerate() {
         toml += &format!("[[members]]\nid = {id}\naddress = \"127.0.0.1:{port}\"\n");
@@ -84,4 +87,23 @@ fn a_wrong_configuration_is_refused_and_names_the_key() {
         assert!(stderr.contains(needle), "{args:?}: {needle:?} not in:\n{stderr}");
         assert!(!stdout.contains("started member"), "{args:?} started members before refusing");
     }
+}
+
+#[test]
+fn a_failing_member_stops_the_others() {
+    // Member 2 is not in the shard, so it fails at once; the others would wait for it at the
+    // start-up barrier for start_timeout_ms (60 s here) if the launcher did not stop them.
+    let toml = "me = 0\ntransport = \"shm\"\nstart_timeout_ms = 60000\n\
+                [[members]]\nid = 0\n[[members]]\nid = 1\n[[members]]\nid = 2\n\
+                [[shards]]\nmembers = [0, 1]\n";
+    let path = std::env::temp_dir().join(format!("multicast-fail-test-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let start = Instant::now();
+    let out = run(&["--config", path.to_str().unwrap(), "--count", "10", "--unpinned"]);
+    let _ = std::fs::remove_file(&path);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "the run succeeded:\n{stdout}");
+    assert!(stderr.contains("member 2 exited"), "no word of member 2 in:\n{stderr}");
+    assert!(stderr.contains("not in the first shard"), "member 2's reason missing from:\n{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(30), "the launcher waited {:?} for the others", start.elapsed());
 }

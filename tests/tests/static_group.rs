@@ -108,8 +108,7 @@ fn run(which: Which, n: u32, per_sender: u32) -> Vec<Log> {
                     }
                     // Stay until every member has delivered everything (they still need our
                     // pushes of delivered_num to release their windows).
-                    let settled = group.settle(SHARD, Duration::from_secs(30)).await.expect("every member delivers");
-                    assert!(settled >= want, "settled at {settled} indices, below the {want} messages delivered");
+                    group.settle(SHARD, Duration::from_secs(30)).await.expect("every member delivers");
                     group.close().await;
                     log.take()
                 })

@@ -385,14 +385,15 @@ impl MemberProcess {
             let _ = tx.send(outcome);
         });
         let got = rx.recv_timeout(CASE_TIMEOUT + Duration::from_secs(40));
+        if got.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{case}: a member did not finish in time");
+        }
         let status = child.wait().expect("wait for a member");
         match got {
             Ok(Some(o)) if status.success() => o,
-            Ok(_) => panic!("{case}: a member failed ({status})"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("{case}: a member did not finish in time");
-            }
+            _ => panic!("{case}: a member failed ({status})"),
         }
     }
 }

@@ -38,7 +38,7 @@ use derecho_runtime::transport::{
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
 use crate::protocol::{
-    Delivered, Input, Limits, Node, NodeError, NodeId, Output, SendError, ShardRef, SstMemory, Time, View,
+    Delivered, Input, Limits, Node, NodeError, NodeId, Output, RowLayout, SendError, ShardRef, SstMemory, Time, View,
 };
 
 /// The region that holds the shared state table.
@@ -115,9 +115,7 @@ fn no_address(id: u32) -> GroupError {
 /// As [`connect`].
 pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -> Result<AnyTransport, GroupError> {
     let me = PeerId(config.me.0);
-    let mut limits = TransportLimits { connect_timeout: config.start_timeout, ..TransportLimits::default() };
-    // A push carries at most a whole row; the table is an upper bound of that.
-    limits.max_frame_len = limits.max_frame_len.max(Node::<RegionMemory>::table_len(&config.view, &config.limits) + 64);
+    let limits = TransportLimits { connect_timeout: config.start_timeout, ..TransportLimits::default() };
     let others = config.members.iter().filter(|m| m.id != config.me.0);
     match config.transport {
         TransportKind::Tcp => {
@@ -136,12 +134,18 @@ pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -
             }
             let mut tcp = TcpConfig::new(me, peers);
             tcp.group_tag = config.group_tag();
-            tcp.limits = limits;
+            // A push carries at most one row of the table; a peer's queue holds a few of them.
+            let row_len = RowLayout::new(&config.view, &config.limits).row_len;
+            tcp.limits = TransportLimits {
+                max_frame_len: limits.max_frame_len.max(row_len),
+                send_queue_len_max: limits.send_queue_len_max.max(4 * row_len),
+                ..limits
+            };
             Ok(AnyTransport::Tcp(TcpTransport::connect(listener, tcp).await?))
         }
         TransportKind::Shm => {
+            // Pushes are stores into the peer's table, not frames: the default frame limit stands.
             let mut shm = ShmConfig::new(me, others.map(|m| PeerId(m.id)).collect(), config.shm_namespace.clone());
-            shm.ring_len = shm.ring_len.max((2 * (limits.max_frame_len + 64)).next_multiple_of(64));
             shm.limits = limits;
             Ok(AnyTransport::Shm(ShmTransport::connect(shm).await?))
         }
@@ -191,14 +195,12 @@ pub enum SettleError {
     #[error("not a member of shard {0:?}")]
     NoSuchShard(ShardRef),
     /// Some member had not delivered as much in time.
-    #[error("after {within:?}, every member had delivered {everywhere} of the {here} indices delivered here")]
+    #[error("after {within:?}, some member had not yet delivered the frontier {here:?} delivered here")]
     Timeout {
         /// How long it waited.
         within: Duration,
-        /// Indices delivered here when it started waiting.
-        here: u64,
-        /// Indices delivered by every member when it gave up.
-        everywhere: u64,
+        /// What this member had delivered when it started waiting (see `Node::delivery_frontier`).
+        here: Vec<u64>,
     },
     /// The group was closed.
     #[error("the group is closed")]
@@ -235,8 +237,10 @@ struct Inner {
     /// Scratch of `step`, reused: the peers of a push and the errors of pushing.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
-    /// Tasks in [`StaticGroup::settle`], woken after every step.
+    /// Tasks in [`StaticGroup::settle`], woken when `Node::delivered_everywhere_progress` changes.
     settle_waiters: RefCell<Vec<Waker>>,
+    /// `Node::delivered_everywhere_progress` when settle waiters were last woken.
+    settle_seen: Cell<u64>,
     events: RefCell<Vec<GroupEvent>>,
     event_waker: RefCell<Option<Waker>>,
     epoch: Instant,
@@ -297,10 +301,14 @@ impl Inner {
                 w.wake();
             }
         }
-        drop(node);
+        // Tasks in `settle` wake when what every member delivered grows, not on every turn.
         if !self.settle_waiters.borrow().is_empty() {
-            for w in self.settle_waiters.borrow_mut().drain(..) {
-                w.wake();
+            let progress = node.delivered_everywhere_progress();
+            if progress != self.settle_seen.get() {
+                self.settle_seen.set(progress);
+                for w in self.settle_waiters.borrow_mut().drain(..) {
+                    w.wake();
+                }
             }
         }
         delivered + pushes
@@ -402,6 +410,7 @@ impl StaticGroup {
             push_peers: RefCell::new(Vec::new()),
             push_errors: RefCell::new(Vec::new()),
             settle_waiters: RefCell::new(Vec::new()),
+            settle_seen: Cell::new(0),
             events: RefCell::new(Vec::new()),
             event_waker: RefCell::new(None),
             epoch: Instant::now(),
@@ -479,33 +488,30 @@ impl StaticGroup {
         self.inner.node.borrow().delivered_count(shard)
     }
 
-    /// Waits until every member of `shard` has delivered as much as this member had when called
-    /// (messages and nulls); returns that number of indices. A member that stops once it has
-    /// delivered what it expects calls this first, so that its leaving does not look like a
-    /// failure to members still catching up.
+    /// Waits until every member of `shard` has delivered what this member had delivered when
+    /// called (messages and nulls; sender by sender in unordered mode). A member that stops once
+    /// it has delivered what it expects calls this first, so that its leaving does not look like
+    /// a failure to members still catching up.
     ///
     /// # Errors
     ///
     /// [`SettleError`]: not a member of the shard, not settled within `within`, or closed.
-    pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<u64, SettleError> {
-        let (here, _) = self.inner.node.borrow().delivered_indices(shard).ok_or(SettleError::NoSuchShard(shard))?;
+    pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
+        let here = self.inner.node.borrow().delivery_frontier(shard).ok_or(SettleError::NoSuchShard(shard))?;
+        let settled = || self.inner.node.borrow().delivered_everywhere(shard, &here).unwrap_or(false);
         let wait = poll_fn(|cx| {
             if self.inner.closed.get() {
                 return Poll::Ready(Err(SettleError::Closed));
             }
-            let (_, everywhere) = self.inner.node.borrow().delivered_indices(shard).unwrap_or((0, 0));
-            if everywhere >= here {
-                return Poll::Ready(Ok(here));
+            if settled() {
+                return Poll::Ready(Ok(()));
             }
             self.inner.settle_waiters.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         });
         match time::timeout(within, wait).await {
             Ok(r) => r,
-            Err(_) => {
-                let (_, everywhere) = self.inner.node.borrow().delivered_indices(shard).unwrap_or((0, 0));
-                Err(SettleError::Timeout { within, here, everywhere })
-            }
+            Err(_) => Err(SettleError::Timeout { within, here }),
         }
     }
 

@@ -615,17 +615,38 @@ impl ShardState {
         self.out.next_index
     }
 
-    /// Indices delivered here and by every member of the shard: in ordered mode the delivered
-    /// counts, in unordered mode the totals of received counts (nulls included either way).
-    pub(crate) fn delivered_indices<M: SstMemory>(&self, mem: &M) -> (u64, u64) {
+    /// What this member has delivered, as a frontier: in ordered mode one count (the delivered
+    /// positions), in unordered mode one count per sender (that sender's indices delivered).
+    /// Nulls count too.
+    pub(crate) fn delivery_frontier<M: SstMemory>(&self, mem: &M) -> Vec<u64> {
         match self.mode {
-            DeliveryMode::Ordered => (self.delivered, self.min_over_members(mem, self.cols.delivered_num)),
+            DeliveryMode::Ordered => vec![self.delivered],
+            DeliveryMode::Unordered => (0..self.senders.len())
+                .map(|j| mem.load_u64(self.col(self.my_row, self.cols.received + 8 * j)))
+                .collect(),
+        }
+    }
+
+    /// Whether every member of the shard has delivered at least `frontier` (as returned by
+    /// [`ShardState::delivery_frontier`]), sender by sender in unordered mode.
+    pub(crate) fn delivered_everywhere<M: SstMemory>(&self, mem: &M, frontier: &[u64]) -> bool {
+        match self.mode {
+            DeliveryMode::Ordered => frontier.iter().all(|&f| self.min_over_members(mem, self.cols.delivered_num) >= f),
+            DeliveryMode::Unordered => frontier
+                .iter()
+                .enumerate()
+                .all(|(j, &f)| j < self.senders.len() && self.min_over_members(mem, self.cols.received + 8 * j) >= f),
+        }
+    }
+
+    /// A number that grows whenever what every member has delivered grows (a sum of minimums
+    /// over members, each monotonic): a driver wakes waiters on [`ShardState::delivered_everywhere`]
+    /// when it changes.
+    pub(crate) fn delivered_everywhere_progress<M: SstMemory>(&self, mem: &M) -> u64 {
+        match self.mode {
+            DeliveryMode::Ordered => self.min_over_members(mem, self.cols.delivered_num),
             DeliveryMode::Unordered => {
-                let total = |row: usize| -> u64 {
-                    (0..self.senders.len()).map(|j| mem.load_u64(self.col(row, self.cols.received + 8 * j))).sum()
-                };
-                let everywhere = self.member_rows.iter().map(|&row| total(row)).min().unwrap_or(0);
-                (total(self.my_row), everywhere)
+                (0..self.senders.len()).map(|j| self.min_over_members(mem, self.cols.received + 8 * j)).sum()
             }
         }
     }

@@ -257,11 +257,23 @@ impl<M: SstMemory> Node<M> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::delivered_count)
     }
 
-    /// Indices (messages and nulls) delivered in `shard` here and by every member of it, as
-    /// `(here, everywhere)`. When `everywhere` reaches `here`, every member has delivered what
-    /// this one has: a clean point to stop.
-    pub fn delivered_indices(&self, shard: ShardRef) -> Option<(u64, u64)> {
-        self.shards.iter().find(|s| s.id == shard).map(|s| s.delivered_indices(&self.mem))
+    /// What this member has delivered in `shard` (messages and nulls): one count in ordered
+    /// mode, one per sender in unordered mode. Pass it to [`Node::delivered_everywhere`] later to
+    /// learn when every member has caught up with it: a clean point to stop.
+    pub fn delivery_frontier(&self, shard: ShardRef) -> Option<Vec<u64>> {
+        self.shards.iter().find(|s| s.id == shard).map(|s| s.delivery_frontier(&self.mem))
+    }
+
+    /// Whether every member of `shard` has delivered at least `frontier` (from
+    /// [`Node::delivery_frontier`]); `None` if this member is not in the shard.
+    pub fn delivered_everywhere(&self, shard: ShardRef, frontier: &[u64]) -> Option<bool> {
+        self.shards.iter().find(|s| s.id == shard).map(|s| s.delivered_everywhere(&self.mem, frontier))
+    }
+
+    /// A number that grows whenever, in some shard, every member has delivered more: a driver
+    /// wakes what waits on [`Node::delivered_everywhere`] when it changes.
+    pub fn delivered_everywhere_progress(&self) -> u64 {
+        self.shards.iter().map(|s| s.delivered_everywhere_progress(&self.mem)).sum()
     }
 
     /// Indices this member has published in `shard` (messages and nulls).

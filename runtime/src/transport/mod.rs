@@ -408,8 +408,9 @@ pub trait Transport {
 
     /// Pushes `range` to each peer of `to`, reading the bytes once where the transport can share
     /// them between peers (TCP builds one frame for all). Every peer is tried; the errors of
-    /// those that failed are appended to `errors`. An error about the region itself (unknown,
-    /// range out of bounds, too long) is appended once, with the first peer.
+    /// those that failed are appended to `errors`. TCP appends an error about the region itself
+    /// (unknown, range out of bounds, too long) once, with the first peer; this default
+    /// implementation appends it for every peer.
     fn push_many(
         &self,
         to: &[PeerId],

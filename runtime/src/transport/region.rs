@@ -1,10 +1,13 @@
 //! Registered regions: memory that peers write into with pushes.
 //!
-//! A region's bytes can change at any time under the reader: on shared memory another process
-//! stores into them, and later an RDMA NIC will. All access therefore goes through atomic loads and
-//! stores (relaxed per word, with an acquire/release pair on the counter that publishes the data),
-//! never through plain references, so there is no data race in the Rust sense even though the
-//! writer is another process.
+//! A mapped region's bytes can change at any time under the reader: on shared memory another
+//! process stores into them, and later an RDMA NIC will. Access to them therefore goes through
+//! atomic loads and stores (relaxed per word, with an acquire/release pair on the counter that
+//! publishes the data), never through plain references, so there is no data race in the Rust
+//! sense even though the writer is another process. A heap region (TCP) is written only by the
+//! transport on the executor's own thread; `Region` is neither `Send` nor `Sync`, so its bulk
+//! copies are plain `memcpy`. A backing that a device or another thread writes must not be a
+//! heap region (see `is_local`).
 //!
 //! The reading rule that makes pushes useful: load the counter with [`Region::load_u64`]
 //! (acquire), then read the data it covers with [`Region::read`].

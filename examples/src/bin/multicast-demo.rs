@@ -1,8 +1,8 @@
-//! `multicast`: a group of member processes on this machine, every member sending into one
+//! `multicast-demo`: a group of member processes on this machine, every member sending into one
 //! ordered shard, every member printing what it delivers and how fast.
 //!
 //! ```text
-//! cargo run --release -p derecho-examples --bin multicast [-- --count N --size BYTES --set transport=shm]
+//! cargo run --release -p derecho-examples --bin multicast-demo [-- --count N --size BYTES --set transport=shm]
 //! ```
 //!
 //! Run without `--member`, this process is the *launcher*: it reads the configuration file
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("multicast: {e}\n\n{USAGE}");
+            eprintln!("multicast-demo: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -40,29 +40,53 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("multicast member: error: {e}");
+                eprintln!("multicast-demo member: error: {e}");
                 ExitCode::FAILURE
             }
         },
         Cli::Launch(o) => match launch(&o) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("multicast: error: {e}");
+                eprintln!("multicast-demo: error: {e}");
                 ExitCode::FAILURE
             }
         },
     }
 }
 
-/// Kills and reaps the members still running when dropped.
-struct Members(Vec<(NodeId, Child)>);
+/// The member processes: killed and reaped, and their shared-memory files removed, when
+/// dropped, whatever happened.
+struct Members {
+    children: Vec<(NodeId, Child)>,
+    shm_namespace: String,
+}
 
 impl Drop for Members {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = ShmTransport::remove_namespace(std::path::Path::new("/dev/shm"), &self.shm_namespace);
+    }
+}
+
+/// How long the launcher waits for the members' output to end.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(DELIVERY_TIMEOUT.as_secs() + SETTLE_TIMEOUT.as_secs() + 60);
+/// How long a member whose output ended may take to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) for a member whose output ended; its exit status.
+fn wait_exit(child: &mut Child) -> Result<std::process::ExitStatus, String> {
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for a member: {e}"))? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("a member closed its output but did not exit within {EXIT_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -80,7 +104,7 @@ fn launch(options: &Options) -> Result<(), String> {
     );
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let (lines_tx, lines_rx) = mpsc::channel::<(NodeId, Option<String>)>();
-    let mut members = Members(Vec::new());
+    let mut members = Members { children: Vec::new(), shm_namespace: namespace.clone() };
     for (i, &id) in ids.iter().enumerate() {
         let core = (!options.unpinned && !cores.is_empty()).then(|| cores[i % cores.len()]);
         let mut child = Command::new(&exe)
@@ -99,12 +123,13 @@ fn launch(options: &Options) -> Result<(), String> {
         });
         let place = core.map_or("unpinned".to_string(), |c| format!("core {c}"));
         println!("started member {} (pid {}, {place})", id.0, child.id());
-        members.0.push((id, child));
+        members.children.push((id, child));
     }
     drop(lines_tx);
 
-    // Relay the members' lines until every member's output ends; keep their summaries.
-    let deadline = Instant::now() + DELIVERY_TIMEOUT + SETTLE_TIMEOUT + Duration::from_secs(60);
+    // Relay the members' lines until every member's output ends; keep their summaries. A member
+    // that fails ends the run: dropping `members` stops the others.
+    let deadline = Instant::now() + LAUNCH_TIMEOUT;
     let mut summaries: Vec<Summary> = Vec::new();
     let mut open = ids.len();
     while open > 0 {
@@ -114,22 +139,18 @@ fn launch(options: &Options) -> Result<(), String> {
                 Some(s) => summaries.push(s),
                 None => println!("{line}"),
             },
-            Ok((_, None)) => open -= 1,
-            Err(_) => return Err(format!("members still running after {:?}", DELIVERY_TIMEOUT + SETTLE_TIMEOUT)),
+            Ok((id, None)) => {
+                open -= 1;
+                let child = &mut members.children.iter_mut().find(|(i, _)| *i == id).expect("a started member").1;
+                let status = wait_exit(child)?;
+                if !status.success() {
+                    return Err(format!("member {} exited with {status}; stopping the others", id.0));
+                }
+            }
+            Err(_) => return Err(format!("members still running after {LAUNCH_TIMEOUT:?}")),
         }
     }
-    let mut failed = Vec::new();
-    for (id, child) in &mut members.0 {
-        let status = child.wait().map_err(|e| format!("waiting for member {id}: {e}"))?;
-        if !status.success() {
-            failed.push(format!("member {id} exited with {status}"));
-        }
-    }
-    members.0.clear();
-    let _ = ShmTransport::remove_namespace(std::path::Path::new("/dev/shm"), &namespace);
-    if !failed.is_empty() {
-        return Err(failed.join("; "));
-    }
+    drop(members);
     verdict(&ids, &summaries)
 }
 
