@@ -151,11 +151,21 @@ impl ChildGuard {
     ///
     /// If the program cannot be started.
     pub fn spawn_self(args: &[String]) -> Self {
+        Self::spawn_self_with(args, Stdio::inherit())
+    }
+
+    /// As [`ChildGuard::spawn_self`], with the child's standard output going to `stdout`
+    /// (`Stdio::piped()` to read what it prints).
+    ///
+    /// # Panics
+    ///
+    /// If the program cannot be started.
+    pub fn spawn_self_with(args: &[String], stdout: Stdio) -> Self {
         let exe = std::env::current_exe().expect("current exe");
         let child = Command::new(exe)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the child process");
@@ -192,6 +202,14 @@ impl Drop for ChildGuard {
             let _ = c.wait();
         }
     }
+}
+
+/// A name no other run or call of this program uses: `{prefix}{pid}-{tag}-{n}` (shared-memory
+/// namespaces, temporary files).
+pub fn unique_name(prefix: &str, tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Reads `--name value` from `args`.

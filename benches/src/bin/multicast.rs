@@ -27,7 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use derecho::driver::{GroupConfig, StaticGroup, connect_with};
 use derecho::protocol::{Delivered, NodeId};
 use derecho::runtime::time;
 use derecho::{ShmTransport, TcpListener, available_cores};
-use derecho_benches::{Record, arg, flag, median, percentile, raw};
+use derecho_benches::{ChildGuard, Record, arg, flag, median, percentile, raw};
 
 const BENCH: &str = "multicast";
 /// How long one case may take before it is declared hung.
@@ -286,9 +286,7 @@ fn loopback_listeners(n: u32) -> Vec<TcpListener> {
 }
 
 fn unique_ns(case: &Case) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("mcbench{}-{}-{}", std::process::id(), case.transport, N.fetch_add(1, Ordering::Relaxed))
+    derecho_benches::unique_name("mcbench", case.transport)
 }
 
 /// Runs a case; returns every member's outcome.
@@ -327,7 +325,7 @@ fn run_case(case: &Case) -> Vec<Outcome> {
         drop(listeners);
         let path = std::env::temp_dir().join(format!("{ns}.toml"));
         std::fs::write(&path, &toml).expect("write the configuration");
-        let children: Vec<MemberProcess> = (0..case.members)
+        let children: Vec<ChildGuard> = (0..case.members)
             .map(|i| {
                 let mut args = vec![
                     "--child".to_string(),
@@ -347,10 +345,10 @@ fn run_case(case: &Case) -> Vec<Outcome> {
                 if case.latency {
                     args.push("--latency".into());
                 }
-                MemberProcess::spawn(&args)
+                spawn_member(&args)
             })
             .collect();
-        let outcomes = children.into_iter().map(|c| c.finish(&case.name())).collect();
+        let outcomes = children.into_iter().map(|c| finish_member(c, &case.name())).collect();
         let _ = std::fs::remove_file(&path);
         outcomes
     };
@@ -360,50 +358,28 @@ fn run_case(case: &Case) -> Vec<Outcome> {
     outcomes
 }
 
-/// A member process whose stdout carries its outcome; killed and reaped if dropped unfinished.
-struct MemberProcess(Option<Child>);
-
-impl MemberProcess {
-    fn spawn(args: &[String]) -> Self {
-        let exe = std::env::current_exe().expect("current exe");
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a member process");
-        Self(Some(child))
-    }
-
-    fn finish(mut self, case: &str) -> Outcome {
-        let mut child = self.0.take().expect("child");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let outcome = BufReader::new(out).lines().map_while(Result::ok).find_map(|l| Outcome::parse(&l));
-            let _ = tx.send(outcome);
-        });
-        let got = rx.recv_timeout(CASE_TIMEOUT + Duration::from_secs(40));
-        if got.is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{case}: a member did not finish in time");
-        }
-        let status = child.wait().expect("wait for a member");
-        match got {
-            Ok(Some(o)) if status.success() => o,
-            _ => panic!("{case}: a member failed ({status})"),
-        }
-    }
+/// A member process whose stdout carries its outcome (killed and reaped if dropped unfinished).
+fn spawn_member(args: &[String]) -> ChildGuard {
+    ChildGuard::spawn_self_with(args, Stdio::piped())
 }
 
-impl Drop for MemberProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// Reads a member's outcome and checks that it exited successfully; kills it if it hangs.
+fn finish_member(mut guard: ChildGuard, case: &str) -> Outcome {
+    let child = guard.0.as_mut().expect("child");
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = BufReader::new(out).lines().map_while(Result::ok).find_map(|l| Outcome::parse(&l));
+        let _ = tx.send(outcome);
+    });
+    // On a timeout the panic drops the guard, which kills and reaps the member.
+    let got = rx
+        .recv_timeout(CASE_TIMEOUT + Duration::from_secs(40))
+        .unwrap_or_else(|_| panic!("{case}: a member did not finish in time"));
+    let status = guard.0.take().expect("child").wait().expect("wait for a member");
+    match got {
+        Some(o) if status.success() => o,
+        _ => panic!("{case}: a member failed ({status})"),
     }
 }
 

@@ -194,9 +194,7 @@ fn raw_pingpong(size: usize, rounds: usize, busy: bool) -> (f64, f64) {
 }
 
 fn unique_ns(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("bench{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    derecho_benches::unique_name("bench", tag)
 }
 
 // ---- derecho transports ------------------------------------------------------------------------
