@@ -77,6 +77,7 @@ struct LimitsConfig {
     ring_len: Option<u32>,
     members_max: Option<u32>,
     shards_max: Option<u32>,
+    changes_max: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -264,6 +265,7 @@ impl GroupConfig {
             ring_len: f.limits.ring_len.unwrap_or(d.ring_len),
             members_max: f.limits.members_max.unwrap_or(d.members_max),
             shards_max: f.limits.shards_max.unwrap_or(d.shards_max),
+            changes_max: f.limits.changes_max.unwrap_or(d.changes_max),
         };
         limits.validate().map_err(|e| invalid(format!("limits.{}", e.field), e.reason))?;
         if f.members.is_empty() {

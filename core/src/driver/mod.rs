@@ -290,6 +290,9 @@ impl Inner {
                     tracing::warn!(%peer, %violation, "peer broke the protocol");
                     self.report(GroupEvent::Violation { peer, what: violation.to_string() });
                 }
+                // A static node has no membership: it never changes views, stops or answers
+                // joins.
+                other => tracing::debug!(?other, "output without meaning in a static group"),
             }
         }
         // Blocked senders wake when a window has room again, which other members' deliveries

@@ -17,11 +17,21 @@ pub struct Limits {
     pub members_max: u32,
     /// Shards a member may belong to. Default 64.
     pub shards_max: u32,
+    /// Membership changes (removals and joins) one view change may carry; more wait for the
+    /// next one. Default 16.
+    pub changes_max: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { window_len: 4096, payload_len_max: 10 << 10, ring_len: 1 << 20, members_max: 64, shards_max: 64 }
+        Self {
+            window_len: 4096,
+            payload_len_max: 10 << 10,
+            ring_len: 1 << 20,
+            members_max: 64,
+            shards_max: 64,
+            changes_max: 16,
+        }
     }
 }
 
@@ -61,6 +71,9 @@ impl Limits {
         }
         if !(1..=4096).contains(&self.shards_max) {
             return bad("shards_max", "must be between 1 and 4096");
+        }
+        if !(1..=1024).contains(&self.changes_max) {
+            return bad("changes_max", "must be between 1 and 1024");
         }
         Ok(())
     }

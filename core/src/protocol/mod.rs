@@ -8,12 +8,14 @@
 //! * [`limits`]: the validated limits that size everything.
 //! * [`layout`]: views and their shard layout.
 //! * [`sst`]: the shared state table's row layout and the memory trait it lives in.
+//! * [`membership`]: views, failure detection and view changes (§3).
 //! * [`multicast`]: ordered and unordered multicast in one shard (§2).
 //! * [`node`]: one member: `handle`, `send`, `deliver`, `poll_output`, `poll_timeout`.
 
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod membership;
 pub mod multicast;
 pub mod node;
 pub mod sst;
@@ -21,6 +23,10 @@ pub mod sst;
 pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
+pub use membership::{
+    Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError, NextView, OneShard,
+    StateTransfer, StopReason,
+};
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
 pub use node::{Input, Node, NodeError, Output};
 pub use sst::{HeapMemory, RowLayout, ShardColumns, SstMemory};

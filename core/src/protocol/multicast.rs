@@ -50,12 +50,26 @@ pub enum SendError {
     /// again after the next input.
     #[error("the send window of {0} is full")]
     WindowFull(ShardRef),
+    /// A view change is under way (PROTOCOLS §3.3): try again once the next view is installed.
+    #[error("{0} is wedged by a view change; send again in the next view")]
+    Wedged(ShardRef),
+    /// This member stopped (partitioned, removed, left): nothing more can be sent.
+    #[error("this member has stopped: {0}")]
+    Stopped(String),
 }
 
 /// A peer's row broke the protocol (PROTOCOLS §7): its messages are not read any more and the
 /// driver should suspect it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RowViolation {
+    /// A membership column out of range or moving the wrong way (PROTOCOLS §3).
+    #[error("membership column {column}: {reason}")]
+    Membership {
+        /// Which column.
+        column: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A counter went backwards.
     #[error("{column} of {shard} went backwards from {was} to {now}")]
     CounterBackwards {
@@ -167,6 +181,11 @@ pub(crate) struct ShardState {
     pub(crate) outstanding_max_seen: u64,
     /// Received counts per sender, reused by each step (seq and nulls need them as a slice).
     received_scratch: Vec<u64>,
+    /// Wedged (PROTOCOLS §3.3): no new sends or nulls, no normal delivery, and the published
+    /// counters stay as they were; records are still read, for the ragged trim.
+    pub(crate) frozen: bool,
+    /// A new member waits for the shard's state before delivering (PROTOCOLS §3.5).
+    pub(crate) awaiting_state: bool,
 }
 
 fn round16(n: usize) -> usize {
@@ -242,6 +261,8 @@ impl ShardState {
             counters_dirty: false,
             outstanding_max_seen: 0,
             received_scratch: Vec::with_capacity(layout.senders.len()),
+            frozen: false,
+            awaiting_state: false,
         }
     }
 
@@ -373,6 +394,9 @@ impl ShardState {
         if len > self.payload_len_max {
             return Err(SendError::TooLarge { len, max: self.payload_len_max });
         }
+        if self.frozen {
+            return Err(SendError::Wedged(self.id));
+        }
         self.release(mem);
         let Some(released) = self.fits(mem, 1, len) else {
             return Err(SendError::WindowFull(self.id));
@@ -383,7 +407,7 @@ impl ShardState {
     /// Whether a message of `len` bytes could be sent now.
     pub(crate) fn can_send<M: SstMemory>(&mut self, mem: &M, len: usize) -> bool {
         self.release(mem);
-        self.my_sender_rank.is_some() && len <= self.payload_len_max && self.fits(mem, 1, len).is_some()
+        !self.frozen && self.my_sender_rank.is_some() && len <= self.payload_len_max && self.fits(mem, 1, len).is_some()
     }
 
     /// Reads new records from every sender's row; returns violations found.
@@ -461,6 +485,9 @@ impl ShardState {
 
     /// After receiving: publishes `received` and `seq`, and sends the nulls §2.3 requires.
     pub(crate) fn update<M: SstMemory>(&mut self, mem: &mut M, now: Time) {
+        if self.frozen {
+            return;
+        }
         if self.mode == DeliveryMode::Ordered {
             for j in 0..self.from.len() {
                 let at = self.col(self.my_row, self.cols.received + 8 * j);
@@ -505,6 +532,9 @@ impl ShardState {
 
     /// Delivers what may be delivered; returns how many application messages were delivered.
     pub(crate) fn deliver<M: SstMemory>(&mut self, mem: &mut M, f: &mut impl FnMut(Delivered<'_>)) -> usize {
+        if self.frozen || self.awaiting_state {
+            return 0;
+        }
         let mut n = 0;
         match self.mode {
             DeliveryMode::Ordered => {
@@ -602,6 +632,101 @@ impl ShardState {
     /// Messages delivered here so far (`delivered_num + 1`), ordered shards.
     pub(crate) fn delivered_count(&self) -> u64 {
         self.delivered
+    }
+
+    /// Wedges the shard (PROTOCOLS §3.3 step 1): from now on nothing new is published. Returns
+    /// the published `received` column per sender, frozen: in an ordered shard what was
+    /// received, in an unordered one what was delivered. Every message delivered anywhere is
+    /// within every member's frozen counts, because delivery needed every member's published
+    /// `seq_num`, which this member no longer raises.
+    pub(crate) fn freeze<M: SstMemory>(&mut self, mem: &M) -> Vec<u64> {
+        self.frozen = true;
+        (0..self.senders.len()).map(|j| mem.load_u64(self.col(self.my_row, self.cols.received + 8 * j))).collect()
+    }
+
+    /// Ragged-edge delivery (PROTOCOLS §3.3 step 7): delivers, in `seq` order, every message
+    /// whose index is below `trim[sender]` (counts) and nothing above. Returns how many
+    /// application messages were delivered, or `Err` with the sender whose messages below its
+    /// trim were not all received here (a protocol bug: the trim is a minimum that includes this
+    /// member's frozen counts).
+    pub(crate) fn deliver_trimmed<M: SstMemory>(
+        &mut self,
+        mem: &mut M,
+        trim: &[u64],
+        f: &mut impl FnMut(Delivered<'_>),
+    ) -> Result<usize, NodeId> {
+        let mut n = 0;
+        match self.mode {
+            DeliveryMode::Ordered => {
+                let s = self.s();
+                let end = trim.iter().enumerate().filter(|&(_, &t)| t > 0).map(|(j, &t)| (t - 1) * s + j as u64 + 1);
+                let end = end.max().unwrap_or(0);
+                while self.delivered < end {
+                    let seq = self.delivered;
+                    let (j, k) = ((seq % s) as usize, seq / s);
+                    if k < trim[j] {
+                        let Some(p) = self.from[j].pending.front() else { return Err(self.senders[j]) };
+                        if p.first > k {
+                            return Err(self.senders[j]);
+                        }
+                        if p.data {
+                            f(Delivered {
+                                shard: self.id,
+                                sender: self.senders[j],
+                                index: k,
+                                version: Some(Version::new(self.view, seq)),
+                                timestamp: Time(p.timestamp),
+                                payload: mem.slice(p.payload.clone()),
+                            });
+                            n += 1;
+                        }
+                        if k + 1 == p.first + p.count {
+                            self.from[j].pending.pop_front();
+                        }
+                    }
+                    self.delivered += 1;
+                }
+            }
+            DeliveryMode::Unordered => {
+                for (j, &t) in trim.iter().enumerate().take(self.from.len()) {
+                    while let Some(p) = self.from[j].pending.front() {
+                        if p.first >= t {
+                            break;
+                        }
+                        if p.data {
+                            f(Delivered {
+                                shard: self.id,
+                                sender: self.senders[j],
+                                index: p.first,
+                                version: None,
+                                timestamp: Time(p.timestamp),
+                                payload: mem.slice(p.payload.clone()),
+                            });
+                            n += 1;
+                        }
+                        self.from[j].pending.pop_front();
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// After ragged delivery in an ordered shard: this member's own messages above its trim,
+    /// oldest first, as `(timestamp, payload)`, to be sent again in the next view (PROTOCOLS
+    /// §3.3 step 9). Unordered shards re-send nothing (their messages may already have been
+    /// delivered on receipt somewhere).
+    pub(crate) fn undelivered_own<M: SstMemory>(&self, mem: &M, trim: &[u64]) -> Vec<(Time, Vec<u8>)> {
+        let Some(r) = self.my_sender_rank else { return Vec::new() };
+        if self.mode == DeliveryMode::Unordered {
+            return Vec::new();
+        }
+        self.from[r]
+            .pending
+            .iter()
+            .filter(|p| p.data && p.first >= trim[r])
+            .map(|p| (Time(p.timestamp), mem.slice(p.payload.clone()).to_vec()))
+            .collect()
     }
 
     /// Copies the received counts into the reused scratch buffer (no allocation per step).

@@ -14,9 +14,15 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::rc::Rc;
 
+use std::collections::BTreeMap;
+
 use super::ids::{NodeId, ShardRef, Time};
 use super::layout::{LayoutError, View};
 use super::limits::{LimitError, Limits};
+use super::membership::{
+    ADDRESS_LEN_MAX, Carry, Gms, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError, NextView,
+    Resends, StopReason,
+};
 use super::multicast::{Delivered, RowViolation, SendError, ShardState};
 use super::sst::{RowLayout, SstMemory};
 
@@ -25,6 +31,24 @@ use super::sst::{RowLayout, SstMemory};
 pub enum Input {
     /// Peers' rows may have changed (pushes arrived): run the rules.
     RowsChanged,
+    /// Time passed ([`Node::poll_timeout`] was reached): heartbeats and suspicion timeouts.
+    Tick,
+    /// The transport lost its connection to a peer: suspect it (PROTOCOLS §3.2).
+    PeerFailed(NodeId),
+    /// The application reports a member as failed (PROTOCOLS §3.2).
+    ReportFailure(NodeId),
+    /// A joiner asks to join (PROTOCOLS §3.5); answered by [`Output::JoinRefused`] or, once the
+    /// view that adds it installs, by [`Output::NextView`].
+    Join {
+        /// The joiner's id.
+        node: NodeId,
+        /// Where its peers reach it.
+        address: String,
+    },
+    /// This member asks to leave the group gracefully.
+    Leave,
+    /// The state of a shard arrived from its old members (PROTOCOLS §3.5): delivery may start.
+    StateReceived(ShardRef),
 }
 
 /// What the node asks the driver to do.
@@ -37,14 +61,55 @@ pub enum Output {
         /// The peers.
         to: Rc<[NodeId]>,
     },
-    /// A peer's row broke the protocol; nothing more is read from it. The driver should
-    /// suspect it.
+    /// A peer's row broke the protocol; nothing more is read from it. A node with membership
+    /// suspects it; a static node leaves that to the driver.
     Violation {
         /// The peer.
         node: NodeId,
         /// What it did.
         violation: RowViolation,
     },
+    /// A step of the view change (for logs, and for the simulator's crash points).
+    Step(GmsStep),
+    /// The view change is done here: this member delivered everything of the old view it ever
+    /// will. Give it a zeroed table of [`Node::table_len`] bytes for the new view with
+    /// [`Node::install`]; the new view's leader sends it to the joiners.
+    NextView(NextView),
+    /// This member stopped; everything after this fails with [`SendError::Stopped`].
+    Stopped(StopReason),
+    /// A join request was refused.
+    JoinRefused {
+        /// The joiner.
+        node: NodeId,
+        /// Why.
+        refusal: JoinRefusal,
+    },
+    /// Send the application state of `shard` to these new shard members (this member is the
+    /// shard's old leader, PROTOCOLS §3.5). Emitted by [`Node::install`], before anything of
+    /// the new view is delivered.
+    SendState {
+        /// The shard.
+        shard: ShardRef,
+        /// The new members.
+        to: Vec<NodeId>,
+    },
+    /// Messages of this member above a trim could not be sent again in the new view (it is no
+    /// longer a sender of the shard): they are dropped, and their sends fail.
+    ResendFailed {
+        /// The shard.
+        shard: ShardRef,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// Where a node with membership stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Waiting for [`Node::install`].
+    Installing(NextView),
+    Stopped(StopReason),
 }
 
 /// Why a node could not be created.
@@ -59,6 +124,12 @@ pub enum NodeError {
     /// This node is not a member of the view.
     #[error("{0} is not a member of the view")]
     NotAMember(NodeId),
+    /// A membership setting out of range.
+    #[error(transparent)]
+    Membership(#[from] MembershipConfigError),
+    /// [`Node::install`] was called with no view change finished, or on a static node.
+    #[error("no next view to install")]
+    NoNextView,
     /// The memory given for the table has the wrong size.
     #[error("the table needs {needed} bytes; the memory given has {given}")]
     MemoryLen {
@@ -82,6 +153,16 @@ pub struct Node<M: SstMemory> {
     violations: Vec<(NodeId, RowViolation)>,
     /// Set by `send` (with its time) until the rules next run.
     sent_since_step: Option<Time>,
+    limits: Limits,
+    /// Membership (`None`: a static group).
+    gms: Option<Gms>,
+    phase: Phase,
+    /// Every other member of the view (membership pushes go to all).
+    all_peers: Rc<[NodeId]>,
+    /// Own messages of the previous view to send again, in order.
+    resend: VecDeque<(ShardRef, Time, Vec<u8>)>,
+    /// A new shard member gives up waiting for state at this time.
+    state_deadline: Option<Time>,
 }
 
 impl<M: SstMemory> Node<M> {
@@ -96,6 +177,10 @@ impl<M: SstMemory> Node<M> {
     ///
     /// Invalid limits or layout, `me` not in the view, or memory of the wrong size.
     pub fn new(me: NodeId, view: View, limits: &Limits, mem: M) -> Result<Self, NodeError> {
+        Self::build(me, view, limits, mem)
+    }
+
+    fn build(me: NodeId, view: View, limits: &Limits, mem: M) -> Result<Self, NodeError> {
         limits.validate()?;
         view.validate(limits)?;
         if view.rank_of(me).is_none() {
@@ -124,6 +209,7 @@ impl<M: SstMemory> Node<M> {
                 )
             })
             .collect();
+        let all_peers: Rc<[NodeId]> = view.members.iter().copied().filter(|&m| m != me).collect();
         Ok(Self {
             me,
             view,
@@ -133,7 +219,168 @@ impl<M: SstMemory> Node<M> {
             outputs: VecDeque::new(),
             violations: Vec::new(),
             sent_since_step: None,
+            limits: limits.clone(),
+            gms: None,
+            phase: Phase::Running,
+            all_peers,
+            resend: VecDeque::new(),
+            state_deadline: None,
         })
+    }
+
+    /// A member of a group with membership (PROTOCOLS §3): `view` is the first view every
+    /// starting member agrees on (for a bootstrap, a view of this member alone, see
+    /// [`Node::bootstrap_view`]); `addresses` names every member's address; `layout` computes the
+    /// shards of every later view.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::new`], and membership settings out of range.
+    #[allow(clippy::too_many_arguments)] // each is one independent input of the protocol
+    pub fn with_membership(
+        me: NodeId,
+        view: View,
+        addresses: BTreeMap<NodeId, String>,
+        limits: &Limits,
+        mem: M,
+        config: MembershipConfig,
+        layout: Rc<dyn LayoutFn>,
+        now: Time,
+    ) -> Result<Self, NodeError> {
+        config.validate()?;
+        let mut node = Self::build(me, view, limits, mem)?;
+        let gms = Gms::new(config, layout, &node.layout, &node.view, me, addresses, now);
+        node.gms = Some(gms);
+        node.steps_out(GmsStep::Installed(node.view.id));
+        Ok(node)
+    }
+
+    /// A joiner's node, from the view the leader sent it (PROTOCOLS §3.5). It waits for the
+    /// state of every shard it is new to ([`Input::StateReceived`]) before delivering there.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::with_membership`].
+    #[allow(clippy::too_many_arguments)] // as with_membership
+    pub fn join(
+        me: NodeId,
+        next: &NextView,
+        limits: &Limits,
+        mem: M,
+        config: MembershipConfig,
+        layout: Rc<dyn LayoutFn>,
+        now: Time,
+    ) -> Result<Self, NodeError> {
+        let addresses = next.addresses.iter().cloned().collect();
+        let mut node = Self::with_membership(me, next.view.clone(), addresses, limits, mem, config, layout, now)?;
+        node.await_transfers(next, now);
+        Ok(node)
+    }
+
+    /// The first view of a group this member starts alone: id 0, this member, the layout's
+    /// shards (none while inadequate).
+    pub fn bootstrap_view(me: NodeId, layout: &dyn LayoutFn) -> View {
+        View { id: super::ids::ViewId(0), members: vec![me], shards: layout.layout(&[me]).unwrap_or_default() }
+    }
+
+    /// Installs the next view announced by [`Output::NextView`] over `mem` (zeroed, of
+    /// [`Node::table_len`] bytes for that view): a new table, suspicions and joins carried over,
+    /// this member's messages above the trim sent again first.
+    ///
+    /// # Errors
+    ///
+    /// No view change is finished, or the memory has the wrong size.
+    pub fn install(&mut self, now: Time, mem: M) -> Result<(), NodeError> {
+        let Phase::Installing(next) = &self.phase else { return Err(NodeError::NoNextView) };
+        let next = next.clone();
+        let gms = self.gms.take().ok_or(NodeError::NoNextView)?;
+        let mut carry: Carry = gms.carry(&self.view, &next.view);
+        carry.resend = self.take_resends(&gms);
+        let old_view = self.view.clone();
+        let mut node = match Self::build(self.me, next.view.clone(), &self.limits, mem) {
+            Ok(n) => n,
+            Err(e) => {
+                self.gms = Some(gms);
+                return Err(e);
+            }
+        };
+        let addresses = next.addresses.iter().cloned().collect();
+        let mut new_gms =
+            Gms::new(gms.config.clone(), gms.layout_fn.clone(), &node.layout, &node.view, self.me, addresses, now);
+        for s in &carry.suspected {
+            new_gms.suspect_later(*s);
+        }
+        new_gms.joins = carry.joins;
+        if carry.leaving {
+            new_gms.leave(&mut node.mem);
+        }
+        node.gms = Some(new_gms);
+        for (shard, msgs) in carry.resend {
+            let sender = node.view.shards.iter().any(|s| s.id == shard && s.senders.contains(&self.me));
+            if sender {
+                node.resend.extend(msgs.into_iter().map(|(t, p)| (shard, t, p)));
+            } else if !msgs.is_empty() {
+                node.outputs.push_back(Output::ResendFailed { shard, count: msgs.len() });
+            }
+        }
+        node.outputs.extend(self.outputs.drain(..));
+        for t in &next.transfers {
+            if t.from == self.me {
+                node.outputs.push_back(Output::SendState { shard: t.shard, to: t.to.clone() });
+            }
+        }
+        node.await_transfers(&next, now);
+        debug_assert!(old_view.id < node.view.id);
+        node.steps_out(GmsStep::Installed(node.view.id));
+        *self = node;
+        self.run_rules(now);
+        Ok(())
+    }
+
+    fn await_transfers(&mut self, next: &NextView, now: Time) {
+        let mut waiting = false;
+        for t in &next.transfers {
+            if t.to.contains(&self.me)
+                && let Some(s) = self.shards.iter_mut().find(|s| s.id == t.shard)
+            {
+                s.awaiting_state = true;
+                waiting = true;
+            }
+        }
+        if waiting && let Some(g) = &self.gms {
+            self.state_deadline = Some(now.plus_ns(g.config.state_transfer_timeout_ns));
+        }
+    }
+
+    fn take_resends(&self, gms: &Gms) -> Resends {
+        let Some(f) = &gms.final_record else { return Vec::new() };
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let si = self.view.shards.iter().position(|l| l.id == s.id).expect("a shard of the view");
+            let msgs = s.undelivered_own(&self.mem, &f.trims[si]);
+            if !msgs.is_empty() {
+                out.push((s.id, msgs));
+            }
+        }
+        // Messages not yet re-sent from an earlier view keep their place, first.
+        let mut earlier: Resends = Vec::new();
+        for (shard, t, p) in &self.resend {
+            match earlier.iter_mut().find(|(s, _)| s == shard) {
+                Some((_, v)) => v.push((*t, p.clone())),
+                None => earlier.push((*shard, vec![(*t, p.clone())])),
+            }
+        }
+        for (shard, mut v) in out {
+            match earlier.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, e)) => e.append(&mut v),
+                None => earlier.push((shard, v)),
+            }
+        }
+        earlier
+    }
+
+    fn steps_out(&mut self, step: GmsStep) {
+        self.outputs.push_back(Output::Step(step));
     }
 
     /// This member.
@@ -171,18 +418,112 @@ impl<M: SstMemory> Node<M> {
     /// Feeds an input and runs the rules once (PROTOCOLS §1: after every batch of updates).
     pub fn handle(&mut self, now: Time, input: Input) {
         match input {
-            Input::RowsChanged => self.run_rules(now),
+            Input::RowsChanged | Input::Tick => {}
+            Input::PeerFailed(n) | Input::ReportFailure(n) => {
+                if let Some(g) = &mut self.gms {
+                    g.suspect_later(n);
+                }
+            }
+            Input::Join { node, address } => self.join_request(node, address),
+            Input::Leave => {
+                if let Some(g) = &mut self.gms {
+                    g.leave(&mut self.mem);
+                }
+            }
+            Input::StateReceived(shard) => {
+                if let Some(s) = self.shards.iter_mut().find(|s| s.id == shard) {
+                    s.awaiting_state = false;
+                }
+                if !self.shards.iter().any(|s| s.awaiting_state) {
+                    self.state_deadline = None;
+                }
+            }
         }
+        self.run_rules(now);
+    }
+
+    fn join_request(&mut self, node: NodeId, address: String) {
+        let Some(g) = &mut self.gms else { return };
+        let refuse = |refusal| Output::JoinRefused { node, refusal };
+        if address.len() > ADDRESS_LEN_MAX {
+            self.outputs.push_back(refuse(JoinRefusal::AddressTooLong));
+            return;
+        }
+        let leader = self.view.members[g.leader_rank()];
+        if leader != self.me {
+            let address = g.addresses.get(&leader).cloned().unwrap_or_default();
+            self.outputs.push_back(refuse(JoinRefusal::NotLeader { leader, address }));
+            return;
+        }
+        if self.view.rank_of(node).is_some() || g.joins.iter().any(|(n, _)| *n == node) {
+            self.outputs.push_back(refuse(JoinRefusal::IdInUse(node)));
+            return;
+        }
+        g.joins.push((node, address));
     }
 
     fn run_rules(&mut self, now: Time) {
+        if matches!(self.phase, Phase::Stopped(_) | Phase::Installing(_)) {
+            return;
+        }
+        self.sent_since_step = None;
+        self.flush_resends(now);
         self.sent_since_step = None;
         for s in &mut self.shards {
             s.receive(&self.mem, &mut self.violations);
             s.update(&mut self.mem, now);
         }
         for (node, violation) in self.violations.drain(..) {
+            if let Some(g) = &mut self.gms {
+                g.suspect_later(node);
+            }
             self.outputs.push_back(Output::Violation { node, violation });
+        }
+        let Some(g) = &mut self.gms else { return };
+        g.step(now, &self.view, &mut self.mem, &mut self.shards);
+        for (node, violation) in g.violations.drain(..) {
+            self.outputs.push_back(Output::Violation { node, violation });
+        }
+        for step in g.steps.drain(..) {
+            self.outputs.push_back(Output::Step(step));
+        }
+        if let Some(reason) = g.stop.take() {
+            self.stop(reason);
+            return;
+        }
+        if let Some(deadline) = self.state_deadline
+            && now >= deadline
+            && let Some(s) = self.shards.iter().find(|s| s.awaiting_state)
+        {
+            let shard = s.id;
+            self.stop(StopReason::StateTransferTimeout(shard));
+        }
+    }
+
+    fn stop(&mut self, reason: StopReason) {
+        self.outputs.push_back(Output::Stopped(reason.clone()));
+        self.phase = Phase::Stopped(reason);
+    }
+
+    /// Sends again, in order, own messages of the previous view above its trim; stops at the
+    /// first that does not fit yet.
+    fn flush_resends(&mut self, now: Time) {
+        while let Some((shard, t, payload)) = self.resend.front() {
+            let (shard, t) = (*shard, *t);
+            let Some(s) = self.shards.iter_mut().find(|s| s.id == shard) else {
+                let count = self.resend.iter().filter(|r| r.0 == shard).count();
+                self.resend.retain(|r| r.0 != shard);
+                self.outputs.push_back(Output::ResendFailed { shard, count });
+                continue;
+            };
+            let len = payload.len();
+            match s.send(&mut self.mem, t.max(now), len, |b| b.copy_from_slice(payload)) {
+                Ok(_) => {
+                    self.resend.pop_front();
+                    self.sent_since_step = Some(now);
+                }
+                Err(_) => break,
+            }
         }
     }
 
@@ -207,6 +548,15 @@ impl<M: SstMemory> Node<M> {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<u64, SendError> {
+        match &self.phase {
+            Phase::Running => {}
+            Phase::Installing(_) => return Err(SendError::Wedged(shard)),
+            Phase::Stopped(r) => return Err(SendError::Stopped(r.to_string())),
+        }
+        if self.resend.iter().any(|r| r.0 == shard) {
+            // Older messages go first.
+            return Err(SendError::WindowFull(shard));
+        }
         let (mem, shards) = (&mut self.mem, &mut self.shards);
         let s = shards.iter_mut().find(|s| s.id == shard).ok_or(SendError::NotAMember(shard))?;
         let index = s.send(mem, now, len, fill)?;
@@ -218,17 +568,69 @@ impl<M: SstMemory> Node<M> {
 
     /// Whether a message of `len` bytes could be sent into `shard` now.
     pub fn can_send(&mut self, shard: ShardRef, len: usize) -> bool {
+        if self.phase != Phase::Running || self.resend.iter().any(|r| r.0 == shard) {
+            return false;
+        }
         let mem = &self.mem;
         self.shards.iter_mut().find(|s| s.id == shard).is_some_and(|s| s.can_send(mem, len))
     }
 
     /// Delivers every deliverable message to `f`, in order; returns how many were delivered.
     pub fn deliver(&mut self, mut f: impl FnMut(Delivered<'_>)) -> usize {
+        if self.phase != Phase::Running {
+            return 0;
+        }
         self.catch_up();
         let mut n = 0;
         for s in &mut self.shards {
             n += s.deliver(&mut self.mem, &mut f);
         }
+        if self.gms.as_ref().is_some_and(|g| g.trim_ready && !g.trim_delivered) {
+            n += self.deliver_trimmed(&mut f);
+        }
+        n
+    }
+
+    /// Ragged-edge delivery, then the next view (PROTOCOLS §3.3 steps 7, 8).
+    fn deliver_trimmed(&mut self, f: &mut impl FnMut(Delivered<'_>)) -> usize {
+        let g = self.gms.as_mut().expect("membership");
+        let trims = g.final_record.as_ref().expect("a final record").trims.clone();
+        let mut n = 0;
+        for s in &mut self.shards {
+            let si = self.view.shards.iter().position(|l| l.id == s.id).expect("a shard of the view");
+            match s.deliver_trimmed(&mut self.mem, &trims[si], f) {
+                Ok(k) => n += k,
+                Err(sender) => {
+                    // A trim above what this member received: the final record lied.
+                    let leader = self.view.members[g.leader_rank()];
+                    self.outputs.push_back(Output::Violation {
+                        node: leader,
+                        violation: RowViolation::Membership {
+                            column: "trim",
+                            reason: "above what this member received",
+                        },
+                    });
+                    let _ = sender;
+                    let why = "a final trim above what it received";
+                    self.stop(StopReason::Removed { view: self.view.id.0, why });
+                    return n;
+                }
+            }
+        }
+        g.trim_delivered = true;
+        self.outputs.push_back(Output::Step(GmsStep::TrimDelivered));
+        if g.removed_self(&self.view) {
+            let reason = if g.leaving {
+                StopReason::Left(self.view.id.0)
+            } else {
+                StopReason::Removed { view: self.view.id.0, why: "the view change removed it" }
+            };
+            self.stop(reason);
+            return n;
+        }
+        let next = g.next_view(&self.view);
+        self.outputs.push_back(Output::NextView(next.clone()));
+        self.phase = Phase::Installing(next);
         n
     }
 
@@ -242,14 +644,84 @@ impl<M: SstMemory> Node<M> {
                     s.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
                 }
             }
+            if let Some(g) = &mut self.gms
+                && !matches!(self.phase, Phase::Stopped(_))
+                && !self.all_peers.is_empty()
+            {
+                let to = self.all_peers.clone();
+                g.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
+            }
         }
         self.outputs.pop_front()
     }
 
-    /// When to call [`Node::handle`] again if no input arrives (none yet: the static multicast
-    /// needs no timer).
+    /// When to call [`Node::handle`] (with [`Input::Tick`]) again if no input arrives: the next
+    /// heartbeat, suspicion deadline or state transfer deadline. `None` for a static node or a
+    /// stopped one.
     pub fn poll_timeout(&self) -> Option<Time> {
-        None
+        if !matches!(self.phase, Phase::Running | Phase::Installing(_)) {
+            return None;
+        }
+        let g = self.gms.as_ref()?.next_timeout();
+        match (g, self.state_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Why this member stopped, if it did.
+    pub fn stopped(&self) -> Option<&StopReason> {
+        match &self.phase {
+            Phase::Stopped(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The next view, while it waits for [`Node::install`].
+    pub fn next_view(&self) -> Option<&NextView> {
+        match &self.phase {
+            Phase::Installing(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The leader of the view as this member sees it (lowest rank it does not suspect).
+    pub fn leader(&self) -> NodeId {
+        self.gms.as_ref().map_or(self.view.members[0], |g| self.view.members[g.leader_rank()])
+    }
+
+    /// This member's rank in the view.
+    pub fn my_rank(&self) -> usize {
+        self.view.rank_of(self.me).expect("a member of its view")
+    }
+
+    /// The members this member suspects, in rank order.
+    pub fn suspected(&self) -> Vec<NodeId> {
+        self.gms.as_ref().map_or_else(Vec::new, |g| {
+            (0..self.view.members.len()).filter(|&r| g.suspected[r]).map(|r| self.view.members[r]).collect()
+        })
+    }
+
+    /// Whether a view change is under way here (new multicasts wait).
+    pub fn is_wedged(&self) -> bool {
+        self.gms.as_ref().is_some_and(|g| g.wedged)
+    }
+
+    /// The trims of this view's final record, per shard in view order, once this member has
+    /// one (the view-agreement checker compares them across members).
+    pub fn final_trims(&self) -> Option<Vec<(ShardRef, Vec<u64>)>> {
+        let f = self.gms.as_ref()?.final_record.as_ref()?;
+        Some(self.view.shards.iter().map(|s| s.id).zip(f.trims.iter().cloned()).collect())
+    }
+
+    /// Every member's address, as this member knows them.
+    pub fn addresses(&self) -> Vec<(NodeId, String)> {
+        self.gms.as_ref().map_or_else(Vec::new, |g| g.addresses.iter().map(|(n, a)| (*n, a.clone())).collect())
+    }
+
+    /// Own messages of an earlier view still waiting to be sent again.
+    pub fn resends_pending(&self) -> usize {
+        self.resend.len()
     }
 
     /// Messages delivered in `shard` so far (ordered shards: `delivered_num + 1`).
@@ -340,6 +812,7 @@ mod tests {
                                 moved = true;
                             }
                             Output::Violation { node, .. } => self.violations.push((NodeId(i as u32), node)),
+                            other => panic!("a static node produced {other:?}"),
                         }
                     }
                 }

@@ -4,7 +4,22 @@
 //! own row and pushes ranges of it to the others; it reads the others' rows from its own copy.
 //! Counters are little-endian `u64`s at 8-byte aligned offsets; message rings are 64-byte aligned.
 //!
-//! Row layout, for each shard of the view in layout order (all rows have every shard's columns):
+//! Row layout: first the membership section (PROTOCOLS §3, pushed to every member of the view),
+//! then, for each shard of the view in layout order, its multicast columns (all rows have every
+//! shard's columns; only the shard's members use them):
+//!
+//! ```text
+//! changes[C]     64 B each: a proposed change (node u32, kind u8, address length u8, address)
+//! frozen[T]      u64 per shard and sender: the received counts frozen when this member wedged
+//! trim[T]        u64 per shard and sender: the final ragged trim (valid once final_ready)
+//! suspected      bitmask words, one bit per rank
+//! heartbeat, wedged, leaving, proposer, num_changes, num_acked, final_len, final_ready   u64 each
+//! ```
+//!
+//! The counters come last, so that one push of the whole section (copied in ascending order)
+//! lands the data before the counters that announce it.
+//!
+//! Multicast columns of each shard:
 //!
 //! ```text
 //! seq_num        i64   highest seq such that everything up to it was received here (§2.2)
@@ -141,11 +156,78 @@ impl ShardColumns {
     }
 }
 
+/// Length of one proposed change in the membership section.
+pub const CHANGE_LEN: usize = 64;
+
+/// Offsets of the membership columns within a row (PROTOCOLS §3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GmsColumns {
+    /// `changes[0]`; change `i` is at `changes + CHANGE_LEN * i`.
+    pub changes: usize,
+    /// Capacity of `changes`.
+    pub changes_max: usize,
+    /// Per shard (view order): offset of `frozen[0]` (one `u64` per sender).
+    pub frozen: Vec<usize>,
+    /// Per shard (view order): offset of `trim[0]` (one `u64` per sender).
+    pub trim: Vec<usize>,
+    /// First word of the suspicion bitmask.
+    pub suspected: usize,
+    /// Words of the bitmask.
+    pub suspected_words: usize,
+    /// First counter (`heartbeat`); the others follow in the order of [`GmsCounter`].
+    pub counters: usize,
+    /// End of the section (a multiple of 64).
+    pub end: usize,
+}
+
+/// The counters of the membership section, in row order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GmsCounter {
+    /// Bumped every heartbeat period.
+    Heartbeat = 0,
+    /// 1 once this member stopped sending new multicasts in this view.
+    Wedged,
+    /// 1 once this member asked to leave.
+    Leaving,
+    /// `rank + 1` of the leader whose change list `changes` holds (0: none).
+    Proposer,
+    /// Changes in `changes`.
+    NumChanges,
+    /// How many of the proposer's changes this member acknowledged.
+    NumAcked,
+    /// Changes in the final (installed) list, once `final_ready`.
+    FinalLen,
+    /// 1 once this row carries the view's final change list and trims.
+    FinalReady,
+}
+
+impl GmsColumns {
+    /// Number of counters.
+    pub const COUNTERS: usize = 8;
+
+    /// Offset of a counter.
+    pub fn counter(&self, c: GmsCounter) -> usize {
+        self.counters + 8 * c as usize
+    }
+
+    /// The counters' range (pushed after the data).
+    pub fn counter_range(&self) -> Range<usize> {
+        self.counters..self.counters + 8 * Self::COUNTERS
+    }
+
+    /// The data's range (changes, frozen counts, trims, suspicions).
+    pub fn data_range(&self) -> Range<usize> {
+        self.changes..self.counters
+    }
+}
+
 /// The layout of every row of a view's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowLayout {
     /// Bytes per row (a multiple of 64).
     pub row_len: usize,
+    /// The membership section.
+    pub gms: GmsColumns,
     /// Columns of each shard, in the view's shard order.
     pub shards: Vec<ShardColumns>,
     /// Rows in the table.
@@ -158,7 +240,22 @@ pub const RECORD_HEADER_LEN: usize = 32;
 impl RowLayout {
     /// Computes the layout of `view`'s table.
     pub fn new(view: &View, limits: &Limits) -> Self {
-        let mut off = 0usize;
+        let changes_max = limits.changes_max as usize;
+        let mut off = CHANGE_LEN * changes_max;
+        let mut frozen = Vec::with_capacity(view.shards.len());
+        let mut trim = Vec::with_capacity(view.shards.len());
+        for s in &view.shards {
+            frozen.push(off);
+            off += 8 * s.senders.len();
+            trim.push(off);
+            off += 8 * s.senders.len();
+        }
+        let suspected = off;
+        let suspected_words = view.members.len().div_ceil(64).max(1);
+        off += 8 * suspected_words;
+        let counters = off;
+        off = (off + 8 * GmsColumns::COUNTERS).next_multiple_of(64);
+        let gms = GmsColumns { changes: 0, changes_max, frozen, trim, suspected, suspected_words, counters, end: off };
         let mut shards = Vec::with_capacity(view.shards.len());
         for s in &view.shards {
             let seq_num = off;
@@ -171,7 +268,7 @@ impl RowLayout {
             off += ring_len;
             shards.push(ShardColumns { seq_num, delivered_num, sent, received, ring, ring_len });
         }
-        Self { row_len: off.max(64).next_multiple_of(64), shards, rows: view.members.len() }
+        Self { row_len: off.max(64).next_multiple_of(64), gms, shards, rows: view.members.len() }
     }
 
     /// Bytes of the whole table.

@@ -784,6 +784,7 @@ impl Sim {
                         kind: FaultKind::Violation { peer, violation },
                     });
                 }
+                other => panic!("simulator bug: a static node produced {other:?}"),
             }
         }
     }

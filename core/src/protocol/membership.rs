@@ -1,0 +1,997 @@
+//! Membership and virtual synchrony (PROTOCOLS §3), as rules over the membership section of
+//! the shared state table.
+//!
+//! Every member runs [`Gms::step`] after each batch of inputs. What it does, in order:
+//!
+//! 1. **Failure detection** (§3.2): bumps its heartbeat every period; suspects a peer whose
+//!    heartbeat has not moved for `suspect_after`, whose connection failed, that the application
+//!    reported, or whose row broke the protocol.
+//! 2. **Suspicion** (§3.3 step 1): ORs into its own the suspicions of every row it does not
+//!    suspect (a suspected row is frozen), stops if a row it trusts suspects *it*, and wedges on
+//!    the first suspicion: no new multicasts, shard counters frozen and copied into the
+//!    membership section (`frozen`).
+//! 3. **Partition safety** (§3.3 step 2): if the suspected members (leavers not counted) reach
+//!    `ceil(n / 2)`, it stops with [`StopReason::Partitioned`].
+//! 4. **Propose / acknowledge** (steps 3, 4): the leader (lowest rank not suspected) keeps a
+//!    change list: removal of every suspected or leaving member, pending joins. A new leader
+//!    starts from the list of the most recent earlier leader found in any row (§3.4). Followers
+//!    copy their leader's list and acknowledge it.
+//! 5. **Commit and trim** (steps 5-7, one record): once every member it does not suspect has
+//!    acknowledged the whole list, the leader publishes the view's *final* record: the list and,
+//!    for every shard, the ragged trim `trim[sender] = min over the acknowledging shard members
+//!    of frozen[sender]`. If any row already carries a final record (a leader that failed after
+//!    publishing), the leader copies it instead: there is at most one final record, hence at
+//!    most one trim per (view, shard). Followers copy the final record from their leader (echo).
+//! 6. **Install** (step 8): once every member it does not suspect and that stays has echoed the
+//!    final record, a member delivers up to the trims ([`ShardState::deliver_trimmed`]) and
+//!    computes the next view; the driver gives it memory for the new table.
+//!
+//! Why one final record rather than a commit followed by per-shard trims: a commit that cannot
+//! grow any more is stuck if a member fails between the commit and its trim, while a final
+//! record is only published once every non-suspected member has acknowledged and frozen, so the
+//! trims it carries are computed from counters that never move again. Safety rests on majority
+//! intersection: a member installs only after a majority (everyone it does not suspect) echoed
+//! the record; a later leader needs a majority of acknowledgements, so it sees the record in
+//! some row before it could publish another, and copies it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+
+use super::ids::{NodeId, ShardRef, Time, ViewId};
+use super::layout::{DeliveryMode, ShardLayout, View};
+use super::multicast::{RowViolation, ShardState};
+use super::sst::{CHANGE_LEN, GmsColumns, GmsCounter, RowLayout, SstMemory};
+
+/// Timing and safety settings of the membership protocol (the same at every member).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// How often a member bumps its heartbeat, in nanoseconds. Default 10 ms.
+    pub heartbeat_ns: u64,
+    /// A peer whose heartbeat has not moved for this long is suspected. Default 100 ms.
+    pub suspect_after_ns: u64,
+    /// Stop with [`StopReason::Partitioned`] rather than continue in a minority (PROTOCOLS §3.3
+    /// step 2). Default on; turning it off gives up the no-split-brain guarantee.
+    pub partition_safety: bool,
+    /// How long a new shard member waits for the shard's state before giving up. Default 10 s.
+    pub state_transfer_timeout_ns: u64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ns: 10_000_000,
+            suspect_after_ns: 100_000_000,
+            partition_safety: true,
+            state_transfer_timeout_ns: 10_000_000_000,
+        }
+    }
+}
+
+/// A membership setting out of range; the message names it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid membership setting {field}: {reason}")]
+pub struct MembershipConfigError {
+    /// The setting.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl MembershipConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// The first setting out of range.
+    pub fn validate(&self) -> Result<(), MembershipConfigError> {
+        if self.heartbeat_ns == 0 {
+            return Err(MembershipConfigError { field: "heartbeat", reason: "must be above zero" });
+        }
+        if self.suspect_after_ns < 2 * self.heartbeat_ns {
+            return Err(MembershipConfigError {
+                field: "suspect_after",
+                reason: "must be at least twice the heartbeat period",
+            });
+        }
+        if self.state_transfer_timeout_ns == 0 {
+            return Err(MembershipConfigError { field: "state_transfer_timeout", reason: "must be above zero" });
+        }
+        Ok(())
+    }
+}
+
+/// A change to the membership, proposed by the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Remove a member (failed or leaving).
+    Remove(NodeId),
+    /// Add a joiner, with the address its peers reach it at.
+    Add {
+        /// The joiner.
+        node: NodeId,
+        /// Its address (at most [`ADDRESS_LEN_MAX`] bytes of UTF-8).
+        address: String,
+    },
+}
+
+/// Longest address a joiner may give (it is carried in a fixed-width column).
+pub const ADDRESS_LEN_MAX: usize = CHANGE_LEN - 8;
+
+const CHANGE_REMOVE: u8 = 1;
+const CHANGE_ADD: u8 = 2;
+
+impl Change {
+    /// The node concerned.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Change::Remove(n) | Change::Add { node: n, .. } => *n,
+        }
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out.fill(0);
+        out[0..4].copy_from_slice(&self.node().0.to_le_bytes());
+        match self {
+            Change::Remove(_) => out[4] = CHANGE_REMOVE,
+            Change::Add { address, .. } => {
+                out[4] = CHANGE_ADD;
+                out[5] = address.len() as u8;
+                out[8..8 + address.len()].copy_from_slice(address.as_bytes());
+            }
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, &'static str> {
+        let node = NodeId(u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")));
+        match b[4] {
+            CHANGE_REMOVE => Ok(Change::Remove(node)),
+            CHANGE_ADD => {
+                let len = b[5] as usize;
+                if len > ADDRESS_LEN_MAX {
+                    return Err("address longer than its column");
+                }
+                let address = std::str::from_utf8(&b[8..8 + len]).map_err(|_| "address is not UTF-8")?;
+                Ok(Change::Add { node, address: address.to_string() })
+            }
+            _ => Err("unknown change kind"),
+        }
+    }
+}
+
+/// Computes a view's shards from its members (PROTOCOLS §3.1: a view is *adequate* when this
+/// succeeds). Must be deterministic: every member computes it for every view.
+pub trait LayoutFn: fmt::Debug {
+    /// The shards of a view with these members (rank order), or why the view is inadequate.
+    ///
+    /// # Errors
+    ///
+    /// The view is inadequate (for example too few members): it delivers nothing and waits for
+    /// joins.
+    fn layout(&self, members: &[NodeId]) -> Result<Vec<ShardLayout>, String>;
+}
+
+/// One shard of every member, every member a sender; adequate from `min_members` members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OneShard {
+    /// Ordered or unordered.
+    pub mode: DeliveryMode,
+    /// Fewest members for the view to be adequate.
+    pub min_members: usize,
+}
+
+impl LayoutFn for OneShard {
+    fn layout(&self, members: &[NodeId]) -> Result<Vec<ShardLayout>, String> {
+        if members.len() < self.min_members.max(1) {
+            return Err(format!("{} members, fewer than the {} the layout needs", members.len(), self.min_members));
+        }
+        Ok(vec![ShardLayout {
+            id: ShardRef { subgroup: super::SubgroupId(0), shard: super::ShardIndex(0) },
+            members: members.to_vec(),
+            senders: members.to_vec(),
+            mode: self.mode,
+        }])
+    }
+}
+
+/// Shards given once (a static configuration): each keeps the listed members still present;
+/// inadequate when a shard has lost every member or every sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedShards(pub Vec<ShardLayout>);
+
+impl LayoutFn for FixedShards {
+    fn layout(&self, members: &[NodeId]) -> Result<Vec<ShardLayout>, String> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for s in &self.0 {
+            let keep = |v: &[NodeId]| -> Vec<NodeId> {
+                members.iter().copied().filter(|m| v.contains(m)).collect() // rank order of the view
+            };
+            let (m, senders) = (keep(&s.members), keep(&s.senders));
+            if m.is_empty() || senders.is_empty() {
+                return Err(format!("{} has no member or no sender left", s.id));
+            }
+            out.push(ShardLayout { id: s.id, members: m, senders, mode: s.mode });
+        }
+        Ok(out)
+    }
+}
+
+/// A shard's state moves to new members when a view installs (PROTOCOLS §3.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateTransfer {
+    /// The shard.
+    pub shard: ShardRef,
+    /// The member that sends its state: the lowest-ranked member of the shard that was in it in
+    /// the previous view.
+    pub from: NodeId,
+    /// The shard members that were not in it in the previous view.
+    pub to: Vec<NodeId>,
+}
+
+/// The next view, as every member computes it from the final record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextView {
+    /// The view (no shards if inadequate).
+    pub view: View,
+    /// Why the view is inadequate, if it is.
+    pub inadequate: Option<String>,
+    /// Every member's address.
+    pub addresses: Vec<(NodeId, String)>,
+    /// Members added by this change, in rank order.
+    pub joined: Vec<NodeId>,
+    /// Members removed by this change.
+    pub departed: Vec<NodeId>,
+    /// Shard states to move to new shard members.
+    pub transfers: Vec<StateTransfer>,
+}
+
+/// Why a member stopped; it sends and delivers nothing more.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// This member is in a minority (PROTOCOLS §3.3 step 2).
+    #[error("partitioned: {suspected} of the {members} members of view {view} are unreachable, a majority is needed")]
+    Partitioned {
+        /// The view.
+        view: u32,
+        /// Members suspected.
+        suspected: usize,
+        /// Members of the view.
+        members: usize,
+    },
+    /// Other members suspect this one, or removed it: it is out of the group.
+    #[error("removed from the group in view {view}: {why}")]
+    Removed {
+        /// The view.
+        view: u32,
+        /// What showed it.
+        why: &'static str,
+    },
+    /// This member left gracefully.
+    #[error("left the group in view {0}")]
+    Left(u32),
+    /// The shard's state did not arrive in time (PROTOCOLS §3.5).
+    #[error("the state of {0} did not arrive within the state transfer timeout")]
+    StateTransferTimeout(ShardRef),
+}
+
+/// A step of the view change, reported as it happens (the simulator crashes members around
+/// them; drivers log them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GmsStep {
+    /// This member now suspects `node`.
+    Suspected(NodeId),
+    /// This member wedged.
+    Wedged,
+    /// As leader, it proposed a change list of this length.
+    Proposed(usize),
+    /// It acknowledged its leader's list of this length.
+    Acked {
+        /// The leader.
+        leader: NodeId,
+        /// Changes acknowledged.
+        len: usize,
+    },
+    /// As leader, it published the final record (list length), computed here.
+    Committed(usize),
+    /// It copied a final record published earlier (as a follower, or as a new leader reusing a
+    /// failed leader's record).
+    Echoed(usize),
+    /// It delivered up to the trims and is ready to install the next view.
+    TrimDelivered,
+    /// It installed a view.
+    Installed(ViewId),
+}
+
+/// Why a join request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    /// A member with that id is in the view, or already joining.
+    #[error("{0} is already a member of the group (or already joining)")]
+    IdInUse(NodeId),
+    /// Only the leader admits joiners: ask it.
+    #[error("only the leader admits joiners: ask {leader} at {address}")]
+    NotLeader {
+        /// The leader.
+        leader: NodeId,
+        /// Its address.
+        address: String,
+    },
+    /// The address does not fit its column.
+    #[error("the joiner's address is longer than {ADDRESS_LEN_MAX} bytes")]
+    AddressTooLong,
+}
+
+/// The counters of one row, as last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    heartbeat: u64,
+    wedged: u64,
+    leaving: u64,
+    proposer: u64,
+    num_changes: u64,
+    num_acked: u64,
+    final_len: u64,
+    final_ready: u64,
+}
+
+impl Counters {
+    fn read<M: SstMemory>(mem: &M, base: usize, cols: &GmsColumns) -> Self {
+        let at = |c| mem.load_u64(base + cols.counter(c));
+        // Read in reverse row order: `final_ready` first, then what it announces (acquire loads).
+        let final_ready = at(GmsCounter::FinalReady);
+        let final_len = at(GmsCounter::FinalLen);
+        let num_acked = at(GmsCounter::NumAcked);
+        let num_changes = at(GmsCounter::NumChanges);
+        let proposer = at(GmsCounter::Proposer);
+        let leaving = at(GmsCounter::Leaving);
+        let wedged = at(GmsCounter::Wedged);
+        let heartbeat = at(GmsCounter::Heartbeat);
+        Self { heartbeat, wedged, leaving, proposer, num_changes, num_acked, final_len, final_ready }
+    }
+}
+
+/// The view's final record: the change list and every shard's trim (view shard order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Final {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) trims: Vec<Vec<u64>>,
+}
+
+/// Own ordered messages to send again, per shard, as `(timestamp, payload)` in order.
+pub(crate) type Resends = Vec<(ShardRef, Vec<(Time, Vec<u8>)>)>;
+
+/// What a member carries from one view into the next.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Carry {
+    /// Members still present that this member suspected.
+    pub(crate) suspected: Vec<NodeId>,
+    /// Joins received (as leader) and not yet proposed.
+    pub(crate) joins: Vec<(NodeId, String)>,
+    /// It asked to leave and was not removed yet.
+    pub(crate) leaving: bool,
+    /// Own ordered messages above the trim, per shard, to send again.
+    pub(crate) resend: Resends,
+}
+
+/// The membership state of one member in one view.
+#[derive(Debug)]
+pub(crate) struct Gms {
+    pub(crate) config: MembershipConfig,
+    pub(crate) layout_fn: Rc<dyn LayoutFn>,
+    cols: GmsColumns,
+    row_len: usize,
+    n: usize,
+    me: usize,
+    pub(crate) addresses: BTreeMap<NodeId, String>,
+    heartbeat: u64,
+    next_heartbeat: Time,
+    seen: Vec<Counters>,
+    heard_at: Vec<Time>,
+    broken: Vec<bool>,
+    pub(crate) suspected: Vec<bool>,
+    /// Suspicions from inputs, applied at the next step.
+    local: Vec<NodeId>,
+    pub(crate) wedged: bool,
+    pub(crate) leaving: bool,
+    proposer: u64,
+    changes: Vec<Change>,
+    pub(crate) joins: Vec<(NodeId, String)>,
+    pub(crate) final_record: Option<Final>,
+    /// Every member it waits for echoed the final record: deliver up to the trims.
+    pub(crate) trim_ready: bool,
+    pub(crate) trim_delivered: bool,
+    data_dirty: bool,
+    counters_dirty: bool,
+    pub(crate) steps: Vec<GmsStep>,
+    pub(crate) violations: Vec<(NodeId, RowViolation)>,
+    pub(crate) stop: Option<StopReason>,
+}
+
+impl Gms {
+    pub(crate) fn new(
+        config: MembershipConfig,
+        layout_fn: Rc<dyn LayoutFn>,
+        layout: &RowLayout,
+        view: &View,
+        me: NodeId,
+        addresses: BTreeMap<NodeId, String>,
+        now: Time,
+    ) -> Self {
+        let n = view.members.len();
+        Self {
+            next_heartbeat: now,
+            config,
+            layout_fn,
+            cols: layout.gms.clone(),
+            row_len: layout.row_len,
+            n,
+            me: view.rank_of(me).expect("a member"),
+            addresses,
+            heartbeat: 0,
+            seen: vec![Counters::default(); n],
+            heard_at: vec![now; n],
+            broken: vec![false; n],
+            suspected: vec![false; n],
+            local: Vec::new(),
+            wedged: false,
+            leaving: false,
+            proposer: 0,
+            changes: Vec::new(),
+            joins: Vec::new(),
+            final_record: None,
+            trim_ready: false,
+            trim_delivered: false,
+            data_dirty: false,
+            counters_dirty: false,
+            steps: Vec::new(),
+            violations: Vec::new(),
+            stop: None,
+        }
+    }
+
+    fn base(&self, rank: usize) -> usize {
+        rank * self.row_len
+    }
+
+    /// Suspects `node` at the next step (transport failure, report, violation).
+    pub(crate) fn suspect_later(&mut self, node: NodeId) {
+        self.local.push(node);
+    }
+
+    /// The leader: the lowest rank not suspected.
+    pub(crate) fn leader_rank(&self) -> usize {
+        (0..self.n).find(|&r| !self.suspected[r]).unwrap_or(self.me)
+    }
+
+    /// Ranges of this member's row to push to every other member, data before counters.
+    pub(crate) fn flush(&mut self, out: &mut impl FnMut(std::ops::Range<usize>)) {
+        let base = self.base(self.me);
+        if self.data_dirty {
+            let r = self.cols.data_range();
+            out(base + r.start..base + r.end);
+            self.data_dirty = false;
+            self.counters_dirty = true;
+        }
+        if self.counters_dirty {
+            let r = self.cols.counter_range();
+            out(base + r.start..base + r.end);
+            self.counters_dirty = false;
+        }
+    }
+
+    /// When the next step is due if nothing arrives.
+    pub(crate) fn next_timeout(&self) -> Option<Time> {
+        if self.stop.is_some() {
+            return None;
+        }
+        let deadline = (0..self.n)
+            .filter(|&r| r != self.me && !self.suspected[r])
+            .map(|r| self.heard_at[r].plus_ns(self.config.suspect_after_ns))
+            .min();
+        Some(deadline.map_or(self.next_heartbeat, |d| d.min(self.next_heartbeat)))
+    }
+
+    fn store(&mut self, mem: &mut impl SstMemory, c: GmsCounter, v: u64) {
+        mem.store_u64(self.base(self.me) + self.cols.counter(c), v);
+        self.counters_dirty = true;
+    }
+
+    fn write_changes(&mut self, mem: &mut impl SstMemory, changes: &[Change]) {
+        let base = self.base(self.me) + self.cols.changes;
+        for (i, c) in changes.iter().enumerate() {
+            c.encode(mem.slice_mut(base + i * CHANGE_LEN..base + (i + 1) * CHANGE_LEN));
+        }
+        self.data_dirty = true;
+    }
+
+    fn read_changes(&self, mem: &impl SstMemory, rank: usize, len: usize) -> Result<Vec<Change>, &'static str> {
+        let base = self.base(rank) + self.cols.changes;
+        (0..len).map(|i| Change::decode(mem.slice(base + i * CHANGE_LEN..base + (i + 1) * CHANGE_LEN))).collect()
+    }
+
+    fn read_final(&self, mem: &impl SstMemory, rank: usize, view: &View) -> Result<Final, &'static str> {
+        let len = self.seen[rank].final_len as usize;
+        let changes = self.read_changes(mem, rank, len)?;
+        let trims = view
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(si, s)| {
+                let at = self.base(rank) + self.cols.trim[si];
+                (0..s.senders.len()).map(|j| mem.load_u64(at + 8 * j)).collect()
+            })
+            .collect();
+        Ok(Final { changes, trims })
+    }
+
+    fn violation(&mut self, view: &View, rank: usize, column: &'static str, reason: &'static str) {
+        self.broken[rank] = true;
+        self.violations.push((view.members[rank], RowViolation::Membership { column, reason }));
+        self.local.push(view.members[rank]);
+    }
+
+    /// Reads and checks a peer's counters; false if the row broke a rule (it is then suspected).
+    fn read_peer(&mut self, mem: &impl SstMemory, view: &View, r: usize, now: Time) -> bool {
+        let c = Counters::read(mem, self.base(r), &self.cols);
+        let was = self.seen[r];
+        let flag = |v: u64| v <= 1;
+        let problem = if c.heartbeat < was.heartbeat {
+            Some(("heartbeat", "went backwards"))
+        } else if !flag(c.wedged) || !flag(c.leaving) || !flag(c.final_ready) {
+            Some(("flags", "a flag is neither 0 nor 1"))
+        } else if c.wedged < was.wedged || c.leaving < was.leaving || c.final_ready < was.final_ready {
+            Some(("flags", "a flag was cleared"))
+        } else if c.proposer > self.n as u64 || c.proposer < was.proposer {
+            Some(("proposer", "out of range or went backwards"))
+        } else if c.num_changes > self.cols.changes_max as u64
+            || c.num_acked > self.cols.changes_max as u64
+            || c.final_len > self.cols.changes_max as u64
+        {
+            Some(("changes", "more changes than changes_max"))
+        } else if c.final_ready == 1 && (c.final_len == 0 || (was.final_ready == 1 && c.final_len != was.final_len)) {
+            Some(("final_len", "empty or changed after it was final"))
+        } else {
+            None
+        };
+        if let Some((column, reason)) = problem {
+            self.violation(view, r, column, reason);
+            return false;
+        }
+        if c.heartbeat != was.heartbeat {
+            self.heard_at[r] = now;
+        }
+        self.seen[r] = c;
+        true
+    }
+
+    fn suspect(&mut self, mem: &mut impl SstMemory, view: &View, r: usize) {
+        if r == self.me || self.suspected[r] {
+            return;
+        }
+        self.suspected[r] = true;
+        let at = self.base(self.me) + self.cols.suspected + 8 * (r / 64);
+        let word = mem.load_u64(at) | 1 << (r % 64);
+        mem.store_u64(at, word);
+        self.data_dirty = true;
+        self.steps.push(GmsStep::Suspected(view.members[r]));
+    }
+
+    /// Wedges: shards frozen, their frozen counts copied into the membership section.
+    fn wedge(&mut self, mem: &mut impl SstMemory, view: &View, shards: &mut [ShardState]) {
+        if self.wedged {
+            return;
+        }
+        self.wedged = true;
+        for s in shards.iter_mut() {
+            let frozen = s.freeze(mem);
+            let si = view.shards.iter().position(|l| l.id == s.id).expect("a shard of the view");
+            let at = self.base(self.me) + self.cols.frozen[si];
+            for (j, v) in frozen.into_iter().enumerate() {
+                mem.store_u64(at + 8 * j, v);
+            }
+        }
+        self.data_dirty = true;
+        self.store(mem, GmsCounter::Wedged, 1);
+        self.steps.push(GmsStep::Wedged);
+    }
+
+    /// Asks to leave: the leader proposes this member's removal.
+    pub(crate) fn leave(&mut self, mem: &mut impl SstMemory) {
+        if !self.leaving {
+            self.leaving = true;
+            self.store(mem, GmsCounter::Leaving, 1);
+        }
+    }
+
+    /// One run of the membership rules.
+    pub(crate) fn step(&mut self, now: Time, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
+        if self.stop.is_some() || self.trim_ready {
+            // Nothing changes once the final record is echoed everywhere it must be: the rest
+            // (ragged delivery, install) is driven by the node.
+            if self.trim_ready && self.stop.is_none() && now >= self.next_heartbeat {
+                self.beat(now, mem);
+            }
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.beat(now, mem);
+        }
+        // Read every peer's counters; suspect on silence.
+        for r in 0..self.n {
+            if r == self.me || self.broken[r] {
+                continue;
+            }
+            if !self.read_peer(mem, view, r, now) {
+                continue;
+            }
+            if !self.suspected[r] && now >= self.heard_at[r].plus_ns(self.config.suspect_after_ns) {
+                self.suspect(mem, view, r);
+            }
+        }
+        for node in std::mem::take(&mut self.local) {
+            if let Some(r) = view.rank_of(node) {
+                self.suspect(mem, view, r);
+            }
+        }
+        // Merge the suspicions of rows not suspected (rank order: a row suspected by an earlier
+        // one in this pass is frozen already).
+        for r in 0..self.n {
+            if r == self.me || self.suspected[r] || self.broken[r] {
+                continue;
+            }
+            for w in 0..self.cols.suspected_words {
+                let word = mem.load_u64(self.base(r) + self.cols.suspected + 8 * w);
+                let mut bits = word;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let target = w * 64 + b;
+                    if target >= self.n {
+                        self.violation(view, r, "suspected", "a bit beyond the view's members");
+                        break;
+                    }
+                    if target == self.me {
+                        if !self.leaving {
+                            self.stop =
+                                Some(StopReason::Removed { view: view.id.0, why: "another member suspects it" });
+                            return;
+                        }
+                    } else {
+                        self.suspect(mem, view, target);
+                    }
+                }
+            }
+        }
+        if self.suspected.iter().any(|&s| s) {
+            self.wedge(mem, view, shards);
+        }
+        // Partition safety: leavers are not counted as failures.
+        let failed = (0..self.n).filter(|&r| self.suspected[r] && self.seen[r].leaving == 0).count();
+        if self.config.partition_safety && failed > 0 && failed >= self.n.div_ceil(2) {
+            self.stop = Some(StopReason::Partitioned { view: view.id.0, suspected: failed, members: self.n });
+            return;
+        }
+        if self.final_record.is_none() {
+            if self.leader_rank() == self.me {
+                self.lead(view, mem, shards);
+            } else {
+                self.follow(view, mem, shards);
+            }
+        }
+        if self.final_record.is_some() {
+            self.check_echoes(view);
+        }
+    }
+
+    fn beat(&mut self, now: Time, mem: &mut impl SstMemory) {
+        self.heartbeat += 1;
+        self.store(mem, GmsCounter::Heartbeat, self.heartbeat);
+        self.next_heartbeat = now.plus_ns(self.config.heartbeat_ns);
+    }
+
+    fn removed_by_final(&self, view: &View, rank: usize) -> bool {
+        let node = view.members[rank];
+        self.final_record.as_ref().is_some_and(|f| f.changes.contains(&Change::Remove(node)))
+    }
+
+    fn set_final(&mut self, mem: &mut impl SstMemory, view: &View, shards: &mut [ShardState], f: Final, step: GmsStep) {
+        self.wedge(mem, view, shards);
+        self.write_changes(mem, &f.changes);
+        for (si, t) in f.trims.iter().enumerate() {
+            let at = self.base(self.me) + self.cols.trim[si];
+            for (j, &v) in t.iter().enumerate() {
+                mem.store_u64(at + 8 * j, v);
+            }
+        }
+        self.store(mem, GmsCounter::FinalLen, f.changes.len() as u64);
+        self.store(mem, GmsCounter::FinalReady, 1);
+        self.changes = f.changes.clone();
+        self.final_record = Some(f);
+        self.steps.push(step);
+    }
+
+    fn lead(&mut self, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
+        // A final record anywhere (a failed leader's) is reused, never recomputed.
+        let published = (0..self.n).find(|&r| r != self.me && !self.broken[r] && self.seen[r].final_ready == 1);
+        if let Some(r) = published {
+            match self.read_final(mem, r, view) {
+                Ok(f) => {
+                    let len = f.changes.len();
+                    self.set_final(mem, view, shards, f, GmsStep::Echoed(len));
+                }
+                Err(reason) => self.violation(view, r, "changes", reason),
+            }
+            return;
+        }
+        let me_proposer = self.me as u64 + 1;
+        let mut list = if self.proposer == me_proposer {
+            self.changes.clone()
+        } else {
+            // Taking over (§3.4): the most recent earlier leader's list, from any row.
+            let best = (0..self.n)
+                .filter(|&r| r != self.me && !self.broken[r] && self.seen[r].proposer > 0)
+                .max_by_key(|&r| (self.seen[r].proposer, self.seen[r].num_changes, std::cmp::Reverse(r)));
+            let mut from_rows = match best {
+                Some(r) => match self.read_changes(mem, r, self.seen[r].num_changes as usize) {
+                    Ok(list) => list,
+                    Err(reason) => {
+                        self.violation(view, r, "changes", reason);
+                        return;
+                    }
+                },
+                None => Vec::new(),
+            };
+            if self.proposer > 0 && self.changes.len() > from_rows.len() {
+                from_rows = self.changes.clone();
+            }
+            from_rows
+        };
+        let cap = self.cols.changes_max;
+        let push = |list: &mut Vec<Change>, c: Change| {
+            if list.len() < cap && !list.iter().any(|o| o.node() == c.node()) {
+                list.push(c);
+            }
+        };
+        for r in 0..self.n {
+            let leaving = if r == self.me { self.leaving } else { self.seen[r].leaving == 1 };
+            if self.suspected[r] || leaving {
+                push(&mut list, Change::Remove(view.members[r]));
+            }
+        }
+        for (node, address) in &self.joins {
+            if view.rank_of(*node).is_none() {
+                push(&mut list, Change::Add { node: *node, address: address.clone() });
+            }
+        }
+        self.joins.retain(|(n, _)| !list.iter().any(|c| c.node() == *n));
+        for c in &list {
+            if let Change::Remove(x) = c
+                && let Some(r) = view.rank_of(*x)
+                && r != self.me
+            {
+                self.suspect(mem, view, r);
+            }
+        }
+        if list.is_empty() {
+            return;
+        }
+        if list != self.changes || self.proposer != me_proposer {
+            self.wedge(mem, view, shards);
+            self.write_changes(mem, &list);
+            self.proposer = me_proposer;
+            self.store(mem, GmsCounter::Proposer, me_proposer);
+            self.store(mem, GmsCounter::NumChanges, list.len() as u64);
+            self.store(mem, GmsCounter::NumAcked, list.len() as u64);
+            self.steps.push(GmsStep::Proposed(list.len()));
+            self.changes = list;
+        }
+        let len = self.changes.len() as u64;
+        let all_acked = (0..self.n).filter(|&r| r != self.me && !self.suspected[r]).all(|r| {
+            let c = self.seen[r];
+            c.proposer == me_proposer && c.num_acked == len && c.wedged == 1
+        });
+        let all_suspects_removed =
+            (0..self.n).filter(|&r| self.suspected[r]).all(|r| self.changes.contains(&Change::Remove(view.members[r])));
+        if !all_acked || !all_suspects_removed {
+            return;
+        }
+        // The trims: per shard and sender, the least any acknowledging shard member froze.
+        let trims = view
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(si, s)| {
+                (0..s.senders.len())
+                    .map(|j| {
+                        s.members
+                            .iter()
+                            .filter_map(|m| view.rank_of(*m))
+                            .filter(|&r| !self.suspected[r])
+                            .map(|r| mem.load_u64(self.base(r) + self.cols.frozen[si] + 8 * j))
+                            .min()
+                            .unwrap_or(0)
+                    })
+                    .collect()
+            })
+            .collect();
+        let f = Final { changes: self.changes.clone(), trims };
+        let len = f.changes.len();
+        self.set_final(mem, view, shards, f, GmsStep::Committed(len));
+    }
+
+    fn follow(&mut self, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
+        let l = self.leader_rank();
+        if self.broken[l] {
+            return;
+        }
+        let c = self.seen[l];
+        if c.final_ready == 1 {
+            match self.read_final(mem, l, view) {
+                Ok(f) => {
+                    let len = f.changes.len();
+                    self.set_final(mem, view, shards, f, GmsStep::Echoed(len));
+                }
+                Err(reason) => self.violation(view, l, "changes", reason),
+            }
+            return;
+        }
+        let proposer = l as u64 + 1;
+        if c.proposer != proposer || c.num_changes == 0 {
+            return;
+        }
+        if self.proposer == proposer && self.changes.len() as u64 == c.num_changes {
+            return;
+        }
+        let list = match self.read_changes(mem, l, c.num_changes as usize) {
+            Ok(list) => list,
+            Err(reason) => {
+                self.violation(view, l, "changes", reason);
+                return;
+            }
+        };
+        self.wedge(mem, view, shards);
+        for ch in &list {
+            if let Change::Remove(x) = ch
+                && let Some(r) = view.rank_of(*x)
+                && r != self.me
+            {
+                self.suspect(mem, view, r);
+            }
+        }
+        self.write_changes(mem, &list);
+        self.proposer = proposer;
+        self.store(mem, GmsCounter::Proposer, proposer);
+        self.store(mem, GmsCounter::NumChanges, list.len() as u64);
+        self.store(mem, GmsCounter::NumAcked, list.len() as u64);
+        self.steps.push(GmsStep::Acked { leader: view.members[l], len: list.len() });
+        self.changes = list;
+    }
+
+    /// Install condition: every member not suspected and staying echoed the same final record.
+    fn check_echoes(&mut self, view: &View) {
+        let len = self.changes.len() as u64;
+        let all =
+            (0..self.n).filter(|&r| r != self.me && !self.suspected[r] && !self.removed_by_final(view, r)).all(|r| {
+                let c = self.seen[r];
+                c.final_ready == 1 && c.final_len == len
+            });
+        if all {
+            self.trim_ready = true;
+        }
+    }
+
+    /// The next view from the final record (call once `trim_ready`).
+    pub(crate) fn next_view(&self, view: &View) -> NextView {
+        let f = self.final_record.as_ref().expect("a final record");
+        let departed: Vec<NodeId> = f
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Remove(n) if view.rank_of(*n).is_some() => Some(*n),
+                _ => None,
+            })
+            .collect();
+        let joined: Vec<(NodeId, String)> = f
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Add { node, address } if view.rank_of(*node).is_none() => Some((*node, address.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut members: Vec<NodeId> = view.members.iter().copied().filter(|m| !departed.contains(m)).collect();
+        members.extend(joined.iter().map(|(n, _)| *n));
+        let mut addresses = self.addresses.clone();
+        for d in &departed {
+            addresses.remove(d);
+        }
+        for (n, a) in &joined {
+            addresses.insert(*n, a.clone());
+        }
+        let (shards, inadequate) = match self.layout_fn.layout(&members) {
+            Ok(s) => (s, None),
+            Err(why) => (Vec::new(), Some(why)),
+        };
+        let transfers = shards
+            .iter()
+            .filter_map(|s| {
+                let old = view.shards.iter().find(|o| o.id == s.id)?;
+                let from = *s.members.iter().find(|m| old.members.contains(m))?;
+                let to: Vec<NodeId> = s.members.iter().copied().filter(|m| !old.members.contains(m)).collect();
+                (!to.is_empty()).then_some(StateTransfer { shard: s.id, from, to })
+            })
+            .collect();
+        NextView {
+            view: View { id: ViewId(view.id.0 + 1), members, shards },
+            inadequate,
+            addresses: addresses.into_iter().collect(),
+            joined: joined.into_iter().map(|(n, _)| n).collect(),
+            departed,
+            transfers,
+        }
+    }
+
+    /// What to carry into the next view.
+    pub(crate) fn carry(&self, view: &View, next: &View) -> Carry {
+        Carry {
+            suspected: (0..self.n)
+                .filter(|&r| self.suspected[r])
+                .map(|r| view.members[r])
+                .filter(|m| next.rank_of(*m).is_some())
+                .collect(),
+            joins: self.joins.iter().filter(|(n, _)| next.rank_of(*n).is_none()).cloned().collect(),
+            leaving: self.leaving && next.rank_of(view.members[self.me]).is_some(),
+            resend: Vec::new(),
+        }
+    }
+
+    /// Whether this member is removed by the final record.
+    pub(crate) fn removed_self(&self, view: &View) -> bool {
+        self.removed_by_final(view, self.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_bad_bytes_are_refused() {
+        let mut b = [0u8; CHANGE_LEN];
+        for c in [Change::Remove(NodeId(7)), Change::Add { node: NodeId(9), address: "10.0.0.1:7000".into() }] {
+            c.encode(&mut b);
+            assert_eq!(Change::decode(&b), Ok(c));
+        }
+        b[4] = 99;
+        assert!(Change::decode(&b).is_err());
+        b[4] = CHANGE_ADD;
+        b[5] = 200;
+        assert!(Change::decode(&b).is_err());
+        b[5] = 2;
+        b[8] = 0xff;
+        assert!(Change::decode(&b).is_err());
+    }
+
+    #[test]
+    fn layouts_decide_adequacy() {
+        let one = OneShard { mode: DeliveryMode::Ordered, min_members: 2 };
+        assert!(one.layout(&[NodeId(1)]).is_err());
+        let s = one.layout(&[NodeId(1), NodeId(2)]).unwrap();
+        assert_eq!(s[0].senders, vec![NodeId(1), NodeId(2)]);
+        let fixed = FixedShards(vec![ShardLayout {
+            id: ShardRef { subgroup: super::super::SubgroupId(0), shard: super::super::ShardIndex(0) },
+            members: vec![NodeId(1), NodeId(2), NodeId(3)],
+            senders: vec![NodeId(3)],
+            mode: DeliveryMode::Ordered,
+        }]);
+        assert_eq!(fixed.layout(&[NodeId(3), NodeId(1)]).unwrap()[0].members, vec![NodeId(3), NodeId(1)]);
+        assert!(fixed.layout(&[NodeId(1), NodeId(2)]).is_err(), "no sender left");
+    }
+
+    #[test]
+    fn config_validation_names_the_setting() {
+        MembershipConfig::default().validate().unwrap();
+        let e = MembershipConfig { suspect_after_ns: 1, ..MembershipConfig::default() }.validate().unwrap_err();
+        assert_eq!(e.field, "suspect_after");
+    }
+}
