@@ -21,6 +21,8 @@
 //!   (scenario, transport).
 
 pub mod checkers;
+pub mod explore;
+pub mod membership_sim;
 pub mod peer_process;
 pub mod scenarios;
 pub mod simulation;

@@ -29,7 +29,7 @@ pub const SEEDS_VAR: &str = "SIM_SEEDS";
 /// Prints whole traces of failing runs.
 pub const TRACE_VAR: &str = "SIM_TRACE";
 
-fn parse_u64(var: &str) -> Option<u64> {
+pub(crate) fn parse_u64(var: &str) -> Option<u64> {
     let text = std::env::var(var).ok()?;
     let text = text.trim();
     let parsed = match text.strip_prefix("0x") {
@@ -48,7 +48,7 @@ pub fn replay_seed() -> Option<u64> {
     parse_u64(SEED_VAR)
 }
 
-fn full_trace_wanted() -> bool {
+pub(crate) fn full_trace_wanted() -> bool {
     std::env::var(TRACE_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -315,7 +315,7 @@ pub fn run_fresh_seeds(
 }
 
 /// A seed from the system clock: the only clock read of a simulation test, outside the simulator.
-fn clock_seed() -> u64 {
+pub(crate) fn clock_seed() -> u64 {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970");
     // Mix so that runs a nanosecond apart draw unrelated seeds.
     SimRng::new(now.as_nanos() as u64 ^ u64::from(std::process::id()) << 32).next_u64()

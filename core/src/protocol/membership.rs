@@ -374,7 +374,7 @@ pub(crate) struct Carry {
 }
 
 /// The membership state of one member in one view.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Gms {
     pub(crate) config: MembershipConfig,
     pub(crate) layout_fn: Rc<dyn LayoutFn>,
@@ -456,6 +456,13 @@ impl Gms {
     /// Suspects `node` at the next step (transport failure, report, violation).
     pub(crate) fn suspect_later(&mut self, node: NodeId) {
         self.local.push(node);
+    }
+
+    /// Rank `r` showed a sign of life now (traffic for another view).
+    pub(crate) fn heard(&mut self, r: usize, now: Time) {
+        if r < self.n {
+            self.heard_at[r] = self.heard_at[r].max(now);
+        }
     }
 
     /// The leader: the lowest rank not suspected.
@@ -665,8 +672,10 @@ impl Gms {
         if self.suspected.iter().any(|&s| s) {
             self.wedge(mem, view, shards);
         }
-        // Partition safety: leavers are not counted as failures.
-        let failed = (0..self.n).filter(|&r| self.suspected[r] && self.seen[r].leaving == 0).count();
+        // Partition safety. A leaver still taking part is not suspected, so it never counts; a
+        // suspected leaver does: not counting it would let both sides of a partition that
+        // splits the leavers believe they hold a majority.
+        let failed = (0..self.n).filter(|&r| self.suspected[r]).count();
         if self.config.partition_safety && failed > 0 && failed >= self.n.div_ceil(2) {
             self.stop = Some(StopReason::Partitioned { view: view.id.0, suspected: failed, members: self.n });
             return;
@@ -679,7 +688,7 @@ impl Gms {
             }
         }
         if self.final_record.is_some() {
-            self.check_echoes(view);
+            self.check_echoes(view, mem);
         }
     }
 
@@ -768,6 +777,7 @@ impl Gms {
             if let Change::Remove(x) = c
                 && let Some(r) = view.rank_of(*x)
                 && r != self.me
+                && self.seen[r].leaving == 0
             {
                 self.suspect(mem, view, r);
             }
@@ -790,8 +800,11 @@ impl Gms {
             let c = self.seen[r];
             c.proposer == me_proposer && c.num_acked == len && c.wedged == 1
         });
-        let all_suspects_removed =
-            (0..self.n).filter(|&r| self.suspected[r]).all(|r| self.changes.contains(&Change::Remove(view.members[r])));
+        // Every suspect removed, or as many as one view change can carry (the rest go next).
+        let all_suspects_removed = self.changes.len() == self.cols.changes_max
+            || (0..self.n)
+                .filter(|&r| self.suspected[r])
+                .all(|r| self.changes.contains(&Change::Remove(view.members[r])));
         if !all_acked || !all_suspects_removed {
             return;
         }
@@ -850,10 +863,13 @@ impl Gms {
             }
         };
         self.wedge(mem, view, shards);
+        // A removal means a failure, unless the member asked to leave (a leaving leader stays
+        // the leader of its own removal).
         for ch in &list {
             if let Change::Remove(x) = ch
                 && let Some(r) = view.rank_of(*x)
                 && r != self.me
+                && self.seen[r].leaving == 0
             {
                 self.suspect(mem, view, r);
             }
@@ -868,16 +884,51 @@ impl Gms {
     }
 
     /// Install condition: every member not suspected and staying echoed the same final record.
-    fn check_echoes(&mut self, view: &View) {
+    /// A row whose final record differs from this member's is a violation (there is only one
+    /// per view); it is suspected, and this member waits for it no more.
+    fn check_echoes(&mut self, view: &View, mem: &mut impl SstMemory) {
         let len = self.changes.len() as u64;
-        let all =
-            (0..self.n).filter(|&r| r != self.me && !self.suspected[r] && !self.removed_by_final(view, r)).all(|r| {
-                let c = self.seen[r];
-                c.final_ready == 1 && c.final_len == len
-            });
+        let mut all = true;
+        for r in 0..self.n {
+            if r == self.me || self.suspected[r] || self.broken[r] || self.removed_by_final(view, r) {
+                continue;
+            }
+            let c = self.seen[r];
+            if c.final_ready != 1 {
+                all = false;
+                continue;
+            }
+            if c.final_len != len || !self.same_final(view, mem, r) {
+                self.violation(view, r, "final", "a final record other than the one this member holds");
+                all = false;
+            }
+        }
+        if !self.local.is_empty() {
+            for node in std::mem::take(&mut self.local) {
+                if let Some(r) = view.rank_of(node) {
+                    self.suspect(mem, view, r);
+                }
+            }
+            return;
+        }
         if all {
             self.trim_ready = true;
         }
+    }
+
+    /// Whether row `r` carries the same final changes and trims as this member's row.
+    fn same_final(&self, view: &View, mem: &impl SstMemory, r: usize) -> bool {
+        let len = self.changes.len() * CHANGE_LEN;
+        let (mine, theirs) = (self.base(self.me) + self.cols.changes, self.base(r) + self.cols.changes);
+        if mem.slice(mine..mine + len) != mem.slice(theirs..theirs + len) {
+            return false;
+        }
+        view.shards.iter().enumerate().all(|(si, s)| {
+            (0..s.senders.len()).all(|j| {
+                let at = self.cols.trim[si] + 8 * j;
+                mem.load_u64(self.base(self.me) + at) == mem.load_u64(self.base(r) + at)
+            })
+        })
     }
 
     /// The next view from the final record (call once `trim_ready`).

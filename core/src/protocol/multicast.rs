@@ -151,7 +151,7 @@ struct Outgoing {
 }
 
 /// One shard's multicast state at one member.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ShardState {
     pub(crate) id: ShardRef,
     mode: DeliveryMode,
@@ -655,6 +655,11 @@ impl ShardState {
         trim: &[u64],
         f: &mut impl FnMut(Delivered<'_>),
     ) -> Result<usize, NodeId> {
+        if self.awaiting_state {
+            // Without the state, deliveries would apply to nothing; the member stops at the
+            // install instead (see `Node::install`).
+            return Ok(0);
+        }
         let mut n = 0;
         match self.mode {
             DeliveryMode::Ordered => {

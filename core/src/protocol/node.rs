@@ -37,6 +37,10 @@ pub enum Input {
     PeerFailed(NodeId),
     /// The application reports a member as failed (PROTOCOLS §3.2).
     ReportFailure(NodeId),
+    /// Traffic came from a peer for another view (one it already installed, or one this member
+    /// has not finished yet): it is alive, though its row here does not move. Without this, a
+    /// member finishing a view change late would suspect the members that finished first.
+    PeerAlive(NodeId),
     /// A joiner asks to join (PROTOCOLS §3.5); answered by [`Output::JoinRefused`] or, once the
     /// view that adds it installs, by [`Output::NextView`].
     Join {
@@ -141,7 +145,8 @@ pub enum NodeError {
 }
 
 /// One member of a group running the multicast protocol over an SST in memory `M`.
-#[derive(Debug)]
+/// Cloning a node copies its whole state and table: the exhaustive explorer branches on it.
+#[derive(Clone, Debug)]
 pub struct Node<M: SstMemory> {
     me: NodeId,
     view: View,
@@ -293,6 +298,13 @@ impl<M: SstMemory> Node<M> {
     pub fn install(&mut self, now: Time, mem: M) -> Result<(), NodeError> {
         let Phase::Installing(next) = &self.phase else { return Err(NodeError::NoNextView) };
         let next = next.clone();
+        if let Some(s) = self.shards.iter().find(|s| s.awaiting_state) {
+            // Its state never came, and the next view does not know: this member cannot catch
+            // up. It stops (and may join again as a new member).
+            let shard = s.id;
+            self.stop(StopReason::StateTransferTimeout(shard));
+            return Ok(());
+        }
         let gms = self.gms.take().ok_or(NodeError::NoNextView)?;
         let mut carry: Carry = gms.carry(&self.view, &next.view);
         carry.resend = self.take_resends(&gms);
@@ -422,6 +434,11 @@ impl<M: SstMemory> Node<M> {
             Input::PeerFailed(n) | Input::ReportFailure(n) => {
                 if let Some(g) = &mut self.gms {
                     g.suspect_later(n);
+                }
+            }
+            Input::PeerAlive(n) => {
+                if let (Some(g), Some(r)) = (&mut self.gms, self.view.rank_of(n)) {
+                    g.heard(r, now);
                 }
             }
             Input::Join { node, address } => self.join_request(node, address),
@@ -591,36 +608,54 @@ impl<M: SstMemory> Node<M> {
         n
     }
 
+    /// Queues the pushes owed: each shard's data then counters, then the membership section.
+    fn queue_pushes(&mut self) {
+        for s in &mut self.shards {
+            if s.dirty() {
+                let to = s.push_to.clone();
+                s.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
+            }
+        }
+        if let Some(g) = &mut self.gms
+            && !matches!(self.phase, Phase::Stopped(_))
+            && !self.all_peers.is_empty()
+        {
+            let to = self.all_peers.clone();
+            g.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
+        }
+    }
+
     /// Ragged-edge delivery, then the next view (PROTOCOLS §3.3 steps 7, 8).
     fn deliver_trimmed(&mut self, f: &mut impl FnMut(Delivered<'_>)) -> usize {
-        let g = self.gms.as_mut().expect("membership");
+        let g = self.gms.as_ref().expect("membership");
         let trims = g.final_record.as_ref().expect("a final record").trims.clone();
+        let leader = self.view.members[g.leader_rank()];
         let mut n = 0;
         for s in &mut self.shards {
             let si = self.view.shards.iter().position(|l| l.id == s.id).expect("a shard of the view");
             match s.deliver_trimmed(&mut self.mem, &trims[si], f) {
                 Ok(k) => n += k,
-                Err(sender) => {
+                Err(_) => {
                     // A trim above what this member received: the final record lied.
-                    let leader = self.view.members[g.leader_rank()];
-                    self.outputs.push_back(Output::Violation {
-                        node: leader,
-                        violation: RowViolation::Membership {
-                            column: "trim",
-                            reason: "above what this member received",
-                        },
-                    });
-                    let _ = sender;
+                    let violation =
+                        RowViolation::Membership { column: "trim", reason: "above what this member received" };
+                    self.outputs.push_back(Output::Violation { node: leader, violation });
                     let why = "a final trim above what it received";
                     self.stop(StopReason::Removed { view: self.view.id.0, why });
                     return n;
                 }
             }
         }
+        let g = self.gms.as_mut().expect("membership");
         g.trim_delivered = true;
+        let (removed, leaving) = (g.removed_self(&self.view), g.leaving);
+        let next = g.next_view(&self.view);
         self.outputs.push_back(Output::Step(GmsStep::TrimDelivered));
-        if g.removed_self(&self.view) {
-            let reason = if g.leaving {
+        // Everything owed in the old view (the echo of the final record above all: members
+        // still waiting for it cannot finish without it) goes before the next view.
+        self.queue_pushes();
+        if removed {
+            let reason = if leaving {
                 StopReason::Left(self.view.id.0)
             } else {
                 StopReason::Removed { view: self.view.id.0, why: "the view change removed it" }
@@ -628,7 +663,6 @@ impl<M: SstMemory> Node<M> {
             self.stop(reason);
             return n;
         }
-        let next = g.next_view(&self.view);
         self.outputs.push_back(Output::NextView(next.clone()));
         self.phase = Phase::Installing(next);
         n
@@ -638,19 +672,7 @@ impl<M: SstMemory> Node<M> {
     pub fn poll_output(&mut self) -> Option<Output> {
         self.catch_up();
         if self.outputs.is_empty() {
-            for s in &mut self.shards {
-                if s.dirty() {
-                    let to = s.push_to.clone();
-                    s.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
-                }
-            }
-            if let Some(g) = &mut self.gms
-                && !matches!(self.phase, Phase::Stopped(_))
-                && !self.all_peers.is_empty()
-            {
-                let to = self.all_peers.clone();
-                g.flush(&mut |range| self.outputs.push_back(Output::Push { range, to: to.clone() }));
-            }
+            self.queue_pushes();
         }
         self.outputs.pop_front()
     }

@@ -21,7 +21,9 @@
 //!   slow members, cuts, limits.
 //! * [`payload`]: the workload's self-describing, checksummed payloads.
 //! * [`trace`]: [`Trace`], one line per event, hashed.
-//! * [`world`]: [`Sim`], the event loop, and the history it records for checkers.
+//! * [`world`]: [`Sim`], the event loop of a static group, and the history it records for checkers.
+//! * [`group`]: [`GroupSim`], a group with membership: crashes (also on a named step of a view
+//!   change), partitions, joins, leaves, state transfer.
 //!
 //! # Examples
 //!
@@ -39,6 +41,7 @@
 //! ```
 
 pub mod config;
+pub mod group;
 pub mod payload;
 pub mod rng;
 pub mod trace;
@@ -47,6 +50,7 @@ pub mod world;
 pub use config::{
     Active, ConfigError, Cut, Members, Senders, ShardSpec, SimConfig, SlowNode, Workload, node_id, shard_id,
 };
+pub use group::{Event as MemberRecord, GroupConfig, GroupSim, MemberEvent, Plan, StepKind};
 pub use payload::{PAYLOAD_HEADER_LEN, PayloadError, PayloadId};
 pub use rng::SimRng;
 pub use trace::{TRACE_TAIL_LEN, Trace};

@@ -1,0 +1,1040 @@
+//! The simulated group with membership (PROTOCOLS §3): members that crash, restart as new
+//! members, join, leave and get partitioned, over a virtual clock and seeded links.
+//!
+//! Each member runs a [`Node`] with membership and a tiny replicated application: per shard, the
+//! log of `(sender, workload seq)` it delivered, which is also the state a new member receives
+//! (PROTOCOLS §3.5). Pushes carry the sender's view id: a push for a view the receiver has not
+//! installed yet waits until it does (a real driver buffers frames the same way), a push for an
+//! older view is dropped. Joins, redirections, new views and state travel as control messages on
+//! the same links. A crash can be planned at a time or on a named step of the view change
+//! ([`GmsStep`]): the member then dies at the end of that activation, and each peer receives a
+//! seeded prefix of what it pushed in it, which is how "the leader failed after publishing to
+//! some" is simulated.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
+use std::rc::Rc;
+
+use crate::protocol::{
+    DeliveryMode, GmsStep, HeapMemory, Input, JoinRefusal, Limits, MembershipConfig, NextView, Node, NodeId, OneShard,
+    Output, SendError, ShardRef, SstMemory, StopReason, Time, Version, View, ViewId,
+};
+
+use super::payload;
+use super::rng::SimRng;
+use super::trace::Trace;
+use super::world::Failure;
+
+/// A named step of the view change, to crash around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// [`GmsStep::Suspected`].
+    Suspected,
+    /// [`GmsStep::Wedged`].
+    Wedged,
+    /// [`GmsStep::Proposed`].
+    Proposed,
+    /// [`GmsStep::Acked`].
+    Acked,
+    /// [`GmsStep::Committed`].
+    Committed,
+    /// [`GmsStep::Echoed`].
+    Echoed,
+    /// [`GmsStep::TrimDelivered`].
+    TrimDelivered,
+    /// [`GmsStep::Installed`].
+    Installed,
+}
+
+impl StepKind {
+    /// Every kind.
+    pub const ALL: [StepKind; 8] = [
+        StepKind::Suspected,
+        StepKind::Wedged,
+        StepKind::Proposed,
+        StepKind::Acked,
+        StepKind::Committed,
+        StepKind::Echoed,
+        StepKind::TrimDelivered,
+        StepKind::Installed,
+    ];
+
+    fn of(step: &GmsStep) -> Self {
+        match step {
+            GmsStep::Suspected(_) => StepKind::Suspected,
+            GmsStep::Wedged => StepKind::Wedged,
+            GmsStep::Proposed(_) => StepKind::Proposed,
+            GmsStep::Acked { .. } => StepKind::Acked,
+            GmsStep::Committed(_) => StepKind::Committed,
+            GmsStep::Echoed(_) => StepKind::Echoed,
+            GmsStep::TrimDelivered => StepKind::TrimDelivered,
+            GmsStep::Installed(_) => StepKind::Installed,
+        }
+    }
+}
+
+/// A planned fault or membership event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The member dies at `at`.
+    Crash {
+        /// Who.
+        node: NodeId,
+        /// When.
+        at: Time,
+    },
+    /// The member dies right after it takes `step` (the first time at or after `after`).
+    CrashOnStep {
+        /// Who.
+        node: NodeId,
+        /// Which step.
+        step: StepKind,
+        /// Not before.
+        after: Time,
+    },
+    /// From `at` until `heal`, nothing passes between `side` and the other members (both ways).
+    Partition {
+        /// One side.
+        side: Vec<NodeId>,
+        /// Start.
+        at: Time,
+        /// End, if it heals.
+        heal: Option<Time>,
+    },
+    /// From `at` until `heal`, nothing passes from `from` to `to`.
+    OneWay {
+        /// Sender side.
+        from: NodeId,
+        /// Receiver side.
+        to: NodeId,
+        /// Start.
+        at: Time,
+        /// End, if it heals.
+        heal: Option<Time>,
+    },
+    /// A new member (a fresh id, or a restarted member's new id) asks `via` to join at `at`.
+    Join {
+        /// The joiner.
+        node: NodeId,
+        /// The member it contacts first.
+        via: NodeId,
+        /// When.
+        at: Time,
+    },
+    /// The member asks to leave at `at`.
+    Leave {
+        /// Who.
+        node: NodeId,
+        /// When.
+        at: Time,
+    },
+    /// The application reports `node` as failed at member `by`.
+    Report {
+        /// Who reports.
+        by: NodeId,
+        /// Who is reported.
+        node: NodeId,
+        /// When.
+        at: Time,
+    },
+}
+
+/// What a group simulation runs.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// Members at start, ids `0..members`, all in view 0.
+    pub members: u32,
+    /// The layout: one shard of every member; adequate from this many members.
+    pub min_members: usize,
+    /// Ordered or unordered.
+    pub mode: DeliveryMode,
+    /// Heartbeats and timeouts.
+    pub membership: MembershipConfig,
+    /// Table limits.
+    pub limits: Limits,
+    /// Link latency.
+    pub latency_ns: RangeInclusive<u64>,
+    /// Messages each starting member sends (joiners send none).
+    pub messages_per_sender: u64,
+    /// Time between a member's messages.
+    pub interval_ns: RangeInclusive<u64>,
+    /// Payload lengths.
+    pub payload_len: RangeInclusive<u32>,
+    /// Faults and membership events.
+    pub plan: Vec<Plan>,
+    /// The run stops at this virtual time.
+    pub end: Time,
+    /// Or after this many events.
+    pub max_steps: u64,
+    /// Keep every trace line (else only the tail).
+    pub record_trace: bool,
+}
+
+impl GroupConfig {
+    /// `members` members sending `messages` messages each, ordered, no faults, a 1 ms heartbeat
+    /// and 10 ms suspicion timeout, 200 ms of virtual time.
+    pub fn new(seed: u64, members: u32, messages: u64) -> Self {
+        Self {
+            seed,
+            members,
+            min_members: 1,
+            mode: DeliveryMode::Ordered,
+            membership: MembershipConfig {
+                heartbeat_ns: 1_000_000,
+                suspect_after_ns: 10_000_000,
+                partition_safety: true,
+                state_transfer_timeout_ns: 50_000_000,
+            },
+            limits: Limits { window_len: 16, payload_len_max: 256, ring_len: 4096, ..Limits::default() },
+            latency_ns: 2_000..=40_000,
+            messages_per_sender: messages,
+            interval_ns: 20_000..=400_000,
+            payload_len: payload::PAYLOAD_HEADER_LEN as u32..=96,
+            plan: Vec::new(),
+            end: Time(200_000_000),
+            max_steps: 5_000_000,
+            record_trace: false,
+        }
+    }
+}
+
+/// One thing that happened at one member, for the checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// It installed (or, as a starting member or joiner, began in) this view.
+    Installed(View),
+    /// It delivered a workload message.
+    Delivered {
+        /// The view it was delivered in.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The workload sender (from the payload).
+        sender: NodeId,
+        /// The workload sequence number (from the payload).
+        seq: u64,
+        /// The version the protocol assigned.
+        version: Option<Version>,
+    },
+    /// `send` accepted its workload message `seq` in `view`.
+    Sent {
+        /// The view.
+        view: ViewId,
+        /// The workload sequence number.
+        seq: u64,
+    },
+    /// The trims per shard of its view's final record, when it delivered by them.
+    Final {
+        /// The view.
+        view: ViewId,
+        /// The trims.
+        trims: Vec<(ShardRef, Vec<u64>)>,
+    },
+    /// It received a shard's state (the log length).
+    StateReceived {
+        /// The shard.
+        shard: ShardRef,
+        /// Entries in the log received.
+        len: usize,
+    },
+    /// Own messages above a trim could not be sent again.
+    ResendFailed {
+        /// How many.
+        count: usize,
+    },
+    /// It stopped.
+    Stopped(StopReason),
+    /// It crashed (planned).
+    Crashed,
+    /// Its join was refused.
+    JoinRefused(JoinRefusal),
+    /// Something broke a rule: a violation reported, a bad payload, a push outside a row.
+    Fault(String),
+}
+
+/// A member event with its time and step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Virtual time.
+    pub at: Time,
+    /// Simulation step.
+    pub step: u64,
+    /// The member.
+    pub node: NodeId,
+    /// What happened.
+    pub what: MemberEvent,
+}
+
+#[derive(Clone, Debug)]
+enum Ctrl {
+    Join { node: NodeId, address: String },
+    Refused(JoinRefusal),
+    Welcome(Box<NextView>),
+    State { shard: ShardRef, log: Rc<[(NodeId, u64)]> },
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Arrive { from: NodeId, to: NodeId, view: ViewId, offset: usize, bytes: Rc<[u8]> },
+    Ctrl { from: NodeId, to: NodeId, msg: Ctrl },
+    Tick { node: NodeId },
+    SendDue { node: NodeId },
+    Plan(usize),
+    Heal(usize),
+    JoinRetry { node: NodeId },
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    total: u64,
+    next_seq: u64,
+    blocked: bool,
+    next_len: Option<usize>,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    node: Option<Node<HeapMemory>>,
+    alive: bool,
+    tick_at: Option<Time>,
+    /// Pushes for views not installed yet: (view, from, offset, bytes).
+    future: Vec<(ViewId, NodeId, usize, Rc<[u8]>)>,
+    /// A joiner's contact, while it has no view.
+    contact: Option<NodeId>,
+    log: BTreeMap<ShardRef, Vec<(NodeId, u64)>>,
+    stream: Stream,
+}
+
+/// The simulated group (see the module documentation).
+#[derive(Debug)]
+pub struct GroupSim {
+    config: GroupConfig,
+    layout: Rc<OneShard>,
+    members: BTreeMap<NodeId, Member>,
+    queue: BTreeMap<(Time, u64), Ev>,
+    scheduled: u64,
+    now: Time,
+    steps: u64,
+    net_rng: SimRng,
+    work_rng: SimRng,
+    crash_rng: SimRng,
+    /// Directed links blocked, with the number of plans blocking each.
+    blocked: BTreeMap<(NodeId, NodeId), u32>,
+    last_arrival: BTreeMap<(NodeId, NodeId), Time>,
+    fired: BTreeSet<usize>,
+    events: Vec<Event>,
+    trace: Trace,
+}
+
+fn address(node: NodeId) -> String {
+    format!("sim:{}", node.0)
+}
+
+impl GroupSim {
+    /// Builds the group: every starting member in view 0, the plan scheduled.
+    ///
+    /// # Panics
+    ///
+    /// If the configuration is refused by the protocol (a test's mistake).
+    pub fn new(config: GroupConfig) -> Self {
+        let mut root = SimRng::new(config.seed);
+        let (net_rng, work_rng, crash_rng) = (root.fork(), root.fork(), root.fork());
+        let layout = Rc::new(OneShard { mode: config.mode, min_members: config.min_members });
+        let ids: Vec<NodeId> = (0..config.members).map(NodeId).collect();
+        let shards = crate::protocol::LayoutFn::layout(&*layout, &ids).unwrap_or_default();
+        let view = View { id: ViewId(0), members: ids.clone(), shards };
+        let addresses: BTreeMap<NodeId, String> = ids.iter().map(|&n| (n, address(n))).collect();
+        let mut sim = Self {
+            layout,
+            members: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            scheduled: 0,
+            now: Time(0),
+            steps: 0,
+            net_rng,
+            work_rng,
+            crash_rng,
+            blocked: BTreeMap::new(),
+            last_arrival: BTreeMap::new(),
+            fired: BTreeSet::new(),
+            events: Vec::new(),
+            trace: Trace::new(config.record_trace),
+            config,
+        };
+        let len = Node::<HeapMemory>::table_len(&view, &sim.config.limits);
+        for &id in &ids {
+            let node = Node::with_membership(
+                id,
+                view.clone(),
+                addresses.clone(),
+                &sim.config.limits,
+                HeapMemory::new(len),
+                sim.config.membership.clone(),
+                sim.layout.clone(),
+                Time(0),
+            )
+            .expect("the simulated configuration is valid");
+            let stream = Stream { total: sim.config.messages_per_sender, ..Stream::default() };
+            sim.members.insert(
+                id,
+                Member {
+                    node: Some(node),
+                    alive: true,
+                    tick_at: None,
+                    future: Vec::new(),
+                    contact: None,
+                    log: BTreeMap::new(),
+                    stream,
+                },
+            );
+            sim.record(id, MemberEvent::Installed(view.clone()));
+            if sim.config.messages_per_sender > 0 {
+                let at = Time(sim.work_rng.range(sim.config.interval_ns.clone()));
+                sim.schedule(at, Ev::SendDue { node: id });
+            }
+        }
+        for i in 0..sim.config.plan.len() {
+            let at = match &sim.config.plan[i] {
+                Plan::Crash { at, .. }
+                | Plan::Partition { at, .. }
+                | Plan::OneWay { at, .. }
+                | Plan::Join { at, .. }
+                | Plan::Leave { at, .. }
+                | Plan::Report { at, .. } => Some(*at),
+                Plan::CrashOnStep { .. } => None,
+            };
+            if let Some(at) = at {
+                sim.schedule(at, Ev::Plan(i));
+            }
+        }
+        sim.trace.record(format_args!("start seed={} members={}", sim.config.seed, sim.config.members));
+        for &id in &ids {
+            sim.activate(id, None);
+        }
+        sim
+    }
+
+    fn schedule(&mut self, at: Time, ev: Ev) {
+        self.queue.insert((at.max(self.now), self.scheduled), ev);
+        self.scheduled += 1;
+    }
+
+    fn record(&mut self, node: NodeId, what: MemberEvent) {
+        self.events.push(Event { at: self.now, step: self.steps, node, what });
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Every member event so far, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The recorded events, for tests of the checkers: forge an event (a different view, a
+    /// swapped delivery) and check that a checker notices. Never used by a simulation.
+    pub fn events_mut(&mut self) -> &mut Vec<Event> {
+        &mut self.events
+    }
+
+    /// Every member that ever existed.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// A member's node, once it has one.
+    pub fn node(&self, id: NodeId) -> Option<&Node<HeapMemory>> {
+        self.members.get(&id)?.node.as_ref()
+    }
+
+    /// Whether the member is alive and has not stopped.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.alive && m.node.as_ref().is_some_and(|n| n.stopped().is_none()))
+    }
+
+    /// Whether the member crashed (planned).
+    pub fn crashed(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| !m.alive)
+    }
+
+    /// A member's application log of a shard: the state it would hand a new member.
+    pub fn log(&self, id: NodeId, shard: ShardRef) -> &[(NodeId, u64)] {
+        self.members.get(&id).and_then(|m| m.log.get(&shard)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Workload messages a member has not had accepted yet.
+    pub fn unsent(&self, id: NodeId) -> u64 {
+        self.members.get(&id).map_or(0, |m| m.stream.total - m.stream.next_seq)
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Steps run.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The trace.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// A failure report at the current step.
+    pub fn failure(&self, message: String) -> Failure {
+        Failure {
+            seed: self.config.seed,
+            step: self.steps,
+            time: self.now,
+            message,
+            trace_tail: self.trace.tail().map(str::to_string).collect(),
+        }
+    }
+
+    /// Runs until the end time or step limit, calling `check` after every step.
+    ///
+    /// # Errors
+    ///
+    /// The first message `check` returns.
+    pub fn run(&mut self, mut check: impl FnMut(&GroupSim) -> Result<(), String>) -> Result<(), Failure> {
+        check(self).map_err(|m| self.failure(m))?;
+        while self.steps < self.config.max_steps {
+            let Some((&(at, _), _)) = self.queue.first_key_value() else { break };
+            if at > self.config.end {
+                break;
+            }
+            self.step();
+            check(self).map_err(|m| self.failure(m))?;
+        }
+        self.trace.record(format_args!("end steps={} t={}", self.steps, self.now.0));
+        Ok(())
+    }
+
+    fn step(&mut self) {
+        let Some(((at, _), ev)) = self.queue.pop_first() else { return };
+        self.now = at;
+        self.steps += 1;
+        match ev {
+            Ev::Arrive { from, to, view, offset, bytes } => self.arrive(from, to, view, offset, bytes),
+            Ev::Ctrl { from, to, msg } => self.control(from, to, msg),
+            Ev::Tick { node } => {
+                let m = self.members.get_mut(&node).expect("a member");
+                if m.tick_at == Some(at) {
+                    m.tick_at = None;
+                    self.activate(node, Some(Input::Tick));
+                }
+            }
+            Ev::SendDue { node } => {
+                if let Some(m) = self.members.get_mut(&node) {
+                    m.stream.blocked = true;
+                }
+                self.activate(node, None);
+            }
+            Ev::Plan(i) => self.plan(i),
+            Ev::Heal(i) => self.heal(i),
+            Ev::JoinRetry { node } => {
+                let m = self.members.get(&node).expect("a member");
+                if m.alive && m.node.is_none() {
+                    // The contact may be dead: try the next member known to exist.
+                    let last = m.contact.expect("a joiner has a contact");
+                    let ids: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != node).collect();
+                    let via = ids.iter().copied().find(|&n| n > last).unwrap_or(ids[0]);
+                    self.members.get_mut(&node).expect("a member").contact = Some(via);
+                    self.trace.record(format_args!("t={} join-retry n{} via n{}", at.0, node.0, via.0));
+                    self.send_ctrl(node, via, Ctrl::Join { node, address: address(node) });
+                    let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
+                    self.schedule(retry, Ev::JoinRetry { node });
+                }
+            }
+        }
+    }
+
+    fn links_of(&self, i: usize) -> Vec<(NodeId, NodeId)> {
+        match &self.config.plan[i] {
+            Plan::Partition { side, .. } => {
+                let others: Vec<NodeId> = self.members.keys().copied().filter(|n| !side.contains(n)).collect();
+                let mut v = Vec::new();
+                for &a in side {
+                    for &b in &others {
+                        v.push((a, b));
+                        v.push((b, a));
+                    }
+                }
+                v
+            }
+            Plan::OneWay { from, to, .. } => vec![(*from, *to)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn plan(&mut self, i: usize) {
+        let now = self.now;
+        match self.config.plan[i].clone() {
+            Plan::Crash { node, .. } => self.crash(node),
+            Plan::Partition { heal, .. } | Plan::OneWay { heal, .. } => {
+                for l in self.links_of(i) {
+                    *self.blocked.entry(l).or_default() += 1;
+                }
+                self.trace.record(format_args!("t={} partition #{i}", now.0));
+                if let Some(h) = heal {
+                    self.schedule(h, Ev::Heal(i));
+                }
+            }
+            Plan::Join { node, via, .. } => {
+                self.trace.record(format_args!("t={} join n{} via n{}", now.0, node.0, via.0));
+                self.members.insert(
+                    node,
+                    Member {
+                        node: None,
+                        alive: true,
+                        tick_at: None,
+                        future: Vec::new(),
+                        contact: Some(via),
+                        log: BTreeMap::new(),
+                        stream: Stream { done: true, ..Stream::default() },
+                    },
+                );
+                self.send_ctrl(node, via, Ctrl::Join { node, address: address(node) });
+                let retry = now.plus_ns(self.config.membership.suspect_after_ns * 2);
+                self.schedule(retry, Ev::JoinRetry { node });
+            }
+            Plan::Leave { node, .. } => self.activate(node, Some(Input::Leave)),
+            Plan::Report { by, node, .. } => self.activate(by, Some(Input::ReportFailure(node))),
+            Plan::CrashOnStep { .. } => {}
+        }
+    }
+
+    fn heal(&mut self, i: usize) {
+        for l in self.links_of(i) {
+            if let Some(c) = self.blocked.get_mut(&l) {
+                *c -= 1;
+                if *c == 0 {
+                    self.blocked.remove(&l);
+                }
+            }
+        }
+        self.trace.record(format_args!("t={} heal #{i}", self.now.0));
+    }
+
+    fn crash(&mut self, node: NodeId) {
+        let Some(m) = self.members.get_mut(&node) else { return };
+        if !m.alive {
+            return;
+        }
+        m.alive = false;
+        self.trace.record(format_args!("t={} crash n{}", self.now.0, node.0));
+        self.record(node, MemberEvent::Crashed);
+    }
+
+    fn link_open(&self, from: NodeId, to: NodeId) -> bool {
+        !self.blocked.contains_key(&(from, to))
+    }
+
+    fn arrival_time(&mut self, from: NodeId, to: NodeId) -> Time {
+        let latency = self.net_rng.range(self.config.latency_ns.clone());
+        let last = self.last_arrival.entry((from, to)).or_default();
+        let at = self.now.plus_ns(latency).max(*last);
+        *last = at;
+        at
+    }
+
+    fn send_ctrl(&mut self, from: NodeId, to: NodeId, msg: Ctrl) {
+        if !self.link_open(from, to) {
+            return;
+        }
+        let at = self.arrival_time(from, to);
+        self.schedule(at, Ev::Ctrl { from, to, msg });
+    }
+
+    fn arrive(&mut self, from: NodeId, to: NodeId, view: ViewId, offset: usize, bytes: Rc<[u8]>) {
+        if !self.link_open(from, to) {
+            return;
+        }
+        let Some(m) = self.members.get_mut(&to) else { return };
+        if !m.alive {
+            return;
+        }
+        let current = m.node.as_ref().map(|n| n.view().id);
+        match current {
+            Some(v) if v == view => {
+                if self.apply(to, from, offset, &bytes) {
+                    self.activate(to, None);
+                }
+            }
+            Some(v) => {
+                if v < view {
+                    m.future.push((view, from, offset, bytes));
+                }
+                // The sender is alive, in another view: what a driver learns from any frame.
+                self.activate(to, Some(Input::PeerAlive(from)));
+            }
+            None => m.future.push((view, from, offset, bytes)),
+        }
+    }
+
+    /// Applies a push to `to`'s table; false if it was refused.
+    fn apply(&mut self, to: NodeId, from: NodeId, offset: usize, bytes: &[u8]) -> bool {
+        let node = self.members.get_mut(&to).and_then(|m| m.node.as_mut()).expect("a node");
+        let Some(row) = node.row_range(from) else { return false };
+        let range = offset..offset + bytes.len();
+        if range.start < row.start || range.end > row.end {
+            let what = format!("push from n{} to {range:?} outside its row {row:?}", from.0);
+            self.record(to, MemberEvent::Fault(what));
+            return false;
+        }
+        node.memory_mut().apply(offset, bytes);
+        true
+    }
+
+    fn control(&mut self, from: NodeId, to: NodeId, msg: Ctrl) {
+        if !self.link_open(from, to) || !self.members.get(&to).is_some_and(|m| m.alive) {
+            return;
+        }
+        let now = self.now;
+        match msg {
+            Ctrl::Join { node, address } => {
+                self.trace.record(format_args!("t={} join-request n{} at n{}", now.0, node.0, to.0));
+                self.activate(to, Some(Input::Join { node, address }));
+            }
+            Ctrl::Refused(refusal) => {
+                self.trace.record(format_args!("t={} refused n{}: {refusal}", now.0, to.0));
+                match refusal {
+                    JoinRefusal::NotLeader { leader, .. } => {
+                        self.members.get_mut(&to).expect("a joiner").contact = Some(leader);
+                        self.send_ctrl(to, leader, Ctrl::Join { node: to, address: address(to) });
+                    }
+                    other => {
+                        self.record(to, MemberEvent::JoinRefused(other));
+                        self.members.get_mut(&to).expect("a joiner").alive = false;
+                    }
+                }
+            }
+            Ctrl::Welcome(next) => {
+                let m = self.members.get_mut(&to).expect("a member");
+                if m.node.is_some() {
+                    return;
+                }
+                let len = Node::<HeapMemory>::table_len(&next.view, &self.config.limits);
+                let node = Node::join(
+                    to,
+                    &next,
+                    &self.config.limits,
+                    HeapMemory::new(len),
+                    self.config.membership.clone(),
+                    self.layout.clone(),
+                    now,
+                )
+                .expect("a valid view");
+                m.node = Some(node);
+                self.trace.record(format_args!("t={} welcome n{} view {}", now.0, to.0, next.view.id.0));
+                self.record(to, MemberEvent::Installed(next.view.clone()));
+                self.apply_future(to);
+                self.activate(to, None);
+            }
+            Ctrl::State { shard, log } => {
+                let m = self.members.get_mut(&to).expect("a member");
+                let Some(node) = &m.node else { return };
+                if node.stopped().is_some() {
+                    return;
+                }
+                m.log.insert(shard, log.to_vec());
+                self.record(to, MemberEvent::StateReceived { shard, len: log.len() });
+                self.activate(to, Some(Input::StateReceived(shard)));
+            }
+        }
+    }
+
+    /// Applies the buffered pushes for the view `id` now runs; drops older ones.
+    fn apply_future(&mut self, id: NodeId) {
+        let m = self.members.get_mut(&id).expect("a member");
+        let view = m.node.as_ref().expect("a node").view().id;
+        let future = std::mem::take(&mut m.future);
+        let mut keep = Vec::new();
+        for (v, from, offset, bytes) in future {
+            if v == view {
+                self.apply(id, from, offset, &bytes);
+            } else if v > view {
+                keep.push((v, from, offset, bytes));
+            }
+        }
+        self.members.get_mut(&id).expect("a member").future = keep;
+    }
+
+    /// Runs a member: the input, sends, deliveries, outputs (installing a next view at once).
+    fn activate(&mut self, id: NodeId, input: Option<Input>) {
+        let now = self.now;
+        let Some(m) = self.members.get_mut(&id) else { return };
+        if !m.alive || m.node.as_ref().is_none_or(|n| n.stopped().is_some()) {
+            return;
+        }
+        m.node.as_mut().expect("a node").handle(now, input.unwrap_or(Input::RowsChanged));
+        let mut crash = false;
+        let mut pending: Vec<(NodeId, Ev)> = Vec::new();
+        for _round in 0..64 {
+            self.try_send(id);
+            self.deliver(id);
+            let progressed = self.drain(id, &mut crash, &mut pending);
+            if !progressed {
+                break;
+            }
+        }
+        if crash {
+            // Each peer gets a seeded prefix of what this activation pushed, then nothing.
+            let mut per_peer: BTreeMap<NodeId, Vec<Ev>> = BTreeMap::new();
+            for (to, ev) in pending {
+                per_peer.entry(to).or_default().push(ev);
+            }
+            for (to, evs) in per_peer {
+                let keep = self.crash_rng.below(evs.len() as u64 + 1) as usize;
+                self.trace.record(format_args!("t={} crash-prefix n{}>n{} {keep}/{}", now.0, id.0, to.0, evs.len()));
+                for ev in evs.into_iter().take(keep) {
+                    self.schedule_event(ev);
+                }
+            }
+            self.crash(id);
+            return;
+        }
+        for (_, ev) in pending {
+            self.schedule_event(ev);
+        }
+        let m = self.members.get_mut(&id).expect("a member");
+        if let Some(t) = m.node.as_ref().and_then(Node::poll_timeout)
+            && m.tick_at.is_none_or(|cur| t < cur)
+        {
+            m.tick_at = Some(t);
+            self.schedule(t, Ev::Tick { node: id });
+        }
+    }
+
+    fn schedule_event(&mut self, ev: Ev) {
+        match &ev {
+            Ev::Arrive { from, to, .. } | Ev::Ctrl { from, to, .. } => {
+                if !self.link_open(*from, *to) {
+                    return;
+                }
+                let at = self.arrival_time(*from, *to);
+                self.schedule(at, ev);
+            }
+            _ => self.schedule(self.now, ev),
+        }
+    }
+
+    fn try_send(&mut self, id: NodeId) {
+        let now = self.now;
+        let m = self.members.get_mut(&id).expect("a member");
+        let s = &mut m.stream;
+        if s.done || !s.blocked {
+            return;
+        }
+        if s.next_seq >= s.total {
+            s.done = true;
+            return;
+        }
+        let node = m.node.as_mut().expect("a node");
+        let Some(shard) = node.view().shards.first().map(|s| s.id) else { return };
+        let len = *s.next_len.get_or_insert_with(|| {
+            self.work_rng.range(u64::from(*self.config.payload_len.start())..=u64::from(*self.config.payload_len.end()))
+                as usize
+        });
+        let seq = s.next_seq;
+        match node.send(now, shard, len, |buf| payload::encode(buf, id, shard, seq)) {
+            Ok(index) => {
+                let view = node.view().id;
+                s.next_seq += 1;
+                s.next_len = None;
+                s.blocked = false;
+                self.trace.record(format_args!("t={} send n{} v{} #{index} seq={seq}", now.0, id.0, view.0));
+                self.record(id, MemberEvent::Sent { view, seq });
+                if seq + 1 < self.config.messages_per_sender {
+                    let at = now.plus_ns(self.work_rng.range(self.config.interval_ns.clone()));
+                    self.schedule(at, Ev::SendDue { node: id });
+                }
+            }
+            Err(SendError::WindowFull(_) | SendError::Wedged(_) | SendError::NotAMember(_)) => {}
+            Err(SendError::Stopped(_)) => s.done = true,
+            Err(e) => panic!("simulator bug: n{} refused a workload message: {e}", id.0),
+        }
+    }
+
+    fn deliver(&mut self, id: NodeId) {
+        let now = self.now;
+        let m = self.members.get_mut(&id).expect("a member");
+        let node = m.node.as_mut().expect("a node");
+        let view = node.view().id;
+        let mut got = Vec::new();
+        let mut bad = Vec::new();
+        node.deliver(|d| match payload::decode(d.payload) {
+            Ok(p) => got.push((d.shard, p.sender, p.seq, d.version, d.sender, d.index)),
+            Err(e) => bad.push(format!("bad payload from n{} #{}: {e}", d.sender.0, d.index)),
+        });
+        for (shard, sender, seq, version, from, index) in got {
+            m.log.entry(shard).or_default().push((sender, seq));
+            self.trace.record(format_args!(
+                "t={} deliver n{} v{} n{}#{} seq={seq} {}",
+                now.0,
+                id.0,
+                view.0,
+                from.0,
+                index,
+                version.map_or_else(|| "-".into(), |v| v.to_string())
+            ));
+            self.events.push(Event {
+                at: now,
+                step: self.steps,
+                node: id,
+                what: MemberEvent::Delivered { view, shard, sender, seq, version },
+            });
+        }
+        for b in bad {
+            self.record(id, MemberEvent::Fault(b));
+        }
+    }
+
+    /// Drains outputs; true if a next view was installed (the member runs again).
+    fn drain(&mut self, id: NodeId, crash: &mut bool, pending: &mut Vec<(NodeId, Ev)>) -> bool {
+        let now = self.now;
+        let mut installed = false;
+        loop {
+            let m = self.members.get_mut(&id).expect("a member");
+            let node = m.node.as_mut().expect("a node");
+            let Some(out) = node.poll_output() else { break };
+            let view = node.view().id;
+            match out {
+                Output::Push { range, to } => {
+                    let bytes: Rc<[u8]> = node.memory().slice(range.clone()).into();
+                    for &peer in to.iter() {
+                        pending.push((
+                            peer,
+                            Ev::Arrive { from: id, to: peer, view, offset: range.start, bytes: bytes.clone() },
+                        ));
+                    }
+                }
+                Output::Violation { node: peer, violation } => {
+                    self.record(id, MemberEvent::Fault(format!("n{} accuses n{}: {violation}", id.0, peer.0)));
+                }
+                Output::Step(step) => {
+                    self.trace.record(format_args!("t={} step n{} v{} {step:?}", now.0, id.0, view.0));
+                    // The trims a member acts on: those it delivers by.
+                    if matches!(step, GmsStep::TrimDelivered)
+                        && let Some(trims) = self.members[&id].node.as_ref().and_then(Node::final_trims)
+                    {
+                        self.record(id, MemberEvent::Final { view, trims });
+                    }
+                    let kind = StepKind::of(&step);
+                    for (i, p) in self.config.plan.iter().enumerate() {
+                        if let Plan::CrashOnStep { node, step: k, after } = p
+                            && *node == id
+                            && *k == kind
+                            && now >= *after
+                            && !self.fired.contains(&i)
+                        {
+                            self.fired.insert(i);
+                            *crash = true;
+                            self.trace.record(format_args!("t={} crash-on-step n{} {kind:?}", now.0, id.0));
+                        }
+                    }
+                }
+                Output::NextView(next) => {
+                    let len = Node::<HeapMemory>::table_len(&next.view, &self.config.limits);
+                    self.trace.record(format_args!(
+                        "t={} next-view n{} v{} members {:?}",
+                        now.0,
+                        id.0,
+                        next.view.id.0,
+                        next.view.members.iter().map(|n| n.0).collect::<Vec<_>>()
+                    ));
+                    let m = self.members.get_mut(&id).expect("a member");
+                    let node = m.node.as_mut().expect("a node");
+                    node.install(now, HeapMemory::new(len)).expect("a next view");
+                    if node.stopped().is_some() {
+                        continue;
+                    }
+                    self.record(id, MemberEvent::Installed(next.view.clone()));
+                    // Every member of the old view welcomes the joiners (a joiner takes the first
+                    // welcome): one dead member does not leave a joiner without its view.
+                    {
+                        for &j in &next.joined {
+                            pending.push((j, Ev::Ctrl { from: id, to: j, msg: Ctrl::Welcome(Box::new(next.clone())) }));
+                        }
+                    }
+                    self.apply_future(id);
+                    installed = true;
+                }
+                Output::Stopped(reason) => {
+                    self.trace.record(format_args!("t={} stopped n{}: {reason}", now.0, id.0));
+                    self.record(id, MemberEvent::Stopped(reason));
+                }
+                Output::JoinRefused { node, refusal } => {
+                    pending.push((node, Ev::Ctrl { from: id, to: node, msg: Ctrl::Refused(refusal) }));
+                }
+                Output::SendState { shard, to } => {
+                    let log: Rc<[(NodeId, u64)]> =
+                        self.members[&id].log.get(&shard).cloned().unwrap_or_default().into();
+                    for t in to {
+                        pending.push((t, Ev::Ctrl { from: id, to: t, msg: Ctrl::State { shard, log: log.clone() } }));
+                    }
+                }
+                Output::ResendFailed { count, .. } => self.record(id, MemberEvent::ResendFailed { count }),
+            }
+        }
+        installed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views_of(sim: &GroupSim, id: NodeId) -> Vec<Vec<u32>> {
+        sim.events()
+            .iter()
+            .filter(|e| e.node == id)
+            .filter_map(|e| match &e.what {
+                MemberEvent::Installed(v) => Some(v.members.iter().map(|n| n.0).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_group_delivers_everything_and_keeps_its_view() {
+        let mut sim = GroupSim::new(GroupConfig::new(1, 3, 20));
+        sim.run(|_| Ok(())).unwrap();
+        let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
+        for id in sim.ids() {
+            assert_eq!(sim.log(id, shard).len(), 60, "n{}", id.0);
+            assert_eq!(views_of(&sim, id).len(), 1, "no view change without a fault");
+            assert_eq!(sim.log(id, shard), sim.log(NodeId(0), shard));
+        }
+    }
+
+    #[test]
+    fn survivors_of_a_crash_install_the_next_view_and_continue() {
+        let mut config = GroupConfig::new(2, 3, 40);
+        config.plan = vec![Plan::Crash { node: NodeId(2), at: Time(3_000_000) }];
+        config.record_trace = true;
+        let mut sim = GroupSim::new(config);
+        sim.run(|_| Ok(())).unwrap();
+        let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
+        for id in [NodeId(0), NodeId(1)] {
+            assert_eq!(
+                views_of(&sim, id),
+                vec![vec![0, 1, 2], vec![0, 1]],
+                "n{}\n{}",
+                id.0,
+                sim.trace().lines().unwrap().join("\n")
+            );
+            assert_eq!(sim.unsent(id), 0);
+        }
+        assert_eq!(sim.log(NodeId(0), shard), sim.log(NodeId(1), shard));
+        let from = |id: u32| sim.log(NodeId(0), shard).iter().filter(|(s, _)| s.0 == id).count();
+        assert_eq!((from(0), from(1)), (40, 40));
+    }
+}

@@ -1,0 +1,69 @@
+//! View agreement (PROTOCOLS §3.1, §3.3 step 2).
+//!
+//! One member list per view id everywhere; each member installs views with strictly increasing
+//! ids; and every view holds a majority of its predecessor: fewer than half of the predecessor's
+//! members are gone, graceful leavers not counted (no split brain).
+
+use std::collections::BTreeMap;
+
+use derecho::protocol::{NodeId, ViewId};
+use derecho::sim::{GroupSim, MemberEvent, MemberRecord, Plan};
+
+use super::EventChecker;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct ViewAgreement {
+    views: BTreeMap<ViewId, Vec<NodeId>>,
+    last: BTreeMap<NodeId, ViewId>,
+}
+
+impl EventChecker for ViewAgreement {
+    fn name(&self) -> &'static str {
+        "view-agreement"
+    }
+
+    fn observe(&mut self, sim: &GroupSim, e: &MemberRecord) -> Result<(), String> {
+        let MemberEvent::Installed(view) = &e.what else { return Ok(()) };
+        if let Some(&last) = self.last.get(&e.node)
+            && view.id <= last
+        {
+            return Err(format!("n{} installed view {} after view {}", e.node.0, view.id.0, last.0));
+        }
+        self.last.insert(e.node, view.id);
+        match self.views.get(&view.id) {
+            Some(m) if *m != view.members => {
+                return Err(format!("view {} is {:?} at n{} but {:?} elsewhere", view.id.0, view.members, e.node.0, m));
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        if view.id.0 > 0 {
+            let Some(prev) = self.views.get(&ViewId(view.id.0 - 1)) else {
+                return Err(format!("view {} installed at n{} before any view {}", view.id.0, e.node.0, view.id.0 - 1));
+            };
+            let leavers: Vec<NodeId> = sim
+                .config()
+                .plan
+                .iter()
+                .filter_map(|p| match p {
+                    Plan::Leave { node, .. } => Some(*node),
+                    _ => None,
+                })
+                .collect();
+            let gone = prev.iter().filter(|m| !view.members.contains(m) && !leavers.contains(m)).count();
+            if gone > 0 && gone >= prev.len().div_ceil(2) {
+                return Err(format!(
+                    "view {} {:?} lost {gone} of the {} members of view {} {:?}: not a majority",
+                    view.id.0,
+                    view.members,
+                    prev.len(),
+                    view.id.0 - 1,
+                    prev
+                ));
+            }
+        }
+        self.views.insert(view.id, view.members.clone());
+        Ok(())
+    }
+}

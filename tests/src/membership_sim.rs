@@ -1,0 +1,188 @@
+//! Running membership simulations ([`GroupSim`]) under every membership checker, and drawing
+//! random fault scenarios from a seed.
+//!
+//! A failing seed panics with the line that replays it:
+//! `SIM_SEED=<seed> cargo test -p derecho-tests --test sim_membership <test>`; `SIM_TRACE=1` adds
+//! the whole trace to the report.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use derecho::protocol::{NodeId, Time};
+use derecho::sim::{GroupConfig, GroupSim, Plan, SimRng, StepKind};
+
+use crate::checkers::membership::GroupCheckers;
+use crate::simulation::{SEED_VAR, SEEDS_VAR, clock_seed, full_trace_wanted, parse_u64, replay_seed};
+
+const MS: u64 = 1_000_000;
+
+/// Runs `config` under every checker. `expect_live`: the faults heal and a majority survives,
+/// so the run must end settled.
+///
+/// # Errors
+///
+/// A report naming the failed properties, the seed's replay command and the trace tail.
+pub fn run_group(test: &str, mut config: GroupConfig, expect_live: bool) -> Result<GroupSim, String> {
+    config.record_trace = full_trace_wanted();
+    let seed = config.seed;
+    let replay = format!("{SEED_VAR}={seed} cargo test -p derecho-tests --test sim_membership {test}");
+    let mut holder: Option<GroupSim> = None;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut sim = GroupSim::new(config.clone());
+        let mut checkers = GroupCheckers::all();
+        let outcome = sim.run(|sim| checkers.check(sim));
+        let verdict = match outcome {
+            Err(f) => Err(vec![f.to_string()]),
+            Ok(()) => checkers.finish(&sim, expect_live),
+        };
+        holder = Some(sim);
+        verdict
+    }));
+    let trace = |sim: Option<&GroupSim>| -> String {
+        let Some(sim) = sim else { return String::new() };
+        match sim.trace().lines() {
+            Some(lines) => lines.join("\n"),
+            None => sim.trace().tail().collect::<Vec<_>>().join("\n"),
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(holder.expect("the run finished")),
+        Ok(Err(errors)) => Err(format!(
+            "{test}: seed {seed} failed:\n  {}\nplan: {:?}\nreplay: {replay}\ntrace:\n{}",
+            errors.join("\n  "),
+            config.plan,
+            trace(holder.as_ref())
+        )),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            Err(format!("{test}: seed {seed} panicked: {message}\nplan: {:?}\nreplay: {replay}", config.plan))
+        }
+    }
+}
+
+/// Draws a scenario: 3 to 5 members sending, then one to four events among crashes (at a time,
+/// or of the leader or another member on a named step of a view change), joins, leaves,
+/// partitions of one member (healed, the member restarted under a new id), one-way link cuts
+/// and failure reports. At most a minority of the starting members is lost, so the run must end
+/// settled. Returns the configuration and a one-line description.
+pub fn random_group(seed: u64) -> (GroupConfig, String) {
+    let mut rng = SimRng::new(seed ^ 0x6d65_6d62_6572_7321);
+    let n = 3 + rng.below(3) as u32;
+    let messages = 10 + rng.below(30);
+    let mut config = GroupConfig::new(seed, n, messages);
+    let budget = (n as usize - 1) / 2;
+    let mut alive: Vec<NodeId> = (0..n).map(NodeId).collect();
+    let mut lost = 0;
+    let mut next_id = 100;
+    let mut t = 2 * MS + rng.below(8 * MS);
+    let mut words = Vec::new();
+    let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.below(v.len() as u64) as usize];
+    for _ in 0..1 + rng.below(4) {
+        t += rng.range(MS..=30 * MS);
+        let choice = rng.below(9);
+        let can_lose = lost < budget;
+        match choice {
+            0 | 1 if can_lose => {
+                let x = pick(&mut rng, &alive);
+                alive.retain(|&m| m != x);
+                lost += 1;
+                config.plan.push(Plan::Crash { node: x, at: Time(t) });
+                words.push(format!("crash n{} at {}ms", x.0, t / MS));
+            }
+            2 | 3 if can_lose => {
+                // A member (the leader half the time) dies on a named step; a join triggers the
+                // view change.
+                let x = if rng.chance(1, 2) { alive[0] } else { pick(&mut rng, &alive) };
+                let step = StepKind::ALL[rng.below(StepKind::ALL.len() as u64) as usize];
+                alive.retain(|&m| m != x);
+                lost += 1;
+                config.plan.push(Plan::CrashOnStep { node: x, step, after: Time(t) });
+                let via = pick(&mut rng, &alive);
+                config.plan.push(Plan::Join { node: NodeId(next_id), via, at: Time(t) });
+                words.push(format!("n{} dies on {step:?} after {}ms; n{next_id} joins", x.0, t / MS));
+                next_id += 1;
+            }
+            4 if can_lose => {
+                let x = pick(&mut rng, &alive);
+                alive.retain(|&m| m != x);
+                lost += 1;
+                config.plan.push(Plan::Leave { node: x, at: Time(t) });
+                words.push(format!("n{} leaves at {}ms", x.0, t / MS));
+            }
+            5 if can_lose => {
+                let x = pick(&mut rng, &alive);
+                alive.retain(|&m| m != x);
+                lost += 1;
+                let heal = t + rng.range(15 * MS..=40 * MS);
+                config.plan.push(Plan::Partition { side: vec![x], at: Time(t), heal: Some(Time(heal)) });
+                let via = pick(&mut rng, &alive);
+                config.plan.push(Plan::Join { node: NodeId(next_id), via, at: Time(heal + 5 * MS) });
+                words.push(format!("n{} cut off {}-{}ms, back as n{next_id}", x.0, t / MS, heal / MS));
+                next_id += 1;
+                t = t.max(heal);
+            }
+            6 if can_lose && alive.len() >= 2 => {
+                let a = pick(&mut rng, &alive);
+                let b = pick(&mut rng, &alive.iter().copied().filter(|&m| m != a).collect::<Vec<_>>());
+                // One of the two is removed; which one depends on timing: budget both.
+                if lost + 2 <= budget {
+                    lost += 2;
+                    alive.retain(|&m| m != a && m != b);
+                    let heal = t + 30 * MS;
+                    config.plan.push(Plan::OneWay { from: a, to: b, at: Time(t), heal: Some(Time(heal)) });
+                    words.push(format!("link n{}>n{} cut {}-{}ms", a.0, b.0, t / MS, heal / MS));
+                } else {
+                    let x = pick(&mut rng, &alive);
+                    let by = pick(&mut rng, &alive.iter().copied().filter(|&m| m != x).collect::<Vec<_>>());
+                    alive.retain(|&m| m != x);
+                    lost += 1;
+                    config.plan.push(Plan::Report { by, node: x, at: Time(t) });
+                    words.push(format!("n{} reports n{} at {}ms", by.0, x.0, t / MS));
+                }
+            }
+            _ => {
+                let via = pick(&mut rng, &alive);
+                config.plan.push(Plan::Join { node: NodeId(next_id), via, at: Time(t) });
+                words.push(format!("n{next_id} joins via n{} at {}ms", via.0, t / MS));
+                next_id += 1;
+            }
+        }
+    }
+    config.end = Time(t + 250 * MS);
+    (config, format!("{n} members, {messages} messages each: {}", words.join("; ")))
+}
+
+/// Runs random scenarios from fresh seeds (or `SIM_SEED`'s, or `SIM_SEEDS` of them) until
+/// `count` ran or `time_box` passed; panics at the first failure with its replay line. Returns
+/// the number of seeds run.
+///
+/// # Panics
+///
+/// At the first failing seed.
+pub fn fresh_group_seeds(test: &str, count: u64, time_box: Duration) -> u64 {
+    let started = Instant::now();
+    let (base, count, bounded) = match (replay_seed(), parse_u64(SEEDS_VAR)) {
+        (Some(seed), _) => (seed, 1, false),
+        (None, Some(c)) => (clock_seed(), c, false),
+        (None, None) => (clock_seed(), count, true),
+    };
+    let mut seeds = SimRng::new(base);
+    let mut ran = 0;
+    for _ in 0..count {
+        if bounded && started.elapsed() >= time_box {
+            break;
+        }
+        let seed = if replay_seed().is_some() { base } else { seeds.next_u64() };
+        let (config, about) = random_group(seed);
+        if let Err(report) = run_group(test, config, true) {
+            panic!("{report}\nscenario: {about}");
+        }
+        ran += 1;
+    }
+    println!("{test}: {ran} fresh seeds from base {base:#x} in {:?}", started.elapsed());
+    ran
+}

@@ -1,0 +1,37 @@
+//! Exhaustive exploration of small membership configurations (TESTING.md tier T2): every
+//! interleaving of deliveries, a crash, failure notices, a join and a few sends, judged by the
+//! same properties as the simulator's checkers (see `derecho_tests::explore`).
+
+use derecho::protocol::NodeId;
+use derecho_tests::explore::{Bound, explore};
+
+fn assert_complete(name: &str, bound: &Bound) {
+    let found = explore(bound).unwrap_or_else(|e| panic!("{name}: {e}"));
+    println!("{name}: {found:?}");
+    assert!(found.complete, "{name}: the bound of {} worlds was reached: {found:?}", bound.max_worlds);
+    assert!(found.finals > 0 && found.max_view >= 1, "{name}: no view change was explored: {found:?}");
+}
+
+#[test]
+fn a_member_crash_with_one_message_in_flight() {
+    assert_complete(
+        "crash",
+        &Bound { members: 3, senders: vec![(NodeId(1), 1)], crash: Some(NodeId(2)), join: None, max_worlds: 400_000 },
+    );
+}
+
+#[test]
+fn the_leader_crash_with_a_message_in_flight() {
+    assert_complete(
+        "leader crash",
+        &Bound { members: 3, senders: vec![(NodeId(1), 1)], crash: Some(NodeId(0)), join: None, max_worlds: 400_000 },
+    );
+}
+
+#[test]
+fn a_join_with_a_message_in_flight() {
+    assert_complete(
+        "join",
+        &Bound { members: 3, senders: vec![(NodeId(0), 1)], crash: None, join: Some(NodeId(9)), max_worlds: 400_000 },
+    );
+}

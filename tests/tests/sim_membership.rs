@@ -1,0 +1,341 @@
+//! Membership and virtual synchrony in the simulator (PROTOCOLS §3, TESTING.md tier T1): named
+//! scenarios for each fault of the catalogue, then fresh random seeds. Every run is judged by
+//! the membership checkers; a failure prints `SIM_SEED=... cargo test ...` to replay it.
+
+use std::time::Duration;
+
+use derecho::protocol::{NodeId, Time};
+use derecho::sim::{GroupConfig, MemberEvent, Plan, StepKind};
+use derecho_tests::membership_sim::{fresh_group_seeds, random_group, run_group};
+
+const MS: u64 = 1_000_000;
+
+fn seeds() -> Vec<u64> {
+    match derecho_tests::simulation::replay_seed() {
+        Some(s) => vec![s],
+        None => vec![1, 2, 3, 4, 5, 6, 7, 8],
+    }
+}
+
+fn check(test: &str, make: impl Fn(u64) -> GroupConfig) {
+    for seed in seeds() {
+        if let Err(report) = run_group(test, make(seed), true) {
+            panic!("{report}");
+        }
+    }
+}
+
+#[test]
+fn a_member_crash_is_survived() {
+    check("a_member_crash_is_survived", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 30);
+        c.plan = vec![Plan::Crash { node: NodeId(2), at: Time(4 * MS) }];
+        c
+    });
+}
+
+#[test]
+fn the_leader_crash_is_survived() {
+    check("the_leader_crash_is_survived", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 30);
+        c.plan = vec![Plan::Crash { node: NodeId(0), at: Time(4 * MS) }];
+        c
+    });
+}
+
+#[test]
+fn two_crashes_at_once_in_five() {
+    check("two_crashes_at_once_in_five", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.plan =
+            vec![Plan::Crash { node: NodeId(1), at: Time(4 * MS) }, Plan::Crash { node: NodeId(3), at: Time(4 * MS) }];
+        c
+    });
+}
+
+#[test]
+fn cascading_crashes_in_five() {
+    check("cascading_crashes_in_five", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.plan = vec![
+            Plan::Crash { node: NodeId(4), at: Time(4 * MS) },
+            Plan::CrashOnStep { node: NodeId(0), step: StepKind::Proposed, after: Time(0) },
+        ];
+        c
+    });
+}
+
+#[test]
+fn the_leader_dies_at_every_step_of_a_view_change() {
+    for step in StepKind::ALL {
+        check("the_leader_dies_at_every_step_of_a_view_change", |seed| {
+            let mut c = GroupConfig::new(seed, 5, 20);
+            c.plan = vec![
+                Plan::Crash { node: NodeId(4), at: Time(4 * MS) },
+                Plan::CrashOnStep { node: NodeId(0), step, after: Time(4 * MS) },
+            ];
+            c
+        });
+    }
+}
+
+#[test]
+fn a_follower_dies_at_every_step_of_a_view_change() {
+    for step in StepKind::ALL {
+        check("a_follower_dies_at_every_step_of_a_view_change", |seed| {
+            let mut c = GroupConfig::new(seed, 5, 20);
+            c.plan = vec![
+                Plan::Join { node: NodeId(100), via: NodeId(2), at: Time(4 * MS) },
+                Plan::CrashOnStep { node: NodeId(2), step, after: Time(4 * MS) },
+            ];
+            c
+        });
+    }
+}
+
+#[test]
+fn joins_during_load_are_batched_and_receive_the_state() {
+    check("joins_during_load_are_batched_and_receive_the_state", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 60);
+        c.plan = (0..4).map(|i| Plan::Join { node: NodeId(100 + i), via: NodeId(i % 3), at: Time(5 * MS) }).collect();
+        c
+    });
+    // Four simultaneous joins install in fewer view changes than joins.
+    let mut c = GroupConfig::new(11, 3, 60);
+    c.plan = (0..4).map(|i| Plan::Join { node: NodeId(100 + i), via: NodeId(0), at: Time(5 * MS) }).collect();
+    let sim =
+        run_group("joins_during_load_are_batched_and_receive_the_state", c, true).unwrap_or_else(|r| panic!("{r}"));
+    let views =
+        sim.events().iter().filter(|e| e.node == NodeId(0) && matches!(e.what, MemberEvent::Installed(_))).count();
+    assert!(views <= 3, "4 joins took {} view changes", views - 1);
+    let received = sim.events().iter().filter(|e| matches!(e.what, MemberEvent::StateReceived { .. })).count();
+    assert_eq!(received, 4, "every joiner received the shard's state once");
+}
+
+#[test]
+fn a_join_with_an_id_in_use_is_refused() {
+    let mut c = GroupConfig::new(3, 3, 5);
+    c.plan = vec![Plan::Join { node: NodeId(1), via: NodeId(2), at: Time(2 * MS) }];
+    let sim = run_group("a_join_with_an_id_in_use_is_refused", c, false).unwrap_or_else(|r| panic!("{r}"));
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(&e.what, MemberEvent::JoinRefused(r) if r.to_string().contains("already a member"))),
+        "no refusal recorded"
+    );
+}
+
+#[test]
+fn a_graceful_leave_is_not_a_failure() {
+    check("a_graceful_leave_is_not_a_failure", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 30);
+        c.plan = vec![Plan::Leave { node: NodeId(1), at: Time(4 * MS) }];
+        c
+    });
+    let mut c = GroupConfig::new(5, 3, 30);
+    c.plan = vec![Plan::Leave { node: NodeId(1), at: Time(4 * MS) }];
+    let sim = run_group("a_graceful_leave_is_not_a_failure", c, true).unwrap_or_else(|r| panic!("{r}"));
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| e.node == NodeId(1)
+                && matches!(e.what, MemberEvent::Stopped(derecho::protocol::StopReason::Left(_))))
+    );
+}
+
+#[test]
+fn a_partitioned_minority_stops_and_the_majority_continues() {
+    check("a_partitioned_minority_stops_and_the_majority_continues", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.plan = vec![
+            Plan::Partition { side: vec![NodeId(0), NodeId(3)], at: Time(4 * MS), heal: Some(Time(60 * MS)) },
+            Plan::Join { node: NodeId(100), via: NodeId(1), at: Time(70 * MS) },
+        ];
+        c
+    });
+    let mut c = GroupConfig::new(9, 5, 30);
+    c.plan = vec![Plan::Partition { side: vec![NodeId(0), NodeId(3)], at: Time(4 * MS), heal: None }];
+    let sim =
+        run_group("a_partitioned_minority_stops_and_the_majority_continues", c, true).unwrap_or_else(|r| panic!("{r}"));
+    for id in [NodeId(0), NodeId(3)] {
+        assert!(
+            sim.events().iter().any(|e| e.node == id
+                && matches!(
+                    e.what,
+                    MemberEvent::Stopped(
+                        derecho::protocol::StopReason::Partitioned { .. }
+                            | derecho::protocol::StopReason::Removed { .. }
+                    )
+                )),
+            "n{} did not stop",
+            id.0
+        );
+    }
+}
+
+#[test]
+fn an_even_split_stops_everyone() {
+    let mut c = GroupConfig::new(4, 4, 10);
+    c.plan = vec![Plan::Partition { side: vec![NodeId(0), NodeId(1)], at: Time(4 * MS), heal: None }];
+    let sim = run_group("an_even_split_stops_everyone", c, false).unwrap_or_else(|r| panic!("{r}"));
+    for id in sim.ids() {
+        assert!(!sim.is_running(id), "n{} runs on without a majority", id.0);
+    }
+}
+
+#[test]
+fn a_one_way_cut_removes_one_side() {
+    check("a_one_way_cut_removes_one_side", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.plan = vec![Plan::OneWay { from: NodeId(1), to: NodeId(2), at: Time(4 * MS), heal: Some(Time(40 * MS)) }];
+        c
+    });
+}
+
+#[test]
+fn a_slow_link_and_a_reported_failure() {
+    check("a_slow_link_and_a_reported_failure", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 30);
+        c.latency_ns = 2_000..=3_000_000;
+        c.plan = vec![Plan::Report { by: NodeId(0), node: NodeId(2), at: Time(6 * MS) }];
+        c
+    });
+}
+
+#[test]
+fn a_crashed_member_restarts_as_a_new_member() {
+    check("a_crashed_member_restarts_as_a_new_member", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 30);
+        c.plan = vec![
+            Plan::Crash { node: NodeId(1), at: Time(4 * MS) },
+            Plan::Join { node: NodeId(101), via: NodeId(0), at: Time(40 * MS) },
+        ];
+        c
+    });
+}
+
+#[test]
+fn random_scenarios_fixed_seeds() {
+    for seed in seeds().into_iter().chain(100..140) {
+        let (config, about) = random_group(seed);
+        if let Err(report) = run_group("random_scenarios_fixed_seeds", config, true) {
+            panic!("{report}\nscenario: {about}");
+        }
+    }
+}
+
+#[test]
+fn random_scenarios_fresh_seeds() {
+    let ran = fresh_group_seeds("random_scenarios_fresh_seeds", 300, Duration::from_secs(20));
+    assert!(ran > 0);
+}
+
+/// The checkers are not vacuous: each notices a forged counter-example.
+mod checkers_catch_forgeries {
+    use derecho::protocol::{NodeId, Time, View, ViewId};
+    use derecho::sim::{GroupConfig, GroupSim, MemberEvent, MemberRecord, Plan};
+    use derecho_tests::checkers::membership::GroupCheckers;
+
+    use super::MS;
+
+    fn crashed_run() -> GroupSim {
+        let mut c = GroupConfig::new(21, 3, 20);
+        c.plan = vec![Plan::Crash { node: NodeId(2), at: Time(4 * MS) }];
+        let mut sim = GroupSim::new(c);
+        sim.run(|_| Ok(())).unwrap();
+        let mut checkers = GroupCheckers::all();
+        checkers.finish(&sim, true).expect("the honest run is clean");
+        sim
+    }
+
+    fn judge(sim: &GroupSim) -> String {
+        GroupCheckers::all().finish(sim, true).expect_err("the forgery went unnoticed").join("\n")
+    }
+
+    fn install_of(sim: &GroupSim, node: NodeId, view: u32) -> usize {
+        sim.events()
+            .iter()
+            .position(|e| e.node == node && matches!(&e.what, MemberEvent::Installed(v) if v.id == ViewId(view)))
+            .expect("the install happened")
+    }
+
+    #[test]
+    fn two_member_lists_for_one_view() {
+        let mut sim = crashed_run();
+        let i = install_of(&sim, NodeId(1), 1);
+        let MemberEvent::Installed(v) = &mut sim.events_mut()[i].what else { unreachable!() };
+        v.members = vec![NodeId(1), NodeId(2)];
+        assert!(judge(&sim).contains("view-agreement"));
+    }
+
+    #[test]
+    fn a_view_without_a_majority_of_its_predecessor() {
+        let mut sim = crashed_run();
+        let at = sim.events().len();
+        sim.events_mut().push(MemberRecord {
+            at: Time(0),
+            step: 0,
+            node: NodeId(0),
+            what: MemberEvent::Installed(View {
+                id: ViewId(2),
+                members: vec![NodeId(0), NodeId(7), NodeId(8)],
+                shards: vec![],
+            }),
+        });
+        assert!(judge(&sim).contains("not a majority"), "{at}");
+    }
+
+    #[test]
+    fn two_trims_for_one_view() {
+        let mut sim = crashed_run();
+        let i = sim.events().iter().position(|e| matches!(e.what, MemberEvent::Final { .. })).expect("a final record");
+        let mut forged = sim.events()[i].clone();
+        let MemberEvent::Final { trims, .. } = &mut forged.what else { unreachable!() };
+        trims[0].1[0] += 1;
+        forged.node = NodeId(9);
+        sim.events_mut().insert(i + 1, forged);
+        assert!(judge(&sim).contains("single-trim"));
+    }
+
+    #[test]
+    fn installers_that_delivered_different_messages() {
+        let mut sim = crashed_run();
+        // Drop n1's last delivery in view 0: it then left view 0 with less than n0.
+        let i = install_of(&sim, NodeId(1), 1);
+        let last = sim.events()[..i]
+            .iter()
+            .rposition(|e| e.node == NodeId(1) && matches!(e.what, MemberEvent::Delivered { .. }))
+            .expect("n1 delivered in view 0");
+        sim.events_mut().remove(last);
+        assert!(judge(&sim).contains("virtual-synchrony"));
+    }
+
+    #[test]
+    fn two_orders_in_one_view() {
+        let mut sim = crashed_run();
+        let d: Vec<usize> = sim
+            .events()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.node == NodeId(1) && matches!(e.what, MemberEvent::Delivered { .. }))
+            .map(|(i, _)| i)
+            .take(2)
+            .collect();
+        let (a, b) = (sim.events()[d[0]].what.clone(), sim.events()[d[1]].what.clone());
+        sim.events_mut()[d[0]].what = b;
+        sim.events_mut()[d[1]].what = a;
+        assert!(judge(&sim).contains("virtual-synchrony"));
+    }
+
+    #[test]
+    fn a_lost_accepted_message() {
+        let mut sim = crashed_run();
+        sim.events_mut().push(MemberRecord {
+            at: Time(0),
+            step: 0,
+            node: NodeId(0),
+            what: MemberEvent::Sent { view: ViewId(1), seq: 10_000 },
+        });
+        assert!(judge(&sim).contains("no-loss"));
+    }
+}
