@@ -67,7 +67,7 @@ pub fn run_group(test: &str, mut config: GroupConfig, expect_live: bool) -> Resu
 /// Draws a scenario: 3 to 5 members sending, then one to four events among crashes (at a time,
 /// or of the leader or another member on a named step of a view change), joins, leaves,
 /// partitions of one member (healed, the member restarted under a new id), one-way link cuts
-/// and failure reports. At most a minority of the starting members is lost, so the run must end
+/// failure reports and slow members. At most a minority of the starting members is lost, so the run must end
 /// settled. Returns the configuration and a one-line description.
 pub fn random_group(seed: u64) -> (GroupConfig, String) {
     let mut rng = SimRng::new(seed ^ 0x6d65_6d62_6572_7321);
@@ -83,7 +83,7 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
     let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.below(v.len() as u64) as usize];
     for _ in 0..1 + rng.below(4) {
         t += rng.range(MS..=30 * MS);
-        let choice = rng.below(9);
+        let choice = rng.below(10);
         let can_lose = lost < budget;
         match choice {
             0 | 1 if can_lose => {
@@ -143,6 +143,14 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
                     config.plan.push(Plan::Report { by, node: x, at: Time(t) });
                     words.push(format!("n{} reports n{} at {}ms", by.0, x.0, t / MS));
                 }
+            }
+            7 => {
+                // Slow below the suspicion timeout: nobody may be removed for it.
+                let x = pick(&mut rng, &alive);
+                let tick = rng.range(MS / 2..=4 * MS);
+                let until = t + rng.range(10 * MS..=60 * MS);
+                config.plan.push(Plan::Slow { node: x, tick_ns: tick, at: Time(t), until: Some(Time(until)) });
+                words.push(format!("n{} runs every {}us {}-{}ms", x.0, tick / 1000, t / MS, until / MS));
             }
             _ => {
                 let via = pick(&mut rng, &alive);

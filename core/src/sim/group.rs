@@ -128,6 +128,18 @@ pub enum Plan {
         /// When.
         at: Time,
     },
+    /// From `at` until `until`, the member runs only every `tick_ns` (a slow or descheduled
+    /// process): what arrives in between waits for its next tick.
+    Slow {
+        /// Who.
+        node: NodeId,
+        /// Its period.
+        tick_ns: u64,
+        /// Start.
+        at: Time,
+        /// End, if it recovers.
+        until: Option<Time>,
+    },
     /// The application reports `node` as failed at member `by`.
     Report {
         /// Who reports.
@@ -283,6 +295,7 @@ enum Ev {
     SendDue { node: NodeId },
     Plan(usize),
     Heal(usize),
+    Wake { node: NodeId },
     JoinRetry { node: NodeId },
 }
 
@@ -306,6 +319,11 @@ struct Member {
     contact: Option<NodeId>,
     log: BTreeMap<ShardRef, Vec<(NodeId, u64)>>,
     stream: Stream,
+    /// Slow: its period and until when.
+    slow: Option<(u64, Option<Time>)>,
+    /// Inputs waiting for a slow member's next tick.
+    deferred: Vec<Input>,
+    wake_at: Option<Time>,
 }
 
 /// The simulated group (see the module documentation).
@@ -388,6 +406,9 @@ impl GroupSim {
                     contact: None,
                     log: BTreeMap::new(),
                     stream,
+                    slow: None,
+                    deferred: Vec::new(),
+                    wake_at: None,
                 },
             );
             sim.record(id, MemberEvent::Installed(view.clone()));
@@ -403,6 +424,7 @@ impl GroupSim {
                 | Plan::OneWay { at, .. }
                 | Plan::Join { at, .. }
                 | Plan::Leave { at, .. }
+                | Plan::Slow { at, .. }
                 | Plan::Report { at, .. } => Some(*at),
                 Plan::CrashOnStep { .. } => None,
             };
@@ -539,6 +561,14 @@ impl GroupSim {
             }
             Ev::Plan(i) => self.plan(i),
             Ev::Heal(i) => self.heal(i),
+            Ev::Wake { node } => {
+                let m = self.members.get_mut(&node).expect("a member");
+                if m.wake_at == Some(at) {
+                    m.wake_at = None;
+                    let inputs = std::mem::take(&mut m.deferred);
+                    self.run_member(node, inputs);
+                }
+            }
             Ev::JoinRetry { node } => {
                 let m = self.members.get(&node).expect("a member");
                 if m.alive && m.node.is_none() {
@@ -599,6 +629,9 @@ impl GroupSim {
                         contact: Some(via),
                         log: BTreeMap::new(),
                         stream: Stream { done: true, ..Stream::default() },
+                        slow: None,
+                        deferred: Vec::new(),
+                        wake_at: None,
                     },
                 );
                 self.send_ctrl(node, via, Ctrl::Join { node, address: address(node) });
@@ -607,6 +640,12 @@ impl GroupSim {
             }
             Plan::Leave { node, .. } => self.activate(node, Some(Input::Leave)),
             Plan::Report { by, node, .. } => self.activate(by, Some(Input::ReportFailure(node))),
+            Plan::Slow { node, tick_ns, until, .. } => {
+                self.trace.record(format_args!("t={} slow n{} every {tick_ns}ns", now.0, node.0));
+                if let Some(m) = self.members.get_mut(&node) {
+                    m.slow = Some((tick_ns.max(1), until));
+                }
+            }
             Plan::CrashOnStep { .. } => {}
         }
     }
@@ -774,7 +813,31 @@ impl GroupSim {
         if !m.alive || m.node.as_ref().is_none_or(|n| n.stopped().is_some()) {
             return;
         }
-        m.node.as_mut().expect("a node").handle(now, input.unwrap_or(Input::RowsChanged));
+        if let Some((tick, until)) = m.slow {
+            if until.is_none_or(|u| now < u) {
+                m.deferred.push(input.unwrap_or(Input::RowsChanged));
+                if m.wake_at.is_none() {
+                    let at = Time((now.0 / tick + 1) * tick);
+                    m.wake_at = Some(at);
+                    self.schedule(at, Ev::Wake { node: id });
+                }
+                return;
+            }
+            m.slow = None;
+        }
+        self.run_member(id, vec![input.unwrap_or(Input::RowsChanged)]);
+    }
+
+    /// Runs a member on its inputs: each handled, then sends, deliveries and outputs.
+    fn run_member(&mut self, id: NodeId, inputs: Vec<Input>) {
+        let now = self.now;
+        let Some(m) = self.members.get_mut(&id) else { return };
+        if !m.alive || m.node.as_ref().is_none_or(|n| n.stopped().is_some()) {
+            return;
+        }
+        for input in inputs {
+            m.node.as_mut().expect("a node").handle(now, input);
+        }
         let mut crash = false;
         let mut pending: Vec<(NodeId, Ev)> = Vec::new();
         for _round in 0..64 {
