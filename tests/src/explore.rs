@@ -368,10 +368,10 @@ fn receive(w: &mut World, j: &mut Judge, bound: &Bound, from: u32, to: u32, msg:
         }
         Msg::State { log } => {
             let Some(node) = w.nodes.get(&to) else { return Ok(()) };
-            if node.stopped().is_some() {
+            let shard = node.view().shards[0].id;
+            if node.stopped().is_some() || !node.awaiting_state(shard) {
                 return Ok(());
             }
-            let shard = node.view().shards[0].id;
             w.logs.insert(to, log);
             run(w, j, to, Input::StateReceived(shard))?;
         }

@@ -241,6 +241,27 @@ fn a_crashed_member_restarts_as_a_new_member() {
 }
 
 #[test]
+fn two_shards_members_move_between_shards_and_receive_their_state() {
+    // Rank r is in shard r % 2: removing n1 shifts n2, n3, n4 to the other shard.
+    check("two_shards_members_move_between_shards_and_receive_their_state", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.shards = 2;
+        c.plan = vec![
+            Plan::Crash { node: NodeId(1), at: Time(5 * MS) },
+            Plan::Join { node: NodeId(100), via: NodeId(0), at: Time(30 * MS) },
+        ];
+        c
+    });
+    let mut c = GroupConfig::new(6, 5, 30);
+    c.shards = 2;
+    c.plan = vec![Plan::Crash { node: NodeId(1), at: Time(5 * MS) }];
+    let sim = run_group("two_shards_members_move_between_shards_and_receive_their_state", c, true)
+        .unwrap_or_else(|r| panic!("{r}"));
+    let moved = sim.events().iter().filter(|e| matches!(e.what, MemberEvent::StateReceived { .. })).count();
+    assert!(moved >= 3, "n2, n3 and n4 changed shards; {moved} states received");
+}
+
+#[test]
 fn random_scenarios_fixed_seeds() {
     for seed in seeds().into_iter().chain(100..140) {
         let (config, about) = random_group(seed);
@@ -356,12 +377,56 @@ mod checkers_catch_forgeries {
     #[test]
     fn a_lost_accepted_message() {
         let mut sim = crashed_run();
+        let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
         sim.events_mut().push(MemberRecord {
             at: Time(0),
             step: 0,
             node: NodeId(0),
-            what: MemberEvent::Sent { view: ViewId(1), seq: 10_000 },
+            what: MemberEvent::Sent { view: ViewId(1), shard, seq: 10_000 },
         });
         assert!(judge(&sim).contains("no-loss"));
+    }
+}
+
+#[test]
+fn a_group_bootstraps_from_one_member_and_delivers_once_adequate() {
+    check("a_group_bootstraps_from_one_member_and_delivers_once_adequate", |seed| {
+        let mut c = GroupConfig::new(seed, 1, 20);
+        c.min_members = 3;
+        c.plan = vec![
+            Plan::Join { node: NodeId(1), via: NodeId(0), at: Time(2 * MS) },
+            Plan::Join { node: NodeId(2), via: NodeId(0), at: Time(9 * MS) },
+        ];
+        c
+    });
+    let mut c = GroupConfig::new(12, 1, 20);
+    c.min_members = 3;
+    c.plan = vec![
+        Plan::Join { node: NodeId(1), via: NodeId(0), at: Time(2 * MS) },
+        Plan::Join { node: NodeId(2), via: NodeId(0), at: Time(9 * MS) },
+    ];
+    let sim = run_group("a_group_bootstraps_from_one_member_and_delivers_once_adequate", c, true)
+        .unwrap_or_else(|r| panic!("{r}"));
+    // Nothing is delivered before the view of three.
+    let first = sim
+        .events()
+        .iter()
+        .find_map(|e| match &e.what {
+            MemberEvent::Delivered { view, .. } => Some(*view),
+            _ => None,
+        })
+        .expect("deliveries once adequate");
+    let adequate = sim
+        .events()
+        .iter()
+        .find_map(|e| match &e.what {
+            MemberEvent::Installed(v) if v.members.len() == 3 => Some(v.id),
+            _ => None,
+        })
+        .expect("a view of three");
+    assert!(first >= adequate, "delivered in view {} before the adequate view {}", first.0, adequate.0);
+    let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
+    for id in [NodeId(0), NodeId(1), NodeId(2)] {
+        assert_eq!(sim.log(id, shard).len(), 20, "n{} has the starter's 20 messages", id.0);
     }
 }

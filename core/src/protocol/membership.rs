@@ -194,6 +194,40 @@ impl LayoutFn for OneShard {
     }
 }
 
+/// `shards` shards, member of rank `r` in shard `r % shards`, every member a sender; adequate
+/// when every shard has at least `min_per_shard` members. A removal shifts ranks, so members
+/// move between shards, and their new shards' state moves to them (PROTOCOLS §3.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundRobinShards {
+    /// Number of shards (subgroup 0, shards `0..shards`).
+    pub shards: u16,
+    /// Ordered or unordered.
+    pub mode: DeliveryMode,
+    /// Fewest members per shard.
+    pub min_per_shard: usize,
+}
+
+impl LayoutFn for RoundRobinShards {
+    fn layout(&self, members: &[NodeId]) -> Result<Vec<ShardLayout>, String> {
+        let k = usize::from(self.shards.max(1));
+        let need = k * self.min_per_shard.max(1);
+        if members.len() < need {
+            return Err(format!("{} members, fewer than the {need} that {k} shards need", members.len()));
+        }
+        Ok((0..k)
+            .map(|i| {
+                let m: Vec<NodeId> = members.iter().copied().skip(i).step_by(k).collect();
+                ShardLayout {
+                    id: ShardRef { subgroup: super::SubgroupId(0), shard: super::ShardIndex(i as u16) },
+                    senders: m.clone(),
+                    members: m,
+                    mode: self.mode,
+                }
+            })
+            .collect())
+    }
+}
+
 /// Shards given once (a static configuration): each keeps the listed members still present;
 /// inadequate when a shard has lost every member or every sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,9 +255,10 @@ impl LayoutFn for FixedShards {
 pub struct StateTransfer {
     /// The shard.
     pub shard: ShardRef,
-    /// The member that sends its state: the lowest-ranked member of the shard that was in it in
-    /// the previous view.
-    pub from: NodeId,
+    /// The members that send its state: every survivor of the old shard, those that stay in it
+    /// first. Each sends; a new member applies the first state that arrives and ignores the
+    /// others, so one source failing during the transfer does not strand it.
+    pub from: Vec<NodeId>,
     /// The shard members that were not in it in the previous view.
     pub to: Vec<NodeId>,
 }
@@ -319,6 +354,9 @@ pub enum JoinRefusal {
     /// The address does not fit its column.
     #[error("the joiner's address is longer than {ADDRESS_LEN_MAX} bytes")]
     AddressTooLong,
+    /// The group has `members_max` members (counting joins under way).
+    #[error("the group is full ({0} members, the members_max limit)")]
+    GroupFull(u32),
 }
 
 /// The counters of one row, as last read.
@@ -418,6 +456,7 @@ impl Gms {
         now: Time,
     ) -> Self {
         let n = view.members.len();
+        let grace = now.plus_ns(config.suspect_after_ns);
         Self {
             next_heartbeat: now,
             config,
@@ -429,7 +468,10 @@ impl Gms {
             addresses,
             heartbeat: 0,
             seen: vec![Counters::default(); n],
-            heard_at: vec![now; n],
+            // Grace for the first sign of life in a new view: a member may still be finishing
+            // the previous view change, which takes up to a timeout when a member failed at its
+            // end, and its traffic meanwhile goes only to the old view's members.
+            heard_at: vec![grace; n],
             broken: vec![false; n],
             suspected: vec![false; n],
             local: Vec::new(),
@@ -942,14 +984,16 @@ impl Gms {
                 _ => None,
             })
             .collect();
-        let joined: Vec<(NodeId, String)> = f
-            .changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Add { node, address } if view.rank_of(*node).is_none() => Some((*node, address.clone())),
-                _ => None,
-            })
-            .collect();
+        // A change list that names a joiner twice (a lying row) adds it once.
+        let mut joined: Vec<(NodeId, String)> = Vec::new();
+        for c in &f.changes {
+            if let Change::Add { node, address } = c
+                && view.rank_of(*node).is_none()
+                && !joined.iter().any(|(n, _)| n == node)
+            {
+                joined.push((*node, address.clone()));
+            }
+        }
         let mut members: Vec<NodeId> = view.members.iter().copied().filter(|m| !departed.contains(m)).collect();
         members.extend(joined.iter().map(|(n, _)| *n));
         let mut addresses = self.addresses.clone();
@@ -967,7 +1011,15 @@ impl Gms {
             .iter()
             .filter_map(|s| {
                 let old = view.shards.iter().find(|o| o.id == s.id)?;
-                let from = *s.members.iter().find(|m| old.members.contains(m))?;
+                // Any survivor of the old shard holds its state, even one that moves to
+                // another shard.
+                let mut from: Vec<NodeId> = s.members.iter().copied().filter(|m| old.members.contains(m)).collect();
+                let movers: Vec<NodeId> =
+                    members.iter().copied().filter(|m| old.members.contains(m) && !from.contains(m)).collect();
+                from.extend(movers);
+                if from.is_empty() {
+                    return None;
+                }
                 let to: Vec<NodeId> = s.members.iter().copied().filter(|m| !old.members.contains(m)).collect();
                 (!to.is_empty()).then_some(StateTransfer { shard: s.id, from, to })
             })

@@ -25,7 +25,7 @@ pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
 pub use membership::{
     Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError, NextView, OneShard,
-    StateTransfer, StopReason,
+    RoundRobinShards, StateTransfer, StopReason,
 };
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
 pub use node::{Input, Node, NodeError, Output};

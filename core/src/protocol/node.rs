@@ -77,7 +77,8 @@ pub enum Output {
     Step(GmsStep),
     /// The view change is done here: this member delivered everything of the old view it ever
     /// will. Give it a zeroed table of [`Node::table_len`] bytes for the new view with
-    /// [`Node::install`]; the new view's leader sends it to the joiners.
+    /// [`Node::install`]. Joiners learn it from the members of the old view (every one may send
+    /// it; a joiner starts from the first with [`Node::join`]).
     NextView(NextView),
     /// This member stopped; everything after this fails with [`SendError::Stopped`].
     Stopped(StopReason),
@@ -311,8 +312,16 @@ impl<M: SstMemory> Node<M> {
         let old_view = self.view.clone();
         let mut node = match Self::build(self.me, next.view.clone(), &self.limits, mem) {
             Ok(n) => n,
-            Err(e) => {
+            Err(NodeError::MemoryLen { needed, given }) => {
+                // The caller's mistake: it may try again with the right memory.
                 self.gms = Some(gms);
+                return Err(NodeError::MemoryLen { needed, given });
+            }
+            Err(e) => {
+                // The final record described a view the limits refuse (only a lying leader
+                // can cause it): this member cannot go on.
+                self.gms = Some(gms);
+                self.stop(StopReason::Removed { view: self.view.id.0, why: "the next view breaks the limits" });
                 return Err(e);
             }
         };
@@ -337,7 +346,7 @@ impl<M: SstMemory> Node<M> {
         }
         node.outputs.extend(self.outputs.drain(..));
         for t in &next.transfers {
-            if t.from == self.me {
+            if t.from.contains(&self.me) {
                 node.outputs.push_back(Output::SendState { shard: t.shard, to: t.to.clone() });
             }
         }
@@ -474,6 +483,10 @@ impl<M: SstMemory> Node<M> {
         }
         if self.view.rank_of(node).is_some() || g.joins.iter().any(|(n, _)| *n == node) {
             self.outputs.push_back(refuse(JoinRefusal::IdInUse(node)));
+            return;
+        }
+        if self.view.members.len() + g.joins.len() >= self.limits.members_max as usize {
+            self.outputs.push_back(refuse(JoinRefusal::GroupFull(self.limits.members_max)));
             return;
         }
         g.joins.push((node, address));
@@ -689,6 +702,12 @@ impl<M: SstMemory> Node<M> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether this member waits for the state of `shard` (it applies the first that arrives;
+    /// a later copy must be ignored).
+    pub fn awaiting_state(&self, shard: ShardRef) -> bool {
+        self.shards.iter().any(|s| s.id == shard && s.awaiting_state)
     }
 
     /// Why this member stopped, if it did.
@@ -985,5 +1004,93 @@ mod tests {
         assert!(matches!(e, NodeError::MemoryLen { .. }));
         let bad = Limits { window_len: 0, ..limits() };
         assert!(matches!(Node::new(NodeId(0), view, &bad, HeapMemory::new(len)), Err(NodeError::Limit(_))));
+    }
+}
+
+#[cfg(test)]
+mod membership_tests {
+    use super::*;
+    use crate::protocol::layout::DeliveryMode;
+    use crate::protocol::membership::OneShard;
+    use crate::protocol::sst::HeapMemory;
+    use crate::protocol::{GmsStep, ViewId};
+
+    fn limits() -> Limits {
+        Limits { window_len: 8, payload_len_max: 64, ring_len: 1024, changes_max: 4, ..Limits::default() }
+    }
+
+    fn member(me: u32) -> Node<HeapMemory> {
+        let ids: Vec<NodeId> = (0..3).map(NodeId).collect();
+        let layout = Rc::new(OneShard { mode: DeliveryMode::Ordered, min_members: 1 });
+        let shards = crate::protocol::LayoutFn::layout(&*layout, &ids).unwrap();
+        let view = View { id: ViewId(0), members: ids.clone(), shards };
+        let addresses = ids.iter().map(|n| (*n, format!("a{}", n.0))).collect();
+        let len = Node::<HeapMemory>::table_len(&view, &limits());
+        let config =
+            MembershipConfig { heartbeat_ns: 1_000, suspect_after_ns: 1_000_000, ..MembershipConfig::default() };
+        Node::with_membership(NodeId(me), view, addresses, &limits(), HeapMemory::new(len), config, layout, Time(0))
+            .unwrap()
+    }
+
+    /// SplitMix64, for the garbage (the protocol module has no randomness of its own).
+    fn next(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    #[test]
+    fn garbage_in_a_peer_row_is_a_violation_never_a_panic() {
+        let mut seed = 7u64;
+        let mut accused = 0;
+        for round in 0..2_000u64 {
+            let mut n = member(0);
+            n.handle(Time(1), Input::RowsChanged);
+            // Write random words (small values half the time, to pass the cheap checks) into
+            // peer 1's row, membership section and shard counters alike.
+            let row = n.row_range(NodeId(1)).unwrap();
+            let gms_end = row.start + n.row_layout().gms.end + 64;
+            for _ in 0..1 + next(&mut seed) % 8 {
+                let at = row.start + (next(&mut seed) as usize % (gms_end - row.start)) / 8 * 8;
+                let v = if next(&mut seed).is_multiple_of(2) { next(&mut seed) % 4 } else { next(&mut seed) };
+                n.memory_mut().store_u64(at, v);
+            }
+            for t in 2..6 {
+                n.handle(Time(t * 1000), Input::RowsChanged);
+                n.deliver(|_| {});
+                while let Some(o) = n.poll_output() {
+                    if let Output::Violation { node, .. } = o {
+                        assert_eq!(node, NodeId(1), "round {round}: an honest row was accused");
+                        accused += 1;
+                    }
+                }
+            }
+        }
+        assert!(accused > 500, "garbage was accused only {accused} times in 2000 rounds");
+    }
+
+    #[test]
+    fn a_lone_join_request_at_the_leader_becomes_a_proposal() {
+        let mut n = member(0);
+        n.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        let steps: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+        assert!(steps.contains(&Output::Step(GmsStep::Proposed(1))), "{steps:?}");
+        assert!(n.is_wedged());
+        // A follower redirects, and an id in use is refused.
+        let mut f = member(1);
+        f.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        let out: Vec<Output> = std::iter::from_fn(|| f.poll_output()).collect();
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::JoinRefused { refusal: JoinRefusal::NotLeader { leader: NodeId(0), .. }, .. }
+        )));
+        n.handle(Time(2), Input::Join { node: NodeId(2), address: "x".into() });
+        let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+        assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::IdInUse(NodeId(2)), .. })));
+        n.handle(Time(3), Input::Join { node: NodeId(8), address: "x".repeat(100) });
+        let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
+        assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::AddressTooLong, .. })));
     }
 }

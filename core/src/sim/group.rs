@@ -16,8 +16,8 @@ use std::ops::RangeInclusive;
 use std::rc::Rc;
 
 use crate::protocol::{
-    DeliveryMode, GmsStep, HeapMemory, Input, JoinRefusal, Limits, MembershipConfig, NextView, Node, NodeId, OneShard,
-    Output, SendError, ShardRef, SstMemory, StopReason, Time, Version, View, ViewId,
+    DeliveryMode, GmsStep, HeapMemory, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId,
+    OneShard, Output, RoundRobinShards, SendError, ShardRef, SstMemory, StopReason, Time, Version, View, ViewId,
 };
 
 use super::payload;
@@ -158,8 +158,11 @@ pub struct GroupConfig {
     pub seed: u64,
     /// Members at start, ids `0..members`, all in view 0.
     pub members: u32,
-    /// The layout: one shard of every member; adequate from this many members.
+    /// The layout: with `shards == 1`, one shard of every member, adequate from this many
+    /// members; with more, [`RoundRobinShards`] with this many members per shard.
     pub min_members: usize,
+    /// Shards of the layout.
+    pub shards: u16,
     /// Ordered or unordered.
     pub mode: DeliveryMode,
     /// Heartbeats and timeouts.
@@ -192,6 +195,7 @@ impl GroupConfig {
             seed,
             members,
             min_members: 1,
+            shards: 1,
             mode: DeliveryMode::Ordered,
             membership: MembershipConfig {
                 heartbeat_ns: 1_000_000,
@@ -234,6 +238,8 @@ pub enum MemberEvent {
     Sent {
         /// The view.
         view: ViewId,
+        /// The shard.
+        shard: ShardRef,
         /// The workload sequence number.
         seq: u64,
     },
@@ -251,8 +257,11 @@ pub enum MemberEvent {
         /// Entries in the log received.
         len: usize,
     },
-    /// Own messages above a trim could not be sent again.
+    /// Its last `count` accepted messages of `shard` could not be sent again (it is no longer
+    /// a sender there): their sends failed.
     ResendFailed {
+        /// The shard.
+        shard: ShardRef,
         /// How many.
         count: usize,
     },
@@ -279,12 +288,15 @@ pub struct Event {
     pub what: MemberEvent,
 }
 
+/// A shard's application log, as sent to a new member.
+type Log = Rc<[(NodeId, u64)]>;
+
 #[derive(Clone, Debug)]
 enum Ctrl {
     Join { node: NodeId, address: String },
     Refused(JoinRefusal),
     Welcome(Box<NextView>),
-    State { shard: ShardRef, log: Rc<[(NodeId, u64)]> },
+    State { view: ViewId, shard: ShardRef, log: Log },
 }
 
 #[derive(Clone, Debug)]
@@ -315,6 +327,8 @@ struct Member {
     tick_at: Option<Time>,
     /// Pushes for views not installed yet: (view, from, offset, bytes).
     future: Vec<(ViewId, NodeId, usize, Rc<[u8]>)>,
+    /// States for a view not installed yet.
+    future_state: Vec<(ViewId, ShardRef, Log)>,
     /// A joiner's contact, while it has no view.
     contact: Option<NodeId>,
     log: BTreeMap<ShardRef, Vec<(NodeId, u64)>>,
@@ -330,7 +344,7 @@ struct Member {
 #[derive(Debug)]
 pub struct GroupSim {
     config: GroupConfig,
-    layout: Rc<OneShard>,
+    layout: Rc<dyn LayoutFn>,
     members: BTreeMap<NodeId, Member>,
     queue: BTreeMap<(Time, u64), Ev>,
     scheduled: u64,
@@ -360,9 +374,13 @@ impl GroupSim {
     pub fn new(config: GroupConfig) -> Self {
         let mut root = SimRng::new(config.seed);
         let (net_rng, work_rng, crash_rng) = (root.fork(), root.fork(), root.fork());
-        let layout = Rc::new(OneShard { mode: config.mode, min_members: config.min_members });
+        let layout: Rc<dyn LayoutFn> = if config.shards <= 1 {
+            Rc::new(OneShard { mode: config.mode, min_members: config.min_members })
+        } else {
+            Rc::new(RoundRobinShards { shards: config.shards, mode: config.mode, min_per_shard: config.min_members })
+        };
         let ids: Vec<NodeId> = (0..config.members).map(NodeId).collect();
-        let shards = crate::protocol::LayoutFn::layout(&*layout, &ids).unwrap_or_default();
+        let shards = layout.layout(&ids).unwrap_or_default();
         let view = View { id: ViewId(0), members: ids.clone(), shards };
         let addresses: BTreeMap<NodeId, String> = ids.iter().map(|&n| (n, address(n))).collect();
         let mut sim = Self {
@@ -403,6 +421,7 @@ impl GroupSim {
                     alive: true,
                     tick_at: None,
                     future: Vec::new(),
+                    future_state: Vec::new(),
                     contact: None,
                     log: BTreeMap::new(),
                     stream,
@@ -626,6 +645,7 @@ impl GroupSim {
                         alive: true,
                         tick_at: None,
                         future: Vec::new(),
+                        future_state: Vec::new(),
                         contact: Some(via),
                         log: BTreeMap::new(),
                         stream: Stream { done: true, ..Stream::default() },
@@ -777,11 +797,22 @@ impl GroupSim {
                 self.apply_future(to);
                 self.activate(to, None);
             }
-            Ctrl::State { shard, log } => {
+            Ctrl::State { view, shard, log } => {
                 let m = self.members.get_mut(&to).expect("a member");
-                let Some(node) = &m.node else { return };
-                if node.stopped().is_some() {
+                let Some(node) = &m.node else {
+                    m.future_state.push((view, shard, log));
                     return;
+                };
+                if node.stopped().is_some() || node.view().id > view {
+                    return;
+                }
+                if node.view().id < view {
+                    // Sent as soon as the sender installed; this member has not yet.
+                    m.future_state.push((view, shard, log));
+                    return;
+                }
+                if !node.awaiting_state(shard) {
+                    return; // a second source's copy
                 }
                 m.log.insert(shard, log.to_vec());
                 self.record(to, MemberEvent::StateReceived { shard, len: log.len() });
@@ -803,7 +834,14 @@ impl GroupSim {
                 keep.push((v, from, offset, bytes));
             }
         }
-        self.members.get_mut(&id).expect("a member").future = keep;
+        let m = self.members.get_mut(&id).expect("a member");
+        m.future = keep;
+        let states = std::mem::take(&mut m.future_state);
+        for (v, shard, log) in states {
+            if v >= view {
+                self.control(id, id, Ctrl::State { view: v, shard, log });
+            }
+        }
     }
 
     /// Runs a member: the input, sends, deliveries, outputs (installing a next view at once).
@@ -901,7 +939,7 @@ impl GroupSim {
             return;
         }
         let node = m.node.as_mut().expect("a node");
-        let Some(shard) = node.view().shards.first().map(|s| s.id) else { return };
+        let Some(shard) = node.view().shards.iter().find(|s| s.senders.contains(&id)).map(|s| s.id) else { return };
         let len = *s.next_len.get_or_insert_with(|| {
             self.work_rng.range(u64::from(*self.config.payload_len.start())..=u64::from(*self.config.payload_len.end()))
                 as usize
@@ -914,7 +952,7 @@ impl GroupSim {
                 s.next_len = None;
                 s.blocked = false;
                 self.trace.record(format_args!("t={} send n{} v{} #{index} seq={seq}", now.0, id.0, view.0));
-                self.record(id, MemberEvent::Sent { view, seq });
+                self.record(id, MemberEvent::Sent { view, shard, seq });
                 if seq + 1 < self.config.messages_per_sender {
                     let at = now.plus_ns(self.work_rng.range(self.config.interval_ns.clone()));
                     self.schedule(at, Ev::SendDue { node: id });
@@ -1041,10 +1079,11 @@ impl GroupSim {
                     let log: Rc<[(NodeId, u64)]> =
                         self.members[&id].log.get(&shard).cloned().unwrap_or_default().into();
                     for t in to {
-                        pending.push((t, Ev::Ctrl { from: id, to: t, msg: Ctrl::State { shard, log: log.clone() } }));
+                        let msg = Ctrl::State { view, shard, log: log.clone() };
+                        pending.push((t, Ev::Ctrl { from: id, to: t, msg }));
                     }
                 }
-                Output::ResendFailed { count, .. } => self.record(id, MemberEvent::ResendFailed { count }),
+                Output::ResendFailed { shard, count } => self.record(id, MemberEvent::ResendFailed { shard, count }),
             }
         }
         installed

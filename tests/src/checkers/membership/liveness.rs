@@ -2,8 +2,8 @@
 //!
 //! At the end of a run whose faults healed (and whose majority survived), the members still
 //! running are exactly the members of one view, all installed, none wedged; every one of them
-//! has had all its workload accepted; and their logs are identical (state transfer gave joiners
-//! the same state as everyone else).
+//! has had all its workload accepted; and the members of each shard have identical logs of it
+//! (state transfer gave new shard members the same state as everyone else).
 
 use derecho::sim::GroupSim;
 
@@ -41,15 +41,16 @@ impl Liveness {
             if sim.unsent(id) > 0 {
                 return Err(format!("n{} still has {} messages not accepted", id.0, sim.unsent(id)));
             }
-            for s in &view.shards {
-                if sim.log(id, s.id) != sim.log(first, s.id) {
+            for s in view.shards.iter().filter(|s| s.members.contains(&id)) {
+                let other = s.members[0];
+                if sim.log(id, s.id) != sim.log(other, s.id) {
                     return Err(format!(
                         "n{} and n{} have different logs of {}: {} vs {} entries",
                         id.0,
-                        first.0,
+                        other.0,
                         s.id,
                         sim.log(id, s.id).len(),
-                        sim.log(first, s.id).len()
+                        sim.log(other, s.id).len()
                     ));
                 }
             }

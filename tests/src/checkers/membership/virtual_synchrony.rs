@@ -1,8 +1,8 @@
 //! Virtual synchrony (PROTOCOLS §3.3 steps 7-9, TESTING.md "total order / virtual synchrony").
 //!
 //! Within a view, any two members' deliveries in a shard are prefix-consistent (one order); and
-//! every member that moves from view `v` to view `v + 1` delivered exactly the same messages of
-//! `v`, in the same order, as every other member that did.
+//! every member of a shard that moves from view `v` to view `v + 1` delivered exactly the same
+//! messages of `v` in that shard, in the same order, as every other member of it that did.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +20,8 @@ pub struct VirtualSynchrony {
     current: BTreeMap<NodeId, (ViewId, BTreeMap<ShardRef, Seq>)>,
     /// Per (view, shard): the longest sequence delivered in it, and by whom.
     longest: BTreeMap<(ViewId, ShardRef), (Seq, NodeId)>,
-    /// Per view: the deliveries of the first member that left it for the next view.
-    closed: BTreeMap<ViewId, (BTreeMap<ShardRef, Seq>, NodeId)>,
+    /// Per (view, shard): the deliveries of the first shard member that left it for the next view.
+    closed: BTreeMap<(ViewId, ShardRef), (Seq, NodeId)>,
 }
 
 impl EventChecker for VirtualSynchrony {
@@ -35,25 +35,29 @@ impl EventChecker for VirtualSynchrony {
                 if let Some((old, seqs)) = self.current.remove(&e.node)
                     && view.id.0 == old.0 + 1
                 {
-                    match self.closed.get(&old) {
-                        Some((first, by)) if *first != seqs => {
-                            return Err(format!(
-                                "n{} and n{} both installed view {} but delivered different messages of view {}: {} vs {}",
-                                e.node.0,
-                                by.0,
-                                view.id.0,
-                                old.0,
-                                summary(&seqs),
-                                summary(first)
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            self.closed.insert(old, (seqs, e.node));
+                    for (shard, seq) in seqs {
+                        match self.closed.get(&(old, shard)) {
+                            Some((first, by)) if *first != seq => {
+                                return Err(format!(
+                                    "n{} and n{} both installed view {} but delivered different messages of view {} in {shard}: {} vs {}",
+                                    e.node.0,
+                                    by.0,
+                                    view.id.0,
+                                    old.0,
+                                    summary(&seq),
+                                    summary(first)
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                self.closed.insert((old, shard), (seq, e.node));
+                            }
                         }
                     }
                 }
-                self.current.insert(e.node, (view.id, BTreeMap::new()));
+                // Every shard this member belongs to starts empty (no delivery is a sequence too).
+                let mine = view.shards.iter().filter(|s| s.members.contains(&e.node)).map(|s| (s.id, Vec::new()));
+                self.current.insert(e.node, (view.id, mine.collect()));
             }
             MemberEvent::Delivered { view, shard, sender, seq, .. } => {
                 let Some((v, seqs)) = self.current.get_mut(&e.node) else {
@@ -77,15 +81,15 @@ impl EventChecker for VirtualSynchrony {
                     longest.push(mine[i]);
                     *by = e.node;
                 }
-                if let Some((closed, by)) = self.closed.get(view)
-                    && closed.get(shard).is_none_or(|c| c.len() < mine.len())
+                if let Some((closed, by)) = self.closed.get(&(*view, *shard))
+                    && closed.len() < mine.len()
                 {
                     return Err(format!(
                         "n{} delivered {} messages of view {} in {shard}, more than the {} n{} left it with",
                         e.node.0,
                         mine.len(),
                         view.0,
-                        closed.get(shard).map_or(0, Vec::len),
+                        closed.len(),
                         by.0
                     ));
                 }
@@ -96,6 +100,6 @@ impl EventChecker for VirtualSynchrony {
     }
 }
 
-fn summary(seqs: &BTreeMap<ShardRef, Seq>) -> String {
-    seqs.iter().map(|(s, v)| format!("{s}: {} messages, last {:?}", v.len(), v.last())).collect::<Vec<_>>().join("; ")
+fn summary(seq: &Seq) -> String {
+    format!("{} messages, last {:?}", seq.len(), seq.last())
 }
