@@ -224,13 +224,27 @@ fn hello(me: PeerId, tag: u32) -> [u8; HEADER_LEN] {
     Header::encode(Kind::Hello, u64::from(me.0) | (u64::from(tag) << 32), &[])
 }
 
-/// Reads until at least `HEADER_LEN` bytes are in `buf`, then validates them as a `Hello`.
+/// Reads until at least `HEADER_LEN` bytes are in `buf`, then validates them as a `Hello` with
+/// group tag `tag`.
 async fn read_hello(
     stream: &TcpStream,
-    mut buf: AlignedBuf,
+    buf: AlignedBuf,
     max_frame_len: usize,
     tag: u32,
 ) -> Result<(PeerId, AlignedBuf, usize), String> {
+    let (peer, their_tag, buf, filled) = read_hello_any(stream, buf, max_frame_len).await?;
+    if their_tag != tag {
+        return Err(format!("group tag {their_tag} differs from ours ({tag})"));
+    }
+    Ok((peer, buf, filled))
+}
+
+/// Reads and validates a `Hello`; returns the peer, its group tag and what was read.
+async fn read_hello_any(
+    stream: &TcpStream,
+    mut buf: AlignedBuf,
+    max_frame_len: usize,
+) -> Result<(PeerId, u32, AlignedBuf, usize), String> {
     let mut filled = 0;
     while filled < HEADER_LEN {
         let (res, b) = stream.recv(buf, filled).await;
@@ -247,11 +261,167 @@ async fn read_hello(
     if h.kind != Kind::Hello || h.len != 0 {
         return Err(format!("expected a hello, got {:?}", h.kind));
     }
-    let their_tag = (h.aux >> 32) as u32;
-    if their_tag != tag {
-        return Err(format!("group tag {their_tag} differs from ours ({tag})"));
+    Ok((PeerId(h.aux as u32), (h.aux >> 32) as u32, buf, filled))
+}
+
+/// Accepts connections on one listener for several transports of one member, routing each by
+/// the group tag of its `Hello` (a membership driver runs one transport per view, each with a
+/// tag of its own, on one port).
+///
+/// A connection is answered as soon as its `Hello` is read, and then waits, parked, until a
+/// transport with its tag claims it ([`TcpTransport::connect_via`]): a peer that installed a
+/// view first connects to one still finishing the previous view, and what it sends meanwhile
+/// waits in the socket. At most `park_max` connections wait at once, each at most
+/// `park_timeout`; beyond that they are closed, so foreign or stale connections cost bounded
+/// memory.
+#[derive(Debug)]
+pub struct TcpAcceptor {
+    inner: Rc<AcceptorInner>,
+    task: RefCell<Option<JoinHandle<()>>>,
+    local_addr: SocketAddr,
+}
+
+#[derive(Debug)]
+struct AcceptorInner {
+    parked: RefCell<BTreeMap<(u32, PeerId), (Instant, ParkedConn)>>,
+    waiters: RefCell<Vec<Waker>>,
+    park_max: usize,
+    park_timeout: Duration,
+}
+
+/// A handshaken connection waiting for its transport.
+struct ParkedConn(Handshaken);
+
+impl std::fmt::Debug for ParkedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParkedConn({})", self.0.peer)
     }
-    Ok((PeerId(h.aux as u32), buf, filled))
+}
+
+impl AcceptorInner {
+    fn expire(&self) {
+        let now = Instant::now();
+        self.parked.borrow_mut().retain(|(tag, peer), (at, _)| {
+            let keep = now.duration_since(*at) < self.park_timeout;
+            if !keep {
+                tracing::warn!(%peer, tag, "closed a connection no transport claimed");
+            }
+            keep
+        });
+    }
+
+    fn wake(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl TcpAcceptor {
+    /// Starts accepting on `listener` for member `me`. Call on the executor that will run the
+    /// transports.
+    ///
+    pub fn new(
+        listener: TcpListener,
+        me: PeerId,
+        limits: &TransportLimits,
+        park_max: usize,
+        park_timeout: Duration,
+    ) -> Self {
+        let local_addr = listener.local_addr();
+        let inner = Rc::new(AcceptorInner {
+            parked: RefCell::new(BTreeMap::new()),
+            waiters: RefCell::new(Vec::new()),
+            park_max,
+            park_timeout,
+        });
+        let task = {
+            let inner = inner.clone();
+            let max = limits.max_frame_len;
+            spawn(async move {
+                loop {
+                    let (stream, addr) = match listener.accept().await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    inner.expire();
+                    let r = time::timeout(
+                        Duration::from_secs(5),
+                        read_hello_any(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max),
+                    )
+                    .await;
+                    let (peer, tag, buf, filled) = match r {
+                        Ok(Ok(v)) => v,
+                        Ok(Err(reason)) => {
+                            tracing::warn!(%addr, %reason, "refused a connection");
+                            continue;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
+                            continue;
+                        }
+                    };
+                    let full = inner.parked.borrow().len() >= inner.park_max;
+                    if full || inner.parked.borrow().contains_key(&(tag, peer)) {
+                        tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
+                        continue;
+                    }
+                    if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+                        continue;
+                    }
+                    let conn = ParkedConn(Handshaken { peer, stream, buf, filled });
+                    inner.parked.borrow_mut().insert((tag, peer), (Instant::now(), conn));
+                    inner.wake();
+                }
+            })
+        };
+        Self { inner, task: RefCell::new(Some(task)), local_addr }
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections waiting for a transport.
+    pub fn parked(&self) -> usize {
+        self.inner.parked.borrow().len()
+    }
+
+    /// Waits until every peer of `peers` has connected with `tag`, or until `deadline`; returns
+    /// the connections that arrived.
+    async fn claim(&self, tag: u32, peers: &[PeerId], deadline: Instant) -> BTreeMap<PeerId, Handshaken> {
+        let mut got = BTreeMap::new();
+        let wait = poll_fn(|cx| {
+            {
+                let mut parked = self.inner.parked.borrow_mut();
+                for p in peers {
+                    if let Some((_, c)) = parked.remove(&(tag, *p)) {
+                        got.insert(*p, c.0);
+                    }
+                }
+            }
+            if got.len() == peers.len() {
+                return Poll::Ready(());
+            }
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        let _ = time::timeout(deadline.saturating_duration_since(Instant::now()), wait).await;
+        got
+    }
+}
+
+impl Drop for TcpAcceptor {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.borrow_mut().take() {
+            t.abort();
+        }
+    }
 }
 
 impl TcpTransport {
@@ -346,6 +516,61 @@ impl TcpTransport {
             return Err(TransportError::ConnectTimeout { after: limits.connect_timeout, missing });
         }
         Ok(Self::start(me, limits, config.checksum_body_len_max, all))
+    }
+
+    /// As [`TcpTransport::connect`], with the connections from peers with a larger id taken
+    /// from `acceptor` (routed there by this configuration's group tag). With `missing_ok`, the
+    /// peers not connected by the deadline do not fail the call: each is reported at once as
+    /// [`TransportEvent::PeerFailed`] (a membership driver then suspects it) and the transport
+    /// runs with the others.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpTransport::connect`] (a timeout only without `missing_ok`).
+    pub async fn connect_via(
+        acceptor: &TcpAcceptor,
+        config: TcpConfig,
+        missing_ok: bool,
+    ) -> Result<Self, TransportError> {
+        config.validate()?;
+        let me = config.me;
+        let limits = config.limits.clone();
+        let tag = config.group_tag;
+        let deadline = Instant::now() + limits.connect_timeout;
+        let expected: Vec<PeerId> = config.peers.iter().map(|(p, _)| *p).filter(|p| *p > me).collect();
+        let dials: Vec<(PeerId, SocketAddr)> = config.peers.iter().copied().filter(|(p, _)| *p < me).collect();
+        let mut dialled: BTreeMap<PeerId, Handshaken> = BTreeMap::new();
+        {
+            // Dial every smaller peer concurrently, while the acceptor collects the larger ones.
+            let mut tasks = Vec::new();
+            for (peer, addr) in dials {
+                let max = limits.max_frame_len;
+                tasks.push(spawn(async move { Self::dial(me, peer, addr, tag, max, deadline).await }));
+            }
+            let accepted = acceptor.claim(tag, &expected, deadline).await;
+            dialled.extend(accepted);
+            for t in tasks {
+                match t.await {
+                    Ok(h) => {
+                        dialled.insert(h.peer, h);
+                    }
+                    Err(TransportError::ConnectTimeout { .. }) => {}
+                    Err(TransportError::Handshake { .. }) if missing_ok => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let missing: Vec<PeerId> = config.peers.iter().map(|(p, _)| *p).filter(|p| !dialled.contains_key(p)).collect();
+        if !missing.is_empty() && !missing_ok {
+            return Err(TransportError::ConnectTimeout { after: limits.connect_timeout, missing });
+        }
+        let t = Self::start(me, limits.clone(), config.checksum_body_len_max, dialled);
+        for peer in missing {
+            t.inner
+                .events
+                .push(TransportEvent::PeerFailed { peer, reason: PeerFailure::Silent(limits.connect_timeout) });
+        }
+        Ok(t)
     }
 
     async fn dial(
