@@ -430,3 +430,31 @@ fn a_group_bootstraps_from_one_member_and_delivers_once_adequate() {
         assert_eq!(sim.log(id, shard).len(), 20, "n{} has the starter's 20 messages", id.0);
     }
 }
+
+#[test]
+fn a_shard_state_survives_an_inadequate_view() {
+    // Three needed: the crash makes view 1 inadequate (no shards); the join makes view 2
+    // adequate again, and the joiner must receive the state the survivors kept.
+    check("a_shard_state_survives_an_inadequate_view", |seed| {
+        let mut c = GroupConfig::new(seed, 3, 20);
+        c.min_members = 3;
+        c.plan = vec![
+            Plan::Crash { node: NodeId(2), at: Time(4 * MS) },
+            Plan::Join { node: NodeId(100), via: NodeId(0), at: Time(40 * MS) },
+        ];
+        c
+    });
+    let mut c = GroupConfig::new(13, 3, 20);
+    c.min_members = 3;
+    c.plan = vec![
+        Plan::Crash { node: NodeId(2), at: Time(4 * MS) },
+        Plan::Join { node: NodeId(100), via: NodeId(0), at: Time(40 * MS) },
+    ];
+    let sim = run_group("a_shard_state_survives_an_inadequate_view", c, true).unwrap_or_else(|r| panic!("{r}"));
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| e.node == NodeId(100) && matches!(e.what, MemberEvent::StateReceived { len, .. } if len > 0)),
+        "the joiner received no state after the inadequate view"
+    );
+}

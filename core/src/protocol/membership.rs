@@ -409,6 +409,8 @@ pub(crate) struct Carry {
     pub(crate) leaving: bool,
     /// Own ordered messages above the trim, per shard, to send again.
     pub(crate) resend: Resends,
+    /// The last layout each shard had, across inadequate views (see [`Gms::last_shards`]).
+    pub(crate) last_shards: Vec<ShardLayout>,
 }
 
 /// The membership state of one member in one view.
@@ -435,6 +437,9 @@ pub(crate) struct Gms {
     changes: Vec<Change>,
     pub(crate) joins: Vec<(NodeId, String)>,
     pub(crate) final_record: Option<Final>,
+    /// Every shard's members in the last view that had it: an inadequate view has no shards,
+    /// and the view after it must still send each shard's state to its new members.
+    pub(crate) last_shards: Vec<ShardLayout>,
     /// Every member it waits for echoed the final record: deliver up to the trims.
     pub(crate) trim_ready: bool,
     pub(crate) trim_delivered: bool,
@@ -481,6 +486,7 @@ impl Gms {
             changes: Vec::new(),
             joins: Vec::new(),
             final_record: None,
+            last_shards: view.shards.clone(),
             trim_ready: false,
             trim_delivered: false,
             data_dirty: false,
@@ -498,6 +504,16 @@ impl Gms {
     /// Suspects `node` at the next step (transport failure, report, violation).
     pub(crate) fn suspect_later(&mut self, node: NodeId) {
         self.local.push(node);
+    }
+
+    /// Joins under way: waiting, or already in the change list.
+    pub(crate) fn joins_under_way(&self) -> usize {
+        self.joins.len() + self.changes.iter().filter(|c| matches!(c, Change::Add { .. })).count()
+    }
+
+    /// Whether the change list already adds `node`.
+    pub(crate) fn proposes_add(&self, node: NodeId) -> bool {
+        self.changes.iter().any(|c| matches!(c, Change::Add { node: n, .. } if *n == node))
     }
 
     /// Rank `r` showed a sign of life now (traffic for another view).
@@ -688,17 +704,24 @@ impl Gms {
             if r == self.me || self.suspected[r] || self.broken[r] {
                 continue;
             }
-            for w in 0..self.cols.suspected_words {
-                let word = mem.load_u64(self.base(r) + self.cols.suspected + 8 * w);
+            let words: Vec<u64> = (0..self.cols.suspected_words)
+                .map(|w| mem.load_u64(self.base(r) + self.cols.suspected + 8 * w))
+                .collect();
+            // Checked whole before any bit is believed.
+            let beyond = words
+                .iter()
+                .enumerate()
+                .any(|(w, &word)| (0..64).any(|b| word & (1 << b) != 0 && w * 64 + b >= self.n));
+            if beyond {
+                self.violation(view, r, "suspected", "a bit beyond the view's members");
+                continue;
+            }
+            for (w, &word) in words.iter().enumerate() {
                 let mut bits = word;
                 while bits != 0 {
                     let b = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     let target = w * 64 + b;
-                    if target >= self.n {
-                        self.violation(view, r, "suspected", "a bit beyond the view's members");
-                        break;
-                    }
                     if target == self.me {
                         if !self.leaving {
                             self.stop =
@@ -763,7 +786,10 @@ impl Gms {
 
     fn lead(&mut self, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
         // A final record anywhere (a failed leader's) is reused, never recomputed.
-        let published = (0..self.n).find(|&r| r != self.me && !self.broken[r] && self.seen[r].final_ready == 1);
+        // Prefer a record held by a row this member trusts.
+        let holds = |r: usize| r != self.me && !self.broken[r] && self.seen[r].final_ready == 1;
+        let published =
+            (0..self.n).find(|&r| holds(r) && !self.suspected[r]).or_else(|| (0..self.n).find(|&r| holds(r)));
         if let Some(r) = published {
             match self.read_final(mem, r, view) {
                 Ok(f) => {
@@ -794,6 +820,12 @@ impl Gms {
             };
             if self.proposer > 0 && self.changes.len() > from_rows.len() {
                 from_rows = self.changes.clone();
+            }
+            // An earlier leader's list may remove this member (read from a row it suspects); as
+            // leader it does not propose its own removal unless it is leaving.
+            let me_node = view.members[self.me];
+            if !self.leaving {
+                from_rows.retain(|c| *c != Change::Remove(me_node));
             }
             from_rows
         };
@@ -905,17 +937,10 @@ impl Gms {
             }
         };
         self.wedge(mem, view, shards);
-        // A removal means a failure, unless the member asked to leave (a leaving leader stays
-        // the leader of its own removal).
-        for ch in &list {
-            if let Change::Remove(x) = ch
-                && let Some(r) = view.rank_of(*x)
-                && r != self.me
-                && self.seen[r].leaving == 0
-            {
-                self.suspect(mem, view, r);
-            }
-        }
+        // A removal in the list is not taken as a suspicion here: the member may be a leaver
+        // whose flag has not arrived yet (it travels on another link), and suspecting it would
+        // count it as a failure. A failed member goes silent and is suspected anyway; a removed
+        // member is not waited for at install.
         self.write_changes(mem, &list);
         self.proposer = proposer;
         self.store(mem, GmsCounter::Proposer, proposer);
@@ -953,7 +978,15 @@ impl Gms {
             }
             return;
         }
-        if all {
+        // And a majority of the view holds it (leavers that echoed count): without it, a
+        // record whose list removes many leavers could be installed on the word of a minority.
+        let holders = 1
+            + (0..self.n)
+                .filter(|&r| {
+                    r != self.me && !self.broken[r] && self.seen[r].final_ready == 1 && self.seen[r].final_len == len
+                })
+                .count();
+        if all && holders > self.n / 2 {
             self.trim_ready = true;
         }
     }
@@ -1010,7 +1043,11 @@ impl Gms {
         let transfers = shards
             .iter()
             .filter_map(|s| {
-                let old = view.shards.iter().find(|o| o.id == s.id)?;
+                let old = view
+                    .shards
+                    .iter()
+                    .find(|o| o.id == s.id)
+                    .or_else(|| self.last_shards.iter().find(|o| o.id == s.id))?;
                 // Any survivor of the old shard holds its state, even one that moves to
                 // another shard.
                 let mut from: Vec<NodeId> = s.members.iter().copied().filter(|m| old.members.contains(m)).collect();
@@ -1037,14 +1074,23 @@ impl Gms {
     /// What to carry into the next view.
     pub(crate) fn carry(&self, view: &View, next: &View) -> Carry {
         Carry {
+            // Suspicions of this view, and those that arrived too late for it (a report or a
+            // connection failure once the final record was echoed).
             suspected: (0..self.n)
                 .filter(|&r| self.suspected[r])
                 .map(|r| view.members[r])
+                .chain(self.local.iter().copied())
                 .filter(|m| next.rank_of(*m).is_some())
                 .collect(),
             joins: self.joins.iter().filter(|(n, _)| next.rank_of(*n).is_none()).cloned().collect(),
             leaving: self.leaving && next.rank_of(view.members[self.me]).is_some(),
             resend: Vec::new(),
+            last_shards: view
+                .shards
+                .iter()
+                .cloned()
+                .chain(self.last_shards.iter().filter(|o| view.shards.iter().all(|s| s.id != o.id)).cloned())
+                .collect(),
         }
     }
 

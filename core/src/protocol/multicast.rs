@@ -444,6 +444,9 @@ impl ShardState {
                 let len = u64::from(u32::from_le_bytes(header[16..20].try_into().expect("4")));
                 let bad = |reason| RowViolation::BadRecord { shard: self.id, pos: f.read_pos, reason };
                 let (count, rec, data) = match header[20] {
+                    // A record always fits at the start of the ring, so an honest writer never pads
+                    // there; a pad at 0 would send this loop round the ring forever.
+                    KIND_PAD if pos == 0 => (0, 0, false),
                     KIND_PAD => {
                         f.read_pos += ring_len - pos;
                         continue;
@@ -664,8 +667,21 @@ impl ShardState {
         match self.mode {
             DeliveryMode::Ordered => {
                 let s = self.s();
-                let end = trim.iter().enumerate().filter(|&(_, &t)| t > 0).map(|(j, &t)| (t - 1) * s + j as u64 + 1);
-                let end = end.max().unwrap_or(0);
+                // Trims come from another member's row: checked arithmetic, and a trim beyond
+                // what was received here is reported below, never trusted.
+                let mut end = 0u64;
+                for (j, &t) in trim.iter().enumerate() {
+                    if t == 0 {
+                        continue;
+                    }
+                    let Some(e) = (t - 1).checked_mul(s).and_then(|x| x.checked_add(j as u64 + 1)) else {
+                        return Err(self.senders[j]);
+                    };
+                    if t > self.from[j].received {
+                        return Err(self.senders[j]);
+                    }
+                    end = end.max(e);
+                }
                 while self.delivered < end {
                     let seq = self.delivered;
                     let (j, k) = ((seq % s) as usize, seq / s);

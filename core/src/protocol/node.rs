@@ -332,6 +332,11 @@ impl<M: SstMemory> Node<M> {
             new_gms.suspect_later(*s);
         }
         new_gms.joins = carry.joins;
+        for old in carry.last_shards {
+            if new_gms.last_shards.iter().all(|s| s.id != old.id) {
+                new_gms.last_shards.push(old);
+            }
+        }
         if carry.leaving {
             new_gms.leave(&mut node.mem);
         }
@@ -383,21 +388,15 @@ impl<M: SstMemory> Node<M> {
                 out.push((s.id, msgs));
             }
         }
-        // Messages not yet re-sent from an earlier view keep their place, first.
-        let mut earlier: Resends = Vec::new();
+        // Messages of an earlier view still queued came after those already re-sent (which left
+        // the queue's front first): they follow them.
         for (shard, t, p) in &self.resend {
-            match earlier.iter_mut().find(|(s, _)| s == shard) {
+            match out.iter_mut().find(|(s, _)| s == shard) {
                 Some((_, v)) => v.push((*t, p.clone())),
-                None => earlier.push((*shard, vec![(*t, p.clone())])),
+                None => out.push((*shard, vec![(*t, p.clone())])),
             }
         }
-        for (shard, mut v) in out {
-            match earlier.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, e)) => e.append(&mut v),
-                None => earlier.push((shard, v)),
-            }
-        }
-        earlier
+        out
     }
 
     fn steps_out(&mut self, step: GmsStep) {
@@ -456,7 +455,9 @@ impl<M: SstMemory> Node<M> {
                     g.leave(&mut self.mem);
                 }
             }
-            Input::StateReceived(shard) => {
+            // Only while running: once the view change is over here, a state that comes too late
+            // must not make `install` believe this member caught up.
+            Input::StateReceived(shard) if self.phase == Phase::Running => {
                 if let Some(s) = self.shards.iter_mut().find(|s| s.id == shard) {
                     s.awaiting_state = false;
                 }
@@ -464,6 +465,7 @@ impl<M: SstMemory> Node<M> {
                     self.state_deadline = None;
                 }
             }
+            Input::StateReceived(_) => {}
         }
         self.run_rules(now);
     }
@@ -481,11 +483,12 @@ impl<M: SstMemory> Node<M> {
             self.outputs.push_back(refuse(JoinRefusal::NotLeader { leader, address }));
             return;
         }
-        if self.view.rank_of(node).is_some() || g.joins.iter().any(|(n, _)| *n == node) {
+        let proposed = g.proposes_add(node);
+        if self.view.rank_of(node).is_some() || g.joins.iter().any(|(n, _)| *n == node) || proposed {
             self.outputs.push_back(refuse(JoinRefusal::IdInUse(node)));
             return;
         }
-        if self.view.members.len() + g.joins.len() >= self.limits.members_max as usize {
+        if self.view.members.len() + g.joins_under_way() >= self.limits.members_max as usize {
             self.outputs.push_back(refuse(JoinRefusal::GroupFull(self.limits.members_max)));
             return;
         }
@@ -995,6 +998,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pad_record_at_the_start_of_a_ring_is_a_violation_not_a_hang() {
+        let mut net = Net::new(2, &[0, 1], DeliveryMode::Ordered);
+        net.settle();
+        // Node 0's row as seen by node 1: a pad record at ring position 0, and a sent counter
+        // that promises a message behind it.
+        let cols = net.nodes[1].row_layout().shards[0].clone();
+        let ring = cols.ring;
+        net.nodes[1].memory_mut().slice_mut(ring..ring + 32).fill(0);
+        net.nodes[1].memory_mut().slice_mut(ring + 20..ring + 21)[0] = 3; // KIND_PAD
+        net.nodes[1].memory_mut().store_u64(cols.sent, 1);
+        net.nodes[1].handle(Time(2), Input::RowsChanged);
+        let v: Vec<Output> = std::iter::from_fn(|| net.nodes[1].poll_output()).collect();
+        assert!(
+            v.iter()
+                .any(|o| matches!(o, Output::Violation { node: NodeId(0), violation: RowViolation::BadRecord { .. } })),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn node_creation_errors_name_the_problem() {
         let view = one_shard_view(2, &[0], DeliveryMode::Ordered);
         let len = Node::<HeapMemory>::table_len(&view, &limits());
@@ -1089,6 +1112,17 @@ mod membership_tests {
         n.handle(Time(2), Input::Join { node: NodeId(2), address: "x".into() });
         let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::IdInUse(NodeId(2)), .. })));
+        // The group is full once joins under way (proposed or waiting) reach members_max.
+        let mut small = member(0);
+        small.limits.members_max = 4;
+        small.handle(Time(1), Input::Join { node: NodeId(7), address: "a7".into() });
+        small.handle(Time(1), Input::Join { node: NodeId(8), address: "a8".into() });
+        let out: Vec<Output> = std::iter::from_fn(|| small.poll_output()).collect();
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::JoinRefused { node: NodeId(8), refusal: JoinRefusal::GroupFull(4) })),
+            "{out:?}"
+        );
         n.handle(Time(3), Input::Join { node: NodeId(8), address: "x".repeat(100) });
         let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::AddressTooLong, .. })));

@@ -356,6 +356,8 @@ pub struct GroupSim {
     /// Directed links blocked, with the number of plans blocking each.
     blocked: BTreeMap<(NodeId, NodeId), u32>,
     last_arrival: BTreeMap<(NodeId, NodeId), Time>,
+    /// Links whose connection for a view broke (a push of that view was dropped).
+    broken: BTreeSet<(NodeId, NodeId, ViewId)>,
     fired: BTreeSet<usize>,
     events: Vec<Event>,
     trace: Trace,
@@ -395,6 +397,7 @@ impl GroupSim {
             crash_rng,
             blocked: BTreeMap::new(),
             last_arrival: BTreeMap::new(),
+            broken: BTreeSet::new(),
             fired: BTreeSet::new(),
             events: Vec::new(),
             trace: Trace::new(config.record_trace),
@@ -713,7 +716,7 @@ impl GroupSim {
     }
 
     fn arrive(&mut self, from: NodeId, to: NodeId, view: ViewId, offset: usize, bytes: Rc<[u8]>) {
-        if !self.link_open(from, to) {
+        if !self.push_passes(from, to, view) {
             return;
         }
         let Some(m) = self.members.get_mut(&to) else { return };
@@ -914,9 +917,30 @@ impl GroupSim {
         }
     }
 
+    /// Whether a push of `view` passes the link now. A transport connection delivers in order or
+    /// fails: once a link dropped a push of a view, it carries nothing more of that view (the
+    /// connection is broken); a later view's connection works again once the link heals.
+    fn push_passes(&mut self, from: NodeId, to: NodeId, view: ViewId) -> bool {
+        if self.broken.contains(&(from, to, view)) {
+            return false;
+        }
+        if !self.link_open(from, to) {
+            self.broken.insert((from, to, view));
+            return false;
+        }
+        true
+    }
+
     fn schedule_event(&mut self, ev: Ev) {
         match &ev {
-            Ev::Arrive { from, to, .. } | Ev::Ctrl { from, to, .. } => {
+            Ev::Arrive { from, to, view, .. } => {
+                if !self.push_passes(*from, *to, *view) {
+                    return;
+                }
+                let at = self.arrival_time(*from, *to);
+                self.schedule(at, ev);
+            }
+            Ev::Ctrl { from, to, .. } => {
                 if !self.link_open(*from, *to) {
                     return;
                 }
@@ -1018,6 +1042,7 @@ impl GroupSim {
                     }
                 }
                 Output::Violation { node: peer, violation } => {
+                    self.trace.record(format_args!("t={} violation n{} accuses n{}: {violation}", now.0, id.0, peer.0));
                     self.record(id, MemberEvent::Fault(format!("n{} accuses n{}: {violation}", id.0, peer.0)));
                 }
                 Output::Step(step) => {

@@ -14,12 +14,14 @@
 //! * [`fifo_no_duplicates`]: per member and sender, a log of consecutive sequence numbers.
 //! * [`no_loss`]: every message a surviving sender had accepted is in every survivor's log.
 //! * [`liveness`]: after the faults heal, the survivors share one settled view and one log.
+//! * [`no_faults`]: no honest member is accused of breaking the protocol.
 
 use derecho::protocol::NodeId;
 use derecho::sim::{GroupSim, MemberRecord};
 
 pub mod fifo_no_duplicates;
 pub mod liveness;
+pub mod no_faults;
 pub mod no_loss;
 pub mod single_trim;
 pub mod view_agreement;
@@ -27,6 +29,7 @@ pub mod virtual_synchrony;
 
 pub use fifo_no_duplicates::FifoNoDuplicates;
 pub use liveness::Liveness;
+pub use no_faults::NoFaults;
 pub use no_loss::NoLoss;
 pub use single_trim::SingleTrim;
 pub use view_agreement::ViewAgreement;
@@ -66,6 +69,7 @@ impl GroupCheckers {
                 Box::new(ViewAgreement::default()),
                 Box::new(SingleTrim::default()),
                 Box::new(VirtualSynchrony::default()),
+                Box::new(NoFaults),
             ],
             seen: 0,
         }
