@@ -704,20 +704,17 @@ impl Gms {
             if r == self.me || self.suspected[r] || self.broken[r] {
                 continue;
             }
-            let words: Vec<u64> = (0..self.cols.suspected_words)
-                .map(|w| mem.load_u64(self.base(r) + self.cols.suspected + 8 * w))
-                .collect();
-            // Checked whole before any bit is believed.
-            let beyond = words
-                .iter()
-                .enumerate()
-                .any(|(w, &word)| (0..64).any(|b| word & (1 << b) != 0 && w * 64 + b >= self.n));
-            if beyond {
+            let words_at = self.base(r) + self.cols.suspected;
+            // Checked whole before any bit is believed: only the last word can hold bits beyond
+            // the members (`suspected_words` is `ceil(n / 64)`).
+            let last = self.cols.suspected_words - 1;
+            let valid_in_last = self.n - 64 * last;
+            if valid_in_last < 64 && mem.load_u64(words_at + 8 * last) >> valid_in_last != 0 {
                 self.violation(view, r, "suspected", "a bit beyond the view's members");
                 continue;
             }
-            for (w, &word) in words.iter().enumerate() {
-                let mut bits = word;
+            for w in 0..self.cols.suspected_words {
+                let mut bits = mem.load_u64(words_at + 8 * w);
                 while bits != 0 {
                     let b = bits.trailing_zeros() as usize;
                     bits &= bits - 1;

@@ -550,20 +550,7 @@ impl ShardState {
                     // ANCHOR_END: stable
                     let p = self.from[j].pending.front().expect("a stable message was received");
                     debug_assert!(p.first <= k && k < p.first + p.count, "pending out of step with seq");
-                    if p.data {
-                        f(Delivered {
-                            shard: self.id,
-                            sender: self.senders[j],
-                            index: k,
-                            version: Some(Version::new(self.view, seq)),
-                            timestamp: Time(p.timestamp),
-                            payload: mem.slice(p.payload.clone()),
-                        });
-                        n += 1;
-                    }
-                    if k + 1 == p.first + p.count {
-                        self.from[j].pending.pop_front();
-                    }
+                    n += self.deliver_position(mem, j, k, seq, f);
                     self.delivered += 1;
                 }
                 let at = self.col(self.my_row, self.cols.delivered_num);
@@ -647,6 +634,38 @@ impl ShardState {
         (0..self.senders.len()).map(|j| mem.load_u64(self.col(self.my_row, self.cols.received + 8 * j))).collect()
     }
 
+    /// Delivers global position `seq` (message `k` of sender rank `j`, at the front of its
+    /// pending queue) if it is data, and drops the pending record once its last index is
+    /// delivered. Returns the application messages delivered (0 or 1).
+    #[inline]
+    fn deliver_position<M: SstMemory>(
+        &mut self,
+        mem: &M,
+        j: usize,
+        k: u64,
+        seq: u64,
+        f: &mut impl FnMut(Delivered<'_>),
+    ) -> usize {
+        let p = self.from[j].pending.front().expect("the caller checked the pending record");
+        let n = if p.data {
+            f(Delivered {
+                shard: self.id,
+                sender: self.senders[j],
+                index: k,
+                version: Some(Version::new(self.view, seq)),
+                timestamp: Time(p.timestamp),
+                payload: mem.slice(p.payload.clone()),
+            });
+            1
+        } else {
+            0
+        };
+        if k + 1 == p.first + p.count {
+            self.from[j].pending.pop_front();
+        }
+        n
+    }
+
     /// Ragged-edge delivery (PROTOCOLS §3.3 step 7): delivers, in `seq` order, every message
     /// whose index is below `trim[sender]` (counts) and nothing above. Returns how many
     /// application messages were delivered, or `Err` with the sender whose messages below its
@@ -686,24 +705,10 @@ impl ShardState {
                     let seq = self.delivered;
                     let (j, k) = ((seq % s) as usize, seq / s);
                     if k < trim[j] {
-                        let Some(p) = self.from[j].pending.front() else { return Err(self.senders[j]) };
-                        if p.first > k {
+                        if self.from[j].pending.front().is_none_or(|p| p.first > k) {
                             return Err(self.senders[j]);
                         }
-                        if p.data {
-                            f(Delivered {
-                                shard: self.id,
-                                sender: self.senders[j],
-                                index: k,
-                                version: Some(Version::new(self.view, seq)),
-                                timestamp: Time(p.timestamp),
-                                payload: mem.slice(p.payload.clone()),
-                            });
-                            n += 1;
-                        }
-                        if k + 1 == p.first + p.count {
-                            self.from[j].pending.pop_front();
-                        }
+                        n += self.deliver_position(mem, j, k, seq, f);
                     }
                     self.delivered += 1;
                 }

@@ -264,6 +264,29 @@ async fn read_hello_any(
     Ok((PeerId(h.aux as u32), (h.aux >> 32) as u32, buf, filled))
 }
 
+/// Reads the `Hello` of an accepted connection within 5 s; logs and returns `None` if it is
+/// missing or malformed (the connection is then dropped).
+async fn accept_hello(
+    stream: &TcpStream,
+    addr: SocketAddr,
+    max_frame_len: usize,
+) -> Option<(PeerId, u32, AlignedBuf, usize)> {
+    let r =
+        time::timeout(Duration::from_secs(5), read_hello_any(stream, AlignedBuf::zeroed(RECV_BUF_LEN), max_frame_len))
+            .await;
+    match r {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(reason)) => {
+            tracing::warn!(%addr, %reason, "refused a connection");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
+            None
+        }
+    }
+}
+
 /// Accepts connections on one listener for several transports of one member, routing each by
 /// the group tag of its `Hello` (a membership driver runs one transport per view, each with a
 /// tag of its own, on one port).
@@ -349,22 +372,7 @@ impl TcpAcceptor {
                         }
                     };
                     inner.expire();
-                    let r = time::timeout(
-                        Duration::from_secs(5),
-                        read_hello_any(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max),
-                    )
-                    .await;
-                    let (peer, tag, buf, filled) = match r {
-                        Ok(Ok(v)) => v,
-                        Ok(Err(reason)) => {
-                            tracing::warn!(%addr, %reason, "refused a connection");
-                            continue;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
-                            continue;
-                        }
-                    };
+                    let Some((peer, tag, buf, filled)) = accept_hello(&stream, addr, max).await else { continue };
                     let full = inner.parked.borrow().len() >= inner.park_max;
                     if full || inner.parked.borrow().contains_key(&(tag, peer)) {
                         tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
@@ -459,22 +467,13 @@ impl TcpTransport {
                             continue;
                         }
                     };
-                    let r = time::timeout(
-                        Duration::from_secs(5),
-                        read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max, tag),
-                    )
-                    .await;
-                    let (peer, buf, filled) = match r {
-                        Ok(Ok(v)) => v,
-                        Ok(Err(reason)) => {
-                            tracing::warn!(%addr, %reason, "refused a connection");
-                            continue;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
-                            continue;
-                        }
+                    let Some((peer, their_tag, buf, filled)) = accept_hello(&stream, addr, max).await else {
+                        continue;
                     };
+                    if their_tag != tag {
+                        tracing::warn!(%addr, %peer, their_tag, tag, "refused a connection from another group");
+                        continue;
+                    }
                     if !expected.contains(&peer) || accepted.borrow().contains_key(&peer) {
                         tracing::warn!(%addr, %peer, "refused a connection from an unexpected or duplicate peer");
                         continue;
