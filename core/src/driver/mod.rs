@@ -18,8 +18,12 @@
 //! * [`StaticGroup`]: a group of fixed membership: start, send, delivery callback, close.
 
 mod config;
+mod group;
+mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
+pub use group::{Application, Group, GroupBuilder, JoinError, ViewChange, WaitError};
+pub use wire::{Answer, Control, JOIN_VERSION, ViewFrame, WireError};
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -38,7 +42,8 @@ use derecho_runtime::transport::{
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
 use crate::protocol::{
-    Delivered, Input, Limits, Node, NodeError, NodeId, Output, RowLayout, SendError, ShardRef, SstMemory, Time, View,
+    Delivered, Input, Limits, Node, NodeError, NodeId, Output, RowLayout, SendError, ShardRef, SstMemory, StopReason,
+    Time, View,
 };
 
 /// The region that holds the shared state table.
@@ -186,6 +191,9 @@ pub enum GroupSendError {
     /// The group was closed.
     #[error("the group is closed")]
     Closed,
+    /// This member stopped (partitioned, removed, left): nothing more can be sent.
+    #[error("this member has stopped: {0}")]
+    Stopped(StopReason),
 }
 
 /// Errors of [`StaticGroup::settle`].
@@ -225,6 +233,30 @@ pub enum GroupEvent {
         /// What it did.
         what: String,
     },
+    /// A [`Group`] installed a new view.
+    ViewInstalled(ViewChange),
+    /// A [`Group`] member stopped (partitioned, removed, left, no state in time); it sends and
+    /// delivers nothing more.
+    Stopped(StopReason),
+    /// Messages this member sent in the previous view, above its trim, could not be sent again
+    /// (it is no longer a sender of the shard): they are lost, and this says how many.
+    ResendFailed {
+        /// The shard.
+        shard: ShardRef,
+        /// How many.
+        count: usize,
+    },
+    /// The application refused a shard state from `from` ([`Application::restore`]).
+    StateRejected {
+        /// The shard.
+        shard: ShardRef,
+        /// The sender.
+        from: NodeId,
+        /// The application's reason.
+        reason: String,
+    },
+    /// The driver cannot go on (the next view's transport or table could not be set up).
+    Fatal(String),
 }
 
 type DeliverFn = Box<dyn FnMut(Delivered<'_>)>;

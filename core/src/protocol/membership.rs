@@ -516,6 +516,11 @@ impl Gms {
         self.changes.iter().any(|c| matches!(c, Change::Add { node: n, .. } if *n == node))
     }
 
+    /// Whether rank `r`'s row has shown a heartbeat in this view (it installed the view).
+    pub(crate) fn row_moved(&self, r: usize) -> bool {
+        r < self.n && self.seen[r].heartbeat > 0
+    }
+
     /// Rank `r` showed a sign of life now (traffic for another view).
     pub(crate) fn heard(&mut self, r: usize, now: Time) {
         if r < self.n {

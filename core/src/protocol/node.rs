@@ -408,6 +408,15 @@ impl<M: SstMemory> Node<M> {
         self.me
     }
 
+    /// Whether `node`'s row has shown a heartbeat in this view, that is, `node` installed it (a
+    /// driver keeps the previous view's connections open until then). False for a static node.
+    pub fn heard_in_view(&self, node: NodeId) -> bool {
+        match (&self.gms, self.view.rank_of(node)) {
+            (Some(g), Some(r)) => g.row_moved(r),
+            _ => false,
+        }
+    }
+
     /// The current view.
     pub fn view(&self) -> &View {
         &self.view

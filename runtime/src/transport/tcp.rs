@@ -287,6 +287,86 @@ async fn accept_hello(
     }
 }
 
+/// Reads one `Data` frame of at most `max` bytes behind a `Hello` already read (`filled` bytes
+/// of `buf`, the hello first), checksum verified.
+async fn read_message(stream: &TcpStream, mut buf: AlignedBuf, filled: usize, max: usize) -> Result<Vec<u8>, String> {
+    let mut got = buf.spare_full()[HEADER_LEN..filled].to_vec();
+    let mut need = HEADER_LEN;
+    let mut header = None;
+    loop {
+        if header.is_none() && got.len() >= HEADER_LEN {
+            let raw: [u8; HEADER_LEN] = got[..HEADER_LEN].try_into().expect("header");
+            let h = Header::decode(&raw, max).map_err(|e| e.to_string())?;
+            if h.kind != Kind::Data {
+                return Err(format!("expected a data frame, got {:?}", h.kind));
+            }
+            need = HEADER_LEN + h.len as usize;
+            header = Some((h, raw));
+        }
+        if let Some((h, raw)) = &header
+            && got.len() >= need
+        {
+            let body = &got[HEADER_LEN..need];
+            h.verify(raw, body).map_err(|e| e.to_string())?;
+            return Ok(body.to_vec());
+        }
+        let (res, b) = stream.recv(buf, 0).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err("closed before the message was complete".into()),
+            Ok(n) => {
+                got.extend_from_slice(&buf.spare_full()[..n]);
+                if got.len() > HEADER_LEN + max {
+                    return Err("more bytes than one message".into());
+                }
+            }
+            Err(e) => return Err(format!("receive failed: {e}")),
+        }
+    }
+}
+
+/// Sends one message to the [`TcpAcceptor`] at `addr` that accepts messages with group tag `tag`
+/// ([`TcpAcceptor::accept_messages`]), as peer `me`; returns once the receiver has read it (it
+/// closes the connection), or fails after `within`.
+///
+/// # Errors
+///
+/// [`TransportError::ConnectTimeout`] when it did not complete in time,
+/// [`TransportError::Io`] when the connection failed, [`TransportError::Handshake`] when the
+/// receiver answered wrongly.
+pub async fn send_message(
+    me: PeerId,
+    addr: SocketAddr,
+    tag: u32,
+    body: &[u8],
+    within: Duration,
+) -> Result<(), TransportError> {
+    let io = |context: &str, source| TransportError::Io { context: format!("{context} {addr}"), source };
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| io("connect to", e))?;
+        stream.send_all(hello(me, tag).to_vec()).await.map_err(|e| io("send to", e))?;
+        // The receiver's hello, read before sending (unread bytes would turn our close into a
+        // reset, which may discard the message at the receiver).
+        read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), 0, tag)
+            .await
+            .map_err(|reason| TransportError::Handshake { addr: addr.to_string(), reason })?;
+        let mut frame = Header::encode(Kind::Data, 0, body).to_vec();
+        frame.extend_from_slice(body);
+        stream.send_all(frame).await.map_err(|e| io("send to", e))?;
+        // The receiver closes once it has read the message.
+        let (res, _) = stream.recv(AlignedBuf::zeroed(64), 0).await;
+        match res {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(TransportError::Handshake { addr: addr.to_string(), reason: "unexpected bytes".into() }),
+            Err(e) => Err(io("receive from", e)),
+        }
+    };
+    match time::timeout(within, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(TransportError::ConnectTimeout { after: within, missing: Vec::new() }),
+    }
+}
+
 /// Accepts connections on one listener for several transports of one member, routing each by
 /// the group tag of its `Hello` (a membership driver runs one transport per view, each with a
 /// tag of its own, on one port).
@@ -310,6 +390,13 @@ struct AcceptorInner {
     waiters: RefCell<Vec<Waker>>,
     park_max: usize,
     park_timeout: Duration,
+    /// Connections with this tag carry one message each ([`send_message`]); their longest body.
+    message_tag: Cell<Option<(u32, usize)>>,
+    /// Messages read, waiting for [`TcpAcceptor::next_message`] (at most `park_max`).
+    messages: RefCell<VecDeque<(PeerId, Vec<u8>)>>,
+    /// Messages being read now (at most `park_max`).
+    reading: Cell<usize>,
+    message_waiter: RefCell<Option<Waker>>,
 }
 
 /// A handshaken connection waiting for its transport.
@@ -357,6 +444,10 @@ impl TcpAcceptor {
             waiters: RefCell::new(Vec::new()),
             park_max,
             park_timeout,
+            message_tag: Cell::new(None),
+            messages: RefCell::new(VecDeque::new()),
+            reading: Cell::new(0),
+            message_waiter: RefCell::new(None),
         });
         let task = {
             let inner = inner.clone();
@@ -373,6 +464,35 @@ impl TcpAcceptor {
                     };
                     inner.expire();
                     let Some((peer, tag, buf, filled)) = accept_hello(&stream, addr, max).await else { continue };
+                    if let Some((message_tag, message_max)) = inner.message_tag.get()
+                        && tag == message_tag
+                    {
+                        let busy = inner.reading.get() + inner.messages.borrow().len() >= inner.park_max;
+                        if busy || stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+                            tracing::warn!(%addr, %peer, busy, "dropped a message connection");
+                            continue;
+                        }
+                        inner.reading.set(inner.reading.get() + 1);
+                        let inner = inner.clone();
+                        let within = inner.park_timeout;
+                        drop(spawn(async move {
+                            let r = time::timeout(within, read_message(&stream, buf, filled, message_max)).await;
+                            inner.reading.set(inner.reading.get() - 1);
+                            match r {
+                                Ok(Ok(body)) => {
+                                    inner.messages.borrow_mut().push_back((peer, body));
+                                    if let Some(w) = inner.message_waiter.borrow_mut().take() {
+                                        w.wake();
+                                    }
+                                }
+                                Ok(Err(reason)) => tracing::warn!(%addr, %peer, %reason, "dropped a bad message"),
+                                Err(_) => tracing::warn!(%addr, %peer, "dropped a message not complete in time"),
+                            }
+                            // Closing tells the sender its message was read.
+                            stream.shutdown();
+                        }));
+                        continue;
+                    }
                     let full = inner.parked.borrow().len() >= inner.park_max;
                     if full || inner.parked.borrow().contains_key(&(tag, peer)) {
                         tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
@@ -398,6 +518,26 @@ impl TcpAcceptor {
     /// Connections waiting for a transport.
     pub fn parked(&self) -> usize {
         self.inner.parked.borrow().len()
+    }
+
+    /// From now on, connections with group tag `tag` each carry one message of at most
+    /// `max_len` bytes ([`send_message`]), read as they arrive and handed out by
+    /// [`TcpAcceptor::next_message`] (at most `park_max` read or waiting at once; more are
+    /// dropped).
+    pub fn accept_messages(&self, tag: u32, max_len: usize) {
+        self.inner.message_tag.set(Some((tag, max_len)));
+    }
+
+    /// The next message, waiting for one: the sender's id (as its `Hello` says) and the body.
+    pub async fn next_message(&self) -> (PeerId, Vec<u8>) {
+        poll_fn(|cx| {
+            if let Some(m) = self.inner.messages.borrow_mut().pop_front() {
+                return Poll::Ready(m);
+            }
+            *self.inner.message_waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Waits until every peer of `peers` has connected with `tag`, or until `deadline`; returns
@@ -662,6 +802,12 @@ impl TcpTransport {
         tasks.push(spawn(heartbeat(inner.clone())));
         let hook = add_poll_hook(SpinHook { inner: Rc::downgrade(&inner) });
         Self { inner, tasks: RefCell::new(tasks), hook: Cell::new(Some(hook)) }
+    }
+
+    /// When something last arrived from `peer` (a frame, a push or a heartbeat); `None` for an
+    /// unknown or failed peer.
+    pub fn last_heard(&self, peer: PeerId) -> Option<Instant> {
+        self.inner.conns.get(&peer).filter(|c| !c.failed.get()).map(|c| c.last_recv.get())
     }
 
     /// Says goodbye to every live peer, waits (at most `linger`) for queued bytes to leave, and

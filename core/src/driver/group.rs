@@ -1,0 +1,1132 @@
+//! [`Group`]: a group with membership (PROTOCOLS §3) over TCP.
+//!
+//! One listener per member, held by a [`TcpAcceptor`], serves everything: each view runs on a
+//! transport of its own whose group tag names the group and the view, and the acceptor routes
+//! each incoming connection by that tag, parking connections for a view this member has not
+//! reached yet. Joins and their answers are one-shot messages to the same listener under the
+//! group's control tag.
+//!
+//! A view change, as the driver sees it: the protocol announces [`Output::NextView`]; the driver
+//! welcomes the joiners (every old member does, so one failure does not strand a joiner),
+//! connects the next view's transport (a peer missing after `connect_timeout` is reported as
+//! failed and so suspected), registers the next table in it and installs. The previous view's
+//! transport stays open until every member of the new view has shown a heartbeat in it: until
+//! then it carries "alive" frames both ways, so that a member still finishing the old view does
+//! not suspect those that finished first (`Input::PeerAlive`). States for new members are frames
+//! of the new view's transport, made by the application's snapshot at the moment of install,
+//! before anything of the new view is delivered.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use derecho_runtime::net::TcpListener;
+use derecho_runtime::transport::tcp::{TcpAcceptor, TcpConfig, TcpTransport, send_message};
+use derecho_runtime::transport::{Payload, PeerId, Transport, TransportError, TransportEvent, TransportLimits};
+use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
+
+use super::wire::{Answer, Control, JOIN_VERSION, ViewFrame};
+use super::{GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION};
+use crate::protocol::{
+    Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
+    RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
+};
+
+/// The longest control message (a welcome carries the view and every address).
+const MESSAGE_LEN_MAX: usize = 1 << 20;
+/// Connections parked at once, for views not reached yet and control messages.
+const PARK_MAX: usize = 256;
+
+/// What the application gives a [`Group`]: the delivery of messages, and the state of each
+/// shard for members that join it (PROTOCOLS §3.5). Any `FnMut(Delivered)` is an application
+/// without state.
+pub trait Application: 'static {
+    /// A message delivered, in the shard's delivery order. Must not call [`Group::send`]
+    /// (spawn a task for that).
+    fn deliver(&mut self, message: Delivered<'_>);
+
+    /// The state of `shard` for a member joining it: everything delivered in the shard so far
+    /// (called at the view change, before anything of the new view is delivered).
+    fn snapshot(&mut self, _shard: ShardRef) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Replaces the state of `shard` with a snapshot from an old member; called once, before
+    /// anything is delivered in the shard. An error is reported ([`GroupEvent::StateRejected`])
+    /// and the next source's copy is tried; with none, the member stops with
+    /// [`StopReason::StateTransferTimeout`].
+    ///
+    /// # Errors
+    ///
+    /// The snapshot is not one this application can read.
+    fn restore(&mut self, _shard: ShardRef, _state: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A new view was installed here.
+    fn view_installed(&mut self, _change: &ViewChange) {}
+}
+
+impl<F: FnMut(Delivered<'_>) + 'static> Application for F {
+    fn deliver(&mut self, message: Delivered<'_>) {
+        self(message);
+    }
+}
+
+/// A view installed, with what changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewChange {
+    /// The view.
+    pub view: View,
+    /// Members added.
+    pub joined: Vec<NodeId>,
+    /// Members removed (failed or left).
+    pub departed: Vec<NodeId>,
+    /// Why the view has no shards, if it is inadequate (the group waits for joins).
+    pub inadequate: Option<String>,
+}
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The group refused (an id in use, a full group).
+    #[error("refused: {0}")]
+    Refused(JoinRefusal),
+    /// The contact speaks another version of the join handshake.
+    #[error("the group speaks join version {theirs}, this build {ours}")]
+    Version {
+        /// The group's.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// No welcome within the join timeout.
+    #[error("no answer from the group within {after:?} (contact {contact}, last asked {asked})")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+        /// The contact given.
+        contact: SocketAddr,
+        /// The member last asked (the leader, after a redirect).
+        asked: String,
+    },
+    /// The welcome's view or the listener could not be set up.
+    #[error(transparent)]
+    Start(#[from] GroupError),
+}
+
+/// Errors of [`Group::wait_view`].
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// No view matched in time.
+    #[error("no matching view within {within:?}; the current view is {current:?}")]
+    Timeout {
+        /// How long it waited.
+        within: Duration,
+        /// The view when it gave up.
+        current: View,
+    },
+    /// This member stopped.
+    #[error("stopped: {0}")]
+    Stopped(StopReason),
+}
+
+/// Settings and application of a member; [`GroupBuilder::start`] starts a group,
+/// [`GroupBuilder::join`] joins one.
+pub struct GroupBuilder {
+    me: NodeId,
+    listen: SocketAddr,
+    listener: Option<TcpListener>,
+    advertise: Option<String>,
+    name: String,
+    limits: Limits,
+    membership: MembershipConfig,
+    layout: Rc<dyn LayoutFn>,
+    connect_timeout: Duration,
+    join_timeout: Duration,
+    state_len_max: usize,
+}
+
+impl std::fmt::Debug for GroupBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupBuilder").field("me", &self.me).field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+impl GroupBuilder {
+    /// Member `me`, listening on `listen` (port 0 picks one). Defaults: group name "derecho",
+    /// default limits and membership settings, one ordered shard of every member adequate from
+    /// one member, a 2 s connect timeout per view, a 30 s join timeout, states up to 64 MiB.
+    pub fn new(me: NodeId, listen: SocketAddr) -> Self {
+        Self {
+            me,
+            listen,
+            listener: None,
+            advertise: None,
+            name: "derecho".into(),
+            limits: Limits::default(),
+            membership: MembershipConfig::default(),
+            layout: Rc::new(OneShard { mode: crate::protocol::DeliveryMode::Ordered, min_members: 1 }),
+            connect_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(30),
+            state_len_max: 64 << 20,
+        }
+    }
+
+    /// A listener already bound (its address replaces `listen`).
+    pub fn listener(mut self, l: TcpListener) -> Self {
+        self.listen = l.local_addr();
+        self.listener = Some(l);
+        self
+    }
+
+    /// The address peers reach this member at, if not the listen address (at most 56 bytes).
+    pub fn advertise(mut self, address: impl Into<String>) -> Self {
+        self.advertise = Some(address.into());
+        self
+    }
+
+    /// The group's name: members of differently named groups never connect.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Table limits (every member must use the same).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Heartbeat, suspicion timeout, partition safety, state-transfer timeout.
+    pub fn membership(mut self, m: MembershipConfig) -> Self {
+        self.membership = m;
+        self
+    }
+
+    /// The shard layout of every view (every member must use the same).
+    pub fn layout(mut self, layout: impl LayoutFn + 'static) -> Self {
+        self.layout = Rc::new(layout);
+        self
+    }
+
+    /// How long a view's transport waits for a peer before reporting it failed.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long [`GroupBuilder::join`] waits for its welcome.
+    pub fn join_timeout(mut self, d: Duration) -> Self {
+        self.join_timeout = d;
+        self
+    }
+
+    /// The largest shard state accepted or sent.
+    pub fn state_len_max(mut self, len: usize) -> Self {
+        self.state_len_max = len;
+        self
+    }
+
+    fn acceptor(&mut self) -> Result<(TcpAcceptor, String), GroupError> {
+        let listener = match self.listener.take() {
+            Some(l) => l,
+            None => TcpListener::bind(self.listen).map_err(|e| {
+                GroupError::Transport(TransportError::Config(format!("cannot listen on {}: {e}", self.listen)))
+            })?,
+        };
+        let advertise = self.advertise.clone().unwrap_or_else(|| listener.local_addr().to_string());
+        let limits = TransportLimits { max_frame_len: MESSAGE_LEN_MAX, ..TransportLimits::default() };
+        let acceptor = TcpAcceptor::new(listener, PeerId(self.me.0), &limits, PARK_MAX, self.connect_timeout * 4);
+        acceptor.accept_messages(tag(&self.name, u64::MAX), MESSAGE_LEN_MAX);
+        Ok((acceptor, advertise))
+    }
+
+    /// Starts a new group of this member alone (PROTOCOLS §3.5 bootstrap); others join it with
+    /// this member's address as contact. It delivers nothing until a view is adequate (see
+    /// [`Group::wait_view`]). Must run inside an executor.
+    ///
+    /// # Errors
+    ///
+    /// [`GroupError`]: invalid settings, the address cannot be bound.
+    pub async fn start(mut self, app: impl Application) -> Result<Group, GroupError> {
+        self.membership.validate().map_err(crate::protocol::NodeError::from)?;
+        let (acceptor, advertise) = self.acceptor()?;
+        let view = Node::<RegionMemory>::bootstrap_view(self.me, &*self.layout);
+        let addresses = [(self.me, advertise.clone())].into_iter().collect();
+        let settings = Settings::from(&self);
+        let transport = settings.connect(&acceptor, &view, &[(self.me, advertise.clone())]).await?;
+        let region = transport.register_region(TABLE_REGION, Node::<RegionMemory>::table_len(&view, &self.limits))?;
+        let epoch = Instant::now();
+        let node = Node::with_membership(
+            self.me,
+            view,
+            addresses,
+            &self.limits,
+            RegionMemory::new(region),
+            self.membership.clone(),
+            self.layout.clone(),
+            Time(0),
+        )?;
+        Ok(Group::run(settings, acceptor, transport, node, Box::new(app), epoch, None))
+    }
+
+    /// Joins the group that the member at `contact` belongs to (redirected to its leader), and
+    /// returns once admitted: in the view that adds this member, with the state of every shard
+    /// it joins on its way (the application's [`Application::restore`]). Must run inside an
+    /// executor.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError`]: refused (an id in use, a full group), another handshake version, no
+    /// welcome within the join timeout, or a transport error.
+    pub async fn join(mut self, contact: SocketAddr, app: impl Application) -> Result<Group, JoinError> {
+        self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
+        let (acceptor, advertise) = self.acceptor()?;
+        let control = tag(&self.name, u64::MAX);
+        let request = Control::Join { version: JOIN_VERSION, node: self.me, address: advertise.clone() }.encode();
+        let deadline = Instant::now() + self.join_timeout;
+        let mut target = contact;
+        let mut asked_before = false;
+        let next = 'wait: loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(JoinError::Timeout { after: self.join_timeout, contact, asked: target.to_string() });
+            }
+            // The contact may not be listening yet: ask again shortly.
+            if let Err(e) =
+                send_message(PeerId(self.me.0), target, control, &request, left.min(Duration::from_secs(2))).await
+            {
+                tracing::debug!(%target, error = %e, "join request not delivered; retrying");
+                time::sleep(Duration::from_millis(50).min(left)).await;
+                if target != contact {
+                    target = contact;
+                }
+                continue;
+            }
+            let asked_now = asked_before;
+            asked_before = true;
+            // Answers come as messages to our own listener; a redirect is asked at once, silence
+            // asks again (the member asked may have failed, or be busy with a view change).
+            let wait_until = (Instant::now() + Duration::from_secs(2)).min(deadline);
+            loop {
+                let left = wait_until.saturating_duration_since(Instant::now());
+                let Ok((_, body)) = time::timeout(left, acceptor.next_message()).await else {
+                    target = contact;
+                    break;
+                };
+                match Control::decode(&body) {
+                    Ok(Control::Answer(Answer::Welcome(next))) if next.view.rank_of(self.me).is_some() => {
+                        break 'wait *next;
+                    }
+                    Ok(Control::Answer(Answer::Refused(JoinRefusal::NotLeader { address, .. }))) => {
+                        match address.parse() {
+                            Ok(a) => target = a,
+                            Err(_) => tracing::warn!(%address, "a redirect to an address that does not parse"),
+                        }
+                        break;
+                    }
+                    // Asked again while our first request is under way: the id in use is ours.
+                    Ok(Control::Answer(Answer::Refused(JoinRefusal::IdInUse(_)))) if asked_now => {}
+                    Ok(Control::Answer(Answer::Refused(r))) => return Err(JoinError::Refused(r)),
+                    Ok(Control::Answer(Answer::Version(theirs))) => {
+                        return Err(JoinError::Version { theirs, ours: JOIN_VERSION });
+                    }
+                    Ok(other) => tracing::debug!(?other, "ignored a control message while joining"),
+                    Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
+                }
+            }
+        };
+        let settings = Settings::from(&self);
+        let transport = settings.connect(&acceptor, &next.view, &next.addresses).await?;
+        let len = Node::<RegionMemory>::table_len(&next.view, &self.limits);
+        let region = transport.register_region(TABLE_REGION, len).map_err(GroupError::from)?;
+        let epoch = Instant::now();
+        let node = Node::join(
+            self.me,
+            &next,
+            &self.limits,
+            RegionMemory::new(region),
+            self.membership.clone(),
+            self.layout.clone(),
+            Time(0),
+        )
+        .map_err(GroupError::from)?;
+        let change = ViewChange {
+            view: next.view.clone(),
+            joined: next.joined.clone(),
+            departed: next.departed.clone(),
+            inadequate: next.inadequate.clone(),
+        };
+        Ok(Group::run(settings, acceptor, transport, node, Box::new(app), epoch, Some(change)))
+    }
+}
+
+/// FNV-1a of the group name and a number: the tag of view `what`, or of control messages.
+fn tag(name: &str, what: u64) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes().chain(what.to_le_bytes()) {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// What the running group keeps of the builder.
+struct Settings {
+    me: NodeId,
+    name: String,
+    limits: Limits,
+    membership: MembershipConfig,
+    connect_timeout: Duration,
+    state_len_max: usize,
+}
+
+impl From<&GroupBuilder> for Settings {
+    fn from(b: &GroupBuilder) -> Self {
+        Self {
+            me: b.me,
+            name: b.name.clone(),
+            limits: b.limits.clone(),
+            membership: b.membership.clone(),
+            connect_timeout: b.connect_timeout,
+            state_len_max: b.state_len_max,
+        }
+    }
+}
+
+impl Settings {
+    /// The transport of `view`: peers missing after the connect timeout are reported failed.
+    async fn connect(
+        &self,
+        acceptor: &TcpAcceptor,
+        view: &View,
+        addresses: &[(NodeId, String)],
+    ) -> Result<Rc<TcpTransport>, GroupError> {
+        let mut peers = Vec::new();
+        for &m in view.members.iter().filter(|&&m| m != self.me) {
+            let a = addresses.iter().find(|(n, _)| *n == m).map(|(_, a)| a.as_str()).unwrap_or("");
+            match a.parse::<SocketAddr>() {
+                Ok(a) => peers.push((PeerId(m.0), a)),
+                // Reported failed below, like a peer that never connects.
+                Err(_) => tracing::warn!(member = %m, address = a, "a member's address does not parse"),
+            }
+        }
+        let unreachable: Vec<NodeId> =
+            view.members.iter().copied().filter(|&m| m != self.me && !peers.iter().any(|(p, _)| p.0 == m.0)).collect();
+        let mut config = TcpConfig::new(PeerId(self.me.0), peers);
+        config.group_tag = tag(&self.name, u64::from(view.id.0));
+        let row_len = RowLayout::new(view, &self.limits).row_len;
+        let heartbeat = Duration::from_nanos(self.membership.heartbeat_ns);
+        let max_frame_len = row_len.max(self.state_len_max + 16);
+        config.limits = TransportLimits {
+            max_frame_len,
+            heartbeat_interval: heartbeat,
+            peer_timeout: Duration::from_nanos(self.membership.suspect_after_ns).max(2 * heartbeat),
+            connect_timeout: self.connect_timeout,
+            send_queue_len_max: (64 << 20usize).max(4 * row_len).max(max_frame_len),
+        };
+        let t = Rc::new(TcpTransport::connect_via(acceptor, config, true).await?);
+        if !unreachable.is_empty() {
+            tracing::warn!(?unreachable, "members without a usable address are suspected");
+        }
+        Ok(t)
+    }
+}
+
+type Events = RefCell<VecDeque<GroupEvent>>;
+
+struct Inner {
+    settings: Settings,
+    acceptor: TcpAcceptor,
+    node: RefCell<Node<RegionMemory>>,
+    app: RefCell<Box<dyn Application>>,
+    transport: RefCell<Rc<TcpTransport>>,
+    /// The current transport's view.
+    transport_view: Cell<ViewId>,
+    /// A view change's install task is under way.
+    installing: Cell<bool>,
+    /// Peers of the current transport that closed or failed.
+    gone: RefCell<Vec<NodeId>>,
+    /// Join requests received here and not yet answered: where to answer.
+    joins: RefCell<BTreeMap<NodeId, String>>,
+    events: Events,
+    event_waker: RefCell<Option<Waker>>,
+    /// Tasks in `send`, `settle`, `wait_view`: woken on progress, view changes and stop.
+    waiters: RefCell<Vec<Waker>>,
+    window_seen: Cell<u64>,
+    settle_seen: Cell<u64>,
+    epoch: Instant,
+    closed: Cell<bool>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Scratch of `drain`.
+    push_peers: RefCell<Vec<PeerId>>,
+    push_errors: RefCell<Vec<(PeerId, TransportError)>>,
+}
+
+impl Inner {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    fn report(&self, e: GroupEvent) {
+        self.events.borrow_mut().push_back(e);
+        if let Some(w) = self.event_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wake_all(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// One batch: run the rules (and the timers when due), deliver, act on the outputs.
+    fn step(self: &Rc<Self>) -> usize {
+        if self.closed.get() {
+            return 0;
+        }
+        let Ok(mut node) = self.node.try_borrow_mut() else { return 0 };
+        let now = self.now();
+        if node.poll_timeout().is_some_and(|t| now >= t) {
+            node.handle(now, Input::Tick);
+        } else {
+            node.handle(now, Input::RowsChanged);
+        }
+        let delivered = match self.app.try_borrow_mut() {
+            Ok(mut app) => node.deliver(|d| app.deliver(d)),
+            Err(_) => 0,
+        };
+        let acted = self.drain(&mut node);
+        let progress = node.window_progress() ^ node.delivered_everywhere_progress().rotate_left(32);
+        if progress != self.window_seen.get() {
+            self.window_seen.set(progress);
+            self.wake_all();
+        }
+        delivered + acted
+    }
+
+    /// Acts on every output of the node; returns how many.
+    fn drain(self: &Rc<Self>, node: &mut Node<RegionMemory>) -> usize {
+        let mut n = 0;
+        while let Some(o) = node.poll_output() {
+            n += 1;
+            match o {
+                Output::Push { range, to } => {
+                    let mut peers = self.push_peers.borrow_mut();
+                    let mut errors = self.push_errors.borrow_mut();
+                    peers.clear();
+                    peers.extend(to.iter().map(|p| PeerId(p.0)));
+                    self.transport.borrow().push_many(&peers, TABLE_REGION, range, &mut errors);
+                    for (peer, e) in errors.drain(..) {
+                        tracing::trace!(%peer, error = %e, "push not sent");
+                    }
+                }
+                Output::Violation { node: peer, violation } => {
+                    tracing::warn!(%peer, %violation, "peer broke the protocol");
+                    self.report(GroupEvent::Violation { peer, what: violation.to_string() });
+                }
+                Output::Step(step) => tracing::debug!(me = %self.settings.me, ?step, "view change step"),
+                Output::NextView(next) => {
+                    if !self.installing.replace(true) {
+                        self.welcome(&next);
+                        let inner = self.clone();
+                        self.tasks.borrow_mut().push(spawn(async move { inner.install(next).await }));
+                    }
+                }
+                Output::Stopped(reason) => {
+                    tracing::info!(me = %self.settings.me, %reason, "stopped");
+                    self.report(GroupEvent::Stopped(reason));
+                    self.wake_all();
+                }
+                Output::JoinRefused { node: joiner, refusal } => {
+                    if let Some(address) = self.joins.borrow_mut().remove(&joiner) {
+                        self.answer(address, Answer::Refused(refusal));
+                    }
+                }
+                Output::SendState { shard, to } => {
+                    let state = self.app.borrow_mut().snapshot(shard);
+                    let frame = ViewFrame::State { view: node.view().id, shard, body: state }.encode();
+                    if frame.len() > self.settings.state_len_max + 16 {
+                        tracing::error!(%shard, len = frame.len(), "the state is longer than state_len_max: not sent");
+                        continue;
+                    }
+                    let transport = self.transport.borrow().clone();
+                    let frame = Payload::from(frame);
+                    self.tasks.borrow_mut().push(spawn(async move {
+                        for t in to {
+                            if let Err(e) = transport.send_frame(PeerId(t.0), frame.clone()).await {
+                                tracing::warn!(to = %t, error = %e, "state not sent");
+                            }
+                        }
+                    }));
+                }
+                Output::ResendFailed { shard, count } => self.report(GroupEvent::ResendFailed { shard, count }),
+            }
+        }
+        n
+    }
+
+    /// Sends `answer` to a joiner's listener, in the background.
+    fn answer(&self, address: String, answer: Answer) {
+        let Ok(addr) = address.parse::<SocketAddr>() else {
+            tracing::warn!(%address, "cannot answer a joiner whose address does not parse");
+            return;
+        };
+        let me = PeerId(self.settings.me.0);
+        let control = tag(&self.settings.name, u64::MAX);
+        let within = self.settings.connect_timeout;
+        drop(spawn(async move {
+            let body = Control::Answer(answer).encode();
+            if let Err(e) = send_message(me, addr, control, &body, within).await {
+                tracing::warn!(%addr, error = %e, "answer to a joiner not delivered");
+            }
+        }));
+    }
+
+    /// Every old member sends the next view to its joiners (the first to arrive wins).
+    fn welcome(&self, next: &NextView) {
+        for j in &next.joined {
+            self.joins.borrow_mut().remove(j);
+            if let Some((_, address)) = next.addresses.iter().find(|(n, _)| n == j) {
+                self.answer(address.clone(), Answer::Welcome(Box::new(next.clone())));
+            }
+        }
+    }
+
+    /// Connects the next view's transport and installs the view over its table.
+    async fn install(self: Rc<Self>, next: NextView) {
+        let transport = match self.settings.connect(&self.acceptor, &next.view, &next.addresses).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the next view's transport");
+                self.report(GroupEvent::Fatal(format!("cannot set up view {}: {e}", next.view.id.0)));
+                self.closed.set(true);
+                self.wake_all();
+                return;
+            }
+        };
+        if self.closed.get() {
+            transport.close(Duration::ZERO).await;
+            return;
+        }
+        let len = Node::<RegionMemory>::table_len(&next.view, &self.settings.limits);
+        let region = match transport.register_region(TABLE_REGION, len) {
+            Ok(r) => r,
+            Err(e) => {
+                self.report(GroupEvent::Fatal(format!("cannot register the table of view {}: {e}", next.view.id.0)));
+                self.closed.set(true);
+                self.wake_all();
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut *self.transport.borrow_mut(), transport.clone());
+        self.gone.borrow_mut().clear();
+        let old_view = self.transport_view.replace(next.view.id);
+        {
+            let mut node = self.node.borrow_mut();
+            if node.stopped().is_some() {
+                // Stopped while connecting (removed, partitioned): nothing to install.
+                drop(node);
+                self.installing.set(false);
+                self.tasks.borrow_mut().push(spawn(linger(Rc::downgrade(&self), old, old_view)));
+                return;
+            }
+            if let Err(e) = node.install(self.now(), RegionMemory::new(region)) {
+                self.report(GroupEvent::Fatal(format!("cannot install view {}: {e}", next.view.id.0)));
+            }
+            // PROTOCOLS §7: a peer's pushes may write only its own row.
+            for &m in next.view.members.iter().filter(|&&m| m != self.settings.me) {
+                if let Some(row) = node.row_range(m) {
+                    transport.confine_pushes(TABLE_REGION, PeerId(m.0), row);
+                }
+            }
+            // States first: the snapshot must not include anything of the new view.
+            self.drain(&mut node);
+        }
+        self.installing.set(false);
+        self.tasks.borrow_mut().push(spawn(events(Rc::downgrade(&self), transport, next.view.id)));
+        self.tasks.borrow_mut().push(spawn(linger(Rc::downgrade(&self), old, old_view)));
+        let change = ViewChange {
+            view: next.view.clone(),
+            joined: next.joined.clone(),
+            departed: next.departed.clone(),
+            inadequate: next.inadequate.clone(),
+        };
+        tracing::info!(me = %self.settings.me, view = next.view.id.0, members = ?next.view.members, "installed");
+        self.app.borrow_mut().view_installed(&change);
+        self.report(GroupEvent::ViewInstalled(change));
+        self.wake_all();
+        self.step();
+    }
+
+    /// A join request arrived at this member's listener.
+    fn control(&self, body: &[u8]) {
+        match Control::decode(body) {
+            Ok(Control::Join { version, node, address }) => {
+                if version != JOIN_VERSION {
+                    self.answer(address, Answer::Version(JOIN_VERSION));
+                    return;
+                }
+                tracing::info!(me = %self.settings.me, joiner = %node, %address, "join request");
+                self.joins.borrow_mut().insert(node, address.clone());
+                self.node.borrow_mut().handle(self.now(), Input::Join { node, address });
+            }
+            Ok(other) => tracing::debug!(?other, "ignored a stale answer"),
+            Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
+        }
+    }
+
+    /// An event of the transport of `view`.
+    fn transport_event(&self, view: ViewId, ev: TransportEvent) {
+        let current = self.transport_view.get() == view;
+        let now = self.now();
+        match ev {
+            TransportEvent::PeerFailed { peer, reason } => {
+                if current {
+                    self.gone.borrow_mut().push(NodeId(peer.0));
+                    self.wake_all();
+                    self.node.borrow_mut().handle(now, Input::PeerFailed(NodeId(peer.0)));
+                    self.report(GroupEvent::PeerFailed { peer: NodeId(peer.0), reason });
+                }
+            }
+            TransportEvent::Frame { from, frame } => match ViewFrame::decode(&frame) {
+                Ok(ViewFrame::Alive { .. }) => self.node.borrow_mut().handle(now, Input::PeerAlive(NodeId(from.0))),
+                Ok(ViewFrame::State { view: v, shard, body }) => {
+                    let mut node = self.node.borrow_mut();
+                    if !current || v != node.view().id || !node.awaiting_state(shard) {
+                        return; // a second source's copy, or too late
+                    }
+                    match self.app.borrow_mut().restore(shard, &body) {
+                        Ok(()) => {
+                            tracing::info!(me = %self.settings.me, %shard, len = body.len(), from = %from, "state received");
+                            node.handle(now, Input::StateReceived(shard));
+                        }
+                        Err(reason) => {
+                            self.report(GroupEvent::StateRejected { shard, from: NodeId(from.0), reason });
+                        }
+                    }
+                }
+                Err(e) => {
+                    let peer = NodeId(from.0);
+                    tracing::warn!(%peer, error = %e, "malformed frame: suspecting the sender");
+                    if current {
+                        self.node.borrow_mut().handle(now, Input::ReportFailure(peer));
+                    }
+                    self.report(GroupEvent::Violation { peer, what: e.to_string() });
+                }
+            },
+        }
+    }
+}
+
+/// Feeds a view transport's events to the group while it lives.
+async fn events(inner: Weak<Inner>, transport: Rc<TcpTransport>, view: ViewId) {
+    loop {
+        let ev = transport.next_event().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.get() {
+            return;
+        }
+        inner.transport_event(view, ev);
+        inner.step();
+    }
+}
+
+/// Keeps the previous view's transport open until every member of the current view has shown a
+/// heartbeat in it (or a few suspicion timeouts passed): it carries "alive" frames to members
+/// still finishing the old view, and reports traffic from them as signs of life.
+async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
+    let Some(strong) = inner.upgrade() else { return };
+    let period = Duration::from_nanos(strong.settings.membership.heartbeat_ns);
+    let until = Instant::now()
+        + strong.settings.connect_timeout
+        + Duration::from_nanos(strong.settings.membership.suspect_after_ns) * 4;
+    let events = spawn(events(inner.clone(), old.clone(), old_view));
+    drop(strong);
+    let mut last = Instant::now();
+    loop {
+        time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { break };
+        let now = Instant::now();
+        let (alive, done) = {
+            let node = inner.node.borrow();
+            let me = inner.settings.me;
+            let others: Vec<NodeId> = old.peers().iter().map(|p| NodeId(p.0)).filter(|&m| m != me).collect();
+            let here: Vec<NodeId> = others.iter().copied().filter(|&m| node.view().rank_of(m).is_some()).collect();
+            let done = inner.closed.get()
+                || node.stopped().is_some()
+                || now >= until
+                || here.iter().all(|&m| node.heard_in_view(m));
+            let alive: Vec<NodeId> =
+                here.into_iter().filter(|&m| old.last_heard(PeerId(m.0)).is_some_and(|h| h > last)).collect();
+            (alive, done)
+        };
+        if done {
+            break;
+        }
+        {
+            let t = inner.now();
+            let mut node = inner.node.borrow_mut();
+            for &m in &alive {
+                node.handle(t, Input::PeerAlive(m));
+            }
+        }
+        let beat = Payload::from(ViewFrame::Alive { view: inner.transport_view.get() }.encode());
+        for p in old.peers().to_vec() {
+            let _ = old.send_frame(p, beat.clone()).await;
+        }
+        last = now;
+    }
+    events.abort();
+    old.close(Duration::from_millis(50)).await;
+}
+
+struct RulesHook {
+    inner: Rc<Inner>,
+}
+
+impl PollHook for RulesHook {
+    fn poll(&mut self) -> usize {
+        self.inner.step()
+    }
+
+    fn prepare_park(&mut self, _park: &mut Park<'_>) -> bool {
+        // Pushes and frames wake the executor; the timer task covers heartbeats.
+        true
+    }
+}
+
+/// A member of a group with membership: views change as members fail, join and leave
+/// (PROTOCOLS §3). Start one with [`GroupBuilder`].
+///
+/// # Examples
+///
+/// See the `group` example and `tests/tests/group_processes.rs`.
+pub struct Group {
+    inner: Rc<Inner>,
+    hook: Cell<Option<HookId>>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").field("me", &self.inner.settings.me).finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    fn run(
+        settings: Settings,
+        acceptor: TcpAcceptor,
+        transport: Rc<TcpTransport>,
+        node: Node<RegionMemory>,
+        app: Box<dyn Application>,
+        epoch: Instant,
+        joined: Option<ViewChange>,
+    ) -> Self {
+        let view = node.view().id;
+        for &m in node.view().members.iter().filter(|&&m| m != settings.me) {
+            if let Some(row) = node.row_range(m) {
+                transport.confine_pushes(TABLE_REGION, PeerId(m.0), row);
+            }
+        }
+        let inner = Rc::new(Inner {
+            settings,
+            acceptor,
+            node: RefCell::new(node),
+            app: RefCell::new(app),
+            transport: RefCell::new(transport.clone()),
+            transport_view: Cell::new(view),
+            installing: Cell::new(false),
+            gone: RefCell::new(Vec::new()),
+            joins: RefCell::new(BTreeMap::new()),
+            events: RefCell::new(VecDeque::new()),
+            event_waker: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            window_seen: Cell::new(0),
+            settle_seen: Cell::new(0),
+            epoch,
+            closed: Cell::new(false),
+            tasks: RefCell::new(Vec::new()),
+            push_peers: RefCell::new(Vec::new()),
+            push_errors: RefCell::new(Vec::new()),
+        });
+        if let Some(change) = joined {
+            inner.app.borrow_mut().view_installed(&change);
+            inner.report(GroupEvent::ViewInstalled(change));
+        }
+        let hook = add_poll_hook(RulesHook { inner: inner.clone() });
+        let weak = Rc::downgrade(&inner);
+        let mut tasks = vec![spawn(events(weak.clone(), transport, view))];
+        // Control messages (join requests) to this member's listener.
+        tasks.push(spawn({
+            let weak = weak.clone();
+            async move {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let (_, body) = inner.acceptor.next_message().await;
+                    if inner.closed.get() {
+                        return;
+                    }
+                    inner.control(&body);
+                    inner.step();
+                }
+            }
+        }));
+        // Timers: heartbeats and suspicion timeouts.
+        tasks.push(spawn(async move {
+            loop {
+                let wait = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.closed.get() {
+                        return;
+                    }
+                    let heartbeat = Duration::from_nanos(inner.settings.membership.heartbeat_ns);
+                    let now = inner.now();
+                    let next = inner.node.borrow().poll_timeout();
+                    next.map_or(heartbeat, |t| Duration::from_nanos(t.0.saturating_sub(now.0)).min(heartbeat))
+                };
+                time::sleep(wait.max(Duration::from_micros(100))).await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.step();
+            }
+        }));
+        inner.tasks.borrow_mut().extend(tasks);
+        inner.step();
+        Self { inner, hook: Cell::new(Some(hook)) }
+    }
+
+    /// This member's id.
+    pub fn me(&self) -> NodeId {
+        self.inner.settings.me
+    }
+
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.inner.node.borrow().view().clone()
+    }
+
+    /// The members of the current view, in rank order.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.inner.node.borrow().view().members.clone()
+    }
+
+    /// This member's rank in the current view.
+    pub fn my_rank(&self) -> usize {
+        self.inner.node.borrow().my_rank()
+    }
+
+    /// Why this member stopped, if it did.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.inner.node.borrow().stopped().cloned()
+    }
+
+    /// Messages delivered in `shard` in the current view.
+    pub fn delivered_count(&self, shard: ShardRef) -> Option<u64> {
+        self.inner.node.borrow().delivered_count(shard)
+    }
+
+    /// The address this member listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.acceptor.local_addr()
+    }
+
+    /// Sends a message of `len` bytes into `shard`, written in place by `fill`. Waits while the
+    /// window is full and while a view change is under way (the message then goes out in the
+    /// next view).
+    ///
+    /// # Errors
+    ///
+    /// [`GroupSendError`]: refused by the protocol (not a sender of the shard, too large),
+    /// called from the delivery callback, this member stopped, or the group closed.
+    pub async fn send(&self, shard: ShardRef, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), GroupSendError> {
+        let mut fill = Some(fill);
+        poll_fn(|cx| {
+            if self.inner.closed.get() {
+                return Poll::Ready(Err(GroupSendError::Closed));
+            }
+            let Ok(mut node) = self.inner.node.try_borrow_mut() else {
+                return Poll::Ready(Err(GroupSendError::Reentrant));
+            };
+            if let Some(r) = node.stopped() {
+                return Poll::Ready(Err(GroupSendError::Stopped(r.clone())));
+            }
+            let now = self.inner.now();
+            let mut f = fill.take();
+            let r = node.send(now, shard, len, |buf| (f.take().expect("fill once"))(buf));
+            match r {
+                Ok(_) => Poll::Ready(Ok(())),
+                Err(SendError::WindowFull(_) | SendError::Wedged(_)) => {
+                    fill = f;
+                    self.inner.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+                // Between views (an inadequate view has no shards): wait for one that has it.
+                Err(SendError::NotAMember(_)) if node.view().shards.is_empty() => {
+                    fill = f;
+                    self.inner.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(SendError::Stopped(_)) => Poll::Ready(Err(GroupSendError::Stopped(
+                    node.stopped().cloned().unwrap_or(StopReason::Removed { view: node.view().id.0, why: "stopped" }),
+                ))),
+                Err(e) => Poll::Ready(Err(GroupSendError::Refused(e))),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the current view satisfies `pred` (checked now and at every view change).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError`]: not within `within`, or this member stopped.
+    pub async fn wait_view(&self, within: Duration, mut pred: impl FnMut(&View) -> bool) -> Result<View, WaitError> {
+        let wait = poll_fn(|cx| {
+            let node = self.inner.node.borrow();
+            if let Some(r) = node.stopped() {
+                return Poll::Ready(Err(WaitError::Stopped(r.clone())));
+            }
+            if !self.inner.installing.get() && pred(node.view()) {
+                return Poll::Ready(Ok(node.view().clone()));
+            }
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        match time::timeout(within, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(WaitError::Timeout { within, current: self.view() }),
+        }
+    }
+
+    /// Waits until every member of `shard` in the current view has delivered what this member
+    /// had delivered when called (see `StaticGroup::settle`).
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError`]: not a member of the shard, not settled within `within`, or closed.
+    pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
+        let here = self.inner.node.borrow().delivery_frontier(shard).ok_or(SettleError::NoSuchShard(shard))?;
+        let view = self.inner.node.borrow().view().id;
+        let wait = poll_fn(|cx| {
+            if self.inner.closed.get() {
+                return Poll::Ready(Err(SettleError::Closed));
+            }
+            let node = self.inner.node.borrow();
+            // A view change delivers everything of the old view that anyone will.
+            if node.view().id != view || node.stopped().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if node.delivered_everywhere(shard, &here).unwrap_or(false) {
+                return Poll::Ready(Ok(()));
+            }
+            self.inner.settle_seen.set(node.delivered_everywhere_progress());
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        match time::timeout(within, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(SettleError::Timeout { within, here }),
+        }
+    }
+
+    /// Tells the group that `node` has failed (PROTOCOLS §3.2): it is suspected at once.
+    pub fn report_failure(&self, node: NodeId) {
+        self.inner.node.borrow_mut().handle(self.inner.now(), Input::ReportFailure(node));
+        self.inner.step();
+    }
+
+    /// Leaves the group gracefully: the next view does not have this member; returns once it
+    /// stopped (at most `within`) and the others moved on (they close their connections to it
+    /// once they installed the next view; at most `within` again), then closes.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`] when the group did not remove this member in time (it is closed
+    /// anyway, and the others will see it fail).
+    pub async fn leave(&self, within: Duration) -> Result<(), WaitError> {
+        self.inner.node.borrow_mut().handle(self.inner.now(), Input::Leave);
+        self.inner.step();
+        let r = match self.wait_view(within, |_| false).await {
+            Err(WaitError::Stopped(StopReason::Left(_))) => Ok(()),
+            Err(WaitError::Stopped(other)) => Err(WaitError::Stopped(other)),
+            Err(e) => Err(e),
+            Ok(_) => unreachable!("the predicate never holds"),
+        };
+        // Closing at once would look like a failure to members that have not yet read this
+        // member's last pushes (with two members, a partition).
+        let moved_on = poll_fn(|cx| {
+            let gone = self.inner.gone.borrow();
+            if self.inner.transport.borrow().peers().iter().all(|p| gone.contains(&NodeId(p.0))) {
+                return Poll::Ready(());
+            }
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        let _ = time::timeout(within, moved_on).await;
+        self.close().await;
+        r
+    }
+
+    /// The next group event, waiting for one.
+    pub async fn next_event(&self) -> GroupEvent {
+        poll_fn(|cx| {
+            if let Some(e) = self.inner.events.borrow_mut().pop_front() {
+                return Poll::Ready(e);
+            }
+            *self.inner.event_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next group event if one is ready.
+    pub fn try_next_event(&self) -> Option<GroupEvent> {
+        self.inner.events.borrow_mut().pop_front()
+    }
+
+    /// Stops running the rules and closes every connection (peers see this member fail).
+    pub async fn close(&self) {
+        if self.inner.closed.replace(true) {
+            return;
+        }
+        if let Some(h) = self.hook.take() {
+            remove_poll_hook(h);
+        }
+        for t in self.inner.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        self.inner.wake_all();
+        let t = self.inner.transport.borrow().clone();
+        t.close(Duration::from_millis(200)).await;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.inner.closed.set(true);
+        if let Some(h) = self.hook.take() {
+            remove_poll_hook(h);
+        }
+        for t in self.inner.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_differ_by_group_and_view() {
+        assert_ne!(tag("a", 0), tag("b", 0));
+        assert_ne!(tag("a", 0), tag("a", 1));
+        assert_ne!(tag("a", 0), tag("a", u64::MAX));
+        assert_eq!(tag("a", 3), tag("a", 3));
+    }
+}

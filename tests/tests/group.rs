@@ -1,0 +1,197 @@
+//! The membership driver (`Group`) over loopback TCP, members on one executor: bootstrap and
+//! joins (with a redirect to the leader), a group that waits until it is adequate, a member that
+//! fails and the survivors that continue in the next view, a joiner that catches up through
+//! state transfer, refusals with typed errors, and a graceful leave.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use derecho::driver::{Application, Group, GroupBuilder, GroupEvent, JoinError, ViewChange};
+use derecho::protocol::{
+    Delivered, DeliveryMode, JoinRefusal, MembershipConfig, NodeId, OneShard, ShardIndex, ShardRef, StopReason,
+    SubgroupId,
+};
+use derecho::runtime::time;
+use derecho::{Builder, TcpListener};
+
+const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The application: every delivered (sender, value), in order; its state is the whole log.
+#[derive(Default)]
+struct Log {
+    entries: Vec<(u32, u64)>,
+    views: Vec<ViewChange>,
+}
+
+#[derive(Clone, Default)]
+struct App(Rc<RefCell<Log>>);
+
+impl Application for App {
+    fn deliver(&mut self, m: Delivered<'_>) {
+        let v = u64::from_le_bytes(m.payload[..8].try_into().expect("8 bytes"));
+        self.0.borrow_mut().entries.push((m.sender.0, v));
+    }
+
+    fn snapshot(&mut self, _shard: ShardRef) -> Vec<u8> {
+        self.0.borrow().entries.iter().flat_map(|(s, v)| s.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+    }
+
+    fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), String> {
+        if !state.len().is_multiple_of(12) {
+            return Err(format!("{} bytes is not a whole number of entries", state.len()));
+        }
+        self.0.borrow_mut().entries = state
+            .chunks(12)
+            .map(|c| (u32::from_le_bytes(c[..4].try_into().unwrap()), u64::from_le_bytes(c[4..].try_into().unwrap())))
+            .collect();
+        Ok(())
+    }
+
+    fn view_installed(&mut self, change: &ViewChange) {
+        self.0.borrow_mut().views.push(change.clone());
+    }
+}
+
+fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn builder(me: u32, min_members: usize) -> GroupBuilder {
+    let membership =
+        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    GroupBuilder::new(NodeId(me), local())
+        .name("group-test")
+        .membership(membership)
+        .layout(OneShard { mode: DeliveryMode::Ordered, min_members })
+        .connect_timeout(Duration::from_secs(3))
+        .join_timeout(WAIT)
+}
+
+async fn send_values(g: &Group, from: u64, count: u64) {
+    for v in from..from + count {
+        g.send(SHARD, 8, |b| b.copy_from_slice(&v.to_le_bytes())).await.expect("send");
+    }
+}
+
+/// Waits (bounded) until `cond` holds, failing with `what` and the state `describe` gives.
+async fn until(what: &str, mut cond: impl FnMut() -> bool, describe: impl Fn() -> String) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}; {}", describe());
+        time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn members(g: &Group) -> Vec<u32> {
+    g.members().iter().map(|n| n.0).collect()
+}
+
+#[test]
+fn members_join_fail_and_catch_up_through_state_transfer() {
+    Builder::new().build().unwrap().block_on(async {
+        let apps: Vec<App> = (0..4).map(|_| App::default()).collect();
+        let a = builder(0, 2).start(apps[0].clone()).await.expect("start");
+        let contact = a.local_addr();
+        // Alone, the group is inadequate: nothing can be delivered yet.
+        assert!(a.view().shards.is_empty(), "a view of one member is inadequate with min_members 2");
+        let b = builder(1, 2).join(contact, apps[1].clone()).await.expect("b joins");
+        // C asks B, which is not the leader: it is redirected to A.
+        let c = builder(2, 2).join(b.local_addr(), apps[2].clone()).await.expect("c joins via a redirect");
+        for g in [&a, &b, &c] {
+            let v = g.wait_view(WAIT, |v| v.members.len() == 3).await.expect("a view of three");
+            assert_eq!(v.members, vec![NodeId(0), NodeId(1), NodeId(2)]);
+        }
+        assert_eq!((a.my_rank(), b.my_rank(), c.my_rank()), (0, 1, 2));
+
+        // Every member sends; everyone delivers the same sequence.
+        futures::join!(send_values(&a, 0, 100), send_values(&b, 1000, 100), send_values(&c, 2000, 100));
+        let logs = || apps.iter().map(|a| a.0.borrow().entries.len()).collect::<Vec<_>>();
+        until(
+            "all 300 messages delivered at the three members",
+            || logs()[..3].iter().all(|&n| n >= 300),
+            || format!("delivered {:?}", logs()),
+        )
+        .await;
+        let first = apps[0].0.borrow().entries.clone();
+        assert_eq!(first.len(), 300);
+        for app in &apps[1..3] {
+            assert_eq!(app.0.borrow().entries, first, "a member delivered another sequence");
+        }
+
+        // C fails (its connections close): A and B install a view without it and go on.
+        c.close().await;
+        drop(c);
+        for g in [&a, &b] {
+            g.wait_view(WAIT, |v| v.members == [NodeId(0), NodeId(1)]).await.expect("a view without C");
+        }
+        futures::join!(send_values(&a, 100, 50), send_values(&b, 1100, 50));
+        until(
+            "the next view's messages delivered",
+            || logs()[0] >= 400 && logs()[1] >= 400,
+            || format!("delivered {:?}", logs()),
+        )
+        .await;
+        assert_eq!(apps[0].0.borrow().entries, apps[1].0.borrow().entries);
+
+        // D joins and receives the log as state, then delivers what follows.
+        let d = builder(3, 2).join(contact, apps[3].clone()).await.expect("d joins");
+        for g in [&a, &b, &d] {
+            g.wait_view(WAIT, |v| v.members == [NodeId(0), NodeId(1), NodeId(3)]).await.expect("a view with D");
+        }
+        futures::join!(send_values(&a, 200, 20), send_values(&d, 3000, 20));
+        until("D caught up", || logs()[3] >= 440 && logs()[0] >= 440, || format!("delivered {:?}", logs())).await;
+        assert_eq!(apps[3].0.borrow().entries, apps[0].0.borrow().entries, "D's state plus deliveries differ");
+        assert_eq!(apps[1].0.borrow().entries, apps[0].0.borrow().entries);
+        let views: Vec<Vec<u32>> =
+            apps[0].0.borrow().views.iter().map(|v| v.view.members.iter().map(|n| n.0).collect()).collect();
+        assert_eq!(views.last().unwrap(), &vec![0, 1, 3], "views seen by A: {views:?}");
+        assert_eq!(members(&d), vec![0, 1, 3]);
+        for g in [a, b, d] {
+            g.close().await;
+        }
+    });
+}
+
+#[test]
+fn refusals_are_typed_and_leaving_is_graceful() {
+    Builder::new().build().unwrap().block_on(async {
+        let a = builder(0, 1).start(|_: Delivered<'_>| {}).await.expect("start");
+        let b = builder(1, 1).join(a.local_addr(), |_: Delivered<'_>| {}).await.expect("b joins");
+        b.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        // An id already in the view.
+        let e = builder(1, 1).join(a.local_addr(), |_: Delivered<'_>| {}).await.expect_err("a duplicate id");
+        assert!(matches!(e, JoinError::Refused(JoinRefusal::IdInUse(NodeId(1)))), "{e}");
+        // Nobody listening at the contact: a timeout naming it, not a hang.
+        let dead = TcpListener::bind(local()).unwrap();
+        let dead_addr = dead.local_addr();
+        drop(dead);
+        let e = builder(5, 1)
+            .join_timeout(Duration::from_millis(500))
+            .join(dead_addr, |_: Delivered<'_>| {})
+            .await
+            .expect_err("no group there");
+        assert!(matches!(e, JoinError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains(&dead_addr.to_string()), "{e}");
+
+        // B leaves: it stops with Left, A installs a view of itself and still delivers.
+        b.leave(WAIT).await.expect("leave");
+        assert!(matches!(b.stopped(), Some(StopReason::Left(_))), "{:?}", b.stopped());
+        let e = b.send(SHARD, 8, |_| {}).await.expect_err("a member that left cannot send");
+        assert!(e.to_string().contains("closed") || e.to_string().contains("stopped"), "{e}");
+        a.wait_view(WAIT, |v| v.members == [NodeId(0)]).await.expect("A alone");
+        let mut saw_install = false;
+        while let Some(e) = a.try_next_event() {
+            if let GroupEvent::ViewInstalled(c) = e {
+                saw_install |= c.departed == [NodeId(1)];
+            }
+        }
+        assert!(saw_install, "A reported the view without B");
+        send_values(&a, 0, 3).await;
+        until("A delivers alone", || a.delivered_count(SHARD) == Some(3), || format!("{:?}", a.delivered_count(SHARD)))
+            .await;
+        a.close().await;
+    });
+}
