@@ -12,6 +12,10 @@
 //! * [`multicast`]: the `multicast` demo's command line, a member's life (start from the
 //!   configuration file, send, deliver, settle, close), and the messages it writes and checks.
 //!   The binary `multicast-demo` starts one process per member of `multicast.toml`.
+//! * [`group`]: the `group` demo's member: a replicated digest of everything delivered, joins
+//!   with state transfer, the view changes it prints. The binary `group-demo` starts three
+//!   members, kills one, lets a fourth join and checks the members' delivery logs.
 
+pub mod group;
 pub mod multicast;
 pub mod ping;

@@ -71,7 +71,7 @@ fn ordered() -> String {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitsConfig {
+pub(super) struct LimitsConfig {
     window_len: Option<u32>,
     payload_len_max: Option<u32>,
     ring_len: Option<u32>,
@@ -161,7 +161,45 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+impl LimitsConfig {
+    /// The limits, defaults filled in, validated.
+    pub(super) fn resolve(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let limits = Limits {
+            window_len: self.window_len.unwrap_or(d.window_len),
+            payload_len_max: self.payload_len_max.unwrap_or(d.payload_len_max),
+            ring_len: self.ring_len.unwrap_or(d.ring_len),
+            members_max: self.members_max.unwrap_or(d.members_max),
+            shards_max: self.shards_max.unwrap_or(d.shards_max),
+            changes_max: self.changes_max.unwrap_or(d.changes_max),
+        };
+        limits.validate().map_err(|e| invalid(format!("limits.{}", e.field), e.reason))?;
+        Ok(limits)
+    }
+}
+
+/// Parses `text`, applies the `DERECHO_*` environment variables and the `--set` overrides, and
+/// deserializes the result (unknown keys and wrong types are errors naming the key).
+pub(super) fn overlay<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[String],
+) -> Result<T, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("DERECHO_")).collect();
+    env.sort();
+    for (k, v) in env {
+        let key = k.trim_start_matches("DERECHO_").to_ascii_lowercase();
+        set_path(&mut table, &key, parse_value(&v))?;
+    }
+    for s in sets {
+        let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Override(s.clone()))?;
+        set_path(&mut table, k.trim(), parse_value(v.trim()))?;
+    }
+    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+}
+
+pub(super) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
@@ -241,33 +279,11 @@ impl GroupConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("DERECHO_")).collect();
-        env.sort();
-        for (k, v) in env {
-            let key = k.trim_start_matches("DERECHO_").to_ascii_lowercase();
-            set_path(&mut table, &key, parse_value(&v))?;
-        }
-        for s in sets {
-            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Override(s.clone()))?;
-            set_path(&mut table, k.trim(), parse_value(v.trim()))?;
-        }
-        let file: FileConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        Self::validate(file)
+        Self::validate(overlay(text, env, sets)?)
     }
 
     fn validate(f: FileConfig) -> Result<Self, ConfigError> {
-        let d = Limits::default();
-        let limits = Limits {
-            window_len: f.limits.window_len.unwrap_or(d.window_len),
-            payload_len_max: f.limits.payload_len_max.unwrap_or(d.payload_len_max),
-            ring_len: f.limits.ring_len.unwrap_or(d.ring_len),
-            members_max: f.limits.members_max.unwrap_or(d.members_max),
-            shards_max: f.limits.shards_max.unwrap_or(d.shards_max),
-            changes_max: f.limits.changes_max.unwrap_or(d.changes_max),
-        };
-        limits.validate().map_err(|e| invalid(format!("limits.{}", e.field), e.reason))?;
+        let limits = f.limits.resolve()?;
         if f.members.is_empty() {
             return Err(invalid("members", "at least one member is required"));
         }

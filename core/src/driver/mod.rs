@@ -19,10 +19,12 @@
 
 mod config;
 mod group;
+mod member_config;
 mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
 pub use group::{Application, Group, GroupBuilder, JoinError, ViewChange, WaitError};
+pub use member_config::GroupMemberConfig;
 pub use wire::{Answer, Control, JOIN_VERSION, ViewFrame, WireError};
 
 use std::cell::{Cell, RefCell};

@@ -24,8 +24,8 @@ pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, Vie
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
 pub use membership::{
-    Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError, NextView, OneShard,
-    RoundRobinShards, StateTransfer, StopReason,
+    ADDRESS_LEN_MAX, Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError,
+    NextView, OneShard, RoundRobinShards, StateTransfer, StopReason,
 };
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
 pub use node::{Input, Node, NodeError, Output};

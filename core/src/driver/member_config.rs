@@ -1,0 +1,318 @@
+//! A [`Group`](super::Group) member's configuration file (TOML), with the same environment and
+//! command-line overrides as the static group's ([`GroupConfig`](super::GroupConfig)).
+//!
+//! ```toml
+//! me = 3                          # this member's id (required)
+//! listen = "127.0.0.1:7103"       # this member's listener, the one port of every view (required)
+//! advertise = "10.0.0.3:7103"     # the address peers use; default: the listen address
+//! contact = "127.0.0.1:7100"      # a member of the group to join; omit to start a new group
+//! group = "demo"                  # the group's name; groups of other names never connect; default "derecho"
+//! spin_us = 50                    # executor spin budget before parking, µs; default 0
+//! core = 1                        # pin this member's executor to this core; default unpinned
+//! connect_timeout_ms = 2000       # a view's peer missing this long is reported failed; default 2000
+//! join_timeout_ms = 30000         # how long joining waits for its welcome; default 30000
+//! state_len_max = 67108864        # the largest shard state sent or accepted, bytes; default 64 MiB
+//!
+//! [membership]                    # PROTOCOLS §3; every field optional
+//! heartbeat_ms = 10               # how often a member bumps its heartbeat; default 10
+//! suspect_after_ms = 100          # a silent peer is suspected after this long; default 100
+//! partition_safety = true         # a minority stops with Partitioned; default true
+//! state_transfer_timeout_ms = 10000  # a new member waits this long for a shard's state; default 10000
+//!
+//! [layout]                        # every member must have the same
+//! shards = 1                      # shards of subgroup 0, members dealt round robin; default 1
+//! min_per_shard = 1               # a view with fewer members per shard is inadequate; default 1
+//! mode = "ordered"                # or "unordered"; default "ordered"
+//!
+//! [limits]                        # as in the static group's file; every member must have the same
+//! window_len = 4096
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::config::{LimitsConfig, invalid, overlay};
+use super::{ConfigError, GroupBuilder};
+use crate::protocol::{
+    ADDRESS_LEN_MAX, DeliveryMode, Limits, MembershipConfig, NodeId, OneShard, RoundRobinShards, ShardIndex, ShardRef,
+    SubgroupId,
+};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipFile {
+    heartbeat_ms: Option<u64>,
+    suspect_after_ms: Option<u64>,
+    partition_safety: Option<bool>,
+    state_transfer_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayoutFile {
+    shards: Option<u16>,
+    min_per_shard: Option<u32>,
+    mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    me: u32,
+    listen: SocketAddr,
+    advertise: Option<String>,
+    contact: Option<SocketAddr>,
+    #[serde(default = "default_group")]
+    group: String,
+    #[serde(default)]
+    spin_us: u64,
+    core: Option<usize>,
+    #[serde(default = "two_s")]
+    connect_timeout_ms: u64,
+    #[serde(default = "thirty_s")]
+    join_timeout_ms: u64,
+    #[serde(default = "sixty_four_mib")]
+    state_len_max: usize,
+    #[serde(default)]
+    membership: MembershipFile,
+    #[serde(default)]
+    layout: LayoutFile,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+fn default_group() -> String {
+    "derecho".into()
+}
+fn two_s() -> u64 {
+    2_000
+}
+fn thirty_s() -> u64 {
+    30_000
+}
+fn sixty_four_mib() -> usize {
+    64 << 20
+}
+
+/// A validated member configuration; [`GroupMemberConfig::builder`] turns it into a
+/// [`GroupBuilder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMemberConfig {
+    /// This member.
+    pub me: NodeId,
+    /// Its listener.
+    pub listen: SocketAddr,
+    /// The address peers use, if not `listen`.
+    pub advertise: Option<String>,
+    /// A member to join through; `None` starts a new group.
+    pub contact: Option<SocketAddr>,
+    /// The group's name.
+    pub group: String,
+    /// Executor spin budget.
+    pub spin: Duration,
+    /// The core to pin to.
+    pub core: Option<usize>,
+    /// See [`GroupBuilder::connect_timeout`].
+    pub connect_timeout: Duration,
+    /// See [`GroupBuilder::join_timeout`].
+    pub join_timeout: Duration,
+    /// See [`GroupBuilder::state_len_max`].
+    pub state_len_max: usize,
+    /// Heartbeat, suspicion, partition safety, state-transfer timeout.
+    pub membership: MembershipConfig,
+    /// Shards of subgroup 0.
+    pub shards: u16,
+    /// Fewest members per shard.
+    pub min_per_shard: usize,
+    /// Delivery mode of every shard.
+    pub mode: DeliveryMode,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl GroupMemberConfig {
+    /// Reads a file, then applies environment (`DERECHO_*`) and `--set key=value` overrides.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`], naming the key at fault.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text, env, sets)
+    }
+
+    /// As [`GroupMemberConfig::load`], from text.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`], naming the key at fault.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        Self::validate(overlay(text, env, sets)?)
+    }
+
+    fn validate(f: File) -> Result<Self, ConfigError> {
+        let limits = f.limits.resolve()?;
+        let ms = |v: Option<u64>, d: u64| v.map_or(d, |v| v.saturating_mul(1_000_000));
+        let d = MembershipConfig::default();
+        let membership = MembershipConfig {
+            heartbeat_ns: ms(f.membership.heartbeat_ms, d.heartbeat_ns),
+            suspect_after_ns: ms(f.membership.suspect_after_ms, d.suspect_after_ns),
+            partition_safety: f.membership.partition_safety.unwrap_or(d.partition_safety),
+            state_transfer_timeout_ns: ms(f.membership.state_transfer_timeout_ms, d.state_transfer_timeout_ns),
+        };
+        membership.validate().map_err(|e| {
+            let key = match e.field {
+                "heartbeat" => "membership.heartbeat_ms",
+                "suspect_after" => "membership.suspect_after_ms",
+                _ => "membership.state_transfer_timeout_ms",
+            };
+            invalid(key, e.reason)
+        })?;
+        let mode = match f.layout.mode.as_deref().unwrap_or("ordered") {
+            "ordered" => DeliveryMode::Ordered,
+            "unordered" => DeliveryMode::Unordered,
+            other => return Err(invalid("layout.mode", format!("{other:?}: ordered or unordered"))),
+        };
+        let shards = f.layout.shards.unwrap_or(1);
+        if shards == 0 || u32::from(shards) > limits.shards_max {
+            return Err(invalid(
+                "layout.shards",
+                format!("must be from 1 to limits.shards_max ({})", limits.shards_max),
+            ));
+        }
+        let min_per_shard = f.layout.min_per_shard.unwrap_or(1);
+        if min_per_shard == 0 || u64::from(min_per_shard) * u64::from(shards) > u64::from(limits.members_max) {
+            return Err(invalid("layout.min_per_shard", "must be at least 1, and shards times it at most members_max"));
+        }
+        if let Some(a) = &f.advertise
+            && a.len() > ADDRESS_LEN_MAX
+        {
+            return Err(invalid("advertise", format!("longer than {ADDRESS_LEN_MAX} bytes")));
+        }
+        if f.group.is_empty() {
+            return Err(invalid("group", "must not be empty"));
+        }
+        if f.spin_us > 1_000_000 {
+            return Err(invalid("spin_us", format!("{} is more than one second (1000000)", f.spin_us)));
+        }
+        if f.core.is_some_and(|c| c >= 1024) {
+            return Err(invalid("core", "must be below 1024"));
+        }
+        if f.connect_timeout_ms == 0 || f.join_timeout_ms == 0 {
+            return Err(invalid("connect_timeout_ms", "timeouts must be above zero"));
+        }
+        Ok(Self {
+            me: NodeId(f.me),
+            listen: f.listen,
+            advertise: f.advertise,
+            contact: f.contact,
+            group: f.group,
+            spin: Duration::from_micros(f.spin_us),
+            core: f.core,
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+            join_timeout: Duration::from_millis(f.join_timeout_ms),
+            state_len_max: f.state_len_max,
+            membership,
+            shards,
+            min_per_shard: min_per_shard as usize,
+            mode,
+            limits,
+        })
+    }
+
+    /// The shards of subgroup 0 this layout has.
+    pub fn shard_refs(&self) -> Vec<ShardRef> {
+        (0..self.shards).map(|s| ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(s) }).collect()
+    }
+
+    /// A builder with every setting of this file.
+    pub fn builder(&self) -> GroupBuilder {
+        let mut b = GroupBuilder::new(self.me, self.listen)
+            .name(self.group.clone())
+            .limits(self.limits.clone())
+            .membership(self.membership.clone())
+            .connect_timeout(self.connect_timeout)
+            .join_timeout(self.join_timeout)
+            .state_len_max(self.state_len_max);
+        b = if self.shards == 1 {
+            b.layout(OneShard { mode: self.mode, min_members: self.min_per_shard })
+        } else {
+            b.layout(RoundRobinShards { shards: self.shards, mode: self.mode, min_per_shard: self.min_per_shard })
+        };
+        if let Some(a) = &self.advertise {
+            b = b.advertise(a.clone());
+        }
+        b
+    }
+
+    /// An executor builder with this member's placement and spin budget.
+    pub fn executor(&self) -> derecho_runtime::Builder {
+        let b = derecho_runtime::Builder::new().name(format!("derecho-{}", self.me)).spin_budget(self.spin);
+        match self.core {
+            Some(c) => b.pin_to_core(c),
+            None => b.placement(derecho_runtime::Placement::Unpinned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "me = 2\nlisten = \"127.0.0.1:7102\"\n";
+
+    fn load(sets: &[&str]) -> Result<GroupMemberConfig, ConfigError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        GroupMemberConfig::from_toml(BASE, Vec::new(), &sets)
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load(&[]).unwrap();
+        assert_eq!((c.me, c.contact, c.group.as_str()), (NodeId(2), None, "derecho"));
+        assert_eq!(c.membership, MembershipConfig::default());
+        assert_eq!((c.shards, c.min_per_shard, c.mode), (1, 1, DeliveryMode::Ordered));
+        let c = load(&[
+            "contact=\"127.0.0.1:7100\"",
+            "membership.heartbeat_ms=2",
+            "membership.suspect_after_ms=50",
+            "layout.shards=2",
+            "layout.min_per_shard=2",
+        ])
+        .unwrap();
+        assert_eq!(c.contact, Some("127.0.0.1:7100".parse().unwrap()));
+        assert_eq!((c.membership.heartbeat_ns, c.membership.suspect_after_ns), (2_000_000, 50_000_000));
+        assert_eq!(c.shard_refs().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["membership.heartbeat_ms=0"], "membership.heartbeat_ms"),
+            (&["membership.heartbeat_ms=60", "membership.suspect_after_ms=100"], "membership.suspect_after_ms"),
+            (&["membership.beat=1"], "beat"),
+            (&["layout.mode=sideways"], "layout.mode"),
+            (&["layout.shards=0"], "layout.shards"),
+            (&["contact=nowhere"], "contact"),
+            (&["group=\"\""], "group"),
+            (&["connect_timeout_ms=0"], "connect_timeout_ms"),
+            (&["limits.window_len=0"], "limits.window_len"),
+        ];
+        for (sets, needle) in cases {
+            let e = load(sets).expect_err(needle).to_string();
+            assert!(e.contains(needle), "{sets:?}: {e}");
+        }
+    }
+}
