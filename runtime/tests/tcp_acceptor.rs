@@ -112,6 +112,8 @@ fn one_shot_messages_arrive_whole_and_bad_ones_are_dropped() {
         let (l, addr) = listener();
         let acceptor = TcpAcceptor::new(l, A, &TransportLimits::default(), 8, Duration::from_secs(2));
         acceptor.accept_messages(77, 1 << 20);
+        // A connection that never says hello does not hold up the others.
+        let _silent = std::net::TcpStream::connect(addr).unwrap();
         // A message larger than the receive buffer arrives whole, with its sender's id.
         let big: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
         send_message(B, addr, 77, &big, Duration::from_secs(5)).await.expect("sent");

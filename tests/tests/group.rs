@@ -195,3 +195,44 @@ fn refusals_are_typed_and_leaving_is_graceful() {
         a.close().await;
     });
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn view_changes_do_not_leak_connections() {
+    Builder::new().build().unwrap().block_on(async {
+        let a = builder(0, 1).start(|_: Delivered<'_>| {}).await.expect("start");
+        let b = builder(1, 1).join(a.local_addr(), |_: Delivered<'_>| {}).await.expect("b joins");
+        let churn = |round: u32| {
+            let contact = a.local_addr();
+            async move {
+                let c = builder(2, 1).join(contact, |_: Delivered<'_>| {}).await.expect("c joins");
+                c.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                c.close().await;
+            }
+        };
+        churn(0).await;
+        for g in [&a, &b] {
+            g.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        }
+        let base = open_fds();
+        for round in 1..=5 {
+            churn(round).await;
+            for g in [&a, &b] {
+                g.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+            }
+        }
+        // Ten more view changes; each would leave a socket per peer and member if old
+        // views' transports were never released.
+        until(
+            "the old views' connections closed",
+            || open_fds() <= base + 2,
+            || format!("{} descriptors open, {base} after the first round", open_fds()),
+        )
+        .await;
+        a.close().await;
+        b.close().await;
+    });
+}

@@ -44,6 +44,10 @@ const PARK_MAX: usize = 256;
 /// What the application gives a [`Group`]: the delivery of messages, and the state of each
 /// shard for members that join it (PROTOCOLS §3.5). Any `FnMut(Delivered)` is an application
 /// without state.
+///
+/// Every method runs on the group's executor, inside the driver: it must not call the
+/// [`Group`] (spawn a task for that), and it should be quick. A snapshot or restore that takes
+/// longer than the suspicion timeout silences this member that long, and the others suspect it.
 pub trait Application: 'static {
     /// A message delivered, in the shard's delivery order. Must not call [`Group::send`]
     /// (spawn a task for that).
@@ -133,6 +137,9 @@ pub enum WaitError {
     /// This member stopped.
     #[error("stopped: {0}")]
     Stopped(StopReason),
+    /// The group was closed, or the driver could not go on ([`GroupEvent::Fatal`]).
+    #[error("the group is closed")]
+    Closed,
 }
 
 /// Settings and application of a member; [`GroupBuilder::start`] starts a group,
@@ -226,9 +233,9 @@ impl GroupBuilder {
         self
     }
 
-    /// The largest shard state accepted or sent.
+    /// The largest shard state accepted or sent (at most 4 GiB less 64 bytes, a frame's limit).
     pub fn state_len_max(mut self, len: usize) -> Self {
-        self.state_len_max = len;
+        self.state_len_max = len.min(u32::MAX as usize - 64);
         self
     }
 
@@ -240,6 +247,12 @@ impl GroupBuilder {
             })?,
         };
         let advertise = self.advertise.clone().unwrap_or_else(|| listener.local_addr().to_string());
+        if advertise.parse::<SocketAddr>().is_err() || advertise.len() > crate::protocol::ADDRESS_LEN_MAX {
+            return Err(GroupError::Transport(TransportError::Config(format!(
+                "advertise: {advertise:?} is not an IP address and port of at most {} bytes",
+                crate::protocol::ADDRESS_LEN_MAX
+            ))));
+        }
         let limits = TransportLimits { max_frame_len: MESSAGE_LEN_MAX, ..TransportLimits::default() };
         let acceptor = TcpAcceptor::new(listener, PeerId(self.me.0), &limits, PARK_MAX, self.connect_timeout * 4);
         acceptor.accept_messages(tag(&self.name, u64::MAX), MESSAGE_LEN_MAX);
@@ -291,7 +304,9 @@ impl GroupBuilder {
         let request = Control::Join { version: JOIN_VERSION, node: self.me, address: advertise.clone() }.encode();
         let deadline = Instant::now() + self.join_timeout;
         let mut target = contact;
-        let mut asked_before = false;
+        // Members that took a request of ours: an `IdInUse` from one of them may be about that
+        // request, still under way.
+        let mut asked: Vec<SocketAddr> = Vec::new();
         let next = 'wait: loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -308,8 +323,8 @@ impl GroupBuilder {
                 }
                 continue;
             }
-            let asked_now = asked_before;
-            asked_before = true;
+            let asked_now = asked.contains(&target);
+            asked.push(target);
             // Answers come as messages to our own listener; a redirect is asked at once, silence
             // asks again (the member asked may have failed, or be busy with a view change).
             let wait_until = (Instant::now() + Duration::from_secs(2)).min(deadline);
@@ -326,7 +341,11 @@ impl GroupBuilder {
                     Ok(Control::Answer(Answer::Refused(JoinRefusal::NotLeader { address, .. }))) => {
                         match address.parse() {
                             Ok(a) => target = a,
-                            Err(_) => tracing::warn!(%address, "a redirect to an address that does not parse"),
+                            Err(_) => {
+                                tracing::warn!(%address, "a redirect to an address that does not parse");
+                                target = contact;
+                                time::sleep(Duration::from_millis(50)).await;
+                            }
                         }
                         break;
                     }
@@ -462,6 +481,8 @@ struct Inner {
     epoch: Instant,
     closed: Cell<bool>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The task reading each open view transport's events, by view.
+    view_tasks: RefCell<Vec<(ViewId, JoinHandle<()>)>>,
     /// Scratch of `drain`.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
@@ -534,8 +555,15 @@ impl Inner {
                 Output::NextView(next) => {
                     if !self.installing.replace(true) {
                         self.welcome(&next);
+                        // From now on this member pushes nothing in the old view: its "alive"
+                        // beats keep members still finishing it from suspecting this one.
+                        let old = self.transport.borrow().clone();
+                        let linger = spawn(linger(Rc::downgrade(self), old, self.transport_view.get()));
                         let inner = self.clone();
-                        self.tasks.borrow_mut().push(spawn(async move { inner.install(next).await }));
+                        let install = spawn(async move { inner.install(next).await });
+                        let mut tasks = self.tasks.borrow_mut();
+                        tasks.retain(|t| !t.is_finished());
+                        tasks.extend([linger, install]);
                     }
                 }
                 Output::Stopped(reason) => {
@@ -624,20 +652,25 @@ impl Inner {
                 return;
             }
         };
-        let old = std::mem::replace(&mut *self.transport.borrow_mut(), transport.clone());
+        *self.transport.borrow_mut() = transport.clone();
         self.gone.borrow_mut().clear();
-        let old_view = self.transport_view.replace(next.view.id);
+        self.transport_view.set(next.view.id);
         {
             let mut node = self.node.borrow_mut();
             if node.stopped().is_some() {
                 // Stopped while connecting (removed, partitioned): nothing to install.
                 drop(node);
                 self.installing.set(false);
-                self.tasks.borrow_mut().push(spawn(linger(Rc::downgrade(&self), old, old_view)));
+                self.wake_all();
                 return;
             }
             if let Err(e) = node.install(self.now(), RegionMemory::new(region)) {
+                drop(node);
                 self.report(GroupEvent::Fatal(format!("cannot install view {}: {e}", next.view.id.0)));
+                self.closed.set(true);
+                self.installing.set(false);
+                self.wake_all();
+                return;
             }
             // PROTOCOLS §7: a peer's pushes may write only its own row.
             for &m in next.view.members.iter().filter(|&&m| m != self.settings.me) {
@@ -649,8 +682,8 @@ impl Inner {
             self.drain(&mut node);
         }
         self.installing.set(false);
-        self.tasks.borrow_mut().push(spawn(events(Rc::downgrade(&self), transport, next.view.id)));
-        self.tasks.borrow_mut().push(spawn(linger(Rc::downgrade(&self), old, old_view)));
+        let events = spawn(events(Rc::downgrade(&self), transport, next.view.id));
+        self.view_tasks.borrow_mut().push((next.view.id, events));
         let change = ViewChange {
             view: next.view.clone(),
             joined: next.joined.clone(),
@@ -737,20 +770,20 @@ async fn events(inner: Weak<Inner>, transport: Rc<TcpTransport>, view: ViewId) {
     }
 }
 
-/// Keeps the previous view's transport open until every member of the current view has shown a
-/// heartbeat in it (or a few suspicion timeouts passed): it carries "alive" frames to members
-/// still finishing the old view, and reports traffic from them as signs of life.
+/// Runs from the moment this member is done with a view (`Output::NextView`) until every member
+/// of the next view has shown a heartbeat in it (or a few suspicion timeouts passed): sends
+/// "alive" frames on the old view's transport, so that members still finishing the old view do
+/// not suspect this one (it pushes nothing there any more), reports traffic from them as signs
+/// of life, and finally closes that transport and stops its events task.
 async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
     let Some(strong) = inner.upgrade() else { return };
     let period = Duration::from_nanos(strong.settings.membership.heartbeat_ns);
     let until = Instant::now()
         + strong.settings.connect_timeout
         + Duration::from_nanos(strong.settings.membership.suspect_after_ns) * 4;
-    let events = spawn(events(inner.clone(), old.clone(), old_view));
     drop(strong);
     let mut last = Instant::now();
     loop {
-        time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { break };
         let now = Instant::now();
         let (alive, done) = {
@@ -758,10 +791,11 @@ async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
             let me = inner.settings.me;
             let others: Vec<NodeId> = old.peers().iter().map(|p| NodeId(p.0)).filter(|&m| m != me).collect();
             let here: Vec<NodeId> = others.iter().copied().filter(|&m| node.view().rank_of(m).is_some()).collect();
+            let installed = !inner.installing.get() && node.view().id != old_view;
             let done = inner.closed.get()
                 || node.stopped().is_some()
                 || now >= until
-                || here.iter().all(|&m| node.heard_in_view(m));
+                || (installed && here.iter().all(|&m| node.heard_in_view(m)));
             let alive: Vec<NodeId> =
                 here.into_iter().filter(|&m| old.last_heard(PeerId(m.0)).is_some_and(|h| h > last)).collect();
             (alive, done)
@@ -777,12 +811,19 @@ async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
             }
         }
         let beat = Payload::from(ViewFrame::Alive { view: inner.transport_view.get() }.encode());
+        drop(inner);
         for p in old.peers().to_vec() {
             let _ = old.send_frame(p, beat.clone()).await;
         }
         last = now;
+        time::sleep(period).await;
     }
-    events.abort();
+    if let Some(inner) = inner.upgrade() {
+        let mut tasks = inner.view_tasks.borrow_mut();
+        if let Some(i) = tasks.iter().position(|(v, _)| *v == old_view) {
+            tasks.remove(i).1.abort();
+        }
+    }
     old.close(Duration::from_millis(50)).await;
 }
 
@@ -810,6 +851,8 @@ impl PollHook for RulesHook {
 pub struct Group {
     inner: Rc<Inner>,
     hook: Cell<Option<HookId>>,
+    /// `close` ran (or the group was dropped).
+    shut: Cell<bool>,
 }
 
 impl std::fmt::Debug for Group {
@@ -852,6 +895,7 @@ impl Group {
             epoch,
             closed: Cell::new(false),
             tasks: RefCell::new(Vec::new()),
+            view_tasks: RefCell::new(Vec::new()),
             push_peers: RefCell::new(Vec::new()),
             push_errors: RefCell::new(Vec::new()),
         });
@@ -861,7 +905,8 @@ impl Group {
         }
         let hook = add_poll_hook(RulesHook { inner: inner.clone() });
         let weak = Rc::downgrade(&inner);
-        let mut tasks = vec![spawn(events(weak.clone(), transport, view))];
+        inner.view_tasks.borrow_mut().push((view, spawn(events(weak.clone(), transport, view))));
+        let mut tasks = Vec::new();
         // Control messages (join requests) to this member's listener.
         tasks.push(spawn({
             let weak = weak.clone();
@@ -897,7 +942,7 @@ impl Group {
         }));
         inner.tasks.borrow_mut().extend(tasks);
         inner.step();
-        Self { inner, hook: Cell::new(Some(hook)) }
+        Self { inner, hook: Cell::new(Some(hook)), shut: Cell::new(false) }
     }
 
     /// This member's id.
@@ -990,6 +1035,9 @@ impl Group {
             let node = self.inner.node.borrow();
             if let Some(r) = node.stopped() {
                 return Poll::Ready(Err(WaitError::Stopped(r.clone())));
+            }
+            if self.inner.closed.get() {
+                return Poll::Ready(Err(WaitError::Closed));
             }
             if !self.inner.installing.get() && pred(node.view()) {
                 return Poll::Ready(Ok(node.view().clone()));
@@ -1089,31 +1137,37 @@ impl Group {
         self.inner.events.borrow_mut().pop_front()
     }
 
-    /// Stops running the rules and closes every connection (peers see this member fail).
+    /// Stops running the rules, stops listening and closes every connection (peers see this
+    /// member fail).
     pub async fn close(&self) {
-        if self.inner.closed.replace(true) {
+        if self.shut.replace(true) {
             return;
         }
-        if let Some(h) = self.hook.take() {
-            remove_poll_hook(h);
-        }
-        for t in self.inner.tasks.borrow_mut().drain(..) {
-            t.abort();
-        }
-        self.inner.wake_all();
+        self.stop_tasks();
         let t = self.inner.transport.borrow().clone();
         t.close(Duration::from_millis(200)).await;
     }
-}
 
-impl Drop for Group {
-    fn drop(&mut self) {
+    fn stop_tasks(&self) {
         self.inner.closed.set(true);
         if let Some(h) = self.hook.take() {
             remove_poll_hook(h);
         }
         for t in self.inner.tasks.borrow_mut().drain(..) {
             t.abort();
+        }
+        for (_, t) in self.inner.view_tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        self.inner.acceptor.stop();
+        self.inner.wake_all();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if !self.shut.replace(true) {
+            self.stop_tasks();
         }
     }
 }

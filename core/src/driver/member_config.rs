@@ -197,9 +197,9 @@ impl GroupMemberConfig {
             return Err(invalid("layout.min_per_shard", "must be at least 1, and shards times it at most members_max"));
         }
         if let Some(a) = &f.advertise
-            && a.len() > ADDRESS_LEN_MAX
+            && (a.len() > ADDRESS_LEN_MAX || a.parse::<SocketAddr>().is_err())
         {
-            return Err(invalid("advertise", format!("longer than {ADDRESS_LEN_MAX} bytes")));
+            return Err(invalid("advertise", format!("an IP address and port of at most {ADDRESS_LEN_MAX} bytes")));
         }
         if f.group.is_empty() {
             return Err(invalid("group", "must not be empty"));
@@ -210,8 +210,14 @@ impl GroupMemberConfig {
         if f.core.is_some_and(|c| c >= 1024) {
             return Err(invalid("core", "must be below 1024"));
         }
-        if f.connect_timeout_ms == 0 || f.join_timeout_ms == 0 {
-            return Err(invalid("connect_timeout_ms", "timeouts must be above zero"));
+        if f.connect_timeout_ms == 0 {
+            return Err(invalid("connect_timeout_ms", "must be above zero"));
+        }
+        if f.join_timeout_ms == 0 {
+            return Err(invalid("join_timeout_ms", "must be above zero"));
+        }
+        if f.state_len_max == 0 || f.state_len_max > u32::MAX as usize - 64 {
+            return Err(invalid("state_len_max", "must be from 1 to 4294967231"));
         }
         Ok(Self {
             me: NodeId(f.me),
@@ -308,6 +314,9 @@ mod tests {
             (&["contact=nowhere"], "contact"),
             (&["group=\"\""], "group"),
             (&["connect_timeout_ms=0"], "connect_timeout_ms"),
+            (&["join_timeout_ms=0"], "join_timeout_ms"),
+            (&["advertise=\"db.example:7000\""], "advertise"),
+            (&["state_len_max=0"], "state_len_max"),
             (&["limits.window_len=0"], "limits.window_len"),
         ];
         for (sets, needle) in cases {

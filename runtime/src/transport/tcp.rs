@@ -396,6 +396,8 @@ struct AcceptorInner {
     messages: RefCell<VecDeque<(PeerId, Vec<u8>)>>,
     /// Messages being read now (at most `park_max`).
     reading: Cell<usize>,
+    /// Connections whose `Hello` is being read (at most `park_max`).
+    handshaking: Cell<usize>,
     message_waiter: RefCell<Option<Waker>>,
 }
 
@@ -427,6 +429,53 @@ impl AcceptorInner {
     }
 }
 
+/// The handshake of one accepted connection, and where it goes: read as a message (within
+/// `park_timeout`), or parked for its transport.
+async fn route(inner: Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
+    route_inner(&inner, me, stream, addr, max).await;
+    inner.handshaking.set(inner.handshaking.get() - 1);
+}
+
+async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
+    let Some((peer, tag, buf, filled)) = accept_hello(&stream, addr, max).await else { return };
+    if let Some((message_tag, message_max)) = inner.message_tag.get()
+        && tag == message_tag
+    {
+        let busy = inner.reading.get() + inner.messages.borrow().len() >= inner.park_max;
+        if busy || stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+            tracing::warn!(%addr, %peer, busy, "dropped a message connection");
+            return;
+        }
+        inner.reading.set(inner.reading.get() + 1);
+        let r = time::timeout(inner.park_timeout, read_message(&stream, buf, filled, message_max)).await;
+        inner.reading.set(inner.reading.get() - 1);
+        match r {
+            Ok(Ok(body)) => {
+                inner.messages.borrow_mut().push_back((peer, body));
+                if let Some(w) = inner.message_waiter.borrow_mut().take() {
+                    w.wake();
+                }
+            }
+            Ok(Err(reason)) => tracing::warn!(%addr, %peer, %reason, "dropped a bad message"),
+            Err(_) => tracing::warn!(%addr, %peer, "dropped a message not complete in time"),
+        }
+        // Closing tells the sender its message was read.
+        stream.shutdown();
+        return;
+    }
+    let full = inner.parked.borrow().len() >= inner.park_max;
+    if full || inner.parked.borrow().contains_key(&(tag, peer)) {
+        tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
+        return;
+    }
+    if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+        return;
+    }
+    let conn = ParkedConn(Handshaken { peer, stream, buf, filled });
+    inner.parked.borrow_mut().insert((tag, peer), (Instant::now(), conn));
+    inner.wake();
+}
+
 impl TcpAcceptor {
     /// Starts accepting on `listener` for member `me`. Call on the executor that will run the
     /// transports.
@@ -447,6 +496,7 @@ impl TcpAcceptor {
             message_tag: Cell::new(None),
             messages: RefCell::new(VecDeque::new()),
             reading: Cell::new(0),
+            handshaking: Cell::new(0),
             message_waiter: RefCell::new(None),
         });
         let task = {
@@ -463,47 +513,14 @@ impl TcpAcceptor {
                         }
                     };
                     inner.expire();
-                    let Some((peer, tag, buf, filled)) = accept_hello(&stream, addr, max).await else { continue };
-                    if let Some((message_tag, message_max)) = inner.message_tag.get()
-                        && tag == message_tag
-                    {
-                        let busy = inner.reading.get() + inner.messages.borrow().len() >= inner.park_max;
-                        if busy || stream.send_all(hello(me, tag).to_vec()).await.is_err() {
-                            tracing::warn!(%addr, %peer, busy, "dropped a message connection");
-                            continue;
-                        }
-                        inner.reading.set(inner.reading.get() + 1);
-                        let inner = inner.clone();
-                        let within = inner.park_timeout;
-                        drop(spawn(async move {
-                            let r = time::timeout(within, read_message(&stream, buf, filled, message_max)).await;
-                            inner.reading.set(inner.reading.get() - 1);
-                            match r {
-                                Ok(Ok(body)) => {
-                                    inner.messages.borrow_mut().push_back((peer, body));
-                                    if let Some(w) = inner.message_waiter.borrow_mut().take() {
-                                        w.wake();
-                                    }
-                                }
-                                Ok(Err(reason)) => tracing::warn!(%addr, %peer, %reason, "dropped a bad message"),
-                                Err(_) => tracing::warn!(%addr, %peer, "dropped a message not complete in time"),
-                            }
-                            // Closing tells the sender its message was read.
-                            stream.shutdown();
-                        }));
+                    // Each connection's handshake runs on its own, so one silent connection does
+                    // not hold up the others; at most `park_max` at once.
+                    if inner.handshaking.get() >= inner.park_max {
+                        tracing::warn!(%addr, "refused a connection: too many handshakes under way");
                         continue;
                     }
-                    let full = inner.parked.borrow().len() >= inner.park_max;
-                    if full || inner.parked.borrow().contains_key(&(tag, peer)) {
-                        tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
-                        continue;
-                    }
-                    if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
-                        continue;
-                    }
-                    let conn = ParkedConn(Handshaken { peer, stream, buf, filled });
-                    inner.parked.borrow_mut().insert((tag, peer), (Instant::now(), conn));
-                    inner.wake();
+                    inner.handshaking.set(inner.handshaking.get() + 1);
+                    drop(spawn(route(inner.clone(), me, stream, addr, max)));
                 }
             })
         };
@@ -513,6 +530,14 @@ impl TcpAcceptor {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Stops accepting (connections already handed out are not affected; parked ones close).
+    pub fn stop(&self) {
+        if let Some(t) = self.task.borrow_mut().take() {
+            t.abort();
+        }
+        self.inner.parked.borrow_mut().clear();
     }
 
     /// Connections waiting for a transport.
