@@ -99,26 +99,7 @@ impl Default for Options {
     }
 }
 
-/// A command-line error.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UsageError {
-    /// An option the program does not know.
-    #[error("unknown option {0:?}")]
-    Unknown(String),
-    /// An option without its value.
-    #[error("{0} needs a value")]
-    MissingValue(&'static str),
-    /// A value out of range or not a number.
-    #[error("{option}: {value:?} is not {expected}")]
-    BadValue {
-        /// The option.
-        option: &'static str,
-        /// What was given.
-        value: String,
-        /// What is accepted.
-        expected: &'static str,
-    },
-}
+pub use crate::multicast::UsageError;
 
 /// Parses the command line (without the program name).
 ///

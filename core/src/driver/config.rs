@@ -178,6 +178,11 @@ impl LimitsConfig {
     }
 }
 
+/// The text of a configuration file.
+pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })
+}
+
 /// Parses `text`, applies the `DERECHO_*` environment variables and the `--set` overrides, and
 /// deserializes the result (unknown keys and wrong types are errors naming the key).
 pub(super) fn overlay<T: serde::de::DeserializeOwned>(
@@ -264,9 +269,7 @@ impl GroupConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::from_toml(&text, env, sets)
+        Self::from_toml(&read(path)?, env, sets)
     }
 
     /// As [`GroupConfig::load`], from text.

@@ -17,7 +17,7 @@
 //! before anything of the new view is delivered.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
@@ -30,7 +30,7 @@ use derecho_runtime::transport::{Payload, PeerId, Transport, TransportError, Tra
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
 use super::wire::{Answer, Control, JOIN_VERSION, ViewFrame};
-use super::{GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION};
+use super::{EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, since};
 use crate::protocol::{
     Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
     RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
@@ -456,8 +456,6 @@ impl Settings {
     }
 }
 
-type Events = RefCell<VecDeque<GroupEvent>>;
-
 struct Inner {
     settings: Settings,
     acceptor: TcpAcceptor,
@@ -472,8 +470,7 @@ struct Inner {
     gone: RefCell<Vec<NodeId>>,
     /// Join requests received here and not yet answered: where to answer.
     joins: RefCell<BTreeMap<NodeId, String>>,
-    events: Events,
-    event_waker: RefCell<Option<Waker>>,
+    events: EventBox,
     /// Tasks in `send`, `settle`, `wait_view`: woken on progress, view changes and stop.
     waiters: RefCell<Vec<Waker>>,
     window_seen: Cell<u64>,
@@ -490,14 +487,11 @@ struct Inner {
 
 impl Inner {
     fn now(&self) -> Time {
-        Time(self.epoch.elapsed().as_nanos() as u64)
+        since(self.epoch)
     }
 
     fn report(&self, e: GroupEvent) {
-        self.events.borrow_mut().push_back(e);
-        if let Some(w) = self.event_waker.borrow_mut().take() {
-            w.wake();
-        }
+        self.events.report(e);
     }
 
     fn wake_all(&self) {
@@ -887,8 +881,7 @@ impl Group {
             installing: Cell::new(false),
             gone: RefCell::new(Vec::new()),
             joins: RefCell::new(BTreeMap::new()),
-            events: RefCell::new(VecDeque::new()),
-            event_waker: RefCell::new(None),
+            events: EventBox::default(),
             waiters: RefCell::new(Vec::new()),
             window_seen: Cell::new(0),
             settle_seen: Cell::new(0),
@@ -1122,19 +1115,12 @@ impl Group {
 
     /// The next group event, waiting for one.
     pub async fn next_event(&self) -> GroupEvent {
-        poll_fn(|cx| {
-            if let Some(e) = self.inner.events.borrow_mut().pop_front() {
-                return Poll::Ready(e);
-            }
-            *self.inner.event_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        self.inner.events.next().await
     }
 
     /// The next group event if one is ready.
     pub fn try_next_event(&self) -> Option<GroupEvent> {
-        self.inner.events.borrow_mut().pop_front()
+        self.inner.events.try_next()
     }
 
     /// Stops running the rules, stops listening and closes every connection (peers see this

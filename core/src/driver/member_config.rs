@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{LimitsConfig, invalid, overlay};
+use super::config::{LimitsConfig, invalid, overlay, read};
 use super::{ConfigError, GroupBuilder};
 use crate::protocol::{
     ADDRESS_LEN_MAX, DeliveryMode, Limits, MembershipConfig, NodeId, OneShard, RoundRobinShards, ShardIndex, ShardRef,
@@ -144,9 +144,7 @@ impl GroupMemberConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::from_toml(&text, env, sets)
+        Self::from_toml(&read(path)?, env, sets)
     }
 
     /// As [`GroupMemberConfig::load`], from text.

@@ -263,6 +263,42 @@ pub enum GroupEvent {
 
 type DeliverFn = Box<dyn FnMut(Delivered<'_>)>;
 
+/// A group's events, waiting for the application to take them.
+#[derive(Default)]
+struct EventBox {
+    queue: RefCell<std::collections::VecDeque<GroupEvent>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl EventBox {
+    fn report(&self, e: GroupEvent) {
+        self.queue.borrow_mut().push_back(e);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn try_next(&self) -> Option<GroupEvent> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    async fn next(&self) -> GroupEvent {
+        poll_fn(|cx| {
+            if let Some(e) = self.try_next() {
+                return Poll::Ready(e);
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The time since `epoch`, as the protocol counts it.
+fn since(epoch: Instant) -> Time {
+    Time(epoch.elapsed().as_nanos() as u64)
+}
+
 struct Inner {
     node: RefCell<Node<RegionMemory>>,
     transport: AnyTransport,
@@ -275,8 +311,7 @@ struct Inner {
     settle_waiters: RefCell<Vec<Waker>>,
     /// `Node::delivered_everywhere_progress` when settle waiters were last woken.
     settle_seen: Cell<u64>,
-    events: RefCell<Vec<GroupEvent>>,
-    event_waker: RefCell<Option<Waker>>,
+    events: EventBox,
     epoch: Instant,
     closed: Cell<bool>,
     /// `Node::window_progress` when blocked senders were last woken.
@@ -285,14 +320,11 @@ struct Inner {
 
 impl Inner {
     fn now(&self) -> Time {
-        Time(self.epoch.elapsed().as_nanos() as u64)
+        since(self.epoch)
     }
 
     fn report(&self, e: GroupEvent) {
-        self.events.borrow_mut().push(e);
-        if let Some(w) = self.event_waker.borrow_mut().take() {
-            w.wake();
-        }
+        self.events.report(e);
     }
 
     /// One batch: run the rules, deliver, push. Returns how much happened.
@@ -448,8 +480,7 @@ impl StaticGroup {
             push_errors: RefCell::new(Vec::new()),
             settle_waiters: RefCell::new(Vec::new()),
             settle_seen: Cell::new(0),
-            events: RefCell::new(Vec::new()),
-            event_waker: RefCell::new(None),
+            events: EventBox::default(),
             epoch: Instant::now(),
             closed: Cell::new(false),
             window_seen: Cell::new(0),
@@ -554,15 +585,7 @@ impl StaticGroup {
 
     /// The next group event, waiting for one.
     pub async fn next_event(&self) -> GroupEvent {
-        poll_fn(|cx| {
-            let mut ev = self.inner.events.borrow_mut();
-            if !ev.is_empty() {
-                return Poll::Ready(ev.remove(0));
-            }
-            *self.inner.event_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+        self.inner.events.next().await
     }
 
     /// A one-line description of the protocol state (counters of every row), for diagnostics.
