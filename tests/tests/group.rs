@@ -236,3 +236,42 @@ fn view_changes_do_not_leak_connections() {
         b.close().await;
     });
 }
+
+#[test]
+fn simultaneous_joins_share_view_changes_and_each_gets_the_state() {
+    Builder::new().build().unwrap().block_on(async {
+        let apps: Vec<App> = (0..5).map(|_| App::default()).collect();
+        let a = builder(0, 1).start(apps[0].clone()).await.expect("start");
+        send_values(&a, 0, 25).await;
+        until("A delivers alone", || apps[0].0.borrow().entries.len() == 25, String::new).await;
+        let contact = a.local_addr();
+        let (b, c, d, e) = futures::join!(
+            builder(1, 1).join(contact, apps[1].clone()),
+            builder(2, 1).join(contact, apps[2].clone()),
+            builder(3, 1).join(contact, apps[3].clone()),
+            builder(4, 1).join(contact, apps[4].clone()),
+        );
+        let joiners = [b.expect("b"), c.expect("c"), d.expect("d"), e.expect("e")];
+        a.wait_view(WAIT, |v| v.members.len() == 5).await.expect("five members");
+        // Four joins cost fewer than four view changes: they are batched.
+        let changes = apps[0].0.borrow().views.len();
+        assert!(changes < 4, "{changes} view changes for four simultaneous joins");
+        // Every joiner starts from A's history.
+        for (i, app) in apps[1..].iter().enumerate() {
+            assert_eq!(app.0.borrow().entries.len(), 25, "joiner {} did not receive the state", i + 1);
+        }
+        send_values(&joiners[3], 100, 5).await;
+        let all = || apps.iter().all(|app| app.0.borrow().entries.len() == 30);
+        until("everyone delivers the last messages", all, || {
+            format!("{:?}", apps.iter().map(|a| a.0.borrow().entries.len()).collect::<Vec<_>>())
+        })
+        .await;
+        for app in &apps[1..] {
+            assert_eq!(app.0.borrow().entries, apps[0].0.borrow().entries);
+        }
+        a.close().await;
+        for g in joiners {
+            g.close().await;
+        }
+    });
+}

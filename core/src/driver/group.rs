@@ -121,6 +121,10 @@ pub enum JoinError {
     /// The welcome's view or the listener could not be set up.
     #[error(transparent)]
     Start(#[from] GroupError),
+    /// Admitted, but stopped before it could start (the state did not come in time, or the
+    /// group removed it).
+    #[error("stopped while joining: {0}")]
+    Stopped(StopReason),
 }
 
 /// Errors of [`Group::wait_view`].
@@ -289,14 +293,15 @@ impl GroupBuilder {
     }
 
     /// Joins the group that the member at `contact` belongs to (redirected to its leader), and
-    /// returns once admitted: in the view that adds this member, with the state of every shard
-    /// it joins on its way (the application's [`Application::restore`]). Must run inside an
+    /// returns once admitted, in the view that adds this member, with the state of every shard
+    /// it joins restored (the application's [`Application::restore`]). Must run inside an
     /// executor.
     ///
     /// # Errors
     ///
     /// [`JoinError`]: refused (an id in use, a full group), another handshake version, no
-    /// welcome within the join timeout, or a transport error.
+    /// welcome within the join timeout, no state within the state-transfer timeout, or a
+    /// transport error.
     pub async fn join(mut self, contact: SocketAddr, app: impl Application) -> Result<Group, JoinError> {
         self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
         let (acceptor, advertise) = self.acceptor()?;
@@ -381,7 +386,24 @@ impl GroupBuilder {
             departed: next.departed.clone(),
             inadequate: next.inadequate.clone(),
         };
-        Ok(Group::run(settings, acceptor, transport, node, Box::new(app), epoch, Some(change)))
+        let group = Group::run(settings, acceptor, transport, node, Box::new(app), epoch, Some(change));
+        // Admitted; return once the state of every shard this member joined is restored.
+        let restored = poll_fn(|cx| {
+            let node = group.inner.node.borrow();
+            if let Some(r) = node.stopped() {
+                return Poll::Ready(Err(JoinError::Stopped(r.clone())));
+            }
+            if group.inner.closed.get() {
+                return Poll::Ready(Err(JoinError::Start(GroupError::Transport(TransportError::Closed))));
+            }
+            if !node.view().shards.iter().any(|s| node.awaiting_state(s.id)) {
+                return Poll::Ready(Ok(()));
+            }
+            group.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        restored.await?;
+        Ok(group)
     }
 }
 
@@ -732,6 +754,8 @@ impl Inner {
                         Ok(()) => {
                             tracing::info!(me = %self.settings.me, %shard, len = body.len(), from = %from, "state received");
                             node.handle(now, Input::StateReceived(shard));
+                            drop(node);
+                            self.wake_all();
                         }
                         Err(reason) => {
                             self.report(GroupEvent::StateRejected { shard, from: NodeId(from.0), reason });
