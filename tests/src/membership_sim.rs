@@ -8,7 +8,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use derecho::protocol::{NodeId, Time};
+use derecho::protocol::{GroupLayout, NodeId, Policy, SubgroupSpec, Time};
 use derecho::sim::{GroupConfig, GroupSim, Plan, SimRng, StepKind};
 
 use crate::checkers::membership::GroupCheckers;
@@ -76,8 +76,15 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
     let mut config = GroupConfig::new(seed, n, messages);
     // A third of the scenarios lay the group out in two shards (ranks alternate), so that
     // removals move members between shards.
+    let mut flexible = false;
     if n >= 4 && rng.chance(1, 3) {
         config.shards = 2;
+        // Half of those use flexible shards, whose survivors stay where they are.
+        if rng.chance(1, 2) {
+            flexible = true;
+            let spec = SubgroupSpec::new("sim", Policy::Flexible { shards: 2, min: 1, max: n as usize });
+            config.layout = Some(std::rc::Rc::new(GroupLayout::new(vec![spec]).expect("a valid layout")));
+        }
     }
     // Lose at most a minority of the group and, with two shards, at most one member: losing both
     // holders of a shard's state loses the state (only persistence, not membership, recovers
@@ -88,6 +95,9 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
     let mut next_id = 100;
     let mut t = 2 * MS + rng.below(8 * MS);
     let mut words = Vec::new();
+    if flexible {
+        words.push("flexible-shards".to_string());
+    }
     let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.below(v.len() as u64) as usize];
     for _ in 0..1 + rng.below(4) {
         t += rng.range(MS..=30 * MS);

@@ -275,3 +275,60 @@ fn simultaneous_joins_share_view_changes_and_each_gets_the_state() {
         }
     });
 }
+
+#[test]
+fn a_member_in_two_subgroups_delivers_each_in_its_own_order() {
+    use derecho::protocol::{GroupLayout, Policy, SubgroupSpec};
+    let layout = || {
+        GroupLayout::new(vec![
+            SubgroupSpec::new("all", Policy::AllMembers { min: 3 }),
+            SubgroupSpec::new("pair", Policy::Fixed { shards: 1, per_shard: 2 }),
+        ])
+        .unwrap()
+    };
+    let pair = ShardRef { subgroup: SubgroupId(1), shard: ShardIndex(0) };
+    Builder::new().build().unwrap().block_on(async {
+        type Seen = Rc<RefCell<Vec<(ShardRef, u32, u64)>>>;
+        let seen: Vec<Seen> = (0..3).map(|_| Seen::default()).collect();
+        let app = |s: &Seen| {
+            let s = s.clone();
+            move |d: Delivered<'_>| {
+                let v = u64::from_le_bytes(d.payload[..8].try_into().unwrap());
+                s.borrow_mut().push((d.shard, d.sender.0, v));
+            }
+        };
+        let a = builder(0, 1).layout(layout()).start(app(&seen[0])).await.expect("start");
+        let b = builder(1, 1).layout(layout()).join(a.local_addr(), app(&seen[1])).await.expect("b");
+        let c = builder(2, 1).layout(layout()).join(a.local_addr(), app(&seen[2])).await.expect("c");
+        for g in [&a, &b, &c] {
+            g.wait_view(WAIT, |v| v.shards.len() == 2).await.expect("both subgroups laid out");
+        }
+        // The pair is the two oldest members; the third is not in it and cannot send there.
+        assert_eq!(a.view().shards[1].members, vec![NodeId(0), NodeId(1)]);
+        let e = c.send(pair, 8, |_| {}).await.expect_err("not a member of the pair");
+        assert!(e.to_string().contains("does not belong"), "{e}");
+        for (g, base) in [(&a, 0u64), (&b, 100)] {
+            for v in base..base + 10 {
+                g.send(pair, 8, |buf| buf.copy_from_slice(&v.to_le_bytes())).await.unwrap();
+                g.send(SHARD, 8, |buf| buf.copy_from_slice(&(v + 1000).to_le_bytes())).await.unwrap();
+            }
+        }
+        let count = |i: usize, shard: ShardRef| seen[i].borrow().iter().filter(|e| e.0 == shard).count();
+        until(
+            "every delivery",
+            || (0..3).all(|i| count(i, SHARD) == 20) && count(0, pair) == 20 && count(1, pair) == 20,
+            || format!("{:?}", (0..3).map(|i| (count(i, SHARD), count(i, pair))).collect::<Vec<_>>()),
+        )
+        .await;
+        assert_eq!(count(2, pair), 0, "the third member delivered in a shard it is not in");
+        let order = |i: usize, shard: ShardRef| -> Vec<(u32, u64)> {
+            seen[i].borrow().iter().filter(|e| e.0 == shard).map(|e| (e.1, e.2)).collect()
+        };
+        assert_eq!(order(0, pair), order(1, pair));
+        assert_eq!(order(0, SHARD), order(1, SHARD));
+        assert_eq!(order(0, SHARD), order(2, SHARD));
+        for g in [a, b, c] {
+            g.close().await;
+        }
+    });
+}

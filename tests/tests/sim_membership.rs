@@ -2,9 +2,10 @@
 //! scenarios for each fault of the catalogue, then fresh random seeds. Every run is judged by
 //! the membership checkers; a failure prints `SIM_SEED=... cargo test ...` to replay it.
 
+use std::rc::Rc;
 use std::time::Duration;
 
-use derecho::protocol::{NodeId, Time};
+use derecho::protocol::{GroupLayout, LayoutFn, NodeId, Policy, SubgroupSpec, Time};
 use derecho::sim::{GroupConfig, MemberEvent, Plan, StepKind};
 use derecho_tests::membership_sim::{fresh_group_seeds, random_group, run_group};
 
@@ -259,6 +260,36 @@ fn two_shards_members_move_between_shards_and_receive_their_state() {
         .unwrap_or_else(|r| panic!("{r}"));
     let moved = sim.events().iter().filter(|e| matches!(e.what, MemberEvent::StateReceived { .. })).count();
     assert!(moved >= 3, "n2, n3 and n4 changed shards; {moved} states received");
+}
+
+#[test]
+fn flexible_shards_keep_their_survivors() {
+    // Two flexible shards of 1 to 3 members: a crash removes one member and moves nobody else;
+    // only the joiner receives a state.
+    let flexible = || -> Rc<dyn LayoutFn> {
+        Rc::new(
+            GroupLayout::new(vec![SubgroupSpec::new("kv", Policy::Flexible { shards: 2, min: 1, max: 3 })]).unwrap(),
+        )
+    };
+    check("flexible_shards_keep_their_survivors", |seed| {
+        let mut c = GroupConfig::new(seed, 5, 30);
+        c.layout = Some(flexible());
+        c.plan = vec![
+            Plan::Crash { node: NodeId(1), at: Time(5 * MS) },
+            Plan::Join { node: NodeId(100), via: NodeId(0), at: Time(30 * MS) },
+        ];
+        c
+    });
+    let mut c = GroupConfig::new(6, 5, 30);
+    c.layout = Some(flexible());
+    c.plan = vec![
+        Plan::Crash { node: NodeId(1), at: Time(5 * MS) },
+        Plan::Join { node: NodeId(100), via: NodeId(0), at: Time(30 * MS) },
+    ];
+    let sim = run_group("flexible_shards_keep_their_survivors", c, true).unwrap_or_else(|r| panic!("{r}"));
+    let states: Vec<NodeId> =
+        sim.events().iter().filter(|e| matches!(e.what, MemberEvent::StateReceived { .. })).map(|e| e.node).collect();
+    assert_eq!(states, vec![NodeId(100)], "only the joiner receives a state");
 }
 
 #[test]

@@ -24,6 +24,20 @@
 //! min_per_shard = 1               # a view with fewer members per shard is inadequate; default 1
 //! mode = "ordered"                # or "unordered"; default "ordered"
 //!
+//! # Instead of [layout], one [[subgroups]] table per subgroup (PROTOCOLS §5), in id order:
+//! [[subgroups]]
+//! name = "kv"                     # for messages; default "subgroup N"
+//! policy = "flexible"             # "all", "fixed" or "flexible" (required)
+//! shards = 2                      # fixed and flexible; default 1
+//! per_shard = 3                   # fixed: members per shard (required)
+//! min = 2                         # all: fewest members; flexible: fewest per shard; default 1
+//! max = 4                         # flexible: most per shard; default min
+//! mode = "ordered"                # every shard's mode; default "ordered"
+//! shard_modes = ["unordered"]     # modes of the first shards, overriding `mode`
+//! senders = "all"                 # "all", a number (the oldest N of each shard) or a list of ids
+//! reserved = [[], [7]]            # node ids reserved for each shard
+//! disjoint = false                # take no member an earlier disjoint subgroup took
+//!
 //! [limits]                        # as in the static group's file; every member must have the same
 //! window_len = 4096
 //! ```
@@ -37,8 +51,8 @@ use serde::Deserialize;
 use super::config::{LimitsConfig, invalid, overlay, read};
 use super::{ConfigError, GroupBuilder};
 use crate::protocol::{
-    ADDRESS_LEN_MAX, DeliveryMode, Limits, MembershipConfig, NodeId, OneShard, RoundRobinShards, ShardIndex, ShardRef,
-    SubgroupId,
+    ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, MembershipConfig, NodeId, OneShard, Policy, RoundRobinShards,
+    Senders, ShardIndex, ShardRef, SubgroupId, SubgroupSpec,
 };
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -56,6 +70,77 @@ struct LayoutFile {
     shards: Option<u16>,
     min_per_shard: Option<u32>,
     mode: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SendersFile {
+    Word(String),
+    Count(u64),
+    Ids(Vec<u32>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubgroupFile {
+    name: Option<String>,
+    policy: String,
+    shards: Option<u16>,
+    per_shard: Option<u32>,
+    min: Option<u32>,
+    max: Option<u32>,
+    mode: Option<String>,
+    #[serde(default)]
+    shard_modes: Vec<String>,
+    senders: Option<SendersFile>,
+    #[serde(default)]
+    reserved: Vec<Vec<u32>>,
+    #[serde(default)]
+    disjoint: bool,
+}
+
+fn mode_of(key: &str, m: &str) -> Result<DeliveryMode, ConfigError> {
+    match m {
+        "ordered" => Ok(DeliveryMode::Ordered),
+        "unordered" => Ok(DeliveryMode::Unordered),
+        other => Err(invalid(key, format!("{other:?}: ordered or unordered"))),
+    }
+}
+
+impl SubgroupFile {
+    fn spec(&self, i: usize) -> Result<SubgroupSpec, ConfigError> {
+        let key = |k: &str| format!("subgroups[{i}].{k}");
+        let name = self.name.clone().unwrap_or_else(|| format!("subgroup {i}"));
+        let shards = self.shards.unwrap_or(1);
+        let min = self.min.unwrap_or(1) as usize;
+        let policy = match self.policy.as_str() {
+            "all" => Policy::AllMembers { min },
+            "fixed" => Policy::Fixed {
+                shards,
+                per_shard: self.per_shard.ok_or_else(|| invalid(key("per_shard"), "required by a fixed policy"))?
+                    as usize,
+            },
+            "flexible" => Policy::Flexible { shards, min, max: self.max.map_or(min, |m| m as usize) },
+            other => return Err(invalid(key("policy"), format!("{other:?}: all, fixed or flexible"))),
+        };
+        let mut spec = SubgroupSpec::new(name, policy);
+        spec.mode = mode_of(&key("mode"), self.mode.as_deref().unwrap_or("ordered"))?;
+        spec.shard_modes =
+            self.shard_modes.iter().map(|m| mode_of(&key("shard_modes"), m)).collect::<Result<_, _>>()?;
+        spec.senders = match &self.senders {
+            None => Senders::All,
+            Some(SendersFile::Word(w)) if w == "all" => Senders::All,
+            Some(SendersFile::Word(w)) => {
+                return Err(invalid(key("senders"), format!("{w:?}: \"all\", a number or a list of ids")));
+            }
+            Some(SendersFile::Count(n)) => Senders::First(*n as usize),
+            Some(SendersFile::Ids(v)) => Senders::Only(v.iter().map(|&n| NodeId(n)).collect()),
+        };
+        spec.reserved = self.reserved.iter().map(|v| v.iter().map(|&n| NodeId(n)).collect()).collect();
+        spec.disjoint = self.disjoint;
+        spec.validate().map_err(|e| invalid(format!("subgroups[{i}]"), e))?;
+        Ok(spec)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,8 +163,9 @@ struct File {
     state_len_max: usize,
     #[serde(default)]
     membership: MembershipFile,
+    layout: Option<LayoutFile>,
     #[serde(default)]
-    layout: LayoutFile,
+    subgroups: Vec<SubgroupFile>,
     #[serde(default)]
     limits: LimitsConfig,
 }
@@ -129,6 +215,9 @@ pub struct GroupMemberConfig {
     pub min_per_shard: usize,
     /// Delivery mode of every shard.
     pub mode: DeliveryMode,
+    /// The `[[subgroups]]` of the file; when present they replace `shards`, `min_per_shard`
+    /// and `mode`.
+    pub subgroups: Option<GroupLayout>,
     /// Limits.
     pub limits: Limits,
 }
@@ -178,19 +267,35 @@ impl GroupMemberConfig {
             };
             invalid(key, e.reason)
         })?;
-        let mode = match f.layout.mode.as_deref().unwrap_or("ordered") {
-            "ordered" => DeliveryMode::Ordered,
-            "unordered" => DeliveryMode::Unordered,
-            other => return Err(invalid("layout.mode", format!("{other:?}: ordered or unordered"))),
+        let subgroups = if f.subgroups.is_empty() {
+            None
+        } else {
+            if f.layout.is_some() {
+                return Err(invalid("layout", "give either [layout] or [[subgroups]], not both"));
+            }
+            let specs = f.subgroups.iter().enumerate().map(|(i, s)| s.spec(i)).collect::<Result<Vec<_>, _>>()?;
+            let total: usize = specs
+                .iter()
+                .map(|s| match s.policy {
+                    Policy::AllMembers { .. } => 1,
+                    Policy::Fixed { shards, .. } | Policy::Flexible { shards, .. } => usize::from(shards),
+                })
+                .sum();
+            if total > limits.shards_max as usize {
+                return Err(invalid("subgroups", format!("{total} shards in all, above limits.shards_max")));
+            }
+            Some(GroupLayout::new(specs).map_err(|e| invalid("subgroups", e))?)
         };
-        let shards = f.layout.shards.unwrap_or(1);
+        let layout = f.layout.unwrap_or_default();
+        let mode = mode_of("layout.mode", layout.mode.as_deref().unwrap_or("ordered"))?;
+        let shards = layout.shards.unwrap_or(1);
         if shards == 0 || u32::from(shards) > limits.shards_max {
             return Err(invalid(
                 "layout.shards",
                 format!("must be from 1 to limits.shards_max ({})", limits.shards_max),
             ));
         }
-        let min_per_shard = f.layout.min_per_shard.unwrap_or(1);
+        let min_per_shard = layout.min_per_shard.unwrap_or(1);
         if min_per_shard == 0 || u64::from(min_per_shard) * u64::from(shards) > u64::from(limits.members_max) {
             return Err(invalid("layout.min_per_shard", "must be at least 1, and shards times it at most members_max"));
         }
@@ -232,13 +337,19 @@ impl GroupMemberConfig {
             shards,
             min_per_shard: min_per_shard as usize,
             mode,
+            subgroups,
             limits,
         })
     }
 
     /// The shards of subgroup 0 this layout has.
     pub fn shard_refs(&self) -> Vec<ShardRef> {
-        (0..self.shards).map(|s| ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(s) }).collect()
+        let n = match self.subgroups.as_ref().map(|l| &l.subgroups[0].policy) {
+            None => self.shards,
+            Some(Policy::AllMembers { .. }) => 1,
+            Some(Policy::Fixed { shards, .. } | Policy::Flexible { shards, .. }) => *shards,
+        };
+        (0..n).map(|s| ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(s) }).collect()
     }
 
     /// A builder with every setting of this file.
@@ -250,7 +361,9 @@ impl GroupMemberConfig {
             .connect_timeout(self.connect_timeout)
             .join_timeout(self.join_timeout)
             .state_len_max(self.state_len_max);
-        b = if self.shards == 1 {
+        b = if let Some(l) = &self.subgroups {
+            b.layout(l.clone())
+        } else if self.shards == 1 {
             b.layout(OneShard { mode: self.mode, min_members: self.min_per_shard })
         } else {
             b.layout(RoundRobinShards { shards: self.shards, mode: self.mode, min_per_shard: self.min_per_shard })
@@ -299,6 +412,50 @@ mod tests {
         assert_eq!(c.contact, Some("127.0.0.1:7100".parse().unwrap()));
         assert_eq!((c.membership.heartbeat_ns, c.membership.suspect_after_ns), (2_000_000, 50_000_000));
         assert_eq!(c.shard_refs().len(), 2);
+    }
+
+    #[test]
+    fn subgroups_from_the_file() {
+        let text = format!(
+            "{BASE}
+[[subgroups]]
+name = \"kv\"
+policy = \"flexible\"
+shards = 2
+min = 1
+max = 3
+senders = 1
+reserved = [[], [7]]
+disjoint = true
+
+[[subgroups]]
+policy = \"all\"
+mode = \"unordered\"
+senders = [0, 2]
+"
+        );
+        let c = GroupMemberConfig::from_toml(&text, Vec::new(), &[]).unwrap();
+        let l = c.subgroups.clone().expect("subgroups");
+        assert_eq!(l.subgroups.len(), 2);
+        assert_eq!(l.subgroups[0].policy, Policy::Flexible { shards: 2, min: 1, max: 3 });
+        assert_eq!(l.subgroups[0].senders, Senders::First(1));
+        assert_eq!(l.subgroups[0].reserved, vec![vec![], vec![NodeId(7)]]);
+        assert_eq!(l.subgroups[1].name, "subgroup 1");
+        assert_eq!(l.subgroups[1].mode, DeliveryMode::Unordered);
+        assert_eq!(l.subgroups[1].senders, Senders::Only(vec![NodeId(0), NodeId(2)]));
+        assert_eq!(c.shard_refs().len(), 2);
+        let bad: &[(&str, &str)] = &[
+            ("[[subgroups]]\npolicy = \"fixed\"\n", "subgroups[0].per_shard"),
+            ("[[subgroups]]\npolicy = \"ring\"\n", "subgroups[0].policy"),
+            ("[[subgroups]]\npolicy = \"all\"\nsenders = \"some\"\n", "subgroups[0].senders"),
+            ("[[subgroups]]\npolicy = \"flexible\"\nmin = 3\nmax = 2\n", "subgroups[0]"),
+            ("[layout]\nshards = 1\n[[subgroups]]\npolicy = \"all\"\n", "layout"),
+            ("[[subgroups]]\npolicy = \"fixed\"\nshards = 300\nper_shard = 1\n", "subgroups"),
+        ];
+        for (extra, needle) in bad {
+            let e = GroupMemberConfig::from_toml(&format!("{BASE}{extra}"), Vec::new(), &[]).expect_err(needle);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -169,6 +169,18 @@ pub trait LayoutFn: fmt::Debug {
     /// The view is inadequate (for example too few members): it delivers nothing and waits for
     /// joins.
     fn layout(&self, members: &[NodeId]) -> Result<Vec<ShardLayout>, String>;
+
+    /// As [`LayoutFn::layout`], knowing the shards of the previous layout (the last one each
+    /// shard had, also across inadequate views), so that a policy can keep members where they
+    /// were. The default ignores them.
+    ///
+    /// # Errors
+    ///
+    /// As [`LayoutFn::layout`].
+    fn layout_next(&self, members: &[NodeId], previous: &[ShardLayout]) -> Result<Vec<ShardLayout>, String> {
+        let _ = previous;
+        self.layout(members)
+    }
 }
 
 /// One shard of every member, every member a sender; adequate from `min_members` members.
@@ -1038,7 +1050,13 @@ impl Gms {
         for (n, a) in &joined {
             addresses.insert(*n, a.clone());
         }
-        let (shards, inadequate) = match self.layout_fn.layout(&members) {
+        let previous: Vec<ShardLayout> = view
+            .shards
+            .iter()
+            .cloned()
+            .chain(self.last_shards.iter().filter(|o| view.shards.iter().all(|s| s.id != o.id)).cloned())
+            .collect();
+        let (shards, inadequate) = match self.layout_fn.layout_next(&members, &previous) {
             Ok(s) => (s, None),
             Err(why) => (Vec::new(), Some(why)),
         };

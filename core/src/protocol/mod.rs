@@ -9,6 +9,7 @@
 //! * [`layout`]: views and their shard layout.
 //! * [`sst`]: the shared state table's row layout and the memory trait it lives in.
 //! * [`membership`]: views, failure detection and view changes (§3).
+//! * [`subgroup`]: subgroups and shards of replicated types, laid out over each view (§5).
 //! * [`multicast`]: ordered and unordered multicast in one shard (§2).
 //! * [`node`]: one member: `handle`, `send`, `deliver`, `poll_output`, `poll_timeout`.
 
@@ -19,6 +20,7 @@ pub mod membership;
 pub mod multicast;
 pub mod node;
 pub mod sst;
+pub mod subgroup;
 
 pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
@@ -30,3 +32,4 @@ pub use membership::{
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
 pub use node::{Input, Node, NodeError, Output};
 pub use sst::{HeapMemory, RowLayout, ShardColumns, SstMemory};
+pub use subgroup::{GroupLayout, Policy, Senders, SubgroupSpec};

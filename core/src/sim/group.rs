@@ -163,6 +163,8 @@ pub struct GroupConfig {
     pub min_members: usize,
     /// Shards of the layout.
     pub shards: u16,
+    /// A layout of the test's own, instead of the one `shards` and `min_members` describe.
+    pub layout: Option<Rc<dyn LayoutFn>>,
     /// Ordered or unordered.
     pub mode: DeliveryMode,
     /// Heartbeats and timeouts.
@@ -196,6 +198,7 @@ impl GroupConfig {
             members,
             min_members: 1,
             shards: 1,
+            layout: None,
             mode: DeliveryMode::Ordered,
             membership: MembershipConfig {
                 heartbeat_ns: 1_000_000,
@@ -376,7 +379,9 @@ impl GroupSim {
     pub fn new(config: GroupConfig) -> Self {
         let mut root = SimRng::new(config.seed);
         let (net_rng, work_rng, crash_rng) = (root.fork(), root.fork(), root.fork());
-        let layout: Rc<dyn LayoutFn> = if config.shards <= 1 {
+        let layout: Rc<dyn LayoutFn> = if let Some(l) = &config.layout {
+            l.clone()
+        } else if config.shards <= 1 {
             Rc::new(OneShard { mode: config.mode, min_members: config.min_members })
         } else {
             Rc::new(RoundRobinShards { shards: config.shards, mode: config.mode, min_per_shard: config.min_members })
