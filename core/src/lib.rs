@@ -51,11 +51,13 @@
 
 pub mod driver;
 pub mod protocol;
+pub mod rpc;
 #[cfg(feature = "sim")]
 pub mod sim;
 
 pub use derecho_runtime as runtime;
 
+pub use derecho_macros::replicated;
 pub use derecho_runtime::net::TcpListener;
 pub use derecho_runtime::transport;
 pub use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};

@@ -1,12 +1,61 @@
 //! Procedural macros for derecho, re-exported by the `derecho` crate.
 //!
-//! This crate will hold the `#[replicated]` attribute: put on the `impl` block of a plain Rust
-//! type, it will generate the typed RPC layer (ordered calls and peer-to-peer queries) that makes
-//! the type a replicated object of a derecho group. It arrives with the replicated-objects work,
-//! after the protocol and its driver; until then the crate defines no macro.
+//! `#[replicated]` goes on the `impl` block of a plain Rust type and makes the type a replicated
+//! object (PROTOCOLS §6): every `&mut self` method becomes an *ordered* operation (multicast in
+//! the shard and applied by every replica at the same point of the order), every `&self` method
+//! a *query* (run by one chosen replica). The block is kept as written, so the methods can still
+//! be called directly; the macro adds:
+//!
+//! * the archived argument types of each method (rkyv), in a hidden module;
+//! * `impl ::derecho::rpc::Replicated for T`: the method table and the dispatch, which validates
+//!   the arguments in place in the receive buffer and calls the method (`&str` and `&[u8]`
+//!   arguments are borrowed from the buffer, other types are deserialized);
+//! * a client, `TClient`, with one async method per source method: ordered methods return every
+//!   replica's reply (`Replies<R>`), queries take the member to ask and return its reply.
+//!
+//! The type itself must be rkyv-archivable (`#[derive(Archive, Serialize, Deserialize)]`): its
+//! archive is the state sent to a member that joins a shard.
 //!
 //! # Layout
 //!
-//! Empty for now. The plan (STYLE.md, principle 11): parse the `impl` block into a model,
-//! validate it collecting every error with its span, and expand with one function per generated
-//! item, naming only absolute paths (`::derecho::__private::...`).
+//! * [`model`]: the `impl` block parsed into a model, every error collected with its span.
+//! * [`expand`]: one function per generated item, absolute paths only
+//!   (`::derecho::rpc::...`, `::core::...`).
+
+use proc_macro::TokenStream;
+
+mod expand;
+mod model;
+
+/// Makes the type of an `impl` block a replicated object; see the crate documentation.
+///
+/// ```ignore
+/// #[derive(Default, Archive, Serialize, Deserialize)]
+/// #[rkyv(crate = derecho::rpc::support::rkyv)]
+/// struct Counter { value: u64 }
+///
+/// #[derecho::replicated]
+/// impl Counter {
+///     pub fn add(&mut self, n: u64) -> u64 { self.value += n; self.value }
+///     pub fn get(&self) -> u64 { self.value }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let attr = proc_macro2::TokenStream::from(attr);
+    let item_impl = match syn::parse::<syn::ItemImpl>(item) {
+        Ok(i) => i,
+        Err(e) => {
+            return syn::Error::new(e.span(), "#[replicated] goes on an inherent `impl` block: impl MyType { ... }")
+                .to_compile_error()
+                .into();
+        }
+    };
+    match model::Model::parse(&attr, &item_impl) {
+        Ok(m) => expand::expand(&m, &item_impl).into(),
+        Err(errors) => {
+            let errors = errors.into_iter().map(|e| e.to_compile_error());
+            quote::quote! { #item_impl #(#errors)* }.into()
+        }
+    }
+}

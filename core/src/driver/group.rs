@@ -29,7 +29,7 @@ use derecho_runtime::transport::tcp::{TcpAcceptor, TcpConfig, TcpTransport, send
 use derecho_runtime::transport::{Payload, PeerId, Transport, TransportError, TransportEvent, TransportLimits};
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
-use super::wire::{Answer, Control, JOIN_VERSION, ViewFrame};
+use super::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, app_frame};
 use super::{EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, since};
 use crate::protocol::{
     Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
@@ -73,6 +73,10 @@ pub trait Application: 'static {
 
     /// A new view was installed here.
     fn view_installed(&mut self, _change: &ViewChange) {}
+
+    /// A frame another member sent this one with [`GroupSender::send_to`]. `body` is borrowed
+    /// from the receive buffer, 16-byte aligned.
+    fn receive(&mut self, _from: NodeId, _body: &[u8]) {}
 }
 
 impl<F: FnMut(Delivered<'_>) + 'static> Application for F {
@@ -743,6 +747,22 @@ impl Inner {
                     self.report(GroupEvent::PeerFailed { peer: NodeId(peer.0), reason });
                 }
             }
+            TransportEvent::Frame { from, frame } if frame.first() == Some(&APP_FRAME_KIND) => {
+                if !current {
+                    return; // sent in an earlier view
+                }
+                match frame.get(APP_FRAME_HEADER_LEN..) {
+                    Some(body) => self.app.borrow_mut().receive(NodeId(from.0), body),
+                    None => {
+                        let peer = NodeId(from.0);
+                        self.node.borrow_mut().handle(now, Input::ReportFailure(peer));
+                        self.report(GroupEvent::Violation {
+                            peer,
+                            what: "an application frame without its header".into(),
+                        });
+                    }
+                }
+            }
             TransportEvent::Frame { from, frame } => match ViewFrame::decode(&frame) {
                 Ok(ViewFrame::Alive { .. }) => self.node.borrow_mut().handle(now, Input::PeerAlive(NodeId(from.0))),
                 Ok(ViewFrame::State { view: v, shard, body }) => {
@@ -843,6 +863,114 @@ async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
         }
     }
     old.close(Duration::from_millis(50)).await;
+}
+
+/// Sends through a [`Group`] from other tasks ([`Group::sender`]); every call fails with
+/// [`SendToError::Closed`] once the group is closed or dropped.
+#[derive(Clone, Debug)]
+pub struct GroupSender {
+    inner: Weak<Inner>,
+}
+
+/// Errors of [`GroupSender::send_to`].
+#[derive(Debug, thiserror::Error)]
+pub enum SendToError {
+    /// The node is not a member of the current view (or is this member).
+    #[error("{0} is not another member of the current view")]
+    NotAMember(NodeId),
+    /// The connection to it failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The group is closed.
+    #[error("the group is closed")]
+    Closed,
+}
+
+impl GroupSender {
+    fn inner(&self) -> Result<Rc<Inner>, SendToError> {
+        self.inner.upgrade().filter(|i| !i.closed.get()).ok_or(SendToError::Closed)
+    }
+
+    /// Sends `body` to member `to` of the current view, in order with this member's other frames
+    /// to it; `to` receives it in [`Application::receive`] if it is still in the same view.
+    ///
+    /// # Errors
+    ///
+    /// [`SendToError`]: `to` is not another member of the view, its connection failed, or the
+    /// group is closed.
+    pub async fn send_to(&self, to: NodeId, body: &[u8]) -> Result<(), SendToError> {
+        let inner = self.inner()?;
+        if to == inner.settings.me || inner.node.borrow().view().rank_of(to).is_none() {
+            return Err(SendToError::NotAMember(to));
+        }
+        let transport = inner.transport.borrow().clone();
+        drop(inner);
+        transport.send_frame(PeerId(to.0), Payload::from(app_frame(body))).await?;
+        Ok(())
+    }
+
+    /// This member's id, if the group is open.
+    pub fn me(&self) -> Option<NodeId> {
+        self.inner().ok().map(|i| i.settings.me)
+    }
+
+    /// The current view, if the group is open.
+    pub fn view(&self) -> Option<View> {
+        self.inner().ok().map(|i| i.node.borrow().view().clone())
+    }
+
+    /// As [`Group::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::send`].
+    pub async fn send(&self, shard: ShardRef, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), GroupSendError> {
+        let inner = self.inner.upgrade().ok_or(GroupSendError::Closed)?;
+        send_on(&inner, shard, len, fill).await
+    }
+}
+
+/// Sends a message into `shard` (see [`Group::send`]).
+async fn send_on(
+    inner: &Inner,
+    shard: ShardRef,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<(), GroupSendError> {
+    let mut fill = Some(fill);
+    poll_fn(|cx| {
+        if inner.closed.get() {
+            return Poll::Ready(Err(GroupSendError::Closed));
+        }
+        let Ok(mut node) = inner.node.try_borrow_mut() else {
+            return Poll::Ready(Err(GroupSendError::Reentrant));
+        };
+        if let Some(r) = node.stopped() {
+            return Poll::Ready(Err(GroupSendError::Stopped(r.clone())));
+        }
+        let now = inner.now();
+        let mut f = fill.take();
+        let r = node.send(now, shard, len, |buf| (f.take().expect("fill once"))(buf));
+        match r {
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(SendError::WindowFull(_) | SendError::Wedged(_)) => {
+                fill = f;
+                inner.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+            // Between views (an inadequate view has no shards): wait for one that has it.
+            Err(SendError::NotAMember(_)) if node.view().shards.is_empty() => {
+                fill = f;
+                inner.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+            Err(SendError::Stopped(_)) => Poll::Ready(Err(GroupSendError::Stopped(
+                node.stopped().cloned().unwrap_or(StopReason::Removed { view: node.view().id.0, why: "stopped" }),
+            ))),
+            Err(e) => Poll::Ready(Err(GroupSendError::Refused(e))),
+        }
+    })
+    .await
 }
 
 struct RulesHook {
@@ -997,6 +1125,12 @@ impl Group {
         self.inner.acceptor.local_addr()
     }
 
+    /// A handle that sends through this group from other tasks; it does not keep the group
+    /// open.
+    pub fn sender(&self) -> GroupSender {
+        GroupSender { inner: Rc::downgrade(&self.inner) }
+    }
+
     /// Sends a message of `len` bytes into `shard`, written in place by `fill`. Waits while the
     /// window is full and while a view change is under way (the message then goes out in the
     /// next view).
@@ -1006,40 +1140,7 @@ impl Group {
     /// [`GroupSendError`]: refused by the protocol (not a sender of the shard, too large),
     /// called from the delivery callback, this member stopped, or the group closed.
     pub async fn send(&self, shard: ShardRef, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), GroupSendError> {
-        let mut fill = Some(fill);
-        poll_fn(|cx| {
-            if self.inner.closed.get() {
-                return Poll::Ready(Err(GroupSendError::Closed));
-            }
-            let Ok(mut node) = self.inner.node.try_borrow_mut() else {
-                return Poll::Ready(Err(GroupSendError::Reentrant));
-            };
-            if let Some(r) = node.stopped() {
-                return Poll::Ready(Err(GroupSendError::Stopped(r.clone())));
-            }
-            let now = self.inner.now();
-            let mut f = fill.take();
-            let r = node.send(now, shard, len, |buf| (f.take().expect("fill once"))(buf));
-            match r {
-                Ok(_) => Poll::Ready(Ok(())),
-                Err(SendError::WindowFull(_) | SendError::Wedged(_)) => {
-                    fill = f;
-                    self.inner.waiters.borrow_mut().push(cx.waker().clone());
-                    Poll::Pending
-                }
-                // Between views (an inadequate view has no shards): wait for one that has it.
-                Err(SendError::NotAMember(_)) if node.view().shards.is_empty() => {
-                    fill = f;
-                    self.inner.waiters.borrow_mut().push(cx.waker().clone());
-                    Poll::Pending
-                }
-                Err(SendError::Stopped(_)) => Poll::Ready(Err(GroupSendError::Stopped(
-                    node.stopped().cloned().unwrap_or(StopReason::Removed { view: node.view().id.0, why: "stopped" }),
-                ))),
-                Err(e) => Poll::Ready(Err(GroupSendError::Refused(e))),
-            }
-        })
-        .await
+        send_on(&self.inner, shard, len, fill).await
     }
 
     /// Waits until the current view satisfies `pred` (checked now and at every view change).

@@ -23,9 +23,9 @@ mod member_config;
 mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
-pub use group::{Application, Group, GroupBuilder, JoinError, ViewChange, WaitError};
+pub use group::{Application, Group, GroupBuilder, GroupSender, JoinError, SendToError, ViewChange, WaitError};
 pub use member_config::GroupMemberConfig;
-pub use wire::{Answer, Control, JOIN_VERSION, ViewFrame, WireError};
+pub use wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame};
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

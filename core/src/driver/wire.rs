@@ -64,6 +64,21 @@ pub enum ViewFrame {
     },
 }
 
+/// The kind byte of an application frame ([`app_frame`]).
+pub const APP_FRAME_KIND: u8 = 3;
+/// Bytes before an application frame's body: the kind and padding, so that the body keeps the
+/// 16-byte alignment of the received frame (rkyv reads archived bytes in place).
+pub const APP_FRAME_HEADER_LEN: usize = 16;
+
+/// An application frame on a view's transport: [`APP_FRAME_KIND`], padding, then `body`.
+pub fn app_frame(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(APP_FRAME_HEADER_LEN + body.len());
+    v.push(APP_FRAME_KIND);
+    v.resize(APP_FRAME_HEADER_LEN, 0);
+    v.extend_from_slice(body);
+    v
+}
+
 /// Bytes that are not a well-formed message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {what}: {reason}")]

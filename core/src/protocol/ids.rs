@@ -82,6 +82,11 @@ impl Version {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The version a packed value stands for (every `u64` is one).
+    pub fn from_u64(v: u64) -> Self {
+        Self(v)
+    }
 }
 
 impl fmt::Display for Version {

@@ -1,0 +1,666 @@
+//! Replicated objects and calls into them (PROTOCOLS §6).
+//!
+//! A replicated type implements [`Replicated`] (the `#[replicated]` attribute writes that
+//! implementation): a table of methods, each an *ordered* operation (`&mut self`, multicast in
+//! the shard and applied by every member at the same point of the order) or a *query*
+//! (`&self`, sent to one member and run there alone). Arguments and replies are rkyv-archived;
+//! a handler reads its arguments validated, in place in the receive buffer.
+//!
+//! A [`Service`] hosts the replicas of a member: it is the [`Application`] of a
+//! [`Group`](crate::driver::Group), creates a replica for every shard of a registered type the
+//! member belongs to, applies ordered calls as they are delivered, answers queries, sends
+//! replies, and moves a replica's state to members that join its shard. A [`Handle`] calls a
+//! shard: ordered calls return a [`Replies`] map once every member of the shard replied (or
+//! left), queries return one reply.
+//!
+//! # Layout
+//!
+//! * [`wire`]: the 32-byte header of calls, queries and replies.
+//! * [`Replicated`], [`Method`], [`HandlerError`]: what a replicated type provides.
+//! * [`Service`]: the replicas of one member, as a group's application.
+//! * [`Handle`], [`Replies`], [`CallError`]: calling a shard.
+
+pub mod wire;
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+
+use rkyv::util::AlignedVec;
+
+use crate::driver::{Application, GroupSendError, GroupSender, SendToError, ViewChange};
+use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
+use wire::{HEADER_LEN, Header, Kind};
+
+/// One method of a replicated type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    /// Its name in the source.
+    pub name: &'static str,
+    /// An ordered operation (`&mut self`); otherwise a query (`&self`).
+    pub ordered: bool,
+}
+
+/// Why a handler could not run a call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// No method with that index, or not of that kind (ordered or query).
+    #[error("no {kind} method {method} in {ty}")]
+    NoSuchMethod {
+        /// The type.
+        ty: &'static str,
+        /// The index.
+        method: u32,
+        /// "ordered" or "query".
+        kind: &'static str,
+    },
+    /// The arguments did not validate as the method's archived arguments.
+    #[error("arguments of {method} do not validate: {reason}")]
+    BadArguments {
+        /// The method's name.
+        method: &'static str,
+        /// What rkyv found.
+        reason: String,
+    },
+    /// The reply could not be archived.
+    #[error("the reply of {method} could not be archived: {reason}")]
+    Reply {
+        /// The method's name.
+        method: &'static str,
+        /// What rkyv said.
+        reason: String,
+    },
+}
+
+/// A replicated type: what `#[replicated]` generates for it.
+pub trait Replicated: Sized + 'static {
+    /// The type's name.
+    const NAME: &'static str;
+    /// Its methods; a method's index in this table is its id on the wire.
+    const METHODS: &'static [Method];
+
+    /// Applies ordered method `method` to this replica; returns the archived reply.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError`]: no such ordered method, arguments that do not validate.
+    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+
+    /// Runs query `method`; returns the archived reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Replicated::apply`].
+    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+
+    /// This replica's state, for a member that joins its shard.
+    ///
+    /// # Errors
+    ///
+    /// The state could not be archived.
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
+
+    /// A replica from a snapshot.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not a snapshot of this type.
+    fn restore(state: &[u8]) -> Result<Self, String>;
+}
+
+/// A replica behind a type-erased pointer.
+trait Hosted: Any {
+    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Replicated> Hosted for T {
+    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError> {
+        Replicated::apply(self, method, args)
+    }
+    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError> {
+        Replicated::query(self, method, args)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        Replicated::snapshot(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Why a call failed, as a whole or for one member.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// This member is not in the shard (ordered calls come from its members).
+    #[error("this member is not a member of {0}")]
+    NotAMember(ShardRef),
+    /// The subgroup has no registered type, or another type than the handle's.
+    #[error("{0} hosts no replica of this type")]
+    WrongType(ShardRef),
+    /// The call could not be multicast.
+    #[error(transparent)]
+    Send(#[from] GroupSendError),
+    /// The query or reply could not be sent.
+    #[error(transparent)]
+    SendTo(#[from] SendToError),
+    /// This member left the view before it replied.
+    #[error("{0} left the group before it replied")]
+    Departed(NodeId),
+    /// The member could not run the call.
+    #[error("{node} could not run the call: {reason}")]
+    Remote {
+        /// The member.
+        node: NodeId,
+        /// What its handler said.
+        reason: String,
+    },
+    /// The reply did not validate as the method's reply type.
+    #[error("the reply of {node} does not validate: {reason}")]
+    BadReply {
+        /// The member.
+        node: NodeId,
+        /// What rkyv found.
+        reason: String,
+    },
+    /// The arguments could not be archived.
+    #[error("the arguments could not be archived: {0}")]
+    Arguments(String),
+    /// The service was not attached to a group, or the group closed.
+    #[error("the group is closed")]
+    Closed,
+}
+
+/// The replies to one ordered call: one entry per member of the shard when the call was
+/// delivered.
+#[derive(Debug)]
+pub struct Replies<R> {
+    /// The version the call was delivered at (its place in the shard's order).
+    pub version: Version,
+    /// Each member's reply, or why there is none.
+    pub replies: BTreeMap<NodeId, Result<R, CallError>>,
+}
+
+impl<R> Replies<R> {
+    /// The reply of `node`.
+    pub fn get(&self, node: NodeId) -> Option<&Result<R, CallError>> {
+        self.replies.get(&node)
+    }
+
+    /// Every reply that arrived, or the first error.
+    ///
+    /// # Errors
+    ///
+    /// The first member's error, in node order.
+    pub fn all(self) -> Result<Vec<(NodeId, R)>, CallError> {
+        self.replies.into_iter().map(|(n, r)| r.map(|r| (n, r))).collect()
+    }
+
+    /// Decodes every reply with `f`.
+    pub fn map<S>(self, mut f: impl FnMut(NodeId, R) -> Result<S, CallError>) -> Replies<S> {
+        Replies {
+            version: self.version,
+            replies: self.replies.into_iter().map(|(n, r)| (n, r.and_then(|r| f(n, r)))).collect(),
+        }
+    }
+}
+
+struct Pending {
+    /// Ordered calls: the shard's members when the call was delivered here.
+    expected: Option<Vec<NodeId>>,
+    /// A query's target.
+    target: Option<NodeId>,
+    version: Option<Version>,
+    replies: BTreeMap<NodeId, Result<AlignedVec, CallError>>,
+    waker: Option<Waker>,
+}
+
+impl Pending {
+    fn complete(&self) -> bool {
+        match (&self.expected, self.target) {
+            (Some(e), _) => e.iter().all(|n| self.replies.contains_key(n)),
+            (None, Some(t)) => self.replies.contains_key(&t),
+            (None, None) => false,
+        }
+    }
+}
+
+type Make = Box<dyn Fn() -> Box<dyn Hosted>>;
+type Restore = Box<dyn Fn(&[u8]) -> Result<Box<dyn Hosted>, String>>;
+
+struct Registered {
+    name: &'static str,
+    make: Make,
+    restore: Restore,
+}
+
+#[derive(Default)]
+struct ServiceInner {
+    types: RefCell<BTreeMap<SubgroupId, Registered>>,
+    replicas: RefCell<BTreeMap<ShardRef, Box<dyn Hosted>>>,
+    pending: RefCell<BTreeMap<u64, Pending>>,
+    next_call: Cell<u64>,
+    outbox: RefCell<VecDeque<(NodeId, Vec<u8>)>>,
+    outbox_waker: RefCell<Option<Waker>>,
+    sender: RefCell<Option<GroupSender>>,
+    view: RefCell<Option<View>>,
+    me: Cell<Option<NodeId>>,
+}
+
+/// The replicas of one member, as the [`Application`] of its group. Clone it to keep a handle
+/// after giving it to the group.
+#[derive(Clone, Default)]
+pub struct Service {
+    inner: Rc<ServiceInner>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("replicas", &self.inner.replicas.borrow().len()).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service hosting nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hosts type `T` in `subgroup`: this member keeps a replica of each of the subgroup's
+    /// shards it belongs to, starting from `make()` (or from the state of the shard's older
+    /// members when it joins one). Every member registers the same types in the same subgroups.
+    pub fn host<T: Replicated>(&self, subgroup: SubgroupId, make: impl Fn() -> T + 'static) -> &Self {
+        let registered = Registered {
+            name: T::NAME,
+            make: Box::new(move || Box::new(make()) as Box<dyn Hosted>),
+            restore: Box::new(|state| T::restore(state).map(|t| Box::new(t) as Box<dyn Hosted>)),
+        };
+        self.inner.types.borrow_mut().insert(subgroup, registered);
+        self
+    }
+
+    /// Connects the service to its group (once the group started or joined): replies and
+    /// queries go out through `sender`.
+    pub fn attach(&self, sender: GroupSender) {
+        *self.inner.view.borrow_mut() = sender.view();
+        self.inner.me.set(sender.me());
+        *self.inner.sender.borrow_mut() = Some(sender.clone());
+        self.refresh_replicas();
+        let weak = Rc::downgrade(&self.inner);
+        drop(crate::spawn(outbox(weak, sender)));
+    }
+
+    /// A handle on `shard` for calls into type `T`.
+    pub fn handle<T: Replicated>(&self, shard: ShardRef) -> Handle<T> {
+        Handle { service: Rc::downgrade(&self.inner), shard, _type: PhantomData }
+    }
+
+    /// Reads this member's replica of `shard` (none if it holds none, or not of type `T`).
+    pub fn read<T: Replicated, R>(&self, shard: ShardRef, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let replicas = self.inner.replicas.borrow();
+        replicas.get(&shard).and_then(|r| r.as_any().downcast_ref::<T>()).map(f)
+    }
+
+    /// Creates the replicas of the shards this member joined without a state transfer (new
+    /// shards), drops those of shards it left.
+    fn refresh_replicas(&self) {
+        let (Some(view), Some(me)) = (self.inner.view.borrow().clone(), self.inner.me.get()) else { return };
+        let types = self.inner.types.borrow();
+        let mut replicas = self.inner.replicas.borrow_mut();
+        let mine: Vec<ShardRef> = view.shards.iter().filter(|s| s.members.contains(&me)).map(|s| s.id).collect();
+        // An inadequate view has no shards: keep the replicas for the next adequate one.
+        if !view.shards.is_empty() {
+            replicas.retain(|s, _| mine.contains(s));
+        }
+        for s in mine {
+            if let Some(t) = types.get(&s.subgroup) {
+                replicas.entry(s).or_insert_with(|| (t.make)());
+            }
+        }
+    }
+
+    fn send_reply(&self, to: NodeId, bytes: Vec<u8>) {
+        self.inner.outbox.borrow_mut().push_back((to, bytes));
+        if let Some(w) = self.inner.outbox_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Sends queued replies and queries, in order.
+async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
+    loop {
+        let next = poll_fn(|cx| {
+            let Some(inner) = inner.upgrade() else { return Poll::Ready(None) };
+            if let Some(m) = inner.outbox.borrow_mut().pop_front() {
+                return Poll::Ready(Some(m));
+            }
+            *inner.outbox_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some((to, bytes)) = next else { return };
+        if let Err(e) = sender.send_to(to, &bytes).await {
+            tracing::debug!(%to, error = %e, "reply or query not sent");
+            if matches!(e, SendToError::Closed) {
+                return;
+            }
+        }
+    }
+}
+
+impl ServiceInner {
+    /// Records a reply from `from` to call `call`; wakes the caller when the call is complete.
+    fn record(&self, call: u64, from: NodeId, reply: Result<AlignedVec, CallError>, version: Option<Version>) {
+        let mut pending = self.pending.borrow_mut();
+        let Some(p) = pending.get_mut(&call) else { return };
+        let allowed = match (&p.expected, p.target) {
+            (_, Some(t)) => t == from,
+            (Some(e), None) => e.contains(&from),
+            (None, None) => true, // the caller's own delivery has not set the members yet
+        };
+        if !allowed {
+            return;
+        }
+        if p.version.is_none() {
+            p.version = version;
+        }
+        p.replies.entry(from).or_insert(reply);
+        if p.complete()
+            && let Some(w) = p.waker.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+fn reply_bytes(h: &Header, version: Option<Version>, result: &Result<AlignedVec, HandlerError>) -> Vec<u8> {
+    let version = version.unwrap_or(Version::from_u64(0));
+    match result {
+        Ok(bytes) => Header { kind: Kind::Reply, version, ..*h }.with_body(bytes),
+        Err(e) => Header { kind: Kind::Error, version, ..*h }.with_body(e.to_string().as_bytes()),
+    }
+}
+
+impl Application for Service {
+    fn deliver(&mut self, d: Delivered<'_>) {
+        let inner = &self.inner;
+        let Ok((h, args)) = Header::read(d.payload) else {
+            tracing::warn!(sender = %d.sender, shard = %d.shard, "a delivered message that is not a call: ignored");
+            return;
+        };
+        if h.kind != Kind::Ordered || h.caller != d.sender || h.shard != d.shard {
+            tracing::warn!(sender = %d.sender, ?h, "a delivered call with a wrong header: ignored");
+            return;
+        }
+        let result = match inner.replicas.borrow_mut().get_mut(&d.shard) {
+            Some(r) => r.apply(h.method, args),
+            None => return,
+        };
+        let me = inner.me.get();
+        if Some(h.caller) == me {
+            // The members this call expects replies from: the shard's, as delivered.
+            if let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
+                && let Some(view) = inner.view.borrow().as_ref()
+                && let Some(s) = view.shards.iter().find(|s| s.id == d.shard)
+            {
+                p.expected = Some(s.members.clone());
+                // Replies that came first from members no longer expected are dropped.
+                p.replies.retain(|n, _| s.members.contains(n));
+            }
+            let reply = result.map_err(|e| CallError::Remote { node: h.caller, reason: e.to_string() });
+            inner.record(h.call, h.caller, reply, d.version);
+        } else {
+            self.send_reply(h.caller, reply_bytes(&h, d.version, &result));
+        }
+    }
+
+    fn receive(&mut self, from: NodeId, body: &[u8]) {
+        let inner = &self.inner;
+        let Ok((h, rest)) = Header::read(body) else {
+            tracing::warn!(%from, "a frame that is not a call or reply: ignored");
+            return;
+        };
+        match h.kind {
+            Kind::Query => {
+                if h.caller != from {
+                    tracing::warn!(%from, ?h, "a query in another member's name: ignored");
+                    return;
+                }
+                let result = match inner.replicas.borrow().get(&h.shard) {
+                    Some(r) => r.query(h.method, rest),
+                    None => Err(HandlerError::NoSuchMethod { ty: "no replica here", method: h.method, kind: "query" }),
+                };
+                self.send_reply(from, reply_bytes(&h, None, &result));
+            }
+            Kind::Reply | Kind::Error => {
+                let me = inner.me.get();
+                if Some(h.caller) != me {
+                    return;
+                }
+                let reply = if h.kind == Kind::Reply {
+                    let mut v = AlignedVec::new();
+                    v.extend_from_slice(rest);
+                    Ok(v)
+                } else {
+                    Err(CallError::Remote { node: from, reason: String::from_utf8_lossy(rest).into_owned() })
+                };
+                let version = (h.version.as_u64() != 0).then_some(h.version);
+                inner.record(h.call, from, reply, version);
+            }
+            Kind::Ordered => tracing::warn!(%from, "an ordered call sent point to point: ignored"),
+        }
+    }
+
+    fn snapshot(&mut self, shard: ShardRef) -> Vec<u8> {
+        match self.inner.replicas.borrow().get(&shard).map(|r| r.snapshot()) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::error!(%shard, error = %e, "the replica's state could not be archived");
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn restore(&mut self, shard: ShardRef, state: &[u8]) -> Result<(), String> {
+        let types = self.inner.types.borrow();
+        let Some(t) = types.get(&shard.subgroup) else { return Ok(()) };
+        let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
+        self.inner.replicas.borrow_mut().insert(shard, replica);
+        Ok(())
+    }
+
+    fn view_installed(&mut self, change: &ViewChange) {
+        *self.inner.view.borrow_mut() = Some(change.view.clone());
+        if self.inner.me.get().is_some() {
+            self.refresh_replicas();
+        }
+        // Calls waiting on members that left will not hear from them.
+        let mut pending = self.inner.pending.borrow_mut();
+        for p in pending.values_mut() {
+            let waiting: Vec<NodeId> = match (&p.expected, p.target) {
+                (_, Some(t)) => vec![t],
+                (Some(e), None) => e.clone(),
+                (None, None) => Vec::new(),
+            };
+            for n in waiting {
+                if !change.view.members.contains(&n) && !p.replies.contains_key(&n) {
+                    p.replies.insert(n, Err(CallError::Departed(n)));
+                }
+            }
+            if p.complete()
+                && let Some(w) = p.waker.take()
+            {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Calls into the replicas of type `T` in one shard ([`Service::handle`]).
+pub struct Handle<T> {
+    service: Weak<ServiceInner>,
+    shard: ShardRef,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Self { service: self.service.clone(), shard: self.shard, _type: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("shard", &self.shard).finish()
+    }
+}
+
+/// Removes a pending call when its caller stops waiting (completed or dropped).
+struct PendingGuard<'a> {
+    inner: &'a ServiceInner,
+    call: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.borrow_mut().remove(&self.call);
+    }
+}
+
+impl<T: Replicated> Handle<T> {
+    /// The shard.
+    pub fn shard(&self) -> ShardRef {
+        self.shard
+    }
+
+    fn inner(&self) -> Result<Rc<ServiceInner>, CallError> {
+        self.service.upgrade().ok_or(CallError::Closed)
+    }
+
+    fn new_call(inner: &ServiceInner, target: Option<NodeId>) -> u64 {
+        let call = inner.next_call.get();
+        inner.next_call.set(call + 1);
+        inner
+            .pending
+            .borrow_mut()
+            .insert(call, Pending { expected: None, target, version: None, replies: BTreeMap::new(), waker: None });
+        call
+    }
+
+    async fn wait(inner: &ServiceInner, call: u64) -> Pending {
+        poll_fn(|cx| {
+            let mut pending = inner.pending.borrow_mut();
+            let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
+            if p.complete() {
+                return Poll::Ready(pending.remove(&call).expect("present"));
+            }
+            p.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Calls ordered method `method` with archived `args`: multicast in the shard, applied by
+    /// every member in the order; returns every member's archived reply once all replied (a
+    /// member that left first has [`CallError::Departed`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: this member is not in the shard or no replica of `T` is hosted there, the
+    /// multicast failed (this member stopped), the group closed.
+    pub async fn ordered_raw(&self, method: u32, args: &[u8]) -> Result<Replies<AlignedVec>, CallError> {
+        let inner = self.inner()?;
+        let me = inner.me.get().ok_or(CallError::Closed)?;
+        self.check_type(&inner)?;
+        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
+        let call = Self::new_call(&inner, None);
+        let guard = PendingGuard { inner: &inner, call };
+        let header =
+            Header { kind: Kind::Ordered, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
+        sender
+            .send(self.shard, HEADER_LEN + args.len(), |buf| {
+                header.write(buf);
+                buf[HEADER_LEN..].copy_from_slice(args);
+            })
+            .await
+            .map_err(|e| match e {
+                GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
+                other => CallError::Send(other),
+            })?;
+        let p = Self::wait(&inner, call).await;
+        drop(guard);
+        Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
+    }
+
+    /// Calls query `method` on member `to`; returns its archived reply.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError`]: `to` is not a member, left before replying, or could not run the query;
+    /// the group closed.
+    pub async fn query_raw(&self, to: NodeId, method: u32, args: &[u8]) -> Result<AlignedVec, CallError> {
+        let inner = self.inner()?;
+        let me = inner.me.get().ok_or(CallError::Closed)?;
+        self.check_type(&inner)?;
+        if to == me {
+            let replicas = inner.replicas.borrow();
+            let r = replicas.get(&self.shard).ok_or(CallError::NotAMember(self.shard))?;
+            return r.query(method, args).map_err(|e| CallError::Remote { node: me, reason: e.to_string() });
+        }
+        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
+        let call = Self::new_call(&inner, Some(to));
+        let guard = PendingGuard { inner: &inner, call };
+        let header =
+            Header { kind: Kind::Query, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
+        sender.send_to(to, &header.with_body(args)).await?;
+        let mut p = Self::wait(&inner, call).await;
+        drop(guard);
+        p.replies.remove(&to).expect("a complete query has its target's reply")
+    }
+
+    fn check_type(&self, inner: &ServiceInner) -> Result<(), CallError> {
+        match inner.types.borrow().get(&self.shard.subgroup) {
+            Some(t) if t.name == T::NAME => Ok(()),
+            _ => Err(CallError::WrongType(self.shard)),
+        }
+    }
+}
+
+/// Support for the code `#[replicated]` generates; not a stable API.
+#[doc(hidden)]
+pub mod support {
+    pub use rkyv;
+    use rkyv::util::AlignedVec;
+
+    use super::HandlerError;
+
+    /// Runs `f` on `bytes`, copied into an aligned buffer first if they are not 16-byte aligned
+    /// (rkyv validates archived bytes in place and needs their alignment).
+    pub fn aligned<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+        if (bytes.as_ptr() as usize).is_multiple_of(16) {
+            f(bytes)
+        } else {
+            let mut v = AlignedVec::<16>::new();
+            v.extend_from_slice(bytes);
+            f(&v)
+        }
+    }
+
+    /// The error for arguments that did not validate.
+    pub fn bad_arguments(method: &'static str, e: impl std::fmt::Display) -> HandlerError {
+        HandlerError::BadArguments { method, reason: e.to_string() }
+    }
+
+    /// The error for a reply that could not be archived.
+    pub fn bad_reply(method: &'static str, e: impl std::fmt::Display) -> HandlerError {
+        HandlerError::Reply { method, reason: e.to_string() }
+    }
+}

@@ -1,0 +1,247 @@
+//! The items `#[replicated]` generates, one function each. Every path is absolute, so user code
+//! that shadows `Result`, `Vec` or `rkyv` changes nothing (`tests/tests/macro_hygiene.rs`).
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::{Ident, ItemImpl, Visibility};
+
+use crate::model::{ArgKind, Method, Model};
+
+/// The crate paths the generated code names.
+fn rkyv() -> TokenStream {
+    quote!(::derecho::rpc::support::rkyv)
+}
+
+fn args_type(m: &Model, method: &Method) -> Ident {
+    format_ident!("__DerechoArgs_{}_{}", m.ty, method.name)
+}
+
+/// Everything: the block as written, the argument types, the `Replicated` implementation and
+/// the client.
+pub fn expand(m: &Model, item: &ItemImpl) -> TokenStream {
+    let args = m.methods.iter().map(|method| args_struct(m, method));
+    let replicated = replicated_impl(m);
+    let client = client(m);
+    quote! {
+        #item
+        #(#args)*
+        #replicated
+        #client
+    }
+}
+
+/// The archived arguments of one method.
+fn args_struct(m: &Model, method: &Method) -> TokenStream {
+    let rkyv = rkyv();
+    let name = args_type(m, method);
+    let fields = method.args.iter().map(|a| {
+        let n = &a.name;
+        match &a.kind {
+            ArgKind::Str => quote!(#n: ::std::string::String),
+            ArgKind::Bytes => quote!(#n: ::std::vec::Vec<u8>),
+            ArgKind::Owned(t) => quote_spanned!(a.span=> #n: #t),
+        }
+    });
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(#rkyv::Archive, #rkyv::Serialize)]
+        #[rkyv(crate = #rkyv)]
+        struct #name { #(#fields,)* }
+    }
+}
+
+/// The dispatch of one method: validate the arguments in place, call, archive the reply.
+fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
+    let rkyv = rkyv();
+    let args_ty = args_type(m, method);
+    let name = &method.name;
+    let name_str = name.to_string();
+    let pass = method.args.iter().map(|a| {
+        let n = &a.name;
+        match &a.kind {
+            ArgKind::Str => quote!(__a.#n.as_str()),
+            ArgKind::Bytes => quote!(__a.#n.as_slice()),
+            ArgKind::Owned(t) => quote_spanned! {a.span=>
+                #rkyv::deserialize::<#t, #rkyv::rancor::Error>(&__a.#n)
+                    .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?
+            },
+        }
+    });
+    let ret = &method.ret;
+    let reply = quote_spanned! {syn::spanned::Spanned::span(ret)=>
+        #rkyv::to_bytes::<#rkyv::rancor::Error>(&__reply)
+    };
+    quote! {
+        #index => ::derecho::rpc::support::aligned(__args, |__bytes| {
+            let __a = #rkyv::access::<<#args_ty as #rkyv::Archive>::Archived, #rkyv::rancor::Error>(__bytes)
+                .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?;
+            let __reply: #ret = self.#name(#(#pass),*);
+            #reply.map_err(|e| ::derecho::rpc::support::bad_reply(#name_str, e))
+        }),
+    }
+}
+
+/// `impl ::derecho::rpc::Replicated for T`.
+fn replicated_impl(m: &Model) -> TokenStream {
+    let rkyv = rkyv();
+    let ty = &m.ty;
+    let ty_str = ty.to_string();
+    let table = m.methods.iter().map(|method| {
+        let (n, o) = (method.name.to_string(), method.ordered);
+        quote!(::derecho::rpc::Method { name: #n, ordered: #o })
+    });
+    let arms = |ordered: bool| {
+        m.methods
+            .iter()
+            .enumerate()
+            .filter(move |(_, method)| method.ordered == ordered)
+            .map(|(i, method)| dispatch_arm(m, i as u32, method))
+            .collect::<Vec<_>>()
+    };
+    let (ordered_arms, query_arms) = (arms(true), arms(false));
+    let result = quote!(::core::result::Result<#rkyv::util::AlignedVec, ::derecho::rpc::HandlerError>);
+    let state_span = ty.span();
+    let snapshot = quote_spanned! {state_span=>
+        #rkyv::to_bytes::<#rkyv::rancor::Error>(self)
+    };
+    quote! {
+        impl ::derecho::rpc::Replicated for #ty {
+            const NAME: &'static str = #ty_str;
+            const METHODS: &'static [::derecho::rpc::Method] = &[#(#table),*];
+
+            #[allow(unreachable_code, unused_variables)]
+            fn apply(&mut self, __method: u32, __args: &[u8]) -> #result {
+                match __method {
+                    #(#ordered_arms)*
+                    _ => ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                        ty: #ty_str, method: __method, kind: "ordered",
+                    }),
+                }
+            }
+
+            #[allow(unreachable_code, unused_variables)]
+            fn query(&self, __method: u32, __args: &[u8]) -> #result {
+                match __method {
+                    #(#query_arms)*
+                    _ => ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                        ty: #ty_str, method: __method, kind: "query",
+                    }),
+                }
+            }
+
+            fn snapshot(&self) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                #snapshot
+                    .map(|v| v.as_slice().to_vec())
+                    .map_err(|e| ::std::string::ToString::to_string(&e))
+            }
+
+            fn restore(__state: &[u8]) -> ::core::result::Result<Self, ::std::string::String> {
+                ::derecho::rpc::support::aligned(__state, |__b| #rkyv::from_bytes::<Self, #rkyv::rancor::Error>(__b))
+                    .map_err(|e| ::std::string::ToString::to_string(&e))
+            }
+        }
+    }
+}
+
+/// `TClient`: one async method per source method.
+fn client(m: &Model) -> TokenStream {
+    let rkyv = rkyv();
+    let ty = &m.ty;
+    let client = format_ident!("{}Client", ty);
+    let public = m.methods.iter().any(|x| matches!(x.vis, Visibility::Public(_)));
+    let vis = if public { quote!(pub) } else { quote!() };
+    let doc = format!("Calls into the replicas of [`{ty}`] in one shard (generated by `#[replicated]`).");
+    let methods = m.methods.iter().enumerate().map(|(i, method)| {
+        let index = i as u32;
+        let name = &method.name;
+        let mvis = &method.vis;
+        let args_ty = args_type(m, method);
+        let params = method.args.iter().map(|a| {
+            let n = &a.name;
+            match &a.kind {
+                ArgKind::Str => quote!(#n: &str),
+                ArgKind::Bytes => quote!(#n: &[u8]),
+                ArgKind::Owned(t) => quote_spanned!(a.span=> #n: #t),
+            }
+        });
+        let build = method.args.iter().map(|a| {
+            let n = &a.name;
+            match &a.kind {
+                ArgKind::Str => quote!(#n: ::std::borrow::ToOwned::to_owned(#n)),
+                ArgKind::Bytes => quote!(#n: ::std::borrow::ToOwned::to_owned(#n)),
+                ArgKind::Owned(_) => quote!(#n),
+            }
+        });
+        let ret = &method.ret;
+        let encode = quote! {
+            let __args = #args_ty { #(#build,)* };
+            let __bytes = #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args)
+                .map_err(|e| ::derecho::rpc::CallError::Arguments(::std::string::ToString::to_string(&e)))?;
+        };
+        let decode = quote_spanned! {syn::spanned::Spanned::span(ret)=>
+            #rkyv::from_bytes::<#ret, #rkyv::rancor::Error>
+        };
+        if method.ordered {
+            let doc = format!("Ordered `{name}`: applied by every replica of the shard; every replica's reply.");
+            quote! {
+                #[doc = #doc]
+                #mvis async fn #name(&self, #(#params),*)
+                    -> ::core::result::Result<::derecho::rpc::Replies<#ret>, ::derecho::rpc::CallError>
+                {
+                    #encode
+                    let __replies = self.handle.ordered_raw(#index, &__bytes).await?;
+                    ::core::result::Result::Ok(__replies.map(|__node, __r| {
+                        #decode(&__r).map_err(|e| ::derecho::rpc::CallError::BadReply {
+                            node: __node, reason: ::std::string::ToString::to_string(&e),
+                        })
+                    }))
+                }
+            }
+        } else {
+            let doc = format!("Query `{name}`, run by member `to` of the shard.");
+            quote! {
+                #[doc = #doc]
+                #mvis async fn #name(&self, to: ::derecho::protocol::NodeId, #(#params),*)
+                    -> ::core::result::Result<#ret, ::derecho::rpc::CallError>
+                {
+                    #encode
+                    let __r = self.handle.query_raw(to, #index, &__bytes).await?;
+                    #decode(&__r).map_err(|e| ::derecho::rpc::CallError::BadReply {
+                        node: to, reason: ::std::string::ToString::to_string(&e),
+                    })
+                }
+            }
+        }
+    });
+    let _ = Span::call_site();
+    quote! {
+        #[doc = #doc]
+        #[derive(Debug, Clone)]
+        #[allow(dead_code)]
+        #vis struct #client {
+            handle: ::derecho::rpc::Handle<#ty>,
+        }
+
+        #[allow(dead_code)]
+        impl #client {
+            /// A client calling through `handle`.
+            #vis fn new(handle: ::derecho::rpc::Handle<#ty>) -> Self {
+                Self { handle }
+            }
+
+            /// The handle it calls through.
+            #vis fn handle(&self) -> &::derecho::rpc::Handle<#ty> {
+                &self.handle
+            }
+
+            #(#methods)*
+        }
+
+        impl ::core::convert::From<::derecho::rpc::Handle<#ty>> for #client {
+            fn from(handle: ::derecho::rpc::Handle<#ty>) -> Self {
+                Self { handle }
+            }
+        }
+    }
+}
