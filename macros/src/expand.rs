@@ -42,7 +42,21 @@ fn args_struct(m: &Model, method: &Method) -> TokenStream {
             ArgKind::Owned(t) => quote_spanned!(a.span=> #n: #t),
         }
     });
+    // Each argument type must be archivable; checked at the argument's own span, so the error
+    // points at the signature rather than at the attribute.
+    let checks = method.args.iter().filter_map(|a| match &a.kind {
+        ArgKind::Owned(t) => Some(quote_spanned! {a.span=>
+            const _: fn() = || {
+                fn archivable<T: #rkyv::Archive + #rkyv::Serialize<#rkyv::rancor::Strategy<
+                    #rkyv::ser::Serializer<#rkyv::util::AlignedVec, #rkyv::ser::allocator::ArenaHandle<'static>, #rkyv::ser::sharing::Share>,
+                    #rkyv::rancor::Error>>>() {}
+                archivable::<#t>();
+            };
+        }),
+        _ => None,
+    });
     quote! {
+        #(#checks)*
         #[doc(hidden)]
         #[allow(non_camel_case_types, dead_code)]
         #[derive(#rkyv::Archive, #rkyv::Serialize)]

@@ -59,3 +59,59 @@ pub fn replicated(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The expansion of one example, compared with `tests/expanded/counter.rs`
+    //! (`DERECHO_SNAPSHOTS=overwrite` rewrites it after a deliberate change).
+
+    use super::{expand, model};
+
+    #[test]
+    fn expansion_snapshot() {
+        let item: syn::ItemImpl = syn::parse_quote! {
+            impl Counter {
+                /// Adds `by`, tagged `label`.
+                pub fn add(&mut self, by: u64, label: &str) -> u64 {
+                    self.n += by;
+                    self.n
+                }
+
+                pub fn get(&self) -> u64 {
+                    self.n
+                }
+
+                pub fn new() -> Self {
+                    Self { n: 0 }
+                }
+            }
+        };
+        let m = model::Model::parse(&proc_macro2::TokenStream::new(), &item).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(m.methods.len(), 2, "an associated function without a receiver stays local");
+        let file: syn::File = syn::parse2(expand::expand(&m, &item)).expect("the expansion parses");
+        let got = prettyplease::unparse(&file);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expanded/counter.rs");
+        if std::env::var("DERECHO_SNAPSHOTS").as_deref() == Ok("overwrite") {
+            std::fs::write(&path, &got).expect("write the snapshot");
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(want == got, "the expansion changed; run with DERECHO_SNAPSHOTS=overwrite and review:\n{got}");
+    }
+
+    #[test]
+    fn every_error_is_collected() {
+        let item: syn::ItemImpl = syn::parse_quote! {
+            impl Store {
+                fn a<T>(&mut self, t: T) {}
+                fn b(self) {}
+                async fn c(&self) {}
+                fn snapshot(&self) {}
+            }
+        };
+        let errors = match model::Model::parse(&proc_macro2::TokenStream::new(), &item) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(errors.len(), 4, "{:?}", errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,249 @@
+impl Counter {
+    /// Adds `by`, tagged `label`.
+    pub fn add(&mut self, by: u64, label: &str) -> u64 {
+        self.n += by;
+        self.n
+    }
+    pub fn get(&self) -> u64 {
+        self.n
+    }
+    pub fn new() -> Self {
+        Self { n: 0 }
+    }
+}
+const _: fn() = || {
+    fn archivable<
+        T: ::derecho::rpc::support::rkyv::Archive
+            + ::derecho::rpc::support::rkyv::Serialize<
+                ::derecho::rpc::support::rkyv::rancor::Strategy<
+                    ::derecho::rpc::support::rkyv::ser::Serializer<
+                        ::derecho::rpc::support::rkyv::util::AlignedVec,
+                        ::derecho::rpc::support::rkyv::ser::allocator::ArenaHandle<
+                            'static,
+                        >,
+                        ::derecho::rpc::support::rkyv::ser::sharing::Share,
+                    >,
+                    ::derecho::rpc::support::rkyv::rancor::Error,
+                >,
+            >,
+    >() {}
+    archivable::<u64>();
+};
+#[doc(hidden)]
+#[allow(non_camel_case_types, dead_code)]
+#[derive(
+    ::derecho::rpc::support::rkyv::Archive,
+    ::derecho::rpc::support::rkyv::Serialize
+)]
+#[rkyv(crate = ::derecho::rpc::support::rkyv)]
+struct __DerechoArgs_Counter_add {
+    by: u64,
+    label: ::std::string::String,
+}
+#[doc(hidden)]
+#[allow(non_camel_case_types, dead_code)]
+#[derive(
+    ::derecho::rpc::support::rkyv::Archive,
+    ::derecho::rpc::support::rkyv::Serialize
+)]
+#[rkyv(crate = ::derecho::rpc::support::rkyv)]
+struct __DerechoArgs_Counter_get {}
+impl ::derecho::rpc::Replicated for Counter {
+    const NAME: &'static str = "Counter";
+    const METHODS: &'static [::derecho::rpc::Method] = &[
+        ::derecho::rpc::Method {
+            name: "add",
+            ordered: true,
+        },
+        ::derecho::rpc::Method {
+            name: "get",
+            ordered: false,
+        },
+    ];
+    #[allow(unreachable_code, unused_variables)]
+    fn apply(
+        &mut self,
+        __method: u32,
+        __args: &[u8],
+    ) -> ::core::result::Result<
+        ::derecho::rpc::support::rkyv::util::AlignedVec,
+        ::derecho::rpc::HandlerError,
+    > {
+        match __method {
+            0u32 => {
+                ::derecho::rpc::support::aligned(
+                    __args,
+                    |__bytes| {
+                        let __a = ::derecho::rpc::support::rkyv::access::<
+                            <__DerechoArgs_Counter_add as ::derecho::rpc::support::rkyv::Archive>::Archived,
+                            ::derecho::rpc::support::rkyv::rancor::Error,
+                        >(__bytes)
+                            .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                "add",
+                                e,
+                            ))?;
+                        let __reply: u64 = self
+                            .add(
+                                ::derecho::rpc::support::rkyv::deserialize::<
+                                    u64,
+                                    ::derecho::rpc::support::rkyv::rancor::Error,
+                                >(&__a.by)
+                                    .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                        "add",
+                                        e,
+                                    ))?,
+                                __a.label.as_str(),
+                            );
+                        ::derecho::rpc::support::rkyv::to_bytes::<
+                            ::derecho::rpc::support::rkyv::rancor::Error,
+                        >(&__reply)
+                            .map_err(|e| ::derecho::rpc::support::bad_reply("add", e))
+                    },
+                )
+            }
+            _ => {
+                ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                    ty: "Counter",
+                    method: __method,
+                    kind: "ordered",
+                })
+            }
+        }
+    }
+    #[allow(unreachable_code, unused_variables)]
+    fn query(
+        &self,
+        __method: u32,
+        __args: &[u8],
+    ) -> ::core::result::Result<
+        ::derecho::rpc::support::rkyv::util::AlignedVec,
+        ::derecho::rpc::HandlerError,
+    > {
+        match __method {
+            1u32 => {
+                ::derecho::rpc::support::aligned(
+                    __args,
+                    |__bytes| {
+                        let __a = ::derecho::rpc::support::rkyv::access::<
+                            <__DerechoArgs_Counter_get as ::derecho::rpc::support::rkyv::Archive>::Archived,
+                            ::derecho::rpc::support::rkyv::rancor::Error,
+                        >(__bytes)
+                            .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                "get",
+                                e,
+                            ))?;
+                        let __reply: u64 = self.get();
+                        ::derecho::rpc::support::rkyv::to_bytes::<
+                            ::derecho::rpc::support::rkyv::rancor::Error,
+                        >(&__reply)
+                            .map_err(|e| ::derecho::rpc::support::bad_reply("get", e))
+                    },
+                )
+            }
+            _ => {
+                ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                    ty: "Counter",
+                    method: __method,
+                    kind: "query",
+                })
+            }
+        }
+    }
+    fn snapshot(
+        &self,
+    ) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+        ::derecho::rpc::support::rkyv::to_bytes::<
+            ::derecho::rpc::support::rkyv::rancor::Error,
+        >(self)
+            .map(|v| v.as_slice().to_vec())
+            .map_err(|e| ::std::string::ToString::to_string(&e))
+    }
+    fn restore(__state: &[u8]) -> ::core::result::Result<Self, ::std::string::String> {
+        ::derecho::rpc::support::aligned(
+                __state,
+                |__b| ::derecho::rpc::support::rkyv::from_bytes::<
+                    Self,
+                    ::derecho::rpc::support::rkyv::rancor::Error,
+                >(__b),
+            )
+            .map_err(|e| ::std::string::ToString::to_string(&e))
+    }
+}
+///Calls into the replicas of [`Counter`] in one shard (generated by `#[replicated]`).
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+pub struct CounterClient {
+    handle: ::derecho::rpc::Handle<Counter>,
+}
+#[allow(dead_code)]
+impl CounterClient {
+    /// A client calling through `handle`.
+    pub fn new(handle: ::derecho::rpc::Handle<Counter>) -> Self {
+        Self { handle }
+    }
+    /// The handle it calls through.
+    pub fn handle(&self) -> &::derecho::rpc::Handle<Counter> {
+        &self.handle
+    }
+    ///Ordered `add`: applied by every replica of the shard; every replica's reply.
+    pub async fn add(
+        &self,
+        by: u64,
+        label: &str,
+    ) -> ::core::result::Result<
+        ::derecho::rpc::Replies<u64>,
+        ::derecho::rpc::CallError,
+    > {
+        let __args = __DerechoArgs_Counter_add {
+            by,
+            label: ::std::borrow::ToOwned::to_owned(label),
+        };
+        let __bytes = ::derecho::rpc::support::rkyv::to_bytes::<
+            ::derecho::rpc::support::rkyv::rancor::Error,
+        >(&__args)
+            .map_err(|e| ::derecho::rpc::CallError::Arguments(
+                ::std::string::ToString::to_string(&e),
+            ))?;
+        let __replies = self.handle.ordered_raw(0u32, &__bytes).await?;
+        ::core::result::Result::Ok(
+            __replies
+                .map(|__node, __r| {
+                    ::derecho::rpc::support::rkyv::from_bytes::<
+                        u64,
+                        ::derecho::rpc::support::rkyv::rancor::Error,
+                    >(&__r)
+                        .map_err(|e| ::derecho::rpc::CallError::BadReply {
+                            node: __node,
+                            reason: ::std::string::ToString::to_string(&e),
+                        })
+                }),
+        )
+    }
+    ///Query `get`, run by member `to` of the shard.
+    pub async fn get(
+        &self,
+        to: ::derecho::protocol::NodeId,
+    ) -> ::core::result::Result<u64, ::derecho::rpc::CallError> {
+        let __args = __DerechoArgs_Counter_get {};
+        let __bytes = ::derecho::rpc::support::rkyv::to_bytes::<
+            ::derecho::rpc::support::rkyv::rancor::Error,
+        >(&__args)
+            .map_err(|e| ::derecho::rpc::CallError::Arguments(
+                ::std::string::ToString::to_string(&e),
+            ))?;
+        let __r = self.handle.query_raw(to, 1u32, &__bytes).await?;
+        ::derecho::rpc::support::rkyv::from_bytes::<
+            u64,
+            ::derecho::rpc::support::rkyv::rancor::Error,
+        >(&__r)
+            .map_err(|e| ::derecho::rpc::CallError::BadReply {
+                node: to,
+                reason: ::std::string::ToString::to_string(&e),
+            })
+    }
+}
+impl ::core::convert::From<::derecho::rpc::Handle<Counter>> for CounterClient {
+    fn from(handle: ::derecho::rpc::Handle<Counter>) -> Self {
+        Self { handle }
+    }
+}
