@@ -325,6 +325,43 @@ impl Service {
         }
     }
 
+    fn receive_one(&self, from: NodeId, body: &[u8]) {
+        let inner = &self.inner;
+        let Ok((h, rest)) = Header::read(body) else {
+            tracing::warn!(%from, "a frame that is not a call or reply: ignored");
+            return;
+        };
+        match h.kind {
+            Kind::Query => {
+                if h.caller != from {
+                    tracing::warn!(%from, ?h, "a query in another member's name: ignored");
+                    return;
+                }
+                let result = match inner.replicas.borrow().get(&h.shard) {
+                    Some(r) => r.query(h.method, rest),
+                    None => Err(HandlerError::NoSuchMethod { ty: "no replica here", method: h.method, kind: "query" }),
+                };
+                self.send_reply(from, reply_bytes(&h, None, &result));
+            }
+            Kind::Reply | Kind::Error => {
+                let me = inner.me.get();
+                if Some(h.caller) != me {
+                    return;
+                }
+                let reply = if h.kind == Kind::Reply {
+                    let mut v = AlignedVec::new();
+                    v.extend_from_slice(rest);
+                    Ok(v)
+                } else {
+                    Err(CallError::Remote { node: from, reason: String::from_utf8_lossy(rest).into_owned() })
+                };
+                let version = (h.version.as_u64() != 0).then_some(h.version);
+                inner.record(h.call, from, reply, version);
+            }
+            Kind::Ordered => tracing::warn!(%from, "an ordered call sent point to point: ignored"),
+        }
+    }
+
     fn send_reply(&self, to: NodeId, bytes: Vec<u8>) {
         self.inner.outbox.borrow_mut().push_back((to, bytes));
         if let Some(w) = self.inner.outbox_waker.borrow_mut().take() {
@@ -333,23 +370,64 @@ impl Service {
     }
 }
 
-/// Sends queued replies and queries, in order.
+/// Bytes before each message of a batch: its length (`u32`) and padding, so that every
+/// message starts 16-byte aligned (its body is read in place).
+const BATCH_PREFIX: usize = 16;
+
+/// Appends one message to a batch frame: length, padding, the bytes, padding to 16.
+fn batch_push(out: &mut Vec<u8>, msg: &[u8]) {
+    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    out.resize(out.len() + BATCH_PREFIX - 4, 0);
+    out.extend_from_slice(msg);
+    out.resize(out.len().next_multiple_of(16), 0);
+}
+
+/// The messages of a batch frame; stops at the first malformed length.
+fn batch_messages(mut body: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
+    std::iter::from_fn(move || {
+        if body.is_empty() {
+            return None;
+        }
+        if body.len() < BATCH_PREFIX {
+            body = &[];
+            return Some(Err("a batch shorter than a message prefix"));
+        }
+        let len = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
+        let end = BATCH_PREFIX.saturating_add(len);
+        if end > body.len() {
+            body = &[];
+            return Some(Err("a message longer than its batch"));
+        }
+        let msg = &body[BATCH_PREFIX..end];
+        body = &body[end.next_multiple_of(16).min(body.len())..];
+        Some(Ok(msg))
+    })
+}
+
+/// Sends queued replies and queries, everything queued for one member in one frame.
 async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
     loop {
-        let next = poll_fn(|cx| {
+        let batch = poll_fn(|cx| {
             let Some(inner) = inner.upgrade() else { return Poll::Ready(None) };
-            if let Some(m) = inner.outbox.borrow_mut().pop_front() {
-                return Poll::Ready(Some(m));
+            let mut q = inner.outbox.borrow_mut();
+            if q.is_empty() {
+                *inner.outbox_waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
             }
-            *inner.outbox_waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
+            let mut frames: BTreeMap<NodeId, Vec<u8>> = BTreeMap::new();
+            for (to, msg) in q.drain(..) {
+                batch_push(frames.entry(to).or_default(), &msg);
+            }
+            Poll::Ready(Some(frames))
         })
         .await;
-        let Some((to, bytes)) = next else { return };
-        if let Err(e) = sender.send_to(to, &bytes).await {
-            tracing::debug!(%to, error = %e, "reply or query not sent");
-            if matches!(e, SendToError::Closed) {
-                return;
+        let Some(frames) = batch else { return };
+        for (to, body) in frames {
+            if let Err(e) = sender.send_to(to, &body).await {
+                tracing::debug!(%to, error = %e, "replies or queries not sent");
+                if matches!(e, SendToError::Closed) {
+                    return;
+                }
             }
         }
     }
@@ -422,39 +500,14 @@ impl Application for Service {
     }
 
     fn receive(&mut self, from: NodeId, body: &[u8]) {
-        let inner = &self.inner;
-        let Ok((h, rest)) = Header::read(body) else {
-            tracing::warn!(%from, "a frame that is not a call or reply: ignored");
-            return;
-        };
-        match h.kind {
-            Kind::Query => {
-                if h.caller != from {
-                    tracing::warn!(%from, ?h, "a query in another member's name: ignored");
+        for msg in batch_messages(body) {
+            match msg {
+                Ok(m) => self.receive_one(from, m),
+                Err(why) => {
+                    tracing::warn!(%from, why, "a malformed batch: the rest is ignored");
                     return;
                 }
-                let result = match inner.replicas.borrow().get(&h.shard) {
-                    Some(r) => r.query(h.method, rest),
-                    None => Err(HandlerError::NoSuchMethod { ty: "no replica here", method: h.method, kind: "query" }),
-                };
-                self.send_reply(from, reply_bytes(&h, None, &result));
             }
-            Kind::Reply | Kind::Error => {
-                let me = inner.me.get();
-                if Some(h.caller) != me {
-                    return;
-                }
-                let reply = if h.kind == Kind::Reply {
-                    let mut v = AlignedVec::new();
-                    v.extend_from_slice(rest);
-                    Ok(v)
-                } else {
-                    Err(CallError::Remote { node: from, reason: String::from_utf8_lossy(rest).into_owned() })
-                };
-                let version = (h.version.as_u64() != 0).then_some(h.version);
-                inner.record(h.call, from, reply, version);
-            }
-            Kind::Ordered => tracing::warn!(%from, "an ordered call sent point to point: ignored"),
         }
     }
 
@@ -620,7 +673,14 @@ impl<T: Replicated> Handle<T> {
         let guard = PendingGuard { inner: &inner, call };
         let header =
             Header { kind: Kind::Query, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
-        sender.send_to(to, &header.with_body(args)).await?;
+        if inner.view.borrow().as_ref().is_none_or(|v| v.rank_of(to).is_none()) {
+            return Err(CallError::SendTo(SendToError::NotAMember(to)));
+        }
+        drop(sender);
+        inner.outbox.borrow_mut().push_back((to, header.with_body(args)));
+        if let Some(w) = inner.outbox_waker.borrow_mut().take() {
+            w.wake();
+        }
         let mut p = Self::wait(&inner, call).await;
         drop(guard);
         p.replies.remove(&to).expect("a complete query has its target's reply")

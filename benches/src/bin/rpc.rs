@@ -1,0 +1,311 @@
+//! `rpc`: calls into a replicated object, the equivalent of Derecho's `typed_subgroup_bw_test`
+//! (ordered calls) and `p2p_bw_test` (P2P queries).
+//!
+//! Three member processes of a `Group` on loopback TCP, pinned round robin to the cores, host a
+//! `#[replicated]` type in one shard of all three. For a few seconds:
+//!
+//! * `ordered`: every member keeps `--outstanding` ordered calls in flight (a call completes when
+//!   every replica applied it and replied); the result is calls completed per second, summed
+//!   over the members;
+//! * `query`: every member keeps queries in flight to the next member; queries per second;
+//! * `multicast` (the baseline of `ordered`): the same members multicast messages of the same
+//!   size with no call layer; messages delivered per second at a member.
+//!
+//! Cases are named `tcp-SIZE-MODE`. A full run ends with the issue's target line:
+//! `target-ordered-100b` (at least 500,000 ordered calls per second over TCP).
+//!
+//! ```text
+//! cargo run --release -p derecho-benches --bin rpc [-- --quick] [-- --secs S]
+//! ```
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use derecho::driver::GroupBuilder;
+use derecho::protocol::{Delivered, Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
+use derecho::rpc::Service;
+use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
+use derecho::runtime::time;
+use derecho::{available_cores, spawn};
+use derecho_benches::{ChildGuard, Record, arg, flag};
+
+const BENCH: &str = "rpc";
+const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+const MEMBERS: u32 = 3;
+/// Spin budget of the members before parking, µs.
+const SPIN_US: u64 = 200;
+
+/// The replicated object: counts what it applied.
+#[derive(Debug, Default, Archive, Serialize, Deserialize)]
+#[rkyv(crate = derecho::rpc::support::rkyv)]
+pub struct Sink {
+    applied: u64,
+    bytes: u64,
+}
+
+#[derecho::replicated]
+impl Sink {
+    /// Applies a payload; returns how many this replica applied.
+    pub fn put(&mut self, data: &[u8]) -> u64 {
+        self.applied += 1;
+        self.bytes += data.len() as u64;
+        self.applied
+    }
+
+    /// Reads the counter (the payload only travels).
+    pub fn peek(&self, data: &[u8]) -> u64 {
+        self.applied + data.len() as u64
+    }
+}
+
+/// Control from the parent, read from standard input by a thread: 0 wait, 1 go, 2 exit.
+fn control() -> Arc<AtomicU8> {
+    let state = Arc::new(AtomicU8::new(0));
+    let s = state.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            match line.as_str() {
+                "go" => s.store(1, Ordering::Release),
+                "exit" => s.store(2, Ordering::Release),
+                _ => {}
+            }
+        }
+        s.store(2, Ordering::Release);
+    });
+    state
+}
+
+async fn wait_for(state: &AtomicU8, at_least: u8) {
+    while state.load(Ordering::Acquire) < at_least {
+        time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn member(args: &[String]) {
+    let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
+    let me = NodeId(num("--member") as u32);
+    let size = num("--size") as usize;
+    let secs = num("--secs");
+    let outstanding = num("--outstanding") as usize;
+    let mode = arg(args, "--mode").expect("--mode").to_string();
+    let core = arg(args, "--core").map(|c| c.parse::<usize>().expect("a core"));
+    let state = control();
+    let mut b = derecho::Builder::new().spin_budget(Duration::from_micros(SPIN_US));
+    b = match core {
+        Some(c) => b.pin_to_core(c),
+        None => b.placement(derecho::Placement::Unpinned),
+    };
+    let executor = b.build().expect("executor");
+    executor.block_on(async move {
+        let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
+        // Three busy members share two cores here: a member descheduled for a while must not be
+        // suspected (this measures throughput, not failure detection).
+        let membership = MembershipConfig { suspect_after_ns: 2_000_000_000, ..MembershipConfig::default() };
+        let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
+            .name("rpc-bench")
+            .limits(limits)
+            .membership(membership);
+        let delivered = Rc::new(Cell::new(0u64));
+        let service = Service::new();
+        service.host(SubgroupId(0), Sink::default);
+        let contact = arg(args, "--contact").map(|c| c.parse().expect("an address"));
+        let group = if mode == "multicast" {
+            let d = delivered.clone();
+            let app = move |_: Delivered<'_>| d.set(d.get() + 1);
+            match contact {
+                None => builder.start(app).await,
+                Some(c) => builder.join(c, app).await.map_err(|e| {
+                    derecho::driver::GroupError::Transport(derecho::TransportError::Config(e.to_string()))
+                }),
+            }
+            .expect("group")
+        } else {
+            let g = match contact {
+                None => builder.start(service.clone()).await.expect("start"),
+                Some(c) => builder.join(c, service.clone()).await.expect("join"),
+            };
+            service.attach(g.sender());
+            g
+        };
+        println!("listening {}", group.local_addr());
+        group.wait_view(Duration::from_secs(60), |v| v.members.len() == MEMBERS as usize).await.expect("three members");
+        println!("ready");
+        wait_for(&state, 1).await;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(secs);
+        let done = Rc::new(Cell::new(0u64));
+        let payload = vec![7u8; size];
+        let mut tasks = Vec::new();
+        for _ in 0..outstanding {
+            let (done, payload, mode) = (done.clone(), payload.clone(), mode.clone());
+            let client = SinkClient::new(service.handle::<Sink>(SHARD));
+            let sender = group.sender();
+            let next = NodeId((me.0 + 1) % MEMBERS);
+            tasks.push(spawn(async move {
+                while Instant::now() < deadline {
+                    match mode.as_str() {
+                        "ordered" => {
+                            client.put(&payload).await.expect("ordered call");
+                        }
+                        "query" => {
+                            client.peek(next, &payload).await.expect("query");
+                        }
+                        _ => sender.send(SHARD, payload.len(), |b| b.copy_from_slice(&payload)).await.expect("send"),
+                    }
+                    done.set(done.get() + 1);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let elapsed = start.elapsed();
+        // Messages delivered here (multicast), or calls this member completed.
+        let count = if mode == "multicast" { delivered.get() } else { done.get() };
+        println!("done {count} {}", elapsed.as_nanos());
+        std::io::stdout().flush().ok();
+        wait_for(&state, 2).await;
+        group.close().await;
+    });
+}
+
+/// One case: returns the rate (per second) summed over members (calls) or at one member
+/// (multicast: every member delivers every message).
+fn run_case(size: usize, mode: &str, secs: u64) -> f64 {
+    let cores = available_cores();
+    // Enough calls in flight to keep the window busy; for large calls the ring fills first.
+    let outstanding = match mode {
+        "ordered" if size > 1024 => 256,
+        "ordered" => 2048,
+        "query" => 64,
+        _ => 1,
+    };
+    let (tx, rx) = mpsc::channel::<(u32, String)>();
+    let mut members: Vec<ChildGuard> = Vec::new();
+    let mut stdins = Vec::new();
+    let spawn_member = |id: u32, contact: Option<&str>, members: &mut Vec<ChildGuard>, stdins: &mut Vec<_>| {
+        let mut a = vec![
+            "--child".to_string(),
+            "member".into(),
+            "--member".into(),
+            id.to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--secs".into(),
+            secs.to_string(),
+            "--outstanding".into(),
+            outstanding.to_string(),
+            "--mode".into(),
+            mode.into(),
+        ];
+        if !cores.is_empty() {
+            a.extend(["--core".into(), cores[id as usize % cores.len()].to_string()]);
+        }
+        if let Some(c) = contact {
+            a.extend(["--contact".into(), c.into()]);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = std::process::Command::new(exe)
+            .args(&a)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a member");
+        stdins.push(child.stdin.take().expect("piped"));
+        let out = child.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((id, line));
+            }
+        });
+        members.push(ChildGuard(Some(child)));
+    };
+    let wait = |what: &str, pred: &mut dyn FnMut(u32, &str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60 + secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (id, line) = rx.recv_timeout(left).unwrap_or_else(|_| panic!("rpc {mode}: no {what} in time"));
+            if pred(id, &line) {
+                return line;
+            }
+        }
+    };
+    spawn_member(0, None, &mut members, &mut stdins);
+    let line = wait("address", &mut |id, l| id == 0 && l.starts_with("listening "));
+    let a0 = line["listening ".len()..].to_string();
+    for id in 1..MEMBERS {
+        spawn_member(id, Some(&a0), &mut members, &mut stdins);
+    }
+    let mut ready = 0;
+    wait("readiness", &mut |_, l| {
+        ready += usize::from(l == "ready");
+        ready == MEMBERS as usize
+    });
+    for s in &mut stdins {
+        writeln!(s, "go").expect("tell a member to go");
+    }
+    let mut results: Vec<(u64, u64)> = Vec::new();
+    wait("results", &mut |_, l| {
+        if let Some(rest) = l.strip_prefix("done ") {
+            let mut f = rest.split(' ').map(|x| x.parse::<u64>().expect("a number"));
+            results.push((f.next().expect("count"), f.next().expect("ns")));
+        }
+        results.len() == MEMBERS as usize
+    });
+    for s in &mut stdins {
+        let _ = writeln!(s, "exit");
+    }
+    drop(stdins);
+    for m in members {
+        m.finish(Duration::from_secs(30));
+    }
+    let rate = |(count, ns): (u64, u64)| count as f64 / (ns as f64 / 1e9);
+    if mode == "multicast" {
+        // Every member delivers every message: the slowest member's rate.
+        results.into_iter().map(rate).fold(f64::INFINITY, f64::min)
+    } else {
+        results.into_iter().map(rate).sum()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if arg(&args, "--child") == Some("member") {
+        member(&args);
+        return;
+    }
+    let quick = flag(&args, "--quick");
+    let secs: u64 = arg(&args, "--secs").map_or(if quick { 1 } else { 3 }, |v| v.parse().expect("a number"));
+    eprintln!(
+        "rpc benchmark ({}), {secs} s per case, cores {:?}",
+        if quick { "quick" } else { "full" },
+        available_cores()
+    );
+    let mut ordered_100b = None;
+    for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
+        let baseline = run_case(size, "multicast", secs);
+        Record::new(BENCH, format!("tcp-{label}-multicast"), "messages_per_s", baseline, "msg/s").print();
+        let ordered = run_case(size, "ordered", secs);
+        Record::new(BENCH, format!("tcp-{label}-ordered"), "calls_per_s", ordered, "calls/s")
+            .with_baseline(baseline)
+            .print();
+        if size == 100 {
+            ordered_100b = Some(ordered);
+        }
+        let query = run_case(size, "query", secs);
+        Record::new(BENCH, format!("tcp-{label}-query"), "queries_per_s", query, "queries/s").print();
+    }
+    if let Some(v) = ordered_100b {
+        Record::new(BENCH, "target-ordered-100b", "calls_per_s", v, "calls/s")
+            .with_target(500_000.0, v >= 500_000.0)
+            .print();
+    }
+}
