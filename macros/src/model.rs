@@ -24,6 +24,8 @@ pub struct Arg {
 /// One method of the block that becomes an operation.
 pub struct Method {
     pub name: Ident,
+    /// The method's doc comments, repeated on the client's method.
+    pub docs: Vec<syn::Attribute>,
     pub vis: Visibility,
     /// `&mut self`: an ordered operation; `&self`: a query.
     pub ordered: bool,
@@ -39,8 +41,8 @@ pub struct Model {
     pub methods: Vec<Method>,
 }
 
-/// Names the macro generates next to the type; a method may not take them.
-const RESERVED: &[&str] = &["apply", "query", "snapshot", "restore", "NAME", "METHODS"];
+/// Names the generated `Replicated` implementation and client use; a method may not take them.
+const RESERVED: &[&str] = &["apply", "query", "snapshot", "restore", "NAME", "METHODS", "new", "handle"];
 
 impl Model {
     /// Parses the block; returns every error found, each at its span.
@@ -76,10 +78,18 @@ impl Model {
             let Some(FnArg::Receiver(recv)) = f.sig.inputs.first() else { continue };
             let sig = &f.sig;
             let name = sig.ident.clone();
+            if let Some(a) = f.attrs.iter().find(|a| a.path().is_ident("cfg")) {
+                errors.push(syn::Error::new(
+                    a.span(),
+                    "#[cfg] on a replicated method would renumber the methods between builds; put \
+                     configurable methods in a separate impl block",
+                ));
+            }
+            let docs: Vec<syn::Attribute> = f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect();
             if RESERVED.contains(&name.to_string().as_str()) {
                 errors.push(syn::Error::new(
                     name.span(),
-                    format!("`{name}` is a name the generated `Replicated` implementation uses; rename the method"),
+                    format!("`{name}` is a name the generated code uses (the `Replicated` implementation or the client); rename the method"),
                 ));
             }
             if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
@@ -122,6 +132,17 @@ impl Model {
                         continue;
                     }
                 };
+                if !ordered && arg_name == "to" {
+                    errors.push(syn::Error::new(
+                        arg_name.span(),
+                        "a query's client method takes the member to ask as `to`; rename this argument",
+                    ));
+                }
+                if mentions_self(&pt.ty) {
+                    errors
+                        .push(syn::Error::new(pt.ty.span(), "name the type instead of `Self` in a replicated method"));
+                    continue;
+                }
                 match arg_kind(&pt.ty) {
                     Ok(kind) => args.push(Arg { name: arg_name, kind, span: pt.ty.span() }),
                     Err(e) => errors.push(e),
@@ -130,7 +151,10 @@ impl Model {
             let ret = match &sig.output {
                 ReturnType::Default => syn::parse_quote!(()),
                 ReturnType::Type(_, t) => {
-                    if contains_reference(t) || matches!(**t, Type::ImplTrait(_)) {
+                    if mentions_self(t) {
+                        errors
+                            .push(syn::Error::new(t.span(), "name the type instead of `Self` in a replicated method"));
+                    } else if contains_reference(t) || contains_impl_trait(t) {
                         errors.push(syn::Error::new(
                             t.span(),
                             "a replicated method returns an owned value (it is archived and sent to the caller)",
@@ -139,7 +163,7 @@ impl Model {
                     (**t).clone()
                 }
             };
-            methods.push(Method { name, vis: f.vis.clone(), ordered, args, ret });
+            methods.push(Method { name, docs, vis: f.vis.clone(), ordered, args, ret });
         }
         if methods.is_empty() && errors.is_empty() {
             errors.push(syn::Error::new(
@@ -166,9 +190,13 @@ fn arg_kind(ty: &Type) -> Result<ArgKind, syn::Error> {
                 )),
             }
         }
-        Type::ImplTrait(_) | Type::TraitObject(_) | Type::Infer(_) | Type::Ptr(_) | Type::BareFn(_) => {
+        Type::TraitObject(_) | Type::Infer(_) | Type::Ptr(_) | Type::BareFn(_) => {
             Err(syn::Error::new(ty.span(), "a replicated method's argument must be a concrete, archivable type"))
         }
+        other if contains_impl_trait(other) => Err(syn::Error::new(
+            ty.span(),
+            "a replicated method's argument must be a concrete, archivable type, not `impl Trait`",
+        )),
         other if contains_reference(other) => Err(syn::Error::new(
             ty.span(),
             "a replicated method's argument cannot hold references (it is archived and sent)",
@@ -188,11 +216,54 @@ fn contains_reference(ty: &Type) -> bool {
         Type::Path(p) => p.path.segments.iter().any(|s| match &s.arguments {
             syn::PathArguments::AngleBracketed(a) => a.args.iter().any(|g| match g {
                 syn::GenericArgument::Type(t) => contains_reference(t),
-                syn::GenericArgument::Lifetime(_) => true,
+                syn::GenericArgument::Lifetime(l) => l.ident != "static",
                 _ => false,
             }),
             _ => false,
         }),
         _ => false,
+    }
+}
+
+/// Whether `ty` is or holds an `impl Trait`.
+fn contains_impl_trait(ty: &Type) -> bool {
+    let mut found = false;
+    walk(ty, &mut |t| found |= matches!(t, Type::ImplTrait(_)));
+    found
+}
+
+/// Whether `ty` names `Self` anywhere.
+fn mentions_self(ty: &Type) -> bool {
+    let mut found = false;
+    walk(ty, &mut |t| {
+        if let Type::Path(p) = t {
+            found |= p.path.segments.iter().any(|s| s.ident == "Self");
+        }
+    });
+    found
+}
+
+/// Calls `f` on `ty` and every type inside it.
+fn walk(ty: &Type, f: &mut dyn FnMut(&Type)) {
+    f(ty);
+    match ty {
+        Type::Paren(p) => walk(&p.elem, f),
+        Type::Group(g) => walk(&g.elem, f),
+        Type::Tuple(t) => t.elems.iter().for_each(|e| walk(e, f)),
+        Type::Array(a) => walk(&a.elem, f),
+        Type::Slice(s) => walk(&s.elem, f),
+        Type::Reference(r) => walk(&r.elem, f),
+        Type::Path(p) => {
+            for seg in &p.path.segments {
+                if let syn::PathArguments::AngleBracketed(a) = &seg.arguments {
+                    for g in &a.args {
+                        if let syn::GenericArgument::Type(t) = g {
+                            walk(t, f);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }

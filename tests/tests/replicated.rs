@@ -48,6 +48,22 @@ impl Store {
     }
 }
 
+/// Another replicated type, never hosted.
+#[derive(Debug, Default, Archive, Serialize, Deserialize)]
+#[rkyv(crate = derecho::rpc::support::rkyv)]
+pub struct Other {
+    n: u64,
+}
+
+#[derecho::replicated]
+impl Other {
+    /// Adds one.
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -161,7 +177,15 @@ fn ordered_calls_reply_from_every_replica_and_queries_from_one() {
         let r = a.store.add("n", 1).await.unwrap();
         assert_eq!(r.replies.keys().copied().collect::<Vec<_>>(), vec![NodeId(0), NodeId(1), NodeId(3)]);
         until("b's replica caught up", || b.service.read(SHARD, |s: &Store| s.entries.len()) == Some(2)).await;
-        for m in [a, b, d] {
+
+        // A handle of another type than the one hosted is refused.
+        let e = a.service.handle::<Other>(SHARD).ordered_raw(0, &[]).await.expect_err("wrong type");
+        assert!(matches!(e, CallError::WrongType(_)), "{e}");
+        // A closed member's calls fail at once, with a typed error.
+        d.group.close().await;
+        let e = d.store.put("k", b"late").await.expect_err("closed");
+        assert!(matches!(e, CallError::Closed), "{e}");
+        for m in [a, b] {
             m.group.close().await;
         }
     });

@@ -77,6 +77,10 @@ pub trait Application: 'static {
     /// A frame another member sent this one with [`GroupSender::send_to`]. `body` is borrowed
     /// from the receive buffer, 16-byte aligned.
     fn receive(&mut self, _from: NodeId, _body: &[u8]) {}
+
+    /// This member stopped (partitioned, removed, left) or its group closed: nothing more will
+    /// be delivered or received.
+    fn stopped(&mut self) {}
 }
 
 impl<F: FnMut(Delivered<'_>) + 'static> Application for F {
@@ -96,6 +100,9 @@ pub struct ViewChange {
     pub departed: Vec<NodeId>,
     /// Why the view has no shards, if it is inadequate (the group waits for joins).
     pub inadequate: Option<String>,
+    /// The shards this member joined whose state is on its way ([`Application::restore`]
+    /// comes before anything is delivered in them).
+    pub awaiting_state: Vec<ShardRef>,
 }
 
 /// Why joining failed.
@@ -389,6 +396,7 @@ impl GroupBuilder {
             joined: next.joined.clone(),
             departed: next.departed.clone(),
             inadequate: next.inadequate.clone(),
+            awaiting_state: next.transfers.iter().filter(|t| t.to.contains(&self.me)).map(|t| t.shard).collect(),
         };
         let group = Group::run(settings, acceptor, transport, node, Box::new(app), epoch, Some(change));
         // Admitted; return once the state of every shard this member joined is restored.
@@ -588,6 +596,9 @@ impl Inner {
                 }
                 Output::Stopped(reason) => {
                     tracing::info!(me = %self.settings.me, %reason, "stopped");
+                    if let Ok(mut app) = self.app.try_borrow_mut() {
+                        app.stopped();
+                    }
                     self.report(GroupEvent::Stopped(reason));
                     self.wake_all();
                 }
@@ -709,6 +720,12 @@ impl Inner {
             joined: next.joined.clone(),
             departed: next.departed.clone(),
             inadequate: next.inadequate.clone(),
+            awaiting_state: next
+                .transfers
+                .iter()
+                .filter(|t| t.to.contains(&self.settings.me))
+                .map(|t| t.shard)
+                .collect(),
         };
         tracing::info!(me = %self.settings.me, view = next.view.id.0, members = ?next.view.members, "installed");
         self.app.borrow_mut().view_installed(&change);
@@ -1260,6 +1277,11 @@ impl Group {
     }
 
     fn stop_tasks(&self) {
+        if !self.inner.closed.get()
+            && let Ok(mut app) = self.inner.app.try_borrow_mut()
+        {
+            app.stopped();
+        }
         self.inner.closed.set(true);
         if let Some(h) = self.hook.take() {
             remove_poll_hook(h);

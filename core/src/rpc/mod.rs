@@ -22,13 +22,14 @@
 
 pub mod wire;
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
@@ -112,6 +113,35 @@ pub trait Replicated: Sized + 'static {
     fn restore(state: &[u8]) -> Result<Self, String>;
 }
 
+/// The call a handler is running for ([`context`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    /// The member that called.
+    pub caller: NodeId,
+    /// The shard.
+    pub shard: ShardRef,
+    /// Ordered calls: the version the call was delivered at, its place in the shard's order
+    /// (the same at every replica). `None` for queries.
+    pub version: Option<Version>,
+}
+
+thread_local! {
+    static CONTEXT: Cell<Option<CallContext>> = const { Cell::new(None) };
+}
+
+/// The call the handler running on this thread serves; `None` outside a handler. A
+/// versioned store reads the version of the update it applies from here.
+pub fn context() -> Option<CallContext> {
+    CONTEXT.with(Cell::get)
+}
+
+fn with_context<R>(c: CallContext, f: impl FnOnce() -> R) -> R {
+    let before = CONTEXT.with(|x| x.replace(Some(c)));
+    let r = f();
+    CONTEXT.with(|x| x.set(before));
+    r
+}
+
 /// A replica behind a type-erased pointer.
 trait Hosted: Any {
     fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
@@ -172,6 +202,18 @@ pub enum CallError {
     /// The arguments could not be archived.
     #[error("the arguments could not be archived: {0}")]
     Arguments(String),
+    /// No reply within the service's call timeout ([`Service::set_call_timeout`]).
+    #[error("no reply from {node} within {after:?}")]
+    Timeout {
+        /// The member (for a call not yet delivered: this member).
+        node: NodeId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The call's multicast was dropped at a view change: this member is no longer a sender of
+    /// the shard, so the call was never delivered.
+    #[error("the call was not delivered: this member can no longer send in {0}")]
+    NotDelivered(ShardRef),
     /// The service was not attached to a group, or the group closed.
     #[error("the group is closed")]
     Closed,
@@ -212,21 +254,36 @@ impl<R> Replies<R> {
 }
 
 struct Pending {
+    shard: ShardRef,
     /// Ordered calls: the shard's members when the call was delivered here.
     expected: Option<Vec<NodeId>>,
-    /// A query's target.
-    target: Option<NodeId>,
+    /// A query's target, and the query (sent again if a view change may have lost it).
+    query: Option<(NodeId, Vec<u8>)>,
+    /// Ordered calls: the version of this member's own delivery of the call.
     version: Option<Version>,
     replies: BTreeMap<NodeId, Result<AlignedVec, CallError>>,
+    /// The call failed as a whole.
+    failed: Option<CallError>,
     waker: Option<Waker>,
 }
 
 impl Pending {
     fn complete(&self) -> bool {
-        match (&self.expected, self.target) {
-            (Some(e), _) => e.iter().all(|n| self.replies.contains_key(n)),
-            (None, Some(t)) => self.replies.contains_key(&t),
+        if self.failed.is_some() {
+            return true;
+        }
+        match (&self.expected, &self.query) {
+            (_, Some((t, _))) => self.replies.contains_key(t),
+            (Some(e), None) => e.iter().all(|n| self.replies.contains_key(n)),
             (None, None) => false,
+        }
+    }
+
+    fn wake_if_complete(&mut self) {
+        if self.complete()
+            && let Some(w) = self.waker.take()
+        {
+            w.wake();
         }
     }
 }
@@ -235,22 +292,58 @@ type Make = Box<dyn Fn() -> Box<dyn Hosted>>;
 type Restore = Box<dyn Fn(&[u8]) -> Result<Box<dyn Hosted>, String>>;
 
 struct Registered {
+    type_id: TypeId,
     name: &'static str,
     make: Make,
     restore: Restore,
 }
 
-#[derive(Default)]
+/// Replies sent, by (caller, call), and their order (the oldest is dropped first).
+type SentReplies = (BTreeMap<(NodeId, u64), Vec<u8>>, VecDeque<(NodeId, u64)>);
+
+/// Replies kept for callers that ask again ([`wire::Kind::Repeat`]), oldest dropped first.
+const REPLY_CACHE_LEN: usize = 1 << 16;
+/// The largest batch frame; a single larger message goes alone.
+const BATCH_LEN_MAX: usize = 1 << 20;
+/// Messages waiting to be sent; beyond this, queries from peers are refused.
+const OUTBOX_LEN_MAX: usize = 1 << 18;
+
 struct ServiceInner {
     types: RefCell<BTreeMap<SubgroupId, Registered>>,
     replicas: RefCell<BTreeMap<ShardRef, Box<dyn Hosted>>>,
+    /// Shards this member joined whose state has not arrived: no replica to answer from yet.
+    awaiting: RefCell<Vec<ShardRef>>,
     pending: RefCell<BTreeMap<u64, Pending>>,
     next_call: Cell<u64>,
     outbox: RefCell<VecDeque<(NodeId, Vec<u8>)>>,
     outbox_waker: RefCell<Option<Waker>>,
+    /// Replies sent to other callers, by (caller, call).
+    sent: RefCell<SentReplies>,
     sender: RefCell<Option<GroupSender>>,
     view: RefCell<Option<View>>,
     me: Cell<Option<NodeId>>,
+    call_timeout: Cell<Duration>,
+    stopped: Cell<bool>,
+}
+
+impl Default for ServiceInner {
+    fn default() -> Self {
+        Self {
+            types: RefCell::default(),
+            replicas: RefCell::default(),
+            awaiting: RefCell::default(),
+            pending: RefCell::default(),
+            next_call: Cell::new(0),
+            outbox: RefCell::default(),
+            outbox_waker: RefCell::default(),
+            sent: RefCell::default(),
+            sender: RefCell::default(),
+            view: RefCell::default(),
+            me: Cell::new(None),
+            call_timeout: Cell::new(Duration::from_secs(30)),
+            stopped: Cell::new(false),
+        }
+    }
 }
 
 /// The replicas of one member, as the [`Application`] of its group. Clone it to keep a handle
@@ -267,16 +360,25 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service hosting nothing yet.
+    /// A service hosting nothing yet; calls wait at most 30 s for their replies.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Hosts type `T` in `subgroup`: this member keeps a replica of each of the subgroup's
-    /// shards it belongs to, starting from `make()` (or from the state of the shard's older
-    /// members when it joins one). Every member registers the same types in the same subgroups.
+    /// How long a call waits for its replies before the missing ones are
+    /// [`CallError::Timeout`].
+    pub fn set_call_timeout(&self, d: Duration) -> &Self {
+        self.inner.call_timeout.set(d);
+        self
+    }
+
+    /// Hosts type `T` in `subgroup` (whose shards must be ordered): this member keeps a replica
+    /// of each of the subgroup's shards it belongs to, starting from `make()` (or from the state
+    /// of the shard's older members when it joins one). Every member registers the same types
+    /// in the same subgroups, before it starts or joins its group.
     pub fn host<T: Replicated>(&self, subgroup: SubgroupId, make: impl Fn() -> T + 'static) -> &Self {
         let registered = Registered {
+            type_id: TypeId::of::<T>(),
             name: T::NAME,
             make: Box::new(move || Box::new(make()) as Box<dyn Hosted>),
             restore: Box::new(|state| T::restore(state).map(|t| Box::new(t) as Box<dyn Hosted>)),
@@ -302,25 +404,26 @@ impl Service {
     }
 
     /// Reads this member's replica of `shard` (none if it holds none, or not of type `T`).
+    /// Must not be called from a handler.
     pub fn read<T: Replicated, R>(&self, shard: ShardRef, f: impl FnOnce(&T) -> R) -> Option<R> {
         let replicas = self.inner.replicas.borrow();
         replicas.get(&shard).and_then(|r| r.as_any().downcast_ref::<T>()).map(f)
     }
 
-    /// Creates the replicas of the shards this member joined without a state transfer (new
-    /// shards), drops those of shards it left.
+    /// Creates the replicas of the shards this member is in (except those whose state is on
+    /// its way), drops those of shards it left.
     fn refresh_replicas(&self) {
         let (Some(view), Some(me)) = (self.inner.view.borrow().clone(), self.inner.me.get()) else { return };
-        let types = self.inner.types.borrow();
-        let mut replicas = self.inner.replicas.borrow_mut();
         let mine: Vec<ShardRef> = view.shards.iter().filter(|s| s.members.contains(&me)).map(|s| s.id).collect();
+        let mut replicas = self.inner.replicas.borrow_mut();
         // An inadequate view has no shards: keep the replicas for the next adequate one.
         if !view.shards.is_empty() {
             replicas.retain(|s, _| mine.contains(s));
         }
+        let awaiting = self.inner.awaiting.borrow();
         for s in mine {
-            if let Some(t) = types.get(&s.subgroup) {
-                replicas.entry(s).or_insert_with(|| (t.make)());
+            if !awaiting.contains(&s) {
+                self.inner.ensure_replica(&mut replicas, s);
             }
         }
     }
@@ -337,15 +440,32 @@ impl Service {
                     tracing::warn!(%from, ?h, "a query in another member's name: ignored");
                     return;
                 }
+                if inner.outbox.borrow().len() >= OUTBOX_LEN_MAX {
+                    inner.send(from, error_bytes(&h, "the member is overloaded: too many replies waiting"));
+                    return;
+                }
+                let context = CallContext { caller: from, shard: h.shard, version: None };
+                let waiting = inner.awaiting.borrow().contains(&h.shard);
                 let result = match inner.replicas.borrow().get(&h.shard) {
-                    Some(r) => r.query(h.method, rest),
-                    None => Err(HandlerError::NoSuchMethod { ty: "no replica here", method: h.method, kind: "query" }),
+                    Some(r) if !waiting => with_context(context, || r.query(h.method, rest)),
+                    _ => {
+                        inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
+                        return;
+                    }
                 };
-                self.send_reply(from, reply_bytes(&h, None, &result));
+                inner.send(from, reply_bytes(&h, None, &result));
+            }
+            Kind::Repeat => {
+                if h.caller != from {
+                    return;
+                }
+                let again = inner.sent.borrow().0.get(&(from, h.call)).cloned();
+                if let Some(bytes) = again {
+                    inner.send(from, bytes);
+                }
             }
             Kind::Reply | Kind::Error => {
-                let me = inner.me.get();
-                if Some(h.caller) != me {
+                if Some(h.caller) != inner.me.get() {
                     return;
                 }
                 let reply = if h.kind == Kind::Reply {
@@ -355,17 +475,9 @@ impl Service {
                 } else {
                     Err(CallError::Remote { node: from, reason: String::from_utf8_lossy(rest).into_owned() })
                 };
-                let version = (h.version.as_u64() != 0).then_some(h.version);
-                inner.record(h.call, from, reply, version);
+                inner.record(h.call, from, reply);
             }
             Kind::Ordered => tracing::warn!(%from, "an ordered call sent point to point: ignored"),
-        }
-    }
-
-    fn send_reply(&self, to: NodeId, bytes: Vec<u8>) {
-        self.inner.outbox.borrow_mut().push_back((to, bytes));
-        if let Some(w) = self.inner.outbox_waker.borrow_mut().take() {
-            w.wake();
         }
     }
 }
@@ -404,7 +516,8 @@ fn batch_messages(mut body: &[u8]) -> impl Iterator<Item = Result<&[u8], &'stati
     })
 }
 
-/// Sends queued replies and queries, everything queued for one member in one frame.
+/// Sends queued replies and queries: what is queued for one member leaves in one frame (or a
+/// few, each at most [`BATCH_LEN_MAX`]).
 async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
     loop {
         let batch = poll_fn(|cx| {
@@ -414,9 +527,17 @@ async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
                 *inner.outbox_waker.borrow_mut() = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let mut frames: BTreeMap<NodeId, Vec<u8>> = BTreeMap::new();
+            let mut frames: Vec<(NodeId, Vec<u8>)> = Vec::new();
             for (to, msg) in q.drain(..) {
-                batch_push(frames.entry(to).or_default(), &msg);
+                let open = frames.iter().rposition(|(t, f)| *t == to && f.len() + msg.len() + 32 <= BATCH_LEN_MAX);
+                match open {
+                    Some(i) => batch_push(&mut frames[i].1, &msg),
+                    None => {
+                        let mut f = Vec::new();
+                        batch_push(&mut f, &msg);
+                        frames.push((to, f));
+                    }
+                }
             }
             Poll::Ready(Some(frames))
         })
@@ -426,6 +547,9 @@ async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
             if let Err(e) = sender.send_to(to, &body).await {
                 tracing::debug!(%to, error = %e, "replies or queries not sent");
                 if matches!(e, SendToError::Closed) {
+                    if let Some(inner) = inner.upgrade() {
+                        inner.fail_all(|| CallError::Closed);
+                    }
                     return;
                 }
             }
@@ -434,36 +558,80 @@ async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
 }
 
 impl ServiceInner {
+    fn send(&self, to: NodeId, bytes: Vec<u8>) {
+        self.outbox.borrow_mut().push_back((to, bytes));
+        if let Some(w) = self.outbox_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Remembers a reply sent to `caller`, for a repeat.
+    fn keep_sent(&self, caller: NodeId, call: u64, bytes: &[u8]) {
+        let mut sent = self.sent.borrow_mut();
+        let (map, order) = &mut *sent;
+        map.insert((caller, call), bytes.to_vec());
+        order.push_back((caller, call));
+        while order.len() > REPLY_CACHE_LEN {
+            if let Some(k) = order.pop_front() {
+                map.remove(&k);
+            }
+        }
+    }
+
+    fn ensure_replica(&self, replicas: &mut BTreeMap<ShardRef, Box<dyn Hosted>>, shard: ShardRef) -> bool {
+        if replicas.contains_key(&shard) {
+            return true;
+        }
+        match self.types.borrow().get(&shard.subgroup) {
+            Some(t) => {
+                replicas.insert(shard, (t.make)());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Records a reply from `from` to call `call`; wakes the caller when the call is complete.
-    fn record(&self, call: u64, from: NodeId, reply: Result<AlignedVec, CallError>, version: Option<Version>) {
+    fn record(&self, call: u64, from: NodeId, reply: Result<AlignedVec, CallError>) {
         let mut pending = self.pending.borrow_mut();
         let Some(p) = pending.get_mut(&call) else { return };
-        let allowed = match (&p.expected, p.target) {
-            (_, Some(t)) => t == from,
+        let allowed = match (&p.expected, &p.query) {
+            (_, Some((t, _))) => *t == from,
             (Some(e), None) => e.contains(&from),
-            (None, None) => true, // the caller's own delivery has not set the members yet
+            // Before the caller's own delivery: a member of the shard in the current view.
+            (None, None) => self
+                .view
+                .borrow()
+                .as_ref()
+                .and_then(|v| v.shards.iter().find(|s| s.id == p.shard))
+                .is_some_and(|s| s.members.contains(&from)),
         };
-        if !allowed {
-            return;
+        if allowed {
+            p.replies.entry(from).or_insert(reply);
+            p.wake_if_complete();
         }
-        if p.version.is_none() {
-            p.version = version;
-        }
-        p.replies.entry(from).or_insert(reply);
-        if p.complete()
-            && let Some(w) = p.waker.take()
-        {
-            w.wake();
+    }
+
+    /// Fails every call still waiting.
+    fn fail_all(&self, e: impl Fn() -> CallError) {
+        for p in self.pending.borrow_mut().values_mut() {
+            p.failed.get_or_insert_with(&e);
+            p.wake_if_complete();
         }
     }
 }
 
 fn reply_bytes(h: &Header, version: Option<Version>, result: &Result<AlignedVec, HandlerError>) -> Vec<u8> {
-    let version = version.unwrap_or(Version::from_u64(0));
     match result {
-        Ok(bytes) => Header { kind: Kind::Reply, version, ..*h }.with_body(bytes),
-        Err(e) => Header { kind: Kind::Error, version, ..*h }.with_body(e.to_string().as_bytes()),
+        Ok(bytes) => {
+            Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..*h }.with_body(bytes)
+        }
+        Err(e) => error_bytes(h, &e.to_string()),
     }
+}
+
+fn error_bytes(h: &Header, why: &str) -> Vec<u8> {
+    Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(why.as_bytes())
 }
 
 impl Application for Service {
@@ -477,25 +645,37 @@ impl Application for Service {
             tracing::warn!(sender = %d.sender, ?h, "a delivered call with a wrong header: ignored");
             return;
         }
-        let result = match inner.replicas.borrow_mut().get_mut(&d.shard) {
-            Some(r) => r.apply(h.method, args),
-            None => return,
+        let result = match d.version {
+            // Without a total order, replicas would apply calls in different orders.
+            None => Err(HandlerError::NoSuchMethod { ty: "an unordered shard", method: h.method, kind: "ordered" }),
+            Some(_) => {
+                let mut replicas = inner.replicas.borrow_mut();
+                if !inner.ensure_replica(&mut replicas, d.shard) {
+                    tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
+                    return;
+                }
+                let r = replicas.get_mut(&d.shard).expect("ensured");
+                let context = CallContext { caller: h.caller, shard: d.shard, version: d.version };
+                with_context(context, || r.apply(h.method, args))
+            }
         };
-        let me = inner.me.get();
-        if Some(h.caller) == me {
-            // The members this call expects replies from: the shard's, as delivered.
-            if let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
-                && let Some(view) = inner.view.borrow().as_ref()
-                && let Some(s) = view.shards.iter().find(|s| s.id == d.shard)
-            {
-                p.expected = Some(s.members.clone());
-                // Replies that came first from members no longer expected are dropped.
-                p.replies.retain(|n, _| s.members.contains(n));
+        if Some(h.caller) == inner.me.get() {
+            if let Some(p) = inner.pending.borrow_mut().get_mut(&h.call) {
+                // The members this call expects replies from: the shard's, as delivered.
+                if let Some(view) = inner.view.borrow().as_ref()
+                    && let Some(s) = view.shards.iter().find(|s| s.id == d.shard)
+                {
+                    p.replies.retain(|n, _| s.members.contains(n));
+                    p.expected = Some(s.members.clone());
+                }
+                p.version = d.version;
             }
             let reply = result.map_err(|e| CallError::Remote { node: h.caller, reason: e.to_string() });
-            inner.record(h.call, h.caller, reply, d.version);
+            inner.record(h.call, h.caller, reply);
         } else {
-            self.send_reply(h.caller, reply_bytes(&h, d.version, &result));
+            let bytes = reply_bytes(&h, d.version, &result);
+            inner.keep_sent(h.caller, h.call, &bytes);
+            inner.send(h.caller, bytes);
         }
     }
 
@@ -527,33 +707,74 @@ impl Application for Service {
         let Some(t) = types.get(&shard.subgroup) else { return Ok(()) };
         let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
         self.inner.replicas.borrow_mut().insert(shard, replica);
+        self.inner.awaiting.borrow_mut().retain(|s| *s != shard);
         Ok(())
     }
 
     fn view_installed(&mut self, change: &ViewChange) {
-        *self.inner.view.borrow_mut() = Some(change.view.clone());
-        if self.inner.me.get().is_some() {
+        let inner = &self.inner;
+        *inner.view.borrow_mut() = Some(change.view.clone());
+        *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
+        if inner.me.get().is_some() {
             self.refresh_replicas();
         }
-        // Calls waiting on members that left will not hear from them.
-        let mut pending = self.inner.pending.borrow_mut();
-        for p in pending.values_mut() {
-            let waiting: Vec<NodeId> = match (&p.expected, p.target) {
-                (_, Some(t)) => vec![t],
-                (Some(e), None) => e.clone(),
-                (None, None) => Vec::new(),
-            };
-            for n in waiting {
-                if !change.view.members.contains(&n) && !p.replies.contains_key(&n) {
-                    p.replies.insert(n, Err(CallError::Departed(n)));
+        let me = inner.me.get();
+        let mut again: Vec<(NodeId, Vec<u8>)> = Vec::new();
+        for (&call, p) in inner.pending.borrow_mut().iter_mut() {
+            let members = &change.view.members;
+            match (&p.expected, &p.query) {
+                (_, Some((t, query))) => {
+                    if !members.contains(t) {
+                        p.replies.entry(*t).or_insert(Err(CallError::Departed(*t)));
+                    } else if !p.replies.contains_key(t) {
+                        // The query or its reply may have been lost with the old connections.
+                        again.push((*t, query.clone()));
+                    }
+                }
+                (Some(e), None) => {
+                    for &n in e {
+                        if p.replies.contains_key(&n) {
+                            continue;
+                        }
+                        if !members.contains(&n) {
+                            p.replies.insert(n, Err(CallError::Departed(n)));
+                        } else if Some(n) != me {
+                            // Its reply may have been lost with the old connections.
+                            let h = Header {
+                                kind: Kind::Repeat,
+                                shard: p.shard,
+                                method: 0,
+                                caller: me.expect("a member with pending calls knows itself"),
+                                call,
+                                version: Version::from_u64(0),
+                            };
+                            again.push((n, h.with_body(&[])));
+                        }
+                    }
+                }
+                (None, None) => {
+                    // Not yet delivered: it is sent again in this view, unless this member can
+                    // no longer send in the shard.
+                    let sender = change
+                        .view
+                        .shards
+                        .iter()
+                        .any(|s| s.id == p.shard && me.is_some_and(|m| s.senders.contains(&m)));
+                    if !change.view.shards.is_empty() && !sender {
+                        p.failed.get_or_insert(CallError::NotDelivered(p.shard));
+                    }
                 }
             }
-            if p.complete()
-                && let Some(w) = p.waker.take()
-            {
-                w.wake();
-            }
+            p.wake_if_complete();
         }
+        for (to, bytes) in again {
+            inner.send(to, bytes);
+        }
+    }
+
+    fn stopped(&mut self) {
+        self.inner.stopped.set(true);
+        self.inner.fail_all(|| CallError::Closed);
     }
 }
 
@@ -595,46 +816,80 @@ impl<T: Replicated> Handle<T> {
     }
 
     fn inner(&self) -> Result<Rc<ServiceInner>, CallError> {
-        self.service.upgrade().ok_or(CallError::Closed)
+        let inner = self.service.upgrade().ok_or(CallError::Closed)?;
+        if inner.stopped.get() {
+            return Err(CallError::Closed);
+        }
+        Ok(inner)
     }
 
-    fn new_call(inner: &ServiceInner, target: Option<NodeId>) -> u64 {
+    fn new_call(&self, inner: &ServiceInner, query: Option<(NodeId, Vec<u8>)>) -> u64 {
         let call = inner.next_call.get();
         inner.next_call.set(call + 1);
-        inner
-            .pending
-            .borrow_mut()
-            .insert(call, Pending { expected: None, target, version: None, replies: BTreeMap::new(), waker: None });
+        inner.pending.borrow_mut().insert(
+            call,
+            Pending {
+                shard: self.shard,
+                expected: None,
+                query,
+                version: None,
+                replies: BTreeMap::new(),
+                failed: None,
+                waker: None,
+            },
+        );
         call
     }
 
+    /// Waits (at most the call timeout) for a call to complete; missing replies then become
+    /// [`CallError::Timeout`].
     async fn wait(inner: &ServiceInner, call: u64) -> Pending {
-        poll_fn(|cx| {
+        let done = poll_fn(|cx| {
             let mut pending = inner.pending.borrow_mut();
             let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
             if p.complete() {
-                return Poll::Ready(pending.remove(&call).expect("present"));
+                return Poll::Ready(());
             }
             p.waker = Some(cx.waker().clone());
             Poll::Pending
-        })
-        .await
+        });
+        let after = inner.call_timeout.get();
+        let timed_out = crate::runtime::time::timeout(after, done).await.is_err();
+        let mut p = inner.pending.borrow_mut().remove(&call).expect("present");
+        if timed_out {
+            let me = inner.me.get().unwrap_or(NodeId(u32::MAX));
+            match (&p.expected, &p.query) {
+                (_, Some((t, _))) => {
+                    p.replies.entry(*t).or_insert(Err(CallError::Timeout { node: *t, after }));
+                }
+                (Some(e), None) => {
+                    for &n in e {
+                        p.replies.entry(n).or_insert(Err(CallError::Timeout { node: n, after }));
+                    }
+                }
+                (None, None) => {
+                    p.failed.get_or_insert(CallError::Timeout { node: me, after });
+                }
+            }
+        }
+        p
     }
 
     /// Calls ordered method `method` with archived `args`: multicast in the shard, applied by
     /// every member in the order; returns every member's archived reply once all replied (a
-    /// member that left first has [`CallError::Departed`]).
+    /// member that left first has [`CallError::Departed`], one silent past the call timeout
+    /// [`CallError::Timeout`]).
     ///
     /// # Errors
     ///
-    /// [`CallError`]: this member is not in the shard or no replica of `T` is hosted there, the
-    /// multicast failed (this member stopped), the group closed.
+    /// [`CallError`]: this member is not in the shard or hosts no replica of `T` there, the
+    /// multicast failed or was dropped at a view change, the group closed.
     pub async fn ordered_raw(&self, method: u32, args: &[u8]) -> Result<Replies<AlignedVec>, CallError> {
         let inner = self.inner()?;
         let me = inner.me.get().ok_or(CallError::Closed)?;
         self.check_type(&inner)?;
         let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
-        let call = Self::new_call(&inner, None);
+        let call = self.new_call(&inner, None);
         let guard = PendingGuard { inner: &inner, call };
         let header =
             Header { kind: Kind::Ordered, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
@@ -650,6 +905,9 @@ impl<T: Replicated> Handle<T> {
             })?;
         let p = Self::wait(&inner, call).await;
         drop(guard);
+        if let Some(e) = p.failed {
+            return Err(e);
+        }
         Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
     }
 
@@ -657,8 +915,8 @@ impl<T: Replicated> Handle<T> {
     ///
     /// # Errors
     ///
-    /// [`CallError`]: `to` is not a member, left before replying, or could not run the query;
-    /// the group closed.
+    /// [`CallError`]: `to` is not a member, left before replying, holds no replica of the
+    /// shard or could not run the query, no reply within the call timeout, the group closed.
     pub async fn query_raw(&self, to: NodeId, method: u32, args: &[u8]) -> Result<AlignedVec, CallError> {
         let inner = self.inner()?;
         let me = inner.me.get().ok_or(CallError::Closed)?;
@@ -666,29 +924,31 @@ impl<T: Replicated> Handle<T> {
         if to == me {
             let replicas = inner.replicas.borrow();
             let r = replicas.get(&self.shard).ok_or(CallError::NotAMember(self.shard))?;
-            return r.query(method, args).map_err(|e| CallError::Remote { node: me, reason: e.to_string() });
+            let context = CallContext { caller: me, shard: self.shard, version: None };
+            return with_context(context, || r.query(method, args))
+                .map_err(|e| CallError::Remote { node: me, reason: e.to_string() });
         }
-        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
-        let call = Self::new_call(&inner, Some(to));
-        let guard = PendingGuard { inner: &inner, call };
-        let header =
-            Header { kind: Kind::Query, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
         if inner.view.borrow().as_ref().is_none_or(|v| v.rank_of(to).is_none()) {
             return Err(CallError::SendTo(SendToError::NotAMember(to)));
         }
-        drop(sender);
-        inner.outbox.borrow_mut().push_back((to, header.with_body(args)));
-        if let Some(w) = inner.outbox_waker.borrow_mut().take() {
-            w.wake();
-        }
+        let header =
+            Header { kind: Kind::Query, shard: self.shard, method, caller: me, call: 0, version: Version::from_u64(0) };
+        let call = inner.next_call.get();
+        let query = Header { call, ..header }.with_body(args);
+        let call = self.new_call(&inner, Some((to, query.clone())));
+        let guard = PendingGuard { inner: &inner, call };
+        inner.send(to, query);
         let mut p = Self::wait(&inner, call).await;
         drop(guard);
+        if let Some(e) = p.failed {
+            return Err(e);
+        }
         p.replies.remove(&to).expect("a complete query has its target's reply")
     }
 
     fn check_type(&self, inner: &ServiceInner) -> Result<(), CallError> {
         match inner.types.borrow().get(&self.shard.subgroup) {
-            Some(t) if t.name == T::NAME => Ok(()),
+            Some(t) if t.type_id == TypeId::of::<T>() => Ok(()),
             _ => Err(CallError::WrongType(self.shard)),
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! offset size field
-//!  0     1    kind      1 ordered call (a multicast), 2 query, 3 reply, 4 error reply
+//!  0     1    kind      1 ordered call (a multicast), 2 query, 3 reply, 4 error reply,
+//!                       5 repeat (ask a member to send its reply to `call` again)
 //!  1     1    flags     0
 //!  2     2    subgroup
 //!  4     2    shard
@@ -33,6 +34,8 @@ pub enum Kind {
     Reply = 3,
     /// The callee could not run the call; the body says why.
     Error = 4,
+    /// The caller asks for its reply again (it may have been lost with a view's connections).
+    Repeat = 5,
 }
 
 /// A decoded header.
@@ -97,6 +100,7 @@ impl Header {
             2 => Kind::Query,
             3 => Kind::Reply,
             4 => Kind::Error,
+            5 => Kind::Repeat,
             _ => return Err(HeaderError("an unknown kind")),
         };
         if bytes[1] != 0 || bytes[6] != 0 || bytes[7] != 0 {
