@@ -500,6 +500,8 @@ struct Inner {
     transport_view: Cell<ViewId>,
     /// A view change's install task is under way.
     installing: Cell<bool>,
+    /// The node was wedged when the rules last ran (its deliveries are the ragged edge).
+    wedged: Cell<bool>,
     /// Peers of the current transport that closed or failed.
     gone: RefCell<Vec<NodeId>>,
     /// Join requests received here and not yet answered: where to answer.
@@ -546,6 +548,7 @@ impl Inner {
         } else {
             node.handle(now, Input::RowsChanged);
         }
+        self.wedged.set(node.is_wedged());
         let delivered = match self.app.try_borrow_mut() {
             Ok(mut app) => node.deliver(|d| app.deliver(d)),
             Err(_) => 0,
@@ -926,6 +929,13 @@ impl GroupSender {
         Ok(())
     }
 
+    /// Whether a view change is under way here: what is delivered now is the old view's
+    /// ragged edge, and a peer may install the next view before a frame sent now reaches it
+    /// (frames of an old view are dropped), so replies sent now may need sending again.
+    pub fn is_wedged(&self) -> bool {
+        self.inner().is_ok_and(|i| i.wedged.get() || i.installing.get())
+    }
+
     /// This member's id, if the group is open.
     pub fn me(&self) -> Option<NodeId> {
         self.inner().ok().map(|i| i.settings.me)
@@ -1048,6 +1058,7 @@ impl Group {
             transport: RefCell::new(transport.clone()),
             transport_view: Cell::new(view),
             installing: Cell::new(false),
+            wedged: Cell::new(false),
             gone: RefCell::new(Vec::new()),
             joins: RefCell::new(BTreeMap::new()),
             events: EventBox::default(),

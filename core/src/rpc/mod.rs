@@ -29,7 +29,7 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
@@ -265,6 +265,8 @@ struct Pending {
     /// The call failed as a whole.
     failed: Option<CallError>,
     waker: Option<Waker>,
+    /// When the call's timeout expires.
+    deadline: Instant,
 }
 
 impl Pending {
@@ -298,11 +300,12 @@ struct Registered {
     restore: Restore,
 }
 
-/// Replies sent, by (caller, call), and their order (the oldest is dropped first).
-type SentReplies = (BTreeMap<(NodeId, u64), Vec<u8>>, VecDeque<(NodeId, u64)>);
+/// The last replies sent to each caller, oldest first (searched only when a caller asks again,
+/// which is rare: after a view change).
+type SentReplies = BTreeMap<NodeId, VecDeque<(u64, Vec<u8>)>>;
 
-/// Replies kept for callers that ask again ([`wire::Kind::Repeat`]), oldest dropped first.
-const REPLY_CACHE_LEN: usize = 1 << 16;
+/// Replies kept per caller for callers that ask again ([`wire::Kind::Repeat`]).
+const REPLY_CACHE_LEN: usize = 1 << 14;
 /// The largest batch frame; a single larger message goes alone.
 const BATCH_LEN_MAX: usize = 1 << 20;
 /// Messages waiting to be sent; beyond this, queries from peers are refused.
@@ -395,7 +398,8 @@ impl Service {
         *self.inner.sender.borrow_mut() = Some(sender.clone());
         self.refresh_replicas();
         let weak = Rc::downgrade(&self.inner);
-        drop(crate::spawn(outbox(weak, sender)));
+        drop(crate::spawn(outbox(weak.clone(), sender)));
+        drop(crate::spawn(sweep(weak)));
     }
 
     /// A handle on `shard` for calls into type `T`.
@@ -459,7 +463,11 @@ impl Service {
                 if h.caller != from {
                     return;
                 }
-                let again = inner.sent.borrow().0.get(&(from, h.call)).cloned();
+                let again = inner
+                    .sent
+                    .borrow()
+                    .get(&from)
+                    .and_then(|q| q.iter().rev().find(|(c, _)| *c == h.call).map(|(_, b)| b.clone()));
                 if let Some(bytes) = again {
                     inner.send(from, bytes);
                 }
@@ -557,6 +565,43 @@ async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
     }
 }
 
+/// Completes the calls whose timeout passed: their missing replies become
+/// [`CallError::Timeout`]. One timer for all calls, not one each.
+async fn sweep(inner: Weak<ServiceInner>) {
+    loop {
+        let period = match inner.upgrade() {
+            Some(i) if !i.stopped.get() => {
+                (i.call_timeout.get() / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            }
+            _ => return,
+        };
+        crate::runtime::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let after = inner.call_timeout.get();
+        let me = inner.me.get().unwrap_or(NodeId(u32::MAX));
+        for p in inner.pending.borrow_mut().values_mut() {
+            if p.deadline > now || p.complete() {
+                continue;
+            }
+            match (&p.expected, &p.query) {
+                (_, Some((t, _))) => {
+                    p.replies.entry(*t).or_insert(Err(CallError::Timeout { node: *t, after }));
+                }
+                (Some(e), None) => {
+                    for &n in e {
+                        p.replies.entry(n).or_insert(Err(CallError::Timeout { node: n, after }));
+                    }
+                }
+                (None, None) => {
+                    p.failed.get_or_insert(CallError::Timeout { node: me, after });
+                }
+            }
+            p.wake_if_complete();
+        }
+    }
+}
+
 impl ServiceInner {
     fn send(&self, to: NodeId, bytes: Vec<u8>) {
         self.outbox.borrow_mut().push_back((to, bytes));
@@ -568,14 +613,11 @@ impl ServiceInner {
     /// Remembers a reply sent to `caller`, for a repeat.
     fn keep_sent(&self, caller: NodeId, call: u64, bytes: &[u8]) {
         let mut sent = self.sent.borrow_mut();
-        let (map, order) = &mut *sent;
-        map.insert((caller, call), bytes.to_vec());
-        order.push_back((caller, call));
-        while order.len() > REPLY_CACHE_LEN {
-            if let Some(k) = order.pop_front() {
-                map.remove(&k);
-            }
+        let q = sent.entry(caller).or_default();
+        if q.len() >= REPLY_CACHE_LEN {
+            q.pop_front();
         }
+        q.push_back((call, bytes.to_vec()));
     }
 
     fn ensure_replica(&self, replicas: &mut BTreeMap<ShardRef, Box<dyn Hosted>>, shard: ShardRef) -> bool {
@@ -674,7 +716,11 @@ impl Application for Service {
             inner.record(h.call, h.caller, reply);
         } else {
             let bytes = reply_bytes(&h, d.version, &result);
-            inner.keep_sent(h.caller, h.call, &bytes);
+            // A reply sent during a view change may be lost with the old view's connections: keep
+            // it for the caller to ask again. Earlier ones reach the caller before the view ends.
+            if inner.sender.borrow().as_ref().is_some_and(GroupSender::is_wedged) {
+                inner.keep_sent(h.caller, h.call, &bytes);
+            }
             inner.send(h.caller, bytes);
         }
     }
@@ -836,15 +882,16 @@ impl<T: Replicated> Handle<T> {
                 replies: BTreeMap::new(),
                 failed: None,
                 waker: None,
+                deadline: Instant::now() + inner.call_timeout.get(),
             },
         );
         call
     }
 
-    /// Waits (at most the call timeout) for a call to complete; missing replies then become
-    /// [`CallError::Timeout`].
+    /// Waits for a call to complete (the service's sweeper completes it with timeouts once its
+    /// deadline passes).
     async fn wait(inner: &ServiceInner, call: u64) -> Pending {
-        let done = poll_fn(|cx| {
+        poll_fn(|cx| {
             let mut pending = inner.pending.borrow_mut();
             let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
             if p.complete() {
@@ -852,27 +899,9 @@ impl<T: Replicated> Handle<T> {
             }
             p.waker = Some(cx.waker().clone());
             Poll::Pending
-        });
-        let after = inner.call_timeout.get();
-        let timed_out = crate::runtime::time::timeout(after, done).await.is_err();
-        let mut p = inner.pending.borrow_mut().remove(&call).expect("present");
-        if timed_out {
-            let me = inner.me.get().unwrap_or(NodeId(u32::MAX));
-            match (&p.expected, &p.query) {
-                (_, Some((t, _))) => {
-                    p.replies.entry(*t).or_insert(Err(CallError::Timeout { node: *t, after }));
-                }
-                (Some(e), None) => {
-                    for &n in e {
-                        p.replies.entry(n).or_insert(Err(CallError::Timeout { node: n, after }));
-                    }
-                }
-                (None, None) => {
-                    p.failed.get_or_insert(CallError::Timeout { node: me, after });
-                }
-            }
-        }
-        p
+        })
+        .await;
+        inner.pending.borrow_mut().remove(&call).expect("present")
     }
 
     /// Calls ordered method `method` with archived `args`: multicast in the shard, applied by
