@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::{Application, ConfigError, GroupMemberConfig, GroupSendError, JoinError, ViewChange, WaitError};
+use derecho::driver::{
+    Application, ConfigError, GroupMemberConfig, GroupSendError, JoinError, State, ViewChange, WaitError,
+};
 use derecho::driver::{Group, GroupError};
 use derecho::protocol::{Delivered, NodeId, ShardRef};
 use derecho::runtime::{RuntimeError, time};
@@ -254,7 +256,7 @@ impl Application for Replica {
         }
     }
 
-    fn snapshot(&mut self, _shard: ShardRef) -> Vec<u8> {
+    fn snapshot(&mut self, _shard: ShardRef) -> State {
         let h = self.0.borrow();
         let mut out = Vec::new();
         out.extend(h.delivered.to_le_bytes());
@@ -268,7 +270,7 @@ impl Application for Replica {
         for s in &h.done {
             out.extend(s.to_le_bytes());
         }
-        out
+        State::Ready(out)
     }
 
     fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), String> {

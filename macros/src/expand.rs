@@ -86,13 +86,28 @@ fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
     let reply = quote_spanned! {syn::spanned::Spanned::span(ret)=>
         #rkyv::to_bytes::<#rkyv::rancor::Error>(&__reply)
     };
+    if method.is_async {
+        // The future outlives the receive buffer: it owns an aligned copy of the arguments.
+        return quote! {
+            #index => {
+                let mut __owned = #rkyv::util::AlignedVec::<16>::new();
+                __owned.extend_from_slice(__args);
+                ::derecho::rpc::Applied::Later(::std::boxed::Box::pin(async move {
+                    let __a = #rkyv::access::<<#args_ty as #rkyv::Archive>::Archived, #rkyv::rancor::Error>(&__owned)
+                        .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?;
+                    let __reply: #ret = self.#name(#(#pass),*).await;
+                    #reply.map_err(|e| ::derecho::rpc::support::bad_reply(#name_str, e))
+                }))
+            }
+        };
+    }
     quote! {
-        #index => ::derecho::rpc::support::aligned(__args, |__bytes| {
+        #index => ::derecho::rpc::Applied::Now(::derecho::rpc::support::aligned(__args, |__bytes| {
             let __a = #rkyv::access::<<#args_ty as #rkyv::Archive>::Archived, #rkyv::rancor::Error>(__bytes)
                 .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?;
             let __reply: #ret = self.#name(#(#pass),*);
             #reply.map_err(|e| ::derecho::rpc::support::bad_reply(#name_str, e))
-        }),
+        })),
     }
 }
 
@@ -102,8 +117,8 @@ fn replicated_impl(m: &Model) -> TokenStream {
     let ty = &m.ty;
     let ty_str = ty.to_string();
     let table = m.methods.iter().map(|method| {
-        let (n, o) = (method.name.to_string(), method.ordered);
-        quote!(::derecho::rpc::Method { name: #n, ordered: #o })
+        let (n, o, a) = (method.name.to_string(), method.ordered, method.is_async);
+        quote!(::derecho::rpc::Method { name: #n, ordered: #o, is_async: #a })
     });
     let arms = |ordered: bool| {
         m.methods
@@ -114,7 +129,7 @@ fn replicated_impl(m: &Model) -> TokenStream {
             .collect::<Vec<_>>()
     };
     let (ordered_arms, query_arms) = (arms(true), arms(false));
-    let result = quote!(::core::result::Result<#rkyv::util::AlignedVec, ::derecho::rpc::HandlerError>);
+    let result = quote!(::derecho::rpc::Applied<'__a>);
     let state_span = ty.span();
     let snapshot = quote_spanned! {state_span=>
         #rkyv::to_bytes::<#rkyv::rancor::Error>(self)
@@ -125,22 +140,22 @@ fn replicated_impl(m: &Model) -> TokenStream {
             const METHODS: &'static [::derecho::rpc::Method] = &[#(#table),*];
 
             #[allow(unreachable_code, unused_variables)]
-            fn apply(&mut self, __method: u32, __args: &[u8]) -> #result {
+            fn apply<'__a>(&'__a mut self, __method: u32, __args: &[u8]) -> #result {
                 match __method {
                     #(#ordered_arms)*
-                    _ => ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
-                        ty: #ty_str, method: __method, kind: "ordered",
-                    }),
+                    _ => ::derecho::rpc::Applied::Now(::core::result::Result::Err(
+                        ::derecho::rpc::HandlerError::NoSuchMethod { ty: #ty_str, method: __method, kind: "ordered" },
+                    )),
                 }
             }
 
             #[allow(unreachable_code, unused_variables)]
-            fn query(&self, __method: u32, __args: &[u8]) -> #result {
+            fn query<'__a>(&'__a self, __method: u32, __args: &[u8]) -> #result {
                 match __method {
                     #(#query_arms)*
-                    _ => ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
-                        ty: #ty_str, method: __method, kind: "query",
-                    }),
+                    _ => ::derecho::rpc::Applied::Now(::core::result::Result::Err(
+                        ::derecho::rpc::HandlerError::NoSuchMethod { ty: #ty_str, method: __method, kind: "query" },
+                    )),
                 }
             }
 

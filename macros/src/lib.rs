@@ -104,7 +104,7 @@ mod tests {
             impl Store {
                 fn a<T>(&mut self, t: T) {}
                 fn b(self) {}
-                async fn c(&self) {}
+                fn c(&self, x: &mut u8) {}
                 fn snapshot(&self) {}
             }
         };

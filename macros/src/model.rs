@@ -29,6 +29,8 @@ pub struct Method {
     pub vis: Visibility,
     /// `&mut self`: an ordered operation; `&self`: a query.
     pub ordered: bool,
+    /// An `async fn`.
+    pub is_async: bool,
     pub args: Vec<Arg>,
     /// The return type; `()` when there is none.
     pub ret: Type,
@@ -98,12 +100,6 @@ impl Model {
                     "a replicated method cannot be generic: every replica must run the same code",
                 ));
             }
-            if let Some(a) = &sig.asyncness {
-                errors.push(syn::Error::new(
-                    a.span(),
-                    "async handlers are not supported yet: make the method synchronous",
-                ));
-            }
             if sig.unsafety.is_some() || sig.constness.is_some() || sig.abi.is_some() || sig.variadic.is_some() {
                 errors.push(syn::Error::new(sig.span(), "a replicated method is a plain `fn`"));
             }
@@ -163,7 +159,8 @@ impl Model {
                     (**t).clone()
                 }
             };
-            methods.push(Method { name, docs, vis: f.vis.clone(), ordered, args, ret });
+            let is_async = sig.asyncness.is_some();
+            methods.push(Method { name, docs, vis: f.vis.clone(), ordered, is_async, args, ret });
         }
         if methods.is_empty() && errors.is_empty() {
             errors.push(syn::Error::new(

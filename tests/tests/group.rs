@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::{Application, Group, GroupBuilder, GroupEvent, JoinError, ViewChange};
+use derecho::driver::{Application, Group, GroupBuilder, GroupEvent, JoinError, State, ViewChange};
 use derecho::protocol::{
     Delivered, DeliveryMode, JoinRefusal, MembershipConfig, NodeId, OneShard, ShardIndex, ShardRef, StopReason,
     SubgroupId,
@@ -35,8 +35,15 @@ impl Application for App {
         self.0.borrow_mut().entries.push((m.sender.0, v));
     }
 
-    fn snapshot(&mut self, _shard: ShardRef) -> Vec<u8> {
-        self.0.borrow().entries.iter().flat_map(|(s, v)| s.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+    fn snapshot(&mut self, _shard: ShardRef) -> State {
+        let bytes: Vec<u8> = self
+            .0
+            .borrow()
+            .entries
+            .iter()
+            .flat_map(|(s, v)| s.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+            .collect();
+        State::Ready(bytes)
     }
 
     fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), String> {

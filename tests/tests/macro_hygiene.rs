@@ -44,18 +44,18 @@ fn generated_code_ignores_shadowed_names() {
     let mut c = Counter::default();
     let args = derecho::rpc::support::rkyv::to_bytes::<derecho::rpc::support::rkyv::rancor::Error>(&(3u64,)).unwrap();
     // Method 0 (`add`) dispatched with arguments of the wrong shape is refused, not misread.
-    assert!(Replicated::apply(&mut c, 0, &args).is_err());
+    assert!(Replicated::apply(&mut c, 0, &args).now().expect("synchronous").is_err());
     assert_eq!(c.n, 0);
     // Query 1 (`get`) takes no arguments: its archived empty arguments.
     let none = derecho::rpc::support::rkyv::to_bytes::<derecho::rpc::support::rkyv::rancor::Error>(&()).unwrap();
-    let reply = Replicated::query(&c, 1, &none).unwrap();
+    let reply = Replicated::query(&c, 1, &none).now().expect("synchronous").unwrap();
     assert_eq!(
         derecho::rpc::support::rkyv::from_bytes::<u64, derecho::rpc::support::rkyv::rancor::Error>(&reply).unwrap(),
         0
     );
     // An ordered index asked as a query, and an index out of range, are refused.
-    assert!(Replicated::query(&c, 0, &none).is_err());
-    assert!(Replicated::apply(&mut c, 7, &none).is_err());
+    assert!(Replicated::query(&c, 0, &none).now().expect("synchronous").is_err());
+    assert!(Replicated::apply(&mut c, 7, &none).now().expect("synchronous").is_err());
     assert_eq!(Counter::METHODS.len(), 2);
     assert_eq!(Counter::NAME, "Counter");
     let state = Replicated::snapshot(&Counter { n: 7 }).unwrap();

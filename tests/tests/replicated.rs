@@ -190,3 +190,138 @@ fn ordered_calls_reply_from_every_replica_and_queries_from_one() {
         }
     });
 }
+
+/// A journal whose ordered operations await inside the handler.
+#[derive(Debug, Default, Archive, Serialize, Deserialize)]
+#[rkyv(crate = derecho::rpc::support::rkyv)]
+pub struct Journal {
+    lines: Vec<String>,
+}
+
+thread_local! {
+    /// The client a handler uses for nested calls (a replica cannot hold one: it is archived).
+    static JOURNAL: std::cell::RefCell<Option<JournalClient>> = const { std::cell::RefCell::new(None) };
+}
+
+#[derecho::replicated]
+impl Journal {
+    /// Writes `start`, awaits, writes `end`: another call's lines never come in between.
+    pub async fn step(&mut self, n: u64, pause_us: u64) -> u64 {
+        let v = derecho::rpc::context().and_then(|c| c.version).expect("an ordered call has a version");
+        self.lines.push(format!("start {n} at {v}"));
+        time::sleep(Duration::from_micros(pause_us)).await;
+        // The context survives the await.
+        assert_eq!(derecho::rpc::context().and_then(|c| c.version), Some(v));
+        self.lines.push(format!("end {n}"));
+        self.lines.len() as u64
+    }
+
+    /// Awaits a nested ordered call into its own shard: refused, it would never complete.
+    pub async fn nested_awaited(&mut self) -> String {
+        let client = JOURNAL.with(|c| c.borrow().clone()).expect("a client");
+        match client.step(999, 0).await {
+            Err(e) => e.to_string(),
+            Ok(_) => "completed".into(),
+        }
+    }
+
+    /// Spawns a nested ordered call: it is sent now and completes after this handler returns.
+    pub fn nested_spawned(&mut self, n: u64) -> usize {
+        let client = JOURNAL.with(|c| c.borrow().clone()).expect("a client");
+        drop(derecho::spawn(async move {
+            client.step(n, 0).await.expect("the nested call");
+        }));
+        self.lines.push(format!("spawned {n}"));
+        self.lines.len()
+    }
+
+    /// Every line.
+    pub async fn lines(&self) -> Vec<String> {
+        self.lines.clone()
+    }
+}
+
+async fn journal_member(me: u32, contact: Option<SocketAddr>) -> (Group, Service, JournalClient) {
+    let service = Service::new();
+    service.host(SubgroupId(0), Journal::default);
+    let group = match contact {
+        None => builder(me).start(service.clone()).await.expect("start"),
+        Some(c) => builder(me).join(c, service.clone()).await.expect("join"),
+    };
+    service.attach(group.sender());
+    let client = JournalClient::new(service.handle::<Journal>(SHARD));
+    (group, service, client)
+}
+
+#[test]
+fn async_handlers_run_one_at_a_time_in_order_and_nested_calls_do_not_deadlock() {
+    Builder::new().build().unwrap().block_on(async {
+        let (ga, sa, a) = journal_member(0, None).await;
+        let (gb, sb, b) = journal_member(1, Some(ga.local_addr())).await;
+        for g in [&ga, &gb] {
+            g.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        }
+        JOURNAL.with(|c| *c.borrow_mut() = Some(a.clone()));
+        // Many awaiting calls at once from both members.
+        let calls = (0..20u64).map(|n| {
+            let c = if n % 2 == 0 { a.clone() } else { b.clone() };
+            async move { c.step(n, 200 * (n % 4)).await.expect("step") }
+        });
+        let replies = futures::future::join_all(calls).await;
+        for r in &replies {
+            let all = r.replies.values().map(|x| *x.as_ref().expect("a reply")).collect::<Vec<_>>();
+            assert!(all.windows(2).all(|w| w[0] == w[1]), "replicas disagree: {all:?}");
+        }
+        let lines_a = a.lines(NodeId(0)).await.unwrap();
+        assert_eq!(lines_a, b.lines(NodeId(1)).await.unwrap(), "the replicas' journals differ");
+        assert_eq!(lines_a.len(), 40);
+        // Every start is followed by its own end; versions increase.
+        let mut last = None;
+        for pair in lines_a.chunks(2) {
+            let n = pair[0].split(' ').nth(1).unwrap();
+            assert_eq!(pair[1], format!("end {n}"), "another call ran inside call {n}: {lines_a:?}");
+            let v = pair[0].rsplit(' ').next().unwrap().to_string();
+            assert!(last.as_ref().is_none_or(|l: &String| *l < v || l.len() < v.len()), "{lines_a:?}");
+            last = Some(v);
+        }
+
+        // A joiner while async handlers are still running: its state is taken after them.
+        let slow = (100..110u64).map(|n| {
+            let c = a.clone();
+            async move { c.step(n, 500).await.expect("step") }
+        });
+        let join = async { journal_member(2, Some(ga.local_addr())).await };
+        let (_, (gc, sc, c)) = futures::join!(futures::future::join_all(slow), join);
+        for g in [&ga, &gb, &gc] {
+            g.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        let r = a.step(200, 0).await.unwrap();
+        assert_eq!(r.replies.len(), 3);
+        let full = a.lines(NodeId(0)).await.unwrap();
+        assert_eq!(c.lines(NodeId(2)).await.unwrap(), full, "the joiner's journal differs");
+        assert_eq!(full.len(), 62);
+
+        // Nested calls into the same shard (Derecho issue #70).
+        let r = a.nested_awaited().await.unwrap();
+        for (node, reply) in r.replies {
+            let text = reply.unwrap();
+            assert!(text.contains("would never complete"), "{node}: {text}");
+        }
+        let r = a.nested_spawned(300).await.unwrap();
+        assert!(r.all().is_ok());
+        until("the spawned nested call completes", || {
+            sa.read(SHARD, |j: &Journal| j.lines.iter().any(|l| l == "end 300")) == Some(true)
+                && sb.read(SHARD, |j: &Journal| j.lines.iter().any(|l| l == "end 300")) == Some(true)
+        })
+        .await;
+        let lines = sb.read(SHARD, |j: &Journal| j.lines.clone()).unwrap();
+        let spawned = lines.iter().position(|l| l == "spawned 300").unwrap();
+        let ended = lines.iter().position(|l| l == "end 300").unwrap();
+        assert!(spawned < ended, "the nested call ran before its caller returned");
+        drop(sc);
+        JOURNAL.with(|c| *c.borrow_mut() = None);
+        for g in [ga, gb, gc] {
+            g.close().await;
+        }
+    });
+}

@@ -54,9 +54,11 @@ pub trait Application: 'static {
     fn deliver(&mut self, message: Delivered<'_>);
 
     /// The state of `shard` for a member joining it: everything delivered in the shard so far
-    /// (called at the view change, before anything of the new view is delivered).
-    fn snapshot(&mut self, _shard: ShardRef) -> Vec<u8> {
-        Vec::new()
+    /// (called at the view change, before anything of the new view is delivered). An
+    /// application still applying earlier deliveries (async handlers) answers
+    /// [`State::Later`] and finishes them first.
+    fn snapshot(&mut self, _shard: ShardRef) -> State {
+        State::Ready(Vec::new())
     }
 
     /// Replaces the state of `shard` with a snapshot from an old member; called once, before
@@ -81,6 +83,29 @@ pub trait Application: 'static {
     /// This member stopped (partitioned, removed, left) or its group closed: nothing more will
     /// be delivered or received.
     fn stopped(&mut self) {}
+}
+
+/// A shard's state for a joining member ([`Application::snapshot`]).
+pub enum State {
+    /// The state now.
+    Ready(Vec<u8>),
+    /// The state once the application has applied everything delivered before the view change.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>>>>),
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Ready(v) => write!(f, "State::Ready({} bytes)", v.len()),
+            State::Later(_) => f.write_str("State::Later"),
+        }
+    }
+}
+
+impl From<Vec<u8>> for State {
+    fn from(v: Vec<u8>) -> Self {
+        State::Ready(v)
+    }
 }
 
 impl<F: FnMut(Delivered<'_>) + 'static> Application for F {
@@ -612,14 +637,20 @@ impl Inner {
                 }
                 Output::SendState { shard, to } => {
                     let state = self.app.borrow_mut().snapshot(shard);
-                    let frame = ViewFrame::State { view: node.view().id, shard, body: state }.encode();
-                    if frame.len() > self.settings.state_len_max + 16 {
-                        tracing::error!(%shard, len = frame.len(), "the state is longer than state_len_max: not sent");
-                        continue;
-                    }
+                    let view = node.view().id;
                     let transport = self.transport.borrow().clone();
-                    let frame = Payload::from(frame);
+                    let len_max = self.settings.state_len_max + 16;
                     self.tasks.borrow_mut().push(spawn(async move {
+                        let state = match state {
+                            State::Ready(s) => s,
+                            State::Later(f) => f.await,
+                        };
+                        let frame = ViewFrame::State { view, shard, body: state }.encode();
+                        if frame.len() > len_max {
+                            tracing::error!(%shard, len = frame.len(), "the state is longer than state_len_max: not sent");
+                            return;
+                        }
+                        let frame = Payload::from(frame);
                         for t in to {
                             if let Err(e) = transport.send_frame(PeerId(t.0), frame.clone()).await {
                                 tracing::warn!(to = %t, error = %e, "state not sent");

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
-use crate::driver::{Application, GroupSendError, GroupSender, SendToError, ViewChange};
+use crate::driver::{Application, GroupSendError, GroupSender, SendToError, State, ViewChange};
 use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
 use wire::{HEADER_LEN, Header, Kind};
 
@@ -44,6 +44,35 @@ pub struct Method {
     pub name: &'static str,
     /// An ordered operation (`&mut self`); otherwise a query (`&self`).
     pub ordered: bool,
+    /// An `async fn`: it runs on the shard's worker, one call at a time, in order.
+    pub is_async: bool,
+}
+
+/// What a handler gives back: its reply now, or a future of it (an `async fn`).
+pub enum Applied<'a> {
+    /// The archived reply.
+    Now(Result<AlignedVec, HandlerError>),
+    /// An async handler under way; it borrows the replica until it completes.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Result<AlignedVec, HandlerError>> + 'a>>),
+}
+
+impl Applied<'_> {
+    /// The reply of a synchronous handler; `None` for an async one still under way.
+    pub fn now(self) -> Option<Result<AlignedVec, HandlerError>> {
+        match self {
+            Applied::Now(r) => Some(r),
+            Applied::Later(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Applied<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Applied::Now(r) => write!(f, "Applied::Now({:?})", r.as_ref().map(|v| v.len())),
+            Applied::Later(_) => f.write_str("Applied::Later"),
+        }
+    }
 }
 
 /// Why a handler could not run a call.
@@ -84,19 +113,13 @@ pub trait Replicated: Sized + 'static {
     /// Its methods; a method's index in this table is its id on the wire.
     const METHODS: &'static [Method];
 
-    /// Applies ordered method `method` to this replica; returns the archived reply.
-    ///
-    /// # Errors
-    ///
-    /// [`HandlerError`]: no such ordered method, arguments that do not validate.
-    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+    /// Applies ordered method `method` to this replica: the archived reply, or for an `async`
+    /// method a future of it (which owns a copy of `args`). Errors ([`HandlerError`]): no such
+    /// ordered method, arguments that do not validate.
+    fn apply<'a>(&'a mut self, method: u32, args: &[u8]) -> Applied<'a>;
 
-    /// Runs query `method`; returns the archived reply.
-    ///
-    /// # Errors
-    ///
-    /// As [`Replicated::apply`].
-    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+    /// Runs query `method`, as [`Replicated::apply`].
+    fn query<'a>(&'a self, method: u32, args: &[u8]) -> Applied<'a>;
 
     /// This replica's state, for a member that joins its shard.
     ///
@@ -144,18 +167,22 @@ fn with_context<R>(c: CallContext, f: impl FnOnce() -> R) -> R {
 
 /// A replica behind a type-erased pointer.
 trait Hosted: Any {
-    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
-    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError>;
+    fn apply<'a>(&'a mut self, method: u32, args: &[u8]) -> Applied<'a>;
+    fn query<'a>(&'a self, method: u32, args: &[u8]) -> Applied<'a>;
+    fn is_async(&self, method: u32) -> bool;
     fn snapshot(&self) -> Result<Vec<u8>, String>;
     fn as_any(&self) -> &dyn Any;
 }
 
 impl<T: Replicated> Hosted for T {
-    fn apply(&mut self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError> {
+    fn apply<'a>(&'a mut self, method: u32, args: &[u8]) -> Applied<'a> {
         Replicated::apply(self, method, args)
     }
-    fn query(&self, method: u32, args: &[u8]) -> Result<AlignedVec, HandlerError> {
+    fn query<'a>(&'a self, method: u32, args: &[u8]) -> Applied<'a> {
         Replicated::query(self, method, args)
+    }
+    fn is_async(&self, method: u32) -> bool {
+        T::METHODS.get(method as usize).is_some_and(|m| m.is_async)
     }
     fn snapshot(&self) -> Result<Vec<u8>, String> {
         Replicated::snapshot(self)
@@ -214,6 +241,11 @@ pub enum CallError {
     /// the shard, so the call was never delivered.
     #[error("the call was not delivered: this member can no longer send in {0}")]
     NotDelivered(ShardRef),
+    /// An ordered call into a shard awaited inside a handler of the same shard: its own
+    /// application waits for that handler to return, so it would never complete. Spawn the
+    /// call instead (it then completes after the handler returns).
+    #[error("an ordered call into {0} awaited inside a handler of {0} would never complete; spawn it")]
+    FromHandler(ShardRef),
     /// The service was not attached to a group, or the group closed.
     #[error("the group is closed")]
     Closed,
@@ -290,6 +322,33 @@ impl Pending {
     }
 }
 
+/// One shard's replica, and the calls waiting for it while an async handler runs.
+#[derive(Default)]
+struct Slot {
+    /// `None` while a job has it (an async handler under way), or before its state arrives.
+    replica: Option<Box<dyn Hosted>>,
+    queue: VecDeque<Job>,
+    /// A worker task is draining `queue`.
+    working: bool,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.working && self.replica.is_some()
+    }
+}
+
+/// Work for a shard's worker, in order.
+enum Job {
+    /// An ordered call (delivered at `version`) or a query, with a copy of its arguments.
+    Call { header: Header, version: Option<Version>, from: NodeId, args: AlignedVec },
+    /// The replica's state once everything before it is applied.
+    Snapshot(StateCell),
+}
+
+/// Where the worker leaves a snapshot for the task that sends it, and that task's waker.
+type StateCell = Rc<RefCell<(Option<Vec<u8>>, Option<Waker>)>>;
+
 type Make = Box<dyn Fn() -> Box<dyn Hosted>>;
 type Restore = Box<dyn Fn(&[u8]) -> Result<Box<dyn Hosted>, String>>;
 
@@ -313,7 +372,7 @@ const OUTBOX_LEN_MAX: usize = 1 << 18;
 
 struct ServiceInner {
     types: RefCell<BTreeMap<SubgroupId, Registered>>,
-    replicas: RefCell<BTreeMap<ShardRef, Box<dyn Hosted>>>,
+    replicas: RefCell<BTreeMap<ShardRef, Slot>>,
     /// Shards this member joined whose state has not arrived: no replica to answer from yet.
     awaiting: RefCell<Vec<ShardRef>>,
     pending: RefCell<BTreeMap<u64, Pending>>,
@@ -411,7 +470,7 @@ impl Service {
     /// Must not be called from a handler.
     pub fn read<T: Replicated, R>(&self, shard: ShardRef, f: impl FnOnce(&T) -> R) -> Option<R> {
         let replicas = self.inner.replicas.borrow();
-        replicas.get(&shard).and_then(|r| r.as_any().downcast_ref::<T>()).map(f)
+        replicas.get(&shard).and_then(|s| s.replica.as_ref()).and_then(|r| r.as_any().downcast_ref::<T>()).map(f)
     }
 
     /// Creates the replicas of the shards this member is in (except those whose state is on
@@ -448,16 +507,12 @@ impl Service {
                     inner.send(from, error_bytes(&h, "the member is overloaded: too many replies waiting"));
                     return;
                 }
-                let context = CallContext { caller: from, shard: h.shard, version: None };
                 let waiting = inner.awaiting.borrow().contains(&h.shard);
-                let result = match inner.replicas.borrow().get(&h.shard) {
-                    Some(r) if !waiting => with_context(context, || r.query(h.method, rest)),
-                    _ => {
-                        inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
-                        return;
-                    }
-                };
-                inner.send(from, reply_bytes(&h, None, &result));
+                if waiting || !inner.replicas.borrow().contains_key(&h.shard) {
+                    inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
+                    return;
+                }
+                inner.run_or_queue(h, None, from, rest);
             }
             Kind::Repeat => {
                 if h.caller != from {
@@ -602,6 +657,86 @@ async fn sweep(inner: Weak<ServiceInner>) {
     }
 }
 
+/// Sets the handler's [`CallContext`] around every poll of an async handler, so that
+/// [`context`] answers correctly after an await.
+struct InContext<F> {
+    context: CallContext,
+    future: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for InContext<F> {
+    type Output = F::Output;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let c = self.context;
+        with_context(c, || std::pin::Pin::new(&mut self.future).poll(cx))
+    }
+}
+
+/// Drains a shard's queue: one job at a time, in order, holding the replica while an async
+/// handler awaits.
+async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
+    loop {
+        let (job, mut replica) = {
+            let Some(inner) = inner.upgrade() else { return };
+            let mut replicas = inner.replicas.borrow_mut();
+            let Some(slot) = replicas.get_mut(&shard) else { return };
+            let Some(job) = slot.queue.pop_front() else {
+                slot.working = false;
+                return;
+            };
+            (job, slot.replica.take())
+        };
+        match job {
+            Job::Call { header, version, from, args } => {
+                let context = CallContext { caller: header.caller, shard, version };
+                let result = match replica.as_mut() {
+                    None => {
+                        Err(HandlerError::NoSuchMethod { ty: "no replica here", method: header.method, kind: "any" })
+                    }
+                    Some(r) => {
+                        let applied = with_context(context, || {
+                            if header.kind == Kind::Ordered {
+                                r.apply(header.method, &args)
+                            } else {
+                                r.query(header.method, &args)
+                            }
+                        });
+                        match applied {
+                            Applied::Now(r) => r,
+                            Applied::Later(f) => InContext { context, future: f }.await,
+                        }
+                    }
+                };
+                let Some(inner) = inner.upgrade() else { return };
+                if let Some(slot) = inner.replicas.borrow_mut().get_mut(&shard) {
+                    slot.replica = slot.replica.take().or(replica);
+                }
+                inner.finish(header, version, from, result);
+            }
+            Job::Snapshot(cell) => {
+                let state = match replica.as_ref().map(|r| r.snapshot()) {
+                    Some(Ok(s)) => s,
+                    Some(Err(e)) => {
+                        tracing::error!(%shard, error = %e, "the replica's state could not be archived");
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
+                let mut c = cell.borrow_mut();
+                c.0 = Some(state);
+                if let Some(w) = c.1.take() {
+                    w.wake();
+                }
+                drop(c);
+                let Some(inner) = inner.upgrade() else { return };
+                if let Some(slot) = inner.replicas.borrow_mut().get_mut(&shard) {
+                    slot.replica = slot.replica.take().or(replica);
+                }
+            }
+        }
+    }
+}
+
 impl ServiceInner {
     fn send(&self, to: NodeId, bytes: Vec<u8>) {
         self.outbox.borrow_mut().push_back((to, bytes));
@@ -620,17 +755,76 @@ impl ServiceInner {
         q.push_back((call, bytes.to_vec()));
     }
 
-    fn ensure_replica(&self, replicas: &mut BTreeMap<ShardRef, Box<dyn Hosted>>, shard: ShardRef) -> bool {
-        if replicas.contains_key(&shard) {
-            return true;
+    /// The slot of `shard`, with a fresh replica if it has none and its type is registered;
+    /// `false` if the subgroup hosts no type.
+    fn ensure_replica(&self, replicas: &mut BTreeMap<ShardRef, Slot>, shard: ShardRef) -> bool {
+        let types = self.types.borrow();
+        let Some(t) = types.get(&shard.subgroup) else { return false };
+        let slot = replicas.entry(shard).or_default();
+        if slot.replica.is_none() && !slot.working {
+            slot.replica = Some((t.make)());
         }
-        match self.types.borrow().get(&shard.subgroup) {
-            Some(t) => {
-                replicas.insert(shard, (t.make)());
-                true
-            }
-            None => false,
+        true
+    }
+
+    /// Runs a call now if the shard is idle and the method synchronous (arguments read in place);
+    /// otherwise queues it for the shard's worker.
+    fn run_or_queue(self: &Rc<Self>, header: Header, version: Option<Version>, from: NodeId, args: &[u8]) {
+        let ordered = header.kind == Kind::Ordered;
+        let mut replicas = self.replicas.borrow_mut();
+        let Some(slot) = replicas.get_mut(&header.shard) else { return };
+        let sync = slot.replica.as_ref().is_some_and(|r| !r.is_async(header.method));
+        if slot.idle() && sync {
+            let result = Self::run_now(slot, header, version, ordered, args);
+            drop(replicas);
+            self.finish(header, version, from, result);
+            return;
         }
+        let mut owned = AlignedVec::new();
+        owned.extend_from_slice(args);
+        slot.queue.push_back(Job::Call { header, version, from, args: owned });
+        if !slot.working {
+            slot.working = true;
+            drop(crate::spawn(worker(Rc::downgrade(self), header.shard)));
+        }
+    }
+
+    /// Runs a synchronous handler on an idle slot's replica, reading the arguments in place.
+    fn run_now(
+        slot: &mut Slot,
+        header: Header,
+        version: Option<Version>,
+        ordered: bool,
+        args: &[u8],
+    ) -> Result<AlignedVec, HandlerError> {
+        let r = slot.replica.as_mut().expect("an idle slot has its replica");
+        let context = CallContext { caller: header.caller, shard: header.shard, version };
+        let applied =
+            with_context(context, || if ordered { r.apply(header.method, args) } else { r.query(header.method, args) });
+        match applied {
+            Applied::Now(r) => r,
+            Applied::Later(_) => Err(HandlerError::NoSuchMethod {
+                ty: "a method that said it was synchronous",
+                method: header.method,
+                kind: "sync",
+            }),
+        }
+    }
+
+    /// Sends (or, for this member's own call, records) the reply of a call.
+    fn finish(&self, h: Header, version: Option<Version>, from: NodeId, result: Result<AlignedVec, HandlerError>) {
+        if Some(h.caller) == self.me.get() {
+            let reply = result.map_err(|e| CallError::Remote { node: h.caller, reason: e.to_string() });
+            self.record(h.call, h.caller, reply);
+            return;
+        }
+        let bytes = reply_bytes(&h, version, &result);
+        // A reply sent during a view change may be lost with the old view's connections: keep
+        // it for the caller to ask again. Earlier ones reach the caller before the view ends.
+        if h.kind == Kind::Ordered && self.sender.borrow().as_ref().is_some_and(GroupSender::is_wedged) {
+            self.keep_sent(h.caller, h.call, &bytes);
+        }
+        self.send(from, bytes);
     }
 
     /// Records a reply from `from` to call `call`; wakes the caller when the call is complete.
@@ -687,42 +881,30 @@ impl Application for Service {
             tracing::warn!(sender = %d.sender, ?h, "a delivered call with a wrong header: ignored");
             return;
         }
-        let result = match d.version {
+        if d.version.is_none() {
             // Without a total order, replicas would apply calls in different orders.
-            None => Err(HandlerError::NoSuchMethod { ty: "an unordered shard", method: h.method, kind: "ordered" }),
-            Some(_) => {
-                let mut replicas = inner.replicas.borrow_mut();
-                if !inner.ensure_replica(&mut replicas, d.shard) {
-                    tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
-                    return;
-                }
-                let r = replicas.get_mut(&d.shard).expect("ensured");
-                let context = CallContext { caller: h.caller, shard: d.shard, version: d.version };
-                with_context(context, || r.apply(h.method, args))
-            }
-        };
-        if Some(h.caller) == inner.me.get() {
-            if let Some(p) = inner.pending.borrow_mut().get_mut(&h.call) {
-                // The members this call expects replies from: the shard's, as delivered.
-                if let Some(view) = inner.view.borrow().as_ref()
-                    && let Some(s) = view.shards.iter().find(|s| s.id == d.shard)
-                {
-                    p.replies.retain(|n, _| s.members.contains(n));
-                    p.expected = Some(s.members.clone());
-                }
-                p.version = d.version;
-            }
-            let reply = result.map_err(|e| CallError::Remote { node: h.caller, reason: e.to_string() });
-            inner.record(h.call, h.caller, reply);
-        } else {
-            let bytes = reply_bytes(&h, d.version, &result);
-            // A reply sent during a view change may be lost with the old view's connections: keep
-            // it for the caller to ask again. Earlier ones reach the caller before the view ends.
-            if inner.sender.borrow().as_ref().is_some_and(GroupSender::is_wedged) {
-                inner.keep_sent(h.caller, h.call, &bytes);
-            }
-            inner.send(h.caller, bytes);
+            let e = HandlerError::NoSuchMethod { ty: "an unordered shard", method: h.method, kind: "ordered" };
+            inner.finish(h, None, h.caller, Err(e));
+            return;
         }
+        if !inner.ensure_replica(&mut inner.replicas.borrow_mut(), d.shard) {
+            tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
+            return;
+        }
+        if Some(h.caller) == inner.me.get()
+            && let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
+        {
+            // The members this call expects replies from: the shard's when it is delivered
+            // (not when an async handler finishes it, perhaps in a later view).
+            if let Some(view) = inner.view.borrow().as_ref()
+                && let Some(s) = view.shards.iter().find(|s| s.id == h.shard)
+            {
+                p.replies.retain(|n, _| s.members.contains(n));
+                p.expected = Some(s.members.clone());
+            }
+            p.version = d.version;
+        }
+        inner.run_or_queue(h, d.version, h.caller, args);
     }
 
     fn receive(&mut self, from: NodeId, body: &[u8]) {
@@ -737,22 +919,40 @@ impl Application for Service {
         }
     }
 
-    fn snapshot(&mut self, shard: ShardRef) -> Vec<u8> {
-        match self.inner.replicas.borrow().get(&shard).map(|r| r.snapshot()) {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                tracing::error!(%shard, error = %e, "the replica's state could not be archived");
-                Vec::new()
-            }
-            None => Vec::new(),
+    fn snapshot(&mut self, shard: ShardRef) -> State {
+        let mut replicas = self.inner.replicas.borrow_mut();
+        let Some(slot) = replicas.get_mut(&shard) else { return State::Ready(Vec::new()) };
+        if slot.idle() {
+            return State::Ready(match slot.replica.as_ref().map(|r| r.snapshot()) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::error!(%shard, error = %e, "the replica's state could not be archived");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            });
         }
+        // Async handlers are still applying the old view: the state is taken once they are
+        // done, before anything delivered after this point.
+        let cell: StateCell = Rc::new(RefCell::new((None, None)));
+        slot.queue.push_back(Job::Snapshot(cell.clone()));
+        State::Later(Box::pin(poll_fn(move |cx| {
+            let mut c = cell.borrow_mut();
+            match c.0.take() {
+                Some(state) => Poll::Ready(state),
+                None => {
+                    c.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })))
     }
 
     fn restore(&mut self, shard: ShardRef, state: &[u8]) -> Result<(), String> {
         let types = self.inner.types.borrow();
         let Some(t) = types.get(&shard.subgroup) else { return Ok(()) };
         let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
-        self.inner.replicas.borrow_mut().insert(shard, replica);
+        self.inner.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
         self.inner.awaiting.borrow_mut().retain(|s| *s != shard);
         Ok(())
     }
@@ -914,6 +1114,9 @@ impl<T: Replicated> Handle<T> {
     /// [`CallError`]: this member is not in the shard or hosts no replica of `T` there, the
     /// multicast failed or was dropped at a view change, the group closed.
     pub async fn ordered_raw(&self, method: u32, args: &[u8]) -> Result<Replies<AlignedVec>, CallError> {
+        if context().is_some_and(|c| c.shard == self.shard) {
+            return Err(CallError::FromHandler(self.shard));
+        }
         let inner = self.inner()?;
         let me = inner.me.get().ok_or(CallError::Closed)?;
         self.check_type(&inner)?;
@@ -950,14 +1153,10 @@ impl<T: Replicated> Handle<T> {
         let inner = self.inner()?;
         let me = inner.me.get().ok_or(CallError::Closed)?;
         self.check_type(&inner)?;
-        if to == me {
-            let replicas = inner.replicas.borrow();
-            let r = replicas.get(&self.shard).ok_or(CallError::NotAMember(self.shard))?;
-            let context = CallContext { caller: me, shard: self.shard, version: None };
-            return with_context(context, || r.query(method, args))
-                .map_err(|e| CallError::Remote { node: me, reason: e.to_string() });
+        if to == me && !inner.replicas.borrow().contains_key(&self.shard) {
+            return Err(CallError::NotAMember(self.shard));
         }
-        if inner.view.borrow().as_ref().is_none_or(|v| v.rank_of(to).is_none()) {
+        if to != me && inner.view.borrow().as_ref().is_none_or(|v| v.rank_of(to).is_none()) {
             return Err(CallError::SendTo(SendToError::NotAMember(to)));
         }
         let header =
@@ -966,7 +1165,12 @@ impl<T: Replicated> Handle<T> {
         let query = Header { call, ..header }.with_body(args);
         let call = self.new_call(&inner, Some((to, query.clone())));
         let guard = PendingGuard { inner: &inner, call };
-        inner.send(to, query);
+        if to == me {
+            let h = Header { call, ..header };
+            inner.run_or_queue(h, None, me, args);
+        } else {
+            inner.send(to, query);
+        }
         let mut p = Self::wait(&inner, call).await;
         drop(guard);
         if let Some(e) = p.failed {

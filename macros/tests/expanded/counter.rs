@@ -54,98 +54,102 @@ impl ::derecho::rpc::Replicated for Counter {
         ::derecho::rpc::Method {
             name: "add",
             ordered: true,
+            is_async: false,
         },
         ::derecho::rpc::Method {
             name: "get",
             ordered: false,
+            is_async: false,
         },
     ];
     #[allow(unreachable_code, unused_variables)]
-    fn apply(
-        &mut self,
+    fn apply<'__a>(
+        &'__a mut self,
         __method: u32,
         __args: &[u8],
-    ) -> ::core::result::Result<
-        ::derecho::rpc::support::rkyv::util::AlignedVec,
-        ::derecho::rpc::HandlerError,
-    > {
+    ) -> ::derecho::rpc::Applied<'__a> {
         match __method {
             0u32 => {
-                ::derecho::rpc::support::aligned(
-                    __args,
-                    |__bytes| {
-                        let __a = ::derecho::rpc::support::rkyv::access::<
-                            <__DerechoArgs_Counter_add as ::derecho::rpc::support::rkyv::Archive>::Archived,
-                            ::derecho::rpc::support::rkyv::rancor::Error,
-                        >(__bytes)
-                            .map_err(|e| ::derecho::rpc::support::bad_arguments(
-                                "add",
-                                e,
-                            ))?;
-                        let __reply: u64 = self
-                            .add(
-                                ::derecho::rpc::support::rkyv::deserialize::<
-                                    u64,
-                                    ::derecho::rpc::support::rkyv::rancor::Error,
-                                >(&__a.by)
-                                    .map_err(|e| ::derecho::rpc::support::bad_arguments(
-                                        "add",
-                                        e,
-                                    ))?,
-                                __a.label.as_str(),
-                            );
-                        ::derecho::rpc::support::rkyv::to_bytes::<
-                            ::derecho::rpc::support::rkyv::rancor::Error,
-                        >(&__reply)
-                            .map_err(|e| ::derecho::rpc::support::bad_reply("add", e))
-                    },
+                ::derecho::rpc::Applied::Now(
+                    ::derecho::rpc::support::aligned(
+                        __args,
+                        |__bytes| {
+                            let __a = ::derecho::rpc::support::rkyv::access::<
+                                <__DerechoArgs_Counter_add as ::derecho::rpc::support::rkyv::Archive>::Archived,
+                                ::derecho::rpc::support::rkyv::rancor::Error,
+                            >(__bytes)
+                                .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                    "add",
+                                    e,
+                                ))?;
+                            let __reply: u64 = self
+                                .add(
+                                    ::derecho::rpc::support::rkyv::deserialize::<
+                                        u64,
+                                        ::derecho::rpc::support::rkyv::rancor::Error,
+                                    >(&__a.by)
+                                        .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                            "add",
+                                            e,
+                                        ))?,
+                                    __a.label.as_str(),
+                                );
+                            ::derecho::rpc::support::rkyv::to_bytes::<
+                                ::derecho::rpc::support::rkyv::rancor::Error,
+                            >(&__reply)
+                                .map_err(|e| ::derecho::rpc::support::bad_reply("add", e))
+                        },
+                    ),
                 )
             }
             _ => {
-                ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
-                    ty: "Counter",
-                    method: __method,
-                    kind: "ordered",
-                })
+                ::derecho::rpc::Applied::Now(
+                    ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                        ty: "Counter",
+                        method: __method,
+                        kind: "ordered",
+                    }),
+                )
             }
         }
     }
     #[allow(unreachable_code, unused_variables)]
-    fn query(
-        &self,
+    fn query<'__a>(
+        &'__a self,
         __method: u32,
         __args: &[u8],
-    ) -> ::core::result::Result<
-        ::derecho::rpc::support::rkyv::util::AlignedVec,
-        ::derecho::rpc::HandlerError,
-    > {
+    ) -> ::derecho::rpc::Applied<'__a> {
         match __method {
             1u32 => {
-                ::derecho::rpc::support::aligned(
-                    __args,
-                    |__bytes| {
-                        let __a = ::derecho::rpc::support::rkyv::access::<
-                            <__DerechoArgs_Counter_get as ::derecho::rpc::support::rkyv::Archive>::Archived,
-                            ::derecho::rpc::support::rkyv::rancor::Error,
-                        >(__bytes)
-                            .map_err(|e| ::derecho::rpc::support::bad_arguments(
-                                "get",
-                                e,
-                            ))?;
-                        let __reply: u64 = self.get();
-                        ::derecho::rpc::support::rkyv::to_bytes::<
-                            ::derecho::rpc::support::rkyv::rancor::Error,
-                        >(&__reply)
-                            .map_err(|e| ::derecho::rpc::support::bad_reply("get", e))
-                    },
+                ::derecho::rpc::Applied::Now(
+                    ::derecho::rpc::support::aligned(
+                        __args,
+                        |__bytes| {
+                            let __a = ::derecho::rpc::support::rkyv::access::<
+                                <__DerechoArgs_Counter_get as ::derecho::rpc::support::rkyv::Archive>::Archived,
+                                ::derecho::rpc::support::rkyv::rancor::Error,
+                            >(__bytes)
+                                .map_err(|e| ::derecho::rpc::support::bad_arguments(
+                                    "get",
+                                    e,
+                                ))?;
+                            let __reply: u64 = self.get();
+                            ::derecho::rpc::support::rkyv::to_bytes::<
+                                ::derecho::rpc::support::rkyv::rancor::Error,
+                            >(&__reply)
+                                .map_err(|e| ::derecho::rpc::support::bad_reply("get", e))
+                        },
+                    ),
                 )
             }
             _ => {
-                ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
-                    ty: "Counter",
-                    method: __method,
-                    kind: "query",
-                })
+                ::derecho::rpc::Applied::Now(
+                    ::core::result::Result::Err(::derecho::rpc::HandlerError::NoSuchMethod {
+                        ty: "Counter",
+                        method: __method,
+                        kind: "query",
+                    }),
+                )
             }
         }
     }
