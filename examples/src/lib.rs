@@ -15,7 +15,10 @@
 //! * [`group`]: the `group` demo's member: a replicated digest of everything delivered, joins
 //!   with state transfer, the view changes it prints. The binary `group-demo` starts three
 //!   members, kills one, lets a fourth join and checks the members' delivery logs.
+//! * [`kv`]: a sharded, versioned key-value store (`#[replicated]`), and the hash that places
+//!   keys on shards.
 
 pub mod group;
+pub mod kv;
 pub mod multicast;
 pub mod ping;

@@ -37,6 +37,7 @@ use derecho::sim::{Delivery, Outcome, Sim};
 pub mod all_delivered;
 pub mod fifo;
 pub mod integrity;
+pub mod linearizability;
 pub mod membership;
 pub mod no_duplicates;
 pub mod no_faults;

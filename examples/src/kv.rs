@@ -1,0 +1,80 @@
+//! A sharded, versioned key-value store replicated with ordered calls: the type the `kv` demo,
+//! its linearizability test and the book's chapter on replicated objects build on.
+//!
+//! Every put is kept with the version it was applied at (its place in the shard's order, the
+//! same at every replica), so a read can ask for the value a key had at a version. Keys are
+//! spread over the shards of subgroup 0 by a hash every member and client computes alike.
+
+use std::collections::BTreeMap;
+
+use derecho::protocol::{ShardIndex, ShardRef, SubgroupId};
+use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
+
+// ANCHOR: store
+/// The replicated store: every key's values, oldest first, with their versions.
+#[derive(Debug, Default, Archive, Serialize, Deserialize)]
+#[rkyv(crate = derecho::rpc::support::rkyv)]
+pub struct KvStore {
+    entries: BTreeMap<String, Vec<(u64, Vec<u8>)>>,
+}
+
+#[derecho::replicated]
+impl KvStore {
+    /// Stores `value` under `key`; returns the version it was stored at.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> u64 {
+        let version = derecho::rpc::context().and_then(|c| c.version).map_or(0, |v| v.as_u64());
+        self.entries.entry(key.to_owned()).or_default().push((version, value.to_vec()));
+        version
+    }
+
+    /// The latest value of `key`, with its version.
+    pub fn get(&self, key: &str) -> Option<(u64, Vec<u8>)> {
+        self.entries.get(key).and_then(|v| v.last()).cloned()
+    }
+
+    /// The value `key` had at `version`: the last put at or before it.
+    pub fn get_at(&self, key: &str, version: u64) -> Option<Vec<u8>> {
+        let values = self.entries.get(key)?;
+        values.iter().rev().find(|(v, _)| *v <= version).map(|(_, value)| value.clone())
+    }
+
+    /// How many keys this replica holds.
+    pub fn key_count(&self) -> u64 {
+        self.entries.len() as u64
+    }
+}
+// ANCHOR_END: store
+
+/// The shard of subgroup 0 that holds `key`, among `shards` (FNV-1a of the key).
+pub fn shard_of(key: &str, shards: u16) -> ShardRef {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    ShardRef { subgroup: SubgroupId(0), shard: ShardIndex((h % u64::from(shards.max(1))) as u16) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use derecho::rpc::Replicated;
+
+    #[test]
+    fn versions_and_reads_at_a_version() {
+        let mut s = KvStore::default();
+        s.entries.insert("k".into(), vec![(5, b"a".to_vec()), (9, b"b".to_vec())]);
+        assert_eq!(s.get("k"), Some((9, b"b".to_vec())));
+        assert_eq!(s.get_at("k", 4), None);
+        assert_eq!(s.get_at("k", 5), Some(b"a".to_vec()));
+        assert_eq!(s.get_at("k", 8), Some(b"a".to_vec()));
+        assert_eq!(s.get_at("k", 100), Some(b"b".to_vec()));
+        let state = Replicated::snapshot(&s).unwrap();
+        assert_eq!(<KvStore as Replicated>::restore(&state).unwrap().get_at("k", 6), Some(b"a".to_vec()));
+        assert_eq!(KvStore::METHODS.len(), 4);
+        // Keys spread over the shards, deterministically.
+        let spread: std::collections::BTreeSet<u16> =
+            (0..64).map(|i| shard_of(&format!("key{i}"), 4).shard.0).collect();
+        assert_eq!(spread.len(), 4);
+        assert_eq!(shard_of("x", 4), shard_of("x", 4));
+    }
+}
