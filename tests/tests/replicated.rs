@@ -325,3 +325,58 @@ fn async_handlers_run_one_at_a_time_in_order_and_nested_calls_do_not_deadlock() 
         }
     });
 }
+
+#[test]
+fn external_clients_query_follow_view_changes_and_receive_notifications() {
+    use derecho::rpc::{ClientError, ExternalClient, ExternalHandle};
+    Builder::new().build().unwrap().block_on(async {
+        let a = member(0, None).await;
+        let b = member(1, Some(a.group.local_addr())).await;
+        let c = member(2, Some(a.group.local_addr())).await;
+        for m in [&a, &b, &c] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        a.store.put("k", b"v").await.unwrap();
+
+        // A client that knows one member fetches the view and asks any member of the shard.
+        let local = "127.0.0.1:0".parse().unwrap();
+        let client = std::rc::Rc::new(
+            ExternalClient::connect("replicated-test", vec![b.group.local_addr()], local, Duration::from_secs(2))
+                .await
+                .expect("connect"),
+        );
+        assert_eq!(client.view().unwrap().members.len(), 3);
+        let store = StoreExternal::new(ExternalHandle::new(client.clone(), SHARD));
+        assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        for n in 0..3 {
+            assert_eq!(store.puts(Some(NodeId(n))).await.unwrap(), 1, "member {n}");
+        }
+
+        // Notifications pushed by a member reach subscribed clients.
+        assert_eq!(client.subscribe("news").await, 3);
+        assert_eq!(a.group.sender().notify("news", b"hello"), 1);
+        assert_eq!(client.next_notification().await, Some(("news".to_string(), b"hello".to_vec())));
+
+        // A member fails: the client follows the view change and asks the others.
+        c.group.close().await;
+        for m in [&a, &b] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        }
+        for _ in 0..4 {
+            assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        }
+        assert_eq!(client.refresh_view().await.unwrap().members, vec![NodeId(0), NodeId(1)]);
+        let e = store.get(Some(NodeId(2)), "k").await.expect_err("member 2 is gone");
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+
+        // Nobody at the contact: a clear error within the bound.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let e = ExternalClient::connect("replicated-test", vec![dead], local, Duration::from_millis(300))
+            .await
+            .expect_err("nobody there");
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+        for m in [a, b] {
+            m.group.close().await;
+        }
+    });
+}

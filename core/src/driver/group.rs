@@ -83,6 +83,12 @@ pub trait Application: 'static {
     /// This member stopped (partitioned, removed, left) or its group closed: nothing more will
     /// be delivered or received.
     fn stopped(&mut self) {}
+
+    /// A request from an external client (a process outside the group) sent to this member's
+    /// listener; the answer goes back to the client. `None`: this application serves none.
+    fn external(&mut self, _request: &[u8]) -> Option<State> {
+        None
+    }
 }
 
 /// A shard's state for a joining member ([`Application::snapshot`]).
@@ -444,6 +450,11 @@ impl GroupBuilder {
     }
 }
 
+/// The group tag of the control messages of group `name` (joins, external clients).
+pub(crate) fn control_tag(name: &str) -> u32 {
+    tag(name, u64::MAX)
+}
+
 /// FNV-1a of the group name and a number: the tag of view `what`, or of control messages.
 fn tag(name: &str, what: u64) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -529,6 +540,8 @@ struct Inner {
     wedged: Cell<bool>,
     /// Peers of the current transport that closed or failed.
     gone: RefCell<Vec<NodeId>>,
+    /// External clients subscribed to notifications, by topic (at most `PARK_MAX` each).
+    subscribers: RefCell<BTreeMap<String, Vec<SocketAddr>>>,
     /// Join requests received here and not yet answered: where to answer.
     joins: RefCell<BTreeMap<NodeId, String>>,
     events: EventBox,
@@ -666,17 +679,23 @@ impl Inner {
 
     /// Sends `answer` to a joiner's listener, in the background.
     fn answer(&self, address: String, answer: Answer) {
+        self.send_control(&address, Control::Answer(answer));
+    }
+
+    /// Sends a control message to a listener (a joiner's, an external client's), in the
+    /// background.
+    fn send_control(&self, address: &str, message: Control) {
         let Ok(addr) = address.parse::<SocketAddr>() else {
-            tracing::warn!(%address, "cannot answer a joiner whose address does not parse");
+            tracing::warn!(%address, "cannot answer a listener whose address does not parse");
             return;
         };
         let me = PeerId(self.settings.me.0);
         let control = tag(&self.settings.name, u64::MAX);
         let within = self.settings.connect_timeout;
         drop(spawn(async move {
-            let body = Control::Answer(answer).encode();
+            let body = message.encode();
             if let Err(e) = send_message(me, addr, control, &body, within).await {
-                tracing::warn!(%addr, error = %e, "answer to a joiner not delivered");
+                tracing::debug!(%addr, error = %e, "control message not delivered");
             }
         }));
     }
@@ -780,6 +799,48 @@ impl Inner {
                 self.joins.borrow_mut().insert(node, address.clone());
                 self.node.borrow_mut().handle(self.now(), Input::Join { node, address });
             }
+            Ok(Control::ClientView { reply_to }) => {
+                let (view, addresses) = {
+                    let node = self.node.borrow();
+                    (node.view().clone(), node.addresses())
+                };
+                self.send_control(&reply_to, Control::ClientViewReply { view, addresses });
+            }
+            Ok(Control::ClientCall { reply_to, call, body }) => {
+                let answer = match self.app.try_borrow_mut() {
+                    Ok(mut app) => app.external(&body),
+                    Err(_) => None,
+                };
+                match answer {
+                    None => {
+                        let mut body = vec![0];
+                        body.extend_from_slice(b"this member serves no external calls");
+                        self.send_control(&reply_to, Control::ClientReply { call, body });
+                    }
+                    Some(State::Ready(body)) => self.send_control(&reply_to, Control::ClientReply { call, body }),
+                    Some(State::Later(f)) => {
+                        let me = PeerId(self.settings.me.0);
+                        let control = tag(&self.settings.name, u64::MAX);
+                        let within = self.settings.connect_timeout;
+                        drop(spawn(async move {
+                            let body = f.await;
+                            let Ok(addr) = reply_to.parse::<SocketAddr>() else { return };
+                            let m = Control::ClientReply { call, body }.encode();
+                            let _ = send_message(me, addr, control, &m, within).await;
+                        }));
+                    }
+                }
+            }
+            Ok(Control::ClientSubscribe { reply_to, topic }) => match reply_to.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    let mut subs = self.subscribers.borrow_mut();
+                    let list = subs.entry(topic).or_default();
+                    if !list.contains(&addr) && list.len() < PARK_MAX {
+                        list.push(addr);
+                    }
+                }
+                Err(_) => tracing::warn!(%reply_to, "a subscriber whose address does not parse"),
+            },
             Ok(other) => tracing::debug!(?other, "ignored a stale answer"),
             Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
         }
@@ -967,6 +1028,30 @@ impl GroupSender {
         self.inner().is_ok_and(|i| i.wedged.get() || i.installing.get())
     }
 
+    /// Pushes `body` to every external client subscribed to `topic` at this member (in the
+    /// background; a client that cannot be reached is dropped from the list). Returns how many
+    /// it is sent to.
+    pub fn notify(&self, topic: &str, body: &[u8]) -> usize {
+        let Ok(inner) = self.inner() else { return 0 };
+        let subs: Vec<SocketAddr> = inner.subscribers.borrow().get(topic).cloned().unwrap_or_default();
+        let message = Control::ClientNotify { topic: topic.to_string(), body: body.to_vec() }.encode();
+        let me = PeerId(inner.settings.me.0);
+        let control = tag(&inner.settings.name, u64::MAX);
+        let within = inner.settings.connect_timeout;
+        for addr in &subs {
+            let (m, weak, topic, addr) = (message.clone(), self.inner.clone(), topic.to_string(), *addr);
+            drop(spawn(async move {
+                if send_message(me, addr, control, &m, within).await.is_err()
+                    && let Some(inner) = weak.upgrade()
+                    && let Some(list) = inner.subscribers.borrow_mut().get_mut(&topic)
+                {
+                    list.retain(|a| *a != addr);
+                }
+            }));
+        }
+        subs.len()
+    }
+
     /// This member's id, if the group is open.
     pub fn me(&self) -> Option<NodeId> {
         self.inner().ok().map(|i| i.settings.me)
@@ -1091,6 +1176,7 @@ impl Group {
             installing: Cell::new(false),
             wedged: Cell::new(false),
             gone: RefCell::new(Vec::new()),
+            subscribers: RefCell::new(BTreeMap::new()),
             joins: RefCell::new(BTreeMap::new()),
             events: EventBox::default(),
             waiters: RefCell::new(Vec::new()),

@@ -19,6 +19,7 @@
 
 mod config;
 mod group;
+pub(crate) use group::control_tag;
 mod member_config;
 mod wire;
 

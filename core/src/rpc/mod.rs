@@ -19,8 +19,13 @@
 //! * [`Replicated`], [`Method`], [`HandlerError`]: what a replicated type provides.
 //! * [`Service`]: the replicas of one member, as a group's application.
 //! * [`Handle`], [`Replies`], [`CallError`]: calling a shard.
+//! * [`ExternalClient`], [`ExternalHandle`]: queries from a process outside the group, view
+//!   changes followed, notifications received.
 
+mod external;
 pub mod wire;
+
+pub use external::{ClientError, ExternalClient, ExternalHandle};
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -135,6 +140,9 @@ pub trait Replicated: Sized + 'static {
     /// The bytes are not a snapshot of this type.
     fn restore(state: &[u8]) -> Result<Self, String>;
 }
+
+/// The caller of a query from an external client (a process outside the group).
+pub const EXTERNAL: NodeId = NodeId(u32::MAX);
 
 /// The call a handler is running for ([`context`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,7 +349,7 @@ impl Slot {
 /// Work for a shard's worker, in order.
 enum Job {
     /// An ordered call (delivered at `version`) or a query, with a copy of its arguments.
-    Call { header: Header, version: Option<Version>, from: NodeId, args: AlignedVec },
+    Call { header: Header, version: Option<Version>, from: NodeId, args: AlignedVec, external: Option<StateCell> },
     /// The replica's state once everything before it is applied.
     Snapshot(StateCell),
 }
@@ -687,7 +695,7 @@ async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
             (job, slot.replica.take())
         };
         match job {
-            Job::Call { header, version, from, args } => {
+            Job::Call { header, version, from, args, external } => {
                 let context = CallContext { caller: header.caller, shard, version };
                 let result = match replica.as_mut() {
                     None => {
@@ -711,7 +719,16 @@ async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
                 if let Some(slot) = inner.replicas.borrow_mut().get_mut(&shard) {
                     slot.replica = slot.replica.take().or(replica);
                 }
-                inner.finish(header, version, from, result);
+                match external {
+                    Some(cell) => {
+                        let mut c = cell.borrow_mut();
+                        c.0 = Some(external_reply(result));
+                        if let Some(w) = c.1.take() {
+                            w.wake();
+                        }
+                    }
+                    None => inner.finish(header, version, from, result),
+                }
             }
             Job::Snapshot(cell) => {
                 let state = match replica.as_ref().map(|r| r.snapshot()) {
@@ -782,7 +799,7 @@ impl ServiceInner {
         }
         let mut owned = AlignedVec::new();
         owned.extend_from_slice(args);
-        slot.queue.push_back(Job::Call { header, version, from, args: owned });
+        slot.queue.push_back(Job::Call { header, version, from, args: owned, external: None });
         if !slot.working {
             slot.working = true;
             drop(crate::spawn(worker(Rc::downgrade(self), header.shard)));
@@ -866,6 +883,38 @@ fn reply_bytes(h: &Header, version: Option<Version>, result: &Result<AlignedVec,
     }
 }
 
+/// An external client's reply: a status byte (1 ok, 0 error), then the archived reply or the
+/// error's text.
+fn external_reply(result: Result<AlignedVec, HandlerError>) -> Vec<u8> {
+    match result {
+        Ok(bytes) => {
+            let mut v = Vec::with_capacity(1 + bytes.len());
+            v.push(1);
+            v.extend_from_slice(&bytes);
+            v
+        }
+        Err(e) => {
+            let mut v = vec![0];
+            v.extend_from_slice(e.to_string().as_bytes());
+            v
+        }
+    }
+}
+
+/// A future of what a worker leaves in `cell`.
+fn later(cell: StateCell) -> State {
+    State::Later(Box::pin(poll_fn(move |cx| {
+        let mut c = cell.borrow_mut();
+        match c.0.take() {
+            Some(state) => Poll::Ready(state),
+            None => {
+                c.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })))
+}
+
 fn error_bytes(h: &Header, why: &str) -> Vec<u8> {
     Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(why.as_bytes())
 }
@@ -936,16 +985,46 @@ impl Application for Service {
         // done, before anything delivered after this point.
         let cell: StateCell = Rc::new(RefCell::new((None, None)));
         slot.queue.push_back(Job::Snapshot(cell.clone()));
-        State::Later(Box::pin(poll_fn(move |cx| {
-            let mut c = cell.borrow_mut();
-            match c.0.take() {
-                Some(state) => Poll::Ready(state),
-                None => {
-                    c.1 = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })))
+        later(cell)
+    }
+
+    fn external(&mut self, request: &[u8]) -> Option<State> {
+        let inner = &self.inner;
+        let refuse = |why: &str| {
+            Some(State::Ready(external_reply(Err(HandlerError::BadArguments {
+                method: "external call",
+                reason: why.into(),
+            }))))
+        };
+        let Ok((h, args)) = Header::read(request) else { return refuse("not a query") };
+        if h.kind != Kind::Query {
+            return refuse("external clients send queries only");
+        }
+        if inner.awaiting.borrow().contains(&h.shard) {
+            return refuse("this member holds no replica of the shard yet");
+        }
+        let mut replicas = inner.replicas.borrow_mut();
+        let Some(slot) = replicas.get_mut(&h.shard) else { return refuse("this member holds no replica of the shard") };
+        let sync = slot.replica.as_ref().is_some_and(|r| !r.is_async(h.method));
+        let header = Header { caller: EXTERNAL, ..h };
+        if slot.idle() && sync {
+            return Some(State::Ready(external_reply(ServiceInner::run_now(slot, header, None, false, args))));
+        }
+        let mut owned = AlignedVec::new();
+        owned.extend_from_slice(args);
+        let cell: StateCell = Rc::new(RefCell::new((None, None)));
+        slot.queue.push_back(Job::Call {
+            header,
+            version: None,
+            from: EXTERNAL,
+            args: owned,
+            external: Some(cell.clone()),
+        });
+        if !slot.working {
+            slot.working = true;
+            drop(crate::spawn(worker(Rc::downgrade(inner), h.shard)));
+        }
+        Some(later(cell))
     }
 
     fn restore(&mut self, shard: ShardRef, state: &[u8]) -> Result<(), String> {
