@@ -352,6 +352,15 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
             assert_eq!(store.puts(Some(NodeId(n))).await.unwrap(), 1, "member {n}");
         }
 
+        // An ordered call from outside, relayed by a member: applied everywhere, at one version.
+        let (version, old) = store.put("k", b"from outside").await.expect("relayed put");
+        assert_eq!(old.as_deref(), Some(&b"v"[..]));
+        assert!(version.as_u64() > 0);
+        for n in 0..3 {
+            let got = store.get(Some(NodeId(n)), "k").await.unwrap();
+            assert_eq!(got.as_deref(), Some(&b"from outside"[..]), "member {n}");
+        }
+
         // Notifications pushed by a member reach subscribed clients.
         assert_eq!(client.subscribe("news").await, 3);
         assert_eq!(a.group.sender().notify("news", b"hello"), 1);
@@ -363,7 +372,7 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
             m.group.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
         }
         for _ in 0..4 {
-            assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"from outside"[..]));
         }
         assert_eq!(client.refresh_view().await.unwrap().members, vec![NodeId(0), NodeId(1)]);
         let e = store.get(Some(NodeId(2)), "k").await.expect_err("member 2 is gone");

@@ -56,6 +56,13 @@ pub enum ClientError {
     /// The arguments could not be archived.
     #[error("the arguments could not be archived: {0}")]
     Arguments(String),
+    /// An ordered call was taken by `member`, which did not answer: it may have been applied
+    /// or not.
+    #[error("{member} took the ordered call but did not answer: its outcome is unknown")]
+    Unknown {
+        /// The member's address.
+        member: String,
+    },
 }
 
 /// A view and every member's address.
@@ -248,21 +255,7 @@ impl ExternalClient {
             if attempt > 0 {
                 let _ = self.refresh_view().await;
             }
-            let targets: Vec<(NodeId, String)> = {
-                let view = self.view.borrow();
-                let Some((v, addresses)) = view.as_ref() else { break };
-                let Some(s) = v.shards.iter().find(|s| s.id == shard) else {
-                    return Err(ClientError::NoSuchShard(shard));
-                };
-                let mut members: Vec<NodeId> = s.members.clone();
-                if let Some(t) = to {
-                    members.retain(|m| *m == t);
-                }
-                members
-                    .into_iter()
-                    .filter_map(|m| addresses.iter().find(|(n, _)| *n == m).map(|(n, a)| (*n, a.clone())))
-                    .collect()
-            };
+            let targets = self.targets(shard, to)?;
             for (_, address) in targets {
                 let call = self.next_call.get();
                 self.next_call.set(call + 1);
@@ -288,6 +281,77 @@ impl ExternalClient {
             }
         }
         Err(ClientError::Unreachable { tried })
+    }
+
+    /// Calls ordered method `method` of the replicas in `shard` through one of the shard's
+    /// members, which multicasts it on the client's behalf; returns the version it was applied
+    /// at and that member's reply. It is sent to one member only once: if that member fails
+    /// after taking it, the outcome is unknown ([`ClientError::Unknown`]) rather than applied
+    /// twice.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]: the shard is not in the view, the call failed, no member could be
+    /// reached, or the outcome is unknown.
+    pub async fn ordered_raw(
+        &self,
+        shard: ShardRef,
+        method: u32,
+        args: &[u8],
+    ) -> Result<(Version, AlignedVec), ClientError> {
+        let mut tried = Vec::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                let _ = self.refresh_view().await;
+            }
+            let targets = self.targets(shard, None)?;
+            for (_, address) in targets {
+                let call = self.next_call.get();
+                self.next_call.set(call + 1);
+                let header = Header {
+                    kind: Kind::Ordered,
+                    shard,
+                    method,
+                    caller: EXTERNAL,
+                    call,
+                    version: Version::from_u64(0),
+                };
+                let message =
+                    Control::ClientCall { reply_to: self.reply_to.clone(), call, body: header.with_body(args) };
+                tried.push(address.clone());
+                if !self.send(&address, &message).await {
+                    continue; // not taken: safe to try another member
+                }
+                let Some(body) = self.wait(|m| m.replies.borrow_mut().remove(&call)).await else {
+                    return Err(ClientError::Unknown { member: address });
+                };
+                return match body.split_first() {
+                    Some((1, rest)) if rest.len() >= 8 => {
+                        let version = Version::from_u64(u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")));
+                        let mut v = AlignedVec::new();
+                        v.extend_from_slice(&rest[8..]);
+                        Ok((version, v))
+                    }
+                    Some((_, text)) => Err(ClientError::Remote(String::from_utf8_lossy(text).into_owned())),
+                    None => Err(ClientError::Remote("an empty reply".into())),
+                };
+            }
+        }
+        Err(ClientError::Unreachable { tried })
+    }
+
+    /// The members of `shard` (only `to`, if given) with their addresses, from the last view.
+    fn targets(&self, shard: ShardRef, to: Option<NodeId>) -> Result<Vec<(NodeId, String)>, ClientError> {
+        let view = self.view.borrow();
+        let Some((v, addresses)) = view.as_ref() else { return Ok(Vec::new()) };
+        let Some(s) = v.shards.iter().find(|s| s.id == shard) else {
+            return Err(ClientError::NoSuchShard(shard));
+        };
+        Ok(s.members
+            .iter()
+            .filter(|m| to.is_none_or(|t| t == **m))
+            .filter_map(|m| addresses.iter().find(|(n, _)| n == m).map(|(n, a)| (*n, a.clone())))
+            .collect())
     }
 
     /// Subscribes to notifications on `topic` from every member of the current view (any member
@@ -336,6 +400,15 @@ impl<T: Replicated> ExternalHandle<T> {
     /// The client.
     pub fn client(&self) -> &ExternalClient {
         &self.client
+    }
+
+    /// As [`ExternalClient::ordered_raw`] on this shard.
+    ///
+    /// # Errors
+    ///
+    /// As [`ExternalClient::ordered_raw`].
+    pub async fn ordered_raw(&self, method: u32, args: &[u8]) -> Result<(Version, AlignedVec), ClientError> {
+        self.client.ordered_raw(self.shard, method, args).await
     }
 
     /// As [`ExternalClient::query_raw`] on this shard.

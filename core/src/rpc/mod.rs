@@ -996,9 +996,39 @@ impl Application for Service {
                 reason: why.into(),
             }))))
         };
-        let Ok((h, args)) = Header::read(request) else { return refuse("not a query") };
+        let Ok((h, args)) = Header::read(request) else { return refuse("not a call") };
+        if h.kind == Kind::Ordered {
+            // Relayed: this member makes the ordered call on the client's behalf and answers
+            // with the version and its own replica's reply.
+            let me = inner.me.get()?;
+            let in_shard = inner
+                .view
+                .borrow()
+                .as_ref()
+                .and_then(|v| v.shards.iter().find(|s| s.id == h.shard).map(|s| s.senders.contains(&me)));
+            if in_shard != Some(true) {
+                return refuse("this member cannot send in the shard");
+            }
+            let (inner, args) = (inner.clone(), args.to_vec());
+            return Some(State::Later(Box::pin(async move {
+                match ordered_call(&inner, h.shard, h.method, &args).await {
+                    Ok(r) => match r.replies.into_iter().find(|(n, _)| *n == me).map(|(_, x)| x) {
+                        Some(Ok(bytes)) => {
+                            let mut v = Vec::with_capacity(9 + bytes.len());
+                            v.push(1);
+                            v.extend_from_slice(&r.version.as_u64().to_le_bytes());
+                            v.extend_from_slice(&bytes);
+                            v
+                        }
+                        Some(Err(e)) => [&[0u8][..], e.to_string().as_bytes()].concat(),
+                        None => b"\0the relay's own reply is missing".to_vec(),
+                    },
+                    Err(e) => [&[0u8][..], e.to_string().as_bytes()].concat(),
+                }
+            })));
+        }
         if h.kind != Kind::Query {
-            return refuse("external clients send queries only");
+            return refuse("external clients send queries and ordered calls only");
         }
         if inner.awaiting.borrow().contains(&h.shard) {
             return refuse("this member holds no replica of the shard yet");
@@ -1149,38 +1179,7 @@ impl<T: Replicated> Handle<T> {
     }
 
     fn new_call(&self, inner: &ServiceInner, query: Option<(NodeId, Vec<u8>)>) -> u64 {
-        let call = inner.next_call.get();
-        inner.next_call.set(call + 1);
-        inner.pending.borrow_mut().insert(
-            call,
-            Pending {
-                shard: self.shard,
-                expected: None,
-                query,
-                version: None,
-                replies: BTreeMap::new(),
-                failed: None,
-                waker: None,
-                deadline: Instant::now() + inner.call_timeout.get(),
-            },
-        );
-        call
-    }
-
-    /// Waits for a call to complete (the service's sweeper completes it with timeouts once its
-    /// deadline passes).
-    async fn wait(inner: &ServiceInner, call: u64) -> Pending {
-        poll_fn(|cx| {
-            let mut pending = inner.pending.borrow_mut();
-            let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
-            if p.complete() {
-                return Poll::Ready(());
-            }
-            p.waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        inner.pending.borrow_mut().remove(&call).expect("present")
+        new_pending(inner, self.shard, query)
     }
 
     /// Calls ordered method `method` with archived `args`: multicast in the shard, applied by
@@ -1197,29 +1196,8 @@ impl<T: Replicated> Handle<T> {
             return Err(CallError::FromHandler(self.shard));
         }
         let inner = self.inner()?;
-        let me = inner.me.get().ok_or(CallError::Closed)?;
         self.check_type(&inner)?;
-        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
-        let call = self.new_call(&inner, None);
-        let guard = PendingGuard { inner: &inner, call };
-        let header =
-            Header { kind: Kind::Ordered, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
-        sender
-            .send(self.shard, HEADER_LEN + args.len(), |buf| {
-                header.write(buf);
-                buf[HEADER_LEN..].copy_from_slice(args);
-            })
-            .await
-            .map_err(|e| match e {
-                GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
-                other => CallError::Send(other),
-            })?;
-        let p = Self::wait(&inner, call).await;
-        drop(guard);
-        if let Some(e) = p.failed {
-            return Err(e);
-        }
-        Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
+        ordered_call(&inner, self.shard, method, args).await
     }
 
     /// Calls query `method` on member `to`; returns its archived reply.
@@ -1250,7 +1228,7 @@ impl<T: Replicated> Handle<T> {
         } else {
             inner.send(to, query);
         }
-        let mut p = Self::wait(&inner, call).await;
+        let mut p = wait_call(&inner, call).await;
         drop(guard);
         if let Some(e) = p.failed {
             return Err(e);
@@ -1264,6 +1242,72 @@ impl<T: Replicated> Handle<T> {
             _ => Err(CallError::WrongType(self.shard)),
         }
     }
+}
+
+/// Registers a pending call of `shard`; returns its id.
+fn new_pending(inner: &ServiceInner, shard: ShardRef, query: Option<(NodeId, Vec<u8>)>) -> u64 {
+    let call = inner.next_call.get();
+    inner.next_call.set(call + 1);
+    inner.pending.borrow_mut().insert(
+        call,
+        Pending {
+            shard,
+            expected: None,
+            query,
+            version: None,
+            replies: BTreeMap::new(),
+            failed: None,
+            waker: None,
+            deadline: Instant::now() + inner.call_timeout.get(),
+        },
+    );
+    call
+}
+
+/// Waits for a call to complete (the service's sweeper completes it with timeouts once its
+/// deadline passes).
+async fn wait_call(inner: &ServiceInner, call: u64) -> Pending {
+    poll_fn(|cx| {
+        let mut pending = inner.pending.borrow_mut();
+        let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
+        if p.complete() {
+            return Poll::Ready(());
+        }
+        p.waker = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    inner.pending.borrow_mut().remove(&call).expect("present")
+}
+
+/// An ordered call into `shard` (see [`Handle::ordered_raw`]), without the type check.
+async fn ordered_call(
+    inner: &ServiceInner,
+    shard: ShardRef,
+    method: u32,
+    args: &[u8],
+) -> Result<Replies<AlignedVec>, CallError> {
+    let me = inner.me.get().ok_or(CallError::Closed)?;
+    let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
+    let call = new_pending(inner, shard, None);
+    let guard = PendingGuard { inner, call };
+    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(0) };
+    sender
+        .send(shard, HEADER_LEN + args.len(), |buf| {
+            header.write(buf);
+            buf[HEADER_LEN..].copy_from_slice(args);
+        })
+        .await
+        .map_err(|e| match e {
+            GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
+            other => CallError::Send(other),
+        })?;
+    let p = wait_call(inner, call).await;
+    drop(guard);
+    if let Some(e) = p.failed {
+        return Err(e);
+    }
+    Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
 }
 
 /// Support for the code `#[replicated]` generates; not a stable API.
