@@ -1,0 +1,321 @@
+//! `kv`: a sharded key-value store replicated with ordered calls, and a command-line client that
+//! talks to it from outside the group.
+//!
+//! ```text
+//! cargo run --release -p derecho-examples --bin kv -- demo                  # the whole demo
+//! cargo run --release -p derecho-examples --bin kv -- member --set me=0 --set listen=\"127.0.0.1:7000\"
+//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 put KEY VALUE
+//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION]
+//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 view
+//! ```
+//!
+//! `demo` starts four member processes (two shards of the store), writes keys through the
+//! external client, runs the command-line client as a separate process, kills one member with
+//! SIGKILL, and checks that every key is still there at every shard's surviving members.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use derecho::driver::GroupMemberConfig;
+use derecho::protocol::{NodeId, Version};
+use derecho::rpc::{ExternalClient, ExternalHandle, Service};
+use derecho::{Builder, available_cores};
+use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
+
+const USAGE: &str = "\
+usage: kv demo
+       kv member [--config FILE] [--set key=value ...]
+       kv --contact ADDR put KEY VALUE
+       kv --contact ADDR get KEY [--at VERSION]
+       kv --contact ADDR view";
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kv.toml");
+const SHARDS: u16 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("member") => member(&args[1..]),
+        Some("--contact") if args.len() >= 3 => cli(&args[1], &args[2..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kv: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One member: hosts the store in subgroup 0, prints its address, runs until killed.
+fn member(args: &[String]) -> Result<(), String> {
+    let mut config = PathBuf::from(CONFIG);
+    let mut sets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => config = it.next().ok_or("--config needs a file")?.into(),
+            "--set" => sets.push(it.next().ok_or("--set needs key=value")?.clone()),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let config = GroupMemberConfig::load(&config, std::env::vars(), &sets).map_err(|e| e.to_string())?;
+    let executor = config.executor().build().map_err(|e| e.to_string())?;
+    executor.block_on(async move {
+        let service = Service::new();
+        service.host(derecho::protocol::SubgroupId(0), KvStore::default);
+        let group = match config.contact {
+            None => config.builder().start(service.clone()).await.map_err(|e| e.to_string())?,
+            Some(c) => config.builder().join(c, service.clone()).await.map_err(|e| e.to_string())?,
+        };
+        service.attach(group.sender());
+        println!("member {}: listening {}", config.me.0, group.local_addr());
+        loop {
+            if let derecho::driver::GroupEvent::ViewInstalled(c) = group.next_event().await {
+                let shards: Vec<String> = c
+                    .view
+                    .shards
+                    .iter()
+                    .map(|s| format!("shard {}: {:?}", s.id.shard.0, s.members.iter().map(|n| n.0).collect::<Vec<_>>()))
+                    .collect();
+                println!("member {}: view {} {}", config.me.0, c.view.id.0, shards.join(", "));
+            }
+            // A member in a store keeps serving; members the group removed stop here.
+            if group.stopped().is_some() {
+                return Ok(());
+            }
+        }
+    })
+}
+
+async fn connect(contact: SocketAddr) -> Result<Rc<ExternalClient>, String> {
+    let local = "127.0.0.1:0".parse().expect("an address");
+    ExternalClient::connect("kv-demo", vec![contact], local, Duration::from_secs(3))
+        .await
+        .map(Rc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn store(client: &Rc<ExternalClient>, key: &str) -> KvStoreExternal {
+    KvStoreExternal::new(ExternalHandle::new(client.clone(), shard_of(key, SHARDS)))
+}
+
+/// The command-line client.
+fn cli(contact: &str, args: &[String]) -> Result<(), String> {
+    let contact: SocketAddr = contact.parse().map_err(|_| format!("--contact {contact:?} is not an address"))?;
+    let executor = Builder::new().build().map_err(|e| e.to_string())?;
+    executor.block_on(async move {
+        let client = connect(contact).await?;
+        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["view"] => {
+                let v = client.view().ok_or("no view")?;
+                println!("view {}: members {:?}", v.id.0, v.members.iter().map(|n| n.0).collect::<Vec<_>>());
+                for s in &v.shards {
+                    println!(
+                        "  shard {}: members {:?}",
+                        s.id.shard.0,
+                        s.members.iter().map(|n| n.0).collect::<Vec<_>>()
+                    );
+                }
+            }
+            ["put", key, value] => {
+                let (version, _) = store(&client, key).put(key, value.as_bytes()).await.map_err(|e| e.to_string())?;
+                println!("put {key} = {value} at version {version}");
+            }
+            ["get", key] => match store(&client, key).get(None, key).await.map_err(|e| e.to_string())? {
+                Some((v, value)) => {
+                    println!("{key} = {} (version {})", String::from_utf8_lossy(&value), Version::from_u64(v))
+                }
+                None => println!("{key} has no value"),
+            },
+            ["get", key, "--at", at] => {
+                let at: u64 = at.parse().map_err(|_| format!("--at {at:?} is not a number"))?;
+                match store(&client, key).get_at(None, key, at).await.map_err(|e| e.to_string())? {
+                    Some(value) => {
+                        println!("{key} = {} at version {}", String::from_utf8_lossy(&value), Version::from_u64(at))
+                    }
+                    None => println!("{key} had no value at version {}", Version::from_u64(at)),
+                }
+            }
+            _ => return Err(format!("unknown command {args:?}\n{USAGE}")),
+        }
+        Ok(())
+    })
+}
+
+struct Members(Vec<(u32, Child)>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The demo: four members, keys written from outside, the command-line client, a failure.
+fn demo() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ls: Vec<std::net::TcpListener> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().expect("an address")).collect();
+    drop(ls);
+    let cores = available_cores();
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut members = Members(Vec::new());
+    println!("kv demo: four member processes host a key-value store in two shards");
+    for i in 0..4u32 {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["member", "--set", &format!("me={i}"), "--set", &format!("listen=\"{}\"", addrs[i as usize])]);
+        if i > 0 {
+            cmd.args(["--set", &format!("contact=\"{}\"", addrs[0])]);
+        }
+        if !cores.is_empty() {
+            cmd.args(["--set", &format!("core={}", cores[i as usize % cores.len()])]);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+        let out = child.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        members.0.push((i, child));
+        // Each joins once the previous one is in.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| format!("member {i} did not start"))?;
+            println!("{line}");
+            if line.starts_with(&format!("member {i}: listening")) {
+                break;
+            }
+        }
+    }
+    let executor = Builder::new().build().map_err(|e| e.to_string())?;
+    let result = executor.block_on(async {
+        let client = connect(addrs[0]).await?;
+        // Wait until the view has all four members.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.view().is_none_or(|v| v.members.len() < 4) {
+            if Instant::now() > deadline {
+                return Err("the group did not reach four members".to_string());
+            }
+            derecho::runtime::time::sleep(Duration::from_millis(50)).await;
+            let _ = client.refresh_view().await;
+        }
+        let view = client.view().expect("a view");
+        for s in &view.shards {
+            println!(
+                "client: shard {} has members {:?}",
+                s.id.shard.0,
+                s.members.iter().map(|n| n.0).collect::<Vec<_>>()
+            );
+        }
+        // Write 100 keys from outside the group; each put is an ordered call in the key's shard.
+        let t0 = Instant::now();
+        let mut first_versions = Vec::new();
+        for i in 0..100 {
+            let key = format!("key{i}");
+            let (v, _) =
+                store(&client, &key).put(&key, format!("value{i}").as_bytes()).await.map_err(|e| e.to_string())?;
+            first_versions.push(v);
+        }
+        println!(
+            "client: 100 puts in {:.1} ms (each relayed by a member and applied by its shard)",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        let (v2, _) = store(&client, "key7").put("key7", b"seven, again").await.map_err(|e| e.to_string())?;
+        let old =
+            store(&client, "key7").get_at(None, "key7", first_versions[7].as_u64()).await.map_err(|e| e.to_string())?;
+        println!(
+            "client: key7 is now \"seven, again\" (version {v2}); at version {} it was {:?}",
+            first_versions[7],
+            old.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+        Ok::<_, String>((client, first_versions))
+    });
+    let (client, _) = result?;
+    // The command-line client, as a separate process.
+    for cmd in [vec!["get", "key7"], vec!["put", "fruit", "plum"], vec!["get", "fruit"], vec!["view"]] {
+        let out = Command::new(&exe)
+            .arg("--contact")
+            .arg(addrs[1].to_string())
+            .args(&cmd)
+            .output()
+            .map_err(|e| e.to_string())?;
+        print!("$ kv --contact {} {}\n{}", addrs[1], cmd.join(" "), String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            return Err(format!("kv {cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    // A member fails; the store keeps every key.
+    let victim = 3u32;
+    members.0.iter_mut().find(|(i, _)| *i == victim).expect("a member").1.kill().map_err(|e| e.to_string())?;
+    println!("launcher: killed member {victim} (SIGKILL)");
+    executor.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if Instant::now() > deadline {
+                return Err("the group did not remove the killed member".to_string());
+            }
+            if let Ok(v) = client.refresh_view().await
+                && !v.members.contains(&NodeId(victim))
+            {
+                for s in &v.shards {
+                    println!(
+                        "client: after the failure, shard {} has members {:?}",
+                        s.id.shard.0,
+                        s.members.iter().map(|n| n.0).collect::<Vec<_>>()
+                    );
+                }
+                break;
+            }
+            derecho::runtime::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut intact = 0;
+        for i in 0..100 {
+            let key = format!("key{i}");
+            let want = if i == 7 { b"seven, again".to_vec() } else { format!("value{i}").into_bytes() };
+            let s = shard_of(&key, SHARDS);
+            let members = client
+                .view()
+                .expect("a view")
+                .shards
+                .iter()
+                .find(|x| x.id == s)
+                .map(|x| x.members.clone())
+                .unwrap_or_default();
+            for m in members {
+                let got = store(&client, &key).get(Some(m), &key).await.map_err(|e| e.to_string())?;
+                if got.map(|(_, v)| v) != Some(want.clone()) {
+                    return Err(format!("{key} is wrong at member {}", m.0));
+                }
+            }
+            intact += 1;
+        }
+        println!("launcher: all {intact} keys intact at every surviving member of their shard");
+        Ok(())
+    })?;
+    drop(members);
+    Ok(())
+}
