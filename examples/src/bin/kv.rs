@@ -76,6 +76,7 @@ fn member(args: &[String]) -> Result<(), String> {
     let config = GroupMemberConfig::load(&config, std::env::vars(), &sets).map_err(|e| e.to_string())?;
     let executor = config.executor().build().map_err(|e| e.to_string())?;
     executor.block_on(async move {
+        // ANCHOR: host
         let service = Service::new();
         service.host(derecho::protocol::SubgroupId(0), KvStore::default);
         let group = match config.contact {
@@ -83,6 +84,7 @@ fn member(args: &[String]) -> Result<(), String> {
             Some(c) => config.builder().join(c, service.clone()).await.map_err(|e| e.to_string())?,
         };
         service.attach(group.sender());
+        // ANCHOR_END: host
         println!("member {}: listening {}", config.me.0, group.local_addr());
         loop {
             if let derecho::driver::GroupEvent::ViewInstalled(c) = group.next_event().await {
@@ -102,6 +104,7 @@ fn member(args: &[String]) -> Result<(), String> {
     })
 }
 
+// ANCHOR: external
 async fn connect(contact: SocketAddr) -> Result<Rc<ExternalClient>, String> {
     let local = "127.0.0.1:0".parse().expect("an address");
     ExternalClient::connect("kv-demo", vec![contact], local, Duration::from_secs(3))
@@ -113,6 +116,7 @@ async fn connect(contact: SocketAddr) -> Result<Rc<ExternalClient>, String> {
 fn store(client: &Rc<ExternalClient>, key: &str) -> KvStoreExternal {
     KvStoreExternal::new(ExternalHandle::new(client.clone(), shard_of(key, SHARDS)))
 }
+// ANCHOR_END: external
 
 /// The command-line client.
 fn cli(contact: &str, args: &[String]) -> Result<(), String> {
