@@ -389,3 +389,42 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
         }
     });
 }
+
+#[test]
+fn members_outside_a_shard_query_it() {
+    use derecho::protocol::{GroupLayout, Policy, SubgroupSpec};
+    let layout =
+        || GroupLayout::new(vec![SubgroupSpec::new("store", Policy::Fixed { shards: 1, per_shard: 2 })]).unwrap();
+    Builder::new().build().unwrap().block_on(async {
+        let mut members = Vec::new();
+        for me in 0..3u32 {
+            let service = Service::new();
+            service.host(SubgroupId(0), Store::default);
+            let b = builder(me).layout(layout());
+            let group = match members.first() {
+                None => b.start(service.clone()).await.expect("start"),
+                Some((g, _)) => b.join(Group::local_addr(g), service.clone()).await.expect("join"),
+            };
+            service.attach(group.sender());
+            members.push((group, service));
+        }
+        for (g, _) in &members {
+            g.wait_view(WAIT, |v| v.members.len() == 3 && !v.shards.is_empty()).await.unwrap();
+        }
+        let store = |i: usize| StoreClient::new(members[i].1.handle::<Store>(SHARD));
+        // Members 0 and 1 hold the shard; member 2 does not.
+        assert_eq!(members[0].0.view().shards[0].members, vec![NodeId(0), NodeId(1)]);
+        store(0).put("k", b"v").await.unwrap();
+        // Member 2 cannot make ordered calls into a shard it is not in...
+        let e = store(2).put("k", b"x").await.expect_err("not a member");
+        assert!(matches!(e, CallError::NotAMember(_)), "{e}");
+        // ...but queries its members.
+        assert_eq!(store(2).get(NodeId(1), "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        // And asking a member outside the shard is a typed error, not an empty answer.
+        let e = store(0).get(NodeId(2), "k").await.expect_err("member 2 holds no replica");
+        assert!(e.to_string().contains("no replica"), "{e}");
+        for (g, _) in members {
+            g.close().await;
+        }
+    });
+}
