@@ -834,6 +834,10 @@ impl Inner {
             Ok(Control::ClientSubscribe { reply_to, topic }) => match reply_to.parse::<SocketAddr>() {
                 Ok(addr) => {
                     let mut subs = self.subscribers.borrow_mut();
+                    if subs.len() >= PARK_MAX && !subs.contains_key(&topic) {
+                        tracing::warn!(%topic, "too many notification topics: subscription refused");
+                        return;
+                    }
                     let list = subs.entry(topic).or_default();
                     if !list.contains(&addr) && list.len() < PARK_MAX {
                         list.push(addr);

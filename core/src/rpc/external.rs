@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use derecho_runtime::net::TcpListener;
 use derecho_runtime::transport::tcp::{TcpAcceptor, send_message};
-use derecho_runtime::transport::{PeerId, TransportLimits};
+use derecho_runtime::transport::{PeerId, TransportError, TransportLimits};
 use derecho_runtime::{JoinHandle, spawn, time};
 use rkyv::util::AlignedVec;
 
@@ -63,6 +63,17 @@ pub enum ClientError {
         /// The member's address.
         member: String,
     },
+}
+
+/// What became of a message sent to a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// The member read it.
+    Taken,
+    /// It never left (no connection, a refused handshake).
+    NotTaken,
+    /// It may have been read (the exchange failed after it was sent).
+    Maybe,
 }
 
 /// A view and every member's address.
@@ -141,10 +152,19 @@ impl ExternalClient {
                     let (_, body) = acceptor.next_message().await;
                     match Control::decode(&body) {
                         Ok(Control::ClientReply { call, body }) => {
-                            mailbox.replies.borrow_mut().insert(call, body);
+                            // Late or stray replies are dropped beyond a bound.
+                            let mut replies = mailbox.replies.borrow_mut();
+                            if replies.len() >= 1024 {
+                                replies.pop_first();
+                            }
+                            replies.insert(call, body);
                         }
                         Ok(Control::ClientViewReply { view, addresses }) => {
-                            mailbox.views.borrow_mut().push_back((view, addresses));
+                            let mut views = mailbox.views.borrow_mut();
+                            if views.len() >= 16 {
+                                views.pop_front();
+                            }
+                            views.push_back((view, addresses));
                         }
                         Ok(Control::ClientNotify { topic, body }) => {
                             let mut n = mailbox.notifications.borrow_mut();
@@ -194,8 +214,19 @@ impl ExternalClient {
     }
 
     async fn send(&self, address: &str, message: &Control) -> bool {
-        let Ok(addr) = address.parse::<SocketAddr>() else { return false };
-        send_message(self.me, addr, control_tag(&self.name), &message.encode(), self.timeout).await.is_ok()
+        self.deliver(address, message).await == Sent::Taken
+    }
+
+    /// Sends a message and says whether the member took it, certainly did not, or may have.
+    async fn deliver(&self, address: &str, message: &Control) -> Sent {
+        let Ok(addr) = address.parse::<SocketAddr>() else { return Sent::NotTaken };
+        match send_message(self.me, addr, control_tag(&self.name), &message.encode(), self.timeout).await {
+            Ok(()) => Sent::Taken,
+            // Failing to connect, or a refused handshake, happens before the message is sent.
+            Err(TransportError::Handshake { .. }) => Sent::NotTaken,
+            Err(TransportError::Io { context, .. }) if context.starts_with("connect to") => Sent::NotTaken,
+            Err(_) => Sent::Maybe,
+        }
     }
 
     /// Waits (at most the timeout) for `take` to find something in the mailbox.
@@ -319,8 +350,10 @@ impl ExternalClient {
                 let message =
                     Control::ClientCall { reply_to: self.reply_to.clone(), call, body: header.with_body(args) };
                 tried.push(address.clone());
-                if !self.send(&address, &message).await {
-                    continue; // not taken: safe to try another member
+                match self.deliver(&address, &message).await {
+                    Sent::NotTaken => continue, // safe to try another member
+                    Sent::Maybe => return Err(ClientError::Unknown { member: address }),
+                    Sent::Taken => {}
                 }
                 let Some(body) = self.wait(|m| m.replies.borrow_mut().remove(&call)).await else {
                     return Err(ClientError::Unknown { member: address });

@@ -167,10 +167,15 @@ pub fn context() -> Option<CallContext> {
 }
 
 fn with_context<R>(c: CallContext, f: impl FnOnce() -> R) -> R {
-    let before = CONTEXT.with(|x| x.replace(Some(c)));
-    let r = f();
-    CONTEXT.with(|x| x.set(before));
-    r
+    /// Restores the previous context even if the handler panics.
+    struct Restore(Option<CallContext>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONTEXT.with(|x| x.set(self.0));
+        }
+    }
+    let _restore = Restore(CONTEXT.with(|x| x.replace(Some(c))));
+    f()
 }
 
 /// A replica behind a type-erased pointer.
@@ -338,6 +343,9 @@ struct Slot {
     queue: VecDeque<Job>,
     /// A worker task is draining `queue`.
     working: bool,
+    /// This member left the shard; the slot stays until its worker has drained the queue (a
+    /// snapshot for the shard's new members may be in it), answering no queries.
+    retired: bool,
 }
 
 impl Slot {
@@ -375,6 +383,11 @@ type SentReplies = BTreeMap<NodeId, VecDeque<(u64, Vec<u8>)>>;
 const REPLY_CACHE_LEN: usize = 1 << 14;
 /// The largest batch frame; a single larger message goes alone.
 const BATCH_LEN_MAX: usize = 1 << 20;
+/// Queries waiting for a shard's worker; beyond this, more are refused.
+const QUEUE_LEN_MAX: usize = 1 << 16;
+/// External calls under way at once; beyond this, more are refused.
+const EXTERNAL_MAX: usize = 1024;
+
 /// Messages waiting to be sent; beyond this, queries from peers are refused.
 const OUTBOX_LEN_MAX: usize = 1 << 18;
 
@@ -394,6 +407,8 @@ struct ServiceInner {
     me: Cell<Option<NodeId>>,
     call_timeout: Cell<Duration>,
     stopped: Cell<bool>,
+    /// External calls under way (at most [`EXTERNAL_MAX`]).
+    external: Rc<Cell<usize>>,
 }
 
 impl Default for ServiceInner {
@@ -412,6 +427,7 @@ impl Default for ServiceInner {
             me: Cell::new(None),
             call_timeout: Cell::new(Duration::from_secs(30)),
             stopped: Cell::new(false),
+            external: Rc::new(Cell::new(0)),
         }
     }
 }
@@ -487,9 +503,13 @@ impl Service {
         let (Some(view), Some(me)) = (self.inner.view.borrow().clone(), self.inner.me.get()) else { return };
         let mine: Vec<ShardRef> = view.shards.iter().filter(|s| s.members.contains(&me)).map(|s| s.id).collect();
         let mut replicas = self.inner.replicas.borrow_mut();
-        // An inadequate view has no shards: keep the replicas for the next adequate one.
+        // An inadequate view has no shards: keep the replicas for the next adequate one. A
+        // slot with work under way stays, retired, until its worker has finished it.
         if !view.shards.is_empty() {
-            replicas.retain(|s, _| mine.contains(s));
+            replicas.retain(|s, slot| {
+                slot.retired = !mine.contains(s);
+                !slot.retired || slot.working || !slot.queue.is_empty()
+            });
         }
         let awaiting = self.inner.awaiting.borrow();
         for s in mine {
@@ -516,9 +536,17 @@ impl Service {
                     return;
                 }
                 let waiting = inner.awaiting.borrow().contains(&h.shard);
-                if waiting || !inner.replicas.borrow().contains_key(&h.shard) {
-                    inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
-                    return;
+                let state = inner.replicas.borrow().get(&h.shard).map(|s| (s.retired, s.queue.len()));
+                match state {
+                    Some((false, queued)) if !waiting && queued < QUEUE_LEN_MAX => {}
+                    Some((false, _)) if !waiting => {
+                        inner.send(from, error_bytes(&h, "the member is overloaded: too many calls waiting"));
+                        return;
+                    }
+                    _ => {
+                        inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
+                        return;
+                    }
                 }
                 inner.run_or_queue(h, None, from, rest);
             }
@@ -676,7 +704,20 @@ impl<F: std::future::Future + Unpin> std::future::Future for InContext<F> {
     type Output = F::Output;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
         let c = self.context;
-        with_context(c, || std::pin::Pin::new(&mut self.future).poll(cx))
+        abort_on_panic(|| with_context(c, || std::pin::Pin::new(&mut self.future).poll(cx)))
+    }
+}
+
+/// Runs a handler on a shard's worker. A handler that panics there takes the replica it holds
+/// with it: this replica could no longer follow the others, and the worker's task would swallow
+/// the panic, so the process stops (a handler's panic is a programmer error).
+fn abort_on_panic<R>(f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!("a replicated handler panicked on a shard's worker; its replica is lost: stopping");
+            std::process::abort();
+        }
     }
 }
 
@@ -702,12 +743,14 @@ async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
                         Err(HandlerError::NoSuchMethod { ty: "no replica here", method: header.method, kind: "any" })
                     }
                     Some(r) => {
-                        let applied = with_context(context, || {
-                            if header.kind == Kind::Ordered {
-                                r.apply(header.method, &args)
-                            } else {
-                                r.query(header.method, &args)
-                            }
+                        let applied = abort_on_panic(|| {
+                            with_context(context, || {
+                                if header.kind == Kind::Ordered {
+                                    r.apply(header.method, &args)
+                                } else {
+                                    r.query(header.method, &args)
+                                }
+                            })
                         });
                         match applied {
                             Applied::Now(r) => r,
@@ -778,6 +821,7 @@ impl ServiceInner {
         let types = self.types.borrow();
         let Some(t) = types.get(&shard.subgroup) else { return false };
         let slot = replicas.entry(shard).or_default();
+        slot.retired = false;
         if slot.replica.is_none() && !slot.working {
             slot.replica = Some((t.make)());
         }
@@ -861,7 +905,14 @@ impl ServiceInner {
         };
         if allowed {
             p.replies.entry(from).or_insert(reply);
-            p.wake_if_complete();
+            if Some(from) == self.me.get() {
+                // A relay waits for this member's own reply only.
+                if let Some(w) = p.waker.take() {
+                    w.wake();
+                }
+            } else {
+                p.wake_if_complete();
+            }
         }
     }
 
@@ -899,6 +950,23 @@ fn external_reply(result: Result<AlignedVec, HandlerError>) -> Vec<u8> {
             v
         }
     }
+}
+
+/// An external call's answer, counted among those under way until it is ready.
+fn counted(count: &Rc<Cell<usize>>, f: impl std::future::Future<Output = Vec<u8>> + 'static) -> State {
+    count.set(count.get() + 1);
+    let count = count.clone();
+    State::Later(Box::pin(async move {
+        /// Counts the call out even if the answer is dropped unfinished.
+        struct Out(Rc<Cell<usize>>);
+        impl Drop for Out {
+            fn drop(&mut self) {
+                self.0.set(self.0.get().saturating_sub(1));
+            }
+        }
+        let _out = Out(count);
+        f.await
+    }))
 }
 
 /// A future of what a worker leaves in `cell`.
@@ -997,6 +1065,9 @@ impl Application for Service {
             }))))
         };
         let Ok((h, args)) = Header::read(request) else { return refuse("not a call") };
+        if inner.external.get() >= EXTERNAL_MAX {
+            return refuse("the member is overloaded: too many external calls under way");
+        }
         if h.kind == Kind::Ordered {
             // Relayed: this member makes the ordered call on the client's behalf and answers
             // with the version and its own replica's reply.
@@ -1010,22 +1081,20 @@ impl Application for Service {
                 return refuse("this member cannot send in the shard");
             }
             let (inner, args) = (inner.clone(), args.to_vec());
-            return Some(State::Later(Box::pin(async move {
-                match ordered_call(&inner, h.shard, h.method, &args).await {
-                    Ok(r) => match r.replies.into_iter().find(|(n, _)| *n == me).map(|(_, x)| x) {
-                        Some(Ok(bytes)) => {
-                            let mut v = Vec::with_capacity(9 + bytes.len());
-                            v.push(1);
-                            v.extend_from_slice(&r.version.as_u64().to_le_bytes());
-                            v.extend_from_slice(&bytes);
-                            v
-                        }
-                        Some(Err(e)) => [&[0u8][..], e.to_string().as_bytes()].concat(),
-                        None => b"\0the relay's own reply is missing".to_vec(),
-                    },
-                    Err(e) => [&[0u8][..], e.to_string().as_bytes()].concat(),
+            return Some(counted(&self.inner.external, async move {
+                // Answered as soon as this member applied it: the others' replies are not
+                // awaited (one slow member must not delay the client).
+                match ordered_call_own(&inner, h.shard, h.method, &args).await {
+                    Ok((version, Ok(bytes))) => {
+                        let mut v = Vec::with_capacity(9 + bytes.len());
+                        v.push(1);
+                        v.extend_from_slice(&version.as_u64().to_le_bytes());
+                        v.extend_from_slice(&bytes);
+                        v
+                    }
+                    Ok((_, Err(e))) | Err(e) => [&[0u8][..], e.to_string().as_bytes()].concat(),
                 }
-            })));
+            }));
         }
         if h.kind != Kind::Query {
             return refuse("external clients send queries and ordered calls only");
@@ -1054,7 +1123,8 @@ impl Application for Service {
             slot.working = true;
             drop(crate::spawn(worker(Rc::downgrade(inner), h.shard)));
         }
-        Some(later(cell))
+        let State::Later(f) = later(cell) else { unreachable!("later() is a future") };
+        Some(counted(&inner.external, f))
     }
 
     fn restore(&mut self, shard: ShardRef, state: &[u8]) -> Result<(), String> {
@@ -1070,6 +1140,8 @@ impl Application for Service {
         let inner = &self.inner;
         *inner.view.borrow_mut() = Some(change.view.clone());
         *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
+        // Replies kept for members that left will never be asked for again.
+        inner.sent.borrow_mut().retain(|caller, _| change.view.members.contains(caller));
         if inner.me.get().is_some() {
             self.refresh_replicas();
         }
@@ -1210,6 +1282,9 @@ impl<T: Replicated> Handle<T> {
         let inner = self.inner()?;
         let me = inner.me.get().ok_or(CallError::Closed)?;
         self.check_type(&inner)?;
+        if to == me && context().is_some_and(|c| c.shard == self.shard) {
+            return Err(CallError::FromHandler(self.shard));
+        }
         if to == me && !inner.replicas.borrow().contains_key(&self.shard) {
             return Err(CallError::NotAMember(self.shard));
         }
@@ -1308,6 +1383,43 @@ async fn ordered_call(
         return Err(e);
     }
     Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
+}
+
+/// An ordered call made for an external client: returns once this member applied it, with the
+/// version and this member's own reply.
+async fn ordered_call_own(
+    inner: &ServiceInner,
+    shard: ShardRef,
+    method: u32,
+    args: &[u8],
+) -> Result<(Version, Result<AlignedVec, CallError>), CallError> {
+    let me = inner.me.get().ok_or(CallError::Closed)?;
+    let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
+    let call = new_pending(inner, shard, None);
+    let guard = PendingGuard { inner, call };
+    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(0) };
+    sender
+        .send(shard, HEADER_LEN + args.len(), |buf| {
+            header.write(buf);
+            buf[HEADER_LEN..].copy_from_slice(args);
+        })
+        .await
+        .map_err(CallError::Send)?;
+    let own = poll_fn(|cx| {
+        let mut pending = inner.pending.borrow_mut();
+        let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
+        if let Some(e) = p.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        if let Some(r) = p.replies.remove(&me) {
+            return Poll::Ready(Ok((p.version.unwrap_or(Version::from_u64(0)), r)));
+        }
+        p.waker = Some(cx.waker().clone());
+        Poll::Pending
+    });
+    let r = own.await;
+    drop(guard);
+    r
 }
 
 /// Support for the code `#[replicated]` generates; not a stable API.
