@@ -201,7 +201,22 @@ fn client(m: &Model) -> TokenStream {
         };
         if method.ordered {
             let doc = format!("Ordered `{name}`: applied by every replica of the shard; every replica's reply.");
+            let each = format_ident!("{}_each", name);
+            let each_doc = format!("Ordered `{name}`, with each replica's reply as it arrives.");
             quote! {
+                #[doc = #each_doc]
+                #mvis async fn #each(&self, #(#params),*)
+                    -> ::core::result::Result<::derecho::rpc::ReplyStream<#ret>, ::derecho::rpc::CallError>
+                {
+                    #encode
+                    let __stream = self.handle.ordered_each_raw(#index, &__bytes).await?;
+                    ::core::result::Result::Ok(__stream.map(|__node, __r| {
+                        #decode(&__r).map_err(|e| ::derecho::rpc::CallError::BadReply {
+                            node: __node, reason: ::std::string::ToString::to_string(&e),
+                        })
+                    }))
+                }
+
                 #(#docs)*
                 #[doc = ""]
                 #[doc = #doc]

@@ -162,6 +162,18 @@ impl Model {
             let is_async = sig.asyncness.is_some();
             methods.push(Method { name, docs, vis: f.vis.clone(), ordered, is_async, args, ret });
         }
+        // The client adds `NAME_each` for every ordered method.
+        for m in &methods {
+            let n = m.name.to_string();
+            if let Some(base) = n.strip_suffix("_each")
+                && methods.iter().any(|o| o.ordered && o.name == base)
+            {
+                errors.push(syn::Error::new(
+                    m.name.span(),
+                    format!("`{n}` is the name the client gives the per-reply form of `{base}`; rename it"),
+                ));
+            }
+        }
         if methods.is_empty() && errors.is_empty() {
             errors.push(syn::Error::new(
                 item.self_ty.span(),

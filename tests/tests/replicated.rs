@@ -168,6 +168,17 @@ fn ordered_calls_reply_from_every_replica_and_queries_from_one() {
         let r = d.store.add("n", 5).await.unwrap();
         assert_eq!(r.replies.len(), 4);
         assert!(r.all().unwrap().iter().all(|(_, s)| *s == 50));
+        // Each replica's reply as it arrives.
+        let mut each = d.store.add_each("n", 1).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some((node, reply)) = each.next().await {
+            assert_eq!(reply.expect("a reply"), 51, "{node}");
+            seen.push(node);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![NodeId(0), NodeId(1), NodeId(2), NodeId(3)]);
+        assert!(each.version().is_some(), "the version the call was delivered at");
+        assert!(each.next().await.is_none());
 
         // A member that fails: calls in flight get its entry as Departed, or a reply.
         c.group.close().await;

@@ -262,6 +262,10 @@ pub enum CallError {
     /// The service was not attached to a group, or the group closed.
     #[error("the group is closed")]
     Closed,
+    /// Internal marker: a reply a [`ReplyStream`] has already returned.
+    #[doc(hidden)]
+    #[error("already returned")]
+    Returned,
 }
 
 /// The replies to one ordered call: one entry per member of the shard when the call was
@@ -1224,6 +1228,90 @@ impl<T> std::fmt::Debug for Handle<T> {
     }
 }
 
+/// The replies to one ordered call, each as it arrives ([`Handle::ordered_each_raw`]).
+pub struct ReplyStream<R> {
+    inner: Rc<ServiceInner>,
+    call: u64,
+    decode: Box<dyn Fn(NodeId, AlignedVec) -> Result<R, CallError>>,
+    done: bool,
+}
+
+impl<R> std::fmt::Debug for ReplyStream<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyStream").field("call", &self.call).finish_non_exhaustive()
+    }
+}
+
+impl<R> Drop for ReplyStream<R> {
+    fn drop(&mut self) {
+        self.inner.pending.borrow_mut().remove(&self.call);
+    }
+}
+
+impl<R: 'static> ReplyStream<R> {
+    /// The same stream, each reply decoded by `f` (the generated clients use it).
+    pub fn map<S>(mut self, f: impl Fn(NodeId, R) -> Result<S, CallError> + 'static) -> ReplyStream<S> {
+        let decode = std::mem::replace(&mut self.decode, Box::new(|_, _| Err(CallError::Closed)));
+        let stream = ReplyStream {
+            inner: self.inner.clone(),
+            call: self.call,
+            decode: Box::new(move |n, bytes| decode(n, bytes).and_then(|r| f(n, r))),
+            done: self.done,
+        };
+        // The new stream owns the pending call now.
+        self.call = u64::MAX;
+        stream
+    }
+
+    /// The version the call was delivered at, once this member delivered it.
+    pub fn version(&self) -> Option<Version> {
+        self.inner.pending.borrow().get(&self.call).and_then(|p| p.version)
+    }
+
+    /// The next reply (or the reason a member gives none), in the order they arrive; `None` once
+    /// every member of the shard at delivery has been accounted for. Bounded by the call timeout.
+    pub async fn next(&mut self) -> Option<(NodeId, Result<R, CallError>)> {
+        if self.done {
+            return None;
+        }
+        let inner = self.inner.clone();
+        let call = self.call;
+        let got = poll_fn(|cx| {
+            let mut pending = inner.pending.borrow_mut();
+            let Some(p) = pending.get_mut(&call) else { return Poll::Ready(None) };
+            if let Some(e) = p.failed.take() {
+                p.replies.clear();
+                p.expected = Some(Vec::new());
+                return Poll::Ready(Some(Err(e)));
+            }
+            // Replies are kept in `replies` until returned; returned ones leave a marker.
+            let ready = p.replies.iter().find(|(_, r)| !matches!(r, Err(CallError::Returned))).map(|(n, _)| *n);
+            if let Some(n) = ready {
+                let r = p.replies.insert(n, Err(CallError::Returned)).expect("present");
+                return Poll::Ready(Some(Ok((n, r))));
+            }
+            if p.complete() {
+                return Poll::Ready(None);
+            }
+            p.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        match got {
+            None => {
+                self.done = true;
+                None
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                let me = self.inner.me.get().unwrap_or(EXTERNAL);
+                Some((me, Err(e)))
+            }
+            Some(Ok((n, r))) => Some((n, r.and_then(|b| (self.decode)(n, b)))),
+        }
+    }
+}
+
 /// Removes a pending call when its caller stops waiting (completed or dropped).
 struct PendingGuard<'a> {
     inner: &'a ServiceInner,
@@ -1270,6 +1358,37 @@ impl<T: Replicated> Handle<T> {
         let inner = self.inner()?;
         self.check_type(&inner)?;
         ordered_call(&inner, self.shard, method, args).await
+    }
+
+    /// As [`Handle::ordered_raw`], but returns once the call is multicast, with a stream of the
+    /// replies as they arrive ([`ReplyStream::next`]), each replica's on its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::ordered_raw`], for the multicast.
+    pub async fn ordered_each_raw(&self, method: u32, args: &[u8]) -> Result<ReplyStream<AlignedVec>, CallError> {
+        if context().is_some_and(|c| c.shard == self.shard) {
+            return Err(CallError::FromHandler(self.shard));
+        }
+        let inner = self.inner()?;
+        self.check_type(&inner)?;
+        let me = inner.me.get().ok_or(CallError::Closed)?;
+        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
+        let call = new_pending(&inner, self.shard, None);
+        let stream = ReplyStream { inner: inner.clone(), call, decode: Box::new(|_, b| Ok(b)), done: false };
+        let header =
+            Header { kind: Kind::Ordered, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
+        sender
+            .send(self.shard, HEADER_LEN + args.len(), |buf| {
+                header.write(buf);
+                buf[HEADER_LEN..].copy_from_slice(args);
+            })
+            .await
+            .map_err(|e| match e {
+                GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
+                other => CallError::Send(other),
+            })?;
+        Ok(stream)
     }
 
     /// Calls query `method` on member `to`; returns its archived reply.

@@ -189,6 +189,40 @@ impl CounterClient {
     pub fn handle(&self) -> &::derecho::rpc::Handle<Counter> {
         &self.handle
     }
+    ///Ordered `add`, with each replica's reply as it arrives.
+    pub async fn add_each(
+        &self,
+        by: u64,
+        label: &str,
+    ) -> ::core::result::Result<
+        ::derecho::rpc::ReplyStream<u64>,
+        ::derecho::rpc::CallError,
+    > {
+        let __args = __DerechoArgs_Counter_add {
+            by,
+            label: ::std::borrow::ToOwned::to_owned(label),
+        };
+        let __bytes = ::derecho::rpc::support::rkyv::to_bytes::<
+            ::derecho::rpc::support::rkyv::rancor::Error,
+        >(&__args)
+            .map_err(|e| ::derecho::rpc::CallError::Arguments(
+                ::std::string::ToString::to_string(&e),
+            ))?;
+        let __stream = self.handle.ordered_each_raw(0u32, &__bytes).await?;
+        ::core::result::Result::Ok(
+            __stream
+                .map(|__node, __r| {
+                    ::derecho::rpc::support::rkyv::from_bytes::<
+                        u64,
+                        ::derecho::rpc::support::rkyv::rancor::Error,
+                    >(&__r)
+                        .map_err(|e| ::derecho::rpc::CallError::BadReply {
+                            node: __node,
+                            reason: ::std::string::ToString::to_string(&e),
+                        })
+                }),
+        )
+    }
     /// Adds `by`, tagged `label`.
     ///
     ///Ordered `add`: applied by every replica of the shard; every replica's reply.
