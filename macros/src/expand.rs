@@ -177,7 +177,6 @@ fn replicated_impl(m: &Model) -> TokenStream {
 
 /// `TClient`: one async method per source method.
 fn client(m: &Model) -> TokenStream {
-    let rkyv = rkyv();
     let ty = &m.ty;
     let client = format_ident!("{}Client", ty);
     let vis = client_vis(m);
@@ -186,19 +185,11 @@ fn client(m: &Model) -> TokenStream {
         let index = i as u32;
         let name = &method.name;
         let mvis = &method.vis;
-        let args_ty = args_type(m, method);
         let params = params(method);
-        let build = build(method);
         let ret = &method.ret;
         let docs = &method.docs;
-        let encode = quote! {
-            let __args = #args_ty { #(#build,)* };
-            let __bytes = #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args)
-                .map_err(|e| ::derecho::rpc::CallError::Arguments(::std::string::ToString::to_string(&e)))?;
-        };
-        let decode = quote_spanned! {syn::spanned::Spanned::span(ret)=>
-            #rkyv::from_bytes::<#ret, #rkyv::rancor::Error>
-        };
+        let encode = encode_args(m, method, quote!(::derecho::rpc::CallError));
+        let decode = decoder(method);
         if method.ordered {
             let doc = format!("Ordered `{name}`: applied by every replica of the shard; every replica's reply.");
             let each = format_ident!("{}_each", name);
@@ -281,9 +272,9 @@ fn client(m: &Model) -> TokenStream {
     }
 }
 
-/// `TExternal`: the queries of `T`, for processes outside the group.
+/// `TExternal`: the calls of `T` (queries, and ordered calls relayed by a member), for processes
+/// outside the group.
 fn external_client(m: &Model) -> TokenStream {
-    let rkyv = rkyv();
     let ty = &m.ty;
     let name = format_ident!("{}External", ty);
     let vis = client_vis(m);
@@ -293,18 +284,10 @@ fn external_client(m: &Model) -> TokenStream {
         let mname = &method.name;
         let mvis = &method.vis;
         let docs = &method.docs;
-        let args_ty = args_type(m, method);
         let params = params(method);
-        let build = build(method);
         let ret = &method.ret;
-        let decode = quote_spanned! {syn::spanned::Spanned::span(ret)=>
-            #rkyv::from_bytes::<#ret, #rkyv::rancor::Error>
-        };
-        let encode = quote! {
-            let __args = #args_ty { #(#build,)* };
-            let __bytes = #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args)
-                .map_err(|e| ::derecho::rpc::ClientError::Arguments(::std::string::ToString::to_string(&e)))?;
-        };
+        let decode = decoder(method);
+        let encode = encode_args(m, method, quote!(::derecho::rpc::ClientError));
         let bad = quote!(|e| ::derecho::rpc::ClientError::BadReply(::std::string::ToString::to_string(&e)));
         if method.ordered {
             return quote! {
@@ -397,4 +380,27 @@ fn build(method: &Method) -> Vec<TokenStream> {
             }
         })
         .collect()
+}
+
+/// The statements that archive a client method's arguments into `__bytes`; an error becomes
+/// `#error::Arguments`.
+fn encode_args(m: &Model, method: &Method, error: TokenStream) -> TokenStream {
+    let rkyv = rkyv();
+    let args_ty = args_type(m, method);
+    let build = build(method);
+    quote! {
+        let __args = #args_ty { #(#build,)* };
+        let __bytes = #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args)
+            .map_err(|e| #error::Arguments(::std::string::ToString::to_string(&e)))?;
+    }
+}
+
+/// The function that reads a method's archived reply (spanned at the return type, where an
+/// error about it belongs).
+fn decoder(method: &Method) -> TokenStream {
+    let rkyv = rkyv();
+    let ret = &method.ret;
+    quote_spanned! {syn::spanned::Spanned::span(ret)=>
+        #rkyv::from_bytes::<#ret, #rkyv::rancor::Error>
+    }
 }

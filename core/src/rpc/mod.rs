@@ -1372,23 +1372,8 @@ impl<T: Replicated> Handle<T> {
         }
         let inner = self.inner()?;
         self.check_type(&inner)?;
-        let me = inner.me.get().ok_or(CallError::Closed)?;
-        let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
-        let call = new_pending(&inner, self.shard, None);
-        let stream = ReplyStream { inner: inner.clone(), call, decode: Box::new(|_, b| Ok(b)), done: false };
-        let header =
-            Header { kind: Kind::Ordered, shard: self.shard, method, caller: me, call, version: Version::from_u64(0) };
-        sender
-            .send(self.shard, HEADER_LEN + args.len(), |buf| {
-                header.write(buf);
-                buf[HEADER_LEN..].copy_from_slice(args);
-            })
-            .await
-            .map_err(|e| match e {
-                GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
-                other => CallError::Send(other),
-            })?;
-        Ok(stream)
+        let call = multicast_call(&inner, self.shard, method, args).await?;
+        Ok(ReplyStream { inner: inner.clone(), call, decode: Box::new(|_, b| Ok(b)), done: false })
     }
 
     /// Calls query `method` on member `to`; returns its archived reply.
@@ -1474,16 +1459,13 @@ async fn wait_call(inner: &ServiceInner, call: u64) -> Pending {
     inner.pending.borrow_mut().remove(&call).expect("present")
 }
 
-/// An ordered call into `shard` (see [`Handle::ordered_raw`]), without the type check.
-async fn ordered_call(
-    inner: &ServiceInner,
-    shard: ShardRef,
-    method: u32,
-    args: &[u8],
-) -> Result<Replies<AlignedVec>, CallError> {
+/// Registers an ordered call into `shard` and multicasts it; returns its id. The pending
+/// record is removed if the multicast fails.
+async fn multicast_call(inner: &ServiceInner, shard: ShardRef, method: u32, args: &[u8]) -> Result<u64, CallError> {
     let me = inner.me.get().ok_or(CallError::Closed)?;
     let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
     let call = new_pending(inner, shard, None);
+    // Removes the record if the send fails or this future is dropped before it is sent.
     let guard = PendingGuard { inner, call };
     let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(0) };
     sender
@@ -1496,6 +1478,20 @@ async fn ordered_call(
             GroupSendError::Refused(crate::protocol::SendError::NotAMember(s)) => CallError::NotAMember(s),
             other => CallError::Send(other),
         })?;
+    // Sent: the caller's own guard or stream owns the record from here.
+    std::mem::forget(guard);
+    Ok(call)
+}
+
+/// An ordered call into `shard` (see [`Handle::ordered_raw`]), without the type check.
+async fn ordered_call(
+    inner: &ServiceInner,
+    shard: ShardRef,
+    method: u32,
+    args: &[u8],
+) -> Result<Replies<AlignedVec>, CallError> {
+    let call = multicast_call(inner, shard, method, args).await?;
+    let guard = PendingGuard { inner, call };
     let p = wait_call(inner, call).await;
     drop(guard);
     if let Some(e) = p.failed {
@@ -1513,17 +1509,8 @@ async fn ordered_call_own(
     args: &[u8],
 ) -> Result<(Version, Result<AlignedVec, CallError>), CallError> {
     let me = inner.me.get().ok_or(CallError::Closed)?;
-    let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
-    let call = new_pending(inner, shard, None);
+    let call = multicast_call(inner, shard, method, args).await?;
     let guard = PendingGuard { inner, call };
-    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(0) };
-    sender
-        .send(shard, HEADER_LEN + args.len(), |buf| {
-            header.write(buf);
-            buf[HEADER_LEN..].copy_from_slice(args);
-        })
-        .await
-        .map_err(CallError::Send)?;
     let own = poll_fn(|cx| {
         let mut pending = inner.pending.borrow_mut();
         let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
