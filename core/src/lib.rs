@@ -7,16 +7,20 @@
 //! deterministic state machine that takes inputs (a row update, a frame, a timer) and returns
 //! outputs (push this row range, send this frame, deliver this message). A driver turns those
 //! outputs into I/O on the runtime ([`runtime`]): thread-per-core executors on io_uring and
-//! transports over TCP or shared memory. Today this crate is the runtime's front door: the runtime
-//! and its transports exist and are re-exported here; the protocol, its driver, membership,
-//! replicated objects and persistence arrive next, each in its own module.
+//! transports over TCP or shared memory. The runtime is re-exported here; the protocol core
+//! (multicast, membership, subgroups), its drivers, replicated objects and external clients
+//! exist; persistence is under way (its durable log exists).
 //!
 //! # Layout
 //!
-//! * [`driver`]: runs a protocol node on the runtime over a transport; the static group and its
-//!   configuration file.
-//! * [`protocol`]: the sans-IO protocol core: identifiers, limits, views, the shared state table
-//!   and ordered multicast (PROTOCOLS §1, §2), driven through [`protocol::Node`].
+//! * [`driver`]: runs a protocol node on the runtime over a transport: the static group, the
+//!   group with membership ([`driver::Group`]) and their configuration files.
+//! * [`protocol`]: the sans-IO protocol core: identifiers, limits, views, the shared state table,
+//!   ordered multicast, membership and subgroup layouts (PROTOCOLS §1, §2, §3, §5), driven
+//!   through [`protocol::Node`].
+//! * [`rpc`]: replicated objects (`#[replicated]`), calls into them from members and from
+//!   external clients (PROTOCOLS §6).
+//! * [`persist`]: durable logs of versioned state (PROTOCOLS §4; the first layer).
 //! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: nodes in one
 //!   thread, virtual time, seeded latency, slow members and cut links, a checksummed workload and
 //!   a trace; the checkers that judge its runs are in the `derecho-tests` package.
@@ -50,6 +54,7 @@
 //! and transports in depth, and `cargo run --release -p derecho-examples --bin ping` measures them.
 
 pub mod driver;
+pub mod persist;
 pub mod protocol;
 pub mod rpc;
 #[cfg(feature = "sim")]

@@ -107,6 +107,37 @@ impl File {
         (res, buf)
     }
 
+    /// Sets the file's length (truncating or extending with zeros), synchronously: recovery
+    /// cuts a log at its last valid record with it.
+    ///
+    /// # Errors
+    ///
+    /// The `ftruncate` error.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The file's length, synchronously.
+    ///
+    /// # Errors
+    ///
+    /// The `fstat` error.
+    pub fn file_len(&self) -> io::Result<u64> {
+        // SAFETY: zeroed stat is a valid out-parameter; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on a descriptor we own, writing into `st`.
+        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.st_size as u64)
+    }
+
     /// `fsync`: data and metadata durable.
     ///
     /// # Errors

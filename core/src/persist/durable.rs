@@ -1,0 +1,246 @@
+//! A durable log on disk: records appended in memory, made durable in batches through the
+//! runtime's io_uring file operations (one write and one `fdatasync` cover every record
+//! appended before them), and recovered at open by [`record::scan`](super::record::scan), which
+//! cuts the file after its last valid record.
+//!
+//! A write or sync error is final: the log reports nothing persisted after it, ever (an
+//! `fsync` that failed may have dropped the dirty pages; retrying it and trusting the retry
+//! would report data durable that is not). The owner leaves the group with the error.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use derecho_runtime::AlignedBuf;
+use derecho_runtime::fs::File;
+
+use super::record::{self, Damage};
+
+/// Errors of a durable log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The file could not be opened, read or cut at recovery.
+    #[error("cannot open the log {path}: {reason}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A record's version or timestamp does not go forward.
+    #[error("version {version} (time {hlc}) does not follow version {last} (time {last_hlc})")]
+    OutOfOrder {
+        /// The version appended.
+        version: u64,
+        /// Its timestamp.
+        hlc: u64,
+        /// The last version in the log.
+        last: u64,
+        /// Its timestamp.
+        last_hlc: u64,
+    },
+    /// A payload above the record limit.
+    #[error("a payload of {0} bytes is above the record limit")]
+    TooLarge(usize),
+    /// A write or sync failed (a full disk, an I/O error): nothing more is ever persisted.
+    #[error("the log {path} failed and persists nothing more: {reason}")]
+    Failed {
+        /// The file.
+        path: String,
+        /// The first error.
+        reason: String,
+    },
+}
+
+/// What recovery found in a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// Every valid record: version, timestamp, payload.
+    pub records: Vec<(u64, u64, Vec<u8>)>,
+    /// Why the log ended early, if it did.
+    pub damage: Option<Damage>,
+    /// Bytes cut from the end of the file.
+    pub cut: u64,
+}
+
+/// A durable log; see the module documentation.
+#[derive(Debug)]
+pub struct DurableLog {
+    path: PathBuf,
+    file: File,
+    /// Bytes written and synced.
+    end: Cell<u64>,
+    /// Records appended, not yet written.
+    pending: RefCell<Vec<u8>>,
+    /// The last version appended, with its timestamp.
+    last: Cell<Option<(u64, u64)>>,
+    /// The last version of the records in `pending`.
+    pending_last: Cell<Option<u64>>,
+    /// The last version durable on disk.
+    persisted: Cell<Option<u64>>,
+    flushing: Cell<bool>,
+    failed: RefCell<Option<String>>,
+    waiters: RefCell<Vec<Waker>>,
+    flushes: Cell<u64>,
+}
+
+impl DurableLog {
+    /// Opens (or creates) the log at `path`, recovers its valid records and cuts the file after
+    /// the last one (the cut is synced before anything is appended).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Open`].
+    pub async fn open(path: &Path) -> Result<(Rc<Self>, Recovered), LogError> {
+        let open_err = |reason: String| LogError::Open { path: path.display().to_string(), reason };
+        let file = File::open_with(path, libc::O_RDWR | libc::O_CREAT, 0o644).map_err(|e| open_err(e.to_string()))?;
+        let len = file.file_len().map_err(|e| open_err(e.to_string()))?;
+        let len_usize = usize::try_from(len).map_err(|_| open_err("larger than memory".into()))?;
+        let mut bytes = Vec::with_capacity(len_usize);
+        let mut buf = AlignedBuf::zeroed(1 << 20);
+        while (bytes.len() as u64) < len {
+            let (r, b) = file.read_at(buf, bytes.len() as u64).await;
+            buf = b;
+            match r {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf.spare_full()[..n]),
+                Err(e) => return Err(open_err(format!("read: {e}"))),
+            }
+        }
+        let scan = record::scan(&bytes);
+        let valid = scan.valid_len as u64;
+        if valid < len {
+            file.set_len(valid).map_err(|e| open_err(format!("cut at {valid}: {e}")))?;
+            file.sync_all().await.map_err(|e| open_err(format!("sync after the cut: {e}")))?;
+        }
+        let records: Vec<(u64, u64, Vec<u8>)> = scan
+            .records
+            .iter()
+            .map(|r| (r.version, r.hlc, bytes[r.payload_offset..r.payload_offset + r.payload_len].to_vec()))
+            .collect();
+        let last = scan.records.last().map(|r| (r.version, r.hlc));
+        let log = Rc::new(Self {
+            path: path.to_path_buf(),
+            file,
+            end: Cell::new(valid),
+            pending: RefCell::new(Vec::new()),
+            last: Cell::new(last),
+            pending_last: Cell::new(None),
+            persisted: Cell::new(last.map(|(v, _)| v)),
+            flushing: Cell::new(false),
+            failed: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            flushes: Cell::new(0),
+        });
+        Ok((log, Recovered { records, damage: scan.damage, cut: len - valid }))
+    }
+
+    fn failed(&self) -> Option<LogError> {
+        self.failed
+            .borrow()
+            .as_ref()
+            .map(|reason| LogError::Failed { path: self.path.display().to_string(), reason: reason.clone() })
+    }
+
+    /// Appends a record (in memory; [`DurableLog::persist`] makes it durable).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError`]: the version or time does not go forward, the payload is too large, or the
+    /// log has failed.
+    pub fn append(&self, version: u64, hlc: u64, payload: &[u8]) -> Result<(), LogError> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if payload.len() > record::PAYLOAD_LEN_MAX {
+            return Err(LogError::TooLarge(payload.len()));
+        }
+        if let Some((last, last_hlc)) = self.last.get()
+            && (version <= last || hlc < last_hlc)
+        {
+            return Err(LogError::OutOfOrder { version, hlc, last, last_hlc });
+        }
+        record::encode(&mut self.pending.borrow_mut(), version, hlc, payload);
+        self.last.set(Some((version, hlc)));
+        self.pending_last.set(Some(version));
+        Ok(())
+    }
+
+    /// The last version durable on disk.
+    pub fn persisted(&self) -> Option<u64> {
+        self.persisted.get()
+    }
+
+    /// How many write-and-sync rounds have run (each covers every record appended before it).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.get()
+    }
+
+    /// Waits until `version` (and everything before it) is durable, writing and syncing what
+    /// was appended; callers waiting together share the rounds.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Failed`] if a write or sync failed (now or before): `version` may not be
+    /// durable, and nothing after it ever will be.
+    ///
+    /// # Panics
+    ///
+    /// If `version` was never appended (a programmer error).
+    pub async fn persist(&self, version: u64) -> Result<(), LogError> {
+        assert!(self.last.get().is_some_and(|(v, _)| v >= version), "version {version} was never appended");
+        loop {
+            if let Some(e) = self.failed() {
+                return Err(e);
+            }
+            if self.persisted.get().is_some_and(|p| p >= version) {
+                return Ok(());
+            }
+            if self.flushing.get() {
+                // Another caller's round is under way: wait for it, then look again.
+                let mut waited = false;
+                poll_fn(|cx| {
+                    if waited || !self.flushing.get() {
+                        return Poll::Ready(());
+                    }
+                    waited = true;
+                    self.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                continue;
+            }
+            self.flush().await;
+        }
+    }
+
+    /// One round: write everything appended, then `fdatasync`.
+    async fn flush(&self) {
+        let bytes = std::mem::take(&mut *self.pending.borrow_mut());
+        let Some(covers) = self.pending_last.take() else { return };
+        self.flushing.set(true);
+        let at = self.end.get();
+        let len = bytes.len() as u64;
+        let result = match self.file.write_all_at(AlignedBuf::from_slice(&bytes), at).await {
+            Ok(_) => self.file.sync_data().await.map_err(|e| format!("fdatasync: {e}")),
+            Err(e) => Err(format!("write of {len} bytes at {at}: {e}")),
+        };
+        match result {
+            Ok(()) => {
+                self.end.set(at + len);
+                self.persisted.set(Some(covers));
+            }
+            Err(reason) => {
+                tracing::error!(path = %self.path.display(), %reason, "the log failed");
+                self.failed.borrow_mut().get_or_insert(reason);
+            }
+        }
+        self.flushes.set(self.flushes.get() + 1);
+        self.flushing.set(false);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The record format of a durable log, and the scan that recovers a log after a crash
+//! (PROTOCOLS §4, §7). Pure: bytes in, records out.
+//!
+//! ```text
+//! offset size field
+//!  0     4    magic     "DLOG"
+//!  4     4    length    payload length in bytes
+//!  8     8    version   the version the record stores (strictly increasing along the log)
+//! 16     8    hlc       hybrid logical clock timestamp of the version (never decreasing)
+//! 24     4    crc       CRC32C of bytes 0..24 and the payload
+//! 28     4    reserved  0
+//! 32          payload, then zeros up to a multiple of 8
+//! ```
+//!
+//! A log is a sequence of records. The scan reads from the start and stops at the first record
+//! that is torn (shorter than its header says), fails its checksum, breaks a field rule or goes
+//! backwards in version or time; everything before it is the valid prefix, and recovery cuts the
+//! file there. So a crash in the middle of a write, or a bit flipped on disk, loses the records
+//! from the damage on, never returns a damaged one, and never skips over a hole.
+
+/// `"DLOG"` as a little-endian `u32`.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"DLOG");
+/// Bytes of a record's header.
+pub const HEADER_LEN: usize = 32;
+/// The longest payload a record holds (a version of a persistent field).
+pub const PAYLOAD_LEN_MAX: usize = 1 << 30;
+
+/// Bytes a record of `payload_len` bytes takes in the log.
+pub fn record_len(payload_len: usize) -> usize {
+    HEADER_LEN + payload_len.next_multiple_of(8)
+}
+
+/// Appends a record to `out`.
+///
+/// # Panics
+///
+/// If the payload is longer than [`PAYLOAD_LEN_MAX`] (a programmer error: the persistent
+/// field's limit is checked before).
+pub fn encode(out: &mut Vec<u8>, version: u64, hlc: u64, payload: &[u8]) {
+    assert!(payload.len() <= PAYLOAD_LEN_MAX, "a payload of {} bytes is above the record limit", payload.len());
+    let start = out.len();
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&hlc.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 24]), payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(payload);
+    out.resize(start + record_len(payload.len()), 0);
+}
+
+/// One valid record found by [`scan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its version.
+    pub version: u64,
+    /// Its timestamp.
+    pub hlc: u64,
+    /// Where its payload starts in the scanned bytes.
+    pub payload_offset: usize,
+    /// Its payload's length.
+    pub payload_len: usize,
+}
+
+/// Why a scan stopped before the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// The last record is shorter than its header says: a write that did not complete.
+    Torn {
+        /// Where it starts.
+        at: usize,
+    },
+    /// A record that fails its checksum or a field rule: corruption.
+    Corrupt {
+        /// Where it starts.
+        at: usize,
+        /// Which rule.
+        why: &'static str,
+    },
+}
+
+/// What a log holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The valid records, in log order.
+    pub records: Vec<Found>,
+    /// The length of the valid prefix: recovery cuts the log there.
+    pub valid_len: usize,
+    /// Why the scan stopped before the end, if it did.
+    pub damage: Option<Damage>,
+}
+
+/// Reads `bytes` (a whole log) from the start; see the module documentation.
+pub fn scan(bytes: &[u8]) -> Scan {
+    let mut records = Vec::new();
+    let mut at = 0;
+    let mut last: Option<(u64, u64)> = None;
+    let damage = loop {
+        if at == bytes.len() {
+            break None;
+        }
+        let rest = &bytes[at..];
+        if rest.len() < HEADER_LEN {
+            break Some(Damage::Torn { at });
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+        if u32_at(0) != MAGIC {
+            // Zeros after the last record are a write that never started (preallocated or torn).
+            if rest.iter().all(|&b| b == 0) {
+                break Some(Damage::Torn { at });
+            }
+            break Some(Damage::Corrupt { at, why: "bad magic" });
+        }
+        let len = u32_at(4) as usize;
+        if len > PAYLOAD_LEN_MAX {
+            break Some(Damage::Corrupt { at, why: "a length above the limit" });
+        }
+        let total = record_len(len);
+        if rest.len() < total {
+            break Some(Damage::Torn { at });
+        }
+        let (version, hlc) = (u64_at(8), u64_at(16));
+        let payload = &rest[HEADER_LEN..HEADER_LEN + len];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&rest[..24]), payload);
+        if crc != u32_at(24) {
+            break Some(Damage::Corrupt { at, why: "checksum mismatch" });
+        }
+        if u32_at(28) != 0 || rest[HEADER_LEN + len..total].iter().any(|&b| b != 0) {
+            break Some(Damage::Corrupt { at, why: "reserved bytes set" });
+        }
+        if let Some((v, t)) = last
+            && (version <= v || hlc < t)
+        {
+            break Some(Damage::Corrupt { at, why: "a version or timestamp that goes backwards" });
+        }
+        last = Some((version, hlc));
+        records.push(Found { version, hlc, payload_offset: at + HEADER_LEN, payload_len: len });
+        at += total;
+    };
+    Scan { records, valid_len: at, damage }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let payload: Vec<u8> = (0..(i * 7 % 23)).map(|b| b as u8 ^ i as u8).collect();
+            encode(&mut out, 10 + i * 3, 1000 + i, &payload);
+        }
+        out
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let bytes = log(20);
+        let s = scan(&bytes);
+        assert_eq!(s.damage, None);
+        assert_eq!(s.valid_len, bytes.len());
+        assert_eq!(s.records.len(), 20);
+        for (i, r) in s.records.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!((r.version, r.hlc), (10 + i * 3, 1000 + i));
+            let want: Vec<u8> = (0..(i * 7 % 23)).map(|b| b as u8 ^ i as u8).collect();
+            assert_eq!(&bytes[r.payload_offset..r.payload_offset + r.payload_len], &want[..]);
+        }
+        assert_eq!(scan(&[]).records, vec![]);
+    }
+
+    #[test]
+    fn a_torn_write_at_any_byte_keeps_exactly_the_whole_records_before_it() {
+        let bytes = log(8);
+        let ends: Vec<usize> = {
+            let s = scan(&bytes);
+            s.records.iter().map(|r| r.payload_offset + r.payload_len.next_multiple_of(8)).collect()
+        };
+        for cut in 0..=bytes.len() {
+            let s = scan(&bytes[..cut]);
+            let whole = ends.iter().filter(|&&e| e <= cut).count();
+            assert_eq!(s.records.len(), whole, "cut at {cut}");
+            assert_eq!(s.valid_len, if whole == 0 { 0 } else { ends[whole - 1] }, "cut at {cut}");
+            assert!(matches!(s.damage, None | Some(Damage::Torn { .. })), "cut at {cut}: {:?}", s.damage);
+        }
+        // Zeros after the last record (a write that never started) are torn, not corrupt.
+        let mut z = bytes.clone();
+        z.extend_from_slice(&[0; 100]);
+        assert!(matches!(scan(&z).damage, Some(Damage::Torn { .. })));
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_never_yields_a_damaged_record() {
+        let bytes = log(6);
+        let good = scan(&bytes);
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = bytes.clone();
+                b[i] ^= bit;
+                let s = scan(&b);
+                // Every record returned is one of the original ones, byte for byte, in order,
+                // and they form a prefix of the log.
+                for (k, r) in s.records.iter().enumerate() {
+                    let o = good.records[k];
+                    assert_eq!((r.version, r.hlc, r.payload_len), (o.version, o.hlc, o.payload_len), "byte {i}");
+                    assert_eq!(
+                        &b[r.payload_offset..r.payload_offset + r.payload_len],
+                        &bytes[o.payload_offset..o.payload_offset + o.payload_len],
+                        "byte {i}"
+                    );
+                }
+                assert!(s.records.len() < good.records.len() || s.damage.is_none(), "byte {i}: damage unnoticed");
+                assert!(s.damage.is_some(), "flipping byte {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn versions_and_times_must_go_forward() {
+        let mut out = Vec::new();
+        encode(&mut out, 5, 100, b"a");
+        encode(&mut out, 5, 101, b"b");
+        let s = scan(&out);
+        assert_eq!(s.records.len(), 1);
+        assert!(matches!(s.damage, Some(Damage::Corrupt { why: "a version or timestamp that goes backwards", .. })));
+        let mut out = Vec::new();
+        encode(&mut out, 5, 100, b"a");
+        encode(&mut out, 6, 99, b"b");
+        assert_eq!(scan(&out).records.len(), 1);
+    }
+}
