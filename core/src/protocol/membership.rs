@@ -1,7 +1,7 @@
 //! Membership and virtual synchrony (PROTOCOLS §3), as rules over the membership section of
 //! the shared state table.
 //!
-//! Every member runs [`Gms::step`] after each batch of inputs. What it does, in order:
+//! Every member runs `Gms::step` after each batch of inputs. What it does, in order:
 //!
 //! 1. **Failure detection** (§3.2): bumps its heartbeat every period; suspects a peer whose
 //!    heartbeat has not moved for `suspect_after`, whose connection failed, that the application
@@ -23,7 +23,7 @@
 //!    publishing), the leader copies it instead: there is at most one final record, hence at
 //!    most one trim per (view, shard). Followers copy the final record from their leader (echo).
 //! 6. **Install** (step 8): once every member it does not suspect and that stays has echoed the
-//!    final record, a member delivers up to the trims ([`ShardState::deliver_trimmed`]) and
+//!    final record, a member delivers up to the trims (`ShardState::deliver_trimmed`) and
 //!    computes the next view; the driver gives it memory for the new table.
 //!
 //! Why one final record rather than a commit followed by per-shard trims: a commit that cannot
