@@ -18,8 +18,8 @@
 //!
 //! # Layout
 //!
-//! * [`model`]: the `impl` block parsed into a model, every error collected with its span.
-//! * [`expand`]: one function per generated item, absolute paths only
+//! * `model`: the `impl` block parsed into a model, every error collected with its span.
+//! * `expand`: one function per generated item, absolute paths only
 //!   (`::derecho::rpc::...`, `::core::...`).
 
 use proc_macro::TokenStream;

@@ -1,7 +1,7 @@
 //! TCP sockets driven by io_uring.
 //!
 //! Every operation takes its buffers by value and returns them with the result, so the kernel
-//! owns them while the operation is in flight ([`crate::op`]). Methods take `&self`: one task may
+//! owns them while the operation is in flight (`crate::op`). Methods take `&self`: one task may
 //! receive while another sends on the same stream (share it with `Rc`).
 
 use std::io;
