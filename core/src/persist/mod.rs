@@ -1,8 +1,9 @@
 //! Persistence (PROTOCOLS §4): durable logs of versioned state.
 //!
 //! This is the first layer of the persistence work: the on-disk record format with its
-//! recovery scan, and a durable log that batches writes and syncs through io_uring. Versioned
-//! persistent fields, persistence frontiers and total restart build on it.
+//! recovery scan, a durable log that batches writes and syncs through io_uring, the hybrid
+//! logical clock and the in-memory index of versions. Versioned persistent fields, persistence
+//! frontiers and total restart build on them.
 //!
 //! # Layout
 //!
@@ -10,8 +11,18 @@
 //!   valid prefix of a log after a crash (pure).
 //! * [`DurableLog`]: appends in memory, one write and one `fdatasync` per batch, recovery at
 //!   open, and a failure that is final.
+//! * [`hlc`]: the hybrid logical clock that timestamps versions (pure).
+//! * [`versioned`]: the versions of a value, read by version, index, latest and time, with reads
+//!   after the shard's stable time refused (pure).
+//!
+//! Not yet built: `Persistent<T>` fields inside `#[replicated]` types, delta objects, the local
+//! and global persistence frontiers, and total restart.
 
 mod durable;
+pub mod hlc;
 pub mod record;
+pub mod versioned;
 
 pub use durable::{DurableLog, LogError, Recovered};
+pub use hlc::{Hlc, HlcClock};
+pub use versioned::{VersionError, Versioned};
