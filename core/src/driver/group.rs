@@ -30,7 +30,9 @@ use derecho_runtime::transport::{Payload, PeerId, Transport, TransportError, Tra
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
 use super::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, app_frame};
-use super::{EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, since};
+use super::{
+    EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, push_range, since,
+};
 use crate::protocol::{
     Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
     RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
@@ -607,14 +609,11 @@ impl Inner {
             n += 1;
             match o {
                 Output::Push { range, to } => {
-                    let mut peers = self.push_peers.borrow_mut();
-                    let mut errors = self.push_errors.borrow_mut();
-                    peers.clear();
-                    peers.extend(to.iter().map(|p| PeerId(p.0)));
-                    self.transport.borrow().push_many(&peers, TABLE_REGION, range, &mut errors);
-                    for (peer, e) in errors.drain(..) {
+                    let transport = self.transport.borrow();
+                    push_range(&**transport, &self.push_peers, &self.push_errors, range, &to, |peer, e| {
+                        // A failed peer is suspected through its transport event.
                         tracing::trace!(%peer, error = %e, "push not sent");
-                    }
+                    });
                 }
                 Output::Violation { node: peer, violation } => {
                     tracing::warn!(%peer, %violation, "peer broke the protocol");
@@ -1015,13 +1014,32 @@ impl GroupSender {
     /// [`SendToError`]: `to` is not another member of the view, its connection failed, or the
     /// group is closed.
     pub async fn send_to(&self, to: NodeId, body: &[u8]) -> Result<(), SendToError> {
+        self.send_app_frame(to, app_frame(body)).await
+    }
+
+    /// As [`GroupSender::send_to`], with the frame already built: it starts with the
+    /// application-frame header ([`app_frame`]), so a caller that fills a frame in place sends it
+    /// without another copy.
+    ///
+    /// # Errors
+    ///
+    /// As [`GroupSender::send_to`].
+    ///
+    /// # Panics
+    ///
+    /// If `frame` does not start with the application-frame header (a programmer error).
+    pub async fn send_app_frame(&self, to: NodeId, frame: Vec<u8>) -> Result<(), SendToError> {
+        assert!(
+            frame.len() >= APP_FRAME_HEADER_LEN && frame[0] == APP_FRAME_KIND,
+            "an application frame starts with its header"
+        );
         let inner = self.inner()?;
         if to == inner.settings.me || inner.node.borrow().view().rank_of(to).is_none() {
             return Err(SendToError::NotAMember(to));
         }
         let transport = inner.transport.borrow().clone();
         drop(inner);
-        transport.send_frame(PeerId(to.0), Payload::from(app_frame(body))).await?;
+        transport.send_frame(PeerId(to.0), Payload::from(frame)).await?;
         Ok(())
     }
 

@@ -264,6 +264,26 @@ pub enum GroupEvent {
 
 type DeliverFn = Box<dyn FnMut(Delivered<'_>)>;
 
+/// Pushes `range` of this member's row to the peers `to`, with the caller's scratch vectors
+/// (no allocation per push); `failed` hears about each peer the push could not reach.
+fn push_range(
+    transport: &impl Transport,
+    peers: &RefCell<Vec<PeerId>>,
+    errors: &RefCell<Vec<(PeerId, TransportError)>>,
+    range: Range<usize>,
+    to: &[NodeId],
+    mut failed: impl FnMut(PeerId, TransportError),
+) {
+    let mut peers = peers.borrow_mut();
+    let mut errors = errors.borrow_mut();
+    peers.clear();
+    peers.extend(to.iter().map(|p| PeerId(p.0)));
+    transport.push_many(&peers, TABLE_REGION, range, &mut errors);
+    for (peer, e) in errors.drain(..) {
+        failed(peer, e);
+    }
+}
+
 /// A group's events, waiting for the application to take them.
 #[derive(Default)]
 struct EventBox {
@@ -341,16 +361,11 @@ impl Inner {
         while let Some(o) = node.poll_output() {
             match o {
                 Output::Push { range, to } => {
-                    let mut peers = self.push_peers.borrow_mut();
-                    let mut errors = self.push_errors.borrow_mut();
-                    peers.clear();
-                    peers.extend(to.iter().map(|p| PeerId(p.0)));
-                    self.transport.push_many(&peers, TABLE_REGION, range, &mut errors);
-                    for (peer, e) in errors.drain(..) {
+                    push_range(&self.transport, &self.push_peers, &self.push_errors, range, &to, |peer, e| {
                         if !matches!(e, TransportError::PeerFailed(_)) {
                             tracing::error!(%peer, error = %e, "push failed");
                         }
-                    }
+                    });
                     pushes += 1;
                 }
                 Output::Violation { node: peer, violation } => {

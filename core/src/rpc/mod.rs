@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
-use crate::driver::{Application, GroupSendError, GroupSender, SendToError, State, ViewChange};
+use crate::driver::{Application, GroupSendError, GroupSender, SendToError, State, ViewChange, app_frame};
 use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
 use wire::{HEADER_LEN, Header, Kind};
 
@@ -305,7 +305,7 @@ impl<R> Replies<R> {
 struct Pending {
     shard: ShardRef,
     /// Ordered calls: the shard's members when the call was delivered here.
-    expected: Option<Vec<NodeId>>,
+    expected: Option<Rc<[NodeId]>>,
     /// A query's target, and the query (sent again if a view change may have lost it).
     query: Option<(NodeId, Vec<u8>)>,
     /// Ordered calls: the version of this member's own delivery of the call.
@@ -402,12 +402,18 @@ struct ServiceInner {
     awaiting: RefCell<Vec<ShardRef>>,
     pending: RefCell<BTreeMap<u64, Pending>>,
     next_call: Cell<u64>,
-    outbox: RefCell<VecDeque<(NodeId, Vec<u8>)>>,
+    /// Frames being filled, per destination: the application-frame header, then a batch of
+    /// messages (replies and queries are written straight into them).
+    outbox: RefCell<Vec<(NodeId, Vec<u8>)>>,
+    /// Messages in `outbox` (at most [`OUTBOX_LEN_MAX`] before queries are refused).
+    outbox_len: Cell<usize>,
     outbox_waker: RefCell<Option<Waker>>,
     /// Replies sent to other callers, by (caller, call).
     sent: RefCell<SentReplies>,
     sender: RefCell<Option<GroupSender>>,
     view: RefCell<Option<View>>,
+    /// Every shard's members in the current view (shared by the calls that expect them).
+    shard_members: RefCell<BTreeMap<ShardRef, Rc<[NodeId]>>>,
     me: Cell<Option<NodeId>>,
     call_timeout: Cell<Duration>,
     stopped: Cell<bool>,
@@ -424,10 +430,12 @@ impl Default for ServiceInner {
             pending: RefCell::default(),
             next_call: Cell::new(0),
             outbox: RefCell::default(),
+            outbox_len: Cell::new(0),
             outbox_waker: RefCell::default(),
             sent: RefCell::default(),
             sender: RefCell::default(),
             view: RefCell::default(),
+            shard_members: RefCell::default(),
             me: Cell::new(None),
             call_timeout: Cell::new(Duration::from_secs(30)),
             stopped: Cell::new(false),
@@ -480,7 +488,7 @@ impl Service {
     /// Connects the service to its group (once the group started or joined): replies and
     /// queries go out through `sender`.
     pub fn attach(&self, sender: GroupSender) {
-        *self.inner.view.borrow_mut() = sender.view();
+        self.inner.set_view(sender.view());
         self.inner.me.set(sender.me());
         *self.inner.sender.borrow_mut() = Some(sender.clone());
         self.refresh_replicas();
@@ -535,8 +543,8 @@ impl Service {
                     tracing::warn!(%from, ?h, "a query in another member's name: ignored");
                     return;
                 }
-                if inner.outbox.borrow().len() >= OUTBOX_LEN_MAX {
-                    inner.send(from, error_bytes(&h, "the member is overloaded: too many replies waiting"));
+                if inner.outbox_len.get() >= OUTBOX_LEN_MAX {
+                    inner.send_error(from, &h, "the member is overloaded: too many replies waiting");
                     return;
                 }
                 let waiting = inner.awaiting.borrow().contains(&h.shard);
@@ -544,11 +552,11 @@ impl Service {
                 match state {
                     Some((false, queued)) if !waiting && queued < QUEUE_LEN_MAX => {}
                     Some((false, _)) if !waiting => {
-                        inner.send(from, error_bytes(&h, "the member is overloaded: too many calls waiting"));
+                        inner.send_error(from, &h, "the member is overloaded: too many calls waiting");
                         return;
                     }
                     _ => {
-                        inner.send(from, error_bytes(&h, "this member holds no replica of the shard (yet)"));
+                        inner.send_error(from, &h, "this member holds no replica of the shard (yet)");
                         return;
                     }
                 }
@@ -564,7 +572,7 @@ impl Service {
                     .get(&from)
                     .and_then(|q| q.iter().rev().find(|(c, _)| *c == h.call).map(|(_, b)| b.clone()));
                 if let Some(bytes) = again {
-                    inner.send(from, bytes);
+                    inner.send(from, &bytes);
                 }
             }
             Kind::Reply | Kind::Error => {
@@ -589,14 +597,6 @@ impl Service {
 /// message starts 16-byte aligned (its body is read in place).
 const BATCH_PREFIX: usize = 16;
 
-/// Appends one message to a batch frame: length, padding, the bytes, padding to 16.
-fn batch_push(out: &mut Vec<u8>, msg: &[u8]) {
-    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-    out.resize(out.len() + BATCH_PREFIX - 4, 0);
-    out.extend_from_slice(msg);
-    out.resize(out.len().next_multiple_of(16), 0);
-}
-
 /// The messages of a batch frame; stops at the first malformed length.
 fn batch_messages(mut body: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> {
     std::iter::from_fn(move || {
@@ -619,35 +619,24 @@ fn batch_messages(mut body: &[u8]) -> impl Iterator<Item = Result<&[u8], &'stati
     })
 }
 
-/// Sends queued replies and queries: what is queued for one member leaves in one frame (or a
-/// few, each at most [`BATCH_LEN_MAX`]).
+/// Sends the frames the service filled: everything queued for one member leaves in one frame
+/// (or a few, each at most [`BATCH_LEN_MAX`]).
 async fn outbox(inner: Weak<ServiceInner>, sender: GroupSender) {
     loop {
-        let batch = poll_fn(|cx| {
+        let frames = poll_fn(|cx| {
             let Some(inner) = inner.upgrade() else { return Poll::Ready(None) };
             let mut q = inner.outbox.borrow_mut();
             if q.is_empty() {
                 *inner.outbox_waker.borrow_mut() = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            let mut frames: Vec<(NodeId, Vec<u8>)> = Vec::new();
-            for (to, msg) in q.drain(..) {
-                let open = frames.iter().rposition(|(t, f)| *t == to && f.len() + msg.len() + 32 <= BATCH_LEN_MAX);
-                match open {
-                    Some(i) => batch_push(&mut frames[i].1, &msg),
-                    None => {
-                        let mut f = Vec::new();
-                        batch_push(&mut f, &msg);
-                        frames.push((to, f));
-                    }
-                }
-            }
-            Poll::Ready(Some(frames))
+            inner.outbox_len.set(0);
+            Poll::Ready(Some(std::mem::take(&mut *q)))
         })
         .await;
-        let Some(frames) = batch else { return };
-        for (to, body) in frames {
-            if let Err(e) = sender.send_to(to, &body).await {
+        let Some(frames) = frames else { return };
+        for (to, frame) in frames {
+            if let Err(e) = sender.send_app_frame(to, frame).await {
                 tracing::debug!(%to, error = %e, "replies or queries not sent");
                 if matches!(e, SendToError::Closed) {
                     if let Some(inner) = inner.upgrade() {
@@ -684,7 +673,7 @@ async fn sweep(inner: Weak<ServiceInner>) {
                     p.replies.entry(*t).or_insert(Err(CallError::Timeout { node: *t, after }));
                 }
                 (Some(e), None) => {
-                    for &n in e {
+                    for &n in e.iter() {
                         p.replies.entry(n).or_insert(Err(CallError::Timeout { node: n, after }));
                     }
                 }
@@ -802,21 +791,66 @@ async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
 }
 
 impl ServiceInner {
-    fn send(&self, to: NodeId, bytes: Vec<u8>) {
-        self.outbox.borrow_mut().push_back((to, bytes));
+    fn set_view(&self, view: Option<View>) {
+        *self.shard_members.borrow_mut() =
+            view.iter().flat_map(|v| v.shards.iter()).map(|s| (s.id, Rc::from(s.members.as_slice()))).collect();
+        *self.view.borrow_mut() = view;
+    }
+
+    /// Queues a message of `len` bytes for `to`, written by `write` straight into the frame
+    /// being filled for it: a length, padding, the message, padding to 16 bytes.
+    fn send_with(&self, to: NodeId, len: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut q = self.outbox.borrow_mut();
+        let room = |f: &Vec<u8>| f.len() + BATCH_PREFIX + len <= BATCH_LEN_MAX;
+        let i = match q.iter().rposition(|(t, f)| *t == to && room(f)) {
+            Some(i) => i,
+            None => {
+                q.push((to, app_frame(&[])));
+                q.len() - 1
+            }
+        };
+        let f = &mut q[i].1;
+        f.extend_from_slice(&(len as u32).to_le_bytes());
+        f.resize(f.len() + BATCH_PREFIX - 4, 0);
+        let start = f.len();
+        write(f);
+        debug_assert_eq!(f.len() - start, len, "a message wrote another length than it announced");
+        f.resize(f.len().next_multiple_of(16), 0);
+        drop(q);
+        self.outbox_len.set(self.outbox_len.get() + 1);
         if let Some(w) = self.outbox_waker.borrow_mut().take() {
             w.wake();
         }
     }
 
+    /// Queues a whole message (header included) for `to`.
+    fn send(&self, to: NodeId, msg: &[u8]) {
+        self.send_with(to, msg.len(), |f| f.extend_from_slice(msg));
+    }
+
+    /// Queues a header and a body for `to`, with no intermediate buffer.
+    fn send_parts(&self, to: NodeId, h: &Header, body: &[u8]) {
+        self.send_with(to, HEADER_LEN + body.len(), |f| {
+            let start = f.len();
+            f.resize(start + HEADER_LEN, 0);
+            h.write(&mut f[start..]);
+            f.extend_from_slice(body);
+        });
+    }
+
+    /// Queues an error reply to the call `h` for `to`.
+    fn send_error(&self, to: NodeId, h: &Header, why: &str) {
+        self.send_parts(to, &Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }, why.as_bytes());
+    }
+
     /// Remembers a reply sent to `caller`, for a repeat.
-    fn keep_sent(&self, caller: NodeId, call: u64, bytes: &[u8]) {
+    fn keep_sent(&self, caller: NodeId, call: u64, bytes: Vec<u8>) {
         let mut sent = self.sent.borrow_mut();
         let q = sent.entry(caller).or_default();
         if q.len() >= REPLY_CACHE_LEN {
             q.pop_front();
         }
-        q.push_back((call, bytes.to_vec()));
+        q.push_back((call, bytes));
     }
 
     /// The slot of `shard`, with a fresh replica if it has none and its type is registered;
@@ -883,13 +917,21 @@ impl ServiceInner {
             self.record(h.call, h.caller, reply);
             return;
         }
-        let bytes = reply_bytes(&h, version, &result);
         // A reply sent during a view change may be lost with the old view's connections: keep
         // it for the caller to ask again. Earlier ones reach the caller before the view ends.
         if h.kind == Kind::Ordered && self.sender.borrow().as_ref().is_some_and(GroupSender::is_wedged) {
-            self.keep_sent(h.caller, h.call, &bytes);
+            let bytes = reply_bytes(&h, version, &result);
+            self.send(from, &bytes);
+            self.keep_sent(h.caller, h.call, bytes);
+            return;
         }
-        self.send(from, bytes);
+        match &result {
+            Ok(reply) => {
+                let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..h };
+                self.send_parts(from, &header, reply);
+            }
+            Err(e) => self.send_error(from, &h, &e.to_string()),
+        }
     }
 
     /// Records a reply from `from` to call `call`; wakes the caller when the call is complete.
@@ -900,12 +942,7 @@ impl ServiceInner {
             (_, Some((t, _))) => *t == from,
             (Some(e), None) => e.contains(&from),
             // Before the caller's own delivery: a member of the shard in the current view.
-            (None, None) => self
-                .view
-                .borrow()
-                .as_ref()
-                .and_then(|v| v.shards.iter().find(|s| s.id == p.shard))
-                .is_some_and(|s| s.members.contains(&from)),
+            (None, None) => self.shard_members.borrow().get(&p.shard).is_some_and(|m| m.contains(&from)),
         };
         if allowed {
             p.replies.entry(from).or_insert(reply);
@@ -1017,11 +1054,9 @@ impl Application for Service {
         {
             // The members this call expects replies from: the shard's when it is delivered
             // (not when an async handler finishes it, perhaps in a later view).
-            if let Some(view) = inner.view.borrow().as_ref()
-                && let Some(s) = view.shards.iter().find(|s| s.id == h.shard)
-            {
-                p.replies.retain(|n, _| s.members.contains(n));
-                p.expected = Some(s.members.clone());
+            if let Some(members) = inner.shard_members.borrow().get(&h.shard) {
+                p.replies.retain(|n, _| members.contains(n));
+                p.expected = Some(members.clone());
             }
             p.version = d.version;
         }
@@ -1142,7 +1177,7 @@ impl Application for Service {
 
     fn view_installed(&mut self, change: &ViewChange) {
         let inner = &self.inner;
-        *inner.view.borrow_mut() = Some(change.view.clone());
+        inner.set_view(Some(change.view.clone()));
         *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
         // Replies kept for members that left will never be asked for again.
         inner.sent.borrow_mut().retain(|caller, _| change.view.members.contains(caller));
@@ -1163,7 +1198,7 @@ impl Application for Service {
                     }
                 }
                 (Some(e), None) => {
-                    for &n in e {
+                    for &n in e.iter() {
                         if p.replies.contains_key(&n) {
                             continue;
                         }
@@ -1199,7 +1234,7 @@ impl Application for Service {
             p.wake_if_complete();
         }
         for (to, bytes) in again {
-            inner.send(to, bytes);
+            inner.send(to, &bytes);
         }
     }
 
@@ -1281,7 +1316,7 @@ impl<R: 'static> ReplyStream<R> {
             let Some(p) = pending.get_mut(&call) else { return Poll::Ready(None) };
             if let Some(e) = p.failed.take() {
                 p.replies.clear();
-                p.expected = Some(Vec::new());
+                p.expected = Some(Rc::new([]));
                 return Poll::Ready(Some(Err(e)));
             }
             // Replies are kept in `replies` until returned; returned ones leave a marker.
@@ -1405,7 +1440,7 @@ impl<T: Replicated> Handle<T> {
             let h = Header { call, ..header };
             inner.run_or_queue(h, None, me, args);
         } else {
-            inner.send(to, query);
+            inner.send(to, &query);
         }
         let mut p = wait_call(&inner, call).await;
         drop(guard);
