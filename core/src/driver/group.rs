@@ -549,8 +549,8 @@ struct Inner {
     events: EventBox,
     /// Tasks in `send`, `settle`, `wait_view`: woken on progress, view changes and stop.
     waiters: RefCell<Vec<Waker>>,
+    /// The window and delivered-everywhere progress when the waiters were last woken.
     window_seen: Cell<u64>,
-    settle_seen: Cell<u64>,
     epoch: Instant,
     closed: Cell<bool>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -1203,7 +1203,6 @@ impl Group {
             events: EventBox::default(),
             waiters: RefCell::new(Vec::new()),
             window_seen: Cell::new(0),
-            settle_seen: Cell::new(0),
             epoch,
             closed: Cell::new(false),
             tasks: RefCell::new(Vec::new()),
@@ -1357,7 +1356,6 @@ impl Group {
             if node.delivered_everywhere(shard, &here).unwrap_or(false) {
                 return Poll::Ready(Ok(()));
             }
-            self.inner.settle_seen.set(node.delivered_everywhere_progress());
             self.inner.waiters.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         });
