@@ -221,3 +221,14 @@ pub fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 pub fn flag(args: &[String], name: &str) -> bool {
     args.iter().any(|a| a == name)
 }
+
+/// Logs of the library to standard error when `DERECHO_LOG` names a filter (for example
+/// `DERECHO_LOG=derecho=debug`); nothing otherwise.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("DERECHO_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}

@@ -1075,3 +1075,98 @@ fn tcp_pushes_to_a_peer_that_stopped_reading_are_bounded() {
         },
     );
 }
+
+/// `connect_allowing_missing` goes on without a peer that never appears (reporting it failed),
+/// and regions named in the configuration exist before a peer can see this side: pushes into
+/// them work at once, with no barrier of their own.
+#[test]
+fn shm_missing_peer_is_reported_and_configured_regions_are_ready() {
+    let ns = unique_ns("missing");
+    let side = |me: PeerId, other: PeerId, ns: String| {
+        Builder::new()
+            .name("shm-side")
+            .spawn_thread(move || async move {
+                let absent = PeerId(9);
+                let mut cfg = ShmConfig::new(me, vec![other, absent], ns);
+                cfg.limits = TransportLimits { connect_timeout: Duration::from_millis(300), ..limits() };
+                cfg.ring_len = ShmConfig::ring_len_for(cfg.limits.max_frame_len, 0);
+                cfg.regions = vec![(ROW, 64)];
+                let t = ShmTransport::connect_allowing_missing(cfg).await.expect("connects without peer 9");
+                assert_eq!(t.peers(), [other], "only the peer that appeared");
+                let row = t.region(ROW).expect("the configured region");
+                assert!(matches!(t.register_region(ROW, 64), Err(TransportError::RegionExists(_))));
+                let mine = if me == A { 0..8 } else { 8..16 };
+                row.write(mine.start, &[me.0 as u8 + 1; 8]);
+                t.push(other, ROW, mine).expect("the peer's region is in place");
+                let t = AnyTransport::Shm(t);
+                let (peer, reason) = next_failure(&t).await;
+                assert_eq!(peer, absent);
+                assert!(matches!(reason, PeerFailure::Silent(_)), "{reason:?}");
+                let theirs = if me == A { 8..16 } else { 0..8 };
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let mut got = [0u8; 8];
+                    row.read(theirs.start, &mut got);
+                    if got == [other.0 as u8 + 1; 8] {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "the peer's push never arrived: {got:?}");
+                    time::sleep(Duration::from_millis(1)).await;
+                }
+                // The peer is alive until it has our "done".
+                assert!(t.last_heard(other).is_some());
+                assert_eq!(t.last_heard(absent), None);
+                // Both have seen each other's push before either closes.
+                t.send_frame(other, b"done".into()).await.unwrap();
+                assert_eq!(next_frame(&t).await.1, b"done");
+                t.close(Duration::ZERO).await;
+            })
+            .unwrap()
+    };
+    let a = side(A, B, ns.clone());
+    let b = side(B, A, ns.clone());
+    a.join().expect("side A");
+    b.join().expect("side B");
+    assert_eq!(ShmTransport::remove_namespace(Path::new("/dev/shm"), &ns).unwrap(), 0, "files left behind");
+}
+
+/// What a killed member leaves in a namespace is removed by `remove_files_of`, and nothing of a
+/// live process is.
+#[test]
+fn shm_files_of_a_killed_member_are_removed() {
+    let ns = unique_ns("killed");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let ctl = |pid: u32| {
+        let mut ctl = vec![0u8; 4096];
+        ctl[0..8].copy_from_slice(b"DRECSHMC");
+        ctl[8..12].copy_from_slice(&1u32.to_le_bytes());
+        ctl[12..16].copy_from_slice(&1u32.to_le_bytes());
+        ctl[16..20].copy_from_slice(&pid.to_le_bytes());
+        ctl
+    };
+    let file = |name: &str| format!("/dev/shm/derecho-{ns}-{name}");
+    std::fs::write(file("3.ctl"), ctl(dead_pid)).unwrap();
+    for f in ["1-to-3.ring", "2-to-3.ring", "3.r0", "3.r7"] {
+        std::fs::write(file(f), b"x").unwrap();
+    }
+    // Another member's files, one of them for peer 13 (a prefix of nothing of 3's).
+    std::fs::write(file("13.ctl"), ctl(std::process::id())).unwrap();
+    std::fs::write(file("3-to-1.ring"), b"x").unwrap();
+    std::fs::write(file("1-to-13.ring"), b"x").unwrap();
+    let dir = Path::new("/dev/shm");
+    assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(13)).unwrap(), 0, "peer 13 is alive (our pid)");
+    assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(3)).unwrap(), 5);
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("derecho-{ns}-")))
+        .collect();
+    left.sort();
+    let want: Vec<String> =
+        ["1-to-13.ring", "13.ctl", "3-to-1.ring"].iter().map(|f| format!("derecho-{ns}-{f}")).collect();
+    assert_eq!(left, want);
+    ShmTransport::remove_namespace(dir, &ns).unwrap();
+}

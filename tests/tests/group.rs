@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::{Application, Group, GroupBuilder, GroupEvent, JoinError, State, ViewChange};
+use derecho::driver::{Application, Group, GroupBuilder, GroupEvent, JoinError, State, TransportKind, ViewChange};
 use derecho::protocol::{
     Delivered, DeliveryMode, JoinRefusal, MembershipConfig, NodeId, OneShard, ShardIndex, ShardRef, StopReason,
     SubgroupId,
@@ -98,7 +98,26 @@ fn members(g: &Group) -> Vec<u32> {
 
 #[test]
 fn members_join_fail_and_catch_up_through_state_transfer() {
-    Builder::new().build().unwrap().block_on(async {
+    Builder::new().build().unwrap().block_on(join_fail_and_catch_up(builder));
+}
+
+/// The same over shared memory: each view in a namespace of its own, joins through the TCP
+/// listener; every file is gone once the members closed.
+#[test]
+fn members_join_fail_and_catch_up_over_shared_memory() {
+    let dir = std::path::PathBuf::from(format!("/dev/shm/derecho-group-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory in /dev/shm");
+    let d = dir.clone();
+    let shm = move |me, min| builder(me, min).transport(TransportKind::Shm).shm_dir(d.clone());
+    Builder::new().build().unwrap().block_on(join_fail_and_catch_up(shm));
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+async fn join_fail_and_catch_up(builder: impl Fn(u32, usize) -> GroupBuilder) {
+    {
         let apps: Vec<App> = (0..4).map(|_| App::default()).collect();
         let a = builder(0, 2).start(apps[0].clone()).await.expect("start");
         let contact = a.local_addr();
@@ -159,7 +178,7 @@ fn members_join_fail_and_catch_up_through_state_transfer() {
         for g in [a, b, d] {
             g.close().await;
         }
-    });
+    }
 }
 
 #[test]

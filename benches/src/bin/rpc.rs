@@ -1,8 +1,9 @@
 //! `rpc`: calls into a replicated object, the equivalent of Derecho's `typed_subgroup_bw_test`
 //! (ordered calls) and `p2p_bw_test` (P2P queries).
 //!
-//! Three member processes of a `Group` on loopback TCP, pinned round robin to the cores, host a
-//! `#[replicated]` type in one shard of all three. For a few seconds:
+//! Three member processes of a `Group`, each view over loopback TCP or over shared memory, pinned
+//! round robin to the cores, host a `#[replicated]` type in one shard of all three. For a few
+//! seconds:
 //!
 //! * `ordered`: every member keeps `--outstanding` ordered calls in flight (a call completes when
 //!   every replica applied it and replied); the result is calls completed per second, summed
@@ -11,11 +12,12 @@
 //! * `multicast` (the baseline of `ordered`): the same members multicast messages of the same
 //!   size with no call layer; messages delivered per second at a member.
 //!
-//! Cases are named `tcp-SIZE-MODE`. A full run ends with the issue's target line:
+//! Cases are named `TRANSPORT-SIZE-MODE` (`tcp-100b-ordered`, `shm-10kib-query`). A full run
+//! ends with the issue's target line:
 //! `target-ordered-100b` (at least 500,000 ordered calls per second over TCP).
 //!
 //! ```text
-//! cargo run --release -p derecho-benches --bin rpc [-- --quick] [-- --secs S]
+//! cargo run --release -p derecho-benches --bin rpc [-- --quick] [-- --secs S] [-- --transport tcp|shm]
 //! ```
 
 use std::cell::Cell;
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::GroupBuilder;
+use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::protocol::{Delivered, Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
@@ -88,6 +90,7 @@ async fn wait_for(state: &AtomicU8, at_least: u8) {
 }
 
 fn member(args: &[String]) {
+    derecho_benches::log_from_env();
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
     let me = NodeId(num("--member") as u32);
     let size = num("--size") as usize;
@@ -95,6 +98,7 @@ fn member(args: &[String]) {
     let outstanding = num("--outstanding") as usize;
     let mode = arg(args, "--mode").expect("--mode").to_string();
     let core = arg(args, "--core").map(|c| c.parse::<usize>().expect("a core"));
+    let shm_dir = arg(args, "--shm-dir").map(str::to_string);
     let state = control();
     let mut b = derecho::Builder::new().spin_budget(Duration::from_micros(SPIN_US));
     b = match core {
@@ -110,7 +114,13 @@ fn member(args: &[String]) {
         let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
             .name("rpc-bench")
             .limits(limits)
-            .membership(membership);
+            .membership(membership)
+            // The object's state is two numbers; small states keep shared-memory rings small.
+            .state_len_max(1 << 20);
+        let builder = match shm_dir {
+            Some(d) => builder.transport(TransportKind::Shm).shm_dir(d),
+            None => builder,
+        };
         let delivered = Rc::new(Cell::new(0u64));
         let service = Service::new();
         service.host(SubgroupId(0), Sink::default);
@@ -177,7 +187,7 @@ fn member(args: &[String]) {
 
 /// One case: returns the rate (per second) summed over members (calls) or at one member
 /// (multicast: every member delivers every message).
-fn run_case(size: usize, mode: &str, secs: u64) -> f64 {
+fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
     let cores = available_cores();
     // Enough calls in flight to keep the window busy; for large calls the ring fills first.
     let outstanding = match mode {
@@ -186,6 +196,13 @@ fn run_case(size: usize, mode: &str, secs: u64) -> f64 {
         "query" => 64,
         _ => 1,
     };
+    // Over shared memory, each case's views live in a directory of their own.
+    let shm_dir = (transport == "shm").then(|| {
+        let d = format!("/dev/shm/derecho-rpc-bench-{}-{size}-{mode}", std::process::id());
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("a directory in /dev/shm");
+        d
+    });
     let (tx, rx) = mpsc::channel::<(u32, String)>();
     let mut members: Vec<ChildGuard> = Vec::new();
     let mut stdins = Vec::new();
@@ -209,6 +226,9 @@ fn run_case(size: usize, mode: &str, secs: u64) -> f64 {
         }
         if let Some(c) = contact {
             a.extend(["--contact".into(), c.into()]);
+        }
+        if let Some(d) = &shm_dir {
+            a.extend(["--shm-dir".into(), d.clone()]);
         }
         let exe = std::env::current_exe().expect("current exe");
         let mut child = std::process::Command::new(exe)
@@ -267,6 +287,13 @@ fn run_case(size: usize, mode: &str, secs: u64) -> f64 {
     for m in members {
         m.finish(Duration::from_secs(30));
     }
+    if let Some(d) = shm_dir {
+        let left: Vec<String> = std::fs::read_dir(&d)
+            .map(|r| r.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(left.is_empty(), "rpc {transport} {mode}: the members left files in {d}: {left:?}");
+    }
     let rate = |(count, ns): (u64, u64)| count as f64 / (ns as f64 / 1e9);
     if mode == "multicast" {
         // Every member delivers every message: the slowest member's rate.
@@ -290,18 +317,20 @@ fn main() {
         available_cores()
     );
     let mut ordered_100b = None;
-    for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
-        let baseline = run_case(size, "multicast", secs);
-        Record::new(BENCH, format!("tcp-{label}-multicast"), "messages_per_s", baseline, "msg/s").print();
-        let ordered = run_case(size, "ordered", secs);
-        Record::new(BENCH, format!("tcp-{label}-ordered"), "calls_per_s", ordered, "calls/s")
-            .with_baseline(baseline)
-            .print();
-        if size == 100 {
-            ordered_100b = Some(ordered);
+    let only = arg(&args, "--transport");
+    for transport in ["tcp", "shm"].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
+        for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
+            let case = |mode: &str| format!("{transport}-{label}-{mode}");
+            let baseline = run_case(transport, size, "multicast", secs);
+            Record::new(BENCH, case("multicast"), "messages_per_s", baseline, "msg/s").print();
+            let ordered = run_case(transport, size, "ordered", secs);
+            Record::new(BENCH, case("ordered"), "calls_per_s", ordered, "calls/s").with_baseline(baseline).print();
+            if (transport, size) == ("tcp", 100) {
+                ordered_100b = Some(ordered);
+            }
+            let query = run_case(transport, size, "query", secs);
+            Record::new(BENCH, case("query"), "queries_per_s", query, "queries/s").print();
         }
-        let query = run_case(size, "query", secs);
-        Record::new(BENCH, format!("tcp-{label}-query"), "queries_per_s", query, "queries/s").print();
     }
     if let Some(v) = ordered_100b {
         Record::new(BENCH, "target-ordered-100b", "calls_per_s", v, "calls/s")

@@ -1,10 +1,18 @@
-//! [`Group`]: a group with membership (PROTOCOLS §3) over TCP.
+//! [`Group`]: a group with membership (PROTOCOLS §3) over TCP or shared memory.
 //!
 //! One listener per member, held by a [`TcpAcceptor`], serves everything: each view runs on a
 //! transport of its own whose group tag names the group and the view, and the acceptor routes
 //! each incoming connection by that tag, parking connections for a view this member has not
 //! reached yet. Joins and their answers are one-shot messages to the same listener under the
 //! group's control tag.
+//!
+//! Over shared memory ([`TransportKind::Shm`]) the joins and control messages still go to the
+//! TCP listener, and each view's transport is a [`ShmTransport`] of its own namespace,
+//! `{group name}-v{view id}`, whose table region is created before the member announces itself
+//! in it (so pushes never meet a peer's missing table). Members that do not appear in the
+//! namespace within `connect_timeout` are reported failed, as over TCP; the files a killed member
+//! leaves behind in an old view's namespace are removed by the survivors when they release that
+//! view.
 //!
 //! A view change, as the driver sees it: the protocol announces [`Output::NextView`]; the driver
 //! welcomes the joiners (every old member does, so one failure does not strand a joiner),
@@ -25,10 +33,15 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use derecho_runtime::net::TcpListener;
+use derecho_runtime::transport::region::Region;
+use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
 use derecho_runtime::transport::tcp::{TcpAcceptor, TcpConfig, TcpTransport, send_message};
-use derecho_runtime::transport::{Payload, PeerId, Transport, TransportError, TransportEvent, TransportLimits};
+use derecho_runtime::transport::{
+    AnyTransport, Payload, PeerId, Transport, TransportError, TransportEvent, TransportLimits,
+};
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
+use super::config::TransportKind;
 use super::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, app_frame};
 use super::{
     EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, push_range, since,
@@ -204,6 +217,8 @@ pub struct GroupBuilder {
     connect_timeout: Duration,
     join_timeout: Duration,
     state_len_max: usize,
+    transport: TransportKind,
+    shm_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for GroupBuilder {
@@ -229,7 +244,27 @@ impl GroupBuilder {
             connect_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(30),
             state_len_max: 64 << 20,
+            transport: TransportKind::Tcp,
+            shm_dir: std::path::PathBuf::from("/dev/shm"),
         }
+    }
+
+    /// The transport of each view (every member must use the same): TCP (the default), or
+    /// shared memory among processes of this host. Over shared memory joins and external
+    /// clients still reach members through their TCP listener, and the group's name must be
+    /// 1 to 48 letters, digits, `_`, `.` or `-`, unique among the groups sharing
+    /// [`GroupBuilder::shm_dir`]. Each ring between two members is sized for the largest frame,
+    /// a state of up to `state_len_max` bytes: lower that for groups with small states (memory
+    /// is only touched as the ring is used).
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
+    /// Where shared-memory views keep their files (default `/dev/shm`).
+    pub fn shm_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.shm_dir = dir.into();
+        self
     }
 
     /// A listener already bound (its address replaces `listen`).
@@ -320,8 +355,7 @@ impl GroupBuilder {
         let view = Node::<RegionMemory>::bootstrap_view(self.me, &*self.layout);
         let addresses = [(self.me, advertise.clone())].into_iter().collect();
         let settings = Settings::from(&self);
-        let transport = settings.connect(&acceptor, &view, &[(self.me, advertise.clone())]).await?;
-        let region = transport.register_region(TABLE_REGION, Node::<RegionMemory>::table_len(&view, &self.limits))?;
+        let (transport, region) = settings.connect(&acceptor, &view, &[(self.me, advertise.clone())]).await?;
         let epoch = Instant::now();
         let node = Node::with_membership(
             self.me,
@@ -410,9 +444,7 @@ impl GroupBuilder {
             }
         };
         let settings = Settings::from(&self);
-        let transport = settings.connect(&acceptor, &next.view, &next.addresses).await?;
-        let len = Node::<RegionMemory>::table_len(&next.view, &self.limits);
-        let region = transport.register_region(TABLE_REGION, len).map_err(GroupError::from)?;
+        let (transport, region) = settings.connect(&acceptor, &next.view, &next.addresses).await?;
         let epoch = Instant::now();
         let node = Node::join(
             self.me,
@@ -474,6 +506,8 @@ struct Settings {
     membership: MembershipConfig,
     connect_timeout: Duration,
     state_len_max: usize,
+    transport: TransportKind,
+    shm_dir: std::path::PathBuf,
 }
 
 impl From<&GroupBuilder> for Settings {
@@ -485,18 +519,55 @@ impl From<&GroupBuilder> for Settings {
             membership: b.membership.clone(),
             connect_timeout: b.connect_timeout,
             state_len_max: b.state_len_max,
+            transport: b.transport,
+            shm_dir: b.shm_dir.clone(),
         }
     }
 }
 
 impl Settings {
-    /// The transport of `view`: peers missing after the connect timeout are reported failed.
+    /// The shared-memory namespace of view `view`.
+    fn shm_namespace(&self, view: ViewId) -> String {
+        format!("{}-v{}", self.name, view.0)
+    }
+
+    /// The transport of `view` and its table region: peers missing after the connect timeout
+    /// are reported failed.
     async fn connect(
         &self,
         acceptor: &TcpAcceptor,
         view: &View,
         addresses: &[(NodeId, String)],
-    ) -> Result<Rc<TcpTransport>, GroupError> {
+    ) -> Result<(Rc<AnyTransport>, Rc<Region>), GroupError> {
+        let table_len = Node::<RegionMemory>::table_len(view, &self.limits);
+        let row_len = RowLayout::new(view, &self.limits).row_len;
+        let heartbeat = Duration::from_nanos(self.membership.heartbeat_ns);
+        let max_frame_len = row_len.max(self.state_len_max + 16);
+        let limits = TransportLimits {
+            max_frame_len,
+            heartbeat_interval: heartbeat,
+            peer_timeout: Duration::from_nanos(self.membership.suspect_after_ns).max(2 * heartbeat),
+            connect_timeout: self.connect_timeout,
+            send_queue_len_max: (64 << 20usize).max(4 * row_len).max(max_frame_len),
+        };
+        if self.transport == TransportKind::Shm {
+            if self.name.len() > 48 {
+                return Err(TransportError::Config(format!(
+                    "name: a group over shared memory needs a name of at most 48 bytes, not {:?}",
+                    self.name
+                ))
+                .into());
+            }
+            let peers = view.members.iter().filter(|&&m| m != self.me).map(|m| PeerId(m.0)).collect();
+            let mut config = ShmConfig::new(PeerId(self.me.0), peers, self.shm_namespace(view.id));
+            config.dir = self.shm_dir.clone();
+            config.ring_len = ShmConfig::ring_len_for(max_frame_len, 16 << 20);
+            config.limits = limits;
+            config.regions = vec![(TABLE_REGION, table_len)];
+            let t = ShmTransport::connect_allowing_missing(config).await?;
+            let region = t.region(TABLE_REGION).ok_or(TransportError::UnknownRegion(TABLE_REGION))?;
+            return Ok((Rc::new(AnyTransport::Shm(t)), region));
+        }
         let mut peers = Vec::new();
         for &m in view.members.iter().filter(|&&m| m != self.me) {
             let a = addresses.iter().find(|(n, _)| *n == m).map(|(_, a)| a.as_str()).unwrap_or("");
@@ -510,21 +581,29 @@ impl Settings {
             view.members.iter().copied().filter(|&m| m != self.me && !peers.iter().any(|(p, _)| p.0 == m.0)).collect();
         let mut config = TcpConfig::new(PeerId(self.me.0), peers);
         config.group_tag = tag(&self.name, u64::from(view.id.0));
-        let row_len = RowLayout::new(view, &self.limits).row_len;
-        let heartbeat = Duration::from_nanos(self.membership.heartbeat_ns);
-        let max_frame_len = row_len.max(self.state_len_max + 16);
-        config.limits = TransportLimits {
-            max_frame_len,
-            heartbeat_interval: heartbeat,
-            peer_timeout: Duration::from_nanos(self.membership.suspect_after_ns).max(2 * heartbeat),
-            connect_timeout: self.connect_timeout,
-            send_queue_len_max: (64 << 20usize).max(4 * row_len).max(max_frame_len),
-        };
-        let t = Rc::new(TcpTransport::connect_via(acceptor, config, true).await?);
+        config.limits = limits;
+        let t = TcpTransport::connect_via(acceptor, config, true).await?;
         if !unreachable.is_empty() {
             tracing::warn!(?unreachable, "members without a usable address are suspected");
         }
-        Ok(t)
+        let region = t.register_region(TABLE_REGION, table_len)?;
+        Ok((Rc::new(AnyTransport::Tcp(t)), region))
+    }
+
+    /// Removes what members killed in `view` left in its shared-memory namespace (nothing over
+    /// TCP, or for members still alive).
+    fn remove_departed_files(&self, view: ViewId, peers: &[PeerId]) {
+        if self.transport != TransportKind::Shm {
+            return;
+        }
+        let ns = self.shm_namespace(view);
+        for &p in peers {
+            match ShmTransport::remove_files_of(&self.shm_dir, &ns, p) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(peer = %p, files = n, namespace = ns, "removed a departed member's files"),
+                Err(e) => tracing::debug!(error = %e, "cannot list the shared-memory directory"),
+            }
+        }
     }
 }
 
@@ -533,7 +612,7 @@ struct Inner {
     acceptor: TcpAcceptor,
     node: RefCell<Node<RegionMemory>>,
     app: RefCell<Box<dyn Application>>,
-    transport: RefCell<Rc<TcpTransport>>,
+    transport: RefCell<Rc<AnyTransport>>,
     /// The current transport's view.
     transport_view: Cell<ViewId>,
     /// A view change's install task is under way.
@@ -559,6 +638,8 @@ struct Inner {
     /// Scratch of `drain`.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
+    /// Earlier views' transports still lingering; closed with the group.
+    lingering: RefCell<Vec<Weak<AnyTransport>>>,
 }
 
 impl Inner {
@@ -626,6 +707,10 @@ impl Inner {
                         // From now on this member pushes nothing in the old view: its "alive"
                         // beats keep members still finishing it from suspecting this one.
                         let old = self.transport.borrow().clone();
+                        let mut lingering = self.lingering.borrow_mut();
+                        lingering.retain(|t| t.strong_count() > 0);
+                        lingering.push(Rc::downgrade(&old));
+                        drop(lingering);
                         let linger = spawn(linger(Rc::downgrade(self), old, self.transport_view.get()));
                         let inner = self.clone();
                         let install = spawn(async move { inner.install(next).await });
@@ -711,7 +796,7 @@ impl Inner {
 
     /// Connects the next view's transport and installs the view over its table.
     async fn install(self: Rc<Self>, next: NextView) {
-        let transport = match self.settings.connect(&self.acceptor, &next.view, &next.addresses).await {
+        let (transport, region) = match self.settings.connect(&self.acceptor, &next.view, &next.addresses).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the next view's transport");
@@ -725,16 +810,6 @@ impl Inner {
             transport.close(Duration::ZERO).await;
             return;
         }
-        let len = Node::<RegionMemory>::table_len(&next.view, &self.settings.limits);
-        let region = match transport.register_region(TABLE_REGION, len) {
-            Ok(r) => r,
-            Err(e) => {
-                self.report(GroupEvent::Fatal(format!("cannot register the table of view {}: {e}", next.view.id.0)));
-                self.closed.set(true);
-                self.wake_all();
-                return;
-            }
-        };
         *self.transport.borrow_mut() = transport.clone();
         self.gone.borrow_mut().clear();
         self.transport_view.set(next.view.id);
@@ -911,7 +986,7 @@ impl Inner {
 }
 
 /// Feeds a view transport's events to the group while it lives.
-async fn events(inner: Weak<Inner>, transport: Rc<TcpTransport>, view: ViewId) {
+async fn events(inner: Weak<Inner>, transport: Rc<AnyTransport>, view: ViewId) {
     loop {
         let ev = transport.next_event().await;
         let Some(inner) = inner.upgrade() else { return };
@@ -928,7 +1003,7 @@ async fn events(inner: Weak<Inner>, transport: Rc<TcpTransport>, view: ViewId) {
 /// "alive" frames on the old view's transport, so that members still finishing the old view do
 /// not suspect this one (it pushes nothing there any more), reports traffic from them as signs
 /// of life, and finally closes that transport and stops its events task.
-async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
+async fn linger(inner: Weak<Inner>, old: Rc<AnyTransport>, old_view: ViewId) {
     let Some(strong) = inner.upgrade() else { return };
     let period = Duration::from_nanos(strong.settings.membership.heartbeat_ns);
     let until = Instant::now()
@@ -978,6 +1053,12 @@ async fn linger(inner: Weak<Inner>, old: Rc<TcpTransport>, old_view: ViewId) {
         }
     }
     old.close(Duration::from_millis(50)).await;
+    if let Some(inner) = inner.upgrade() {
+        let node = inner.node.borrow();
+        let departed: Vec<PeerId> =
+            old.peers().iter().copied().filter(|p| node.view().rank_of(NodeId(p.0)).is_none()).collect();
+        inner.settings.remove_departed_files(old_view, &departed);
+    }
 }
 
 /// Sends through a [`Group`] from other tasks ([`Group::sender`]); every call fails with
@@ -1176,7 +1257,7 @@ impl Group {
     fn run(
         settings: Settings,
         acceptor: TcpAcceptor,
-        transport: Rc<TcpTransport>,
+        transport: Rc<AnyTransport>,
         node: Node<RegionMemory>,
         app: Box<dyn Application>,
         epoch: Instant,
@@ -1209,6 +1290,7 @@ impl Group {
             view_tasks: RefCell::new(Vec::new()),
             push_peers: RefCell::new(Vec::new()),
             push_errors: RefCell::new(Vec::new()),
+            lingering: RefCell::new(Vec::new()),
         });
         if let Some(change) = joined {
             inner.app.borrow_mut().view_installed(&change);
@@ -1419,9 +1501,14 @@ impl Group {
         if self.shut.replace(true) {
             return;
         }
+        let lingering: Vec<Rc<AnyTransport>> =
+            self.inner.lingering.borrow_mut().drain(..).filter_map(|t| t.upgrade()).collect();
         self.stop_tasks();
         let t = self.inner.transport.borrow().clone();
         t.close(Duration::from_millis(200)).await;
+        for old in lingering {
+            old.close(Duration::ZERO).await;
+        }
     }
 
     fn stop_tasks(&self) {
@@ -1449,6 +1536,15 @@ impl Drop for Group {
     fn drop(&mut self) {
         if !self.shut.replace(true) {
             self.stop_tasks();
+            // Shared-memory transports close at once (their files go with them); TCP ones close
+            // as their tasks are dropped.
+            let current = self.inner.transport.borrow().clone();
+            let lingering = self.inner.lingering.borrow_mut().drain(..).filter_map(|t| t.upgrade()).collect::<Vec<_>>();
+            for t in lingering.iter().chain([&current]) {
+                if let AnyTransport::Shm(t) = &**t {
+                    t.close();
+                }
+            }
         }
     }
 }

@@ -12,6 +12,8 @@
 //! connect_timeout_ms = 2000       # a view's peer missing this long is reported failed; default 2000
 //! join_timeout_ms = 30000         # how long joining waits for its welcome; default 30000
 //! state_len_max = 67108864        # the largest shard state sent or accepted, bytes; default 64 MiB
+//! transport = "shm"               # each view over "tcp" or "shm" (processes of this host); default "tcp"
+//! shm_dir = "/dev/shm"            # where shared-memory views keep their files; default /dev/shm
 //!
 //! [membership]                    # PROTOCOLS §3; every field optional
 //! heartbeat_ms = 10               # how often a member bumps its heartbeat; default 10
@@ -43,12 +45,12 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{LimitsConfig, invalid, overlay, read};
+use super::config::{LimitsConfig, TransportKind, invalid, overlay, read};
 use super::{ConfigError, GroupBuilder};
 use crate::protocol::{
     ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, MembershipConfig, NodeId, OneShard, Policy, RoundRobinShards,
@@ -161,6 +163,10 @@ struct File {
     join_timeout_ms: u64,
     #[serde(default = "sixty_four_mib")]
     state_len_max: usize,
+    #[serde(default = "tcp")]
+    transport: TransportKind,
+    #[serde(default = "dev_shm")]
+    shm_dir: PathBuf,
     #[serde(default)]
     membership: MembershipFile,
     layout: Option<LayoutFile>,
@@ -181,6 +187,12 @@ fn thirty_s() -> u64 {
 }
 fn sixty_four_mib() -> usize {
     64 << 20
+}
+fn tcp() -> TransportKind {
+    TransportKind::Tcp
+}
+fn dev_shm() -> PathBuf {
+    PathBuf::from("/dev/shm")
 }
 
 /// A validated member configuration; [`GroupMemberConfig::builder`] turns it into a
@@ -207,6 +219,10 @@ pub struct GroupMemberConfig {
     pub join_timeout: Duration,
     /// See [`GroupBuilder::state_len_max`].
     pub state_len_max: usize,
+    /// See [`GroupBuilder::transport`].
+    pub transport: TransportKind,
+    /// See [`GroupBuilder::shm_dir`].
+    pub shm_dir: PathBuf,
     /// Heartbeat, suspicion, partition safety, state-transfer timeout.
     pub membership: MembershipConfig,
     /// Shards of subgroup 0.
@@ -307,6 +323,11 @@ impl GroupMemberConfig {
         if f.group.is_empty() {
             return Err(invalid("group", "must not be empty"));
         }
+        if f.transport == TransportKind::Shm
+            && (f.group.len() > 48 || !f.group.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
+        {
+            return Err(invalid("group", "over shared memory: 1 to 48 letters, digits, '_', '.' or '-'"));
+        }
         if f.spin_us > 1_000_000 {
             return Err(invalid("spin_us", format!("{} is more than one second (1000000)", f.spin_us)));
         }
@@ -333,6 +354,8 @@ impl GroupMemberConfig {
             connect_timeout: Duration::from_millis(f.connect_timeout_ms),
             join_timeout: Duration::from_millis(f.join_timeout_ms),
             state_len_max: f.state_len_max,
+            transport: f.transport,
+            shm_dir: f.shm_dir,
             membership,
             shards,
             min_per_shard: min_per_shard as usize,
@@ -360,7 +383,9 @@ impl GroupMemberConfig {
             .membership(self.membership.clone())
             .connect_timeout(self.connect_timeout)
             .join_timeout(self.join_timeout)
-            .state_len_max(self.state_len_max);
+            .state_len_max(self.state_len_max)
+            .transport(self.transport)
+            .shm_dir(self.shm_dir.clone());
         b = if let Some(l) = &self.subgroups {
             b.layout(l.clone())
         } else if self.shards == 1 {
@@ -401,6 +426,9 @@ mod tests {
         assert_eq!((c.me, c.contact, c.group.as_str()), (NodeId(2), None, "derecho"));
         assert_eq!(c.membership, MembershipConfig::default());
         assert_eq!((c.shards, c.min_per_shard, c.mode), (1, 1, DeliveryMode::Ordered));
+        assert_eq!((c.transport, c.shm_dir.as_path()), (TransportKind::Tcp, Path::new("/dev/shm")));
+        let c = load(&["transport=\"shm\"", "shm_dir=\"/dev/shm/x\""]).unwrap();
+        assert_eq!((c.transport, c.shm_dir.as_path()), (TransportKind::Shm, Path::new("/dev/shm/x")));
         let c = load(&[
             "contact=\"127.0.0.1:7100\"",
             "membership.heartbeat_ms=2",
@@ -472,6 +500,8 @@ senders = [0, 2]
             (&["join_timeout_ms=0"], "join_timeout_ms"),
             (&["advertise=\"db.example:7000\""], "advertise"),
             (&["state_len_max=0"], "state_len_max"),
+            (&["transport=\"rdma\""], "transport"),
+            (&["transport=\"shm\"", "group=\"a b\""], "group"),
             (&["limits.window_len=0"], "limits.window_len"),
         ];
         for (sets, needle) in cases {

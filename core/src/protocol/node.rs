@@ -627,7 +627,11 @@ impl<M: SstMemory> Node<M> {
         for s in &mut self.shards {
             n += s.deliver(&mut self.mem, &mut f);
         }
-        if self.gms.as_ref().is_some_and(|g| g.trim_ready && !g.trim_delivered) {
+        // A new member whose state is still on its way waits for it (until the state deadline
+        // stops it) before delivering up to the trim: the state plus the messages up to the trim
+        // is the shard's whole history; without the state it could not go on into the next view.
+        let waiting_for_state = self.state_deadline.is_some() && self.shards.iter().any(|s| s.awaiting_state);
+        if self.gms.as_ref().is_some_and(|g| g.trim_ready && !g.trim_delivered) && !waiting_for_state {
             n += self.deliver_trimmed(&mut f);
         }
         n

@@ -470,6 +470,25 @@ impl AnyTransport {
             AnyTransport::Shm(t) => t.close(),
         }
     }
+
+    /// When `peer` last showed a sign of life; `None` for an unknown or failed peer. TCP counts
+    /// every byte received; shared memory looks at heartbeats and ring traffic once per
+    /// heartbeat interval.
+    pub fn last_heard(&self, peer: PeerId) -> Option<std::time::Instant> {
+        match self {
+            AnyTransport::Tcp(t) => t.last_heard(peer),
+            AnyTransport::Shm(t) => t.last_heard(peer),
+        }
+    }
+
+    /// Confines `peer`'s pushes into `region` to `range` (see
+    /// [`tcp::TcpTransport::confine_pushes`]). Over shared memory peers store into the region
+    /// directly, so nothing can be enforced: a same-host trust assumption, and a no-op here.
+    pub fn confine_pushes(&self, region: RegionId, peer: PeerId, range: Range<usize>) {
+        if let AnyTransport::Tcp(t) = self {
+            t.confine_pushes(region, peer, range);
+        }
+    }
 }
 
 impl Transport for AnyTransport {

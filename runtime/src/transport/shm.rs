@@ -127,6 +127,10 @@ pub struct ShmConfig {
     pub ring_len: usize,
     /// Limits and timings.
     pub limits: TransportLimits,
+    /// Regions created before this side announces itself ready: once connected, every peer's
+    /// copy of them exists, so pushes into them can start at once (no barrier of their own).
+    /// Taken with [`Transport::region`].
+    pub regions: Vec<(RegionId, usize)>,
 }
 
 impl ShmConfig {
@@ -139,7 +143,14 @@ impl ShmConfig {
             dir: PathBuf::from("/dev/shm"),
             ring_len: 16 << 20,
             limits: TransportLimits::default(),
+            regions: Vec::new(),
         }
+    }
+
+    /// The smallest valid ring length for frames of up to `max_frame_len` bytes, or `at_least`
+    /// if that is larger (rounded up to a multiple of 64).
+    pub fn ring_len_for(max_frame_len: usize, at_least: usize) -> usize {
+        (2 * (RECORD_HEADER + round16(max_frame_len))).max(at_least).next_multiple_of(64)
     }
 
     fn validate(&self) -> Result<(), TransportError> {
@@ -158,6 +169,10 @@ impl ShmConfig {
                 2 * record_max,
                 self.limits.max_frame_len
             )));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        if let Some((id, _)) = self.regions.iter().find(|(id, _)| !ids.insert(*id)) {
+            return Err(TransportError::Config(format!("regions: {id:?} is listed twice")));
         }
         let mut seen = std::collections::BTreeSet::new();
         for p in &self.peers {
@@ -217,6 +232,24 @@ fn create_file(path: &Path, len: usize, init: impl FnOnce(&MmapRaw)) -> Result<M
     init(&map);
     std::fs::rename(&tmp, path).map_err(io_err(format!("rename {} into place", path.display())))?;
     Ok(map)
+}
+
+/// Files made by a connect still under way, removed if it does not finish.
+struct CreatedFiles(Vec<PathBuf>);
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn init_region(map: &MmapRaw, len: usize, nonce: u64) {
+    let h = region_header_of(map);
+    h.len.store(len as u64, Ordering::Relaxed);
+    h.nonce.store(nonce, Ordering::Relaxed);
+    h.magic.store(REGION_MAGIC, Ordering::Release);
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -642,11 +675,29 @@ impl ShmTransport {
     /// cannot be created, [`TransportError::ConnectTimeout`] naming the peers that did not appear
     /// (with a live process) within `connect_timeout`.
     pub async fn connect(config: ShmConfig) -> Result<Self, TransportError> {
+        Self::connect_inner(config, false).await
+    }
+
+    /// As [`ShmTransport::connect`], except that peers missing at the deadline (no files of a
+    /// live process, or not attached to our ring) do not fail the call: each is reported at once
+    /// as [`TransportEvent::PeerFailed`] (a membership driver then suspects it) and the
+    /// transport runs with the others. A peer that attaches late still works.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShmTransport::connect`], except the timeout.
+    pub async fn connect_allowing_missing(config: ShmConfig) -> Result<Self, TransportError> {
+        Self::connect_inner(config, true).await
+    }
+
+    async fn connect_inner(config: ShmConfig, missing_ok: bool) -> Result<Self, TransportError> {
         config.validate()?;
         let me = config.me;
         let nonce = new_nonce();
         let ns_path = |name: &str| config.dir.join(format!("derecho-{}-{}", config.namespace, name));
-        let mut created = Vec::new();
+        // Removes what it holds when dropped: on an error, and when this future is dropped
+        // while it waits for peers (a member closing during a view change).
+        let mut created = CreatedFiles(Vec::new());
 
         // Our incoming rings first, the control block last: a peer that sees our control block
         // ready finds our rings in place.
@@ -659,8 +710,16 @@ impl ShmTransport {
                 h.nonce.store(nonce, Ordering::Relaxed);
                 h.magic.store(RING_MAGIC, Ordering::Release);
             })?;
-            created.push(path);
+            created.0.push(path);
             in_rings.insert(p, map);
+        }
+        // Then the regions named in the configuration, also before the control block.
+        let mut regions = BTreeMap::new();
+        for &(id, len) in &config.regions {
+            let path = ns_path(&format!("{}.r{}", me.0, id.0));
+            let map = create_file(&path, REGION_DATA_OFFSET + len.max(8), |m| init_region(m, len, nonce))?;
+            created.0.push(path);
+            regions.insert(id, Rc::new(Region::mapped(id, map, REGION_DATA_OFFSET, len)));
         }
         let ctl_path = ns_path(&format!("{}.ctl", me.0));
         let my_ctl = create_file(&ctl_path, CTL_LEN, |m| {
@@ -671,8 +730,7 @@ impl ShmTransport {
             c.state.store(STATE_READY, Ordering::Relaxed);
             c.magic.store(CTL_MAGIC, Ordering::Release);
         })?;
-        created.push(ctl_path);
-        let cleanup = |created: &[PathBuf]| created.iter().for_each(|p| drop(std::fs::remove_file(p)));
+        created.0.push(ctl_path);
 
         let deadline = Instant::now() + config.limits.connect_timeout;
         let mut peers = BTreeMap::new();
@@ -736,7 +794,10 @@ impl ShmTransport {
                 break;
             }
             if Instant::now() >= deadline {
-                cleanup(&created);
+                if missing_ok {
+                    // Peers whose files we found are kept even if they have not attached yet.
+                    break;
+                }
                 let mut missing = waiting;
                 missing.extend(unattached);
                 missing.sort();
@@ -751,12 +812,16 @@ impl ShmTransport {
             peers,
             nonce,
             my_ctl,
-            regions: RefCell::new(BTreeMap::new()),
+            regions: RefCell::new(regions),
             events: EventQueue::default(),
             closed: Cell::new(false),
-            created: RefCell::new(created),
+            created: RefCell::new(std::mem::take(&mut created.0)),
             config,
         });
+        for p in waiting {
+            let reason = PeerFailure::Silent(inner.config.limits.connect_timeout);
+            inner.events.push(TransportEvent::PeerFailed { peer: p, reason });
+        }
         let bell = inner.my_ctl().doorbell.load(Ordering::Acquire);
         let hook = add_poll_hook(Hook { inner: inner.clone(), doorbell_seen: bell.wrapping_sub(1) });
         let mut tasks = vec![spawn(heartbeat(inner.clone()))];
@@ -833,6 +898,51 @@ impl ShmTransport {
         for path in inner.created.borrow_mut().drain(..) {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// When `peer` last showed a sign of life (a heartbeat, or anything it wrote into its ring),
+    /// to the resolution of the heartbeat interval; `None` for an unknown or failed peer.
+    pub fn last_heard(&self, peer: PeerId) -> Option<Instant> {
+        self.inner.peers.get(&peer).filter(|p| !p.failed.get()).map(|p| p.heartbeat_seen.get().2)
+    }
+
+    /// Removes the files that `peer` created in `namespace`, unless the process that created
+    /// them is still alive (it removes them itself when it closes): what a killed member leaves
+    /// behind. Returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// The error reading the directory.
+    pub fn remove_files_of(dir: &Path, namespace: &str, peer: PeerId) -> io::Result<usize> {
+        let prefix = format!("derecho-{namespace}-");
+        let ctl = dir.join(format!("{prefix}{}.ctl", peer.0));
+        if let Ok(map) = map_file(&ctl, None)
+            && map.len() >= CTL_LEN
+        {
+            let c = ctl_of(&map);
+            let pid = c.pid.load(Ordering::Acquire);
+            if c.magic.load(Ordering::Acquire) == CTL_MAGIC
+                && c.state.load(Ordering::Acquire) == STATE_READY
+                && pid != 0
+                && pid <= i32::MAX as u32
+                && process_alive(pid)
+            {
+                return Ok(0);
+            }
+        }
+        let own = format!("{prefix}{}.", peer.0);
+        let into = format!("-to-{}.ring", peer.0);
+        let mut n = 0;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let theirs = name.starts_with(&own) || (name.starts_with(&prefix) && name.ends_with(&into));
+            if theirs && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Removes every file of `namespace` in `dir` (for tests and tools cleaning up after a crash).
@@ -917,12 +1027,7 @@ impl Transport for ShmTransport {
             return Err(TransportError::RegionExists(id));
         }
         let path = inner.path(&format!("{}.r{}", inner.me.0, id.0));
-        let map = create_file(&path, REGION_DATA_OFFSET + len.max(8), |m| {
-            let h = region_header_of(m);
-            h.len.store(len as u64, Ordering::Relaxed);
-            h.nonce.store(inner.nonce, Ordering::Relaxed);
-            h.magic.store(REGION_MAGIC, Ordering::Release);
-        })?;
+        let map = create_file(&path, REGION_DATA_OFFSET + len.max(8), |m| init_region(m, len, inner.nonce))?;
         inner.created.borrow_mut().push(path);
         let r = Rc::new(Region::mapped(id, map, REGION_DATA_OFFSET, len));
         inner.regions.borrow_mut().insert(id, r.clone());
