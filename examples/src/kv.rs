@@ -27,9 +27,15 @@ impl KvStore {
         version
     }
 
-    /// The latest value of `key`, with its version.
+    /// The latest value of `key`, with its version. Asked through a handle with stable reads
+    /// (`Handle::stable_reads`), the latest as of the shard's stable point: then reads are
+    /// linearizable.
     pub fn get(&self, key: &str) -> Option<(u64, Vec<u8>)> {
-        self.entries.get(key).and_then(|v| v.last()).cloned()
+        let values = self.entries.get(key)?;
+        match derecho::rpc::context().and_then(|c| c.stable) {
+            Some(stable) => values.iter().rev().find(|(v, _)| *v <= stable.as_u64()).cloned(),
+            None => values.last().cloned(),
+        }
     }
 
     /// The value `key` had at `version`: the last put at or before it.

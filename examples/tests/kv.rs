@@ -26,7 +26,16 @@ fn run(args: &[&str]) -> Output {
 
 #[test]
 fn the_demo_keeps_every_key_through_a_failure() {
-    let out = run(&["demo"]);
+    demo(&["demo"], "loopback TCP");
+}
+
+#[test]
+fn the_demo_over_shared_memory_keeps_every_key_through_a_failure() {
+    demo(&["demo", "--shm"], "shared memory");
+}
+
+fn demo(args: &[&str], over: &str) {
+    let out = run(args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kv demo failed:\n{stdout}\n{stderr}");
@@ -38,6 +47,7 @@ fn the_demo_keeps_every_key_through_a_failure() {
         "fruit = plum",
         "launcher: killed member 3 (SIGKILL)",
         "launcher: all 100 keys intact at every surviving member of their shard",
+        &format!("over {over}"),
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
     }
@@ -54,5 +64,7 @@ fn the_client_reports_errors_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no member of the group answered"), "{out:?}");
     let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["demo", "--tcp"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -1,14 +1,25 @@
-//! The key-value store is linearizable while a member fails: three members (one executor,
-//! loopback TCP), two clients each issuing seeded puts (ordered calls) and gets (queries to a
-//! random member) on a few keys; member 2 closes in the middle, with its calls in flight. The
-//! recorded history is checked key by key (`derecho_tests::checkers::linearizability`). A
-//! failure prints the seed; `KV_SEED=<n>` replays it.
+//! The key-value store is linearizable while a member fails. Puts are ordered calls, gets are
+//! stable queries (`Handle::stable_reads`) to a random member, on a few keys; every history is
+//! checked key by key (`derecho_tests::checkers::linearizability`). A failure prints the seed;
+//! `KV_SEED=<n>` replays it.
+//!
+//! * In one process (one executor, loopback TCP): six clients; member 2 closes in the middle
+//!   with its calls in flight.
+//! * In three processes (`kv_member`), over TCP and over shared memory: each process runs two
+//!   clients in three phases and writes its history to a file as it goes; member 2 is killed
+//!   with SIGKILL in the middle of the second phase, the survivors run the third in the next
+//!   view. Times are `CLOCK_MONOTONIC`, one clock for the host. Over shared memory, no file is
+//!   left once the survivors closed (the killed member's are removed by them).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use derecho::Builder;
 use derecho::driver::{Group, GroupBuilder};
@@ -50,7 +61,7 @@ async fn member(me: u32, contact: Option<SocketAddr>) -> (Group, KvStoreClient) 
         Some(c) => builder(me).join(c, service.clone()).await.expect("join"),
     };
     service.attach(group.sender());
-    (group, KvStoreClient::new(service.handle::<KvStore>(SHARD)))
+    (group, KvStoreClient::new(service.handle::<KvStore>(SHARD).stable_reads()))
 }
 
 type History = Rc<RefCell<BTreeMap<String, Vec<Op>>>>;
@@ -145,6 +156,245 @@ fn a_history_with_a_failure_is_linearizable() {
     };
     for seed in seeds {
         if let Err(e) = run(seed) {
+            panic!("seed {seed} (KV_SEED={seed} replays it): {e}");
+        }
+    }
+}
+
+/// One `kv_member` process: its standard input, and its standard output line by line.
+struct Member {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Member {
+    fn spawn(me: u32, contact: Option<&str>, history: &Path, seed: u64, shm_dir: Option<&Path>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv_member"));
+        cmd.args(["--me", &me.to_string(), "--seed", &seed.to_string(), "--ops", &OPS.to_string()]);
+        cmd.arg("--history").arg(history);
+        if let Some(c) = contact {
+            cmd.args(["--contact", c]);
+        }
+        if let Some(d) = shm_dir {
+            cmd.arg("--shm-dir").arg(d);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start kv_member");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child: Some(child), stdin, lines }
+    }
+
+    /// The next line that starts with `prefix` (bounded).
+    fn expect(&self, me: u32, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("member {me}: no {prefix:?} within {WAIT:?}"),
+            }
+        }
+    }
+
+    fn tell(&mut self, command: &str) {
+        writeln!(self.stdin.as_mut().expect("stdin"), "{command}").expect("tell a member");
+    }
+
+    fn kill(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().expect("SIGKILL");
+        c.wait().expect("reaped");
+    }
+
+    /// Closes its input (it closes its group and exits) and waits for it, bounded.
+    fn finish(&mut self, me: u32) {
+        drop(self.stdin.take());
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                assert!(status.success(), "member {me} exited with {status}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                panic!("member {me} did not exit within {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Operations per client and phase.
+const OPS: u32 = 6;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The operations of the history files, by key (see `kv_member` for the format).
+fn parse_histories(files: &[PathBuf]) -> BTreeMap<String, Vec<Op>> {
+    let mut ops: BTreeMap<(u32, u32), (String, Op)> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).expect("a history file");
+        for line in text.lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            let num = |i: usize| -> u64 { w[i].parse().unwrap_or_else(|_| panic!("bad line {line:?}")) };
+            let id = (num(1) as u32, num(2) as u32);
+            match w[0] {
+                "inv" if w[4] == "put" => {
+                    let op = Op { client: id.0, invoke: num(6), response: None, kind: OpKind::Put(w[5].into()) };
+                    ops.insert(id, (w[3].into(), op));
+                }
+                "inv" => {
+                    let op = Op { client: id.0, invoke: num(5), response: None, kind: OpKind::Get(None) };
+                    ops.insert(id, (w[3].into(), op));
+                }
+                "ok" => ops.get_mut(&id).expect("an invoked put").1.response = Some(num(3)),
+                "got" => {
+                    let op = &mut ops.get_mut(&id).expect("an invoked get").1;
+                    op.response = Some(num(3));
+                    op.kind = OpKind::Get((w[4] != "-").then(|| w[4].to_string()));
+                }
+                // A failed put may or may not have taken effect (no response); a failed get had
+                // no effect.
+                "fail" => dropped.push(id),
+                other => panic!("unknown history line {other:?}"),
+            }
+        }
+    }
+    let mut by_key: BTreeMap<String, Vec<Op>> = BTreeMap::new();
+    for (id, (key, op)) in ops {
+        let unanswered_get = matches!(op.kind, OpKind::Get(_)) && op.response.is_none();
+        if unanswered_get || (dropped.contains(&id) && matches!(op.kind, OpKind::Get(_))) {
+            continue;
+        }
+        by_key.entry(key).or_default().push(op);
+    }
+    by_key
+}
+
+fn run_processes(seed: u64, shm: bool) -> Result<(), String> {
+    let tag = if shm { "shm" } else { "tcp" };
+    let dir = std::env::temp_dir().join(format!("derecho-kv-lin-{}-{tag}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a history directory");
+    let shm_dir = shm.then(|| PathBuf::from(format!("/dev/shm/derecho-kv-lin-{}-{seed}", std::process::id())));
+    if let Some(d) = &shm_dir {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).expect("a directory in /dev/shm");
+    }
+    let files: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("member-{i}.history"))).collect();
+    let mut members = vec![Member::spawn(0, None, &files[0], seed, shm_dir.as_deref())];
+    let contact = members[0].expect(0, "listening ")["listening ".len()..].to_string();
+    for i in 1..3u32 {
+        members.push(Member::spawn(i, Some(&contact), &files[i as usize], seed, shm_dir.as_deref()));
+    }
+    for (i, m) in members.iter().enumerate() {
+        m.expect(i as u32, "ready");
+    }
+    // Phase 1: everyone, before the failure.
+    for m in &mut members {
+        m.tell("phase 1");
+    }
+    for (i, m) in members.iter().enumerate() {
+        m.expect(i as u32, "phase 1 done");
+    }
+    // Phase 2, paced: member 2 is killed once it has started a few of its operations.
+    for m in &mut members {
+        m.tell("phase 2 300");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&files[2]).unwrap_or_default();
+        let started = text
+            .lines()
+            .filter(|l| l.starts_with("inv ") && l.split(' ').nth(2).is_some_and(|n| n.starts_with('2')))
+            .count();
+        if started >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 2 did not start phase 2 within {WAIT:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let killed_at = now_ns();
+    members[2].kill();
+    for (i, m) in members.iter().enumerate().take(2) {
+        m.expect(i as u32, "phase 2 done");
+    }
+    // Phase 3: the survivors, in the next view.
+    for m in members.iter_mut().take(2) {
+        m.tell("phase 3");
+    }
+    for (i, m) in members.iter().enumerate().take(2) {
+        m.expect(i as u32, "phase 3 done");
+    }
+    for (i, m) in members.iter_mut().enumerate().take(2) {
+        m.finish(i as u32);
+    }
+    let history = parse_histories(&files);
+    let total: usize = history.values().map(Vec::len).sum();
+    let after = history.values().flatten().filter(|o| o.invoke > killed_at).count();
+    let member2_done = history.values().flatten().filter(|o| o.client >= 20 && o.response.is_some()).count();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(d) = &shm_dir {
+        let left: Vec<_> =
+            std::fs::read_dir(d).expect("the shm directory").filter_map(Result::ok).map(|e| e.file_name()).collect();
+        std::fs::remove_dir_all(d).expect("remove the shm directory");
+        if !left.is_empty() {
+            return Err(format!("files left in {}: {left:?}", d.display()));
+        }
+    }
+    eprintln!("{tag} seed {seed}: {total} operations, {after} after the kill, {member2_done} completed by member 2");
+    assert!(total >= 40, "only {total} operations were recorded");
+    assert!(after >= 10, "only {after} operations began after the kill");
+    assert!(member2_done < 2 * 2 * OPS as usize, "member 2 completed all its operations: it was killed too late");
+    check(&history).map_err(|e| e.to_string())
+}
+
+fn seeds() -> Vec<u64> {
+    match std::env::var("KV_SEED") {
+        Ok(s) => vec![s.parse().expect("KV_SEED is a number")],
+        Err(_) => vec![1, 2],
+    }
+}
+
+#[test]
+fn a_history_with_a_killed_member_process_is_linearizable_over_tcp() {
+    for seed in seeds() {
+        if let Err(e) = run_processes(seed, false) {
+            panic!("seed {seed} (KV_SEED={seed} replays it): {e}");
+        }
+    }
+}
+
+#[test]
+fn a_history_with_a_killed_member_process_is_linearizable_over_shared_memory() {
+    for seed in seeds() {
+        if let Err(e) = run_processes(seed, true) {
             panic!("seed {seed} (KV_SEED={seed} replays it): {e}");
         }
     }

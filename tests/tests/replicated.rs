@@ -46,6 +46,11 @@ impl Store {
     pub fn puts(&self) -> u64 {
         self.puts
     }
+
+    /// The stable point this query was answered at, if it was a stable query.
+    pub fn stable_point(&self) -> Option<u64> {
+        derecho::rpc::context().and_then(|c| c.stable).map(|v| v.as_u64())
+    }
 }
 
 /// Another replicated type, never hosted.
@@ -114,7 +119,7 @@ fn ordered_calls_reply_from_every_replica_and_queries_from_one() {
         }
         assert_eq!(
             Store::METHODS.iter().map(|m| (m.name, m.ordered)).collect::<Vec<_>>(),
-            vec![("put", true), ("add", true), ("get", false), ("puts", false)]
+            vec![("put", true), ("add", true), ("get", false), ("puts", false), ("stable_point", false)]
         );
 
         // An ordered put: every replica applies it and replies, at one version.
@@ -152,6 +157,17 @@ fn ordered_calls_reply_from_every_replica_and_queries_from_one() {
             assert_eq!(m.store.get(NodeId(2), "n").await.unwrap(), Some(45u64.to_le_bytes().to_vec()));
         }
         assert_eq!(a.store.puts(NodeId(0)).await.unwrap(), 2);
+
+        // Stable queries: answered at a point that covers every completed call (they were
+        // applied everywhere before they completed), from this member and from another.
+        assert_eq!(a.store.stable_point(NodeId(1)).await.unwrap(), None, "a plain query has no stable point");
+        let stable = StoreClient::new(a.service.handle::<Store>(SHARD).stable_reads());
+        let last = versions.last().unwrap().as_u64();
+        for to in [NodeId(0), NodeId(2)] {
+            let point = stable.stable_point(to).await.unwrap().expect("a stable point");
+            assert!(point >= last, "{to} answered at {point}, before the last completed call {last}");
+            assert_eq!(stable.get(to, "n").await.unwrap(), Some(45u64.to_le_bytes().to_vec()));
+        }
         assert_eq!(a.service.read(SHARD, |s: &Store| s.puts), Some(2));
 
         // Typed errors: a member that is not in the view.

@@ -683,6 +683,31 @@ impl Inner {
         delivered + acted
     }
 
+    /// See [`Group::settle`].
+    async fn settle(&self, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
+        let here = self.node.borrow().delivery_frontier(shard).ok_or(SettleError::NoSuchShard(shard))?;
+        let view = self.node.borrow().view().id;
+        let wait = poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(Err(SettleError::Closed));
+            }
+            let node = self.node.borrow();
+            // A view change delivers everything of the old view that anyone will.
+            if node.view().id != view || node.stopped().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if node.delivered_everywhere(shard, &here).unwrap_or(false) {
+                return Poll::Ready(Ok(()));
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        match time::timeout(within, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(SettleError::Timeout { within, here }),
+        }
+    }
+
     /// Acts on every output of the node; returns how many.
     fn drain(self: &Rc<Self>, node: &mut Node<RegionMemory>) -> usize {
         let mut n = 0;
@@ -1087,6 +1112,17 @@ impl GroupSender {
         self.inner.upgrade().filter(|i| !i.closed.get()).ok_or(SendToError::Closed)
     }
 
+    /// As [`Group::settle`]: waits until every member of `shard` has delivered what this member
+    /// had delivered when called.
+    ///
+    /// # Errors
+    ///
+    /// As [`Group::settle`].
+    pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
+        let inner = self.inner.upgrade().filter(|i| !i.closed.get()).ok_or(SettleError::Closed)?;
+        inner.settle(shard, within).await
+    }
+
     /// Sends `body` to member `to` of the current view, in order with this member's other frames
     /// to it; `to` receives it in [`Application::receive`] if it is still in the same view.
     ///
@@ -1424,27 +1460,7 @@ impl Group {
     ///
     /// [`SettleError`]: not a member of the shard, not settled within `within`, or closed.
     pub async fn settle(&self, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
-        let here = self.inner.node.borrow().delivery_frontier(shard).ok_or(SettleError::NoSuchShard(shard))?;
-        let view = self.inner.node.borrow().view().id;
-        let wait = poll_fn(|cx| {
-            if self.inner.closed.get() {
-                return Poll::Ready(Err(SettleError::Closed));
-            }
-            let node = self.inner.node.borrow();
-            // A view change delivers everything of the old view that anyone will.
-            if node.view().id != view || node.stopped().is_some() {
-                return Poll::Ready(Ok(()));
-            }
-            if node.delivered_everywhere(shard, &here).unwrap_or(false) {
-                return Poll::Ready(Ok(()));
-            }
-            self.inner.waiters.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        });
-        match time::timeout(within, wait).await {
-            Ok(r) => r,
-            Err(_) => Err(SettleError::Timeout { within, here }),
-        }
+        self.inner.settle(shard, within).await
     }
 
     /// Tells the group that `node` has failed (PROTOCOLS §3.2): it is suspected at once.

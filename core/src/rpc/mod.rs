@@ -154,6 +154,18 @@ pub struct CallContext {
     /// Ordered calls: the version the call was delivered at, its place in the shard's order
     /// (the same at every replica). `None` for queries.
     pub version: Option<Version>,
+    /// Stable queries ([`Handle::stable_reads`]): every update of the shard up to this version
+    /// is applied at every replica, and none after it is known to be. A versioned object that
+    /// answers as of this version answers linearizably: the replica may already hold later
+    /// updates, which other replicas may not have yet. `None` for other calls.
+    pub stable: Option<Version>,
+}
+
+impl CallContext {
+    fn of(header: &Header, version: Option<Version>) -> Self {
+        let (version, stable) = if header.kind == Kind::StableQuery { (None, version) } else { (version, None) };
+        Self { caller: header.caller, shard: header.shard, version, stable }
+    }
 }
 
 thread_local! {
@@ -419,6 +431,8 @@ struct ServiceInner {
     stopped: Cell<bool>,
     /// External calls under way (at most [`EXTERNAL_MAX`]).
     external: Rc<Cell<usize>>,
+    /// The version of the last update delivered in each shard.
+    delivered: RefCell<BTreeMap<ShardRef, Version>>,
 }
 
 impl Default for ServiceInner {
@@ -440,6 +454,7 @@ impl Default for ServiceInner {
             call_timeout: Cell::new(Duration::from_secs(30)),
             stopped: Cell::new(false),
             external: Rc::new(Cell::new(0)),
+            delivered: RefCell::default(),
         }
     }
 }
@@ -499,7 +514,7 @@ impl Service {
 
     /// A handle on `shard` for calls into type `T`.
     pub fn handle<T: Replicated>(&self, shard: ShardRef) -> Handle<T> {
-        Handle { service: Rc::downgrade(&self.inner), shard, _type: PhantomData }
+        Handle { service: Rc::downgrade(&self.inner), shard, stable: false, _type: PhantomData }
     }
 
     /// Reads this member's replica of `shard` (none if it holds none, or not of type `T`).
@@ -538,7 +553,7 @@ impl Service {
             return;
         };
         match h.kind {
-            Kind::Query => {
+            Kind::Query | Kind::StableQuery => {
                 if h.caller != from {
                     tracing::warn!(%from, ?h, "a query in another member's name: ignored");
                     return;
@@ -560,7 +575,7 @@ impl Service {
                         return;
                     }
                 }
-                inner.run_or_queue(h, None, from, rest);
+                inner.query(h, from, rest);
             }
             Kind::Repeat => {
                 if h.caller != from {
@@ -730,7 +745,7 @@ async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
         };
         match job {
             Job::Call { header, version, from, args, external } => {
-                let context = CallContext { caller: header.caller, shard, version };
+                let context = CallContext::of(&header, version);
                 let result = match replica.as_mut() {
                     None => {
                         Err(HandlerError::NoSuchMethod { ty: "no replica here", method: header.method, kind: "any" })
@@ -868,6 +883,47 @@ impl ServiceInner {
 
     /// Runs a call now if the shard is idle and the method synchronous (arguments read in place);
     /// otherwise queues it for the shard's worker.
+    /// Runs a query now or after the calls before it; a stable query first waits until what
+    /// this member delivered in the shard is delivered at every member of it.
+    fn query(self: &Rc<Self>, header: Header, from: NodeId, args: &[u8]) {
+        if header.kind != Kind::StableQuery {
+            self.run_or_queue(header, None, from, args);
+            return;
+        }
+        let shard = header.shard;
+        let view = self.view.borrow().as_ref().map(|v| v.id);
+        // Updates delivered here so far; with none yet in this view, everything of earlier
+        // views (all of it delivered everywhere, or trimmed away, at the view change).
+        let stable = match (self.delivered.borrow().get(&shard).copied(), view) {
+            (Some(v), Some(view)) if v.view() == view => v,
+            (_, Some(view)) => Version::from_u64(Version::new(view, 0).as_u64().saturating_sub(1)),
+            (_, None) => Version::from_u64(0),
+        };
+        let Some(sender) = self.sender.borrow().clone() else {
+            self.send_error(from, &header, "the member is not attached to a group");
+            return;
+        };
+        let mut owned: AlignedVec = AlignedVec::new();
+        owned.extend_from_slice(args);
+        let within = self.call_timeout.get();
+        let inner = Rc::downgrade(self);
+        drop(crate::spawn(async move {
+            let settled = sender.settle(shard, within).await;
+            let Some(inner) = inner.upgrade() else { return };
+            match settled {
+                Ok(()) => inner.run_or_queue(header, Some(stable), from, &owned),
+                Err(e) => {
+                    let why = format!("the shard did not settle for a stable query: {e}");
+                    if Some(header.caller) == inner.me.get() {
+                        inner.record(header.call, header.caller, Err(CallError::Remote { node: from, reason: why }));
+                    } else {
+                        inner.send_error(from, &header, &why);
+                    }
+                }
+            }
+        }));
+    }
+
     fn run_or_queue(self: &Rc<Self>, header: Header, version: Option<Version>, from: NodeId, args: &[u8]) {
         let ordered = header.kind == Kind::Ordered;
         let mut replicas = self.replicas.borrow_mut();
@@ -897,7 +953,7 @@ impl ServiceInner {
         args: &[u8],
     ) -> Result<AlignedVec, HandlerError> {
         let r = slot.replica.as_mut().expect("an idle slot has its replica");
-        let context = CallContext { caller: header.caller, shard: header.shard, version };
+        let context = CallContext::of(&header, version);
         let applied =
             with_context(context, || if ordered { r.apply(header.method, args) } else { r.query(header.method, args) });
         match applied {
@@ -1031,6 +1087,9 @@ fn error_bytes(h: &Header, why: &str) -> Vec<u8> {
 impl Application for Service {
     fn deliver(&mut self, d: Delivered<'_>) {
         let inner = &self.inner;
+        if let Some(v) = d.version {
+            inner.delivered.borrow_mut().insert(d.shard, v);
+        }
         let Ok((h, args)) = Header::read(d.payload) else {
             tracing::warn!(sender = %d.sender, shard = %d.shard, "a delivered message that is not a call: ignored");
             return;
@@ -1248,12 +1307,13 @@ impl Application for Service {
 pub struct Handle<T> {
     service: Weak<ServiceInner>,
     shard: ShardRef,
+    stable: bool,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
-        Self { service: self.service.clone(), shard: self.shard, _type: PhantomData }
+        Self { service: self.service.clone(), shard: self.shard, stable: self.stable, _type: PhantomData }
     }
 }
 
@@ -1365,6 +1425,17 @@ impl<T: Replicated> Handle<T> {
         self.shard
     }
 
+    /// The same handle, its queries made stable: the member asked answers once everything it
+    /// had delivered in the shard is delivered at every member of the shard, and the handler
+    /// sees that point as [`CallContext::stable`]. A versioned object that answers as of it
+    /// (like the book's key-value store) answers linearizably: every update that completed
+    /// before the query is included, and nothing that another replica may still lack. It costs
+    /// a round of the shard's delivery reports (a few pushes) per query.
+    pub fn stable_reads(mut self) -> Self {
+        self.stable = true;
+        self
+    }
+
     fn inner(&self) -> Result<Rc<ServiceInner>, CallError> {
         let inner = self.service.upgrade().ok_or(CallError::Closed)?;
         if inner.stopped.get() {
@@ -1430,15 +1501,15 @@ impl<T: Replicated> Handle<T> {
         if to != me && inner.view.borrow().as_ref().is_none_or(|v| v.rank_of(to).is_none()) {
             return Err(CallError::SendTo(SendToError::NotAMember(to)));
         }
-        let header =
-            Header { kind: Kind::Query, shard: self.shard, method, caller: me, call: 0, version: Version::from_u64(0) };
+        let kind = if self.stable { Kind::StableQuery } else { Kind::Query };
+        let header = Header { kind, shard: self.shard, method, caller: me, call: 0, version: Version::from_u64(0) };
         let call = inner.next_call.get();
         let query = Header { call, ..header }.with_body(args);
         let call = self.new_call(&inner, Some((to, query.clone())));
         let guard = PendingGuard { inner: &inner, call };
         if to == me {
             let h = Header { call, ..header };
-            inner.run_or_queue(h, None, me, args);
+            inner.query(h, me, args);
         } else {
             inner.send(to, &query);
         }

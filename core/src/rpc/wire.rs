@@ -3,7 +3,9 @@
 //! ```text
 //! offset size field
 //!  0     1    kind      1 ordered call (a multicast), 2 query, 3 reply, 4 error reply,
-//!                       5 repeat (ask a member to send its reply to `call` again)
+//!                       5 repeat (ask a member to send its reply to `call` again),
+//!                       6 stable query (a query answered once what the member delivered is
+//!                       delivered at every member of the shard, read as of that point)
 //!  1     1    flags     0
 //!  2     2    subgroup
 //!  4     2    shard
@@ -36,6 +38,8 @@ pub enum Kind {
     Error = 4,
     /// The caller asks for its reply again (it may have been lost with a view's connections).
     Repeat = 5,
+    /// A P2P query answered at the shard's stable point ([`crate::rpc::CallContext::stable`]).
+    StableQuery = 6,
 }
 
 /// A decoded header.
@@ -101,6 +105,7 @@ impl Header {
             3 => Kind::Reply,
             4 => Kind::Error,
             5 => Kind::Repeat,
+            6 => Kind::StableQuery,
             _ => return Err(HeaderError("an unknown kind")),
         };
         if bytes[1] != 0 || bytes[6] != 0 || bytes[7] != 0 {
@@ -139,7 +144,11 @@ mod tests {
         let (got, body) = Header::read(&bytes).unwrap();
         assert_eq!((got, body), (h, &b"xyz"[..]));
         assert!(Header::read(&bytes[..HEADER_LEN - 1]).is_err());
-        for (i, v) in [(0, 0), (0, 9), (1, 1), (6, 1), (7, 1)] {
+        for kind in [Kind::Ordered, Kind::Query, Kind::Reply, Kind::Error, Kind::Repeat, Kind::StableQuery] {
+            let h = Header { kind, ..h };
+            assert_eq!(Header::read(&h.with_body(b"")).unwrap().0, h);
+        }
+        for (i, v) in [(0, 0), (0, 7), (0, 9), (1, 1), (6, 1), (7, 1)] {
             let mut b = bytes.clone();
             b[i] = v;
             assert!(Header::read(&b).is_err(), "byte {i} = {v} accepted");

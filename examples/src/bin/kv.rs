@@ -2,7 +2,7 @@
 //! talks to it from outside the group.
 //!
 //! ```text
-//! cargo run --release -p derecho-examples --bin kv -- demo                  # the whole demo
+//! cargo run --release -p derecho-examples --bin kv -- demo [--shm]          # the whole demo
 //! cargo run --release -p derecho-examples --bin kv -- member --set me=0 --set listen=\"127.0.0.1:7000\"
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 put KEY VALUE
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION]
@@ -11,7 +11,8 @@
 //!
 //! `demo` starts four member processes (two shards of the store), writes keys through the
 //! external client, runs the command-line client as a separate process, kills one member with
-//! SIGKILL, and checks that every key is still there at every shard's surviving members.
+//! SIGKILL, and checks that every key is still there at every shard's surviving members. With
+//! `--shm` the members' views run over shared memory (joins and the client still use TCP).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use derecho::{Builder, available_cores};
 use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
 
 const USAGE: &str = "\
-usage: kv demo
+usage: kv demo [--shm]
        kv member [--config FILE] [--set key=value ...]
        kv --contact ADDR put KEY VALUE
        kv --contact ADDR get KEY [--at VERSION]
@@ -40,7 +41,8 @@ const SHARDS: u16 = 2;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
-        Some("demo") => demo(),
+        Some("demo") if args.len() == 1 => demo(false),
+        Some("demo") if args.len() == 2 && args[1] == "--shm" => demo(true),
         Some("member") => member(&args[1..]),
         Some("--contact") if args.len() >= 3 => cli(&args[1], &args[2..]),
         Some("-h" | "--help") => {
@@ -172,8 +174,19 @@ impl Drop for Members {
     }
 }
 
+/// The directory of the shared-memory demo's views; removed with the demo.
+struct ShmDir(Option<PathBuf>);
+
+impl Drop for ShmDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// The demo: four members, keys written from outside, the command-line client, a failure.
-fn demo() -> Result<(), String> {
+fn demo(shm: bool) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let ls: Vec<std::net::TcpListener> = (0..4)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
@@ -183,8 +196,14 @@ fn demo() -> Result<(), String> {
     drop(ls);
     let cores = available_cores();
     let (tx, rx) = mpsc::channel::<String>();
+    // Declared before the members: removed after they are killed (they leave their files).
+    let shm_dir = ShmDir(shm.then(|| PathBuf::from(format!("/dev/shm/derecho-kv-demo-{}", std::process::id()))));
+    if let Some(d) = &shm_dir.0 {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
     let mut members = Members(Vec::new());
-    println!("kv demo: four member processes host a key-value store in two shards");
+    let over = if shm { "shared memory" } else { "loopback TCP" };
+    println!("kv demo: four member processes host a key-value store in two shards, over {over}");
     for i in 0..4u32 {
         let mut cmd = Command::new(&exe);
         cmd.args(["member", "--set", &format!("me={i}"), "--set", &format!("listen=\"{}\"", addrs[i as usize])]);
@@ -193,6 +212,9 @@ fn demo() -> Result<(), String> {
         }
         if !cores.is_empty() {
             cmd.args(["--set", &format!("core={}", cores[i as usize % cores.len()])]);
+        }
+        if let Some(d) = &shm_dir.0 {
+            cmd.args(["--set", "transport=\"shm\"", "--set", &format!("shm_dir=\"{}\"", d.display())]);
         }
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
         let out = child.stdout.take().expect("piped");

@@ -1,0 +1,174 @@
+//! One member process of the key-value store for `tests/kv_linearizable.rs`: it hosts the store,
+//! runs two clients in phases the test starts on standard input, and writes every invocation
+//! and response to a history file as it happens (one `write` per line, so a member killed with
+//! SIGKILL leaves every line it wrote).
+//!
+//! ```text
+//! kv_member --me N --history FILE --seed S --ops K [--contact ADDR] [--shm-dir DIR]
+//! ```
+//!
+//! Standard output: `listening ADDR`, `ready` (the view has three members), then `phase P done`
+//! after each phase. Standard input: `phase P [pace_us]` runs phase P (K operations per client,
+//! with `pace_us` between them), `exit` (or end of input) closes the member.
+//!
+//! History lines, times from `CLOCK_MONOTONIC` (one clock for every process of the host):
+//! `inv CLIENT N KEY put VALUE T`, `inv CLIENT N KEY get T`, `ok CLIENT N T` (a put completed),
+//! `got CLIENT N T VALUE|-` (a get returned), `fail CLIENT N` (a call failed).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use derecho::driver::{GroupBuilder, TransportKind};
+use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
+use derecho::rpc::Service;
+use derecho::runtime::time;
+use derecho_examples::kv::{KvStore, KvStoreClient};
+
+const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+/// The keys every client works on.
+pub const KEYS: [&str; 3] = ["apple", "pear", "plum"];
+const CLIENTS: u32 = 2;
+
+/// A small seeded generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The history file: each line one `write` (the file is opened for appending).
+struct History(RefCell<File>);
+
+impl History {
+    fn line(&self, line: String) {
+        self.0.borrow_mut().write_all(format!("{line}\n").as_bytes()).expect("write the history");
+    }
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+async fn client(id: u32, phase: u32, ops: u32, pace: Duration, kv: KvStoreClient, seed: u64, history: Rc<History>) {
+    let mut rng = Rng((seed ^ u64::from(id) << 32 ^ u64::from(phase) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for i in 0..ops {
+        let n = phase * 1000 + i;
+        let key = KEYS[rng.below(KEYS.len() as u64) as usize];
+        if rng.below(2) == 0 {
+            let value = format!("c{id}-{n}");
+            history.line(format!("inv {id} {n} {key} put {value} {}", now_ns()));
+            match kv.put(key, value.as_bytes()).await {
+                Ok(_) => history.line(format!("ok {id} {n} {}", now_ns())),
+                Err(e) => {
+                    history.line(format!("fail {id} {n}"));
+                    eprintln!("client {id}: put failed: {e}");
+                    return;
+                }
+            }
+        } else {
+            let to = NodeId(rng.below(3) as u32);
+            history.line(format!("inv {id} {n} {key} get {}", now_ns()));
+            match kv.get(to, key).await {
+                Ok(got) => {
+                    let t = now_ns();
+                    let value = got.map_or("-".to_string(), |(_, v)| String::from_utf8(v).expect("utf-8"));
+                    history.line(format!("got {id} {n} {t} {value}"));
+                }
+                // Its member is gone (or this one stopped): the read had no effect.
+                Err(_) => history.line(format!("fail {id} {n}")),
+            }
+        }
+        if !pace.is_zero() {
+            time::sleep(pace).await;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num =
+        |n: &str| -> u64 { arg(&args, n).unwrap_or_else(|| panic!("{n} is required")).parse().expect("a number") };
+    let me = num("--me") as u32;
+    let seed = num("--seed");
+    let ops = num("--ops") as u32;
+    let history_path = arg(&args, "--history").expect("--history is required").to_string();
+    let contact: Option<SocketAddr> = arg(&args, "--contact").map(|c| c.parse().expect("an address"));
+    let shm_dir = arg(&args, "--shm-dir").map(str::to_string);
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&history_path).expect("the history file");
+    let history = Rc::new(History(RefCell::new(file)));
+
+    // Commands from the test, read by a thread.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    derecho::Builder::new().build().expect("executor").block_on(async move {
+        let membership =
+            MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 500_000_000, ..MembershipConfig::default() };
+        let mut builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
+            .name("kv-linearizable")
+            .membership(membership)
+            .connect_timeout(Duration::from_secs(3))
+            .state_len_max(1 << 20);
+        if let Some(d) = shm_dir {
+            builder = builder.transport(TransportKind::Shm).shm_dir(d);
+        }
+        let service = Service::new();
+        service.host(SubgroupId(0), KvStore::default);
+        let group = match contact {
+            None => builder.start(service.clone()).await.expect("start"),
+            Some(c) => builder.join(c, service.clone()).await.expect("join"),
+        };
+        service.attach(group.sender());
+        println!("listening {}", group.local_addr());
+        group.wait_view(Duration::from_secs(30), |v| v.members.len() == 3).await.expect("a view of three");
+        println!("ready");
+        let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD).stable_reads());
+        loop {
+            let command = loop {
+                match rx.try_recv() {
+                    Ok(c) => break Some(c),
+                    Err(mpsc::TryRecvError::Empty) => time::sleep(Duration::from_millis(1)).await,
+                    Err(mpsc::TryRecvError::Disconnected) => break None,
+                }
+            };
+            let Some(command) = command else { break };
+            let words: Vec<&str> = command.split_whitespace().collect();
+            match words.as_slice() {
+                ["phase", p, rest @ ..] => {
+                    let phase: u32 = p.parse().expect("a phase number");
+                    let pace = Duration::from_micros(rest.first().map_or(0, |v| v.parse().expect("µs")));
+                    let clients =
+                        (0..CLIENTS).map(|c| client(me * 10 + c, phase, ops, pace, kv.clone(), seed, history.clone()));
+                    futures::future::join_all(clients).await;
+                    println!("phase {phase} done");
+                }
+                ["exit"] => break,
+                other => panic!("unknown command {other:?}"),
+            }
+        }
+        group.close().await;
+    });
+}
