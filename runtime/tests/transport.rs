@@ -1088,7 +1088,7 @@ fn shm_missing_peer_is_reported_and_configured_regions_are_ready() {
             .spawn_thread(move || async move {
                 let absent = PeerId(9);
                 let mut cfg = ShmConfig::new(me, vec![other, absent], ns);
-                cfg.limits = TransportLimits { connect_timeout: Duration::from_millis(300), ..limits() };
+                cfg.limits = TransportLimits { connect_timeout: Duration::from_millis(1500), ..limits() };
                 cfg.ring_len = ShmConfig::ring_len_for(cfg.limits.max_frame_len, 0);
                 cfg.regions = vec![(ROW, 64)];
                 let t = ShmTransport::connect_allowing_missing(cfg).await.expect("connects without peer 9");
@@ -1155,6 +1155,9 @@ fn shm_files_of_a_killed_member_are_removed() {
     std::fs::write(file("13.ctl"), ctl(std::process::id())).unwrap();
     std::fs::write(file("3-to-1.ring"), b"x").unwrap();
     std::fs::write(file("1-to-13.ring"), b"x").unwrap();
+    // A namespace that starts like this one (group `{ns}-v2`...): none of its files are 3's here.
+    std::fs::write(file("v2-3.ctl"), ctl(dead_pid)).unwrap();
+    std::fs::write(file("v2-1-to-3.ring"), b"x").unwrap();
     let dir = Path::new("/dev/shm");
     assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(13)).unwrap(), 0, "peer 13 is alive (our pid)");
     assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(3)).unwrap(), 5);
@@ -1165,8 +1168,11 @@ fn shm_files_of_a_killed_member_are_removed() {
         .filter(|n| n.starts_with(&format!("derecho-{ns}-")))
         .collect();
     left.sort();
-    let want: Vec<String> =
-        ["1-to-13.ring", "13.ctl", "3-to-1.ring"].iter().map(|f| format!("derecho-{ns}-{f}")).collect();
+    let want: Vec<String> = ["1-to-13.ring", "13.ctl", "3-to-1.ring", "v2-1-to-3.ring", "v2-3.ctl"]
+        .iter()
+        .map(|f| format!("derecho-{ns}-{f}"))
+        .collect();
     assert_eq!(left, want);
-    ShmTransport::remove_namespace(dir, &ns).unwrap();
+    assert_eq!(ShmTransport::remove_namespace(dir, &ns).unwrap(), 3, "only this namespace's files");
+    assert_eq!(ShmTransport::remove_namespace(dir, &format!("{ns}-v2")).unwrap(), 2);
 }

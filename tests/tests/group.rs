@@ -358,3 +358,51 @@ fn a_member_in_two_subgroups_delivers_each_in_its_own_order() {
         }
     });
 }
+
+/// An application whose state is a blob larger than one frame of a state (1 MiB).
+#[derive(Clone, Default)]
+struct Blob(Rc<RefCell<Vec<u8>>>);
+
+impl Application for Blob {
+    fn deliver(&mut self, _: Delivered<'_>) {}
+
+    fn snapshot(&mut self, _shard: ShardRef) -> State {
+        State::Ready(self.0.borrow().clone())
+    }
+
+    fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), String> {
+        *self.0.borrow_mut() = state.to_vec();
+        Ok(())
+    }
+}
+
+/// A state of several pieces reaches the joiner whole, over both transports.
+#[test]
+fn a_large_state_travels_in_pieces() {
+    let dir = std::path::PathBuf::from(format!("/dev/shm/derecho-group-blob-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory in /dev/shm");
+    let blob: Vec<u8> = (0..(5 << 20) / 2 + 7).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for shm in [false, true] {
+        let d = dir.clone();
+        let make = move |me| {
+            let b = builder(me, 1).name(if shm { "blob-shm" } else { "blob-tcp" });
+            if shm { b.transport(TransportKind::Shm).shm_dir(d.clone()) } else { b }
+        };
+        let blob = blob.clone();
+        Builder::new().build().unwrap().block_on(async move {
+            let a_app = Blob(Rc::new(RefCell::new(blob.clone())));
+            let a = make(0).start(a_app).await.expect("start");
+            let b_app = Blob::default();
+            let b = make(1).join(a.local_addr(), b_app.clone()).await.expect("b joins");
+            assert_eq!(b_app.0.borrow().len(), blob.len(), "shm {shm}: the state's length");
+            assert!(*b_app.0.borrow() == blob, "shm {shm}: the state differs");
+            for g in [a, b] {
+                g.close().await;
+            }
+        });
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}

@@ -55,6 +55,12 @@ use crate::protocol::{
 const MESSAGE_LEN_MAX: usize = 1 << 20;
 /// Connections parked at once, for views not reached yet and control messages.
 const PARK_MAX: usize = 256;
+/// The largest frame of a view's transport besides pushes of the table: application frames
+/// ([`GroupSender::send_to`], the calls layer's batches, queries and replies) and pieces of
+/// states. Shared-memory rings hold two of them.
+pub const FRAME_LEN_MAX: usize = 8 << 20;
+/// The bytes of a state in one frame; larger states travel in pieces.
+const STATE_PIECE_LEN: usize = 1 << 20;
 
 /// What the application gives a [`Group`]: the delivery of messages, and the state of each
 /// shard for members that join it (PROTOCOLS §3.5). Any `FnMut(Delivered)` is an application
@@ -254,8 +260,8 @@ impl GroupBuilder {
     /// clients still reach members through their TCP listener, and the group's name must be
     /// 1 to 48 letters, digits, `_`, `.` or `-`, unique among the groups sharing
     /// [`GroupBuilder::shm_dir`]. Each ring between two members is sized for the largest frame,
-    /// a state of up to `state_len_max` bytes: lower that for groups with small states (memory
-    /// is only touched as the ring is used).
+    /// [`FRAME_LEN_MAX`], twice (about 16 MiB per pair of members and view, touched as it is
+    /// used; states travel in pieces).
     pub fn transport(mut self, kind: TransportKind) -> Self {
         self.transport = kind;
         self
@@ -542,7 +548,7 @@ impl Settings {
         let table_len = Node::<RegionMemory>::table_len(view, &self.limits);
         let row_len = RowLayout::new(view, &self.limits).row_len;
         let heartbeat = Duration::from_nanos(self.membership.heartbeat_ns);
-        let max_frame_len = row_len.max(self.state_len_max + 16);
+        let max_frame_len = row_len.max(FRAME_LEN_MAX);
         let limits = TransportLimits {
             max_frame_len,
             heartbeat_interval: heartbeat,
@@ -590,14 +596,15 @@ impl Settings {
         Ok((Rc::new(AnyTransport::Tcp(t)), region))
     }
 
-    /// Removes what members killed in `view` left in its shared-memory namespace (nothing over
-    /// TCP, or for members still alive).
-    fn remove_departed_files(&self, view: ViewId, peers: &[PeerId]) {
+    /// Removes what members of `view` that were killed left in its shared-memory namespace
+    /// (nothing over TCP; nothing of a member whose process is alive: it removes its own files
+    /// when it closes).
+    fn remove_dead_files(&self, view: ViewId, members: &[NodeId]) {
         if self.transport != TransportKind::Shm {
             return;
         }
         let ns = self.shm_namespace(view);
-        for &p in peers {
+        for p in members.iter().filter(|&&m| m != self.me).map(|m| PeerId(m.0)) {
             match ShmTransport::remove_files_of(&self.shm_dir, &ns, p) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(peer = %p, files = n, namespace = ns, "removed a departed member's files"),
@@ -606,6 +613,9 @@ impl Settings {
         }
     }
 }
+
+/// An earlier view: its id, its members, its transport while it lingers.
+type Lingering = (ViewId, Vec<NodeId>, Weak<AnyTransport>);
 
 struct Inner {
     settings: Settings,
@@ -638,8 +648,11 @@ struct Inner {
     /// Scratch of `drain`.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
-    /// Earlier views' transports still lingering; closed with the group.
-    lingering: RefCell<Vec<Weak<AnyTransport>>>,
+    /// States arriving in pieces, by sender, shard and view.
+    state_pieces: RefCell<BTreeMap<(NodeId, ShardRef, ViewId), Vec<u8>>>,
+    /// Earlier views, their members and their transports while they linger; closed (and
+    /// cleaned) with the group.
+    lingering: RefCell<Vec<Lingering>>,
 }
 
 impl Inner {
@@ -732,11 +745,12 @@ impl Inner {
                         // From now on this member pushes nothing in the old view: its "alive"
                         // beats keep members still finishing it from suspecting this one.
                         let old = self.transport.borrow().clone();
+                        let (view, members) = (self.transport_view.get(), node.view().members.clone());
                         let mut lingering = self.lingering.borrow_mut();
-                        lingering.retain(|t| t.strong_count() > 0);
-                        lingering.push(Rc::downgrade(&old));
+                        lingering.retain(|(_, _, t)| t.strong_count() > 0);
+                        lingering.push((view, members.clone(), Rc::downgrade(&old)));
                         drop(lingering);
-                        let linger = spawn(linger(Rc::downgrade(self), old, self.transport_view.get()));
+                        let linger = spawn(linger(Rc::downgrade(self), old, view, members));
                         let inner = self.clone();
                         let install = spawn(async move { inner.install(next).await });
                         let mut tasks = self.tasks.borrow_mut();
@@ -761,21 +775,36 @@ impl Inner {
                     let state = self.app.borrow_mut().snapshot(shard);
                     let view = node.view().id;
                     let transport = self.transport.borrow().clone();
-                    let len_max = self.settings.state_len_max + 16;
+                    let len_max = self.settings.state_len_max;
                     self.tasks.borrow_mut().push(spawn(async move {
                         let state = match state {
                             State::Ready(s) => s,
                             State::Later(f) => f.await,
                         };
-                        let frame = ViewFrame::State { view, shard, body: state }.encode();
-                        if frame.len() > len_max {
-                            tracing::error!(%shard, len = frame.len(), "the state is longer than state_len_max: not sent");
+                        if state.len() > len_max {
+                            tracing::error!(%shard, len = state.len(), "the state is longer than state_len_max: not sent");
                             return;
                         }
-                        let frame = Payload::from(frame);
-                        for t in to {
-                            if let Err(e) = transport.send_frame(PeerId(t.0), frame.clone()).await {
-                                tracing::warn!(to = %t, error = %e, "state not sent");
+                        // In pieces, each a frame; the pieces of one state reach a member in order.
+                        let total = state.len() as u64;
+                        let mut pieces = Vec::new();
+                        let mut offset = 0;
+                        loop {
+                            let end = (offset + STATE_PIECE_LEN).min(state.len());
+                            let body = state[offset..end].to_vec();
+                            let piece = ViewFrame::State { view, shard, offset: offset as u64, total, body };
+                            pieces.push(Payload::from(piece.encode()));
+                            offset = end;
+                            if offset == state.len() {
+                                break;
+                            }
+                        }
+                        'members: for t in to {
+                            for piece in &pieces {
+                                if let Err(e) = transport.send_frame(PeerId(t.0), piece.clone()).await {
+                                    tracing::warn!(to = %t, error = %e, "state not sent");
+                                    continue 'members;
+                                }
                             }
                         }
                     }));
@@ -980,11 +1009,39 @@ impl Inner {
             }
             TransportEvent::Frame { from, frame } => match ViewFrame::decode(&frame) {
                 Ok(ViewFrame::Alive { .. }) => self.node.borrow_mut().handle(now, Input::PeerAlive(NodeId(from.0))),
-                Ok(ViewFrame::State { view: v, shard, body }) => {
+                Ok(ViewFrame::State { view: v, shard, offset, total, body }) => {
                     let mut node = self.node.borrow_mut();
                     if !current || v != node.view().id || !node.awaiting_state(shard) {
                         return; // a second source's copy, or too late
                     }
+                    let peer = NodeId(from.0);
+                    if total > self.settings.state_len_max as u64 {
+                        drop(node);
+                        let reason = format!("a state of {total} bytes, above state_len_max");
+                        self.report(GroupEvent::StateRejected { shard, from: peer, reason });
+                        return;
+                    }
+                    // Pieces from one member arrive in order; a state is whole at its last piece.
+                    let body = {
+                        let mut pieces = self.state_pieces.borrow_mut();
+                        pieces.retain(|(_, _, view), _| *view == v);
+                        let buf = pieces.entry((peer, shard, v)).or_default();
+                        if offset != buf.len() as u64 {
+                            let expected = buf.len();
+                            pieces.remove(&(peer, shard, v));
+                            drop(pieces);
+                            drop(node);
+                            let reason = format!("a piece at {offset} where {expected} was expected");
+                            self.report(GroupEvent::StateRejected { shard, from: peer, reason });
+                            return;
+                        }
+                        buf.extend_from_slice(&body);
+                        if (buf.len() as u64) < total {
+                            return;
+                        }
+                        pieces.remove(&(peer, shard, v)).unwrap_or_default()
+                    };
+                    self.state_pieces.borrow_mut().retain(|(_, s, _), _| *s != shard);
                     match self.app.borrow_mut().restore(shard, &body) {
                         Ok(()) => {
                             tracing::info!(me = %self.settings.me, %shard, len = body.len(), from = %from, "state received");
@@ -1028,7 +1085,7 @@ async fn events(inner: Weak<Inner>, transport: Rc<AnyTransport>, view: ViewId) {
 /// "alive" frames on the old view's transport, so that members still finishing the old view do
 /// not suspect this one (it pushes nothing there any more), reports traffic from them as signs
 /// of life, and finally closes that transport and stops its events task.
-async fn linger(inner: Weak<Inner>, old: Rc<AnyTransport>, old_view: ViewId) {
+async fn linger(inner: Weak<Inner>, old: Rc<AnyTransport>, old_view: ViewId, old_members: Vec<NodeId>) {
     let Some(strong) = inner.upgrade() else { return };
     let period = Duration::from_nanos(strong.settings.membership.heartbeat_ns);
     let until = Instant::now()
@@ -1079,10 +1136,7 @@ async fn linger(inner: Weak<Inner>, old: Rc<AnyTransport>, old_view: ViewId) {
     }
     old.close(Duration::from_millis(50)).await;
     if let Some(inner) = inner.upgrade() {
-        let node = inner.node.borrow();
-        let departed: Vec<PeerId> =
-            old.peers().iter().copied().filter(|p| node.view().rank_of(NodeId(p.0)).is_none()).collect();
-        inner.settings.remove_departed_files(old_view, &departed);
+        inner.settings.remove_dead_files(old_view, &old_members);
     }
 }
 
@@ -1327,6 +1381,7 @@ impl Group {
             push_peers: RefCell::new(Vec::new()),
             push_errors: RefCell::new(Vec::new()),
             lingering: RefCell::new(Vec::new()),
+            state_pieces: RefCell::new(BTreeMap::new()),
         });
         if let Some(change) = joined {
             inner.app.borrow_mut().view_installed(&change);
@@ -1517,14 +1572,26 @@ impl Group {
         if self.shut.replace(true) {
             return;
         }
-        let lingering: Vec<Rc<AnyTransport>> =
-            self.inner.lingering.borrow_mut().drain(..).filter_map(|t| t.upgrade()).collect();
+        let lingering = self.views_held();
         self.stop_tasks();
         let t = self.inner.transport.borrow().clone();
         t.close(Duration::from_millis(200)).await;
-        for old in lingering {
-            old.close(Duration::ZERO).await;
+        for (view, members, old) in lingering {
+            if let Some(old) = old {
+                old.close(Duration::ZERO).await;
+            }
+            self.inner.settings.remove_dead_files(view, &members);
         }
+    }
+
+    /// The current view and the earlier ones still lingering: id, members, transport.
+    fn views_held(&self) -> Vec<(ViewId, Vec<NodeId>, Option<Rc<AnyTransport>>)> {
+        let mut views: Vec<_> =
+            self.inner.lingering.borrow_mut().drain(..).map(|(v, m, t)| (v, m, t.upgrade())).collect();
+        let current = self.inner.transport.borrow().clone();
+        let members = self.inner.node.borrow().view().members.clone();
+        views.push((self.inner.transport_view.get(), members, Some(current)));
+        views
     }
 
     fn stop_tasks(&self) {
@@ -1554,12 +1621,13 @@ impl Drop for Group {
             self.stop_tasks();
             // Shared-memory transports close at once (their files go with them); TCP ones close
             // as their tasks are dropped.
-            let current = self.inner.transport.borrow().clone();
-            let lingering = self.inner.lingering.borrow_mut().drain(..).filter_map(|t| t.upgrade()).collect::<Vec<_>>();
-            for t in lingering.iter().chain([&current]) {
-                if let AnyTransport::Shm(t) = &**t {
+            for (view, members, t) in self.views_held() {
+                if let Some(t) = t
+                    && let AnyTransport::Shm(t) = &*t
+                {
                     t.close();
                 }
+                self.inner.settings.remove_dead_files(view, &members);
             }
         }
     }

@@ -90,13 +90,19 @@ pub enum Answer {
 /// A frame on a view's transport besides the table's pushes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ViewFrame {
-    /// The state of a shard for a new member, as the application's snapshot made it.
+    /// A piece of the state of a shard for a new member, as the application's snapshot made
+    /// it: the bytes from `offset` of a state of `total` bytes. A state travels in pieces, in
+    /// order, so that no frame is larger than a piece.
     State {
         /// The view it is for.
         view: ViewId,
         /// The shard.
         shard: ShardRef,
-        /// The snapshot.
+        /// Where this piece starts in the state.
+        offset: u64,
+        /// The state's length.
+        total: u64,
+        /// The piece.
         body: Vec<u8>,
     },
     /// The sender is alive in view `view` (sent on a previous view's transport while peers may
@@ -142,6 +148,9 @@ impl Writer {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn len(&mut self, n: usize) {
@@ -427,11 +436,13 @@ impl ViewFrame {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         match self {
-            ViewFrame::State { view, shard, body } => {
-                w.0.reserve(9 + body.len());
+            ViewFrame::State { view, shard, offset, total, body } => {
+                w.0.reserve(25 + body.len());
                 w.u8(1);
                 w.u32(view.0);
                 w.shard(*shard);
+                w.u64(*offset);
+                w.u64(*total);
                 w.0.extend_from_slice(body);
             }
             ViewFrame::Alive { view } => {
@@ -453,7 +464,13 @@ impl ViewFrame {
             1 => {
                 let view = ViewId(r.u32()?);
                 let shard = r.shard()?;
-                return Ok(ViewFrame::State { view, shard, body: r.bytes.to_vec() });
+                let offset = r.u64()?;
+                let total = r.u64()?;
+                let body = r.bytes.to_vec();
+                if offset.checked_add(body.len() as u64).is_none_or(|end| end > total) {
+                    return Err(r.err("a state piece beyond the state's length"));
+                }
+                return Ok(ViewFrame::State { view, shard, offset, total, body });
             }
             2 => ViewFrame::Alive { view: ViewId(r.u32()?) },
             _ => return Err(r.err("an unknown kind")),
@@ -509,11 +526,16 @@ mod tests {
             assert_eq!(Control::decode(&m.encode()).unwrap(), m);
         }
         let s = ShardRef { subgroup: SubgroupId(2), shard: ShardIndex(3) };
-        for f in
-            [ViewFrame::State { view: ViewId(4), shard: s, body: vec![1, 2, 3] }, ViewFrame::Alive { view: ViewId(5) }]
-        {
+        for f in [
+            ViewFrame::State { view: ViewId(4), shard: s, offset: 5, total: 8, body: vec![1, 2, 3] },
+            ViewFrame::Alive { view: ViewId(5) },
+        ] {
             assert_eq!(ViewFrame::decode(&f.encode()).unwrap(), f);
         }
+        let beyond = ViewFrame::State { view: ViewId(4), shard: s, offset: 6, total: 8, body: vec![1, 2, 3] };
+        assert!(ViewFrame::decode(&beyond.encode()).is_err(), "a piece past the end decoded");
+        let wraps = ViewFrame::State { view: ViewId(4), shard: s, offset: u64::MAX, total: 8, body: vec![1] };
+        assert!(ViewFrame::decode(&wraps.encode()).is_err(), "an offset that wraps decoded");
     }
 
     #[test]

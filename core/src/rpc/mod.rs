@@ -433,6 +433,8 @@ struct ServiceInner {
     external: Rc<Cell<usize>>,
     /// The version of the last update delivered in each shard.
     delivered: RefCell<BTreeMap<ShardRef, Version>>,
+    /// Stable queries waiting for their shard to settle (at most [`QUEUE_LEN_MAX`]).
+    stable_waiting: Cell<usize>,
 }
 
 impl Default for ServiceInner {
@@ -455,6 +457,7 @@ impl Default for ServiceInner {
             stopped: Cell::new(false),
             external: Rc::new(Cell::new(0)),
             delivered: RefCell::default(),
+            stable_waiting: Cell::new(0),
         }
     }
 }
@@ -881,8 +884,6 @@ impl ServiceInner {
         true
     }
 
-    /// Runs a call now if the shard is idle and the method synchronous (arguments read in place);
-    /// otherwise queues it for the shard's worker.
     /// Runs a query now or after the calls before it; a stable query first waits until what
     /// this member delivered in the shard is delivered at every member of it.
     fn query(self: &Rc<Self>, header: Header, from: NodeId, args: &[u8]) {
@@ -890,40 +891,65 @@ impl ServiceInner {
             self.run_or_queue(header, None, from, args);
             return;
         }
+        if self.stopped.get() {
+            self.refuse(from, &header, "this member has stopped");
+            return;
+        }
+        if self.stable_waiting.get() >= QUEUE_LEN_MAX {
+            self.refuse(from, &header, "the member is overloaded: too many stable queries waiting");
+            return;
+        }
         let shard = header.shard;
         let view = self.view.borrow().as_ref().map(|v| v.id);
-        // Updates delivered here so far; with none yet in this view, everything of earlier
-        // views (all of it delivered everywhere, or trimmed away, at the view change).
+        // Updates delivered here so far. With none yet in this view: everything of earlier views
+        // (all of it is delivered everywhere, or trimmed away, once a view is installed; a
+        // member joins a view's transport only after its trim). In view 0, (0, 0) is the first
+        // message's version, but with nothing delivered the replica holds nothing of it.
         let stable = match (self.delivered.borrow().get(&shard).copied(), view) {
             (Some(v), Some(view)) if v.view() == view => v,
             (_, Some(view)) => Version::from_u64(Version::new(view, 0).as_u64().saturating_sub(1)),
             (_, None) => Version::from_u64(0),
         };
         let Some(sender) = self.sender.borrow().clone() else {
-            self.send_error(from, &header, "the member is not attached to a group");
+            self.refuse(from, &header, "the member is not attached to a group");
             return;
         };
         let mut owned: AlignedVec = AlignedVec::new();
         owned.extend_from_slice(args);
         let within = self.call_timeout.get();
         let inner = Rc::downgrade(self);
+        self.stable_waiting.set(self.stable_waiting.get() + 1);
         drop(crate::spawn(async move {
             let settled = sender.settle(shard, within).await;
             let Some(inner) = inner.upgrade() else { return };
-            match settled {
-                Ok(()) => inner.run_or_queue(header, Some(stable), from, &owned),
-                Err(e) => {
-                    let why = format!("the shard did not settle for a stable query: {e}");
-                    if Some(header.caller) == inner.me.get() {
-                        inner.record(header.call, header.caller, Err(CallError::Remote { node: from, reason: why }));
-                    } else {
-                        inner.send_error(from, &header, &why);
-                    }
-                }
+            inner.stable_waiting.set(inner.stable_waiting.get() - 1);
+            if let Err(e) = settled {
+                inner.refuse(from, &header, &format!("the shard did not settle for a stable query: {e}"));
+                return;
+            }
+            // Things may have changed while it waited.
+            let usable = !inner.stopped.get()
+                && !inner.awaiting.borrow().contains(&shard)
+                && inner.replicas.borrow().get(&shard).is_some_and(|s| !s.retired);
+            if usable {
+                inner.run_or_queue(header, Some(stable), from, &owned);
+            } else {
+                inner.refuse(from, &header, "this member no longer holds a replica of the shard");
             }
         }));
     }
 
+    /// Answers a call with an error: recorded for this member's own call, sent to another's.
+    fn refuse(&self, from: NodeId, header: &Header, why: &str) {
+        if Some(header.caller) == self.me.get() {
+            self.record(header.call, header.caller, Err(CallError::Remote { node: from, reason: why.into() }));
+        } else {
+            self.send_error(from, header, why);
+        }
+    }
+
+    /// Runs a call now if the shard is idle and the method synchronous (arguments read in place);
+    /// otherwise queues it for the shard's worker.
     fn run_or_queue(self: &Rc<Self>, header: Header, version: Option<Version>, from: NodeId, args: &[u8]) {
         let ordered = header.kind == Kind::Ordered;
         let mut replicas = self.replicas.borrow_mut();

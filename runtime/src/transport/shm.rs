@@ -678,10 +678,11 @@ impl ShmTransport {
         Self::connect_inner(config, false).await
     }
 
-    /// As [`ShmTransport::connect`], except that peers missing at the deadline (no files of a
-    /// live process, or not attached to our ring) do not fail the call: each is reported at once
-    /// as [`TransportEvent::PeerFailed`] (a membership driver then suspects it) and the
-    /// transport runs with the others. A peer that attaches late still works.
+    /// As [`ShmTransport::connect`], except that peers whose files are not there at the
+    /// deadline do not fail the call: each is reported at once as
+    /// [`TransportEvent::PeerFailed`] (a membership driver then suspects it) and the transport
+    /// runs with the others. A peer whose files were found but which has not yet attached to
+    /// our ring is kept: it attaches later, or falls silent and is reported then.
     ///
     /// # Errors
     ///
@@ -930,15 +931,12 @@ impl ShmTransport {
                 return Ok(0);
             }
         }
-        let own = format!("{prefix}{}.", peer.0);
-        let into = format!("-to-{}.ring", peer.0);
         let mut n = 0;
         for e in std::fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            let theirs = name.starts_with(&own) || (name.starts_with(&prefix) && name.ends_with(&into));
-            if theirs && std::fs::remove_file(e.path()).is_ok() {
+            let owner = name.to_string_lossy().strip_prefix(&prefix).and_then(file_owner);
+            if owner == Some(peer) && std::fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
         }
@@ -955,12 +953,39 @@ impl ShmTransport {
         let mut n = 0;
         for e in std::fs::read_dir(dir)? {
             let e = e?;
-            if e.file_name().to_string_lossy().starts_with(&prefix) && std::fs::remove_file(e.path()).is_ok() {
+            let ours = e.file_name().to_string_lossy().strip_prefix(&prefix).and_then(file_owner).is_some();
+            if ours && std::fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
         }
         Ok(n)
     }
+}
+
+/// Who created a file of a namespace, from its name after `derecho-{ns}-`: `{id}.ctl`,
+/// `{id}.r{region}`, `{from}-to-{id}.ring`, or one of those under its temporary name
+/// (`.tmp{pid}` in place of the extension). `None` for a name of another form, such as a file
+/// of another namespace that starts like this one (`g-v1` and `g-v1-v2`).
+fn file_owner(rest: &str) -> Option<PeerId> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (stem, ext) = rest.rsplit_once('.')?;
+    let ext_ok = match ext {
+        "ctl" | "ring" => true,
+        e => e.strip_prefix('r').is_some_and(digits) || e.strip_prefix("tmp").is_some_and(digits),
+    };
+    if !ext_ok {
+        return None;
+    }
+    let owner = match stem.split_once("-to-") {
+        Some((from, to)) if digits(from) && (ext == "ring" || ext.starts_with("tmp")) => to,
+        Some(_) => return None,
+        None if ext != "ring" => stem,
+        None => return None,
+    };
+    if !digits(owner) {
+        return None;
+    }
+    owner.parse().ok().map(PeerId)
 }
 
 impl Drop for ShmTransport {
@@ -1095,5 +1120,34 @@ impl Transport for ShmTransport {
 
     fn try_next_event(&self) -> Option<TransportEvent> {
         self.inner.events.try_pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_owners_are_read_from_exact_names() {
+        let cases: &[(&str, Option<u32>)] = &[
+            ("3.ctl", Some(3)),
+            ("3.r0", Some(3)),
+            ("13.r12", Some(13)),
+            ("1-to-3.ring", Some(3)),
+            ("1-to-3.tmp4242", Some(3)),
+            ("3.tmp99", Some(3)),
+            // Files of another namespace that begins like this one (`g-v1` and `g-v1-v2`).
+            ("v2-3.ctl", None),
+            ("v2-1-to-3.ring", None),
+            ("3.ring", None),
+            ("1-to-3.ctl", None),
+            ("3.rx", None),
+            ("3", None),
+            ("x.ctl", None),
+            ("-to-3.ring", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(file_owner(name), want.map(PeerId), "{name}");
+        }
     }
 }

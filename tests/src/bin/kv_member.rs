@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Standard output: `listening ADDR`, `ready` (the view has three members), then `phase P done`
-//! after each phase. Standard input: `phase P [pace_us]` runs phase P (K operations per client,
-//! with `pace_us` between them), `exit` (or end of input) closes the member.
+//! after each phase. Standard input: `phase P [pace_us [stall_after]]` runs phase P (K
+//! operations per client, with `pace_us` between them; with `stall_after`, each client prints
+//! `stalling` as it starts operation `stall_after` and never goes past it: the member is then
+//! killed with calls in flight), `exit` (or end of input) closes the member.
 //!
 //! History lines, times from `CLOCK_MONOTONIC` (one clock for every process of the host):
 //! `inv CLIENT N KEY put VALUE T`, `inv CLIENT N KEY get T`, `ok CLIENT N T` (a put completed),
@@ -66,9 +68,23 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
-async fn client(id: u32, phase: u32, ops: u32, pace: Duration, kv: KvStoreClient, seed: u64, history: Rc<History>) {
-    let mut rng = Rng((seed ^ u64::from(id) << 32 ^ u64::from(phase) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+struct Phase {
+    number: u32,
+    ops: u32,
+    pace: Duration,
+    stall_after: Option<u32>,
+}
+
+async fn client(id: u32, phase: Rc<Phase>, kv: KvStoreClient, seed: u64, history: Rc<History>) {
+    let mut rng =
+        Rng((seed ^ u64::from(id) << 32 ^ u64::from(phase.number) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let (ops, pace, stall_after) = (phase.ops, phase.pace, phase.stall_after);
+    let phase = phase.number;
     for i in 0..ops {
+        let stall = stall_after == Some(i);
+        if stall {
+            println!("stalling");
+        }
         let n = phase * 1000 + i;
         let key = KEYS[rng.below(KEYS.len() as u64) as usize];
         if rng.below(2) == 0 {
@@ -94,6 +110,9 @@ async fn client(id: u32, phase: u32, ops: u32, pace: Duration, kv: KvStoreClient
                 // Its member is gone (or this one stopped): the read had no effect.
                 Err(_) => history.line(format!("fail {id} {n}")),
             }
+        }
+        if stall {
+            std::future::pending::<()>().await;
         }
         if !pace.is_zero() {
             time::sleep(pace).await;
@@ -158,12 +177,16 @@ fn main() {
             let words: Vec<&str> = command.split_whitespace().collect();
             match words.as_slice() {
                 ["phase", p, rest @ ..] => {
-                    let phase: u32 = p.parse().expect("a phase number");
-                    let pace = Duration::from_micros(rest.first().map_or(0, |v| v.parse().expect("µs")));
+                    let phase = Rc::new(Phase {
+                        number: p.parse().expect("a phase number"),
+                        ops,
+                        pace: Duration::from_micros(rest.first().map_or(0, |v| v.parse().expect("µs"))),
+                        stall_after: rest.get(1).map(|v| v.parse().expect("an operation number")),
+                    });
                     let clients =
-                        (0..CLIENTS).map(|c| client(me * 10 + c, phase, ops, pace, kv.clone(), seed, history.clone()));
+                        (0..CLIENTS).map(|c| client(me * 10 + c, phase.clone(), kv.clone(), seed, history.clone()));
                     futures::future::join_all(clients).await;
-                    println!("phase {phase} done");
+                    println!("phase {} done", phase.number);
                 }
                 ["exit"] => break,
                 other => panic!("unknown command {other:?}"),
