@@ -114,9 +114,7 @@ fn member(args: &[String]) {
         let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
             .name("rpc-bench")
             .limits(limits)
-            .membership(membership)
-            // The object's state is two numbers; small states keep shared-memory rings small.
-            .state_len_max(1 << 20);
+            .membership(membership);
         let builder = match shm_dir {
             Some(d) => builder.transport(TransportKind::Shm).shm_dir(d),
             None => builder,
