@@ -688,7 +688,9 @@ impl Inner {
             Err(_) => 0,
         };
         let acted = self.drain(&mut node);
-        let progress = node.window_progress() ^ node.delivered_everywhere_progress().rotate_left(32);
+        let progress = node.window_progress()
+            ^ node.delivered_everywhere_progress().rotate_left(32)
+            ^ node.persisted_progress().rotate_left(16);
         if progress != self.window_seen.get() {
             self.window_seen.set(progress);
             self.wake_all();
@@ -1147,6 +1149,28 @@ pub struct GroupSender {
     inner: Weak<Inner>,
 }
 
+/// Errors of [`GroupSender::wait_persisted`].
+#[derive(Debug, thiserror::Error)]
+pub enum PersistWaitError {
+    /// The version was not durable everywhere in time.
+    #[error("version {version} was not durable at every member within {within:?}")]
+    Timeout {
+        /// How long it waited.
+        within: Duration,
+        /// The version.
+        version: crate::protocol::Version,
+    },
+    /// This member is not in the shard.
+    #[error("this member is not in {0}")]
+    NotInShard(ShardRef),
+    /// This member stopped.
+    #[error("stopped: {0}")]
+    Stopped(StopReason),
+    /// The group is closed.
+    #[error("the group is closed")]
+    Closed,
+}
+
 /// Errors of [`GroupSender::send_to`].
 #[derive(Debug, thiserror::Error)]
 pub enum SendToError {
@@ -1164,6 +1188,82 @@ pub enum SendToError {
 impl GroupSender {
     fn inner(&self) -> Result<Rc<Inner>, SendToError> {
         self.inner.upgrade().filter(|i| !i.closed.get()).ok_or(SendToError::Closed)
+    }
+
+    /// Stops this member for good with `reason` ([`GroupEvent::Fatal`]): used when it can no
+    /// longer keep a promise the group relies on, such as a log that failed to sync. The others
+    /// see it fail and go on without it.
+    pub fn fatal(&self, reason: &str) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        if inner.closed.replace(true) {
+            return;
+        }
+        tracing::error!(me = %inner.settings.me, reason, "this member stops");
+        if let Ok(mut app) = inner.app.try_borrow_mut() {
+            app.stopped();
+        }
+        inner.report(GroupEvent::Fatal(reason.to_string()));
+        inner.wake_all();
+        let transport = inner.transport.borrow().clone();
+        drop(spawn(async move { transport.close(Duration::ZERO).await }));
+    }
+
+    /// Reports that every version of `shard` up to `version` is durable on this member (the
+    /// local persistence frontier, PROTOCOLS §4): it is published to the shard's members, whose
+    /// minimum is the global frontier ([`GroupSender::persisted`]). Reports that go backwards
+    /// are ignored; a member republishes its frontier in every view.
+    pub fn report_persisted(&self, shard: ShardRef, version: crate::protocol::Version) {
+        let Ok(inner) = self.inner() else { return };
+        inner.node.borrow_mut().report_persisted(shard, version);
+        inner.step();
+    }
+
+    /// The persistence frontiers of `shard`: the highest version durable on this member, and
+    /// the highest durable at every member of the shard in the current view (`None` until
+    /// every member has reported one in this view).
+    pub fn persisted(&self, shard: ShardRef) -> (Option<crate::protocol::Version>, Option<crate::protocol::Version>) {
+        let Ok(inner) = self.inner() else { return (None, None) };
+        let node = inner.node.borrow();
+        (node.persisted_here(shard), node.persisted_everywhere(shard))
+    }
+
+    /// Waits until `version` of `shard` is durable at every member of the shard (the global
+    /// persistence frontier reaches it).
+    ///
+    /// # Errors
+    ///
+    /// [`PersistWaitError`]: not within `within`, this member stopped or left the shard, the
+    /// group closed.
+    pub async fn wait_persisted(
+        &self,
+        shard: ShardRef,
+        version: crate::protocol::Version,
+        within: Duration,
+    ) -> Result<(), PersistWaitError> {
+        let inner = self.inner.upgrade().filter(|i| !i.closed.get()).ok_or(PersistWaitError::Closed)?;
+        let wait = poll_fn(|cx| {
+            if inner.closed.get() {
+                return Poll::Ready(Err(PersistWaitError::Closed));
+            }
+            let node = inner.node.borrow();
+            if let Some(r) = node.stopped() {
+                return Poll::Ready(Err(PersistWaitError::Stopped(r.clone())));
+            }
+            if !inner.installing.get()
+                && node.view().shards.iter().all(|s| s.id != shard || !s.members.contains(&inner.settings.me))
+            {
+                return Poll::Ready(Err(PersistWaitError::NotInShard(shard)));
+            }
+            if node.persisted_everywhere(shard).is_some_and(|p| p >= version) {
+                return Poll::Ready(Ok(()));
+            }
+            inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        });
+        match time::timeout(within, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(PersistWaitError::Timeout { within, version }),
+        }
     }
 
     /// As [`Group::settle`]: waits until every member of `shard` has delivered what this member

@@ -24,7 +24,10 @@ mod member_config;
 mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
-pub use group::{Application, Group, GroupBuilder, GroupSender, JoinError, SendToError, State, ViewChange, WaitError};
+pub use group::{
+    Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, PersistWaitError, SendToError, State,
+    ViewChange, WaitError,
+};
 pub use member_config::GroupMemberConfig;
 pub use wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame};
 

@@ -137,6 +137,35 @@ impl DurableLog {
         Ok((log, Recovered { records, damage: scan.damage, cut: len - valid }))
     }
 
+    /// Creates a new, empty log at `path`; fails if a file is already there (a log of an
+    /// earlier run is opened with [`DurableLog::open`] and recovered, never overwritten).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Open`]: the file exists, or cannot be created.
+    pub fn create(path: &Path) -> Result<Rc<Self>, LogError> {
+        let file = File::open_with(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o644)
+            .map_err(|e| LogError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(Rc::new(Self {
+            path: path.to_path_buf(),
+            file,
+            end: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            last: Cell::new(None),
+            pending_last: Cell::new(None),
+            persisted: Cell::new(None),
+            flushing: Cell::new(false),
+            failed: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            flushes: Cell::new(0),
+        }))
+    }
+
+    /// The last version appended (durable or not).
+    pub fn last_appended(&self) -> Option<u64> {
+        self.last.get().map(|(v, _)| v)
+    }
+
     fn failed(&self) -> Option<LogError> {
         self.failed
             .borrow()

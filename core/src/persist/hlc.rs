@@ -1,13 +1,14 @@
 //! A hybrid logical clock (Kulkarni et al.): timestamps that follow physical time when clocks
 //! behave, never go backwards when they do not, and order causally related events.
 //!
-//! A timestamp is one `u64`: the upper 48 bits are physical time in microseconds, the lower 16 a
-//! logical counter that breaks ties. The clock is pure: the caller passes the physical time it
+//! A timestamp is one `u64`: the upper 52 bits are physical time in microseconds since the Unix
+//! epoch (enough until the year 2112), the lower 12 a logical counter that breaks ties (4,096
+//! per microsecond; beyond that the clock borrows the next microsecond). The clock is pure: the caller passes the physical time it
 //! read (PROTOCOLS §4: versions carry a timestamp that never goes backwards, even when the
 //! machine's clock jumps back).
 
 /// Bits of the logical counter.
-const LOGICAL_BITS: u32 = 16;
+const LOGICAL_BITS: u32 = 12;
 const LOGICAL_MAX: u64 = (1 << LOGICAL_BITS) - 1;
 
 /// A timestamp: physical microseconds and a logical counter, ordered as one `u64`.
@@ -15,6 +16,9 @@ const LOGICAL_MAX: u64 = (1 << LOGICAL_BITS) - 1;
 pub struct Hlc(pub u64);
 
 impl Hlc {
+    /// Bits of the logical part.
+    pub const LOGICAL_BITS: u32 = LOGICAL_BITS;
+
     /// The physical part, in microseconds.
     pub fn micros(self) -> u64 {
         self.0 >> LOGICAL_BITS
@@ -78,6 +82,16 @@ impl HlcClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn todays_clock_fits() {
+        // Microseconds since the epoch in 2026 and in 2100 are kept whole, not clamped.
+        for now in [1_795_000_000_000_000u64, 4_102_444_800_000_000] {
+            let mut c = HlcClock::new();
+            assert_eq!(c.tick(now).micros(), now);
+            assert_eq!(c.tick(now).logical(), 1);
+        }
+    }
 
     #[test]
     fn follows_time_and_never_goes_back() {

@@ -614,6 +614,21 @@ impl ShardState {
         }
     }
 
+    /// Publishes this member's `persisted` column (a version plus one); pushed with the
+    /// counters.
+    pub(crate) fn set_persisted<M: SstMemory>(&mut self, mem: &mut M, value: u64) {
+        let at = self.col(self.my_row, self.cols.persisted);
+        if mem.load_u64(at) < value {
+            mem.store_u64(at, value);
+            self.counters_dirty = true;
+        }
+    }
+
+    /// The minimum over the shard's members of their `persisted` columns.
+    pub(crate) fn persisted_everywhere<M: SstMemory>(&self, mem: &M) -> u64 {
+        self.min_over_members(mem, self.cols.persisted)
+    }
+
     /// Whether pushes are owed.
     pub(crate) fn dirty(&self) -> bool {
         self.counters_dirty || self.out.unpushed.is_some()

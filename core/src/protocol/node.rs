@@ -11,6 +11,8 @@
 //! Nothing here performs I/O, reads a clock or draws a random number.
 
 use std::collections::VecDeque;
+
+use crate::protocol::Version;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -169,6 +171,8 @@ pub struct Node<M: SstMemory> {
     resend: VecDeque<(ShardRef, Time, Vec<u8>)>,
     /// A new shard member gives up waiting for state at this time.
     state_deadline: Option<Time>,
+    /// The highest version durable here per shard, plus one (published in each view's table).
+    persisted: BTreeMap<ShardRef, u64>,
 }
 
 impl<M: SstMemory> Node<M> {
@@ -231,6 +235,7 @@ impl<M: SstMemory> Node<M> {
             all_peers,
             resend: VecDeque::new(),
             state_deadline: None,
+            persisted: BTreeMap::new(),
         })
     }
 
@@ -356,6 +361,13 @@ impl<M: SstMemory> Node<M> {
             }
         }
         node.await_transfers(&next, now);
+        // What is durable here stays durable: republished in the new table.
+        node.persisted = std::mem::take(&mut self.persisted);
+        for s in &mut node.shards {
+            if let Some(&p) = node.persisted.get(&s.id) {
+                s.set_persisted(&mut node.mem, p);
+            }
+        }
         debug_assert!(old_view.id < node.view.id);
         node.steps_out(GmsStep::Installed(node.view.id));
         *self = node;
@@ -797,6 +809,41 @@ impl<M: SstMemory> Node<M> {
     /// [`Node::delivery_frontier`]); `None` if this member is not in the shard.
     pub fn delivered_everywhere(&self, shard: ShardRef, frontier: &[u64]) -> Option<bool> {
         self.shards.iter().find(|s| s.id == shard).map(|s| s.delivered_everywhere(&self.mem, frontier))
+    }
+
+    /// Reports that every version of `shard` up to `version` is durable on this member
+    /// (PROTOCOLS §4, the local persistence frontier); published in the table for the global
+    /// frontier ([`Node::persisted_everywhere`]). Reports that go backwards are ignored.
+    pub fn report_persisted(&mut self, shard: ShardRef, version: Version) {
+        let v = version.as_u64().saturating_add(1);
+        let entry = self.persisted.entry(shard).or_insert(0);
+        if v <= *entry {
+            return;
+        }
+        *entry = v;
+        if let Some(s) = self.shards.iter_mut().find(|s| s.id == shard) {
+            s.set_persisted(&mut self.mem, v);
+        }
+    }
+
+    /// The local persistence frontier of `shard`: the highest version reported durable here.
+    pub fn persisted_here(&self, shard: ShardRef) -> Option<Version> {
+        self.persisted.get(&shard).filter(|&&v| v > 0).map(|&v| Version::from_u64(v - 1))
+    }
+
+    /// The global persistence frontier of `shard`: the highest version durable at every member
+    /// of the shard in this view, as their rows say; `None` if some member has reported nothing
+    /// in this view yet, or this member is not in the shard.
+    pub fn persisted_everywhere(&self, shard: ShardRef) -> Option<Version> {
+        let s = self.shards.iter().find(|s| s.id == shard)?;
+        let v = s.persisted_everywhere(&self.mem);
+        (v > 0).then(|| Version::from_u64(v - 1))
+    }
+
+    /// A number that grows whenever a shard's global persistence frontier does: a driver wakes
+    /// what waits on [`Node::persisted_everywhere`] when it changes.
+    pub fn persisted_progress(&self) -> u64 {
+        self.shards.iter().map(|s| s.persisted_everywhere(&self.mem)).fold(0, u64::wrapping_add)
     }
 
     /// A number that grows whenever, in some shard, every member has delivered more: a driver

@@ -143,6 +143,9 @@ pub struct ShardColumns {
     pub sent: usize,
     /// `received[0]`; sender `i`'s column is at `received + 8 * i`.
     pub received: usize,
+    /// `persisted`: one more than the highest version of the shard durable on this member
+    /// (0: none), PROTOCOLS §4's `persisted_num`; after the `received` columns.
+    pub persisted: usize,
     /// Start of the ring.
     pub ring: usize,
     /// Length of the ring.
@@ -150,9 +153,9 @@ pub struct ShardColumns {
 }
 
 impl ShardColumns {
-    /// The counters, from `seq_num` to the last `received`: pushed together after data.
-    pub fn counters(&self, senders: usize) -> Range<usize> {
-        self.seq_num..self.received + 8 * senders
+    /// The counters, from `seq_num` to `persisted`: pushed together after data.
+    pub fn counters(&self, _senders: usize) -> Range<usize> {
+        self.seq_num..self.persisted + 8
     }
 }
 
@@ -262,11 +265,12 @@ impl RowLayout {
             let delivered_num = off + 8;
             let sent = off + 16;
             let received = off + 24;
-            off = (received + 8 * s.senders.len()).next_multiple_of(64);
+            let persisted = received + 8 * s.senders.len();
+            off = (persisted + 8).next_multiple_of(64);
             let ring = off;
             let ring_len = limits.ring_len as usize;
             off += ring_len;
-            shards.push(ShardColumns { seq_num, delivered_num, sent, received, ring, ring_len });
+            shards.push(ShardColumns { seq_num, delivered_num, sent, received, persisted, ring, ring_len });
         }
         Self { row_len: off.max(64).next_multiple_of(64), gms, shards, rows: view.members.len() }
     }
@@ -296,11 +300,11 @@ mod tests {
         let c = &l.shards[0];
         assert_eq!(c.seq_num % 8, 0);
         assert_eq!(c.ring % 64, 0);
-        assert!(c.received + 8 * 3 <= c.ring);
+        assert!(c.received + 8 * 3 <= c.persisted && c.persisted + 8 <= c.ring);
         assert_eq!(l.row_len % 64, 0);
         assert!(c.ring + c.ring_len <= l.row_len);
         assert_eq!(l.table_len(), 3 * l.row_len);
-        assert_eq!(c.counters(3), c.seq_num..c.received + 24);
+        assert_eq!(c.counters(3), c.seq_num..c.received + 32);
     }
 
     #[test]

@@ -435,6 +435,27 @@ struct ServiceInner {
     delivered: RefCell<BTreeMap<ShardRef, Version>>,
     /// Stable queries waiting for their shard to settle (at most [`QUEUE_LEN_MAX`]).
     stable_waiting: Cell<usize>,
+    /// Where shards' logs go ([`Service::persist_to`]); `None`: nothing is persisted.
+    persist_dir: RefCell<Option<std::path::PathBuf>>,
+    /// The log of each shard this member persists.
+    logs: RefCell<BTreeMap<ShardRef, Rc<ShardLog>>>,
+    /// This member's hybrid logical clock: the time it stamps on its ordered calls.
+    clock: Cell<crate::persist::HlcClock>,
+    /// Set once a log failed: nothing is reported persisted any more.
+    persist_failed: RefCell<Option<String>>,
+}
+
+/// A shard's log: every ordered call delivered in the shard, in order, with its version and
+/// timestamp (the operation log of the whole object: one write and one sync cover every field
+/// it changed, and replaying it rebuilds every version). A record whose first byte is 0 holds a
+/// state instead (the replica's starting point when it came by state transfer); a call's first
+/// byte is its kind, 1.
+struct ShardLog {
+    log: Rc<crate::persist::DurableLog>,
+    /// A flush task is running.
+    flushing: Cell<bool>,
+    /// The timestamp of the last record.
+    last_hlc: Cell<u64>,
 }
 
 impl Default for ServiceInner {
@@ -458,6 +479,10 @@ impl Default for ServiceInner {
             external: Rc::new(Cell::new(0)),
             delivered: RefCell::default(),
             stable_waiting: Cell::new(0),
+            persist_dir: RefCell::default(),
+            logs: RefCell::default(),
+            clock: Cell::new(crate::persist::HlcClock::new()),
+            persist_failed: RefCell::default(),
         }
     }
 }
@@ -486,6 +511,33 @@ impl Service {
     pub fn set_call_timeout(&self, d: Duration) -> &Self {
         self.inner.call_timeout.set(d);
         self
+    }
+
+    /// Persists every shard this member hosts (PROTOCOLS §4): each ordered call delivered in a
+    /// shard is appended to the shard's log in `dir` (one file per shard and starting view),
+    /// written and synced in batches, one `fdatasync` for every call appended meanwhile; each
+    /// member publishes how far its log is durable, and the minimum over the shard is the
+    /// global persistence frontier ([`Handle::wait_persisted`], [`Service::persisted`]). A log
+    /// that fails (a full disk, an I/O error) is never trusted again: the member stops with
+    /// [`crate::driver::GroupEvent::Fatal`]. Call before the group starts.
+    ///
+    /// Recovery from these logs (total restart, PROTOCOLS §4.1) is not built yet: a log that is
+    /// already there is an error rather than overwritten.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created.
+    pub fn persist_to(&self, dir: impl Into<std::path::PathBuf>) -> std::io::Result<&Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        *self.inner.persist_dir.borrow_mut() = Some(dir);
+        Ok(self)
+    }
+
+    /// The persistence frontiers of `shard` (see [`crate::driver::GroupSender::persisted`]):
+    /// durable here, and durable at every member of the shard.
+    pub fn persisted(&self, shard: ShardRef) -> (Option<Version>, Option<Version>) {
+        self.inner.sender.borrow().as_ref().map_or((None, None), |s| s.persisted(shard))
     }
 
     /// Hosts type `T` in `subgroup` (whose shards must be ordered): this member keeps a replica
@@ -880,8 +932,79 @@ impl ServiceInner {
         slot.retired = false;
         if slot.replica.is_none() && !slot.working {
             slot.replica = Some((t.make)());
+            // A new replica starts from the type's initial state: its log starts empty.
+            self.open_log(shard, None);
         }
         true
+    }
+
+    /// Starts the log of `shard` for a replica created in the current view: empty for a fresh
+    /// replica, or with `state` (the state it was restored from) as its first record.
+    fn open_log(&self, shard: ShardRef, state: Option<&[u8]>) {
+        let Some(dir) = self.persist_dir.borrow().clone() else { return };
+        let Some(view) = self.view.borrow().as_ref().map(|v| v.id) else { return };
+        let path = dir.join(format!("shard-{}-{}-v{}.log", shard.subgroup.0, shard.shard.0, view.0));
+        let log = match crate::persist::DurableLog::create(&path) {
+            Ok(l) => l,
+            Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
+        };
+        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false), last_hlc: Cell::new(0) });
+        if let Some(state) = state {
+            // Everything before the view's first message (versions of view 0 never come by
+            // state transfer: that view has one member).
+            let before = Version::new(view, 0).as_u64().saturating_sub(1);
+            let mut record = Vec::with_capacity(1 + state.len());
+            record.push(0);
+            record.extend_from_slice(state);
+            if let Err(e) = slog.log.append(before, 0, &record) {
+                return self.persistence_failed(format!("{shard}: {e}"));
+            }
+        }
+        self.logs.borrow_mut().insert(shard, slog);
+    }
+
+    /// Appends a delivered call to its shard's log, stamped with the caller's time made to go
+    /// forward (the same at every replica: it depends only on the shard's order), and makes
+    /// sure a flush is under way.
+    fn log_call(&self, shard: ShardRef, version: Version, caller_hlc: u64, payload: &[u8]) {
+        let Some(slog) = self.logs.borrow().get(&shard).cloned() else { return };
+        let hlc = caller_hlc.max(slog.last_hlc.get().saturating_add(1));
+        if let Err(e) = slog.log.append(version.as_u64(), hlc, payload) {
+            return self.persistence_failed(format!("{shard}: {e}"));
+        }
+        slog.last_hlc.set(hlc);
+        if slog.flushing.replace(true) {
+            return;
+        }
+        let sender = self.sender.borrow().clone();
+        drop(crate::spawn(async move {
+            while let Some(target) = slog.log.last_appended() {
+                if let Err(e) = slog.log.persist(target).await {
+                    // Never retried: what a failed sync wrote cannot be trusted.
+                    if let Some(s) = &sender {
+                        s.fatal(&format!("the log of {shard} failed: {e}"));
+                    }
+                    return;
+                }
+                if let Some(s) = &sender {
+                    s.report_persisted(shard, Version::from_u64(target));
+                }
+                if slog.log.last_appended() == Some(target) {
+                    break;
+                }
+            }
+            slog.flushing.set(false);
+        }));
+    }
+
+    /// A log could not be created or appended to: this member can no longer persist, and stops.
+    fn persistence_failed(&self, reason: String) {
+        tracing::error!(%reason, "persistence failed");
+        let first = self.persist_failed.borrow().is_none();
+        self.persist_failed.borrow_mut().get_or_insert(reason.clone());
+        if first && let Some(s) = self.sender.borrow().as_ref() {
+            s.fatal(&format!("persistence failed: {reason}"));
+        }
     }
 
     /// Runs a query now or after the calls before it; a stable query first waits until what
@@ -1134,6 +1257,9 @@ impl Application for Service {
             tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
             return;
         }
+        if let Some(version) = d.version {
+            inner.log_call(d.shard, version, h.version.as_u64(), d.payload);
+        }
         if Some(h.caller) == inner.me.get()
             && let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
         {
@@ -1257,6 +1383,7 @@ impl Application for Service {
         let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
         self.inner.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
         self.inner.awaiting.borrow_mut().retain(|s| *s != shard);
+        self.inner.open_log(shard, Some(state));
         Ok(())
     }
 
@@ -1451,6 +1578,23 @@ impl<T: Replicated> Handle<T> {
         self.shard
     }
 
+    /// Waits until `version` of this handle's shard (an ordered call's [`Replies::version`]) is
+    /// durable at every member of the shard: the global persistence frontier reached it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::driver::PersistWaitError`]: not in time, this member is not in the shard or
+    /// stopped, the group closed (also when the service is not attached to one).
+    pub async fn wait_persisted(
+        &self,
+        version: Version,
+        within: Duration,
+    ) -> Result<(), crate::driver::PersistWaitError> {
+        let sender = self.service.upgrade().and_then(|s| s.sender.borrow().clone());
+        let sender = sender.ok_or(crate::driver::PersistWaitError::Closed)?;
+        sender.wait_persisted(self.shard, version, within).await
+    }
+
     /// The same handle, its queries made stable: the member asked answers once everything it
     /// had delivered in the shard is delivered at every member of the shard, and the handler
     /// sees that point as [`CallContext::stable`]. A versioned object that answers as of it
@@ -1599,7 +1743,13 @@ async fn multicast_call(inner: &ServiceInner, shard: ShardRef, method: u32, args
     let call = new_pending(inner, shard, None);
     // Removes the record if the send fails or this future is dropped before it is sent.
     let guard = PendingGuard { inner, call };
-    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(0) };
+    // An ordered call carries the caller's time (in the version field, unused in a call): the
+    // version it creates is stamped with it, made to go forward (PROTOCOLS §4).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let mut clock = inner.clock.get();
+    let stamp = clock.tick(now);
+    inner.clock.set(clock);
+    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(stamp.0) };
     sender
         .send(shard, HEADER_LEN + args.len(), |buf| {
             header.write(buf);

@@ -1,0 +1,209 @@
+//! Persisted replicated objects (PROTOCOLS §4), members on one executor over loopback TCP: every
+//! delivered ordered call lands in its shard's log on every member, stamped with a time that
+//! goes forward; each member publishes its local persistence frontier and the global one is
+//! their minimum; a joiner's log starts from the state it received; a member whose disk fills up
+//! stops with a fatal error and never reports the versions it could not write.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use derecho::Builder;
+use derecho::driver::{Group, GroupBuilder, GroupEvent};
+use derecho::persist::DurableLog;
+use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId, Version};
+use derecho::rpc::Service;
+use derecho::runtime::time;
+use derecho_examples::kv::{KvStore, KvStoreClient};
+
+const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+const WAIT: Duration = Duration::from_secs(20);
+
+fn builder(me: u32, name: &str) -> GroupBuilder {
+    let membership =
+        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .name(name)
+        .membership(membership)
+        .connect_timeout(Duration::from_secs(3))
+}
+
+struct Member {
+    group: Group,
+    service: Service,
+    kv: KvStoreClient,
+}
+
+async fn member(me: u32, name: &str, contact: Option<SocketAddr>, dir: &Path) -> Member {
+    let service = Service::new();
+    service.host(SubgroupId(0), KvStore::default);
+    service.persist_to(dir).expect("a log directory");
+    let group = match contact {
+        None => builder(me, name).start(service.clone()).await.expect("start"),
+        Some(c) => builder(me, name).join(c, service.clone()).await.expect("join"),
+    };
+    service.attach(group.sender());
+    let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD));
+    Member { group, service, kv }
+}
+
+/// Removes a directory when dropped (also when the test panics).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("derecho-persistence-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("a temporary directory");
+        Self(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The records of the one log in `dir` (recovered as after a crash).
+async fn records(dir: &Path) -> Vec<(u64, u64, Vec<u8>)> {
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir).expect("the directory").map(|e| e.unwrap().path()).collect();
+    assert_eq!(logs.len(), 1, "one log per shard: {logs:?}");
+    let (_, recovered) = DurableLog::open(&logs[0]).await.expect("the log opens");
+    assert_eq!(recovered.damage, None, "the log is intact");
+    recovered.records
+}
+
+#[test]
+fn every_replica_logs_every_call_and_the_global_frontier_is_their_minimum() {
+    let tmp = TempDir::new("frontier");
+    let dirs: Vec<PathBuf> = (0..4).map(|i| tmp.0.join(format!("member-{i}"))).collect();
+    Builder::new().build().unwrap().block_on(async {
+        let a = member(0, "persist-test", None, &dirs[0]).await;
+        let b = member(1, "persist-test", Some(a.group.local_addr()), &dirs[1]).await;
+        let c = member(2, "persist-test", Some(a.group.local_addr()), &dirs[2]).await;
+        for m in [&a, &b, &c] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        let mut last = Version::from_u64(0);
+        for i in 0..50u32 {
+            let m = [&a, &b, &c][i as usize % 3];
+            let r = m.kv.put(&format!("k{}", i % 7), format!("v{i}").as_bytes()).await.expect("put");
+            last = last.max(r.version);
+        }
+        // Awaiting the last version's global persistence: every member has it on disk. Each
+        // member learns the others' frontiers through the table, so each waits for itself.
+        for m in [&a, &b, &c] {
+            m.service.handle::<KvStore>(SHARD).wait_persisted(last, WAIT).await.expect("globally persisted");
+        }
+        for m in [&a, &b, &c] {
+            let (local, global) = m.service.persisted(SHARD);
+            assert!(local >= Some(last), "{local:?} below {last}");
+            assert!(global >= Some(last), "{global:?} below {last}");
+        }
+        // Every member logged the same 50 calls, in order, their times going forward; the two
+        // that joined start from the state they received.
+        let mut logs: Vec<Vec<(u64, u64, Vec<u8>)>> =
+            futures::future::join_all(dirs[..3].iter().map(|d| records(d))).await;
+        for log in &mut logs[1..] {
+            assert_eq!(log[0].2[0], 0, "a joiner's first record is the state it received");
+            log.remove(0);
+        }
+        assert_eq!(logs[0].len(), 50);
+        for log in &logs {
+            assert_eq!(log, &logs[0], "replicas logged different calls");
+        }
+        assert!(logs[0].windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1), "versions and times go forward");
+        assert!(logs[0].iter().all(|(_, _, p)| p[0] == 1), "every record is an ordered call");
+        assert_eq!(logs[0].last().unwrap().0, last.as_u64());
+        let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+        let first_us = logs[0][0].1 >> derecho::persist::Hlc::LOGICAL_BITS;
+        assert!(first_us <= now_us && now_us - first_us < 60_000_000, "the time is the callers' clock: {first_us}");
+
+        // A joiner's log starts from the state it received, then follows the calls.
+        let d = member(3, "persist-test", Some(a.group.local_addr()), &dirs[3]).await;
+        d.group.wait_view(WAIT, |v| v.members.len() == 4).await.unwrap();
+        let r = d.kv.put("after", b"join").await.expect("put after the join");
+        d.service.handle::<KvStore>(SHARD).wait_persisted(r.version, WAIT).await.expect("persisted with the joiner");
+        let joined = records(&dirs[3]).await;
+        assert_eq!(joined.len(), 2, "the state, then the call");
+        assert_eq!(joined[0].2[0], 0, "the first record is a state");
+        assert!(joined[0].0 < joined[1].0 && joined[1].0 == r.version.as_u64());
+        for g in [a.group, b.group, c.group, d.group] {
+            g.close().await;
+        }
+    });
+}
+
+/// A 64 KiB tmpfs for member 2's log: the disk fills up under load. The member stops with a
+/// fatal error, never reports the versions it could not write, and the others go on.
+#[test]
+fn a_full_disk_stops_the_member_and_loses_no_reported_version() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = TempDir::new("full");
+    let small = tmp.0.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&small).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let dirs = [tmp.0.join("member-0"), tmp.0.join("member-1"), small.join("member-2")];
+    Builder::new().build().unwrap().block_on(async {
+        let a = member(0, "persist-full", None, &dirs[0]).await;
+        let b = member(1, "persist-full", Some(a.group.local_addr()), &dirs[1]).await;
+        let c = member(2, "persist-full", Some(a.group.local_addr()), &dirs[2]).await;
+        for m in [&a, &b, &c] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        // 1 KiB values: the 64 KiB disk is full after about sixty.
+        let value = vec![b'x'; 1024];
+        let mut last = Version::from_u64(0);
+        for i in 0..200u32 {
+            match a.kv.put(&format!("k{i}"), &value).await {
+                Ok(r) => last = last.max(r.version),
+                Err(e) => panic!("put {i} failed at member 0: {e}"),
+            }
+        }
+        // Member 2 stopped with a fatal error naming the log.
+        let deadline = Instant::now() + WAIT;
+        let reason = loop {
+            match time::timeout(deadline.saturating_duration_since(Instant::now()), c.group.next_event()).await {
+                Ok(GroupEvent::Fatal(reason)) => break reason,
+                Ok(_) => {}
+                Err(_) => panic!("member 2 did not stop within {WAIT:?}"),
+            }
+        };
+        assert!(reason.contains("log") && reason.contains("failed"), "{reason}");
+        let (local, _) = c.service.persisted(SHARD);
+        assert!(local < Some(last), "member 2 reported {local:?} durable, beyond what fits");
+        // Its log holds a valid prefix, and at least everything it reported.
+        let (_, recovered) =
+            DurableLog::open(&std::fs::read_dir(&dirs[2]).unwrap().next().expect("a log").unwrap().path())
+                .await
+                .expect("the log opens");
+        let on_disk = recovered.records.last().map(|r| r.0);
+        assert!(on_disk >= local.map(|v| v.as_u64()), "reported {local:?}, on disk only {on_disk:?}");
+        // The others remove it and persist everything.
+        for m in [&a, &b] {
+            m.group.wait_view(WAIT, |v| v.members == [NodeId(0), NodeId(1)]).await.expect("a view without 2");
+        }
+        let r = a.kv.put("after", b"the failure").await.expect("put");
+        a.service.handle::<KvStore>(SHARD).wait_persisted(r.version, WAIT).await.expect("globally persisted");
+        for g in [a.group, b.group, c.group] {
+            g.close().await;
+        }
+    });
+}
