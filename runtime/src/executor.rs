@@ -72,6 +72,7 @@ pub struct Builder {
     name: String,
     placement: Placement,
     spin_budget: Duration,
+    spin_yield: bool,
     ring_entries: u32,
 }
 
@@ -88,6 +89,7 @@ impl Builder {
             name: "derecho-exec".into(),
             placement: Placement::Unpinned,
             spin_budget: Duration::ZERO,
+            spin_yield: false,
             ring_entries: 256,
         }
     }
@@ -112,6 +114,17 @@ impl Builder {
     /// How long an idle executor keeps polling before it parks. Zero never busy-waits.
     pub fn spin_budget(mut self, budget: Duration) -> Self {
         self.spin_budget = budget;
+        self
+    }
+
+    /// While spinning, offer the core to other runnable threads (`sched_yield`) on every idle
+    /// iteration instead of a pause instruction. For executors that share cores with others,
+    /// such as several members of a group on a machine with fewer cores than members: a plain
+    /// spinning executor holds its core while the one it shares the core with has work (on a
+    /// 2-core VM with three members, an ordered call took 1.9 ms instead of 0.13 ms). A thread
+    /// alone on its core pays one system call per idle iteration.
+    pub fn spin_yield(mut self, yield_while_spinning: bool) -> Self {
+        self.spin_yield = yield_while_spinning;
         self
     }
 
@@ -370,6 +383,7 @@ pub(crate) struct ExecContext {
     next_timer_id: Cell<u64>,
     hooks: RefCell<Hooks>,
     spin_budget: Cell<Duration>,
+    spin_yield: Cell<bool>,
     stats: Cell<LoopStats>,
     coop: Cell<u32>,
 }
@@ -451,6 +465,7 @@ impl LocalExecutor {
                 next_timer_id: Cell::new(0),
                 hooks: RefCell::new(Hooks::default()),
                 spin_budget: Cell::new(b.spin_budget),
+                spin_yield: Cell::new(b.spin_yield),
                 stats: Cell::new(LoopStats::default()),
                 coop: Cell::new(COOP_BUDGET),
             }),
@@ -520,7 +535,12 @@ impl LocalExecutor {
             }
             let since = *idle_since.get_or_insert(now);
             if now.duration_since(since) < cx.spin_budget.get() {
-                std::hint::spin_loop();
+                if cx.spin_yield.get() {
+                    // SAFETY: no preconditions.
+                    unsafe { libc::sched_yield() };
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             cx.park(&main.woken).unwrap_or_else(|e| panic!("executor cannot continue: {e}"));
@@ -1009,6 +1029,17 @@ mod tests {
         let s = ex.stats();
         assert!(s.parks >= 1, "never parked: {s:?}");
         assert!(s.iterations < 1000, "busy-waited with a zero spin budget: {s:?}");
+    }
+
+    #[test]
+    fn yielding_spin_still_spins_then_parks() {
+        let ex = Builder::new().spin_budget(Duration::from_millis(20)).spin_yield(true).build().unwrap();
+        ex.block_on(async { crate::time::sleep(Duration::from_millis(10)).await });
+        let s = ex.stats();
+        assert!(s.iterations > 10, "did not spin: {s:?}");
+        assert_eq!(s.parks, 0, "parked within the spin budget: {s:?}");
+        ex.block_on(async { crate::time::sleep(Duration::from_millis(60)).await });
+        assert!(ex.stats().parks > 0, "never parked after the budget: {:?}", ex.stats());
     }
 
     #[test]
