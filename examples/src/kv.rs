@@ -1,30 +1,31 @@
 //! A sharded, versioned key-value store replicated with ordered calls: the type the `kv` demo,
 //! its linearizability test and the book's chapter on replicated objects build on.
 //!
-//! Every put is kept with the version it was applied at (its place in the shard's order, the
-//! same at every replica), so a read can ask for the value a key had at a version. Keys are
-//! spread over the shards of subgroup 0 by a hash every member and client computes alike.
+//! Every key's values are a [`Persistent`] field: each put is kept with the version it was
+//! applied at (its place in the shard's order, the same at every replica) and its time, so a
+//! read can ask for the value a key had at a version, or at a time. Keys are spread over the
+//! shards of subgroup 0 by a hash every member and client computes alike.
 
 use std::collections::BTreeMap;
 
-use derecho::protocol::{ShardIndex, ShardRef, SubgroupId};
+use derecho::persist::{Hlc, Persistent};
+use derecho::protocol::{ShardIndex, ShardRef, SubgroupId, Version};
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
 
 // ANCHOR: store
-/// The replicated store: every key's values, oldest first, with their versions.
+/// The replicated store: every key's values, with their versions and times.
 #[derive(Debug, Default, Archive, Serialize, Deserialize)]
 #[rkyv(crate = derecho::rpc::support::rkyv)]
 pub struct KvStore {
-    entries: BTreeMap<String, Vec<(u64, Vec<u8>)>>,
+    entries: BTreeMap<String, Persistent<Vec<u8>>>,
 }
 
 #[derecho::replicated]
 impl KvStore {
     /// Stores `value` under `key`; returns the version it was stored at.
     pub fn put(&mut self, key: &str, value: &[u8]) -> u64 {
-        let version = derecho::rpc::context().and_then(|c| c.version).map_or(0, |v| v.as_u64());
-        self.entries.entry(key.to_owned()).or_default().push((version, value.to_vec()));
-        version
+        // Only an ordered call's handler runs this: it always has a version.
+        self.entries.entry(key.to_owned()).or_default().set(value.to_vec()).map_or(0, |v| v.as_u64())
     }
 
     /// The latest value of `key`, with its version. Asked through a handle with stable reads
@@ -32,16 +33,31 @@ impl KvStore {
     /// linearizable.
     pub fn get(&self, key: &str) -> Option<(u64, Vec<u8>)> {
         let values = self.entries.get(key)?;
-        match derecho::rpc::context().and_then(|c| c.stable) {
-            Some(stable) => values.iter().rev().find(|(v, _)| *v <= stable.as_u64()).cloned(),
-            None => values.last().cloned(),
-        }
+        let found = match derecho::rpc::context().and_then(|c| c.stable) {
+            Some(stable) => values.at_version(stable).ok().flatten(),
+            None => values.latest_versioned(),
+        };
+        found.map(|(v, value)| (v.as_u64(), value.clone()))
     }
 
     /// The value `key` had at `version`: the last put at or before it.
     pub fn get_at(&self, key: &str, version: u64) -> Option<Vec<u8>> {
         let values = self.entries.get(key)?;
-        values.iter().rev().find(|(v, _)| *v <= version).map(|(_, value)| value.clone())
+        values.at_version(Version::from_u64(version)).ok().flatten().map(|(_, value)| value.clone())
+    }
+
+    /// The value `key` had at `micros` (microseconds since the Unix epoch), with its version.
+    /// Refused for a time after the shard's stable time (the time of its global persistence
+    /// frontier): the answer is then the same at every replica, now and after a restart.
+    pub fn get_at_time(&self, key: &str, micros: u64) -> Result<Option<(u64, Vec<u8>)>, String> {
+        // The end of that microsecond.
+        let t = Hlc((micros << Hlc::LOGICAL_BITS) | ((1 << Hlc::LOGICAL_BITS) - 1));
+        let Some(values) = self.entries.get(key) else {
+            // No value yet; a time beyond the stable one is still refused.
+            return Persistent::<Vec<u8>>::new().at_time(t).map(|_| None).map_err(|e| e.to_string());
+        };
+        let found = values.at_time(t).map_err(|e| e.to_string())?;
+        Ok(found.map(|(v, value)| (v.as_u64(), value.clone())))
     }
 
     /// How many keys this replica holds.
@@ -68,7 +84,10 @@ mod tests {
     #[test]
     fn versions_and_reads_at_a_version() {
         let mut s = KvStore::default();
-        s.entries.insert("k".into(), vec![(5, b"a".to_vec()), (9, b"b".to_vec())]);
+        let mut k = Persistent::new();
+        k.record(Version::from_u64(5), Hlc(50), b"a".to_vec()).unwrap();
+        k.record(Version::from_u64(9), Hlc(90), b"b".to_vec()).unwrap();
+        s.entries.insert("k".into(), k);
         assert_eq!(s.get("k"), Some((9, b"b".to_vec())));
         assert_eq!(s.get_at("k", 4), None);
         assert_eq!(s.get_at("k", 5), Some(b"a".to_vec()));
@@ -76,7 +95,9 @@ mod tests {
         assert_eq!(s.get_at("k", 100), Some(b"b".to_vec()));
         let state = Replicated::snapshot(&s).unwrap();
         assert_eq!(<KvStore as Replicated>::restore(&state).unwrap().get_at("k", 6), Some(b"a".to_vec()));
-        assert_eq!(KvStore::METHODS.len(), 4);
+        assert_eq!(KvStore::METHODS.len(), 5);
+        // Outside a query there is no stable time: reads by time are refused.
+        assert!(s.get_at_time("k", 1).unwrap_err().contains("stable time"));
         // Keys spread over the shards, deterministically.
         let spread: std::collections::BTreeSet<u16> =
             (0..64).map(|i| shard_of(&format!("key{i}"), 4).shard.0).collect();

@@ -43,6 +43,7 @@ fn demo(args: &[&str], over: &str) {
         "client: 100 puts",
         "it was Some(\"value7\")",
         "key7 = seven, again",
+        "key7 = value7 at time",
         "put fruit = plum",
         "fruit = plum",
         "launcher: killed member 3 (SIGKILL)",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use derecho::Builder;
 use derecho::driver::{Group, GroupBuilder, GroupEvent};
-use derecho::persist::DurableLog;
+use derecho::persist::{DurableLog, Hlc};
 use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId, Version};
 use derecho::rpc::Service;
 use derecho::runtime::time;
@@ -120,6 +120,25 @@ fn every_replica_logs_every_call_and_the_global_frontier_is_their_minimum() {
         let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
         let first_us = logs[0][0].1 >> derecho::persist::Hlc::LOGICAL_BITS;
         assert!(first_us <= now_us && now_us - first_us < 60_000_000, "the time is the callers' clock: {first_us}");
+
+        // Reads by time: the value a key had at a time, at every replica, once that time is
+        // durable everywhere; a later time is refused.
+        let r1 = a.kv.put("timed", b"one").await.expect("put");
+        time::sleep(Duration::from_millis(2)).await; // two distinct microseconds for the two puts
+        let between = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+        time::sleep(Duration::from_millis(2)).await;
+        let r2 = b.kv.put("timed", b"two").await.expect("put");
+        for m in [&a, &b, &c] {
+            m.service.handle::<KvStore>(SHARD).wait_persisted(r2.version, WAIT).await.expect("persisted");
+        }
+        for to in [NodeId(0), NodeId(1), NodeId(2)] {
+            let at = c.kv.get_at_time(to, "timed", between).await.expect("query").expect("a stable time");
+            assert_eq!(at, Some((r1.version.as_u64(), b"one".to_vec())), "at {to}");
+            let before = c.kv.get_at_time(to, "timed", between - 1_000_000).await.expect("query");
+            assert_eq!(before, Ok(None), "at {to}: nothing a second earlier");
+            let later = c.kv.get_at_time(to, "timed", u64::MAX >> Hlc::LOGICAL_BITS).await.expect("query");
+            assert!(later.is_err_and(|e| e.contains("stable time")), "at {to}: a future time answered");
+        }
 
         // A joiner's log starts from the state it received, then follows the calls.
         let d = member(3, "persist-test", Some(a.group.local_addr()), &dirs[3]).await;

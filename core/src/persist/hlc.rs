@@ -12,7 +12,9 @@ const LOGICAL_BITS: u32 = 12;
 const LOGICAL_MAX: u64 = (1 << LOGICAL_BITS) - 1;
 
 /// A timestamp: physical microseconds and a logical counter, ordered as one `u64`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Hlc(pub u64);
 
 impl Hlc {

@@ -15,14 +15,20 @@
 //! * [`versioned`]: the versions of a value, read by version, index, latest and time, with reads
 //!   after the shard's stable time refused (pure).
 //!
-//! Not yet built: `Persistent<T>` fields inside `#[replicated]` types, delta objects, the local
-//! and global persistence frontiers, and total restart.
+//! * [`Persistent`]: a versioned field of a `#[replicated]` type, set at the ordered call's
+//!   version and time, read by version, index, latest and time (up to the shard's stable time).
+//!
+//! The service logs every ordered call of a shard ([`crate::rpc::Service::persist_to`]) and the
+//! members publish their persistence frontiers through the table. Not yet built: rebuilding
+//! objects from their logs and total restart (PROTOCOLS §4.1).
 
 mod durable;
 pub mod hlc;
+pub mod persistent;
 pub mod record;
 pub mod versioned;
 
 pub use durable::{DurableLog, LogError, Recovered};
 pub use hlc::{Hlc, HlcClock};
+pub use persistent::Persistent;
 pub use versioned::{VersionError, Versioned};

@@ -36,6 +36,15 @@ pub enum VersionError {
         /// The oldest version kept.
         oldest: Version,
     },
+    /// A value set outside an ordered call's handler: there is no version to set it at.
+    #[error("a persistent value is set inside an ordered call's handler, at the call's version")]
+    NotInAnUpdate,
+    /// A read by time without a stable time (outside a query to a persisting service, or
+    /// before anything is durable at every member).
+    #[error(
+        "no stable time: reads by time need a query to a service that persists, once something is durable everywhere"
+    )]
+    NoStableTime,
     /// A time after the shard's stable time: later versions could still appear before it.
     #[error("time {asked:?} is after the shard's stable time {stable:?}")]
     BeyondStable {
@@ -47,7 +56,7 @@ pub enum VersionError {
 }
 
 /// The versions of one value; see the module documentation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Versioned<T> {
     entries: VecDeque<(Version, Hlc, T)>,
     /// Versions before this one were trimmed away.

@@ -46,7 +46,9 @@ impl fmt::Display for ShardRef {
 /// The identity of one delivered ordered update: the view it was delivered in and its global
 /// sequence number in that view's shard order (PROTOCOLS §2.2). Packed into a `u64` as
 /// `view << 40 | seq`, so versions of later views compare greater.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Version(u64);
 
 /// Bits of a [`Version`] that hold the sequence number.

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use rkyv::util::AlignedVec;
 
 use crate::driver::{Application, GroupSendError, GroupSender, SendToError, State, ViewChange, app_frame};
+use crate::persist::Hlc;
 use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
 use wire::{HEADER_LEN, Header, Kind};
 
@@ -159,12 +160,30 @@ pub struct CallContext {
     /// answers as of this version answers linearizably: the replica may already hold later
     /// updates, which other replicas may not have yet. `None` for other calls.
     pub stable: Option<Version>,
+    /// Ordered calls: the version's time (PROTOCOLS §4): the caller's hybrid logical clock,
+    /// made to go forward in the shard's order, the same at every replica. `None` for queries.
+    pub time: Option<Hlc>,
+    /// Queries to a service that persists ([`Service::persist_to`]): the time of the shard's
+    /// global persistence frontier. Every version at or before it is durable at every member,
+    /// and no later version can have an earlier time, so a read as of a time at or before it is
+    /// a consistent snapshot of the shard ([`crate::persist::Persistent::at_time`]). `None`
+    /// otherwise, or before anything is durable everywhere.
+    pub stable_time: Option<Hlc>,
 }
 
 impl CallContext {
+    /// The context of a call whose header went through the service: for a delivered ordered
+    /// call its version field holds the version's time; for a query, the stable time plus one
+    /// (0: none).
     fn of(header: &Header, version: Option<Version>) -> Self {
-        let (version, stable) = if header.kind == Kind::StableQuery { (None, version) } else { (version, None) };
-        Self { caller: header.caller, shard: header.shard, version, stable }
+        let (caller, shard) = (header.caller, header.shard);
+        let field = header.version.as_u64();
+        if header.kind == Kind::Ordered {
+            return Self { caller, shard, version, stable: None, time: Some(Hlc(field)), stable_time: None };
+        }
+        let stable = if header.kind == Kind::StableQuery { version } else { None };
+        let stable_time = field.checked_sub(1).map(Hlc);
+        Self { caller, shard, version: None, stable, time: None, stable_time }
     }
 }
 
@@ -404,6 +423,10 @@ const QUEUE_LEN_MAX: usize = 1 << 16;
 /// External calls under way at once; beyond this, more are refused.
 const EXTERNAL_MAX: usize = 1024;
 
+/// Bytes before the replica's archive in a state sent to a joiner: the shard's last time, and
+/// padding.
+const STATE_PREFIX: usize = 16;
+
 /// Messages waiting to be sent; beyond this, queries from peers are refused.
 const OUTBOX_LEN_MAX: usize = 1 << 18;
 
@@ -443,6 +466,11 @@ struct ServiceInner {
     clock: Cell<crate::persist::HlcClock>,
     /// Set once a log failed: nothing is reported persisted any more.
     persist_failed: RefCell<Option<String>>,
+    /// The time of the last version delivered in each shard.
+    times: RefCell<BTreeMap<ShardRef, u64>>,
+    /// Persisting services: the times of versions not yet known durable everywhere, and of the
+    /// last one that is (for the stable time of queries).
+    recent_times: RefCell<BTreeMap<ShardRef, VecDeque<(Version, u64)>>>,
 }
 
 /// A shard's log: every ordered call delivered in the shard, in order, with its version and
@@ -454,8 +482,6 @@ struct ShardLog {
     log: Rc<crate::persist::DurableLog>,
     /// A flush task is running.
     flushing: Cell<bool>,
-    /// The timestamp of the last record.
-    last_hlc: Cell<u64>,
 }
 
 impl Default for ServiceInner {
@@ -483,6 +509,8 @@ impl Default for ServiceInner {
             logs: RefCell::default(),
             clock: Cell::new(crate::persist::HlcClock::new()),
             persist_failed: RefCell::default(),
+            times: RefCell::default(),
+            recent_times: RefCell::default(),
         }
     }
 }
@@ -948,7 +976,7 @@ impl ServiceInner {
             Ok(l) => l,
             Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
         };
-        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false), last_hlc: Cell::new(0) });
+        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false) });
         if let Some(state) = state {
             // Everything before the view's first message (versions of view 0 never come by
             // state transfer: that view has one member).
@@ -963,16 +991,21 @@ impl ServiceInner {
         self.logs.borrow_mut().insert(shard, slog);
     }
 
-    /// Appends a delivered call to its shard's log, stamped with the caller's time made to go
-    /// forward (the same at every replica: it depends only on the shard's order), and makes
-    /// sure a flush is under way.
-    fn log_call(&self, shard: ShardRef, version: Version, caller_hlc: u64, payload: &[u8]) {
+    /// Appends a delivered call to its shard's log with its version and time, and makes sure a
+    /// flush is under way.
+    fn log_call(&self, shard: ShardRef, version: Version, hlc: u64, payload: &[u8]) {
         let Some(slog) = self.logs.borrow().get(&shard).cloned() else { return };
-        let hlc = caller_hlc.max(slog.last_hlc.get().saturating_add(1));
         if let Err(e) = slog.log.append(version.as_u64(), hlc, payload) {
             return self.persistence_failed(format!("{shard}: {e}"));
         }
-        slog.last_hlc.set(hlc);
+        let mut recent = self.recent_times.borrow_mut();
+        let q = recent.entry(shard).or_default();
+        q.push_back((version, hlc));
+        // Bounded: versions far behind the global frontier are forgotten (their reads would
+        // only see an older stable time).
+        while q.len() > 1 << 16 {
+            q.pop_front();
+        }
         if slog.flushing.replace(true) {
             return;
         }
@@ -1010,6 +1043,7 @@ impl ServiceInner {
     /// Runs a query now or after the calls before it; a stable query first waits until what
     /// this member delivered in the shard is delivered at every member of it.
     fn query(self: &Rc<Self>, header: Header, from: NodeId, args: &[u8]) {
+        let header = Header { version: Version::from_u64(self.stable_time_field(header.shard)), ..header };
         if header.kind != Kind::StableQuery {
             self.run_or_queue(header, None, from, args);
             return;
@@ -1060,6 +1094,21 @@ impl ServiceInner {
                 inner.refuse(from, &header, "this member no longer holds a replica of the shard");
             }
         }));
+    }
+
+    /// The time of `shard`'s global persistence frontier plus one, 0 if there is none (what a
+    /// query's header carries into [`CallContext::stable_time`]).
+    fn stable_time_field(&self, shard: ShardRef) -> u64 {
+        let Some(global) = self.sender.borrow().as_ref().and_then(|s| s.persisted(shard).1) else { return 0 };
+        let mut recent = self.recent_times.borrow_mut();
+        let Some(q) = recent.get_mut(&shard) else { return 0 };
+        while q.len() >= 2 && q[1].0 <= global {
+            q.pop_front();
+        }
+        match q.front() {
+            Some(&(v, t)) if v <= global => t + 1,
+            _ => 0,
+        }
     }
 
     /// Answers a call with an error: recorded for this member's own call, sent to another's.
@@ -1257,8 +1306,17 @@ impl Application for Service {
             tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
             return;
         }
+        // The version's time: the caller's clock (carried in the call's version field), made
+        // to go forward in the shard's order, so the same at every replica.
+        let mut h = h;
         if let Some(version) = d.version {
-            inner.log_call(d.shard, version, h.version.as_u64(), d.payload);
+            let mut times = inner.times.borrow_mut();
+            let last = times.get(&d.shard).copied().unwrap_or(0);
+            let time = h.version.as_u64().max(last.saturating_add(1));
+            times.insert(d.shard, time);
+            drop(times);
+            inner.log_call(d.shard, version, time, d.payload);
+            h.version = Version::from_u64(time);
         }
         if Some(h.caller) == inner.me.get()
             && let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
@@ -1287,23 +1345,37 @@ impl Application for Service {
     }
 
     fn snapshot(&mut self, shard: ShardRef) -> State {
+        // The state a joiner receives: the time of the shard's last version (so that it stamps
+        // the next versions as the others do), 8 bytes of padding (the archive stays 16-byte
+        // aligned), then the replica's archive.
+        let time = self.inner.times.borrow().get(&shard).copied().unwrap_or(0);
+        let frame = move |archive: Vec<u8>| {
+            let mut v = Vec::with_capacity(STATE_PREFIX + archive.len());
+            v.extend_from_slice(&time.to_le_bytes());
+            v.extend_from_slice(&[0; 8]);
+            v.extend_from_slice(&archive);
+            v
+        };
         let mut replicas = self.inner.replicas.borrow_mut();
-        let Some(slot) = replicas.get_mut(&shard) else { return State::Ready(Vec::new()) };
+        let Some(slot) = replicas.get_mut(&shard) else { return State::Ready(frame(Vec::new())) };
         if slot.idle() {
-            return State::Ready(match slot.replica.as_ref().map(|r| r.snapshot()) {
+            return State::Ready(frame(match slot.replica.as_ref().map(|r| r.snapshot()) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
                     tracing::error!(%shard, error = %e, "the replica's state could not be archived");
                     Vec::new()
                 }
                 None => Vec::new(),
-            });
+            }));
         }
         // Async handlers are still applying the old view: the state is taken once they are
         // done, before anything delivered after this point.
         let cell: StateCell = Rc::new(RefCell::new((None, None)));
         slot.queue.push_back(Job::Snapshot(cell.clone()));
-        later(cell)
+        match later(cell) {
+            State::Later(f) => State::Later(Box::pin(async move { frame(f.await) })),
+            ready => ready,
+        }
     }
 
     fn external(&mut self, request: &[u8]) -> Option<State> {
@@ -1355,7 +1427,7 @@ impl Application for Service {
         let mut replicas = inner.replicas.borrow_mut();
         let Some(slot) = replicas.get_mut(&h.shard) else { return refuse("this member holds no replica of the shard") };
         let sync = slot.replica.as_ref().is_some_and(|r| !r.is_async(h.method));
-        let header = Header { caller: EXTERNAL, ..h };
+        let header = Header { caller: EXTERNAL, version: Version::from_u64(inner.stable_time_field(h.shard)), ..h };
         if slot.idle() && sync {
             return Some(State::Ready(external_reply(ServiceInner::run_now(slot, header, None, false, args))));
         }
@@ -1380,10 +1452,17 @@ impl Application for Service {
     fn restore(&mut self, shard: ShardRef, state: &[u8]) -> Result<(), String> {
         let types = self.inner.types.borrow();
         let Some(t) = types.get(&shard.subgroup) else { return Ok(()) };
+        if state.len() < STATE_PREFIX {
+            return Err(format!("{}: a state of {} bytes, shorter than its header", t.name, state.len()));
+        }
+        let time = u64::from_le_bytes(state[..8].try_into().expect("8 bytes"));
+        let (framed, state) = (state, &state[STATE_PREFIX..]);
         let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
+        self.inner.times.borrow_mut().insert(shard, time);
         self.inner.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
         self.inner.awaiting.borrow_mut().retain(|s| *s != shard);
-        self.inner.open_log(shard, Some(state));
+        // The log starts from the state as it came: time and archive.
+        self.inner.open_log(shard, Some(framed));
         Ok(())
     }
 

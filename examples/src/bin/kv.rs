@@ -5,14 +5,15 @@
 //! cargo run --release -p derecho-examples --bin kv -- demo [--shm]          # the whole demo
 //! cargo run --release -p derecho-examples --bin kv -- member --set me=0 --set listen=\"127.0.0.1:7000\"
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 put KEY VALUE
-//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION]
+//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION | --time MICROS]
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 view
 //! ```
 //!
-//! `demo` starts four member processes (two shards of the store), writes keys through the
-//! external client, runs the command-line client as a separate process, kills one member with
-//! SIGKILL, and checks that every key is still there at every shard's surviving members. With
-//! `--shm` the members' views run over shared memory (joins and the client still use TCP).
+//! `demo` starts four member processes (two shards of the store, each member logging the
+//! store's updates to disk with `--persist`), writes keys through the external client, runs the
+//! command-line client as a separate process (including a read as of a time), kills one member
+//! with SIGKILL, and checks that every key is still there at every shard's surviving members.
+//! With `--shm` the members' views run over shared memory (joins and the client still use TCP).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -30,9 +31,9 @@ use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
 
 const USAGE: &str = "\
 usage: kv demo [--shm]
-       kv member [--config FILE] [--set key=value ...]
+       kv member [--config FILE] [--set key=value ...] [--persist DIR]
        kv --contact ADDR put KEY VALUE
-       kv --contact ADDR get KEY [--at VERSION]
+       kv --contact ADDR get KEY [--at VERSION | --time MICROS]
        kv --contact ADDR view";
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kv.toml");
@@ -67,10 +68,12 @@ fn main() -> ExitCode {
 fn member(args: &[String]) -> Result<(), String> {
     let mut config = PathBuf::from(CONFIG);
     let mut sets = Vec::new();
+    let mut persist: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--config" => config = it.next().ok_or("--config needs a file")?.into(),
+            "--persist" => persist = Some(it.next().ok_or("--persist needs a directory")?.into()),
             "--set" => sets.push(it.next().ok_or("--set needs key=value")?.clone()),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -81,6 +84,9 @@ fn member(args: &[String]) -> Result<(), String> {
         // ANCHOR: host
         let service = Service::new();
         service.host(derecho::protocol::SubgroupId(0), KvStore::default);
+        if let Some(dir) = &persist {
+            service.persist_to(dir).map_err(|e| format!("--persist {}: {e}", dir.display()))?;
+        }
         let group = match config.contact {
             None => config.builder().start(service.clone()).await.map_err(|e| e.to_string())?,
             Some(c) => config.builder().join(c, service.clone()).await.map_err(|e| e.to_string())?,
@@ -157,10 +163,26 @@ fn cli(contact: &str, args: &[String]) -> Result<(), String> {
                     None => println!("{key} had no value at version {}", Version::from_u64(at)),
                 }
             }
+            ["get", key, "--time", t] => {
+                let t: u64 = t.parse().map_err(|_| format!("--time {t:?} is not a number of microseconds"))?;
+                match store(&client, key).get_at_time(None, key, t).await.map_err(|e| e.to_string())? {
+                    Ok(Some((v, value))) => println!(
+                        "{key} = {} at time {t} (version {})",
+                        String::from_utf8_lossy(&value),
+                        Version::from_u64(v)
+                    ),
+                    Ok(None) => println!("{key} had no value at time {t}"),
+                    Err(e) => return Err(format!("get {key} at time {t}: {e}")),
+                }
+            }
             _ => return Err(format!("unknown command {args:?}\n{USAGE}")),
         }
         Ok(())
     })
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 struct Members(Vec<(u32, Child)>);
@@ -174,10 +196,10 @@ impl Drop for Members {
     }
 }
 
-/// The directory of the shared-memory demo's views; removed with the demo.
-struct ShmDir(Option<PathBuf>);
+/// A directory of the demo (views over shared memory, logs), removed with it.
+struct RemovedOnDrop(Option<PathBuf>);
 
-impl Drop for ShmDir {
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
         if let Some(d) = &self.0 {
             let _ = std::fs::remove_dir_all(d);
@@ -197,10 +219,12 @@ fn demo(shm: bool) -> Result<(), String> {
     let cores = available_cores();
     let (tx, rx) = mpsc::channel::<String>();
     // Declared before the members: removed after they are killed (they leave their files).
-    let shm_dir = ShmDir(shm.then(|| PathBuf::from(format!("/dev/shm/derecho-kv-demo-{}", std::process::id()))));
+    let shm_dir = RemovedOnDrop(shm.then(|| PathBuf::from(format!("/dev/shm/derecho-kv-demo-{}", std::process::id()))));
     if let Some(d) = &shm_dir.0 {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // Every member logs the store's updates (removed with the demo).
+    let logs = RemovedOnDrop(Some(std::env::temp_dir().join(format!("derecho-kv-demo-logs-{}", std::process::id()))));
     let mut members = Members(Vec::new());
     let over = if shm { "shared memory" } else { "loopback TCP" };
     println!("kv demo: four member processes host a key-value store in two shards, over {over}");
@@ -216,6 +240,7 @@ fn demo(shm: bool) -> Result<(), String> {
         if let Some(d) = &shm_dir.0 {
             cmd.args(["--set", "transport=\"shm\"", "--set", &format!("shm_dir=\"{}\"", d.display())]);
         }
+        cmd.arg("--persist").arg(logs.0.as_ref().expect("a directory").join(format!("member-{i}")));
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
         let out = child.stdout.take().expect("piped");
         let tx = tx.clone();
@@ -270,6 +295,10 @@ fn demo(shm: bool) -> Result<(), String> {
             "client: 100 puts in {:.1} ms (each relayed by a member and applied by its shard)",
             t0.elapsed().as_secs_f64() * 1e3
         );
+        // A time between key7's two values, for a read by time below.
+        derecho::runtime::time::sleep(Duration::from_millis(2)).await;
+        let between = micros_now();
+        derecho::runtime::time::sleep(Duration::from_millis(2)).await;
         let (v2, _) = store(&client, "key7").put("key7", b"seven, again").await.map_err(|e| e.to_string())?;
         let old =
             store(&client, "key7").get_at(None, "key7", first_versions[7].as_u64()).await.map_err(|e| e.to_string())?;
@@ -278,17 +307,34 @@ fn demo(shm: bool) -> Result<(), String> {
             first_versions[7],
             old.map(|b| String::from_utf8_lossy(&b).into_owned())
         );
-        Ok::<_, String>((client, first_versions))
+        Ok::<_, String>((client, between))
     });
-    let (client, _) = result?;
+    let (client, between) = result?;
     // The command-line client, as a separate process.
-    for cmd in [vec!["get", "key7"], vec!["put", "fruit", "plum"], vec!["get", "fruit"], vec!["view"]] {
-        let out = Command::new(&exe)
-            .arg("--contact")
-            .arg(addrs[1].to_string())
-            .args(&cmd)
-            .output()
-            .map_err(|e| e.to_string())?;
+    let between = between.to_string();
+    let commands = [
+        vec!["get", "key7"],
+        vec!["get", "key7", "--time", &between],
+        vec!["put", "fruit", "plum"],
+        vec!["get", "fruit"],
+        vec!["view"],
+    ];
+    for cmd in commands {
+        // A read by time waits (bounded) until that time is durable at every member.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let out = loop {
+            let out = Command::new(&exe)
+                .arg("--contact")
+                .arg(addrs[1].to_string())
+                .args(&cmd)
+                .output()
+                .map_err(|e| e.to_string())?;
+            let early = String::from_utf8_lossy(&out.stderr).contains("stable time");
+            if out.status.success() || !early || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         print!("$ kv --contact {} {}\n{}", addrs[1], cmd.join(" "), String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             return Err(format!("kv {cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
