@@ -51,6 +51,9 @@ impl KvStore {
     /// frontier): the answer is then the same at every replica, now and after a restart.
     pub fn get_at_time(&self, key: &str, micros: u64) -> Result<Option<(u64, Vec<u8>)>, String> {
         // The end of that microsecond.
+        if micros > u64::MAX >> Hlc::LOGICAL_BITS {
+            return Err(format!("time {micros} is out of range"));
+        }
         let t = Hlc((micros << Hlc::LOGICAL_BITS) | ((1 << Hlc::LOGICAL_BITS) - 1));
         let Some(values) = self.entries.get(key) else {
             // No value yet; a time beyond the stable one is still refused.

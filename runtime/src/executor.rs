@@ -1033,12 +1033,16 @@ mod tests {
 
     #[test]
     fn yielding_spin_still_spins_then_parks() {
-        let ex = Builder::new().spin_budget(Duration::from_millis(20)).spin_yield(true).build().unwrap();
+        // A budget far above the sleep: no park even if the thread is descheduled a while.
+        let ex = Builder::new().spin_budget(Duration::from_secs(2)).spin_yield(true).build().unwrap();
         ex.block_on(async { crate::time::sleep(Duration::from_millis(10)).await });
         let s = ex.stats();
         assert!(s.iterations > 10, "did not spin: {s:?}");
         assert_eq!(s.parks, 0, "parked within the spin budget: {s:?}");
-        ex.block_on(async { crate::time::sleep(Duration::from_millis(60)).await });
+        ex.block_on(async {
+            set_spin_budget(Duration::from_millis(1));
+            crate::time::sleep(Duration::from_millis(50)).await;
+        });
         assert!(ex.stats().parks > 0, "never parked after the budget: {:?}", ex.stats());
     }
 

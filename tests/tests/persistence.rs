@@ -143,6 +143,11 @@ fn every_replica_logs_every_call_and_the_global_frontier_is_their_minimum() {
         // A joiner's log starts from the state it received, then follows the calls.
         let d = member(3, "persist-test", Some(a.group.local_addr()), &dirs[3]).await;
         d.group.wait_view(WAIT, |v| v.members.len() == 4).await.unwrap();
+        // Before anything new is written, the frontier covers the joiner too: its state is
+        // durable and reported at once.
+        for m in [&a, &d] {
+            m.service.handle::<KvStore>(SHARD).wait_persisted(r2.version, WAIT).await.expect("durable with the joiner");
+        }
         let r = d.kv.put("after", b"join").await.expect("put after the join");
         d.service.handle::<KvStore>(SHARD).wait_persisted(r.version, WAIT).await.expect("persisted with the joiner");
         let joined = records(&dirs[3]).await;
@@ -187,10 +192,16 @@ fn a_full_disk_stops_the_member_and_loses_no_reported_version() {
         for m in [&a, &b, &c] {
             m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
         }
-        // 1 KiB values: the 64 KiB disk is full after about sixty.
+        // 1 KiB values: the 64 KiB disk is full after about sixty. The first ten are durable
+        // everywhere before more come, so member 2 has reported a frontier.
         let value = vec![b'x'; 1024];
         let mut last = Version::from_u64(0);
-        for i in 0..200u32 {
+        for i in 0..10u32 {
+            last = last.max(a.kv.put(&format!("k{i}"), &value).await.expect("put").version);
+        }
+        let first = last;
+        c.service.handle::<KvStore>(SHARD).wait_persisted(first, WAIT).await.expect("the first ten everywhere");
+        for i in 10..200u32 {
             match a.kv.put(&format!("k{i}"), &value).await {
                 Ok(r) => last = last.max(r.version),
                 Err(e) => panic!("put {i} failed at member 0: {e}"),
@@ -207,6 +218,7 @@ fn a_full_disk_stops_the_member_and_loses_no_reported_version() {
         };
         assert!(reason.contains("log") && reason.contains("failed"), "{reason}");
         let (local, _) = c.service.persisted(SHARD);
+        assert!(local >= Some(first), "member 2's frontier {local:?} is below what it reported before");
         assert!(local < Some(last), "member 2 reported {local:?} durable, beyond what fits");
         // Its log holds a valid prefix, and at least everything it reported.
         let (_, recovered) =

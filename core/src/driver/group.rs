@@ -1199,8 +1199,20 @@ impl GroupSender {
             return;
         }
         tracing::error!(me = %inner.settings.me, reason, "this member stops");
-        if let Ok(mut app) = inner.app.try_borrow_mut() {
-            app.stopped();
+        match inner.app.try_borrow_mut() {
+            Ok(mut app) => app.stopped(),
+            // Called from inside the application (a delivery, a restore): tell it once it
+            // returns.
+            Err(_) => {
+                let weak = Rc::downgrade(&inner);
+                drop(spawn(async move {
+                    if let Some(inner) = weak.upgrade()
+                        && let Ok(mut app) = inner.app.try_borrow_mut()
+                    {
+                        app.stopped();
+                    }
+                }));
+            }
         }
         inner.report(GroupEvent::Fatal(reason.to_string()));
         inner.wake_all();
@@ -1222,7 +1234,8 @@ impl GroupSender {
     /// the highest durable at every member of the shard in the current view (`None` until
     /// every member has reported one in this view).
     pub fn persisted(&self, shard: ShardRef) -> (Option<crate::protocol::Version>, Option<crate::protocol::Version>) {
-        let Ok(inner) = self.inner() else { return (None, None) };
+        // Still answered once closed: what was reported durable stays so.
+        let Some(inner) = self.inner.upgrade() else { return (None, None) };
         let node = inner.node.borrow();
         (node.persisted_here(shard), node.persisted_everywhere(shard))
     }

@@ -144,8 +144,13 @@ impl DurableLog {
     ///
     /// [`LogError::Open`]: the file exists, or cannot be created.
     pub fn create(path: &Path) -> Result<Rc<Self>, LogError> {
+        let err = |reason: String| LogError::Open { path: path.display().to_string(), reason };
         let file = File::open_with(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o644)
-            .map_err(|e| LogError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| err(e.to_string()))?;
+        // The new name must be durable too: a synced file whose directory entry is lost after a
+        // crash is a lost log.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err(format!("sync of its directory: {e}")))?;
         Ok(Rc::new(Self {
             path: path.to_path_buf(),
             file,

@@ -556,6 +556,9 @@ impl Service {
     ///
     /// The directory cannot be created.
     pub fn persist_to(&self, dir: impl Into<std::path::PathBuf>) -> std::io::Result<&Self> {
+        if self.inner.sender.borrow().is_some() {
+            return Err(std::io::Error::other("persist_to is called before the service is attached to its group"));
+        }
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         *self.inner.persist_dir.borrow_mut() = Some(dir);
@@ -589,6 +592,15 @@ impl Service {
         self.inner.set_view(sender.view());
         self.inner.me.set(sender.me());
         *self.inner.sender.borrow_mut() = Some(sender.clone());
+        // What became durable before (a joiner's state) is published now.
+        for (shard, slog) in self.inner.logs.borrow().iter() {
+            if let Some(p) = slog.log.persisted() {
+                sender.report_persisted(*shard, Version::from_u64(p));
+            }
+        }
+        if let Some(reason) = self.inner.persist_failed.borrow().as_ref() {
+            sender.fatal(&format!("persistence failed: {reason}"));
+        }
         self.refresh_replicas();
         let weak = Rc::downgrade(&self.inner);
         drop(crate::spawn(outbox(weak.clone(), sender)));
@@ -953,14 +965,16 @@ impl ServiceInner {
 
     /// The slot of `shard`, with a fresh replica if it has none and its type is registered;
     /// `false` if the subgroup hosts no type.
-    fn ensure_replica(&self, replicas: &mut BTreeMap<ShardRef, Slot>, shard: ShardRef) -> bool {
+    fn ensure_replica(self: &Rc<Self>, replicas: &mut BTreeMap<ShardRef, Slot>, shard: ShardRef) -> bool {
         let types = self.types.borrow();
         let Some(t) = types.get(&shard.subgroup) else { return false };
         let slot = replicas.entry(shard).or_default();
         slot.retired = false;
         if slot.replica.is_none() && !slot.working {
             slot.replica = Some((t.make)());
-            // A new replica starts from the type's initial state: its log starts empty.
+            // A new replica starts from the type's initial state: its times and log too.
+            self.times.borrow_mut().remove(&shard);
+            self.recent_times.borrow_mut().remove(&shard);
             self.open_log(shard, None);
         }
         true
@@ -968,7 +982,7 @@ impl ServiceInner {
 
     /// Starts the log of `shard` for a replica created in the current view: empty for a fresh
     /// replica, or with `state` (the state it was restored from) as its first record.
-    fn open_log(&self, shard: ShardRef, state: Option<&[u8]>) {
+    fn open_log(self: &Rc<Self>, shard: ShardRef, state: Option<&[u8]>) {
         let Some(dir) = self.persist_dir.borrow().clone() else { return };
         let Some(view) = self.view.borrow().as_ref().map(|v| v.id) else { return };
         let path = dir.join(format!("shard-{}-{}-v{}.log", shard.subgroup.0, shard.shard.0, view.0));
@@ -977,23 +991,28 @@ impl ServiceInner {
             Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
         };
         let slog = Rc::new(ShardLog { log, flushing: Cell::new(false) });
+        self.logs.borrow_mut().insert(shard, slog.clone());
         if let Some(state) = state {
             // Everything before the view's first message (versions of view 0 never come by
             // state transfer: that view has one member).
-            let before = Version::new(view, 0).as_u64().saturating_sub(1);
+            let before = Version::from_u64(Version::new(view, 0).as_u64().saturating_sub(1));
+            let time = state.get(..8).map_or(0, |t| u64::from_le_bytes(t.try_into().expect("8 bytes")));
             let mut record = Vec::with_capacity(1 + state.len());
             record.push(0);
             record.extend_from_slice(state);
-            if let Err(e) = slog.log.append(before, 0, &record) {
+            if let Err(e) = slog.log.append(before.as_u64(), time, &record) {
                 return self.persistence_failed(format!("{shard}: {e}"));
             }
+            // Durable and reported at once: the shard's global frontier (and the stable time of
+            // reads) must not wait for this member's first call.
+            self.recent_times.borrow_mut().entry(shard).or_default().push_back((before, time));
+            self.flush(shard, slog);
         }
-        self.logs.borrow_mut().insert(shard, slog);
     }
 
     /// Appends a delivered call to its shard's log with its version and time, and makes sure a
     /// flush is under way.
-    fn log_call(&self, shard: ShardRef, version: Version, hlc: u64, payload: &[u8]) {
+    fn log_call(self: &Rc<Self>, shard: ShardRef, version: Version, hlc: u64, payload: &[u8]) {
         let Some(slog) = self.logs.borrow().get(&shard).cloned() else { return };
         if let Err(e) = slog.log.append(version.as_u64(), hlc, payload) {
             return self.persistence_failed(format!("{shard}: {e}"));
@@ -1001,25 +1020,35 @@ impl ServiceInner {
         let mut recent = self.recent_times.borrow_mut();
         let q = recent.entry(shard).or_default();
         q.push_back((version, hlc));
-        // Bounded: versions far behind the global frontier are forgotten (their reads would
-        // only see an older stable time).
+        // Bounded: when the global frontier lags this far, the oldest times are forgotten and
+        // reads by time are refused until it catches up (never answered differently).
         while q.len() > 1 << 16 {
             q.pop_front();
         }
+        drop(recent);
+        self.flush(shard, slog);
+    }
+
+    /// Makes sure a flush of `slog` is under way: rounds of one write and one sync for
+    /// everything appended, each reported as the local frontier once durable.
+    fn flush(self: &Rc<Self>, shard: ShardRef, slog: Rc<ShardLog>) {
         if slog.flushing.replace(true) {
             return;
         }
-        let sender = self.sender.borrow().clone();
+        // The sender is looked up at each report: a joiner's first log (its state) is flushed
+        // before the service is attached ([`Service::attach`] republishes what was durable).
+        let weak = Rc::downgrade(self);
+        let sender = move || weak.upgrade().and_then(|i| i.sender.borrow().clone());
         drop(crate::spawn(async move {
             while let Some(target) = slog.log.last_appended() {
                 if let Err(e) = slog.log.persist(target).await {
                     // Never retried: what a failed sync wrote cannot be trusted.
-                    if let Some(s) = &sender {
+                    if let Some(s) = sender() {
                         s.fatal(&format!("the log of {shard} failed: {e}"));
                     }
                     return;
                 }
-                if let Some(s) = &sender {
+                if let Some(s) = sender() {
                     s.report_persisted(shard, Version::from_u64(target));
                 }
                 if slog.log.last_appended() == Some(target) {
@@ -1106,7 +1135,7 @@ impl ServiceInner {
             q.pop_front();
         }
         match q.front() {
-            Some(&(v, t)) if v <= global => t + 1,
+            Some(&(v, t)) if v <= global => t.saturating_add(1),
             _ => 0,
         }
     }
@@ -1312,7 +1341,8 @@ impl Application for Service {
         if let Some(version) = d.version {
             let mut times = inner.times.borrow_mut();
             let last = times.get(&d.shard).copied().unwrap_or(0);
-            let time = h.version.as_u64().max(last.saturating_add(1));
+            // A stamp is the caller's to choose: capped, so that times can always go forward.
+            let time = h.version.as_u64().min(u64::MAX >> 1).max(last.saturating_add(1));
             times.insert(d.shard, time);
             drop(times);
             inner.log_call(d.shard, version, time, d.payload);
@@ -1459,6 +1489,7 @@ impl Application for Service {
         let (framed, state) = (state, &state[STATE_PREFIX..]);
         let replica = (t.restore)(state).map_err(|e| format!("{}: {e}", t.name))?;
         self.inner.times.borrow_mut().insert(shard, time);
+        self.inner.recent_times.borrow_mut().remove(&shard);
         self.inner.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
         self.inner.awaiting.borrow_mut().retain(|s| *s != shard);
         // The log starts from the state as it came: time and archive.
