@@ -14,6 +14,7 @@
 //! * [`percentile`], [`median`]: summaries of samples and of repeated runs.
 //! * [`pin`], [`two_cores`]: placing the two processes of a benchmark on their cores.
 //! * [`ChildGuard`]: the benchmark's child process (the same program), killed and reaped on drop.
+//! * [`MemberProcesses`]: the member processes of a group benchmark, their output and commands.
 //! * [`arg`], [`flag`]: the few command-line options the programs take.
 //! * [`raw`]: the baselines (plain sockets, `memcpy`) and their child processes.
 
@@ -230,5 +231,106 @@ pub fn log_from_env() {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .try_init();
+    }
+}
+
+/// The member processes of a group benchmark: this program started once per member with
+/// `--child member ...`, each one's standard output read line by line (tagged with its id) and
+/// its standard input kept for commands (`go`, `exit`).
+pub struct MemberProcesses {
+    children: Vec<ChildGuard>,
+    stdins: Vec<std::process::ChildStdin>,
+    tx: std::sync::mpsc::Sender<(u32, String)>,
+    rx: std::sync::mpsc::Receiver<(u32, String)>,
+    /// The case, for messages.
+    case: String,
+    /// The bound on each wait.
+    bound: Duration,
+}
+
+impl std::fmt::Debug for MemberProcesses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberProcesses").field("case", &self.case).field("members", &self.children.len()).finish()
+    }
+}
+
+impl MemberProcesses {
+    /// No member yet; every [`MemberProcesses::wait`] of `case` is bounded by `bound`.
+    pub fn new(case: impl Into<String>, bound: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self { children: Vec::new(), stdins: Vec::new(), tx, rx, case: case.into(), bound }
+    }
+
+    /// Starts member `id`: this program with `--child member` and `args`.
+    ///
+    /// # Panics
+    ///
+    /// If the program cannot be started.
+    pub fn spawn(&mut self, id: u32, args: &[String]) {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .args(["--child", "member"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a member");
+        self.stdins.push(child.stdin.take().expect("piped"));
+        let out = child.stdout.take().expect("piped");
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((id, line));
+            }
+        });
+        self.children.push(ChildGuard(Some(child)));
+    }
+
+    /// Waits for a line (from member `id`) that `pred` accepts, and returns it.
+    ///
+    /// # Panics
+    ///
+    /// If none comes within the bound.
+    pub fn wait(&self, what: &str, mut pred: impl FnMut(u32, &str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + self.bound;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (id, line) = self
+                .rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{}: no {what} within {:?}", self.case, self.bound));
+            if pred(id, &line) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends `line` to every member's standard input.
+    ///
+    /// # Panics
+    ///
+    /// If a member's input is closed (it exited).
+    pub fn tell_all(&mut self, line: &str) {
+        use std::io::Write;
+        for s in &mut self.stdins {
+            writeln!(s, "{line}").expect("tell a member");
+        }
+    }
+
+    /// Tells every member to exit, closes their input and waits (bounded) for each.
+    ///
+    /// # Panics
+    ///
+    /// If a member fails or does not exit within `within`.
+    pub fn finish(mut self, within: Duration) {
+        use std::io::Write;
+        for s in &mut self.stdins {
+            let _ = writeln!(s, "exit");
+        }
+        self.stdins.clear();
+        for c in std::mem::take(&mut self.children) {
+            c.finish(within);
+        }
     }
 }

@@ -23,12 +23,11 @@
 //! ```
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use derecho::driver::GroupBuilder;
@@ -38,7 +37,7 @@ use derecho::rpc::Service;
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
 use derecho::runtime::time;
 use derecho::{Builder, available_cores, spawn};
-use derecho_benches::{ChildGuard, Record, arg, flag, percentile};
+use derecho_benches::{MemberProcesses, Record, arg, flag, percentile};
 
 const BENCH: &str = "persistence";
 
@@ -234,70 +233,35 @@ fn member(args: &[String]) {
 /// persistence and of the call alone (one).
 fn run_group(dir: &Path, size: usize, mode: &str, secs: u64) -> (f64, f64) {
     let _ = std::fs::remove_dir_all(dir);
-    let (tx, rx) = mpsc::channel::<(u32, String)>();
-    let mut members: Vec<ChildGuard> = Vec::new();
-    let mut stdins = Vec::new();
-    let mut spawn_member = |id: u32, contact: Option<&str>| {
-        let mut a: Vec<String> = vec!["--child".into(), "member".into(), "--member".into(), id.to_string()];
-        a.extend(["--size".into(), size.to_string(), "--secs".into(), secs.to_string(), "--mode".into(), mode.into()]);
+    let mut members = MemberProcesses::new(format!("persistence {mode}"), Duration::from_secs(120 + secs));
+    let args = |id: u32, contact: Option<&str>| {
+        let mut a: Vec<String> = vec!["--member".into(), id.to_string(), "--size".into(), size.to_string()];
+        a.extend(["--secs".into(), secs.to_string(), "--mode".into(), mode.into()]);
         a.extend(["--dir".into(), dir.join(format!("member-{id}")).display().to_string()]);
         if let Some(c) = contact {
             a.extend(["--contact".into(), c.into()]);
         }
-        let mut child = std::process::Command::new(std::env::current_exe().expect("current exe"))
-            .args(&a)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a member");
-        stdins.push(child.stdin.take().expect("piped"));
-        let out = child.stdout.take().expect("piped");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send((id, line));
-            }
-        });
-        members.push(ChildGuard(Some(child)));
+        a
     };
-    let wait = |what: &str, pred: &mut dyn FnMut(u32, &str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(120 + secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (id, line) = rx.recv_timeout(left).unwrap_or_else(|_| panic!("persistence {mode}: no {what} in time"));
-            if pred(id, &line) {
-                return line;
-            }
-        }
-    };
-    spawn_member(0, None);
-    let a0 = wait("address", &mut |id, l| id == 0 && l.starts_with("listening "))["listening ".len()..].to_string();
+    members.spawn(0, &args(0, None));
+    let a0 = members.wait("address", |id, l| id == 0 && l.starts_with("listening "))["listening ".len()..].to_string();
     for id in 1..MEMBERS {
-        spawn_member(id, Some(&a0));
+        members.spawn(id, &args(id, Some(&a0)));
     }
     let mut ready = 0;
-    wait("readiness", &mut |_, l| {
+    members.wait("readiness", |_, l| {
         ready += usize::from(l == "ready");
         ready == MEMBERS as usize
     });
-    for s in &mut stdins {
-        writeln!(s, "go").expect("tell a member to go");
-    }
+    members.tell_all("go");
     let mut results: Vec<String> = Vec::new();
-    wait("results", &mut |_, l| {
+    members.wait("results", |_, l| {
         if l.starts_with("done ") || l.starts_with("lat ") {
             results.push(l.to_string());
         }
         results.len() == MEMBERS as usize
     });
-    for s in &mut stdins {
-        let _ = writeln!(s, "exit");
-    }
-    drop(stdins);
-    for m in members {
-        m.finish(Duration::from_secs(30));
-    }
+    members.finish(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(dir);
     if mode == "many" {
         let (mut count, mut ns) = (0u64, 0u64);

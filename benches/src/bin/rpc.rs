@@ -21,12 +21,10 @@
 //! ```
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::io::{BufRead, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use derecho::driver::{GroupBuilder, TransportKind};
@@ -35,7 +33,7 @@ use derecho::rpc::Service;
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
 use derecho::runtime::time;
 use derecho::{available_cores, spawn};
-use derecho_benches::{ChildGuard, Record, arg, flag};
+use derecho_benches::{MemberProcesses, Record, arg, flag};
 
 const BENCH: &str = "rpc";
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
@@ -201,24 +199,11 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
         std::fs::create_dir_all(&d).expect("a directory in /dev/shm");
         d
     });
-    let (tx, rx) = mpsc::channel::<(u32, String)>();
-    let mut members: Vec<ChildGuard> = Vec::new();
-    let mut stdins = Vec::new();
-    let spawn_member = |id: u32, contact: Option<&str>, members: &mut Vec<ChildGuard>, stdins: &mut Vec<_>| {
-        let mut a = vec![
-            "--child".to_string(),
-            "member".into(),
-            "--member".into(),
-            id.to_string(),
-            "--size".into(),
-            size.to_string(),
-            "--secs".into(),
-            secs.to_string(),
-            "--outstanding".into(),
-            outstanding.to_string(),
-            "--mode".into(),
-            mode.into(),
-        ];
+    let mut members = MemberProcesses::new(format!("rpc {transport} {mode}"), Duration::from_secs(60 + secs));
+    let args = |id: u32, contact: Option<&str>| {
+        let mut a: Vec<String> = vec!["--member".into(), id.to_string(), "--size".into(), size.to_string()];
+        a.extend(["--secs".into(), secs.to_string(), "--outstanding".into(), outstanding.to_string()]);
+        a.extend(["--mode".into(), mode.into()]);
         if !cores.is_empty() {
             a.extend(["--core".into(), cores[id as usize % cores.len()].to_string()]);
         }
@@ -228,63 +213,29 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
         if let Some(d) = &shm_dir {
             a.extend(["--shm-dir".into(), d.clone()]);
         }
-        let exe = std::env::current_exe().expect("current exe");
-        let mut child = std::process::Command::new(exe)
-            .args(&a)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a member");
-        stdins.push(child.stdin.take().expect("piped"));
-        let out = child.stdout.take().expect("piped");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send((id, line));
-            }
-        });
-        members.push(ChildGuard(Some(child)));
+        a
     };
-    let wait = |what: &str, pred: &mut dyn FnMut(u32, &str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60 + secs);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (id, line) = rx.recv_timeout(left).unwrap_or_else(|_| panic!("rpc {mode}: no {what} in time"));
-            if pred(id, &line) {
-                return line;
-            }
-        }
-    };
-    spawn_member(0, None, &mut members, &mut stdins);
-    let line = wait("address", &mut |id, l| id == 0 && l.starts_with("listening "));
+    members.spawn(0, &args(0, None));
+    let line = members.wait("address", |id, l| id == 0 && l.starts_with("listening "));
     let a0 = line["listening ".len()..].to_string();
     for id in 1..MEMBERS {
-        spawn_member(id, Some(&a0), &mut members, &mut stdins);
+        members.spawn(id, &args(id, Some(&a0)));
     }
     let mut ready = 0;
-    wait("readiness", &mut |_, l| {
+    members.wait("readiness", |_, l| {
         ready += usize::from(l == "ready");
         ready == MEMBERS as usize
     });
-    for s in &mut stdins {
-        writeln!(s, "go").expect("tell a member to go");
-    }
+    members.tell_all("go");
     let mut results: Vec<(u64, u64)> = Vec::new();
-    wait("results", &mut |_, l| {
+    members.wait("results", |_, l| {
         if let Some(rest) = l.strip_prefix("done ") {
             let mut f = rest.split(' ').map(|x| x.parse::<u64>().expect("a number"));
             results.push((f.next().expect("count"), f.next().expect("ns")));
         }
         results.len() == MEMBERS as usize
     });
-    for s in &mut stdins {
-        let _ = writeln!(s, "exit");
-    }
-    drop(stdins);
-    for m in members {
-        m.finish(Duration::from_secs(30));
-    }
+    members.finish(Duration::from_secs(30));
     if let Some(d) = shm_dir {
         let left: Vec<String> = std::fs::read_dir(&d)
             .map(|r| r.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
