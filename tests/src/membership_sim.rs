@@ -67,8 +67,8 @@ pub fn run_group(test: &str, mut config: GroupConfig, expect_live: bool) -> Resu
 /// Draws a scenario: 3 to 5 members sending, then one to four events among crashes (at a time,
 /// or of the leader or another member on a named step of a view change), joins, leaves,
 /// partitions of one member (healed, the member restarted under a new id), one-way link cuts
-/// failure reports and slow members. At most a minority of the starting members is lost, so the run must end
-/// settled. Returns the configuration and a one-line description.
+/// failure reports and slow members; half of them with simulated disks. At most a minority of
+/// the starting members is lost, so the run must end settled. Returns the configuration and a one-line description.
 pub fn random_group(seed: u64) -> (GroupConfig, String) {
     let mut rng = SimRng::new(seed ^ 0x6d65_6d62_6572_7321);
     let n = 3 + rng.below(3) as u32;
@@ -179,6 +179,13 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
         }
     }
     config.end = Time(t + 250 * MS);
+    // Half the scenarios simulate disks (drawn last: the draws above stay as they were), so
+    // the durability checker judges the persistence frontiers through every fault above.
+    if rng.chance(1, 2) {
+        let slowest = rng.range(100_000..=5 * MS);
+        config.sync_ns = Some(20_000..=slowest);
+        words.push(format!("disks sync in 20us-{}us", slowest / 1000));
+    }
     let shards = config.shards;
     (config, format!("{n} members, {shards} shard(s), {messages} messages each: {}", words.join("; ")))
 }

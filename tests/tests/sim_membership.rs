@@ -489,3 +489,55 @@ fn a_shard_state_survives_an_inadequate_view() {
         "the joiner received no state after the inadequate view"
     );
 }
+
+/// Simulated disks (PROTOCOLS §4): the global persistence frontier never runs ahead of any
+/// member's disk (the durability checker), through a crash and its view change, and it keeps
+/// growing in the next view.
+#[test]
+fn persistence_frontiers_never_run_ahead_of_the_disks() {
+    for seed in seeds() {
+        // About 30 ms of messages; the crash in the middle.
+        let mut c = GroupConfig::new(seed, 4, 150);
+        c.sync_ns = Some(50_000..=3 * MS);
+        c.plan = vec![Plan::Crash { node: NodeId(3), at: Time(10 * MS) }];
+        let sim =
+            run_group("persistence_frontiers_never_run_ahead_of_the_disks", c, true).unwrap_or_else(|r| panic!("{r}"));
+        let global = |after: Time| {
+            sim.events()
+                .iter()
+                .filter(|e| e.at > after && matches!(e.what, MemberEvent::GlobalPersisted { .. }))
+                .count()
+        };
+        assert!(global(Time(0)) > 0, "seed {seed}: no global frontier was ever seen");
+        assert!(global(Time(10 * MS)) > 0, "seed {seed}: the frontier did not grow after the crash");
+    }
+}
+
+/// A sync that fails stops its member, which never reports what it covered; the others remove
+/// it and go on persisting.
+#[test]
+fn a_failed_sync_stops_the_member_and_the_others_go_on() {
+    for seed in seeds() {
+        let mut c = GroupConfig::new(seed, 3, 150);
+        c.sync_ns = Some(50_000..=3 * MS);
+        c.plan = vec![Plan::SyncFails { node: NodeId(2), at: Time(10 * MS) }];
+        let sim =
+            run_group("a_failed_sync_stops_the_member_and_the_others_go_on", c, true).unwrap_or_else(|r| panic!("{r}"));
+        let failed_at = sim
+            .events()
+            .iter()
+            .find(|e| e.node == NodeId(2) && e.what == MemberEvent::StorageFailed)
+            .map(|e| e.at)
+            .unwrap_or_else(|| panic!("seed {seed}: member 2's sync never failed"));
+        assert!(
+            !sim.events()
+                .iter()
+                .any(|e| e.node == NodeId(2) && e.at >= failed_at && matches!(e.what, MemberEvent::Persisted { .. })),
+            "seed {seed}: member 2 reported something durable after its sync failed"
+        );
+        let later = sim.events().iter().filter(|e| {
+            e.at > failed_at && e.node != NodeId(2) && matches!(e.what, MemberEvent::GlobalPersisted { .. })
+        });
+        assert!(later.count() > 0, "seed {seed}: the survivors' frontier did not grow after the failure");
+    }
+}

@@ -149,6 +149,15 @@ pub enum Plan {
         /// When.
         at: Time,
     },
+    /// The first log sync of `node` that completes at or after `at` fails (a full disk, an I/O
+    /// error): the member stops, as the real driver does, without reporting what it covered.
+    /// Needs [`GroupConfig::sync_ns`].
+    SyncFails {
+        /// Whose disk.
+        node: NodeId,
+        /// From when.
+        at: Time,
+    },
 }
 
 /// What a group simulation runs.
@@ -187,6 +196,10 @@ pub struct GroupConfig {
     pub max_steps: u64,
     /// Keep every trace line (else only the tail).
     pub record_trace: bool,
+    /// Simulated persistence (PROTOCOLS §4): each member logs the versions it delivers and
+    /// syncs them in rounds taking this long (one round covers everything appended before it
+    /// starts), reporting each durable version to its node. `None`: nothing is persisted.
+    pub sync_ns: Option<RangeInclusive<u64>>,
 }
 
 impl GroupConfig {
@@ -215,6 +228,7 @@ impl GroupConfig {
             end: Time(200_000_000),
             max_steps: 5_000_000,
             record_trace: false,
+            sync_ns: None,
         }
     }
 }
@@ -276,6 +290,26 @@ pub enum MemberEvent {
     JoinRefused(JoinRefusal),
     /// Something broke a rule: a violation reported, a bad payload, a push outside a row.
     Fault(String),
+    /// Simulated persistence: everything of `shard` up to `version` is durable here, and was
+    /// reported to the node.
+    Persisted {
+        /// The shard.
+        shard: ShardRef,
+        /// The version.
+        version: Version,
+    },
+    /// Simulated persistence: this member's node now says `version` of `shard` is durable at
+    /// every member of the shard (its global frontier grew to it).
+    GlobalPersisted {
+        /// The view it saw it in.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The version.
+        version: Version,
+    },
+    /// A log sync failed (planned): the member stopped.
+    StorageFailed,
 }
 
 /// A member event with its time and step.
@@ -312,6 +346,7 @@ enum Ev {
     Heal(usize),
     Wake { node: NodeId },
     JoinRetry { node: NodeId },
+    SyncDone { node: NodeId },
 }
 
 #[derive(Debug, Default)]
@@ -341,6 +376,18 @@ struct Member {
     /// Inputs waiting for a slow member's next tick.
     deferred: Vec<Input>,
     wake_at: Option<Time>,
+    disk: Disk,
+}
+
+/// A member's simulated log: the last version appended and durable per shard.
+#[derive(Debug, Default)]
+struct Disk {
+    appended: BTreeMap<ShardRef, Version>,
+    durable: BTreeMap<ShardRef, Version>,
+    /// What the sync under way covers.
+    in_flight: Option<BTreeMap<ShardRef, Version>>,
+    /// The global frontier last seen, per shard.
+    global_seen: BTreeMap<ShardRef, Version>,
 }
 
 /// The simulated group (see the module documentation).
@@ -356,6 +403,7 @@ pub struct GroupSim {
     net_rng: SimRng,
     work_rng: SimRng,
     crash_rng: SimRng,
+    disk_rng: SimRng,
     /// Directed links blocked, with the number of plans blocking each.
     blocked: BTreeMap<(NodeId, NodeId), u32>,
     last_arrival: BTreeMap<(NodeId, NodeId), Time>,
@@ -379,6 +427,8 @@ impl GroupSim {
     pub fn new(config: GroupConfig) -> Self {
         let mut root = SimRng::new(config.seed);
         let (net_rng, work_rng, crash_rng) = (root.fork(), root.fork(), root.fork());
+        // Forked after the others: seeds without persistence replay as before.
+        let disk_rng = root.fork();
         let layout: Rc<dyn LayoutFn> = if let Some(l) = &config.layout {
             l.clone()
         } else if config.shards <= 1 {
@@ -400,6 +450,7 @@ impl GroupSim {
             net_rng,
             work_rng,
             crash_rng,
+            disk_rng,
             blocked: BTreeMap::new(),
             last_arrival: BTreeMap::new(),
             broken: BTreeSet::new(),
@@ -436,6 +487,7 @@ impl GroupSim {
                     slow: None,
                     deferred: Vec::new(),
                     wake_at: None,
+                    disk: Disk::default(),
                 },
             );
             sim.record(id, MemberEvent::Installed(view.clone()));
@@ -453,7 +505,7 @@ impl GroupSim {
                 | Plan::Leave { at, .. }
                 | Plan::Slow { at, .. }
                 | Plan::Report { at, .. } => Some(*at),
-                Plan::CrashOnStep { .. } => None,
+                Plan::CrashOnStep { .. } | Plan::SyncFails { .. } => None,
             };
             if let Some(at) = at {
                 sim.schedule(at, Ev::Plan(i));
@@ -596,6 +648,7 @@ impl GroupSim {
                     self.run_member(node, inputs);
                 }
             }
+            Ev::SyncDone { node } => self.sync_done(node),
             Ev::JoinRetry { node } => {
                 let m = self.members.get(&node).expect("a member");
                 if m.alive && m.node.is_none() {
@@ -660,6 +713,7 @@ impl GroupSim {
                         slow: None,
                         deferred: Vec::new(),
                         wake_at: None,
+                        disk: Disk::default(),
                     },
                 );
                 self.send_ctrl(node, via, Ctrl::Join { node, address: address(node) });
@@ -674,7 +728,75 @@ impl GroupSim {
                     m.slow = Some((tick_ns.max(1), until));
                 }
             }
-            Plan::CrashOnStep { .. } => {}
+            Plan::CrashOnStep { .. } | Plan::SyncFails { .. } => {}
+        }
+    }
+
+    /// Starts a sync round at `id` if persistence is simulated, none is under way and something
+    /// is not durable yet.
+    fn maybe_sync(&mut self, id: NodeId) {
+        let Some(range) = self.config.sync_ns.clone() else { return };
+        let m = self.members.get_mut(&id).expect("a member");
+        if !m.alive || m.disk.in_flight.is_some() || m.disk.appended == m.disk.durable {
+            return;
+        }
+        m.disk.in_flight = Some(m.disk.appended.clone());
+        let at = self.now.plus_ns(self.disk_rng.range(range));
+        self.schedule(at, Ev::SyncDone { node: id });
+    }
+
+    /// A sync round ends: its versions are durable and reported, or the planned failure stops
+    /// the member.
+    fn sync_done(&mut self, id: NodeId) {
+        let now = self.now;
+        let fails =
+            self.config.plan.iter().any(|p| matches!(p, Plan::SyncFails { node, at } if *node == id && *at <= now));
+        let m = self.members.get_mut(&id).expect("a member");
+        let Some(covered) = m.disk.in_flight.take() else { return };
+        if !m.alive {
+            return;
+        }
+        if fails {
+            self.trace.record(format_args!("t={} sync fails n{}", now.0, id.0));
+            self.record(id, MemberEvent::StorageFailed);
+            self.crash(id);
+            return;
+        }
+        let mut reported = Vec::new();
+        if let Some(node) = m.node.as_mut() {
+            for (shard, version) in covered {
+                m.disk.durable.insert(shard, version);
+                node.report_persisted(shard, version);
+                reported.push((shard, version));
+            }
+        }
+        for (shard, version) in reported {
+            self.trace.record(format_args!("t={} durable n{} {shard} {version}", now.0, id.0));
+            self.record(id, MemberEvent::Persisted { shard, version });
+        }
+        self.activate(id, None);
+        self.maybe_sync(id);
+    }
+
+    /// Records growth of `id`'s global persistence frontiers.
+    fn observe_global(&mut self, id: NodeId) {
+        if self.config.sync_ns.is_none() {
+            return;
+        }
+        let m = self.members.get_mut(&id).expect("a member");
+        let Some(node) = m.node.as_ref() else { return };
+        let view = node.view().id;
+        let mut grown = Vec::new();
+        for s in &node.view().shards {
+            if let Some(v) = node.persisted_everywhere(s.id)
+                && m.disk.global_seen.get(&s.id).is_none_or(|&seen| seen < v)
+            {
+                m.disk.global_seen.insert(s.id, v);
+                grown.push((s.id, v));
+            }
+        }
+        for (shard, version) in grown {
+            self.record(id, MemberEvent::GlobalPersisted { view, shard, version });
         }
     }
 
@@ -913,6 +1035,8 @@ impl GroupSim {
         for (_, ev) in pending {
             self.schedule_event(ev);
         }
+        self.observe_global(id);
+        self.maybe_sync(id);
         let m = self.members.get_mut(&id).expect("a member");
         if let Some(t) = m.node.as_ref().and_then(Node::poll_timeout)
             && m.tick_at.is_none_or(|cur| t < cur)
@@ -1006,6 +1130,9 @@ impl GroupSim {
         });
         for (shard, sender, seq, version, from, index) in got {
             m.log.entry(shard).or_default().push((sender, seq));
+            if let Some(v) = version {
+                m.disk.appended.insert(shard, v);
+            }
             self.trace.record(format_args!(
                 "t={} deliver n{} v{} n{}#{} seq={seq} {}",
                 now.0,

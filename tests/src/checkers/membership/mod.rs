@@ -15,10 +15,12 @@
 //! * [`no_loss`]: every message a surviving sender had accepted is in every survivor's log.
 //! * [`liveness`]: after the faults heal, the survivors share one settled view and one log.
 //! * [`no_faults`]: no honest member is accused of breaking the protocol.
+//! * [`durability`]: a version said durable everywhere is durable at every member of the shard.
 
 use derecho::protocol::NodeId;
 use derecho::sim::{GroupSim, MemberRecord};
 
+pub mod durability;
 pub mod fifo_no_duplicates;
 pub mod liveness;
 pub mod no_faults;
@@ -27,6 +29,7 @@ pub mod single_trim;
 pub mod view_agreement;
 pub mod virtual_synchrony;
 
+pub use durability::Durability;
 pub use fifo_no_duplicates::FifoNoDuplicates;
 pub use liveness::Liveness;
 pub use no_faults::NoFaults;
@@ -70,6 +73,7 @@ impl GroupCheckers {
                 Box::new(SingleTrim::default()),
                 Box::new(VirtualSynchrony::default()),
                 Box::new(NoFaults),
+                Box::new(Durability::default()),
             ],
             seen: 0,
         }
