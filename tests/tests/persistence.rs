@@ -4,9 +4,11 @@
 //! their minimum; a joiner's log starts from the state it received; a member whose disk fills up
 //! stops with a fatal error and never reports the versions it could not write.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use derecho::Builder;
@@ -33,19 +35,29 @@ struct Member {
     group: Group,
     service: Service,
     kv: KvStoreClient,
+    /// The highest frontiers the `on_persisted` callback was told: local, global.
+    seen: Rc<Cell<(Option<Version>, Option<Version>)>>,
 }
 
 async fn member(me: u32, name: &str, contact: Option<SocketAddr>, dir: &Path) -> Member {
     let service = Service::new();
     service.host(SubgroupId(0), KvStore::default);
     service.persist_to(dir).expect("a log directory");
+    let seen = Rc::new(Cell::new((None, None)));
+    let s = seen.clone();
+    service.on_persisted(move |shard, local, global| {
+        assert_eq!(shard, SHARD);
+        let (l, g) = s.get();
+        // Frontiers told to the application only move forward within a view here.
+        s.set((l.max(local), g.max(global)));
+    });
     let group = match contact {
         None => builder(me, name).start(service.clone()).await.expect("start"),
         Some(c) => builder(me, name).join(c, service.clone()).await.expect("join"),
     };
     service.attach(group.sender());
     let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD));
-    Member { group, service, kv }
+    Member { group, service, kv, seen }
 }
 
 /// Removes a directory when dropped (also when the test panics).
@@ -101,6 +113,9 @@ fn every_replica_logs_every_call_and_the_global_frontier_is_their_minimum() {
             let (local, global) = m.service.persisted(SHARD);
             assert!(local >= Some(last), "{local:?} below {last}");
             assert!(global >= Some(last), "{global:?} below {last}");
+            // The callback was told as the frontiers moved.
+            let (told_local, told_global) = m.seen.get();
+            assert!(told_local >= Some(last) && told_global >= Some(last), "told {told_local:?}, {told_global:?}");
         }
         // Every member logged the same 50 calls, in order, their times going forward; the two
         // that joined start from the state they received.

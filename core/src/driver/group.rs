@@ -105,6 +105,17 @@ pub trait Application: 'static {
     /// be delivered or received.
     fn stopped(&mut self) {}
 
+    /// A persistence frontier of `shard` moved (PROTOCOLS §4): `local` is the highest version
+    /// durable here ([`GroupSender::report_persisted`]), `global` the highest durable at every
+    /// member of the shard in the current view.
+    fn persisted(
+        &mut self,
+        _shard: ShardRef,
+        _local: Option<crate::protocol::Version>,
+        _global: Option<crate::protocol::Version>,
+    ) {
+    }
+
     /// A request from an external client (a process outside the group) sent to this member's
     /// listener; the answer goes back to the client. `None`: this application serves none.
     fn external(&mut self, _request: &[u8]) -> Option<State> {
@@ -614,6 +625,9 @@ impl Settings {
     }
 }
 
+/// A shard's persistence frontiers: durable here, durable at every member.
+type Frontiers = (Option<crate::protocol::Version>, Option<crate::protocol::Version>);
+
 /// An earlier view: its id, its members, its transport while it lingers.
 type Lingering = (ViewId, Vec<NodeId>, Weak<AnyTransport>);
 
@@ -648,6 +662,11 @@ struct Inner {
     /// Scratch of `drain`.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
+    /// The persistence progress last seen, and whether a local frontier was reported since.
+    persisted_seen: Cell<u64>,
+    local_reported: Cell<bool>,
+    /// The frontiers last told to the application, per shard.
+    frontiers: RefCell<BTreeMap<ShardRef, Frontiers>>,
     /// States arriving in pieces, by sender, shard and view.
     state_pieces: RefCell<BTreeMap<(NodeId, ShardRef, ViewId), Vec<u8>>>,
     /// Earlier views, their members and their transports while they linger; closed (and
@@ -688,14 +707,34 @@ impl Inner {
             Err(_) => 0,
         };
         let acted = self.drain(&mut node);
-        let progress = node.window_progress()
-            ^ node.delivered_everywhere_progress().rotate_left(32)
-            ^ node.persisted_progress().rotate_left(16);
+        let persisted = node.persisted_progress();
+        let progress =
+            node.window_progress() ^ node.delivered_everywhere_progress().rotate_left(32) ^ persisted.rotate_left(16);
         if progress != self.window_seen.get() {
             self.window_seen.set(progress);
             self.wake_all();
         }
+        if persisted != self.persisted_seen.get() || self.local_reported.replace(false) {
+            self.persisted_seen.set(persisted);
+            self.frontiers_moved(&node);
+        }
         delivered + acted
+    }
+
+    /// Tells the application of every shard whose persistence frontiers moved.
+    fn frontiers_moved(&self, node: &Node<RegionMemory>) {
+        let Ok(mut app) = self.app.try_borrow_mut() else {
+            self.local_reported.set(true); // told at the next step instead
+            return;
+        };
+        let mut seen = self.frontiers.borrow_mut();
+        for s in node.view().shards.iter().filter(|s| s.members.contains(&self.settings.me)) {
+            let now = (node.persisted_here(s.id), node.persisted_everywhere(s.id));
+            if now != (None, None) && seen.get(&s.id) != Some(&now) {
+                seen.insert(s.id, now);
+                app.persisted(s.id, now.0, now.1);
+            }
+        }
     }
 
     /// See [`Group::settle`].
@@ -1227,6 +1266,7 @@ impl GroupSender {
     pub fn report_persisted(&self, shard: ShardRef, version: crate::protocol::Version) {
         let Ok(inner) = self.inner() else { return };
         inner.node.borrow_mut().report_persisted(shard, version);
+        inner.local_reported.set(true);
         inner.step();
     }
 
@@ -1495,6 +1535,9 @@ impl Group {
             push_errors: RefCell::new(Vec::new()),
             lingering: RefCell::new(Vec::new()),
             state_pieces: RefCell::new(BTreeMap::new()),
+            persisted_seen: Cell::new(0),
+            local_reported: Cell::new(false),
+            frontiers: RefCell::new(BTreeMap::new()),
         });
         if let Some(change) = joined {
             inner.app.borrow_mut().view_installed(&change);

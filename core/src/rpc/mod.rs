@@ -458,6 +458,8 @@ struct ServiceInner {
     delivered: RefCell<BTreeMap<ShardRef, Version>>,
     /// Stable queries waiting for their shard to settle (at most [`QUEUE_LEN_MAX`]).
     stable_waiting: Cell<usize>,
+    /// Called when a shard's persistence frontiers move ([`Service::on_persisted`]).
+    persist_callbacks: RefCell<Vec<PersistCallback>>,
     /// Where shards' logs go ([`Service::persist_to`]); `None`: nothing is persisted.
     persist_dir: RefCell<Option<std::path::PathBuf>>,
     /// The log of each shard this member persists.
@@ -472,6 +474,9 @@ struct ServiceInner {
     /// last one that is (for the stable time of queries).
     recent_times: RefCell<BTreeMap<ShardRef, VecDeque<(Version, u64)>>>,
 }
+
+/// A callback on persistence frontiers: the shard, the local frontier, the global one.
+type PersistCallback = Box<dyn FnMut(ShardRef, Option<Version>, Option<Version>)>;
 
 /// A shard's log: every ordered call delivered in the shard, in order, with its version and
 /// timestamp (the operation log of the whole object: one write and one sync cover every field
@@ -505,6 +510,7 @@ impl Default for ServiceInner {
             external: Rc::new(Cell::new(0)),
             delivered: RefCell::default(),
             stable_waiting: Cell::new(0),
+            persist_callbacks: RefCell::default(),
             persist_dir: RefCell::default(),
             logs: RefCell::default(),
             clock: Cell::new(crate::persist::HlcClock::new()),
@@ -563,6 +569,14 @@ impl Service {
         std::fs::create_dir_all(&dir)?;
         *self.inner.persist_dir.borrow_mut() = Some(dir);
         Ok(self)
+    }
+
+    /// Calls `f` with a shard and its frontiers (durable here, durable at every member of the
+    /// shard) each time one of them moves. `f` runs inside the group's driver: it must be
+    /// quick and must not call the service or the group (spawn a task for that).
+    pub fn on_persisted(&self, f: impl FnMut(ShardRef, Option<Version>, Option<Version>) + 'static) -> &Self {
+        self.inner.persist_callbacks.borrow_mut().push(Box::new(f));
+        self
     }
 
     /// The persistence frontiers of `shard` (see [`crate::driver::GroupSender::persisted`]):
@@ -1495,6 +1509,12 @@ impl Application for Service {
         // The log starts from the state as it came: time and archive.
         self.inner.open_log(shard, Some(framed));
         Ok(())
+    }
+
+    fn persisted(&mut self, shard: ShardRef, local: Option<Version>, global: Option<Version>) {
+        for f in self.inner.persist_callbacks.borrow_mut().iter_mut() {
+            f(shard, local, global);
+        }
     }
 
     fn view_installed(&mut self, change: &ViewChange) {
