@@ -159,6 +159,9 @@ mod tests {
         p.trim_before(v(5));
         assert_eq!(p.at_version(v(5)).unwrap(), Some((v(4), &"b")));
         assert!(p.at_version(v(1)).is_err());
+        // A time whose value was trimmed away is refused, not answered "nothing".
+        assert_eq!(p.at_time_with(Hlc(20), Hlc(30)).unwrap(), Some((v(4), &"b")));
+        assert!(matches!(p.at_time_with(Hlc(15), Hlc(30)), Err(VersionError::TrimmedTime { .. })));
     }
 
     #[test]

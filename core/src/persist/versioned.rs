@@ -36,6 +36,15 @@ pub enum VersionError {
         /// The oldest version kept.
         oldest: Version,
     },
+    /// A time before the oldest version kept, after a trim: the value then may have been
+    /// trimmed away.
+    #[error("time {asked:?} is before the oldest time kept after a trim, {oldest:?}")]
+    TrimmedTime {
+        /// What was asked.
+        asked: Hlc,
+        /// The oldest time kept (`None`: nothing is kept).
+        oldest: Option<Hlc>,
+    },
     /// A value set outside an ordered call's handler: there is no version to set it at.
     #[error("a persistent value is set inside an ordered call's handler, at the call's version")]
     NotInAnUpdate,
@@ -136,6 +145,9 @@ impl<T> Versioned<T> {
             return Err(VersionError::BeyondStable { asked: t, stable });
         }
         let i = self.entries.partition_point(|(_, h, _)| *h <= t);
+        if i == 0 && self.trimmed_before.is_some() {
+            return Err(VersionError::TrimmedTime { asked: t, oldest: self.entries.front().map(|e| e.1) });
+        }
         Ok(i.checked_sub(1).map(|i| (self.entries[i].0, &self.entries[i].2)))
     }
 
