@@ -334,3 +334,36 @@ impl MemberProcesses {
         }
     }
 }
+
+/// A member process's commands from its parent ([`MemberProcesses`]), read from standard input
+/// by a thread: 0 before `go`, 1 after it, 2 after `exit` or the end of input.
+#[derive(Clone, Debug)]
+pub struct Commands(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Commands {
+    /// Starts reading standard input.
+    pub fn from_stdin() -> Self {
+        use std::io::BufRead;
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                match line.as_str() {
+                    "go" => s.store(1, Ordering::Release),
+                    "exit" => s.store(2, Ordering::Release),
+                    _ => {}
+                }
+            }
+            s.store(2, Ordering::Release);
+        });
+        Self(state)
+    }
+
+    /// Waits (polling every millisecond on the executor) until `go` (1) or `exit` (2) came.
+    pub async fn wait_for(&self, at_least: u8) {
+        while self.0.load(std::sync::atomic::Ordering::Acquire) < at_least {
+            derecho::runtime::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

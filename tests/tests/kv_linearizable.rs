@@ -25,24 +25,13 @@ use derecho::Builder;
 use derecho::driver::{Group, GroupBuilder};
 use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
+use derecho::sim::SimRng;
 use derecho_examples::kv::{KvStore, KvStoreClient};
 use derecho_tests::checkers::linearizability::{Op, OpKind, check};
 
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
 const WAIT: Duration = Duration::from_secs(20);
 const KEYS: [&str; 3] = ["apple", "pear", "plum"];
-
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
 
 fn builder(me: u32) -> GroupBuilder {
     let membership =
@@ -68,7 +57,7 @@ type History = Rc<RefCell<BTreeMap<String, Vec<Op>>>>;
 
 /// One client: `count` operations, recording each with logical invoke and response times.
 async fn client(id: u32, kv: KvStoreClient, seed: u64, count: u32, clock: Rc<Cell<u64>>, history: History) {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(id) | 1);
+    let mut rng = SimRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(id) | 1);
     let tick = || {
         clock.set(clock.get() + 1);
         clock.get()

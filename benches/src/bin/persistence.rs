@@ -23,11 +23,9 @@
 //! ```
 
 use std::cell::Cell;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use derecho::driver::GroupBuilder;
@@ -35,9 +33,8 @@ use derecho::persist::DurableLog;
 use derecho::protocol::{Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId, Version};
 use derecho::rpc::Service;
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
-use derecho::runtime::time;
 use derecho::{Builder, available_cores, spawn};
-use derecho_benches::{MemberProcesses, Record, arg, flag, percentile};
+use derecho_benches::{Commands, MemberProcesses, Record, arg, flag, percentile};
 
 const BENCH: &str = "persistence";
 
@@ -144,27 +141,7 @@ fn member(args: &[String]) {
     if !cores.is_empty() {
         b = b.pin_to_core(cores[me as usize % cores.len()]);
     }
-    // The parent's "go" (1) and "exit" (2), read by a thread.
-    let state = Arc::new(AtomicU8::new(0));
-    let st = state.clone();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            match line.as_str() {
-                "go" => st.store(1, Ordering::Release),
-                "exit" => st.store(2, Ordering::Release),
-                _ => {}
-            }
-        }
-        st.store(2, Ordering::Release);
-    });
-    let wait_for = move |at_least: u8| {
-        let state = state.clone();
-        async move {
-            while state.load(Ordering::Acquire) < at_least {
-                time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    };
+    let commands = Commands::from_stdin();
     b.build().expect("executor").block_on(async move {
         let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
         let membership = MembershipConfig { suspect_after_ns: 2_000_000_000, ..MembershipConfig::default() };
@@ -183,7 +160,7 @@ fn member(args: &[String]) {
         println!("listening {}", group.local_addr());
         group.wait_view(Duration::from_secs(60), |v| v.members.len() == MEMBERS as usize).await.expect("three");
         println!("ready");
-        wait_for(1).await;
+        commands.wait_for(1).await;
         let handle = service.handle::<Sink>(SHARD);
         let client = SinkClient::new(handle.clone());
         let payload = vec![7u8; size];
@@ -224,7 +201,7 @@ fn member(args: &[String]) {
         }
         std::io::stdout().flush().ok();
         // Stay until the parent says so: the others may still need this member's frontier.
-        wait_for(2).await;
+        commands.wait_for(2).await;
         group.close().await;
     });
 }

@@ -21,19 +21,16 @@
 //! ```
 
 use std::cell::Cell;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::protocol::{Delivered, Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
 use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
-use derecho::runtime::time;
 use derecho::{available_cores, spawn};
-use derecho_benches::{MemberProcesses, Record, arg, flag};
+use derecho_benches::{Commands, MemberProcesses, Record, arg, flag};
 
 const BENCH: &str = "rpc";
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
@@ -64,29 +61,6 @@ impl Sink {
     }
 }
 
-/// Control from the parent, read from standard input by a thread: 0 wait, 1 go, 2 exit.
-fn control() -> Arc<AtomicU8> {
-    let state = Arc::new(AtomicU8::new(0));
-    let s = state.clone();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            match line.as_str() {
-                "go" => s.store(1, Ordering::Release),
-                "exit" => s.store(2, Ordering::Release),
-                _ => {}
-            }
-        }
-        s.store(2, Ordering::Release);
-    });
-    state
-}
-
-async fn wait_for(state: &AtomicU8, at_least: u8) {
-    while state.load(Ordering::Acquire) < at_least {
-        time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 fn member(args: &[String]) {
     derecho_benches::log_from_env();
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
@@ -97,7 +71,7 @@ fn member(args: &[String]) {
     let mode = arg(args, "--mode").expect("--mode").to_string();
     let core = arg(args, "--core").map(|c| c.parse::<usize>().expect("a core"));
     let shm_dir = arg(args, "--shm-dir").map(str::to_string);
-    let state = control();
+    let commands = Commands::from_stdin();
     let mut b = derecho::Builder::new().spin_budget(Duration::from_micros(SPIN_US));
     b = match core {
         Some(c) => b.pin_to_core(c),
@@ -142,7 +116,7 @@ fn member(args: &[String]) {
         println!("listening {}", group.local_addr());
         group.wait_view(Duration::from_secs(60), |v| v.members.len() == MEMBERS as usize).await.expect("three members");
         println!("ready");
-        wait_for(&state, 1).await;
+        commands.wait_for(1).await;
         let start = Instant::now();
         let deadline = start + Duration::from_secs(secs);
         let done = Rc::new(Cell::new(0u64));
@@ -176,7 +150,7 @@ fn member(args: &[String]) {
         let count = if mode == "multicast" { delivered.get() } else { done.get() };
         println!("done {count} {}", elapsed.as_nanos());
         std::io::stdout().flush().ok();
-        wait_for(&state, 2).await;
+        commands.wait_for(2).await;
         group.close().await;
     });
 }

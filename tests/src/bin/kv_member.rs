@@ -29,24 +29,13 @@ use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
 use derecho::runtime::time;
+use derecho::sim::SimRng;
 use derecho_examples::kv::{KvStore, KvStoreClient};
 
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
 /// The keys every client works on.
 pub const KEYS: [&str; 3] = ["apple", "pear", "plum"];
 const CLIENTS: u32 = 2;
-
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
 
 fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -76,8 +65,9 @@ struct Phase {
 }
 
 async fn client(id: u32, phase: Rc<Phase>, kv: KvStoreClient, seed: u64, history: Rc<History>) {
-    let mut rng =
-        Rng((seed ^ u64::from(id) << 32 ^ u64::from(phase.number) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = SimRng::new(
+        (seed ^ u64::from(id) << 32 ^ u64::from(phase.number) << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+    );
     let (ops, pace, stall_after) = (phase.ops, phase.pace, phase.stall_after);
     let phase = phase.number;
     for i in 0..ops {
