@@ -714,26 +714,42 @@ impl Inner {
             self.window_seen.set(progress);
             self.wake_all();
         }
-        if persisted != self.persisted_seen.get() || self.local_reported.replace(false) {
+        let local = self.local_reported.replace(false);
+        if persisted != self.persisted_seen.get() || local {
             self.persisted_seen.set(persisted);
-            self.frontiers_moved(&node);
+            let moved = self.frontiers_moved(&node);
+            // Told with the node released: the application may read the frontiers.
+            drop(node);
+            self.tell_frontiers(moved);
         }
         delivered + acted
     }
 
-    /// Tells the application of every shard whose persistence frontiers moved.
-    fn frontiers_moved(&self, node: &Node<RegionMemory>) {
+    /// The shards whose persistence frontiers moved since the application was last told.
+    fn frontiers_moved(&self, node: &Node<RegionMemory>) -> Vec<(ShardRef, Frontiers)> {
+        let seen = self.frontiers.borrow();
+        node.view()
+            .shards
+            .iter()
+            .filter(|s| s.members.contains(&self.settings.me))
+            .map(|s| (s.id, (node.persisted_here(s.id), node.persisted_everywhere(s.id))))
+            .filter(|(id, now)| *now != (None, None) && seen.get(id) != Some(now))
+            .collect()
+    }
+
+    /// Tells the application of moved frontiers (at the next step if it is busy).
+    fn tell_frontiers(&self, moved: Vec<(ShardRef, Frontiers)>) {
+        if moved.is_empty() {
+            return;
+        }
         let Ok(mut app) = self.app.try_borrow_mut() else {
-            self.local_reported.set(true); // told at the next step instead
+            self.local_reported.set(true);
             return;
         };
         let mut seen = self.frontiers.borrow_mut();
-        for s in node.view().shards.iter().filter(|s| s.members.contains(&self.settings.me)) {
-            let now = (node.persisted_here(s.id), node.persisted_everywhere(s.id));
-            if now != (None, None) && seen.get(&s.id) != Some(&now) {
-                seen.insert(s.id, now);
-                app.persisted(s.id, now.0, now.1);
-            }
+        for (shard, now) in moved {
+            seen.insert(shard, now);
+            app.persisted(shard, now.0, now.1);
         }
     }
 

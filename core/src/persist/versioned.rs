@@ -156,7 +156,9 @@ impl<T> Versioned<T> {
     pub fn trim_before(&mut self, version: Version) {
         let keep_from = self.entries.partition_point(|(v, _, _)| *v <= version).saturating_sub(1);
         self.entries.drain(..keep_from);
-        self.trimmed_before = Some(self.trimmed_before.map_or(version, |t| t.max(version)));
+        if keep_from > 0 || self.trimmed_before.is_some() {
+            self.trimmed_before = Some(self.trimmed_before.map_or(version, |t| t.max(version)));
+        }
     }
 }
 

@@ -606,14 +606,18 @@ impl Service {
         self.inner.set_view(sender.view());
         self.inner.me.set(sender.me());
         *self.inner.sender.borrow_mut() = Some(sender.clone());
-        // What became durable before (a joiner's state) is published now.
-        for (shard, slog) in self.inner.logs.borrow().iter() {
-            if let Some(p) = slog.log.persisted() {
-                sender.report_persisted(*shard, Version::from_u64(p));
-            }
-        }
-        if let Some(reason) = self.inner.persist_failed.borrow().as_ref() {
+        // A log that failed before: this member cannot go on.
+        let failed = self.inner.persist_failed.borrow().clone();
+        if let Some(reason) = failed {
             sender.fatal(&format!("persistence failed: {reason}"));
+            return;
+        }
+        // What became durable before (a joiner's state) is published now (collected first:
+        // reporting runs the group, which may deliver into this service).
+        let durable: Vec<(ShardRef, u64)> =
+            self.inner.logs.borrow().iter().filter_map(|(s, l)| l.log.persisted().map(|p| (*s, p))).collect();
+        for (shard, p) in durable {
+            sender.report_persisted(shard, Version::from_u64(p));
         }
         self.refresh_replicas();
         let weak = Rc::downgrade(&self.inner);
@@ -1052,13 +1056,17 @@ impl ServiceInner {
         // The sender is looked up at each report: a joiner's first log (its state) is flushed
         // before the service is attached ([`Service::attach`] republishes what was durable).
         let weak = Rc::downgrade(self);
-        let sender = move || weak.upgrade().and_then(|i| i.sender.borrow().clone());
+        let sender = {
+            let weak = weak.clone();
+            move || weak.upgrade().and_then(|i| i.sender.borrow().clone())
+        };
         drop(crate::spawn(async move {
             while let Some(target) = slog.log.last_appended() {
                 if let Err(e) = slog.log.persist(target).await {
-                    // Never retried: what a failed sync wrote cannot be trusted.
-                    if let Some(s) = sender() {
-                        s.fatal(&format!("the log of {shard} failed: {e}"));
+                    // Never retried: what a failed sync wrote cannot be trusted. Recorded, so
+                    // that a service not attached yet stops its member when it is.
+                    if let Some(inner) = weak.upgrade() {
+                        inner.persistence_failed(format!("the log of {shard} failed: {e}"));
                     }
                     return;
                 }
@@ -1512,9 +1520,14 @@ impl Application for Service {
     }
 
     fn persisted(&mut self, shard: ShardRef, local: Option<Version>, global: Option<Version>) {
-        for f in self.inner.persist_callbacks.borrow_mut().iter_mut() {
+        // Taken out while they run: a callback may register another.
+        let mut callbacks = std::mem::take(&mut *self.inner.persist_callbacks.borrow_mut());
+        for f in &mut callbacks {
             f(shard, local, global);
         }
+        let mut cell = self.inner.persist_callbacks.borrow_mut();
+        callbacks.append(&mut cell);
+        *cell = callbacks;
     }
 
     fn view_installed(&mut self, change: &ViewChange) {

@@ -386,8 +386,8 @@ struct Disk {
     durable: BTreeMap<ShardRef, Version>,
     /// What the sync under way covers.
     in_flight: Option<BTreeMap<ShardRef, Version>>,
-    /// The global frontier last seen, per shard.
-    global_seen: BTreeMap<ShardRef, Version>,
+    /// The global frontier last seen, per view and shard.
+    global_seen: BTreeMap<(ViewId, ShardRef), Version>,
 }
 
 /// The simulated group (see the module documentation).
@@ -789,9 +789,9 @@ impl GroupSim {
         let mut grown = Vec::new();
         for s in &node.view().shards {
             if let Some(v) = node.persisted_everywhere(s.id)
-                && m.disk.global_seen.get(&s.id).is_none_or(|&seen| seen < v)
+                && m.disk.global_seen.get(&(view, s.id)).is_none_or(|&seen| seen < v)
             {
-                m.disk.global_seen.insert(s.id, v);
+                m.disk.global_seen.insert((view, s.id), v);
                 grown.push((s.id, v));
             }
         }
@@ -945,6 +945,12 @@ impl GroupSim {
                     return; // a second source's copy
                 }
                 m.log.insert(shard, log.to_vec());
+                if self.config.sync_ns.is_some() {
+                    // As the service does: the state is the log's first record, durable at once
+                    // (everything before this view's first message).
+                    let before = Version::from_u64(Version::new(view, 0).as_u64().saturating_sub(1));
+                    m.disk.appended.insert(shard, before);
+                }
                 self.record(to, MemberEvent::StateReceived { shard, len: log.len() });
                 self.activate(to, Some(Input::StateReceived(shard)));
             }
