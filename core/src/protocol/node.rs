@@ -840,10 +840,15 @@ impl<M: SstMemory> Node<M> {
         (v > 0).then(|| Version::from_u64(v - 1))
     }
 
-    /// A number that grows whenever a shard's global persistence frontier does: a driver wakes
-    /// what waits on [`Node::persisted_everywhere`] when it changes.
+    /// A number that changes whenever a shard's global persistence frontier does: a driver
+    /// wakes what waits on [`Node::persisted_everywhere`] when it changes.
     pub fn persisted_progress(&self) -> u64 {
-        self.shards.iter().map(|s| s.persisted_everywhere(&self.mem)).fold(0, u64::wrapping_add)
+        // Mixed shard by shard (not summed): one frontier rising while another falls at a view
+        // change still changes the number.
+        self.shards
+            .iter()
+            .map(|s| s.persisted_everywhere(&self.mem))
+            .fold(self.view.id.0.into(), |acc: u64, v| acc.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ v)
     }
 
     /// A number that grows whenever, in some shard, every member has delivered more: a driver
