@@ -1037,7 +1037,9 @@ mod tests {
         let ex = Builder::new().spin_budget(Duration::from_secs(2)).spin_yield(true).build().unwrap();
         ex.block_on(async { crate::time::sleep(Duration::from_millis(10)).await });
         let s = ex.stats();
-        assert!(s.iterations > 10, "did not spin: {s:?}");
+        // Yielding gives the core to other threads (tests run in parallel on two cores), so
+        // the loop may turn only a few times: what shows it spins is that it never parked.
+        assert!(s.iterations >= 2, "did not loop: {s:?}");
         assert_eq!(s.parks, 0, "parked within the spin budget: {s:?}");
         ex.block_on(async {
             set_spin_budget(Duration::from_millis(1));
