@@ -45,11 +45,7 @@ fn builder(me: u32) -> GroupBuilder {
 async fn member(me: u32, contact: Option<SocketAddr>) -> (Group, KvStoreClient) {
     let service = Service::new();
     service.host(SubgroupId(0), KvStore::default);
-    let group = match contact {
-        None => builder(me).start(service.clone()).await.expect("start"),
-        Some(c) => builder(me).join(c, service.clone()).await.expect("join"),
-    };
-    service.attach(group.sender());
+    let group = service.start_or_join(builder(me), contact).await.expect("start or join");
     (group, KvStoreClient::new(service.handle::<KvStore>(SHARD).stable_reads()))
 }
 

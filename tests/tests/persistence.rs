@@ -51,11 +51,7 @@ async fn member(me: u32, name: &str, contact: Option<SocketAddr>, dir: &Path) ->
         // Frontiers told to the application only move forward within a view here.
         s.set((l.max(local), g.max(global)));
     });
-    let group = match contact {
-        None => builder(me, name).start(service.clone()).await.expect("start"),
-        Some(c) => builder(me, name).join(c, service.clone()).await.expect("join"),
-    };
-    service.attach(group.sender());
+    let group = service.start_or_join(builder(me, name), contact).await.expect("start or join");
     let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD));
     Member { group, service, kv, seen }
 }

@@ -91,11 +91,7 @@ struct Member {
 async fn member(me: u32, contact: Option<SocketAddr>) -> Member {
     let service = Service::new();
     service.host(SubgroupId(0), Store::default);
-    let group = match contact {
-        None => builder(me).start(service.clone()).await.expect("start"),
-        Some(c) => builder(me).join(c, service.clone()).await.expect("join"),
-    };
-    service.attach(group.sender());
+    let group = service.start_or_join(builder(me), contact).await.expect("start or join");
     let store = StoreClient::new(service.handle::<Store>(SHARD));
     Member { group, service, store }
 }
@@ -271,11 +267,7 @@ impl Journal {
 async fn journal_member(me: u32, contact: Option<SocketAddr>) -> (Group, Service, JournalClient) {
     let service = Service::new();
     service.host(SubgroupId(0), Journal::default);
-    let group = match contact {
-        None => builder(me).start(service.clone()).await.expect("start"),
-        Some(c) => builder(me).join(c, service.clone()).await.expect("join"),
-    };
-    service.attach(group.sender());
+    let group = service.start_or_join(builder(me), contact).await.expect("start or join");
     let client = JournalClient::new(service.handle::<Journal>(SHARD));
     (group, service, client)
 }

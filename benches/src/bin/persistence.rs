@@ -152,11 +152,7 @@ fn member(args: &[String]) {
         let service = Service::new();
         service.host(SubgroupId(0), Sink::default);
         service.persist_to(&dir).expect("a log directory");
-        let group = match contact {
-            None => builder.start(service.clone()).await.expect("start"),
-            Some(c) => builder.join(c, service.clone()).await.expect("join"),
-        };
-        service.attach(group.sender());
+        let group = service.start_or_join(builder, contact).await.expect("start or join");
         println!("listening {}", group.local_addr());
         group.wait_view(Duration::from_secs(60), |v| v.members.len() == MEMBERS as usize).await.expect("three");
         println!("ready");

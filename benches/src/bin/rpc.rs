@@ -106,12 +106,7 @@ fn member(args: &[String]) {
             }
             .expect("group")
         } else {
-            let g = match contact {
-                None => builder.start(service.clone()).await.expect("start"),
-                Some(c) => builder.join(c, service.clone()).await.expect("join"),
-            };
-            service.attach(g.sender());
-            g
+            service.start_or_join(builder, contact).await.expect("start or join")
         };
         println!("listening {}", group.local_addr());
         group.wait_view(Duration::from_secs(60), |v| v.members.len() == MEMBERS as usize).await.expect("three members");

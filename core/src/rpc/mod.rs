@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 
-use crate::driver::{Application, GroupSendError, GroupSender, SendToError, State, ViewChange, app_frame};
+use crate::driver::{Application, GroupSendError, GroupSender, JoinError, SendToError, State, ViewChange, app_frame};
 use crate::persist::Hlc;
 use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
 use wire::{HEADER_LEN, Header, Kind};
@@ -600,6 +600,25 @@ impl Service {
         self
     }
 
+    /// Starts a new group (no `contact`) or joins the group of the member at `contact`, with
+    /// this service as the application, and attaches the service to it.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::driver::GroupBuilder::join`] (a failed start is [`JoinError::Start`]).
+    pub async fn start_or_join(
+        &self,
+        builder: crate::driver::GroupBuilder,
+        contact: Option<std::net::SocketAddr>,
+    ) -> Result<crate::driver::Group, JoinError> {
+        let group = match contact {
+            None => builder.start(self.clone()).await?,
+            Some(c) => builder.join(c, self.clone()).await?,
+        };
+        self.attach(group.sender());
+        Ok(group)
+    }
+
     /// Connects the service to its group (once the group started or joined): replies and
     /// queries go out through `sender`.
     pub fn attach(&self, sender: GroupSender) {
@@ -1150,6 +1169,9 @@ impl ServiceInner {
     /// The time of `shard`'s global persistence frontier plus one, 0 if there is none (what a
     /// query's header carries into [`CallContext::stable_time`]).
     fn stable_time_field(&self, shard: ShardRef) -> u64 {
+        if self.persist_dir.borrow().is_none() {
+            return 0; // nothing is persisted: there is no stable time
+        }
         let Some(global) = self.sender.borrow().as_ref().and_then(|s| s.persisted(shard).1) else { return 0 };
         let mut recent = self.recent_times.borrow_mut();
         let Some(q) = recent.get_mut(&shard) else { return 0 };
@@ -1347,29 +1369,27 @@ impl Application for Service {
             tracing::warn!(sender = %d.sender, ?h, "a delivered call with a wrong header: ignored");
             return;
         }
-        if d.version.is_none() {
+        let Some(version) = d.version else {
             // Without a total order, replicas would apply calls in different orders.
             let e = HandlerError::NoSuchMethod { ty: "an unordered shard", method: h.method, kind: "ordered" };
             inner.finish(h, None, h.caller, Err(e));
             return;
-        }
+        };
         if !inner.ensure_replica(&mut inner.replicas.borrow_mut(), d.shard) {
             tracing::warn!(shard = %d.shard, "a call for a shard with no registered type: ignored");
             return;
         }
         // The version's time: the caller's clock (carried in the call's version field), made
         // to go forward in the shard's order, so the same at every replica.
-        let mut h = h;
-        if let Some(version) = d.version {
+        let time = {
             let mut times = inner.times.borrow_mut();
-            let last = times.get(&d.shard).copied().unwrap_or(0);
+            let last = times.entry(d.shard).or_insert(0);
             // A stamp is the caller's to choose: capped, so that times can always go forward.
-            let time = h.version.as_u64().min(u64::MAX >> 1).max(last.saturating_add(1));
-            times.insert(d.shard, time);
-            drop(times);
-            inner.log_call(d.shard, version, time, d.payload);
-            h.version = Version::from_u64(time);
-        }
+            *last = h.version.as_u64().min(u64::MAX >> 1).max(last.saturating_add(1));
+            *last
+        };
+        inner.log_call(d.shard, version, time, d.payload);
+        let h = Header { version: Version::from_u64(time), ..h };
         if Some(h.caller) == inner.me.get()
             && let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
         {
@@ -1379,9 +1399,9 @@ impl Application for Service {
                 p.replies.retain(|n, _| members.contains(n));
                 p.expected = Some(members.clone());
             }
-            p.version = d.version;
+            p.version = Some(version);
         }
-        inner.run_or_queue(h, d.version, h.caller, args);
+        inner.run_or_queue(h, Some(version), h.caller, args);
     }
 
     fn receive(&mut self, from: NodeId, body: &[u8]) {

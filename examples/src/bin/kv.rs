@@ -87,11 +87,7 @@ fn member(args: &[String]) -> Result<(), String> {
         if let Some(dir) = &persist {
             service.persist_to(dir).map_err(|e| format!("--persist {}: {e}", dir.display()))?;
         }
-        let group = match config.contact {
-            None => config.builder().start(service.clone()).await.map_err(|e| e.to_string())?,
-            Some(c) => config.builder().join(c, service.clone()).await.map_err(|e| e.to_string())?,
-        };
-        service.attach(group.sender());
+        let group = service.start_or_join(config.builder(), config.contact).await.map_err(|e| e.to_string())?;
         // ANCHOR_END: host
         println!("member {}: listening {}", config.me.0, group.local_addr());
         loop {

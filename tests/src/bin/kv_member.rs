@@ -146,11 +146,7 @@ fn main() {
         }
         let service = Service::new();
         service.host(SubgroupId(0), KvStore::default);
-        let group = match contact {
-            None => builder.start(service.clone()).await.expect("start"),
-            Some(c) => builder.join(c, service.clone()).await.expect("join"),
-        };
-        service.attach(group.sender());
+        let group = service.start_or_join(builder, contact).await.expect("start or join");
         println!("listening {}", group.local_addr());
         group.wait_view(Duration::from_secs(30), |v| v.members.len() == 3).await.expect("a view of three");
         println!("ready");
