@@ -430,6 +430,13 @@ impl TcpStream {
         if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) }
     }
 
+    /// Shuts down the sending direction: the kernel sends what it holds, then end of stream.
+    /// Receiving goes on.
+    pub fn shutdown_write(&self) {
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+    }
+
     /// Shuts down both directions (the peer sees end of stream); in-flight operations fail.
     pub fn shutdown(&self) {
         // SAFETY: plain syscall on a descriptor we own.

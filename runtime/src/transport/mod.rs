@@ -553,11 +553,16 @@ pub(crate) struct EventQueue {
     queued_len: std::cell::Cell<usize>,
     waker: std::cell::RefCell<Option<std::task::Waker>>,
     room_wakers: std::cell::RefCell<Vec<std::task::Waker>>,
+    /// Set while the transport closes: frames are dropped on arrival and receiving never pauses.
+    dropping_frames: std::cell::Cell<bool>,
 }
 
 impl EventQueue {
     pub(crate) fn push(&self, e: TransportEvent) {
         if let TransportEvent::Frame { frame, .. } = &e {
+            if self.dropping_frames.get() {
+                return;
+            }
             self.queued_len.set(self.queued_len.get() + frame.len());
         }
         self.events.borrow_mut().push_back(e);
@@ -571,7 +576,16 @@ impl EventQueue {
     }
 
     pub(crate) fn has_room(&self) -> bool {
-        self.len() < EVENTS_QUEUED_MAX && self.queued_len.get() < EVENTS_QUEUED_LEN_MAX
+        self.dropping_frames.get() || (self.len() < EVENTS_QUEUED_MAX && self.queued_len.get() < EVENTS_QUEUED_LEN_MAX)
+    }
+
+    /// From now on, frames that arrive are dropped (the transport is closing and nobody will read
+    /// them), so that receiving never pauses for room; paused receivers resume.
+    pub(crate) fn drop_frames_from_now(&self) {
+        self.dropping_frames.set(true);
+        for w in self.room_wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
     }
 
     /// Waits until the queue has room for more frames.

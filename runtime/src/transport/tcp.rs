@@ -142,6 +142,8 @@ struct Inner {
     /// Per (region, peer): the only range that peer's pushes may write.
     push_windows: RefCell<BTreeMap<(RegionId, PeerId), Range<usize>>>,
     events: EventQueue,
+    /// Set when [`TcpTransport::close`] begins: no more heartbeats.
+    closing: Cell<bool>,
     closed: Cell<bool>,
     pool: BufPool,
     checksum_body_len_max: usize,
@@ -814,6 +816,7 @@ impl TcpTransport {
             regions: RefCell::new(BTreeMap::new()),
             push_windows: RefCell::new(BTreeMap::new()),
             events: EventQueue::default(),
+            closing: Cell::new(false),
             closed: Cell::new(false),
             pool: BufPool::new(limits.max_frame_len.max(8 << 20)),
             checksum_body_len_max,
@@ -835,9 +838,17 @@ impl TcpTransport {
         self.inner.conns.get(&peer).filter(|c| !c.failed.get()).map(|c| c.last_recv.get())
     }
 
-    /// Says goodbye to every live peer, waits (at most `linger`) for queued bytes to leave, and
-    /// closes every connection. Peers see [`PeerFailure::Closed`].
+    /// Says goodbye to every live peer, waits (at most `linger`) until each peer has read
+    /// everything up to the goodbye and closed its end, and closes every connection. Peers see
+    /// [`PeerFailure::Closed`] after every frame sent before. Frames that arrive meanwhile are
+    /// dropped.
+    ///
+    /// Waiting for the peer's end matters: closing a socket that still holds unread bytes (a
+    /// peer's heartbeat, say) sends a reset, the kernel drops what it had not yet sent, and the
+    /// peer learns of the reset before it has read everything.
     pub async fn close(&self, linger: Duration) {
+        self.inner.closing.set(true);
+        self.inner.events.drop_frames_from_now();
         for c in self.inner.conns.values() {
             if !c.failed.get() {
                 c.enqueue([Payload::from(frame::Header::encode(Kind::Goodbye, 0, &[]).to_vec())]);
@@ -846,6 +857,14 @@ impl TcpTransport {
         let _ = time::timeout(linger, async {
             for c in self.inner.conns.values() {
                 while c.out_len.get() > 0 && !c.failed.get() {
+                    time::sleep(Duration::from_micros(200)).await;
+                }
+                if !c.failed.get() {
+                    c.stream.shutdown_write();
+                }
+            }
+            for c in self.inner.conns.values() {
+                while !c.failed.get() {
                     time::sleep(Duration::from_micros(200)).await;
                 }
             }
@@ -1303,7 +1322,10 @@ async fn heartbeat(inner: Rc<Inner>) {
                 inner.fail(c, PeerFailure::Silent(silent));
                 continue;
             }
-            if now.saturating_duration_since(c.last_send.get()) >= period && c.out_len.get() == 0 {
+            if now.saturating_duration_since(c.last_send.get()) >= period
+                && c.out_len.get() == 0
+                && !inner.closing.get()
+            {
                 c.last_send.set(now);
                 c.enqueue([beat.clone()]);
             }
