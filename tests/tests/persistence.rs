@@ -40,6 +40,10 @@ struct Member {
 }
 
 async fn member(me: u32, name: &str, contact: Option<SocketAddr>, dir: &Path) -> Member {
+    member_with(builder(me, name), contact, dir).await
+}
+
+async fn member_with(builder: GroupBuilder, contact: Option<SocketAddr>, dir: &Path) -> Member {
     let service = Service::new();
     service.host(SubgroupId(0), KvStore::default);
     service.persist_to(dir).expect("a log directory");
@@ -51,7 +55,7 @@ async fn member(me: u32, name: &str, contact: Option<SocketAddr>, dir: &Path) ->
         // Frontiers told to the application only move forward within a view here.
         s.set((l.max(local), g.max(global)));
     });
-    let group = service.start_or_join(builder(me, name), contact).await.expect("start or join");
+    let group = service.start_or_join(builder, contact).await.expect("start, join or restart");
     let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD));
     Member { group, service, kv, seen }
 }
@@ -76,7 +80,11 @@ impl Drop for TempDir {
 
 /// The records of the one log in `dir` (recovered as after a crash).
 async fn records(dir: &Path) -> Vec<(u64, u64, Vec<u8>)> {
-    let logs: Vec<PathBuf> = std::fs::read_dir(dir).expect("the directory").map(|e| e.unwrap().path()).collect();
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     assert_eq!(logs.len(), 1, "one log per shard: {logs:?}");
     let (_, recovered) = DurableLog::open(&logs[0]).await.expect("the log opens");
     assert_eq!(recovered.damage, None, "the log is intact");
@@ -246,6 +254,80 @@ fn a_full_disk_stops_the_member_and_loses_no_reported_version() {
         a.service.handle::<KvStore>(SHARD).wait_persisted(r.version, WAIT).await.expect("globally persisted");
         for g in [a.group, b.group, c.group] {
             g.close().await;
+        }
+    });
+}
+
+/// Every key's latest value and version in `m`'s replica.
+fn contents(m: &Member, keys: &[String]) -> Vec<Option<(u64, Vec<u8>)>> {
+    m.service.read::<KvStore, _>(SHARD, |s| keys.iter().map(|k| s.get(k)).collect()).expect("a replica")
+}
+
+#[test]
+fn a_stopped_group_restarts_from_the_longest_log() {
+    let tmp = TempDir::new("restart");
+    let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.0.join(format!("member-{i}"))).collect();
+    let keys: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+    Builder::new().build().unwrap().block_on(async {
+        // First run: three members; member 2 stops halfway, so its log is the shortest.
+        let a = member(0, "restart-test", None, &dirs[0]).await;
+        let b = member(1, "restart-test", Some(a.group.local_addr()), &dirs[1]).await;
+        let c = member(2, "restart-test", Some(a.group.local_addr()), &dirs[2]).await;
+        for m in [&a, &b, &c] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        let mut last = Version::from_u64(0);
+        for i in 0..30u32 {
+            let m = [&a, &b, &c][i as usize % 3];
+            last = last.max(m.kv.put(&keys[i as usize % 9], format!("one-{i}").as_bytes()).await.expect("put").version);
+        }
+        a.service.handle::<KvStore>(SHARD).wait_persisted(last, WAIT).await.expect("globally persisted");
+        c.group.close().await;
+        for m in [&a, &b] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        }
+        for i in 0..20u32 {
+            let m = [&a, &b][i as usize % 2];
+            last = last.max(m.kv.put(&keys[i as usize % 9], format!("two-{i}").as_bytes()).await.expect("put").version);
+        }
+        a.service.handle::<KvStore>(SHARD).wait_persisted(last, WAIT).await.expect("globally persisted");
+        let before = contents(&a, &keys);
+        let at_first = a.service.read::<KvStore, _>(SHARD, |s| s.get_at("k0", last.as_u64())).unwrap();
+        for m in [&a, &b] {
+            m.group.close().await;
+        }
+        drop((a, b, c));
+
+        // Restart, the member with the shortest log as the restart leader, the others in
+        // reverse order. The last view is {0, 1}: both must be back before the group resumes.
+        let listener = derecho::runtime::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let leader = listener.local_addr();
+        let (c, b, a) = futures::join!(
+            member_with(builder(2, "restart-test").listener(listener), None, &dirs[2]),
+            member(1, "restart-test", Some(leader), &dirs[1]),
+            member(0, "restart-test", Some(leader), &dirs[0]),
+        );
+        for m in [&a, &b, &c] {
+            m.group.wait_view(WAIT, |v| v.members.len() == 3).await.unwrap();
+        }
+        let view = a.group.view();
+        assert!(view.id.0 > last.view().0, "the restart view {} follows the logged views", view.id.0);
+        // Every member holds what the longest log held, history included.
+        for m in [&a, &b, &c] {
+            assert_eq!(contents(m, &keys), before, "member {} after the restart", m.group.me());
+            let old = m.service.read::<KvStore, _>(SHARD, |s| s.get_at("k0", last.as_u64())).unwrap();
+            assert_eq!(old, at_first);
+        }
+        // And the group goes on: new versions follow the old ones.
+        let r = c.kv.put("k0", b"three").await.expect("put after the restart");
+        assert!(r.version > last, "{} after {last}", r.version);
+        for m in [&a, &b, &c] {
+            m.service.handle::<KvStore>(SHARD).wait_persisted(r.version, WAIT).await.expect("globally persisted");
+            let latest = m.service.read::<KvStore, _>(SHARD, |s| s.get("k0")).unwrap();
+            assert_eq!(latest, Some((r.version.as_u64(), b"three".to_vec())));
+        }
+        for m in [&a, &b, &c] {
+            m.group.close().await;
         }
     });
 }

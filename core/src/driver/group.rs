@@ -46,6 +46,7 @@ use super::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VE
 use super::{
     EventBox, GroupError, GroupEvent, GroupSendError, RegionMemory, SettleError, TABLE_REGION, push_range, since,
 };
+use crate::protocol::restart::{self, Offer, Waiting};
 use crate::protocol::{
     Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
     RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
@@ -199,6 +200,18 @@ pub enum JoinError {
     /// group removed it).
     #[error("stopped while joining: {0}")]
     Stopped(StopReason),
+    /// This member's persisted state could not be recovered (see
+    /// [`crate::rpc::RecoveryError`]).
+    #[error("recovery from this member's logs failed: {0}")]
+    Recovery(String),
+    /// The restart leader's quorum was not met in time ([`GroupBuilder::restart`]).
+    #[error("no restart quorum within {after:?}: {waiting}")]
+    NoQuorum {
+        /// The restart timeout.
+        after: Duration,
+        /// What was still missing.
+        waiting: Waiting,
+    },
 }
 
 /// Errors of [`Group::wait_view`].
@@ -233,6 +246,7 @@ pub struct GroupBuilder {
     layout: Rc<dyn LayoutFn>,
     connect_timeout: Duration,
     join_timeout: Duration,
+    restart_timeout: Duration,
     state_len_max: usize,
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
@@ -247,7 +261,8 @@ impl std::fmt::Debug for GroupBuilder {
 impl GroupBuilder {
     /// Member `me`, listening on `listen` (port 0 picks one). Defaults: group name "derecho",
     /// default limits and membership settings, one ordered shard of every member adequate from
-    /// one member, a 2 s connect timeout per view, a 30 s join timeout, states up to 64 MiB.
+    /// one member, a 2 s connect timeout per view, a 30 s join timeout, a 5 minute restart
+    /// timeout, states up to 64 MiB.
     pub fn new(me: NodeId, listen: SocketAddr) -> Self {
         Self {
             me,
@@ -260,6 +275,7 @@ impl GroupBuilder {
             layout: Rc::new(OneShard { mode: crate::protocol::DeliveryMode::Ordered, min_members: 1 }),
             connect_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(30),
+            restart_timeout: Duration::from_secs(300),
             state_len_max: 64 << 20,
             transport: TransportKind::Tcp,
             shm_dir: std::path::PathBuf::from("/dev/shm"),
@@ -333,6 +349,13 @@ impl GroupBuilder {
         self
     }
 
+    /// How long [`GroupBuilder::restart`] waits: the restart leader for a quorum, the others
+    /// for their welcome (default 5 minutes: members of a stopped group come back one by one).
+    pub fn restart_timeout(mut self, d: Duration) -> Self {
+        self.restart_timeout = d;
+        self
+    }
+
     /// The largest shard state accepted or sent (at most 4 GiB less 64 bytes, a frame's limit).
     pub fn state_len_max(mut self, len: usize) -> Self {
         self.state_len_max = len.min(u32::MAX as usize - 64);
@@ -400,21 +423,124 @@ impl GroupBuilder {
     pub async fn join(mut self, contact: SocketAddr, app: impl Application) -> Result<Group, JoinError> {
         self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
         let (acceptor, advertise) = self.acceptor()?;
+        let request = Control::Join { version: JOIN_VERSION, node: self.me, address: advertise }.encode();
+        let next = self.ask(&acceptor, &request, contact, self.join_timeout).await?;
+        self.enter(acceptor, next, app).await
+    }
+
+    /// Restarts a group from its members' logs (PROTOCOLS §4.1): `offer` is this member's
+    /// last saved view and the last version of each shard's log here.
+    ///
+    /// Without a `contact`, this member is the restart leader: it collects the offers of the
+    /// members that come back, and once a majority of the last view and at least one member of
+    /// each of its shards are there ([`crate::protocol::restart::plan`]) it installs the
+    /// restart view: those members, each shard starting from its longest log, sent to the
+    /// members whose log is shorter. With a `contact` (the restart leader, or any member of a
+    /// group already running again), this member offers itself and enters the view it is
+    /// welcomed to, as a joiner does.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError::NoQuorum`] when the leader's quorum is not met within the restart timeout,
+    /// otherwise as [`GroupBuilder::join`].
+    pub async fn restart(
+        mut self,
+        offer: Offer,
+        contact: Option<SocketAddr>,
+        app: impl Application,
+    ) -> Result<Group, JoinError> {
+        self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
+        let (acceptor, advertise) = self.acceptor()?;
+        if let Some(contact) = contact {
+            let request = Control::Restart { version: JOIN_VERSION, node: self.me, address: advertise, offer }.encode();
+            let next = self.ask(&acceptor, &request, contact, self.restart_timeout).await?;
+            return self.enter(acceptor, next, app).await;
+        }
         let control = tag(&self.name, u64::MAX);
-        let request = Control::Join { version: JOIN_VERSION, node: self.me, address: advertise.clone() }.encode();
-        let deadline = Instant::now() + self.join_timeout;
+        let deadline = Instant::now() + self.restart_timeout;
+        let mut addresses: BTreeMap<NodeId, String> = [(self.me, advertise)].into_iter().collect();
+        let mut offers: BTreeMap<NodeId, Offer> = [(self.me, offer)].into_iter().collect();
+        let plan = loop {
+            let waiting = match restart::plan(self.me, &offers, &*self.layout) {
+                Ok(plan) => break plan,
+                Err(w) => w,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, body)) = time::timeout(left, acceptor.next_message()).await else {
+                return Err(JoinError::NoQuorum { after: self.restart_timeout, waiting });
+            };
+            match Control::decode(&body) {
+                Ok(Control::Restart { version, node, address, offer }) => {
+                    if version != JOIN_VERSION {
+                        let answer = Control::Answer(Answer::Version(JOIN_VERSION)).encode();
+                        if let Ok(a) = address.parse::<SocketAddr>() {
+                            let _ = send_message(PeerId(self.me.0), a, control, &answer, self.connect_timeout).await;
+                        }
+                        continue;
+                    }
+                    if node == self.me || offer.saved.validate(&self.limits).is_err() {
+                        tracing::warn!(%node, "a restart offer with this member's id or a bad view: ignored");
+                        continue;
+                    }
+                    tracing::info!(me = %self.me, %node, %address, saved = offer.saved.id.0, "restart offer");
+                    addresses.insert(node, address);
+                    offers.insert(node, offer);
+                }
+                Ok(other) => tracing::debug!(?other, "ignored a control message while restarting"),
+                Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
+            }
+        };
+        tracing::info!(me = %self.me, view = plan.view.id.0, members = ?plan.view.members, "restart view");
+        let next = NextView {
+            addresses: plan.view.members.iter().map(|m| (*m, addresses[m].clone())).collect(),
+            joined: plan.view.members.iter().copied().filter(|m| *m != self.me).collect(),
+            departed: plan.last.members.iter().copied().filter(|m| !plan.view.members.contains(m)).collect(),
+            transfers: plan.transfers,
+            inadequate: None,
+            view: plan.view,
+        };
+        let welcome = Control::Answer(Answer::Welcome(Box::new(next.clone()))).encode();
+        for (node, address) in &next.addresses {
+            if *node == self.me {
+                continue;
+            }
+            // A member that does not take its welcome misses the view's connect and is
+            // reported failed there, as any member that fails.
+            match address.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if let Err(e) = send_message(PeerId(self.me.0), a, control, &welcome, self.connect_timeout).await {
+                        tracing::warn!(%node, error = %e, "restart welcome not delivered");
+                    }
+                }
+                Err(_) => tracing::warn!(%node, %address, "a restart address that does not parse"),
+            }
+        }
+        self.enter(acceptor, next, app).await
+    }
+
+    /// Sends `request` (a join or a restart offer) to `contact` until a welcome comes,
+    /// following redirects to the leader, for at most `timeout`.
+    async fn ask(
+        &self,
+        acceptor: &TcpAcceptor,
+        request: &[u8],
+        contact: SocketAddr,
+        timeout: Duration,
+    ) -> Result<NextView, JoinError> {
+        let control = tag(&self.name, u64::MAX);
+        let deadline = Instant::now() + timeout;
         let mut target = contact;
         // Members that took a request of ours: an `IdInUse` from one of them may be about that
         // request, still under way.
         let mut asked: Vec<SocketAddr> = Vec::new();
-        let next = 'wait: loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(JoinError::Timeout { after: self.join_timeout, contact, asked: target.to_string() });
+                return Err(JoinError::Timeout { after: timeout, contact, asked: target.to_string() });
             }
             // The contact may not be listening yet: ask again shortly.
             if let Err(e) =
-                send_message(PeerId(self.me.0), target, control, &request, left.min(Duration::from_secs(2))).await
+                send_message(PeerId(self.me.0), target, control, request, left.min(Duration::from_secs(2))).await
             {
                 tracing::debug!(%target, error = %e, "join request not delivered; retrying");
                 time::sleep(Duration::from_millis(50).min(left)).await;
@@ -436,7 +562,7 @@ impl GroupBuilder {
                 };
                 match Control::decode(&body) {
                     Ok(Control::Answer(Answer::Welcome(next))) if next.view.rank_of(self.me).is_some() => {
-                        break 'wait *next;
+                        return Ok(*next);
                     }
                     Ok(Control::Answer(Answer::Refused(JoinRefusal::NotLeader { address, .. }))) => {
                         match address.parse() {
@@ -459,7 +585,12 @@ impl GroupBuilder {
                     Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
                 }
             }
-        };
+        }
+    }
+
+    /// Enters `next`, the first view of this member (a joiner's, or a restart view), and
+    /// returns once the state of every shard it receives is restored.
+    async fn enter(self, acceptor: TcpAcceptor, next: NextView, app: impl Application) -> Result<Group, JoinError> {
         let settings = Settings::from(&self);
         let (transport, region) = settings.connect(&acceptor, &next.view, &next.addresses).await?;
         let epoch = Instant::now();
@@ -974,7 +1105,13 @@ impl Inner {
 
     /// A join request arrived at this member's listener.
     fn control(&self, body: &[u8]) {
-        match Control::decode(body) {
+        let decoded = match Control::decode(body) {
+            // A member restarting from its logs after the group re-formed joins as any other:
+            // the state it receives replaces what its logs hold.
+            Ok(Control::Restart { version, node, address, .. }) => Ok(Control::Join { version, node, address }),
+            other => other,
+        };
+        match decoded {
             Ok(Control::Join { version, node, address }) => {
                 if version != JOIN_VERSION {
                     self.answer(address, Answer::Version(JOIN_VERSION));

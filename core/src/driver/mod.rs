@@ -29,7 +29,10 @@ pub use group::{
     ViewChange, WaitError,
 };
 pub use member_config::GroupMemberConfig;
-pub use wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame};
+pub use wire::{
+    APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame, decode_view,
+    encode_view,
+};
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

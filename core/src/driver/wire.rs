@@ -8,9 +8,10 @@
 //! peer costs at most the bytes it sent, and every value it names is validated by the caller
 //! (a view by [`View::validate`] through `Node::join`).
 
+use crate::protocol::restart::Offer;
 use crate::protocol::{
-    DeliveryMode, JoinRefusal, NextView, NodeId, ShardIndex, ShardLayout, ShardRef, StateTransfer, SubgroupId, View,
-    ViewId,
+    DeliveryMode, JoinRefusal, NextView, NodeId, ShardIndex, ShardLayout, ShardRef, StateTransfer, SubgroupId, Version,
+    View, ViewId,
 };
 
 /// The version of the join handshake; a joiner speaking another is refused with
@@ -73,6 +74,18 @@ pub enum Control {
         topic: String,
         /// Its bytes.
         body: Vec<u8>,
+    },
+    /// A member restarting from its logs (PROTOCOLS §4.1) offers itself to the restart leader;
+    /// a running group takes it as a [`Control::Join`].
+    Restart {
+        /// Its join-handshake version.
+        version: u16,
+        /// Its id.
+        node: NodeId,
+        /// Where its peers reach it.
+        address: String,
+        /// Its last view and its logs.
+        offer: Offer,
     },
 }
 
@@ -394,6 +407,18 @@ impl Control {
                 w.str(topic);
                 w.bytes(body);
             }
+            Control::Restart { version, node, address, offer } => {
+                w.u8(11);
+                w.u16(*version);
+                w.u32(node.0);
+                w.str(address);
+                w.view(&offer.saved);
+                w.len(offer.logs.len());
+                for (shard, v) in &offer.logs {
+                    w.shard(*shard);
+                    w.u64(v.as_u64());
+                }
+            }
         }
         w.0
     }
@@ -424,11 +449,40 @@ impl Control {
             8 => Control::ClientReply { call: r.u64()?, body: r.bytes()? },
             9 => Control::ClientSubscribe { reply_to: r.str()?, topic: r.str()? },
             10 => Control::ClientNotify { topic: r.str()?, body: r.bytes()? },
+            11 => {
+                let (version, node, address) = (r.u16()?, NodeId(r.u32()?), r.str()?);
+                let saved = r.view()?;
+                let n = r.len(12)?;
+                let mut logs = std::collections::BTreeMap::new();
+                for _ in 0..n {
+                    logs.insert(r.shard()?, Version::from_u64(r.u64()?));
+                }
+                Control::Restart { version, node, address, offer: Offer { saved, logs } }
+            }
             _ => return Err(r.err("an unknown kind")),
         };
         r.end()?;
         Ok(m)
     }
+}
+
+/// A view as bytes (a member saves its last view for total restart).
+pub fn encode_view(view: &View) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.view(view);
+    w.0
+}
+
+/// The view [`encode_view`] wrote.
+///
+/// # Errors
+///
+/// [`WireError`] naming the first rule the bytes break.
+pub fn decode_view(bytes: &[u8]) -> Result<View, WireError> {
+    let mut r = Reader { bytes, what: "saved view" };
+    let v = r.view()?;
+    r.end()?;
+    Ok(v)
 }
 
 impl ViewFrame {
@@ -521,7 +575,19 @@ mod tests {
             Control::ClientReply { call: 7, body: vec![1, 9] },
             Control::ClientSubscribe { reply_to: "a:1".into(), topic: "t".into() },
             Control::ClientNotify { topic: "t".into(), body: vec![] },
+            Control::Restart {
+                version: JOIN_VERSION,
+                node: NodeId(4),
+                address: "127.0.0.1:4".into(),
+                offer: Offer {
+                    saved: next().view,
+                    logs: [(ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(1) }, Version::new(ViewId(3), 9))]
+                        .into_iter()
+                        .collect(),
+                },
+            },
         ];
+        assert_eq!(decode_view(&encode_view(&next().view)).unwrap(), next().view);
         for m in all {
             assert_eq!(Control::decode(&m.encode()).unwrap(), m);
         }

@@ -19,8 +19,9 @@
 //!   version and time, read by version, index, latest and time (up to the shard's stable time).
 //!
 //! The service logs every ordered call of a shard ([`crate::rpc::Service::persist_to`]) and the
-//! members publish their persistence frontiers through the table. Not yet built: rebuilding
-//! objects from their logs and total restart (PROTOCOLS §4.1).
+//! members publish their persistence frontiers through the table. After the whole group stopped,
+//! each member rebuilds its replicas from its logs and the group restarts from the longest log
+//! of each shard ([`crate::protocol::restart`], [`crate::driver::GroupBuilder::restart`]).
 
 mod durable;
 pub mod hlc;

@@ -12,6 +12,7 @@
 //! * [`subgroup`]: subgroups and shards of replicated types, laid out over each view (§5).
 //! * [`multicast`]: ordered and unordered multicast in one shard (§2).
 //! * [`node`]: one member: `handle`, `send`, `deliver`, `poll_output`, `poll_timeout`.
+//! * [`restart`]: total restart's quorum and restart view (§4.1).
 
 pub mod ids;
 pub mod layout;
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod membership;
 pub mod multicast;
 pub mod node;
+pub mod restart;
 pub mod sst;
 pub mod subgroup;
 

@@ -266,8 +266,10 @@ impl<M: SstMemory> Node<M> {
         Ok(node)
     }
 
-    /// A joiner's node, from the view the leader sent it (PROTOCOLS §3.5). It waits for the
-    /// state of every shard it is new to ([`Input::StateReceived`]) before delivering there.
+    /// A joiner's node, from the view the leader sent it (PROTOCOLS §3.5), or a member's node
+    /// in a restart view (§4.1). It waits for the state of every shard it is new to
+    /// ([`Input::StateReceived`]) before delivering there, and sends the states it holds the
+    /// longest log of.
     ///
     /// # Errors
     ///
@@ -284,6 +286,12 @@ impl<M: SstMemory> Node<M> {
     ) -> Result<Self, NodeError> {
         let addresses = next.addresses.iter().cloned().collect();
         let mut node = Self::with_membership(me, next.view.clone(), addresses, limits, mem, config, layout, now)?;
+        // Only in a restart view does a new member send states (from its logs).
+        for t in &next.transfers {
+            if t.from.contains(&me) {
+                node.outputs.push_back(Output::SendState { shard: t.shard, to: t.to.clone() });
+            }
+        }
         node.await_transfers(next, now);
         Ok(node)
     }

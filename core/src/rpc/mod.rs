@@ -23,9 +23,11 @@
 //!   changes followed, notifications received.
 
 mod external;
+mod recovery;
 pub mod wire;
 
 pub use external::{ClientError, ExternalClient, ExternalHandle};
+pub use recovery::RecoveryError;
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -468,6 +470,8 @@ struct ServiceInner {
     clock: Cell<crate::persist::HlcClock>,
     /// Set once a log failed: nothing is reported persisted any more.
     persist_failed: RefCell<Option<String>>,
+    /// The last view saved in the persistence directory.
+    saved_view: Cell<Option<crate::protocol::ViewId>>,
     /// The time of the last version delivered in each shard.
     times: RefCell<BTreeMap<ShardRef, u64>>,
     /// Persisting services: the times of versions not yet known durable everywhere, and of the
@@ -515,6 +519,7 @@ impl Default for ServiceInner {
             logs: RefCell::default(),
             clock: Cell::new(crate::persist::HlcClock::new()),
             persist_failed: RefCell::default(),
+            saved_view: Cell::new(None),
             times: RefCell::default(),
             recent_times: RefCell::default(),
         }
@@ -555,8 +560,9 @@ impl Service {
     /// that fails (a full disk, an I/O error) is never trusted again: the member stops with
     /// [`crate::driver::GroupEvent::Fatal`]. Call before the group starts.
     ///
-    /// Recovery from these logs (total restart, PROTOCOLS §4.1) is not built yet: a log that is
-    /// already there is an error rather than overwritten.
+    /// The member also saves each view it installs in `dir`. If `dir` holds a saved view when
+    /// [`Service::start_or_join`] runs, the member rebuilds its replicas from its logs and
+    /// takes part in a total restart (PROTOCOLS §4.1, [`crate::driver::GroupBuilder::restart`]).
     ///
     /// # Errors
     ///
@@ -603,17 +609,27 @@ impl Service {
     /// Starts a new group (no `contact`) or joins the group of the member at `contact`, with
     /// this service as the application, and attaches the service to it.
     ///
+    /// A service that persists ([`Service::persist_to`]) and finds a saved view in its
+    /// directory restarts instead: it rebuilds its replicas from its logs and offers them to
+    /// the restart leader, which is the member started without a `contact`
+    /// ([`crate::driver::GroupBuilder::restart`]). The same command line thus starts a member
+    /// the first time and restarts it after the whole group stopped.
+    ///
     /// # Errors
     ///
-    /// As [`crate::driver::GroupBuilder::join`] (a failed start is [`JoinError::Start`]).
+    /// As [`crate::driver::GroupBuilder::join`] (a failed start is [`JoinError::Start`]);
+    /// [`JoinError::Recovery`] if the directory cannot be recovered ([`RecoveryError`]),
+    /// [`JoinError::NoQuorum`] if a restart leader's quorum does not come back in time.
     pub async fn start_or_join(
         &self,
         builder: crate::driver::GroupBuilder,
         contact: Option<std::net::SocketAddr>,
     ) -> Result<crate::driver::Group, JoinError> {
-        let group = match contact {
-            None => builder.start(self.clone()).await?,
-            Some(c) => builder.join(c, self.clone()).await?,
+        let recovered = self.inner.recover().await.map_err(|e| JoinError::Recovery(e.to_string()))?;
+        let group = match (recovered, contact) {
+            (Some(offer), contact) => builder.restart(offer, contact, self.clone()).await?,
+            (None, None) => builder.start(self.clone()).await?,
+            (None, Some(c)) => builder.join(c, self.clone()).await?,
         };
         self.attach(group.sender());
         Ok(group)
@@ -941,6 +957,18 @@ impl ServiceInner {
     fn set_view(&self, view: Option<View>) {
         *self.shard_members.borrow_mut() =
             view.iter().flat_map(|v| v.shards.iter()).map(|s| (s.id, Rc::from(s.members.as_slice()))).collect();
+        // A persisting member saves each view before anything is logged in it: total restart
+        // starts from the last one (PROTOCOLS §4.1).
+        let dir = self.persist_dir.borrow().clone();
+        if let (Some(v), Some(dir)) = (&view, dir)
+            && self.saved_view.get() != Some(v.id)
+            && self.persist_failed.borrow().is_none()
+        {
+            match recovery::save_view(&dir, v) {
+                Ok(()) => self.saved_view.set(Some(v.id)),
+                Err(e) => self.persistence_failed(format!("saving view {} in {}: {e}", v.id.0, dir.display())),
+            }
+        }
         *self.view.borrow_mut() = view;
     }
 
@@ -1013,6 +1041,18 @@ impl ServiceInner {
             self.times.borrow_mut().remove(&shard);
             self.recent_times.borrow_mut().remove(&shard);
             self.open_log(shard, None);
+        } else if slot.idle()
+            && self.persist_dir.borrow().is_some()
+            && self.persist_failed.borrow().is_none()
+            && !self.logs.borrow().contains_key(&shard)
+        {
+            // A replica rebuilt from an earlier run's log: its log in this view starts from its
+            // state.
+            let time = self.times.borrow().get(&shard).copied().unwrap_or(0);
+            match slot.replica.as_ref().expect("idle").snapshot() {
+                Ok(archive) => self.open_log(shard, Some(&framed_state(time, &archive))),
+                Err(e) => self.persistence_failed(format!("{shard}: its state could not be archived: {e}")),
+            }
         }
         true
     }
@@ -1022,7 +1062,7 @@ impl ServiceInner {
     fn open_log(self: &Rc<Self>, shard: ShardRef, state: Option<&[u8]>) {
         let Some(dir) = self.persist_dir.borrow().clone() else { return };
         let Some(view) = self.view.borrow().as_ref().map(|v| v.id) else { return };
-        let path = dir.join(format!("shard-{}-{}-v{}.log", shard.subgroup.0, shard.shard.0, view.0));
+        let path = dir.join(recovery::log_name(shard, view));
         let log = match crate::persist::DurableLog::create(&path) {
             Ok(l) => l,
             Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
@@ -1351,6 +1391,16 @@ fn later(cell: StateCell) -> State {
     })))
 }
 
+/// A shard's state as it travels and is logged: the time of its last version, 8 bytes of
+/// padding (the archive stays 16-byte aligned), then the replica's archive.
+fn framed_state(time: u64, archive: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(STATE_PREFIX + archive.len());
+    v.extend_from_slice(&time.to_le_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(archive);
+    v
+}
+
 fn error_bytes(h: &Header, why: &str) -> Vec<u8> {
     Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(why.as_bytes())
 }
@@ -1421,13 +1471,7 @@ impl Application for Service {
         // the next versions as the others do), 8 bytes of padding (the archive stays 16-byte
         // aligned), then the replica's archive.
         let time = self.inner.times.borrow().get(&shard).copied().unwrap_or(0);
-        let frame = move |archive: Vec<u8>| {
-            let mut v = Vec::with_capacity(STATE_PREFIX + archive.len());
-            v.extend_from_slice(&time.to_le_bytes());
-            v.extend_from_slice(&[0; 8]);
-            v.extend_from_slice(&archive);
-            v
-        };
+        let frame = move |archive: Vec<u8>| framed_state(time, &archive);
         let mut replicas = self.inner.replicas.borrow_mut();
         let Some(slot) = replicas.get_mut(&shard) else { return State::Ready(frame(Vec::new())) };
         if slot.idle() {

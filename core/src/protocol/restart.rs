@@ -1,0 +1,232 @@
+//! Total restart (PROTOCOLS §4.1), the restart leader's decision: when enough members of the
+//! last view are back, and the first view of the restarted group with the state each shard
+//! starts from. Pure: the driver collects the offers and sends the result.
+//!
+//! Every member logs what it delivers, in delivery order, so the logs of one shard's members
+//! are prefixes of one sequence: the longest is the shard's state and nothing in it was left
+//! undelivered by the protocol (a version is logged only once delivered, and delivered only
+//! once stable at every member of its view). The restart view starts each shard from its
+//! longest log; members with a shorter one (or none) receive that state, as joiners do.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ids::{NodeId, ShardRef, Version, ViewId};
+use super::layout::View;
+use super::membership::{LayoutFn, StateTransfer};
+
+/// What a restarting member brings: the last view it installed and, for each shard it has a
+/// log of, the last version in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The last view this member saved.
+    pub saved: View,
+    /// The last version of each shard's log here.
+    pub logs: BTreeMap<ShardRef, Version>,
+}
+
+/// Why the restart leader waits for more members.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Waiting {
+    /// Fewer than a majority of the last view's members are back.
+    #[error("{have} of the {of} members of view {} are back; a majority is needed", view.0)]
+    Majority {
+        /// The last view.
+        view: ViewId,
+        /// Its members that are back.
+        have: usize,
+        /// Its members.
+        of: usize,
+    },
+    /// No member of a shard of the last view is back: its state may be on no other disk.
+    #[error("no member of {0} in the last view is back")]
+    Shard(ShardRef),
+    /// The members back cannot be laid out.
+    #[error("the members back cannot be laid out: {0}")]
+    Inadequate(String),
+}
+
+/// The restart view and the state transfers that start it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The first view of the restarted group: the members back, the leader first.
+    pub view: View,
+    /// The last view before the restart.
+    pub last: View,
+    /// Per shard of the new view whose longest log is not at every one of its members: the
+    /// members with the longest log send it to the others.
+    pub transfers: Vec<StateTransfer>,
+}
+
+/// The restart view once `offers` (the leader's own included) meet the quorum: a majority of
+/// the last view's members and at least one member of each of its shards (PROTOCOLS §4.1).
+///
+/// The new view's id follows every view saved or seen in a log, so its versions follow every
+/// logged one. Its members are those back: `leader` first, then the others in their rank
+/// order in the last view, then any that were not in it, by id. Its shards come from `layout`
+/// with the last view's shards as the previous layout (members keep their shards where the
+/// policy allows).
+///
+/// # Errors
+///
+/// [`Waiting`]: why more members are needed.
+///
+/// # Panics
+///
+/// If `offers` lacks the leader's own (a programmer error).
+pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn LayoutFn) -> Result<Plan, Waiting> {
+    assert!(offers.contains_key(&leader), "the leader's own offer is missing");
+    let last = offers.values().map(|o| &o.saved).max_by_key(|v| v.id).expect("at least the leader's offer").clone();
+    let back: BTreeSet<NodeId> = offers.keys().copied().collect();
+    let have = last.members.iter().filter(|m| back.contains(m)).count();
+    if have * 2 <= last.members.len() {
+        return Err(Waiting::Majority { view: last.id, have, of: last.members.len() });
+    }
+    if let Some(s) = last.shards.iter().find(|s| !s.members.iter().any(|m| back.contains(m))) {
+        return Err(Waiting::Shard(s.id));
+    }
+    let newest_logged = offers.values().flat_map(|o| o.logs.values()).map(|v| v.view()).max().unwrap_or(ViewId(0));
+    let id = ViewId(last.id.0.max(newest_logged.0) + 1);
+    let mut members = vec![leader];
+    members.extend(last.members.iter().filter(|m| **m != leader && back.contains(m)));
+    members.extend(back.iter().filter(|m| !members.contains(m)).copied().collect::<Vec<_>>());
+    let shards = layout.layout_next(&members, &last.shards).map_err(Waiting::Inadequate)?;
+    let mut transfers = Vec::new();
+    for s in &shards {
+        let holders: Vec<(NodeId, Version)> =
+            offers.iter().filter_map(|(n, o)| o.logs.get(&s.id).map(|v| (*n, *v))).collect();
+        let Some(best) = holders.iter().map(|(_, v)| *v).max() else { continue };
+        let longest: Vec<NodeId> = holders.iter().filter(|(_, v)| *v == best).map(|(n, _)| *n).collect();
+        let in_shard: Vec<NodeId> = longest.iter().copied().filter(|n| s.members.contains(n)).collect();
+        let from = if in_shard.is_empty() { longest } else { in_shard };
+        let to: Vec<NodeId> = s.members.iter().copied().filter(|m| !from.contains(m)).collect();
+        if !to.is_empty() {
+            transfers.push(StateTransfer { shard: s.id, from, to });
+        }
+    }
+    Ok(Plan { view: View { id, members, shards }, last, transfers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DeliveryMode, FixedShards, OneShard, ShardIndex, ShardLayout, SubgroupId};
+
+    fn shard(i: u16) -> ShardRef {
+        ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(i) }
+    }
+
+    fn view(id: u32, shards: &[&[u32]]) -> View {
+        let mut members: Vec<NodeId> = shards.iter().flat_map(|s| s.iter().map(|n| NodeId(*n))).collect();
+        members.dedup();
+        View {
+            id: ViewId(id),
+            members,
+            shards: shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ShardLayout {
+                    id: shard(i as u16),
+                    members: s.iter().map(|n| NodeId(*n)).collect(),
+                    senders: s.iter().map(|n| NodeId(*n)).collect(),
+                    mode: DeliveryMode::Ordered,
+                })
+                .collect(),
+        }
+    }
+
+    fn offer(saved: &View, logs: &[(u16, u32, u32)]) -> Offer {
+        Offer {
+            saved: saved.clone(),
+            logs: logs.iter().map(|&(s, v, seq)| (shard(s), Version::new(ViewId(v), seq.into()))).collect(),
+        }
+    }
+
+    fn one_shard() -> OneShard {
+        OneShard { mode: DeliveryMode::Ordered, min_members: 1 }
+    }
+
+    #[test]
+    fn waits_for_a_majority_of_the_last_view() {
+        let v = view(4, &[&[0, 1, 2]]);
+        let mut offers = BTreeMap::from([(NodeId(0), offer(&v, &[(0, 4, 9)]))]);
+        assert_eq!(plan(NodeId(0), &offers, &one_shard()), Err(Waiting::Majority { view: ViewId(4), have: 1, of: 3 }));
+        offers.insert(NodeId(2), offer(&v, &[(0, 4, 12)]));
+        let p = plan(NodeId(0), &offers, &one_shard()).unwrap();
+        assert_eq!(p.view.id, ViewId(5));
+        assert_eq!(p.view.members, vec![NodeId(0), NodeId(2)]);
+        // Node 2's log is longer: it sends, node 0 receives.
+        assert_eq!(p.transfers, vec![StateTransfer { shard: shard(0), from: vec![NodeId(2)], to: vec![NodeId(0)] }]);
+    }
+
+    #[test]
+    fn an_older_saved_view_does_not_hide_the_newest() {
+        // Node 1 crashed before saving view 6; node 0 saved it. The quorum is judged on view 6.
+        let (old, new) = (view(5, &[&[0, 1, 2]]), view(6, &[&[0, 1, 2, 3]]));
+        let offers = BTreeMap::from([(NodeId(0), offer(&new, &[(0, 6, 1)])), (NodeId(1), offer(&old, &[(0, 5, 3)]))]);
+        assert_eq!(plan(NodeId(0), &offers, &one_shard()), Err(Waiting::Majority { view: ViewId(6), have: 2, of: 4 }));
+    }
+
+    #[test]
+    fn every_shard_needs_a_member_back_and_keeps_its_members() {
+        let v = view(2, &[&[0, 1], &[2, 3], &[4, 5]]);
+        let layout = FixedShards(v.shards.clone());
+        let mut offers = BTreeMap::new();
+        for n in [0, 1, 2, 3] {
+            offers.insert(NodeId(n), offer(&v, &[((n / 2) as u16, 2, 7 + n)]));
+        }
+        assert_eq!(plan(NodeId(0), &offers, &layout), Err(Waiting::Shard(shard(2))));
+        offers.insert(NodeId(5), offer(&v, &[(2, 2, 1)]));
+        let p = plan(NodeId(0), &offers, &layout).unwrap();
+        assert_eq!(p.view.shards[2].members, vec![NodeId(5)]);
+        offers.insert(NodeId(4), offer(&v, &[(2, 1, 9)]));
+        let p = plan(NodeId(0), &offers, &layout).unwrap();
+        for (i, s) in p.view.shards.iter().enumerate() {
+            assert_eq!(s.members, v.shards[i].members, "shard {i} kept its members");
+        }
+        // In each shard the member with the higher version sends to the other.
+        let from: Vec<_> = p.transfers.iter().map(|t| (t.shard, t.from.clone(), t.to.clone())).collect();
+        assert_eq!(
+            from,
+            vec![
+                (shard(0), vec![NodeId(1)], vec![NodeId(0)]),
+                (shard(1), vec![NodeId(3)], vec![NodeId(2)]),
+                (shard(2), vec![NodeId(5)], vec![NodeId(4)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_longest_log_outside_the_shard_still_sends() {
+        // Node 2 held shard 0 and is back; the layout now leaves it out of the shard.
+        let v = view(1, &[&[0, 1, 2]]);
+        let layout = FixedShards(view(0, &[&[0, 1]]).shards);
+        let offers = BTreeMap::from([(NodeId(0), offer(&v, &[(0, 1, 3)])), (NodeId(2), offer(&v, &[(0, 1, 5)]))]);
+        let p = plan(NodeId(0), &offers, &layout).unwrap();
+        assert_eq!(p.transfers, vec![StateTransfer { shard: shard(0), from: vec![NodeId(2)], to: vec![NodeId(0)] }]);
+    }
+
+    #[test]
+    fn the_new_view_follows_every_logged_version_and_equal_logs_send_nothing() {
+        let v = view(3, &[&[0, 1, 2]]);
+        // A log reaching view 8 (views between were installed but not saved everywhere).
+        let offers = BTreeMap::from([
+            (NodeId(1), offer(&v, &[(0, 8, 2)])),
+            (NodeId(2), offer(&v, &[(0, 8, 2)])),
+            (NodeId(0), offer(&v, &[(0, 8, 2)])),
+        ]);
+        let p = plan(NodeId(1), &offers, &one_shard()).unwrap();
+        assert_eq!(p.view.id, ViewId(9));
+        assert_eq!(p.view.members, vec![NodeId(1), NodeId(0), NodeId(2)], "the leader first, then rank order");
+        assert!(p.transfers.is_empty(), "{:?}", p.transfers);
+    }
+
+    #[test]
+    fn a_shard_nobody_logged_starts_fresh_and_a_member_without_a_log_receives() {
+        let v = view(1, &[&[0, 1, 2]]);
+        let offers = BTreeMap::from([(NodeId(0), offer(&v, &[])), (NodeId(1), offer(&v, &[]))]);
+        assert!(plan(NodeId(0), &offers, &one_shard()).unwrap().transfers.is_empty());
+        let offers = BTreeMap::from([(NodeId(0), offer(&v, &[])), (NodeId(1), offer(&v, &[(0, 1, 4)]))]);
+        let p = plan(NodeId(0), &offers, &one_shard()).unwrap();
+        assert_eq!(p.transfers, vec![StateTransfer { shard: shard(0), from: vec![NodeId(1)], to: vec![NodeId(0)] }]);
+    }
+}

@@ -1,0 +1,293 @@
+//! A persisting service's side of total restart (PROTOCOLS §4.1): the view it saves at each
+//! view change, and the replicas it rebuilds from its logs at start-up.
+//!
+//! A member's persistence directory holds `view` (its last installed view, one checksummed
+//! record, replaced atomically) and one log per shard and view in which its replica of the
+//! shard started: `shard-{subgroup}-{index}-v{view}.log`. A log starts either with the state
+//! the replica started from (a record whose payload's first byte is 0: the shard's time, 8
+//! bytes of padding, the replica's archive) or, for a replica created fresh, with the first
+//! call; every other record is a delivered ordered call with its version and time.
+//!
+//! Recovery takes each shard's newest log that holds a record (recovery of the log itself cut
+//! any torn or corrupt tail), rebuilds the replica from its state and calls, and offers the
+//! last version to the restart leader.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rkyv::util::AlignedVec;
+
+use super::wire::Header;
+use super::{Applied, CallContext, Hosted, InContext, STATE_PREFIX, ServiceInner, with_context};
+use crate::driver::{decode_view, encode_view};
+use crate::persist::{DurableLog, LogError, record};
+use crate::protocol::restart::Offer;
+use crate::protocol::{ShardIndex, ShardRef, SubgroupId, Version, View, ViewId};
+
+/// The file of the last view, in the persistence directory.
+const SAVED_VIEW: &str = "view";
+
+/// Why a member could not be rebuilt from its persistence directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A file or the directory could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The saved view is damaged (it is replaced atomically, so this is not a torn write).
+    #[error("the saved view {path} is damaged: {reason}")]
+    SavedView {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Logs of shards and no saved view: another member's or another group's directory.
+    #[error(
+        "{path} holds shard logs but no saved view, so it is not the directory of a member of this group; \
+         move the logs away to start afresh"
+    )]
+    LogsWithoutView {
+        /// The directory.
+        path: String,
+    },
+    /// A log could not be opened or recovered.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A log's records cannot be replayed into a replica.
+    #[error("{shard}: {path} cannot be replayed: {reason}")]
+    Replay {
+        /// The shard.
+        shard: ShardRef,
+        /// The log.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The name of the log of `shard` for a replica started in `view`.
+pub(super) fn log_name(shard: ShardRef, view: ViewId) -> String {
+    format!("shard-{}-{}-v{}.log", shard.subgroup.0, shard.shard.0, view.0)
+}
+
+/// The shard and view of a log's file name, `None` for any other name.
+fn parse_log_name(name: &str) -> Option<(ShardRef, ViewId)> {
+    let rest = name.strip_prefix("shard-")?.strip_suffix(".log")?;
+    let mut parts = rest.split('-');
+    let (sg, idx, view) = (parts.next()?, parts.next()?, parts.next()?.strip_prefix('v')?);
+    if parts.next().is_some() {
+        return None;
+    }
+    fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
+    Some((ShardRef { subgroup: SubgroupId(number(sg)?), shard: ShardIndex(number(idx)?) }, ViewId(number(view)?)))
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> RecoveryError {
+    RecoveryError::Io { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// Writes `view` as the last view in `dir`: beside it first, synced, renamed over the old one,
+/// and the directory synced, so that a crash leaves the old view or the new one.
+pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut bytes = Vec::new();
+    record::encode(&mut bytes, u64::from(view.id.0), 0, &encode_view(view));
+    let (tmp, path) = (dir.join(format!("{SAVED_VIEW}.new")), dir.join(SAVED_VIEW));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The view saved in `dir`, if there is one.
+fn load_view(dir: &Path) -> Result<Option<View>, RecoveryError> {
+    let path = dir.join(SAVED_VIEW);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    let damaged = |reason: String| RecoveryError::SavedView { path: path.display().to_string(), reason };
+    let scan = record::scan(&bytes);
+    let [found] = scan.records.as_slice() else {
+        return Err(damaged(format!("{} valid records, one expected", scan.records.len())));
+    };
+    if scan.valid_len != bytes.len() {
+        return Err(damaged(format!("{} bytes after the record", bytes.len() - scan.valid_len)));
+    }
+    let view = decode_view(&bytes[found.payload_offset..found.payload_offset + found.payload_len])
+        .map_err(|e| damaged(e.to_string()))?;
+    if u64::from(view.id.0) != found.version {
+        return Err(damaged(format!("the record says view {}, the view {}", found.version, view.id.0)));
+    }
+    Ok(Some(view))
+}
+
+/// Every shard log in `dir`, newest view first per shard.
+fn logs_in(dir: &Path) -> Result<BTreeMap<ShardRef, Vec<(ViewId, PathBuf)>>, RecoveryError> {
+    let mut out: BTreeMap<ShardRef, Vec<(ViewId, PathBuf)>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        if let Some((shard, view)) = entry.file_name().to_str().and_then(parse_log_name) {
+            out.entry(shard).or_default().push((view, entry.path()));
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    }
+    Ok(out)
+}
+
+impl ServiceInner {
+    /// Rebuilds this member's replicas from the logs in its persistence directory, if it holds
+    /// a saved view: what to offer the restart leader. `None`: no saved view and no log, a new
+    /// member.
+    pub(super) async fn recover(self: &Rc<Self>) -> Result<Option<Offer>, RecoveryError> {
+        let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(None) };
+        let logs = logs_in(&dir)?;
+        let Some(saved) = load_view(&dir)? else {
+            if logs.is_empty() {
+                return Ok(None);
+            }
+            return Err(RecoveryError::LogsWithoutView { path: dir.display().to_string() });
+        };
+        let mut offer = Offer { saved, logs: BTreeMap::new() };
+        for (shard, files) in logs {
+            if !self.types.borrow().contains_key(&shard.subgroup) {
+                tracing::warn!(%shard, "a log of a subgroup that hosts no type here: ignored");
+                continue;
+            }
+            // The newest log that holds a record (a log created just before a crash may hold
+            // nothing yet; the one before it then has the replica's history).
+            for (_, path) in files {
+                let (log, found) = DurableLog::open(&path).await?;
+                drop(log);
+                if found.cut > 0 {
+                    tracing::warn!(path = %path.display(), cut = found.cut, damage = ?found.damage, "a log's damaged tail was cut");
+                }
+                if found.records.is_empty() {
+                    continue;
+                }
+                let last = self.replay(shard, &path, found.records).await?;
+                tracing::info!(%shard, path = %path.display(), %last, "replica rebuilt from its log");
+                offer.logs.insert(shard, last);
+                break;
+            }
+        }
+        Ok(Some(offer))
+    }
+
+    /// Rebuilds the replica of `shard` from `records` (the first may be its starting state)
+    /// and installs it, with its time and last version: the last version.
+    async fn replay(
+        self: &Rc<Self>,
+        shard: ShardRef,
+        path: &Path,
+        records: Vec<(u64, u64, Vec<u8>)>,
+    ) -> Result<Version, RecoveryError> {
+        let fail = |reason: String| RecoveryError::Replay { shard, path: path.display().to_string(), reason };
+        let mut records = records.into_iter().peekable();
+        let head_is_state = records.peek().is_some_and(|(_, _, p)| p.first() == Some(&0));
+        let (mut replica, mut time, mut last): (Box<dyn Hosted>, u64, Option<Version>) = {
+            let types = self.types.borrow();
+            let t = types.get(&shard.subgroup).expect("checked by the caller");
+            if head_is_state {
+                let (version, _, payload) = records.next().expect("peeked");
+                let state = &payload[1..];
+                if state.len() < STATE_PREFIX {
+                    return Err(fail(format!("a state of {} bytes, shorter than its header", state.len())));
+                }
+                let time = u64::from_le_bytes(state[..8].try_into().expect("8 bytes"));
+                let mut archive = AlignedVec::<16>::with_capacity(state.len() - STATE_PREFIX);
+                archive.extend_from_slice(&state[STATE_PREFIX..]);
+                let replica = (t.restore)(&archive).map_err(|e| fail(format!("its state: {e}")))?;
+                (replica, time, Some(Version::from_u64(version)))
+            } else {
+                ((t.make)(), 0, None)
+            }
+        };
+        let mut bytes = AlignedVec::<16>::new();
+        for (version, hlc, payload) in records {
+            bytes.clear();
+            bytes.extend_from_slice(&payload);
+            let (h, args) = Header::read(&bytes).map_err(|e| fail(format!("the record of version {version}: {e}")))?;
+            // As at delivery: the version's time travels in the header's version field.
+            let header = Header { version: Version::from_u64(hlc), ..h };
+            let context = CallContext::of(&header, Some(Version::from_u64(version)));
+            // A handler's error is its answer to the call, the same as the first time.
+            if let Applied::Later(f) = with_context(context, || replica.apply(h.method, args)) {
+                let _ = InContext { context, future: f }.await;
+            }
+            (time, last) = (hlc, Some(Version::from_u64(version)));
+        }
+        let last = last.expect("at least one record");
+        self.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
+        self.times.borrow_mut().insert(shard, time);
+        self.delivered.borrow_mut().insert(shard, last);
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DeliveryMode, NodeId, ShardLayout};
+
+    #[test]
+    fn log_names_round_trip_and_others_are_not_logs() {
+        let s = ShardRef { subgroup: SubgroupId(3), shard: ShardIndex(12) };
+        assert_eq!(parse_log_name(&log_name(s, ViewId(40))), Some((s, ViewId(40))));
+        for other in [
+            "view",
+            "view.new",
+            "shard-1-2.log",
+            "shard-1-2-v.log",
+            "shard-1-2-3.log",
+            "shard-1-2-v3-4.log",
+            "shard--2-v3.log",
+            "shard-+1-2-v3.log",
+            "shard-1-2-v3.log.tmp",
+            "shard-70000-2-v3.log",
+        ] {
+            assert_eq!(parse_log_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_saved_view_reads_back_and_damage_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("derecho-saved-view-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load_view(&dir).unwrap().is_none());
+        let view = View {
+            id: ViewId(9),
+            members: vec![NodeId(1), NodeId(2)],
+            shards: vec![ShardLayout {
+                id: ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) },
+                members: vec![NodeId(1), NodeId(2)],
+                senders: vec![NodeId(1)],
+                mode: DeliveryMode::Ordered,
+            }],
+        };
+        save_view(&dir, &view).unwrap();
+        assert_eq!(load_view(&dir).unwrap(), Some(view));
+        let path = dir.join(SAVED_VIEW);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(load_view(&dir), Err(RecoveryError::SavedView { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
