@@ -19,9 +19,12 @@
 //! * `src/bin/transport_peer.rs`: plays peer 1 of a two-peer transport in a child process.
 //! * `tests/transport_processes.rs`: plays peer 0 in the test process, one test per
 //!   (scenario, transport).
+//! * [`kv_process`]: a `kv_member` child process (`src/bin/kv_member.rs`) driven through its
+//!   standard input and output, for `tests/kv_linearizable.rs` and `tests/kv_restart.rs`.
 
 pub mod checkers;
 pub mod explore;
+pub mod kv_process;
 pub mod membership_sim;
 pub mod peer_process;
 pub mod scenarios;

@@ -13,13 +13,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::rc::Rc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use derecho::Builder;
 use derecho::driver::{Group, GroupBuilder};
@@ -28,6 +25,7 @@ use derecho::rpc::Service;
 use derecho::sim::SimRng;
 use derecho_examples::kv::{KvStore, KvStoreClient};
 use derecho_tests::checkers::linearizability::{Op, OpKind, check};
+use derecho_tests::kv_process::Member;
 
 const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
 const WAIT: Duration = Duration::from_secs(20);
@@ -146,87 +144,18 @@ fn a_history_with_a_failure_is_linearizable() {
     }
 }
 
-/// One `kv_member` process: its standard input, and its standard output line by line.
-struct Member {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Member {
-    fn spawn(me: u32, contact: Option<&str>, history: &Path, seed: u64, shm_dir: Option<&Path>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv_member"));
-        cmd.args(["--me", &me.to_string(), "--seed", &seed.to_string(), "--ops", &OPS.to_string()]);
-        cmd.arg("--history").arg(history);
-        if let Some(c) = contact {
-            cmd.args(["--contact", c]);
-        }
-        if let Some(d) = shm_dir {
-            cmd.arg("--shm-dir").arg(d);
-        }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start kv_member");
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child: Some(child), stdin, lines }
+/// One `kv_member` process with the arguments of this test.
+fn spawn_member(me: u32, contact: Option<&str>, history: &Path, seed: u64, shm_dir: Option<&Path>) -> Member {
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["--seed".into(), seed.to_string().into(), "--ops".into(), OPS.to_string().into()];
+    args.extend(["--history".into(), history.into()]);
+    if let Some(c) = contact {
+        args.extend(["--contact".into(), c.into()]);
     }
-
-    /// The next line that starts with `prefix` (bounded).
-    fn expect(&self, me: u32, prefix: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("member {me}: no {prefix:?} within {WAIT:?}"),
-            }
-        }
+    if let Some(d) = shm_dir {
+        args.extend(["--shm-dir".into(), d.into()]);
     }
-
-    fn tell(&mut self, command: &str) {
-        writeln!(self.stdin.as_mut().expect("stdin"), "{command}").expect("tell a member");
-    }
-
-    fn kill(&mut self) {
-        let mut c = self.child.take().expect("running");
-        c.kill().expect("SIGKILL");
-        c.wait().expect("reaped");
-    }
-
-    /// Closes its input (it closes its group and exits) and waits for it, bounded.
-    fn finish(&mut self, me: u32) {
-        drop(self.stdin.take());
-        let mut c = self.child.take().expect("running");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                assert!(status.success(), "member {me} exited with {status}");
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                panic!("member {me} did not exit within {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    Member::spawn(env!("CARGO_BIN_EXE_kv_member"), me, &args)
 }
 
 /// Operations per client and phase.
@@ -295,41 +224,41 @@ fn run_processes(seed: u64, shm: bool) -> Result<(), String> {
     }
     let _shm = shm_dir.clone().map(RemoveOnDrop);
     let files: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("member-{i}.history"))).collect();
-    let mut members = vec![Member::spawn(0, None, &files[0], seed, shm_dir.as_deref())];
-    let contact = members[0].expect(0, "listening ")["listening ".len()..].to_string();
+    let mut members = vec![spawn_member(0, None, &files[0], seed, shm_dir.as_deref())];
+    let contact = members[0].expect("listening ")["listening ".len()..].to_string();
     for i in 1..3u32 {
-        members.push(Member::spawn(i, Some(&contact), &files[i as usize], seed, shm_dir.as_deref()));
+        members.push(spawn_member(i, Some(&contact), &files[i as usize], seed, shm_dir.as_deref()));
     }
-    for (i, m) in members.iter().enumerate() {
-        m.expect(i as u32, "ready");
+    for m in &members {
+        m.expect("ready");
     }
     // Phase 1: everyone, before the failure.
     for m in &mut members {
         m.tell("phase 1");
     }
-    for (i, m) in members.iter().enumerate() {
-        m.expect(i as u32, "phase 1 done");
+    for m in &members {
+        m.expect("phase 1 done");
     }
     // Phase 2, paced: member 2's clients stop at their fourth operation, which may still be in
     // flight when the member is killed.
     for (i, m) in members.iter_mut().enumerate() {
         m.tell(if i == 2 { "phase 2 300 3" } else { "phase 2 300" });
     }
-    members[2].expect(2, "stalling");
+    members[2].expect("stalling");
     let killed_at = now_ns();
     members[2].kill();
-    for (i, m) in members.iter().enumerate().take(2) {
-        m.expect(i as u32, "phase 2 done");
+    for m in members.iter().take(2) {
+        m.expect("phase 2 done");
     }
     // Phase 3: the survivors, in the next view.
     for m in members.iter_mut().take(2) {
         m.tell("phase 3");
     }
-    for (i, m) in members.iter().enumerate().take(2) {
-        m.expect(i as u32, "phase 3 done");
+    for m in members.iter().take(2) {
+        m.expect("phase 3 done");
     }
-    for (i, m) in members.iter_mut().enumerate().take(2) {
-        m.finish(i as u32);
+    for m in members.iter_mut().take(2) {
+        m.finish();
     }
     let history = parse_histories(&files);
     let total: usize = history.values().map(Vec::len).sum();

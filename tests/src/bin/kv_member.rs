@@ -3,15 +3,26 @@
 //! and response to a history file as it happens (one `write` per line, so a member killed with
 //! SIGKILL leaves every line it wrote).
 //!
+//! It also serves `tests/kv_restart.rs`: with `--persist DIR` the store is logged there, and
+//! the same command restarts the member from its logs after the whole group was killed.
+//!
 //! ```text
-//! kv_member --me N --history FILE --seed S --ops K [--contact ADDR] [--shm-dir DIR]
+//! kv_member --me N --history FILE --seed S --ops K [--contact ADDR] [--shm-dir DIR] [--persist DIR]
 //! ```
 //!
-//! Standard output: `listening ADDR`, `ready` (the view has three members), then `phase P done`
-//! after each phase. Standard input: `phase P [pace_us [stall_after]]` runs phase P (K
-//! operations per client, with `pace_us` between them; with `stall_after`, each client prints
-//! `stalling` as it starts operation `stall_after` and never goes past it: the member is then
-//! killed with calls in flight), `exit` (or end of input) closes the member.
+//! Standard output: `listening ADDR` (before the member starts, joins or restarts), `started
+//! in view V` (it started, joined or restarted), `ready` (the view has three members), then `phase P done` after each phase. Standard input:
+//! `phase P [pace_us [stall_after]]` runs phase P (K operations per client, with `pace_us`
+//! between them; with `stall_after`, each client prints `stalling` as it starts operation
+//! `stall_after` and never goes past it: the member is then killed with calls in flight),
+//! `exit` (or end of input) closes the member.
+//!
+//! With `--persist`: `load` starts four writers that put unique values until the member is
+//! killed, and write `durable KEY VALUE VERSION` to the history once a put's version is
+//! persisted at every member; `verify FILE...` checks that this member's replica holds every
+//! such put of those files at its version and prints `verified N` (or `lost ...` and exits
+//! with status 1); `digest` prints `digest KEY@VERSION=VALUE ...`, every key's latest value
+//! (`KEY@-` for none).
 //!
 //! History lines, times from `CLOCK_MONOTONIC` (one clock for every process of the host):
 //! `inv CLIENT N KEY put VALUE T`, `inv CLIENT N KEY get T`, `ok CLIENT N T` (a put completed),
@@ -28,6 +39,7 @@ use std::time::Duration;
 use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
+use derecho::runtime::net::TcpListener;
 use derecho::runtime::time;
 use derecho::sim::SimRng;
 use derecho_examples::kv::{KvStore, KvStoreClient};
@@ -110,6 +122,30 @@ async fn client(id: u32, phase: Rc<Phase>, kv: KvStoreClient, seed: u64, history
     }
 }
 
+/// Puts unique values until the process is killed; each put's version, once persisted at every
+/// member, is written to the history as `durable KEY VALUE VERSION`.
+async fn writer(me: u32, w: u32, service: Service, history: Rc<History>) {
+    let handle = service.handle::<KvStore>(SHARD);
+    let kv = KvStoreClient::new(handle.clone());
+    for n in 0u64.. {
+        let key = KEYS[(n % KEYS.len() as u64) as usize];
+        let value = format!("m{me}w{w}-{n}");
+        let version = match kv.put(key, value.as_bytes()).await {
+            Ok(r) => r.version,
+            Err(e) => {
+                eprintln!("writer {w}: put failed: {e}");
+                return;
+            }
+        };
+        let (handle, history) = (handle.clone(), history.clone());
+        drop(derecho::spawn(async move {
+            if handle.wait_persisted(version, Duration::from_secs(30)).await.is_ok() {
+                history.line(format!("durable {key} {value} {}", version.as_u64()));
+            }
+        }));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
@@ -120,6 +156,7 @@ fn main() {
     let history_path = arg(&args, "--history").expect("--history is required").to_string();
     let contact: Option<SocketAddr> = arg(&args, "--contact").map(|c| c.parse().expect("an address"));
     let shm_dir = arg(&args, "--shm-dir").map(str::to_string);
+    let persist = arg(&args, "--persist").map(str::to_string);
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&history_path).expect("the history file");
     let history = Rc::new(History(RefCell::new(file)));
 
@@ -136,7 +173,12 @@ fn main() {
     derecho::Builder::new().build().expect("executor").block_on(async move {
         let membership =
             MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 500_000_000, ..MembershipConfig::default() };
+        // Bound first, so that the address is known before a restart leader waits for the
+        // others.
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");
+        println!("listening {}", listener.local_addr());
         let mut builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
+            .listener(listener)
             .name("kv-linearizable")
             .membership(membership)
             .connect_timeout(Duration::from_secs(3))
@@ -146,8 +188,11 @@ fn main() {
         }
         let service = Service::new();
         service.host(SubgroupId(0), KvStore::default);
-        let group = service.start_or_join(builder, contact).await.expect("start or join");
-        println!("listening {}", group.local_addr());
+        if let Some(dir) = &persist {
+            service.persist_to(dir).expect("the log directory");
+        }
+        let group = service.start_or_join(builder, contact).await.expect("start, join or restart");
+        println!("started in view {}", group.view().id.0);
         group.wait_view(Duration::from_secs(30), |v| v.members.len() == 3).await.expect("a view of three");
         println!("ready");
         let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD).stable_reads());
@@ -173,6 +218,41 @@ fn main() {
                         (0..CLIENTS).map(|c| client(me * 10 + c, phase.clone(), kv.clone(), seed, history.clone()));
                     futures::future::join_all(clients).await;
                     println!("phase {} done", phase.number);
+                }
+                ["load"] => {
+                    for w in 0..4 {
+                        drop(derecho::spawn(writer(me, w, service.clone(), history.clone())));
+                    }
+                }
+                ["verify", files @ ..] => {
+                    let mut verified = 0;
+                    for f in files {
+                        let text = std::fs::read_to_string(f).expect("a history file");
+                        for line in text.lines() {
+                            let words: Vec<&str> = line.split(' ').collect();
+                            let ["durable", key, value, version] = words.as_slice() else { continue };
+                            let version: u64 = version.parse().expect("a version");
+                            let found = service.read::<KvStore, _>(SHARD, |s| s.get_at(key, version)).flatten();
+                            if found.as_deref() != Some(value.as_bytes()) {
+                                println!("lost {key} {value} {version}: found {found:?}");
+                                std::process::exit(1);
+                            }
+                            verified += 1;
+                        }
+                    }
+                    println!("verified {verified}");
+                }
+                ["digest"] => {
+                    let latest = service.read::<KvStore, _>(SHARD, |s| KEYS.map(|k| s.get(k))).expect("a replica");
+                    let words: Vec<String> = KEYS
+                        .iter()
+                        .zip(latest)
+                        .map(|(k, l)| match l {
+                            Some((v, value)) => format!("{k}@{v}={}", String::from_utf8_lossy(&value)),
+                            None => format!("{k}@-"),
+                        })
+                        .collect();
+                    println!("digest {}", words.join(" "));
                 }
                 ["exit"] => break,
                 other => panic!("unknown command {other:?}"),
