@@ -1,6 +1,7 @@
 //! The `kv` demo and command-line client as a user runs them: four member processes, keys
 //! written from outside the group, the command-line client in its own process, a member killed,
-//! every key checked at every survivor of its shard; and the client's errors.
+//! every key checked at every survivor of its shard, then every member killed and restarted from
+//! its logs and every key checked again; and the client's errors.
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,12 +26,12 @@ fn run(args: &[&str]) -> Output {
 }
 
 #[test]
-fn the_demo_keeps_every_key_through_a_failure() {
+fn the_demo_keeps_every_key_through_a_failure_and_a_restart() {
     demo(&["demo"], "loopback TCP");
 }
 
 #[test]
-fn the_demo_over_shared_memory_keeps_every_key_through_a_failure() {
+fn the_demo_over_shared_memory_keeps_every_key_through_a_failure_and_a_restart() {
     demo(&["demo", "--shm"], "shared memory");
 }
 
@@ -48,6 +49,10 @@ fn demo(args: &[&str], over: &str) {
         "fruit = plum",
         "launcher: killed member 3 (SIGKILL)",
         "launcher: all 100 keys intact at every surviving member of their shard",
+        "launcher: killed every member (SIGKILL)",
+        "client: the group restarted in view",
+        "launcher: all 100 keys intact at every member of their shard after the restart",
+        "is still Some(\"value7\")",
         &format!("over {over}"),
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");

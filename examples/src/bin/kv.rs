@@ -13,6 +13,8 @@
 //! store's updates to disk with `--persist`), writes keys through the external client, runs the
 //! command-line client as a separate process (including a read as of a time), kills one member
 //! with SIGKILL, and checks that every key is still there at every shard's surviving members.
+//! Then it kills every member, restarts them all from their logs (the same commands, in reverse
+//! order), and checks every key and the read as of a time again.
 //! With `--shm` the members' views run over shared memory (joins and the client still use TCP).
 
 use std::io::{BufRead, BufReader};
@@ -203,7 +205,38 @@ impl Drop for RemovedOnDrop {
     }
 }
 
-/// The demo: four members, keys written from outside, the command-line client, a failure.
+fn print_shards(view: &derecho::protocol::View, when: &str) {
+    for s in &view.shards {
+        println!(
+            "client: {when}shard {} has members {:?}",
+            s.id.shard.0,
+            s.members.iter().map(|n| n.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Reads the demo's 100 keys at every member of their shard: how many hold the value written.
+async fn check_keys(client: &Rc<ExternalClient>) -> Result<usize, String> {
+    let mut intact = 0;
+    for i in 0..100 {
+        let key = format!("key{i}");
+        let want = if i == 7 { b"seven, again".to_vec() } else { format!("value{i}").into_bytes() };
+        let s = shard_of(&key, SHARDS);
+        let view = client.view().ok_or("no view")?;
+        let members = view.shards.iter().find(|x| x.id == s).map(|x| x.members.clone()).unwrap_or_default();
+        for m in members {
+            let got = store(client, &key).get(Some(m), &key).await.map_err(|e| e.to_string())?;
+            if got.map(|(_, v)| v) != Some(want.clone()) {
+                return Err(format!("{key} is wrong at member {}", m.0));
+            }
+        }
+        intact += 1;
+    }
+    Ok(intact)
+}
+
+/// The demo: four members, keys written from outside, the command-line client, a failure, and
+/// a restart of every member from its logs.
 fn demo(shm: bool) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let ls: Vec<std::net::TcpListener> = (0..4)
@@ -224,7 +257,8 @@ fn demo(shm: bool) -> Result<(), String> {
     let mut members = Members(Vec::new());
     let over = if shm { "shared memory" } else { "loopback TCP" };
     println!("kv demo: four member processes host a key-value store in two shards, over {over}");
-    for i in 0..4u32 {
+    // Member `i`, with its output forwarded to `rx`; the same command restarts it from its logs.
+    let spawn = |i: u32| -> Result<Child, String> {
         let mut cmd = Command::new(&exe);
         cmd.args(["member", "--set", &format!("me={i}"), "--set", &format!("listen=\"{}\"", addrs[i as usize])]);
         if i > 0 {
@@ -245,7 +279,10 @@ fn demo(shm: bool) -> Result<(), String> {
                 let _ = tx.send(line);
             }
         });
-        members.0.push((i, child));
+        Ok(child)
+    };
+    for i in 0..4u32 {
+        members.0.push((i, spawn(i)?));
         // Each joins once the previous one is in.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -270,14 +307,7 @@ fn demo(shm: bool) -> Result<(), String> {
             derecho::runtime::time::sleep(Duration::from_millis(50)).await;
             let _ = client.refresh_view().await;
         }
-        let view = client.view().expect("a view");
-        for s in &view.shards {
-            println!(
-                "client: shard {} has members {:?}",
-                s.id.shard.0,
-                s.members.iter().map(|n| n.0).collect::<Vec<_>>()
-            );
-        }
+        print_shards(&client.view().expect("a view"), "");
         // Write 100 keys from outside the group; each put is an ordered call in the key's shard.
         let t0 = Instant::now();
         let mut first_versions = Vec::new();
@@ -307,10 +337,10 @@ fn demo(shm: bool) -> Result<(), String> {
     });
     let (client, between) = result?;
     // The command-line client, as a separate process.
-    let between = between.to_string();
+    let between_arg = between.to_string();
     let commands = [
         vec!["get", "key7"],
-        vec!["get", "key7", "--time", &between],
+        vec!["get", "key7", "--time", &between_arg],
         vec!["put", "fruit", "plum"],
         vec!["get", "fruit"],
         vec!["view"],
@@ -349,39 +379,53 @@ fn demo(shm: bool) -> Result<(), String> {
             if let Ok(v) = client.refresh_view().await
                 && !v.members.contains(&NodeId(victim))
             {
-                for s in &v.shards {
-                    println!(
-                        "client: after the failure, shard {} has members {:?}",
-                        s.id.shard.0,
-                        s.members.iter().map(|n| n.0).collect::<Vec<_>>()
-                    );
-                }
+                print_shards(&v, "after the failure, ");
                 break;
             }
             derecho::runtime::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut intact = 0;
-        for i in 0..100 {
-            let key = format!("key{i}");
-            let want = if i == 7 { b"seven, again".to_vec() } else { format!("value{i}").into_bytes() };
-            let s = shard_of(&key, SHARDS);
-            let members = client
-                .view()
-                .expect("a view")
-                .shards
-                .iter()
-                .find(|x| x.id == s)
-                .map(|x| x.members.clone())
-                .unwrap_or_default();
-            for m in members {
-                let got = store(&client, &key).get(Some(m), &key).await.map_err(|e| e.to_string())?;
-                if got.map(|(_, v)| v) != Some(want.clone()) {
-                    return Err(format!("{key} is wrong at member {}", m.0));
-                }
-            }
-            intact += 1;
-        }
+        let intact = check_keys(&client).await?;
         println!("launcher: all {intact} keys intact at every surviving member of their shard");
+        Ok::<_, String>(())
+    })?;
+    // Every member stops at once; the store survives on their disks. Restarted with the same
+    // commands, in reverse order, each rebuilds its replicas from its logs; member 0 (started
+    // without a contact) leads the restart, and each shard resumes from its longest log.
+    for (_, c) in &mut members.0 {
+        c.kill().map_err(|e| e.to_string())?;
+        c.wait().map_err(|e| e.to_string())?;
+    }
+    members.0.clear();
+    drop(client);
+    println!("launcher: killed every member (SIGKILL); restarting them from their logs, member 0 last");
+    for i in (0..4u32).rev() {
+        members.0.push((i, spawn(i)?));
+    }
+    executor.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // No member answers before the restart leader has its quorum.
+        let client = loop {
+            if let Ok(c) = connect(addrs[1]).await
+                && c.view().is_some_and(|v| v.members.len() == 4)
+            {
+                break c;
+            }
+            if Instant::now() > deadline {
+                return Err("the group did not restart with four members".to_string());
+            }
+            derecho::runtime::time::sleep(Duration::from_millis(50)).await;
+        };
+        let view = client.view().expect("a view");
+        println!("client: the group restarted in view {}", view.id.0);
+        print_shards(&view, "after the restart, ");
+        let intact = check_keys(&client).await?;
+        println!("launcher: all {intact} keys intact at every member of their shard after the restart");
+        let again = store(&client, "key7").get_at_time(None, "key7", between).await.map_err(|e| e.to_string())?;
+        let again = again.map_err(|e| format!("key7 at time {between} after the restart: {e}"))?;
+        println!(
+            "client: after the restart, key7 at time {between} is still {:?}",
+            again.map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        );
         Ok(())
     })?;
     drop(members);
