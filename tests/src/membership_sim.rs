@@ -190,6 +190,91 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
     (config, format!("{n} members, {shards} shard(s), {messages} messages each: {}", words.join("; ")))
 }
 
+/// A random total-restart scenario from `seed` (PROTOCOLS §4.1): a group on simulated disks
+/// loses every member at once (unsynced writes partly kept, a record perhaps torn), perhaps a
+/// bit flips in one member's newest log, and the members come back in a seeded order with a
+/// seeded restart leader; some may never come back. Before that, a member may crash early and
+/// a new one join. The flag says whether the group must resume: every member back and no bit
+/// flip.
+pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
+    let mut rng = SimRng::new(seed ^ 0x7265_7374_6172_7421);
+    let n = 3 + rng.below(3) as u32;
+    let messages = 20 + rng.below(40);
+    let mut config = GroupConfig::new(seed, n, messages);
+    let mut words = Vec::new();
+    if n >= 4 && rng.chance(1, 2) {
+        let spec = SubgroupSpec::new("sim", Policy::Flexible { shards: 2, min: 1, max: n as usize });
+        config.layout = Some(std::rc::Rc::new(GroupLayout::new(vec![spec]).expect("a valid layout")));
+        config.shards = 2;
+        words.push("two flexible shards".to_string());
+    }
+    let slowest = rng.range(100_000..=3 * MS);
+    config.sync_ns = Some(20_000..=slowest);
+    // Everyone dies together, while messages are still flowing; before that, perhaps one
+    // member crashed (and was removed) and a new one joined (receiving a state): views whose
+    // members saved different views and hold logs of different lengths.
+    let crash_at = rng.range(8 * MS..=30 * MS);
+    let mut ids: Vec<u32> = (0..n).collect();
+    let mut early = None;
+    if rng.chance(1, 2) {
+        let who = rng.below(u64::from(n)) as u32;
+        let at = rng.range(MS..=crash_at - 2 * MS);
+        config.plan.push(Plan::Crash { node: NodeId(who), at: Time(at) });
+        early = Some(who);
+        words.push(format!("n{who} crashes at {}us", at / 1000));
+    }
+    if rng.chance(1, 3) {
+        let via = (0..n).find(|i| Some(*i) != early).expect("another member");
+        let at = rng.range(MS..=crash_at - MS);
+        config.plan.push(Plan::Join { node: NodeId(100), via: NodeId(via), at: Time(at) });
+        ids.push(100);
+        words.push(format!("n100 joins at {}us", at / 1000));
+    }
+    for &i in &ids {
+        if Some(i) != early {
+            config.plan.push(Plan::Crash { node: NodeId(i), at: Time(crash_at) });
+        }
+    }
+    words.push(format!("all crash at {}us", crash_at / 1000));
+    if rng.chance(1, 3) {
+        let who = NodeId(ids[rng.below(ids.len() as u64) as usize]);
+        config.plan.push(Plan::Corrupt { node: who, at: Time(crash_at + MS) });
+        words.push(format!("a bit flips in n{}'s log", who.0));
+    }
+    // Who comes back, in what order; the leader is one of them. With two shards everyone comes
+    // back (a shard's only holders may be the ones missing).
+    let mut order: Vec<u32> = ids.clone();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    // Mostly a minority missing; sometimes too many for a quorum (the group then waits).
+    let missing = match (config.shards > 1, rng.chance(1, 5)) {
+        (true, _) => 0,
+        (false, false) => rng.below(u64::from(n).div_ceil(2)) as usize,
+        (false, true) => rng.range(1..=order.len() as u64 - 1) as usize,
+    };
+    let back = &order[..order.len() - missing];
+    // The leader is one of the first members: the joiner may have saved no view yet.
+    let first: Vec<u32> = back.iter().copied().filter(|&i| i < n).collect();
+    let Some(&leader) = first.get(rng.below(first.len().max(1) as u64) as usize) else {
+        // Only the joiner comes back: nothing can restart.
+        config.end = Time(crash_at + 100 * MS);
+        return (config, false, format!("{n} members: {}; nobody who can lead comes back", words.join("; ")));
+    };
+    let leader = NodeId(leader);
+    let mut t = crash_at + 2 * MS;
+    for &i in back {
+        t += rng.range(0..=3 * MS);
+        config.plan.push(Plan::Restart { node: NodeId(i), leader, at: Time(t) });
+    }
+    words.push(format!("back in order {back:?}, n{} leads, {missing} never back", leader.0));
+    config.end = Time(t + 200 * MS);
+    // With every member back and no bit flip a quorum is sure (whatever the last view was).
+    let corrupt = config.plan.iter().any(|p| matches!(p, Plan::Corrupt { .. }));
+    let live = missing == 0 && !corrupt;
+    (config, live, format!("{n} members, {messages} messages each: {}", words.join("; ")))
+}
+
 /// Runs random scenarios from fresh seeds (or `SIM_SEED`'s, or `SIM_SEEDS` of them) until
 /// `count` ran or `time_box` passed; panics at the first failure with its replay line. Returns
 /// the number of seeds run.
@@ -198,6 +283,22 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
 ///
 /// At the first failing seed.
 pub fn fresh_group_seeds(test: &str, count: u64, time_box: Duration) -> u64 {
+    fresh_seeds(test, count, time_box, |seed| {
+        let (config, about) = random_group(seed);
+        (config, true, about)
+    })
+}
+
+/// As [`fresh_group_seeds`], with total-restart scenarios ([`random_restart`]).
+///
+/// # Panics
+///
+/// At the first failing seed.
+pub fn fresh_restart_seeds(test: &str, count: u64, time_box: Duration) -> u64 {
+    fresh_seeds(test, count, time_box, random_restart)
+}
+
+fn fresh_seeds(test: &str, count: u64, time_box: Duration, make: impl Fn(u64) -> (GroupConfig, bool, String)) -> u64 {
     let started = Instant::now();
     let (base, count, bounded) = match (replay_seed(), parse_u64(SEEDS_VAR)) {
         (Some(seed), _) => (seed, 1, false),
@@ -211,8 +312,8 @@ pub fn fresh_group_seeds(test: &str, count: u64, time_box: Duration) -> u64 {
             break;
         }
         let seed = if replay_seed().is_some() { base } else { seeds.next_u64() };
-        let (config, about) = random_group(seed);
-        if let Err(report) = run_group(test, config, true) {
+        let (config, live, about) = make(seed);
+        if let Err(report) = run_group(test, config, live) {
             panic!("{report}\nscenario: {about}");
         }
         ran += 1;

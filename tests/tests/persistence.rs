@@ -240,10 +240,12 @@ fn a_full_disk_stops_the_member_and_loses_no_reported_version() {
         assert!(local >= Some(first), "member 2's frontier {local:?} is below what it reported before");
         assert!(local < Some(last), "member 2 reported {local:?} durable, beyond what fits");
         // Its log holds a valid prefix, and at least everything it reported.
-        let (_, recovered) =
-            DurableLog::open(&std::fs::read_dir(&dirs[2]).unwrap().next().expect("a log").unwrap().path())
-                .await
-                .expect("the log opens");
+        let log = std::fs::read_dir(&dirs[2])
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .expect("a log");
+        let (_, recovered) = DurableLog::open(&log).await.expect("the log opens");
         let on_disk = recovered.records.last().map(|r| r.0);
         assert!(on_disk >= local.map(|v| v.as_u64()), "reported {local:?}, on disk only {on_disk:?}");
         // The others remove it and persist everything.

@@ -1106,9 +1106,20 @@ impl Inner {
     /// A join request arrived at this member's listener.
     fn control(&self, body: &[u8]) {
         let decoded = match Control::decode(body) {
-            // A member restarting from its logs after the group re-formed joins as any other:
-            // the state it receives replaces what its logs hold.
-            Ok(Control::Restart { version, node, address, .. }) => Ok(Control::Join { version, node, address }),
+            // A member restarting from its logs after the group restarted joins as any other:
+            // the state it receives replaces what its logs hold. A group not past the view it
+            // saved did not restart from the others' logs (it may have started afresh): joining
+            // it would drop this member's logs.
+            Ok(Control::Restart { version, node, address, offer }) => {
+                let view = self.node.borrow().view().id;
+                if view <= offer.saved.id {
+                    let refusal = JoinRefusal::NotRestarted { view: view.0, saved: offer.saved.id.0 };
+                    tracing::warn!(%node, %refusal, "a restart offer refused");
+                    self.answer(address, Answer::Refused(refusal));
+                    return;
+                }
+                Ok(Control::Join { version, node, address })
+            }
             other => other,
         };
         match decoded {

@@ -240,6 +240,11 @@ impl Writer {
                 self.u8(3);
                 self.u32(*n);
             }
+            JoinRefusal::NotRestarted { view, saved } => {
+                self.u8(4);
+                self.u32(*view);
+                self.u32(*saved);
+            }
         }
     }
 }
@@ -342,6 +347,7 @@ impl<'a> Reader<'a> {
             1 => JoinRefusal::NotLeader { leader: NodeId(self.u32()?), address: self.str()? },
             2 => JoinRefusal::AddressTooLong,
             3 => JoinRefusal::GroupFull(self.u32()?),
+            4 => JoinRefusal::NotRestarted { view: self.u32()?, saved: self.u32()? },
             _ => return Err(self.err("an unknown refusal")),
         })
     }
@@ -418,6 +424,10 @@ impl Control {
                     w.shard(*shard);
                     w.u64(v.as_u64());
                 }
+                w.len(offer.damaged.len());
+                for shard in &offer.damaged {
+                    w.shard(*shard);
+                }
             }
         }
         w.0
@@ -457,7 +467,12 @@ impl Control {
                 for _ in 0..n {
                     logs.insert(r.shard()?, Version::from_u64(r.u64()?));
                 }
-                Control::Restart { version, node, address, offer: Offer { saved, logs } }
+                let n = r.len(4)?;
+                let mut damaged = std::collections::BTreeSet::new();
+                for _ in 0..n {
+                    damaged.insert(r.shard()?);
+                }
+                Control::Restart { version, node, address, offer: Offer { saved, logs, damaged } }
             }
             _ => return Err(r.err("an unknown kind")),
         };
@@ -567,6 +582,7 @@ mod tests {
             Control::Answer(Answer::Refused(JoinRefusal::NotLeader { leader: NodeId(0), address: "a:1".into() })),
             Control::Answer(Answer::Refused(JoinRefusal::AddressTooLong)),
             Control::Answer(Answer::Refused(JoinRefusal::GroupFull(9))),
+            Control::Answer(Answer::Refused(JoinRefusal::NotRestarted { view: 2, saved: 7 })),
             Control::Answer(Answer::Version(2)),
             Control::Answer(Answer::Welcome(Box::new(next()))),
             Control::ClientView { reply_to: "127.0.0.1:9".into() },
@@ -584,6 +600,7 @@ mod tests {
                     logs: [(ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(1) }, Version::new(ViewId(3), 9))]
                         .into_iter()
                         .collect(),
+                    damaged: [ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(2) }].into_iter().collect(),
                 },
             },
         ];

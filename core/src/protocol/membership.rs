@@ -369,6 +369,18 @@ pub enum JoinRefusal {
     /// The group has `members_max` members (counting joins under way).
     #[error("the group is full ({0} members, the members_max limit)")]
     GroupFull(u32),
+    /// A member restarting from its logs asked a group that is not past the last view it
+    /// saved: a group started afresh, perhaps. Joining it would drop the member's logs.
+    #[error(
+        "the group is in view {view}, not past view {saved} that this member saved: it may be a new group; \
+         a member with logs does not join it (start the restart leader from its own logs)"
+    )]
+    NotRestarted {
+        /// The group's current view.
+        view: u32,
+        /// The member's saved view.
+        saved: u32,
+    },
 }
 
 /// The counters of one row, as last read.

@@ -14,14 +14,22 @@ use super::ids::{NodeId, ShardRef, Version, ViewId};
 use super::layout::View;
 use super::membership::{LayoutFn, StateTransfer};
 
-/// What a restarting member brings: the last view it installed and, for each shard it has a
-/// log of, the last version in it.
+/// What a restarting member brings: the last view it saved and, for each shard it has a log
+/// of, the last version in it.
+///
+/// A member saves a view only once the state of every shard it received for it is durable, so
+/// a member whose saved view is the last one holds, for each of its shards there, everything
+/// durable at every member of that shard, unless its log was damaged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
     /// The last view this member saved.
     pub saved: View,
     /// The last version of each shard's log here.
     pub logs: BTreeMap<ShardRef, Version>,
+    /// Shards whose log had a corrupt record (recovery cut it there): it may lack versions it
+    /// had made durable, so it does not stand for its shard in the quorum (it still counts
+    /// among the logs to pick the longest from).
+    pub damaged: BTreeSet<ShardRef>,
 }
 
 /// Why the restart leader waits for more members.
@@ -37,8 +45,9 @@ pub enum Waiting {
         /// Its members.
         of: usize,
     },
-    /// No member of a shard of the last view is back: its state may be on no other disk.
-    #[error("no member of {0} in the last view is back")]
+    /// No member of a shard of the last view is back with a whole log of it (saved in the last
+    /// view, undamaged): its state may be on no other disk.
+    #[error("no member of {0} in the last view is back with a whole log of it")]
     Shard(ShardRef),
     /// The members back cannot be laid out.
     #[error("the members back cannot be laid out: {0}")]
@@ -58,7 +67,8 @@ pub struct Plan {
 }
 
 /// The restart view once `offers` (the leader's own included) meet the quorum: a majority of
-/// the last view's members and at least one member of each of its shards (PROTOCOLS §4.1).
+/// the last view's members and, for each of its shards, at least one of its members whose
+/// saved view is the last one and whose log of the shard is undamaged (PROTOCOLS §4.1).
 ///
 /// The new view's id follows every view saved or seen in a log, so its versions follow every
 /// logged one. Its members are those back: `leader` first, then the others in their rank
@@ -81,7 +91,9 @@ pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn Layou
     if have * 2 <= last.members.len() {
         return Err(Waiting::Majority { view: last.id, have, of: last.members.len() });
     }
-    if let Some(s) = last.shards.iter().find(|s| !s.members.iter().any(|m| back.contains(m))) {
+    let whole =
+        |m: &NodeId, s: ShardRef| offers.get(m).is_some_and(|o| o.saved.id == last.id && !o.damaged.contains(&s));
+    if let Some(s) = last.shards.iter().find(|s| !s.members.iter().any(|m| whole(m, s.id))) {
         return Err(Waiting::Shard(s.id));
     }
     let newest_logged = offers.values().flat_map(|o| o.logs.values()).map(|v| v.view()).max().unwrap_or(ViewId(0));
@@ -138,7 +150,28 @@ mod tests {
         Offer {
             saved: saved.clone(),
             logs: logs.iter().map(|&(s, v, seq)| (shard(s), Version::new(ViewId(v), seq.into()))).collect(),
+            damaged: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn a_damaged_log_or_an_older_saved_view_does_not_stand_for_its_shard() {
+        let (old, last) = (view(3, &[&[0, 1], &[2, 3]]), view(4, &[&[0, 1], &[2, 3]]));
+        let layout = FixedShards(last.shards.clone());
+        // Node 3 saved only view 3 (its state for view 4 was not durable yet); node 2's log of
+        // shard 1 was damaged. Nobody stands for shard 1.
+        let mut damaged = offer(&last, &[(1, 4, 2)]);
+        damaged.damaged.insert(shard(1));
+        let mut offers = BTreeMap::from([
+            (NodeId(0), offer(&last, &[(0, 4, 5)])),
+            (NodeId(2), damaged),
+            (NodeId(3), offer(&old, &[(1, 2, 9)])),
+        ]);
+        assert_eq!(plan(NodeId(0), &offers, &layout), Err(Waiting::Shard(shard(1))));
+        offers.get_mut(&NodeId(2)).unwrap().damaged.clear();
+        let p = plan(NodeId(0), &offers, &layout).unwrap();
+        // Node 2's log is the longest of shard 1.
+        assert_eq!(p.transfers, vec![StateTransfer { shard: shard(1), from: vec![NodeId(2)], to: vec![NodeId(3)] }]);
     }
 
     fn one_shard() -> OneShard {

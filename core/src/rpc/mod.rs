@@ -472,6 +472,10 @@ struct ServiceInner {
     persist_failed: RefCell<Option<String>>,
     /// The last view saved in the persistence directory.
     saved_view: Cell<Option<crate::protocol::ViewId>>,
+    /// The current view, until it can be saved ([`ServiceInner::save_view_if_whole`]).
+    unsaved_view: RefCell<Option<View>>,
+    /// Logs whose first record (a state) is not durable yet.
+    states_in_flight: Cell<usize>,
     /// The time of the last version delivered in each shard.
     times: RefCell<BTreeMap<ShardRef, u64>>,
     /// Persisting services: the times of versions not yet known durable everywhere, and of the
@@ -491,6 +495,8 @@ struct ShardLog {
     log: Rc<crate::persist::DurableLog>,
     /// A flush task is running.
     flushing: Cell<bool>,
+    /// Its first record is a state not yet durable.
+    state_pending: Cell<bool>,
 }
 
 impl Default for ServiceInner {
@@ -520,6 +526,8 @@ impl Default for ServiceInner {
             clock: Cell::new(crate::persist::HlcClock::new()),
             persist_failed: RefCell::default(),
             saved_view: Cell::new(None),
+            unsaved_view: RefCell::default(),
+            states_in_flight: Cell::new(0),
             times: RefCell::default(),
             recent_times: RefCell::default(),
         }
@@ -957,19 +965,30 @@ impl ServiceInner {
     fn set_view(&self, view: Option<View>) {
         *self.shard_members.borrow_mut() =
             view.iter().flat_map(|v| v.shards.iter()).map(|s| (s.id, Rc::from(s.members.as_slice()))).collect();
-        // A persisting member saves each view before anything is logged in it: total restart
-        // starts from the last one (PROTOCOLS §4.1).
-        let dir = self.persist_dir.borrow().clone();
-        if let (Some(v), Some(dir)) = (&view, dir)
-            && self.saved_view.get() != Some(v.id)
-            && self.persist_failed.borrow().is_none()
-        {
-            match recovery::save_view(&dir, v) {
-                Ok(()) => self.saved_view.set(Some(v.id)),
-                Err(e) => self.persistence_failed(format!("saving view {} in {}: {e}", v.id.0, dir.display())),
-            }
+        if self.persist_dir.borrow().is_some() {
+            *self.unsaved_view.borrow_mut() = view.clone();
+            self.save_view_if_whole();
         }
         *self.view.borrow_mut() = view;
+    }
+
+    /// A persisting member saves each view (PROTOCOLS §4.1, total restart starts from the last
+    /// one saved) before anything is logged in it, and only once every state it receives for
+    /// its shards is durable: a member whose saved view is the last one then holds, for each
+    /// of its shards, everything durable at every member of the shard.
+    fn save_view_if_whole(&self) {
+        if !self.awaiting.borrow().is_empty() || self.states_in_flight.get() > 0 {
+            return;
+        }
+        let Some(view) = self.unsaved_view.borrow_mut().take() else { return };
+        let Some(dir) = self.persist_dir.borrow().clone() else { return };
+        if self.saved_view.get() == Some(view.id) || self.persist_failed.borrow().is_some() {
+            return;
+        }
+        match recovery::save_view(&dir, &view) {
+            Ok(()) => self.saved_view.set(Some(view.id)),
+            Err(e) => self.persistence_failed(format!("saving view {} in {}: {e}", view.id.0, dir.display())),
+        }
     }
 
     /// Queues a message of `len` bytes for `to`, written by `write` straight into the frame
@@ -1067,7 +1086,10 @@ impl ServiceInner {
             Ok(l) => l,
             Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
         };
-        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false) });
+        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false), state_pending: Cell::new(state.is_some()) });
+        if state.is_some() {
+            self.states_in_flight.set(self.states_in_flight.get() + 1);
+        }
         self.logs.borrow_mut().insert(shard, slog.clone());
         if let Some(state) = state {
             // Everything before the view's first message (versions of view 0 never come by
@@ -1131,6 +1153,12 @@ impl ServiceInner {
                 }
                 if let Some(s) = sender() {
                     s.report_persisted(shard, Version::from_u64(target));
+                }
+                if slog.state_pending.replace(false)
+                    && let Some(inner) = weak.upgrade()
+                {
+                    inner.states_in_flight.set(inner.states_in_flight.get() - 1);
+                    inner.save_view_if_whole();
                 }
                 if slog.log.last_appended() == Some(target) {
                     break;
@@ -1596,8 +1624,8 @@ impl Application for Service {
 
     fn view_installed(&mut self, change: &ViewChange) {
         let inner = &self.inner;
-        inner.set_view(Some(change.view.clone()));
         *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
+        inner.set_view(Some(change.view.clone()));
         // Replies kept for members that left will never be asked for again.
         inner.sent.borrow_mut().retain(|caller, _| change.view.members.contains(caller));
         if inner.me.get().is_some() {

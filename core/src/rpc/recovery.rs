@@ -163,7 +163,7 @@ impl ServiceInner {
             }
             return Err(RecoveryError::LogsWithoutView { path: dir.display().to_string() });
         };
-        let mut offer = Offer { saved, logs: BTreeMap::new() };
+        let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default() };
         for (shard, files) in logs {
             if !self.types.borrow().contains_key(&shard.subgroup) {
                 tracing::warn!(%shard, "a log of a subgroup that hosts no type here: ignored");
@@ -176,6 +176,11 @@ impl ServiceInner {
                 drop(log);
                 if found.cut > 0 {
                     tracing::warn!(path = %path.display(), cut = found.cut, damage = ?found.damage, "a log's damaged tail was cut");
+                }
+                // A corrupt record (not a write cut short) may have held durable versions: this
+                // log, or an older one used in its place, may lack them.
+                if matches!(found.damage, Some(crate::persist::record::Damage::Corrupt { .. })) {
+                    offer.damaged.insert(shard);
                 }
                 if found.records.is_empty() {
                     continue;

@@ -24,6 +24,7 @@ use super::payload;
 use super::rng::SimRng;
 use super::trace::Trace;
 use super::world::Failure;
+use crate::protocol::restart::{self, Offer};
 
 /// A named step of the view change, to crash around.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +157,26 @@ pub enum Plan {
         /// Whose disk.
         node: NodeId,
         /// From when.
+        at: Time,
+    },
+    /// The crashed member `node` restarts at `at` from what its disk holds (PROTOCOLS §4.1):
+    /// it rebuilds its shards' logs and offers them to `leader` (itself: it leads the restart,
+    /// collecting offers until [`crate::protocol::restart::plan`] has a quorum). A group
+    /// already running again takes the offer as a join. Needs [`GroupConfig::sync_ns`].
+    Restart {
+        /// Who.
+        node: NodeId,
+        /// The restart leader.
+        leader: NodeId,
+        /// When.
+        at: Time,
+    },
+    /// At `at`, one record of the newest log of one of `node`'s shards (both seeded) no longer
+    /// matches its checksum (a bit flip on disk): recovery cuts the log there.
+    Corrupt {
+        /// Whose disk.
+        node: NodeId,
+        /// When.
         at: Time,
     },
 }
@@ -310,6 +331,24 @@ pub enum MemberEvent {
     },
     /// A log sync failed (planned): the member stopped.
     StorageFailed,
+    /// It restarted from its disk: the last version of each shard's log it recovered, and
+    /// whether a corrupt record cut one of them.
+    Restarted {
+        /// Per shard, the last version recovered.
+        logs: BTreeMap<ShardRef, Version>,
+        /// A corrupt record cut a log.
+        corrupted: bool,
+    },
+    /// A restarted member's shard state is final in its first view after the restart: the
+    /// log it recovered, or the longer one it received.
+    Resumed {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The state.
+        log: Rc<[(NodeId, u64)]>,
+    },
 }
 
 /// A member event with its time and step.
@@ -334,6 +373,7 @@ enum Ctrl {
     Refused(JoinRefusal),
     Welcome(Box<NextView>),
     State { view: ViewId, shard: ShardRef, log: Log },
+    Offer { node: NodeId, offer: Offer },
 }
 
 #[derive(Clone, Debug)]
@@ -347,6 +387,7 @@ enum Ev {
     Wake { node: NodeId },
     JoinRetry { node: NodeId },
     SyncDone { node: NodeId },
+    OfferRetry { node: NodeId },
 }
 
 #[derive(Debug, Default)]
@@ -377,9 +418,39 @@ struct Member {
     deferred: Vec<Input>,
     wake_at: Option<Time>,
     disk: Disk,
+    /// The last view it installed (what a persisting member saves).
+    saved: Option<View>,
+    /// Restarted from its disk and not yet in a view: the shards whose state is to be judged
+    /// final ([`MemberEvent::Resumed`]) in its first view.
+    resuming: bool,
+    /// Shards whose log a corrupt record cut at its restart.
+    damaged: BTreeSet<ShardRef>,
 }
 
-/// A member's simulated log: the last version appended and durable per shard.
+impl Member {
+    fn new(node: Option<Node<HeapMemory>>, contact: Option<NodeId>, stream: Stream) -> Self {
+        Self {
+            node,
+            alive: true,
+            tick_at: None,
+            future: Vec::new(),
+            future_state: Vec::new(),
+            contact,
+            log: BTreeMap::new(),
+            stream,
+            slow: None,
+            deferred: Vec::new(),
+            wake_at: None,
+            disk: Disk::default(),
+            saved: None,
+            resuming: false,
+            damaged: BTreeSet::new(),
+        }
+    }
+}
+
+/// A member's simulated disk: the last version appended and durable per shard, and the log
+/// files themselves.
 #[derive(Debug, Default)]
 struct Disk {
     appended: BTreeMap<ShardRef, Version>,
@@ -388,6 +459,25 @@ struct Disk {
     in_flight: Option<BTreeMap<ShardRef, Version>>,
     /// The global frontier last seen, per view and shard.
     global_seen: BTreeMap<(ViewId, ShardRef), Version>,
+    /// Per shard, its log files, oldest first (a replica that starts from a state starts a new
+    /// one, as the service does).
+    files: BTreeMap<ShardRef, Vec<LogFile>>,
+}
+
+/// One simulated log file: its records in order, each with its version.
+#[derive(Debug, Default)]
+struct LogFile {
+    records: Vec<(Version, Record)>,
+    /// Records from this index on fail their checksum.
+    corrupt_at: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Record {
+    /// The state the replica started from.
+    State(Log),
+    /// A delivered message.
+    Entry(NodeId, u64),
 }
 
 /// The simulated group (see the module documentation).
@@ -404,6 +494,8 @@ pub struct GroupSim {
     work_rng: SimRng,
     crash_rng: SimRng,
     disk_rng: SimRng,
+    /// Power loss and bit flips on disks.
+    loss_rng: SimRng,
     /// Directed links blocked, with the number of plans blocking each.
     blocked: BTreeMap<(NodeId, NodeId), u32>,
     last_arrival: BTreeMap<(NodeId, NodeId), Time>,
@@ -412,6 +504,8 @@ pub struct GroupSim {
     fired: BTreeSet<usize>,
     events: Vec<Event>,
     trace: Trace,
+    /// A restart leader's offers, while it collects them.
+    offers: BTreeMap<NodeId, BTreeMap<NodeId, Offer>>,
 }
 
 fn address(node: NodeId) -> String {
@@ -427,8 +521,10 @@ impl GroupSim {
     pub fn new(config: GroupConfig) -> Self {
         let mut root = SimRng::new(config.seed);
         let (net_rng, work_rng, crash_rng) = (root.fork(), root.fork(), root.fork());
-        // Forked after the others: seeds without persistence replay as before.
+        // Forked after the others: seeds without persistence (or without restarts) replay as
+        // before.
         let disk_rng = root.fork();
+        let loss_rng = root.fork();
         let layout: Rc<dyn LayoutFn> = if let Some(l) = &config.layout {
             l.clone()
         } else if config.shards <= 1 {
@@ -451,12 +547,14 @@ impl GroupSim {
             work_rng,
             crash_rng,
             disk_rng,
+            loss_rng,
             blocked: BTreeMap::new(),
             last_arrival: BTreeMap::new(),
             broken: BTreeSet::new(),
             fired: BTreeSet::new(),
             events: Vec::new(),
             trace: Trace::new(config.record_trace),
+            offers: BTreeMap::new(),
             config,
         };
         let len = Node::<HeapMemory>::table_len(&view, &sim.config.limits);
@@ -473,23 +571,7 @@ impl GroupSim {
             )
             .expect("the simulated configuration is valid");
             let stream = Stream { total: sim.config.messages_per_sender, ..Stream::default() };
-            sim.members.insert(
-                id,
-                Member {
-                    node: Some(node),
-                    alive: true,
-                    tick_at: None,
-                    future: Vec::new(),
-                    future_state: Vec::new(),
-                    contact: None,
-                    log: BTreeMap::new(),
-                    stream,
-                    slow: None,
-                    deferred: Vec::new(),
-                    wake_at: None,
-                    disk: Disk::default(),
-                },
-            );
+            sim.members.insert(id, Member::new(Some(node), None, stream));
             sim.record(id, MemberEvent::Installed(view.clone()));
             if sim.config.messages_per_sender > 0 {
                 let at = Time(sim.work_rng.range(sim.config.interval_ns.clone()));
@@ -504,7 +586,9 @@ impl GroupSim {
                 | Plan::Join { at, .. }
                 | Plan::Leave { at, .. }
                 | Plan::Slow { at, .. }
-                | Plan::Report { at, .. } => Some(*at),
+                | Plan::Report { at, .. }
+                | Plan::Restart { at, .. }
+                | Plan::Corrupt { at, .. } => Some(*at),
                 Plan::CrashOnStep { .. } | Plan::SyncFails { .. } => None,
             };
             if let Some(at) = at {
@@ -524,7 +608,31 @@ impl GroupSim {
     }
 
     fn record(&mut self, node: NodeId, what: MemberEvent) {
+        let installed = matches!(what, MemberEvent::Installed(_));
         self.events.push(Event { at: self.now, step: self.steps, node, what });
+        if installed {
+            self.maybe_save(node);
+        }
+    }
+
+    /// As the service does, a member saves its view once every state it received for its
+    /// shards is durable (and it awaits none); restarts read the last view saved.
+    fn maybe_save(&mut self, id: NodeId) {
+        let Some(m) = self.members.get_mut(&id) else { return };
+        let Some(node) = m.node.as_ref() else { return };
+        let view = node.view();
+        if view.shards.iter().any(|s| node.awaiting_state(s.id)) {
+            return;
+        }
+        let pending = m.disk.files.iter().any(|(shard, files)| {
+            files
+                .last()
+                .and_then(|f| f.records.first())
+                .is_some_and(|(v, r)| matches!(r, Record::State(_)) && m.disk.durable.get(shard).is_none_or(|d| d < v))
+        });
+        if !pending && m.saved.as_ref().is_none_or(|s| s.id != view.id) {
+            m.saved = Some(view.clone());
+        }
     }
 
     /// The configuration.
@@ -649,6 +757,12 @@ impl GroupSim {
                 }
             }
             Ev::SyncDone { node } => self.sync_done(node),
+            Ev::OfferRetry { node } => {
+                let m = self.members.get(&node).expect("a member");
+                if m.alive && m.node.is_none() {
+                    self.send_offer(node);
+                }
+            }
             Ev::JoinRetry { node } => {
                 let m = self.members.get(&node).expect("a member");
                 if m.alive && m.node.is_none() {
@@ -699,23 +813,7 @@ impl GroupSim {
             }
             Plan::Join { node, via, .. } => {
                 self.trace.record(format_args!("t={} join n{} via n{}", now.0, node.0, via.0));
-                self.members.insert(
-                    node,
-                    Member {
-                        node: None,
-                        alive: true,
-                        tick_at: None,
-                        future: Vec::new(),
-                        future_state: Vec::new(),
-                        contact: Some(via),
-                        log: BTreeMap::new(),
-                        stream: Stream { done: true, ..Stream::default() },
-                        slow: None,
-                        deferred: Vec::new(),
-                        wake_at: None,
-                        disk: Disk::default(),
-                    },
-                );
+                self.members.insert(node, Member::new(None, Some(via), Stream { done: true, ..Stream::default() }));
                 self.send_ctrl(node, via, Ctrl::Join { node, address: address(node) });
                 let retry = now.plus_ns(self.config.membership.suspect_after_ns * 2);
                 self.schedule(retry, Ev::JoinRetry { node });
@@ -728,6 +826,8 @@ impl GroupSim {
                     m.slow = Some((tick_ns.max(1), until));
                 }
             }
+            Plan::Restart { node, leader, .. } => self.restart(node, leader),
+            Plan::Corrupt { node, .. } => self.corrupt(node),
             Plan::CrashOnStep { .. } | Plan::SyncFails { .. } => {}
         }
     }
@@ -774,6 +874,7 @@ impl GroupSim {
             self.trace.record(format_args!("t={} durable n{} {shard} {version}", now.0, id.0));
             self.record(id, MemberEvent::Persisted { shard, version });
         }
+        self.maybe_save(id);
         self.activate(id, None);
         self.maybe_sync(id);
     }
@@ -818,8 +919,194 @@ impl GroupSim {
             return;
         }
         m.alive = false;
+        // What was written but not synced may or may not be on the disk: a seeded prefix of
+        // it is, the last record perhaps torn (recovery cuts a torn record).
+        for (shard, files) in &mut m.disk.files {
+            let durable = m.disk.durable.get(shard).copied();
+            for f in files.iter_mut() {
+                let synced = f.records.iter().take_while(|(v, _)| durable.is_some_and(|d| *v <= d)).count();
+                let kept = synced + self.loss_rng.below((f.records.len() - synced) as u64 + 1) as usize;
+                f.records.truncate(kept);
+            }
+        }
+        m.disk.in_flight = None;
         self.trace.record(format_args!("t={} crash n{}", self.now.0, node.0));
         self.record(node, MemberEvent::Crashed);
+    }
+
+    /// A bit flip in one record of the newest non-empty log of one of `id`'s shards.
+    fn corrupt(&mut self, id: NodeId) {
+        let Some(m) = self.members.get_mut(&id) else { return };
+        let candidates: Vec<ShardRef> = m
+            .disk
+            .files
+            .iter()
+            .filter(|(_, files)| files.iter().any(|f| !f.records.is_empty()))
+            .map(|(s, _)| *s)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let shard = candidates[self.loss_rng.below(candidates.len() as u64) as usize];
+        let f = m.disk.files.get_mut(&shard).and_then(|fs| fs.iter_mut().rev().find(|f| !f.records.is_empty()));
+        let f = f.expect("a non-empty log");
+        let at = self.loss_rng.below(f.records.len() as u64) as usize;
+        f.corrupt_at = Some(f.corrupt_at.map_or(at, |c| c.min(at)));
+        self.trace.record(format_args!("t={} corrupt n{} {shard} record {at}", self.now.0, id.0));
+    }
+
+    /// Restarts a crashed member from its disk (PROTOCOLS §4.1): each shard's newest log that
+    /// holds a valid record becomes its log, and it offers them to `leader`.
+    fn restart(&mut self, id: NodeId, leader: NodeId) {
+        let Some(m) = self.members.get_mut(&id) else { return };
+        if m.alive || self.config.sync_ns.is_none() {
+            return;
+        }
+        if m.saved.is_none() {
+            // It never saved a view (a joiner whose first state was not durable): as the
+            // service does without a saved view, it starts afresh and joins.
+            *m = Member::new(None, Some(leader), Stream { done: true, ..Stream::default() });
+            self.trace.record(format_args!("t={} restart n{} without a saved view: joins", self.now.0, id.0));
+            self.send_ctrl(id, leader, Ctrl::Join { node: id, address: address(id) });
+            let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
+            self.schedule(retry, Ev::JoinRetry { node: id });
+            return;
+        }
+        let mut logs = BTreeMap::new();
+        let mut corrupted = false;
+        let mut damaged = BTreeSet::new();
+        let mut recovered = BTreeMap::new();
+        for (shard, files) in &mut m.disk.files {
+            for f in files.iter_mut() {
+                if let Some(c) = f.corrupt_at.take()
+                    && c < f.records.len()
+                {
+                    // A record failing its checksum: recovery knows its log is damaged.
+                    corrupted = true;
+                    damaged.insert(*shard);
+                    f.records.truncate(c);
+                }
+            }
+            files.retain(|f| !f.records.is_empty());
+            let Some(f) = files.last() else { continue };
+            let mut log = Vec::new();
+            for (_, r) in &f.records {
+                match r {
+                    Record::State(l) => log = l.to_vec(),
+                    Record::Entry(sender, seq) => log.push((*sender, *seq)),
+                }
+            }
+            let last = f.records.last().expect("non-empty").0;
+            logs.insert(*shard, last);
+            recovered.insert(*shard, log);
+        }
+        m.alive = true;
+        m.node = None;
+        m.tick_at = None;
+        m.future.clear();
+        m.future_state.clear();
+        m.contact = Some(leader);
+        m.log = recovered;
+        // What it had not sent died with it.
+        m.stream.done = true;
+        m.stream.total = m.stream.next_seq;
+        m.slow = None;
+        m.deferred.clear();
+        m.wake_at = None;
+        m.resuming = true;
+        m.disk.appended = logs.clone();
+        m.disk.durable = logs.clone();
+        m.disk.global_seen.clear();
+        m.damaged = damaged.clone();
+        let saved = m.saved.clone().expect("a member that ran saved a view");
+        self.trace.record(format_args!("t={} restart n{} leader n{} logs {logs:?}", self.now.0, id.0, leader.0));
+        self.record(id, MemberEvent::Restarted { logs: logs.clone(), corrupted });
+        let offer = Offer { saved, logs, damaged };
+        if id == leader {
+            self.offers.insert(id, BTreeMap::from([(id, offer)]));
+            self.try_restart(id);
+        } else {
+            self.send_offer(id);
+        }
+    }
+
+    /// Sends a restarting member's offer to its restart leader, again later if no view comes.
+    fn send_offer(&mut self, id: NodeId) {
+        let m = &self.members[&id];
+        let leader = m.contact.expect("a restarting member has a leader");
+        let logs = m.disk.durable.clone();
+        let offer = Offer { saved: m.saved.clone().expect("a saved view"), logs, damaged: m.damaged.clone() };
+        self.send_ctrl(id, leader, Ctrl::Offer { node: id, offer });
+        let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
+        self.schedule(retry, Ev::OfferRetry { node: id });
+    }
+
+    /// The restart leader installs the restart view once its offers make a quorum.
+    fn try_restart(&mut self, leader: NodeId) {
+        let Some(offers) = self.offers.get(&leader) else { return };
+        let plan = match restart::plan(leader, offers, &*self.layout) {
+            Ok(p) => p,
+            Err(waiting) => {
+                self.trace.record(format_args!("t={} restart n{} waits: {waiting}", self.now.0, leader.0));
+                return;
+            }
+        };
+        self.offers.remove(&leader);
+        self.trace.record(format_args!(
+            "t={} restart-view n{} v{} members {:?}",
+            self.now.0,
+            leader.0,
+            plan.view.id.0,
+            plan.view.members.iter().map(|n| n.0).collect::<Vec<_>>()
+        ));
+        let next = NextView {
+            addresses: plan.view.members.iter().map(|&m| (m, address(m))).collect(),
+            joined: plan.view.members.iter().copied().filter(|&m| m != leader).collect(),
+            departed: plan.last.members.iter().copied().filter(|m| !plan.view.members.contains(m)).collect(),
+            transfers: plan.transfers,
+            inadequate: None,
+            view: plan.view,
+        };
+        for &m in &next.joined {
+            self.send_ctrl(leader, m, Ctrl::Welcome(Box::new(next.clone())));
+        }
+        self.control(leader, leader, Ctrl::Welcome(Box::new(next)));
+    }
+
+    /// Records the final state of each shard of a restarted member's first view whose state
+    /// is not on its way.
+    fn resumed(&mut self, id: NodeId, received: Option<ShardRef>) {
+        let m = self.members.get_mut(&id).expect("a member");
+        let Some(node) = m.node.as_ref() else { return };
+        if !m.resuming {
+            return;
+        }
+        let view = node.view().clone();
+        let waiting = |s: ShardRef| node.awaiting_state(s) && received != Some(s);
+        let done: Vec<(ShardRef, Log)> = view
+            .shards
+            .iter()
+            .filter(|s| s.members.contains(&id) && !waiting(s.id))
+            .map(|s| (s.id, m.log.get(&s.id).cloned().unwrap_or_default().into()))
+            .collect();
+        if view.shards.iter().filter(|s| s.members.contains(&id)).all(|s| !waiting(s.id)) {
+            m.resuming = false;
+        }
+        let judged: Vec<ShardRef> = self
+            .events
+            .iter()
+            .rev()
+            .take_while(|e| !(e.node == id && matches!(e.what, MemberEvent::Restarted { .. })))
+            .filter_map(|e| match &e.what {
+                MemberEvent::Resumed { shard, .. } if e.node == id => Some(*shard),
+                _ => None,
+            })
+            .collect();
+        for (shard, log) in done {
+            if !judged.contains(&shard) {
+                self.record(id, MemberEvent::Resumed { view: view.id, shard, log });
+            }
+        }
     }
 
     fn link_open(&self, from: NodeId, to: NodeId) -> bool {
@@ -924,8 +1211,23 @@ impl GroupSim {
                 m.node = Some(node);
                 self.trace.record(format_args!("t={} welcome n{} view {}", now.0, to.0, next.view.id.0));
                 self.record(to, MemberEvent::Installed(next.view.clone()));
+                self.resumed(to, None);
                 self.apply_future(to);
                 self.activate(to, None);
+            }
+            Ctrl::Offer { node, offer } => {
+                let view = self.members[&to].node.as_ref().map(|n| n.view().id);
+                if let Some(view) = view {
+                    // The group runs again: a late member joins it, its logs superseded; a
+                    // group not past its saved view is refused, as the driver does (it keeps
+                    // asking, and is never let in).
+                    if view > offer.saved.id {
+                        self.activate(to, Some(Input::Join { node, address: address(node) }));
+                    }
+                } else if let Some(offers) = self.offers.get_mut(&to) {
+                    offers.insert(node, offer);
+                    self.try_restart(to);
+                }
             }
             Ctrl::State { view, shard, log } => {
                 let m = self.members.get_mut(&to).expect("a member");
@@ -946,12 +1248,15 @@ impl GroupSim {
                 }
                 m.log.insert(shard, log.to_vec());
                 if self.config.sync_ns.is_some() {
-                    // As the service does: the state is the log's first record, durable at once
-                    // (everything before this view's first message).
+                    // As the service does: the state is the first record of a new log, durable
+                    // at once (everything before this view's first message).
                     let before = Version::from_u64(Version::new(view, 0).as_u64().saturating_sub(1));
                     m.disk.appended.insert(shard, before);
+                    let file = LogFile { records: vec![(before, Record::State(log.clone()))], corrupt_at: None };
+                    m.disk.files.entry(shard).or_default().push(file);
                 }
                 self.record(to, MemberEvent::StateReceived { shard, len: log.len() });
+                self.resumed(to, Some(shard));
                 self.activate(to, Some(Input::StateReceived(shard)));
             }
         }
@@ -1136,8 +1441,15 @@ impl GroupSim {
         });
         for (shard, sender, seq, version, from, index) in got {
             m.log.entry(shard).or_default().push((sender, seq));
-            if let Some(v) = version {
+            if let Some(v) = version
+                && self.config.sync_ns.is_some()
+            {
                 m.disk.appended.insert(shard, v);
+                let files = m.disk.files.entry(shard).or_default();
+                if files.is_empty() {
+                    files.push(LogFile::default());
+                }
+                files.last_mut().expect("a file").records.push((v, Record::Entry(sender, seq)));
             }
             self.trace.record(format_args!(
                 "t={} deliver n{} v{} n{}#{} seq={seq} {}",

@@ -25,8 +25,19 @@ impl EventChecker for Durability {
         "durability"
     }
 
+    fn restarted(&mut self, _node: NodeId, view: ViewId) {
+        self.views.retain(|v, _| *v < view);
+    }
+
     fn observe(&mut self, _sim: &GroupSim, e: &MemberRecord) -> Result<(), String> {
         match &e.what {
+            // What it recovered is all its disk holds now.
+            MemberEvent::Restarted { logs, .. } => {
+                self.durable.retain(|(n, _), _| *n != e.node);
+                for (shard, v) in logs {
+                    self.durable.insert((e.node, *shard), *v);
+                }
+            }
             MemberEvent::Installed(view) => {
                 self.views.insert(view.id, view.clone());
             }

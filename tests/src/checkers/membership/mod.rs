@@ -16,15 +16,20 @@
 //! * [`liveness`]: after the faults heal, the survivors share one settled view and one log.
 //! * [`no_faults`]: no honest member is accused of breaking the protocol.
 //! * [`durability`]: a version said durable everywhere is durable at every member of the shard.
+//! * [`restart`]: after a total restart, every version said durable everywhere is in the
+//!   restarted state, which is the longest log brought back.
 
-use derecho::protocol::NodeId;
-use derecho::sim::{GroupSim, MemberRecord};
+use std::collections::BTreeSet;
+
+use derecho::protocol::{NodeId, ViewId};
+use derecho::sim::{GroupSim, MemberEvent, MemberRecord};
 
 pub mod durability;
 pub mod fifo_no_duplicates;
 pub mod liveness;
 pub mod no_faults;
 pub mod no_loss;
+pub mod restart;
 pub mod single_trim;
 pub mod view_agreement;
 pub mod virtual_synchrony;
@@ -34,6 +39,7 @@ pub use fifo_no_duplicates::FifoNoDuplicates;
 pub use liveness::Liveness;
 pub use no_faults::NoFaults;
 pub use no_loss::NoLoss;
+pub use restart::RestartDurability;
 pub use single_trim::SingleTrim;
 pub use view_agreement::ViewAgreement;
 pub use virtual_synchrony::VirtualSynchrony;
@@ -49,6 +55,16 @@ pub trait EventChecker {
     ///
     /// A counter-example.
     fn observe(&mut self, sim: &GroupSim, event: &MemberRecord) -> Result<(), String>;
+
+    /// Member `node`, restarted from its disk (PROTOCOLS §4.1), is about to install its first
+    /// view, `view`. A restarted group's views are a new run of the group: their ids may
+    /// repeat those of views installed only by members that are not back (nothing of those
+    /// views was durable everywhere, and the restart discards it), so what a checker knows of
+    /// views from `view` on, and of `node`'s past, no longer applies. The default forgets
+    /// nothing.
+    fn restarted(&mut self, node: NodeId, view: ViewId) {
+        let _ = (node, view);
+    }
 }
 
 /// Every membership checker, fed incrementally.
@@ -56,6 +72,8 @@ pub trait EventChecker {
 pub struct GroupCheckers {
     safety: Vec<Box<dyn EventChecker>>,
     seen: usize,
+    /// Members restarted from their disk that have not installed a view since.
+    restarting: BTreeSet<NodeId>,
 }
 
 impl Default for GroupCheckers {
@@ -74,8 +92,10 @@ impl GroupCheckers {
                 Box::new(VirtualSynchrony::default()),
                 Box::new(NoFaults),
                 Box::new(Durability::default()),
+                Box::new(RestartDurability::default()),
             ],
             seen: 0,
+            restarting: BTreeSet::new(),
         }
     }
 
@@ -89,6 +109,17 @@ impl GroupCheckers {
         while self.seen < events.len() {
             let e = &events[self.seen];
             self.seen += 1;
+            match &e.what {
+                MemberEvent::Restarted { .. } => {
+                    self.restarting.insert(e.node);
+                }
+                MemberEvent::Installed(view) if self.restarting.remove(&e.node) => {
+                    for c in &mut self.safety {
+                        c.restarted(e.node, view.id);
+                    }
+                }
+                _ => {}
+            }
             for c in &mut self.safety {
                 c.observe(sim, e).map_err(|m| format!("{}: {m}", c.name()))?;
             }

@@ -31,6 +31,9 @@ impl NoLoss {
             for e in sim.events().iter().filter(|e| e.node == sender) {
                 match e.what {
                     MemberEvent::Sent { shard, seq, .. } => sent.entry(shard).or_default().push(seq),
+                    // Restarted from its disk: what it had accepted before the crash and nobody
+                    // delivered died with every member (only durable versions are owed).
+                    MemberEvent::Restarted { .. } => sent.clear(),
                     MemberEvent::ResendFailed { shard, count } => {
                         let v = sent.entry(shard).or_default();
                         v.truncate(v.len().saturating_sub(count));

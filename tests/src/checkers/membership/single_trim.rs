@@ -24,6 +24,10 @@ impl EventChecker for SingleTrim {
         "single-trim"
     }
 
+    fn restarted(&mut self, _node: NodeId, view: ViewId) {
+        self.trims.retain(|(v, _), _| *v < view);
+    }
+
     fn observe(&mut self, _sim: &GroupSim, e: &MemberRecord) -> Result<(), String> {
         let MemberEvent::Final { view, trims } = &e.what else { return Ok(()) };
         for (shard, t) in trims {

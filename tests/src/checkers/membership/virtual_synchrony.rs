@@ -29,6 +29,12 @@ impl EventChecker for VirtualSynchrony {
         "virtual-synchrony"
     }
 
+    fn restarted(&mut self, node: NodeId, view: ViewId) {
+        self.current.remove(&node);
+        self.longest.retain(|(v, _), _| *v < view);
+        self.closed.retain(|(v, _), _| *v < view);
+    }
+
     fn observe(&mut self, _sim: &GroupSim, e: &MemberRecord) -> Result<(), String> {
         match &e.what {
             MemberEvent::Installed(view) => {

@@ -1,0 +1,101 @@
+//! Durability across a total restart (PROTOCOLS §4, §4.1). Judged on each shard state a
+//! restarted member resumes with ([`MemberEvent::Resumed`]):
+//!
+//! * every version any member's node said durable at every member of its shard, before, is in
+//!   that state, bit flips included (a log cut at a corrupt record does not stand for its shard
+//!   in the restart quorum);
+//! * the state of a member of the restart view is the longest log the members of that view
+//!   brought back: it ends with the last entry of that log.
+
+use std::collections::BTreeMap;
+
+use derecho::protocol::{NodeId, ShardRef, Version, View, ViewId};
+use derecho::sim::{GroupSim, MemberEvent, MemberRecord};
+
+use super::EventChecker;
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct RestartDurability {
+    /// The highest version said durable everywhere, per shard.
+    global: BTreeMap<ShardRef, Version>,
+    /// The message delivered at each version.
+    entries: BTreeMap<(ShardRef, Version), (NodeId, u64)>,
+    /// Per restarted member: the last versions it recovered, and whether a bit flip cut a log.
+    offers: BTreeMap<NodeId, (BTreeMap<ShardRef, Version>, bool)>,
+    /// Every view installed (a restart view replaces an older one of the same id).
+    views: BTreeMap<ViewId, View>,
+    /// The first view of the restart.
+    restart_view: Option<ViewId>,
+}
+
+impl EventChecker for RestartDurability {
+    fn name(&self) -> &'static str {
+        "restart-durability"
+    }
+
+    fn restarted(&mut self, _node: NodeId, view: ViewId) {
+        // The leader installs the restart view first; late members join later views.
+        self.restart_view.get_or_insert(view);
+    }
+
+    fn observe(&mut self, _sim: &GroupSim, e: &MemberRecord) -> Result<(), String> {
+        match &e.what {
+            MemberEvent::Installed(view) => {
+                self.views.insert(view.id, view.clone());
+            }
+            MemberEvent::Delivered { shard, sender, seq, version: Some(v), .. } => {
+                self.entries.insert((*shard, *v), (*sender, *seq));
+            }
+            MemberEvent::GlobalPersisted { shard, version, .. } => {
+                let g = self.global.entry(*shard).or_insert(*version);
+                *g = (*g).max(*version);
+            }
+            MemberEvent::Restarted { logs, corrupted } => {
+                self.offers.insert(e.node, (logs.clone(), *corrupted));
+            }
+            MemberEvent::Resumed { view, shard, log } => {
+                let restart = self.restart_view.and_then(|r| self.views.get(&r)).ok_or_else(|| {
+                    format!("n{} resumed {shard} in view {} before any restart view", e.node.0, view.0)
+                })?;
+                // The restart view's members and what they brought back of this shard.
+                let brought: Vec<(NodeId, Version, bool)> = restart
+                    .members
+                    .iter()
+                    .filter_map(|m| {
+                        let (logs, corrupted) = self.offers.get(m)?;
+                        logs.get(shard).map(|v| (*m, *v, *corrupted))
+                    })
+                    .collect();
+                if let Some(&g) = self.global.get(shard)
+                    && let Some(entry) = self.entries.get(&(*shard, g))
+                    && !log.contains(entry)
+                {
+                    return Err(format!(
+                        "n{} resumed {shard} in view {} without {g} (n{}:{}), durable everywhere before the \
+                         restart; the restart view's members brought back {brought:?}",
+                        e.node.0, view.0, entry.0.0, entry.1
+                    ));
+                }
+                if *view == restart.id
+                    && let Some(&(longest_by, longest, _)) = brought.iter().max_by_key(|(_, v, _)| *v)
+                    && let Some(last) = self.entries.get(&(*shard, longest))
+                    && log.last() != Some(last)
+                {
+                    return Err(format!(
+                        "n{} resumed {shard} in the restart view {} ending with {:?}, but the longest log brought \
+                         back (n{}'s, to {longest}) ends with n{}:{}",
+                        e.node.0,
+                        view.0,
+                        log.last(),
+                        longest_by.0,
+                        last.0.0,
+                        last.1
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
