@@ -50,6 +50,8 @@ struct Plan {
     listeners: Option<(TcpListener, TcpListener)>,
     /// Spin budget of both executors (zero: they park whenever idle).
     spin: Duration,
+    /// Peer 1's limits, if not those of peer 0.
+    limits_b: Option<TransportLimits>,
 }
 
 impl Plan {
@@ -58,7 +60,13 @@ impl Plan {
             let l = || TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             (l(), l())
         });
-        Self { which, limits, ns: unique_ns("pair"), listeners, spin: Duration::ZERO }
+        Self { which, limits, ns: unique_ns("pair"), listeners, spin: Duration::ZERO, limits_b: None }
+    }
+
+    /// Peer 1 runs with `limits` (peer 0 with those of [`Plan::new`]).
+    fn peer_b_limits(mut self, limits: TransportLimits) -> Self {
+        self.limits_b = Some(limits);
+        self
     }
 
     /// Both executors spin for `spin` before parking (TCP then receives with non-blocking reads
@@ -103,7 +111,7 @@ where
     RA: Send + 'static,
     RB: Send + 'static,
 {
-    let Plan { which, limits, ns, listeners, spin } = plan;
+    let Plan { which, limits, ns, listeners, spin, limits_b } = plan;
     let (la, lb, addr_a, addr_b) = match listeners {
         Some((la, lb)) => {
             let (aa, ab) = (la.local_addr(), lb.local_addr());
@@ -111,7 +119,8 @@ where
         }
         None => (None, None, None, None),
     };
-    let (ns_a, ns_b, lim_a, lim_b) = (ns.clone(), ns.clone(), limits.clone(), limits);
+    let (ns_a, ns_b, lim_a) = (ns.clone(), ns.clone(), limits.clone());
+    let lim_b = limits_b.unwrap_or(limits);
     let ta = Builder::new()
         .spin_budget(spin)
         .name("peer-a")
@@ -859,6 +868,44 @@ fn close_after_a_burst_loses_nothing_with(which: Which, spin: Duration) {
             assert!(matches!(reason, PeerFailure::Closed), "{reason:?}");
         },
     );
+}
+
+/// A peer whose thread did not run for longer than the peer timeout (a loaded machine) does not
+/// take that stall for the other's silence: the other's heartbeats are waiting in its socket.
+/// (Peer 1 waits longer before it calls peer 0 silent: peer 0's stall is real silence to it.)
+fn a_stalled_thread_does_not_suspect_its_peer(which: Which, spin: Duration) {
+    let patient = TransportLimits { peer_timeout: Duration::from_secs(10), ..limits() };
+    run_pair(
+        Plan::new(which, limits()).peer_b_limits(patient).spinning(spin),
+        |t| async move {
+            // Blocks the thread, past the 400 ms peer timeout.
+            std::thread::sleep(Duration::from_millis(900));
+            let (from, body) = next_frame(&t).await;
+            assert_eq!((from, body.as_slice()), (B, &b"still here"[..]));
+            assert!(t.last_heard(B).is_some(), "peer 1 was reported failed after the stall");
+            t.send_frame(B, b"ack".into()).await.unwrap();
+        },
+        |t| async move {
+            time::sleep(Duration::from_millis(1200)).await;
+            t.send_frame(A, b"still here".into()).await.unwrap();
+            assert_eq!(next_frame(&t).await.1, b"ack");
+        },
+    );
+}
+
+#[test]
+fn tcp_a_stalled_thread_does_not_suspect_its_peer() {
+    a_stalled_thread_does_not_suspect_its_peer(Which::Tcp, Duration::ZERO);
+}
+
+#[test]
+fn tcp_spinning_a_stalled_thread_does_not_suspect_its_peer() {
+    a_stalled_thread_does_not_suspect_its_peer(Which::Tcp, SPIN);
+}
+
+#[test]
+fn shm_a_stalled_thread_does_not_suspect_its_peer() {
+    a_stalled_thread_does_not_suspect_its_peer(Which::Shm, Duration::ZERO);
 }
 
 #[test]

@@ -193,8 +193,8 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
 /// A random total-restart scenario from `seed` (PROTOCOLS §4.1): a group on simulated disks
 /// loses every member at once (unsynced writes partly kept, a record perhaps torn), perhaps a
 /// bit flips in one member's newest log, and the members come back in a seeded order with a
-/// seeded restart leader; some may never come back. Before that, a member may crash early and
-/// a new one join. The flag says whether the group must resume: every member back and no bit
+/// seeded restart leader; some may never come back. Before that, a member may crash early, a
+/// sync may fail (its member stops) and a new member may join. The flag says whether the group must resume: every member back and no bit
 /// flip.
 pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
     let mut rng = SimRng::new(seed ^ 0x7265_7374_6172_7421);
@@ -222,6 +222,13 @@ pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
         config.plan.push(Plan::Crash { node: NodeId(who), at: Time(at) });
         early = Some(who);
         words.push(format!("n{who} crashes at {}us", at / 1000));
+    }
+    // Perhaps a disk fills up (or a sync fails) at another member, which stops.
+    if rng.chance(1, 4) {
+        let who = (0..n).rev().find(|i| Some(*i) != early).expect("another member");
+        let at = rng.range(MS..=crash_at - MS);
+        config.plan.push(Plan::SyncFails { node: NodeId(who), at: Time(at) });
+        words.push(format!("n{who}'s sync fails from {}us", at / 1000));
     }
     if rng.chance(1, 3) {
         let via = (0..n).find(|i| Some(*i) != early).expect("another member");

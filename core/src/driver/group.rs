@@ -48,8 +48,8 @@ use super::{
 };
 use crate::protocol::restart::{self, Offer, Waiting};
 use crate::protocol::{
-    Delivered, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard, Output,
-    RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
+    Delivered, GmsStep, Input, JoinRefusal, LayoutFn, Limits, MembershipConfig, NextView, Node, NodeId, OneShard,
+    Output, RowLayout, SendError, ShardRef, StopReason, Time, View, ViewId,
 };
 
 /// The longest control message (a welcome carries the view and every address).
@@ -97,6 +97,11 @@ pub trait Application: 'static {
 
     /// A new view was installed here.
     fn view_installed(&mut self, _change: &ViewChange) {}
+
+    /// This member proposed or acknowledged the next view, `id` with `members`; its
+    /// acknowledgement leaves when this returns. A persisting application saves it first
+    /// (PROTOCOLS §4.1: a restart quorum must hear of every view that may have been committed).
+    fn view_proposed(&mut self, _id: ViewId, _members: &[NodeId]) {}
 
     /// A frame another member sent this one with [`GroupSender::send_to`]. `body` is borrowed
     /// from the receive buffer, 16-byte aligned.
@@ -485,6 +490,20 @@ impl GroupBuilder {
                     tracing::info!(me = %self.me, %node, %address, saved = offer.saved.id.0, "restart offer");
                     addresses.insert(node, address);
                     offers.insert(node, offer);
+                }
+                // A member with nothing to recover (no saved view) asks to join: it is back,
+                // holding no log (a later view it acknowledged may be waiting for it).
+                Ok(Control::Join { version, node, address }) if version == JOIN_VERSION && node != self.me => {
+                    tracing::info!(me = %self.me, %node, %address, "a member without logs is back");
+                    addresses.insert(node, address);
+                    let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
+                    offers.entry(node).or_insert(Offer {
+                        saved: empty,
+                        logs: BTreeMap::new(),
+                        damaged: Default::default(),
+                        proposed: Vec::new(),
+                        newest_file: ViewId(0),
+                    });
                 }
                 Ok(other) => tracing::debug!(?other, "ignored a control message while restarting"),
                 Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
@@ -926,7 +945,15 @@ impl Inner {
                     tracing::warn!(%peer, %violation, "peer broke the protocol");
                     self.report(GroupEvent::Violation { peer, what: violation.to_string() });
                 }
-                Output::Step(step) => tracing::debug!(me = %self.settings.me, ?step, "view change step"),
+                Output::Step(step) => {
+                    tracing::debug!(me = %self.settings.me, ?step, "view change step");
+                    // Before the acknowledgement's push (queued after this step) leaves.
+                    if matches!(step, GmsStep::Proposed(_) | GmsStep::Acked { .. })
+                        && let Some((id, members)) = node.proposed_view()
+                    {
+                        self.app.borrow_mut().view_proposed(id, &members);
+                    }
+                }
                 Output::NextView(next) => {
                     if !self.installing.replace(true) {
                         self.welcome(&next);

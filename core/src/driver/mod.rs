@@ -30,8 +30,8 @@ pub use group::{
 };
 pub use member_config::GroupMemberConfig;
 pub use wire::{
-    APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame, decode_view,
-    encode_view,
+    APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame,
+    decode_proposals, decode_view, encode_proposals, encode_view,
 };
 
 use std::cell::{Cell, RefCell};

@@ -428,6 +428,12 @@ impl Control {
                 for shard in &offer.damaged {
                     w.shard(*shard);
                 }
+                w.len(offer.proposed.len());
+                for (id, members) in &offer.proposed {
+                    w.u32(id.0);
+                    w.nodes(members);
+                }
+                w.u32(offer.newest_file.0);
             }
         }
         w.0
@@ -472,13 +478,47 @@ impl Control {
                 for _ in 0..n {
                     damaged.insert(r.shard()?);
                 }
-                Control::Restart { version, node, address, offer: Offer { saved, logs, damaged } }
+                let n = r.len(8)?;
+                let mut proposed = Vec::with_capacity(n);
+                for _ in 0..n {
+                    proposed.push((ViewId(r.u32()?), r.nodes()?));
+                }
+                let newest_file = ViewId(r.u32()?);
+                let offer = Offer { saved, logs, damaged, proposed, newest_file };
+                Control::Restart { version, node, address, offer }
             }
             _ => return Err(r.err("an unknown kind")),
         };
         r.end()?;
         Ok(m)
     }
+}
+
+/// Views proposed or acknowledged, as bytes (a member saves them for total restart).
+pub fn encode_proposals(proposals: &[(ViewId, Vec<NodeId>)]) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.len(proposals.len());
+    for (id, members) in proposals {
+        w.u32(id.0);
+        w.nodes(members);
+    }
+    w.0
+}
+
+/// The views [`encode_proposals`] wrote.
+///
+/// # Errors
+///
+/// [`WireError`] naming the first rule the bytes break.
+pub fn decode_proposals(bytes: &[u8]) -> Result<Vec<(ViewId, Vec<NodeId>)>, WireError> {
+    let mut r = Reader { bytes, what: "saved proposals" };
+    let n = r.len(8)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push((ViewId(r.u32()?), r.nodes()?));
+    }
+    r.end()?;
+    Ok(out)
 }
 
 /// A view as bytes (a member saves its last view for total restart).
@@ -601,6 +641,8 @@ mod tests {
                         .into_iter()
                         .collect(),
                     damaged: [ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(2) }].into_iter().collect(),
+                    proposed: vec![(ViewId(8), vec![NodeId(1), NodeId(4)])],
+                    newest_file: ViewId(6),
                 },
             },
         ];

@@ -976,6 +976,26 @@ impl Gms {
         self.changes = list;
     }
 
+    /// The members of the next view as proposed (the changes this member acknowledged or
+    /// proposed), if a change is under way.
+    pub(crate) fn proposed_members(&self, view: &View) -> Option<Vec<NodeId>> {
+        if self.changes.is_empty() {
+            return None;
+        }
+        let mut members: Vec<NodeId> = view.members.clone();
+        for c in &self.changes {
+            match c {
+                Change::Remove(n) => members.retain(|m| m != n),
+                Change::Add { node, .. } => {
+                    if !members.contains(node) {
+                        members.push(*node);
+                    }
+                }
+            }
+        }
+        Some(members)
+    }
+
     /// Install condition: every member not suspected and staying echoed the same final record.
     /// A row whose final record differs from this member's is a violation (there is only one
     /// per view); it is suspected, and this member waits for it no more.

@@ -428,6 +428,16 @@ impl<M: SstMemory> Node<M> {
         self.me
     }
 
+    /// The next view's id and members as proposed, once this member proposed or acknowledged a
+    /// change ([`GmsStep::Proposed`], [`GmsStep::Acked`]); `None` if no change is under way. A
+    /// persisting driver saves it before its acknowledgement leaves (PROTOCOLS §4.1): a view
+    /// is committed only once a majority acknowledged it, so a restart quorum always hears of
+    /// it.
+    pub fn proposed_view(&self) -> Option<(super::ids::ViewId, Vec<NodeId>)> {
+        let g = self.gms.as_ref()?;
+        g.proposed_members(&self.view).map(|m| (super::ids::ViewId(self.view.id.0 + 1), m))
+    }
+
     /// Whether `node`'s row has shown a heartbeat in this view, that is, `node` installed it (a
     /// driver keeps the previous view's connections open until then). False for a static node.
     pub fn heard_in_view(&self, node: NodeId) -> bool {

@@ -30,6 +30,13 @@ pub struct Offer {
     /// had made durable, so it does not stand for its shard in the quorum (it still counts
     /// among the logs to pick the longest from).
     pub damaged: BTreeSet<ShardRef>,
+    /// Views after the saved one that this member proposed or acknowledged (id and members),
+    /// saved before its acknowledgement left: any of them may have been committed and installed
+    /// by members that are not back.
+    pub proposed: Vec<(ViewId, Vec<NodeId>)>,
+    /// The newest view a log file of this member is named after (its replica started in it),
+    /// so that the restart view's logs never take an existing file's name.
+    pub newest_file: ViewId,
 }
 
 /// Why the restart leader waits for more members.
@@ -49,6 +56,15 @@ pub enum Waiting {
     /// view, undamaged): its state may be on no other disk.
     #[error("no member of {0} in the last view is back with a whole log of it")]
     Shard(ShardRef),
+    /// A member back acknowledged view `view`, after the last one saved: it may have been
+    /// installed, and its members may hold versions durable in it. All of them must be back.
+    #[error("view {} may have been installed (a member back acknowledged it): its members {missing:?} must be back too", view.0)]
+    Proposed {
+        /// The view acknowledged.
+        view: ViewId,
+        /// Its members not back.
+        missing: Vec<NodeId>,
+    },
     /// The members back cannot be laid out.
     #[error("the members back cannot be laid out: {0}")]
     Inadequate(String),
@@ -67,8 +83,9 @@ pub struct Plan {
 }
 
 /// The restart view once `offers` (the leader's own included) meet the quorum: a majority of
-/// the last view's members and, for each of its shards, at least one of its members whose
-/// saved view is the last one and whose log of the shard is undamaged (PROTOCOLS §4.1).
+/// the last view's members; for each of its shards, at least one of its members whose log of
+/// it is whole (it saved the last view, or the one before while already in the shard) and
+/// undamaged; and every member of any later view a member back acknowledged (PROTOCOLS §4.1).
 ///
 /// The new view's id follows every view saved or seen in a log, so its versions follow every
 /// logged one. Its members are those back: `leader` first, then the others in their rank
@@ -85,19 +102,49 @@ pub struct Plan {
 /// If `offers` lacks the leader's own (a programmer error).
 pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn LayoutFn) -> Result<Plan, Waiting> {
     assert!(offers.contains_key(&leader), "the leader's own offer is missing");
-    let last = offers.values().map(|o| &o.saved).max_by_key(|v| v.id).expect("at least the leader's offer").clone();
+    // (A member back with nothing to recover offers an empty view.)
+    let Some(last) = offers.values().map(|o| &o.saved).filter(|v| !v.members.is_empty()).max_by_key(|v| v.id) else {
+        return Err(Waiting::Majority { view: ViewId(0), have: 0, of: 0 });
+    };
+    let last = last.clone();
     let back: BTreeSet<NodeId> = offers.keys().copied().collect();
     let have = last.members.iter().filter(|m| back.contains(m)).count();
     if have * 2 <= last.members.len() {
         return Err(Waiting::Majority { view: last.id, have, of: last.members.len() });
     }
-    let whole =
-        |m: &NodeId, s: ShardRef| offers.get(m).is_some_and(|o| o.saved.id == last.id && !o.damaged.contains(&s));
+    // A member of a shard of the last view stands for it if its log of the shard holds every
+    // version it reported durable there: it saved the last view (its states were durable), or
+    // it saved the view just before, in which it was already in the shard (it needed no new
+    // state); and recovery found no corrupt record in it.
+    let whole = |m: &NodeId, s: ShardRef| {
+        offers.get(m).is_some_and(|o| {
+            let kept =
+                o.saved.id.0 + 1 == last.id.0 && o.saved.shards.iter().any(|x| x.id == s && x.members.contains(m));
+            (o.saved.id == last.id || kept) && !o.damaged.contains(&s)
+        })
+    };
     if let Some(s) = last.shards.iter().find(|s| !s.members.iter().any(|m| whole(m, s.id))) {
         return Err(Waiting::Shard(s.id));
     }
-    let newest_logged = offers.values().flat_map(|o| o.logs.values()).map(|v| v.view()).max().unwrap_or(ViewId(0));
-    let id = ViewId(last.id.0.max(newest_logged.0) + 1);
+    // Views after the last one that a member back acknowledged: one may have been committed
+    // (a majority of its predecessor acknowledged it, and every member saves what it
+    // acknowledges first) and installed by members not back, which may then have made versions
+    // durable that no member of the last view holds. Every member of such a view must be back.
+    let proposed: Vec<&(ViewId, Vec<NodeId>)> =
+        offers.values().flat_map(|o| &o.proposed).filter(|(id, _)| *id > last.id).collect();
+    for (view, members) in &proposed {
+        let missing: Vec<NodeId> = members.iter().copied().filter(|m| !back.contains(m)).collect();
+        if !missing.is_empty() {
+            return Err(Waiting::Proposed { view: *view, missing });
+        }
+    }
+    // After every view saved, acknowledged, seen in a log or naming a log file.
+    let newest = offers
+        .values()
+        .flat_map(|o| o.logs.values().map(|v| v.view()).chain(o.proposed.iter().map(|(id, _)| *id)))
+        .chain(offers.values().map(|o| o.newest_file))
+        .fold(last.id, ViewId::max);
+    let id = ViewId(newest.0 + 1);
     let mut members = vec![leader];
     members.extend(last.members.iter().filter(|m| **m != leader && back.contains(m)));
     members.extend(back.iter().filter(|m| !members.contains(m)).copied().collect::<Vec<_>>());
@@ -151,15 +198,41 @@ mod tests {
             saved: saved.clone(),
             logs: logs.iter().map(|&(s, v, seq)| (shard(s), Version::new(ViewId(v), seq.into()))).collect(),
             damaged: BTreeSet::new(),
+            proposed: Vec::new(),
+            newest_file: ViewId(0),
         }
     }
 
     #[test]
+    fn a_view_acknowledged_after_the_last_needs_all_its_members_and_ids_follow_files() {
+        // View 1 {0, 1, 2} was acknowledged by 0 (who crashed before installing it) and perhaps
+        // installed by 1 alone.
+        let v0 = view(0, &[&[0, 2], &[1, 3]]);
+        let mut a = offer(&v0, &[(0, 0, 9)]);
+        a.proposed = vec![(ViewId(1), vec![NodeId(0), NodeId(1), NodeId(2)])];
+        let mut offers = BTreeMap::from([
+            (NodeId(0), a),
+            (NodeId(2), offer(&v0, &[(0, 0, 9)])),
+            (NodeId(3), offer(&v0, &[(1, 0, 5)])),
+        ]);
+        let layout = FixedShards(v0.shards.clone());
+        assert_eq!(
+            plan(NodeId(0), &offers, &layout),
+            Err(Waiting::Proposed { view: ViewId(1), missing: vec![NodeId(1)] })
+        );
+        let mut b = offer(&v0, &[(1, 0, 7)]);
+        b.newest_file = ViewId(4); // a log file of an earlier, failed restart
+        offers.insert(NodeId(1), b);
+        let p = plan(NodeId(0), &offers, &layout).unwrap();
+        assert_eq!(p.view.id, ViewId(5), "the restart view follows the acknowledged view and every file");
+    }
+
+    #[test]
     fn a_damaged_log_or_an_older_saved_view_does_not_stand_for_its_shard() {
-        let (old, last) = (view(3, &[&[0, 1], &[2, 3]]), view(4, &[&[0, 1], &[2, 3]]));
+        let (old, last) = (view(3, &[&[0, 1], &[2]]), view(4, &[&[0, 1], &[2, 3]]));
         let layout = FixedShards(last.shards.clone());
-        // Node 3 saved only view 3 (its state for view 4 was not durable yet); node 2's log of
-        // shard 1 was damaged. Nobody stands for shard 1.
+        // Node 3 joined shard 1 in view 4 and saved only view 3 (its state was not durable
+        // yet); node 2's log of shard 1 was damaged. Nobody stands for shard 1.
         let mut damaged = offer(&last, &[(1, 4, 2)]);
         damaged.damaged.insert(shard(1));
         let mut offers = BTreeMap::from([

@@ -476,6 +476,8 @@ struct ServiceInner {
     unsaved_view: RefCell<Option<View>>,
     /// Logs whose first record (a state) is not durable yet.
     states_in_flight: Cell<usize>,
+    /// Views proposed or acknowledged after the last one saved (also on disk).
+    proposals: RefCell<Vec<(crate::protocol::ViewId, Vec<NodeId>)>>,
     /// The time of the last version delivered in each shard.
     times: RefCell<BTreeMap<ShardRef, u64>>,
     /// Persisting services: the times of versions not yet known durable everywhere, and of the
@@ -493,6 +495,8 @@ type PersistCallback = Box<dyn FnMut(ShardRef, Option<Version>, Option<Version>)
 /// byte is its kind, 1.
 struct ShardLog {
     log: Rc<crate::persist::DurableLog>,
+    /// The view its replica started in (its file's name).
+    view: crate::protocol::ViewId,
     /// A flush task is running.
     flushing: Cell<bool>,
     /// Its first record is a state not yet durable.
@@ -528,6 +532,7 @@ impl Default for ServiceInner {
             saved_view: Cell::new(None),
             unsaved_view: RefCell::default(),
             states_in_flight: Cell::new(0),
+            proposals: RefCell::default(),
             times: RefCell::default(),
             recent_times: RefCell::default(),
         }
@@ -987,7 +992,33 @@ impl ServiceInner {
         }
         match recovery::save_view(&dir, &view) {
             Ok(()) => self.saved_view.set(Some(view.id)),
-            Err(e) => self.persistence_failed(format!("saving view {} in {}: {e}", view.id.0, dir.display())),
+            Err(e) => return self.persistence_failed(format!("saving view {} in {}: {e}", view.id.0, dir.display())),
+        }
+        let mut proposals = self.proposals.borrow_mut();
+        let before = proposals.len();
+        proposals.retain(|(id, _)| *id > view.id);
+        if proposals.len() != before
+            && let Err(e) = recovery::save_proposals(&dir, &proposals)
+        {
+            drop(proposals);
+            self.persistence_failed(format!("saving the proposed views in {}: {e}", dir.display()));
+        }
+    }
+
+    /// Saves a view this member proposed or acknowledged, before the acknowledgement leaves.
+    fn save_proposal(&self, id: crate::protocol::ViewId, members: &[NodeId]) {
+        let Some(dir) = self.persist_dir.borrow().clone() else { return };
+        if self.persist_failed.borrow().is_some() {
+            return;
+        }
+        let mut proposals = self.proposals.borrow_mut();
+        if proposals.iter().any(|(i, m)| *i == id && m.as_slice() == members) {
+            return;
+        }
+        proposals.push((id, members.to_vec()));
+        if let Err(e) = recovery::save_proposals(&dir, &proposals) {
+            drop(proposals);
+            self.persistence_failed(format!("saving proposed view {} in {}: {e}", id.0, dir.display()));
         }
     }
 
@@ -1086,7 +1117,8 @@ impl ServiceInner {
             Ok(l) => l,
             Err(e) => return self.persistence_failed(format!("{shard}: {e}")),
         };
-        let slog = Rc::new(ShardLog { log, flushing: Cell::new(false), state_pending: Cell::new(state.is_some()) });
+        let slog =
+            Rc::new(ShardLog { log, view, flushing: Cell::new(false), state_pending: Cell::new(state.is_some()) });
         if state.is_some() {
             self.states_in_flight.set(self.states_in_flight.get() + 1);
         }
@@ -1159,6 +1191,11 @@ impl ServiceInner {
                 {
                     inner.states_in_flight.set(inner.states_in_flight.get() - 1);
                     inner.save_view_if_whole();
+                    // The state at the head of this log holds everything older logs of the
+                    // shard held: they go (a restart reads the newest log only).
+                    if let Some(dir) = inner.persist_dir.borrow().as_deref() {
+                        recovery::remove_older_logs(dir, shard, slog.view);
+                    }
                 }
                 if slog.log.last_appended() == Some(target) {
                     break;
@@ -1609,6 +1646,10 @@ impl Application for Service {
         // The log starts from the state as it came: time and archive.
         self.inner.open_log(shard, Some(framed));
         Ok(())
+    }
+
+    fn view_proposed(&mut self, id: crate::protocol::ViewId, members: &[NodeId]) {
+        self.inner.save_proposal(id, members);
     }
 
     fn persisted(&mut self, shard: ShardRef, local: Option<Version>, global: Option<Version>) {

@@ -20,13 +20,22 @@ use rkyv::util::AlignedVec;
 
 use super::wire::Header;
 use super::{Applied, CallContext, Hosted, InContext, STATE_PREFIX, ServiceInner, with_context};
-use crate::driver::{decode_view, encode_view};
+use crate::driver::{decode_proposals, decode_view, encode_proposals, encode_view};
 use crate::persist::{DurableLog, LogError, record};
 use crate::protocol::restart::Offer;
-use crate::protocol::{ShardIndex, ShardRef, SubgroupId, Version, View, ViewId};
+use crate::protocol::{NodeId, ShardIndex, ShardRef, SubgroupId, Version, View, ViewId};
 
 /// The file of the last view, in the persistence directory.
 const SAVED_VIEW: &str = "view";
+/// The file of the views proposed or acknowledged since the last one saved.
+const PROPOSED: &str = "proposed";
+
+/// The marker of a shard whose log recovery found corrupt (it outlives the cut, so that a
+/// second recovery still knows the log may lack durable versions); removed once a newer log of
+/// the shard starts from a durable state.
+fn damage_marker(shard: ShardRef) -> String {
+    format!("shard-{}-{}.damaged", shard.subgroup.0, shard.shard.0)
+}
 
 /// Why a member could not be rebuilt from its persistence directory.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +56,7 @@ pub enum RecoveryError {
         /// What is wrong.
         reason: String,
     },
-    /// Logs of shards and no saved view: another member's or another group's directory.
-    #[error(
-        "{path} holds shard logs but no saved view, so it is not the directory of a member of this group; \
-         move the logs away to start afresh"
-    )]
-    LogsWithoutView {
-        /// The directory.
-        path: String,
-    },
+
     /// A log could not be opened or recovered.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -97,13 +98,14 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> RecoveryError {
     RecoveryError::Io { path: path.display().to_string(), reason: e.to_string() }
 }
 
-/// Writes `view` as the last view in `dir`: beside it first, synced, renamed over the old one,
-/// and the directory synced, so that a crash leaves the old view or the new one.
-pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
+/// Writes `payload` as the one record of the file `name` in `dir`: beside it first, synced,
+/// renamed over the old one, and the directory synced, so that a crash leaves the old file or
+/// the new one.
+fn replace_file(dir: &Path, name: &str, version: u64, payload: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut bytes = Vec::new();
-    record::encode(&mut bytes, u64::from(view.id.0), 0, &encode_view(view));
-    let (tmp, path) = (dir.join(format!("{SAVED_VIEW}.new")), dir.join(SAVED_VIEW));
+    record::encode(&mut bytes, version, 0, payload);
+    let (tmp, path) = (dir.join(format!("{name}.new")), dir.join(name));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
     f.sync_all()?;
@@ -111,9 +113,9 @@ pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The view saved in `dir`, if there is one.
-fn load_view(dir: &Path) -> Result<Option<View>, RecoveryError> {
-    let path = dir.join(SAVED_VIEW);
+/// The payload and version of the one record of the file `name` in `dir`, if it exists.
+fn read_file(dir: &Path, name: &str) -> Result<Option<(u64, Vec<u8>)>, RecoveryError> {
+    let path = dir.join(name);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -127,12 +129,36 @@ fn load_view(dir: &Path) -> Result<Option<View>, RecoveryError> {
     if scan.valid_len != bytes.len() {
         return Err(damaged(format!("{} bytes after the record", bytes.len() - scan.valid_len)));
     }
-    let view = decode_view(&bytes[found.payload_offset..found.payload_offset + found.payload_len])
-        .map_err(|e| damaged(e.to_string()))?;
-    if u64::from(view.id.0) != found.version {
-        return Err(damaged(format!("the record says view {}, the view {}", found.version, view.id.0)));
+    Ok(Some((found.version, bytes[found.payload_offset..found.payload_offset + found.payload_len].to_vec())))
+}
+
+/// Writes `view` as the last view in `dir` (atomically).
+pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
+    replace_file(dir, SAVED_VIEW, u64::from(view.id.0), &encode_view(view))
+}
+
+/// Writes the views proposed or acknowledged since the last one saved (atomically).
+pub(super) fn save_proposals(dir: &Path, proposals: &[(ViewId, Vec<NodeId>)]) -> std::io::Result<()> {
+    replace_file(dir, PROPOSED, 0, &encode_proposals(proposals))
+}
+
+/// The view saved in `dir`, if there is one.
+fn load_view(dir: &Path) -> Result<Option<View>, RecoveryError> {
+    let Some((version, payload)) = read_file(dir, SAVED_VIEW)? else { return Ok(None) };
+    let damaged =
+        |reason: String| RecoveryError::SavedView { path: dir.join(SAVED_VIEW).display().to_string(), reason };
+    let view = decode_view(&payload).map_err(|e| damaged(e.to_string()))?;
+    if u64::from(view.id.0) != version {
+        return Err(damaged(format!("the record says view {version}, the view {}", view.id.0)));
     }
     Ok(Some(view))
+}
+
+/// The views proposed or acknowledged saved in `dir` (none if the file is absent).
+fn load_proposals(dir: &Path) -> Result<Vec<(ViewId, Vec<NodeId>)>, RecoveryError> {
+    let Some((_, payload)) = read_file(dir, PROPOSED)? else { return Ok(Vec::new()) };
+    decode_proposals(&payload)
+        .map_err(|e| RecoveryError::SavedView { path: dir.join(PROPOSED).display().to_string(), reason: e.to_string() })
 }
 
 /// Every shard log in `dir`, newest view first per shard.
@@ -150,6 +176,34 @@ fn logs_in(dir: &Path) -> Result<BTreeMap<ShardRef, Vec<(ViewId, PathBuf)>>, Rec
     Ok(out)
 }
 
+/// Removes the logs of `shard` in `dir` older than the one started in `view`, whose head is a
+/// durable state that covers them. A file that cannot be removed is only reported: it is
+/// never read again while a newer log holds a record.
+pub(super) fn remove_older_logs(dir: &Path, shard: ShardRef, view: ViewId) {
+    let files = match logs_in(dir) {
+        Ok(mut logs) => logs.remove(&shard).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "older logs not removed");
+            return;
+        }
+    };
+    let mut removed = false;
+    for (v, path) in files.into_iter().filter(|(v, _)| *v < view) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                removed = true;
+                tracing::debug!(path = %path.display(), older_than = view.0, "an older log removed");
+            }
+            Err(e) => tracing::warn!(path = %path.display(), view = v.0, error = %e, "an older log not removed"),
+        }
+    }
+    // The shard's history now starts from that state: an earlier damage no longer matters.
+    removed |= std::fs::remove_file(dir.join(damage_marker(shard))).is_ok();
+    if removed && let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "the log directory not synced after removals");
+    }
+}
+
 impl ServiceInner {
     /// Rebuilds this member's replicas from the logs in its persistence directory, if it holds
     /// a saved view: what to offer the restart leader. `None`: no saved view and no log, a new
@@ -158,13 +212,26 @@ impl ServiceInner {
         let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(None) };
         let logs = logs_in(&dir)?;
         let Some(saved) = load_view(&dir)? else {
-            if logs.is_empty() {
-                return Ok(None);
+            // Logs and no saved view: a member that stopped before its first view was whole
+            // (its state durable), so nobody counts on them; or another member's directory.
+            // Moved aside, never deleted; the member starts afresh.
+            for files in logs.values() {
+                for (_, path) in files {
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    let aside = dir.join(format!("orphan-{name}"));
+                    tracing::warn!(path = %path.display(), to = %aside.display(), "a log without a saved view moved aside");
+                    std::fs::rename(path, &aside).map_err(|e| io_error(path, e))?;
+                }
             }
-            return Err(RecoveryError::LogsWithoutView { path: dir.display().to_string() });
+            return Ok(None);
         };
-        let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default() };
+        let newest_file = logs.values().filter_map(|f| f.first().map(|(v, _)| *v)).max().unwrap_or(ViewId(0));
+        let proposed = load_proposals(&dir)?.into_iter().filter(|(id, _)| *id > saved.id).collect();
+        let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default(), proposed, newest_file };
         for (shard, files) in logs {
+            if dir.join(damage_marker(shard)).exists() {
+                offer.damaged.insert(shard);
+            }
             if !self.types.borrow().contains_key(&shard.subgroup) {
                 tracing::warn!(%shard, "a log of a subgroup that hosts no type here: ignored");
                 continue;
@@ -180,6 +247,8 @@ impl ServiceInner {
                 // A corrupt record (not a write cut short) may have held durable versions: this
                 // log, or an older one used in its place, may lack them.
                 if matches!(found.damage, Some(crate::persist::record::Damage::Corrupt { .. })) {
+                    // Marked before anything else: the cut is already on disk.
+                    replace_file(&dir, &damage_marker(shard), 0, &[]).map_err(|e| io_error(&dir, e))?;
                     offer.damaged.insert(shard);
                 }
                 if found.records.is_empty() {

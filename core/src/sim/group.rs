@@ -425,6 +425,9 @@ struct Member {
     resuming: bool,
     /// Shards whose log a corrupt record cut at its restart.
     damaged: BTreeSet<ShardRef>,
+    /// Views it proposed or acknowledged after its saved one (saved before the acknowledgement
+    /// leaves, as the service does).
+    proposals: Vec<(ViewId, Vec<NodeId>)>,
 }
 
 impl Member {
@@ -445,6 +448,7 @@ impl Member {
             saved: None,
             resuming: false,
             damaged: BTreeSet::new(),
+            proposals: Vec::new(),
         }
     }
 }
@@ -632,6 +636,7 @@ impl GroupSim {
         });
         if !pending && m.saved.as_ref().is_none_or(|s| s.id != view.id) {
             m.saved = Some(view.clone());
+            m.proposals.retain(|(id, _)| *id > view.id);
         }
     }
 
@@ -765,7 +770,8 @@ impl GroupSim {
             }
             Ev::JoinRetry { node } => {
                 let m = self.members.get(&node).expect("a member");
-                if m.alive && m.node.is_none() {
+                // (A member restarting from its disk offers itself to its leader instead.)
+                if m.alive && m.node.is_none() && !m.resuming {
                     // The contact may be dead: try the next member known to exist.
                     let last = m.contact.expect("a joiner has a contact");
                     let ids: Vec<NodeId> = self.members.keys().copied().filter(|&n| n != node).collect();
@@ -849,14 +855,19 @@ impl GroupSim {
     /// the member.
     fn sync_done(&mut self, id: NodeId) {
         let now = self.now;
-        let fails =
-            self.config.plan.iter().any(|p| matches!(p, Plan::SyncFails { node, at } if *node == id && *at <= now));
+        // The first sync at or after the planned time fails, once (a member restarted later
+        // has its disk back).
+        let planned = self.config.plan.iter().enumerate().find(|(i, p)| {
+            matches!(p, Plan::SyncFails { node, at } if *node == id && *at <= now) && !self.fired.contains(i)
+        });
+        let fails = planned.map(|(i, _)| i);
         let m = self.members.get_mut(&id).expect("a member");
         let Some(covered) = m.disk.in_flight.take() else { return };
         if !m.alive {
             return;
         }
-        if fails {
+        if let Some(i) = fails {
+            self.fired.insert(i);
             self.trace.record(format_args!("t={} sync fails n{}", now.0, id.0));
             self.record(id, MemberEvent::StorageFailed);
             self.crash(id);
@@ -930,6 +941,14 @@ impl GroupSim {
             }
         }
         m.disk.in_flight = None;
+        // A disk failure planned before the crash that no sync met is over: a restarted member
+        // has its disk back.
+        let now = self.now;
+        for (i, p) in self.config.plan.iter().enumerate() {
+            if matches!(p, Plan::SyncFails { node: n, at } if *n == node && *at <= now) {
+                self.fired.insert(i);
+            }
+        }
         self.trace.record(format_args!("t={} crash n{}", self.now.0, node.0));
         self.record(node, MemberEvent::Crashed);
     }
@@ -964,12 +983,13 @@ impl GroupSim {
         }
         if m.saved.is_none() {
             // It never saved a view (a joiner whose first state was not durable): as the
-            // service does without a saved view, it starts afresh and joins.
+            // service does without a saved view, it starts afresh and asks to join; a restart
+            // leader counts it as back, holding nothing.
             *m = Member::new(None, Some(leader), Stream { done: true, ..Stream::default() });
-            self.trace.record(format_args!("t={} restart n{} without a saved view: joins", self.now.0, id.0));
-            self.send_ctrl(id, leader, Ctrl::Join { node: id, address: address(id) });
-            let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
-            self.schedule(retry, Ev::JoinRetry { node: id });
+            m.resuming = true;
+            self.trace.record(format_args!("t={} restart n{} without a saved view", self.now.0, id.0));
+            self.record(id, MemberEvent::Restarted { logs: BTreeMap::new(), corrupted: false });
+            self.send_offer(id);
             return;
         }
         let mut logs = BTreeMap::new();
@@ -1020,8 +1040,9 @@ impl GroupSim {
         m.damaged = damaged.clone();
         let saved = m.saved.clone().expect("a member that ran saved a view");
         self.trace.record(format_args!("t={} restart n{} leader n{} logs {logs:?}", self.now.0, id.0, leader.0));
+        let proposed = m.proposals.iter().filter(|(id, _)| *id > saved.id).cloned().collect();
         self.record(id, MemberEvent::Restarted { logs: logs.clone(), corrupted });
-        let offer = Offer { saved, logs, damaged };
+        let offer = Offer { saved, logs, damaged, proposed, newest_file: ViewId(0) };
         if id == leader {
             self.offers.insert(id, BTreeMap::from([(id, offer)]));
             self.try_restart(id);
@@ -1035,7 +1056,9 @@ impl GroupSim {
         let m = &self.members[&id];
         let leader = m.contact.expect("a restarting member has a leader");
         let logs = m.disk.durable.clone();
-        let offer = Offer { saved: m.saved.clone().expect("a saved view"), logs, damaged: m.damaged.clone() };
+        let saved = m.saved.clone().unwrap_or(View { id: ViewId(0), members: Vec::new(), shards: Vec::new() });
+        let proposed = m.proposals.iter().filter(|(id, _)| *id > saved.id).cloned().collect();
+        let offer = Offer { saved, logs, damaged: m.damaged.clone(), proposed, newest_file: ViewId(0) };
         self.send_ctrl(id, leader, Ctrl::Offer { node: id, offer });
         let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
         self.schedule(retry, Ev::OfferRetry { node: id });
@@ -1497,6 +1520,15 @@ impl GroupSim {
                 }
                 Output::Step(step) => {
                     self.trace.record(format_args!("t={} step n{} v{} {step:?}", now.0, id.0, view.0));
+                    // Saved before the acknowledgement leaves (it is queued after this step).
+                    if matches!(step, GmsStep::Proposed(_) | GmsStep::Acked { .. })
+                        && let Some(p) = self.members[&id].node.as_ref().and_then(Node::proposed_view)
+                    {
+                        let m = self.members.get_mut(&id).expect("a member");
+                        if !m.proposals.contains(&p) {
+                            m.proposals.push(p);
+                        }
+                    }
                     // The trims a member acts on: those it delivers by.
                     if matches!(step, GmsStep::TrimDelivered)
                         && let Some(trims) = self.members[&id].node.as_ref().and_then(Node::final_trims)

@@ -1310,12 +1310,20 @@ async fn heartbeat(inner: Rc<Inner>) {
     let period = inner.limits.heartbeat_interval;
     let mut tick = time::interval(period / 2);
     let beat = Payload::from(Header::encode(Kind::Heartbeat, 0, &[]).to_vec());
+    let mut last_tick = Instant::now();
     loop {
         tick.tick().await;
         let now = Instant::now();
+        // A tick far behind its time means this thread did not run (a loaded machine): what
+        // arrived meanwhile is not read yet, so the stall is not the peers' silence.
+        let stalled = now.saturating_duration_since(last_tick).saturating_sub(period);
+        last_tick = now;
         for c in inner.conns.values() {
             if c.failed.get() {
                 continue;
+            }
+            if !stalled.is_zero() {
+                c.last_recv.set((c.last_recv.get() + stalled).min(now));
             }
             let silent = now.saturating_duration_since(c.last_recv.get());
             if silent > inner.limits.peer_timeout && !c.paused.get() {

@@ -74,6 +74,8 @@ pub struct GroupCheckers {
     seen: usize,
     /// Members restarted from their disk that have not installed a view since.
     restarting: BTreeSet<NodeId>,
+    /// The first view of the restart (its leader installs it first).
+    restart_view: Option<ViewId>,
 }
 
 impl Default for GroupCheckers {
@@ -96,6 +98,7 @@ impl GroupCheckers {
             ],
             seen: 0,
             restarting: BTreeSet::new(),
+            restart_view: None,
         }
     }
 
@@ -113,7 +116,11 @@ impl GroupCheckers {
                 MemberEvent::Restarted { .. } => {
                     self.restarting.insert(e.node);
                 }
-                MemberEvent::Installed(view) if self.restarting.remove(&e.node) => {
+                // The restart view starts a new run of the group; a latecomer's first view,
+                // later, is a join into that run and is judged as any view.
+                MemberEvent::Installed(view)
+                    if self.restarting.remove(&e.node) && *self.restart_view.get_or_insert(view.id) == view.id =>
+                {
                     for c in &mut self.safety {
                         c.restarted(e.node, view.id);
                     }
