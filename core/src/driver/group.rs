@@ -483,8 +483,17 @@ impl GroupBuilder {
                         }
                         continue;
                     }
-                    if node == self.me || offer.saved.validate(&self.limits).is_err() {
-                        tracing::warn!(%node, "a restart offer with this member's id or a bad view: ignored");
+                    // View ids must leave room for the restart view's versions (24 bits).
+                    let id_fits = |v: ViewId| v.0 < (1 << 24) - 2;
+                    let fits = id_fits(offer.saved.id)
+                        && id_fits(offer.newest_file)
+                        && offer.logs.values().all(|v| id_fits(v.view()))
+                        && offer
+                            .proposed
+                            .iter()
+                            .all(|(id, m)| id_fits(*id) && m.len() <= self.limits.members_max as usize);
+                    if node == self.me || offer.saved.validate(&self.limits).is_err() || !fits {
+                        tracing::warn!(%node, "a restart offer with this member's id, a bad view or view ids out of range: ignored");
                         continue;
                     }
                     tracing::info!(me = %self.me, %node, %address, saved = offer.saved.id.0, "restart offer");

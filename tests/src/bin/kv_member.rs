@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Standard output: `listening ADDR` (before the member starts, joins or restarts), `started
-//! in view V` (it started, joined or restarted), `ready` (the view has three members), then `phase P done` after each phase. Standard input:
+//! in view V members A,B,...` (it started, joined or restarted), `ready` (the view has three members), then `phase P done` after each phase. Standard input:
 //! `phase P [pace_us [stall_after]]` runs phase P (K operations per client, with `pace_us`
 //! between them; with `stall_after`, each client prints `stalling` as it starts operation
 //! `stall_after` and never goes past it: the member is then killed with calls in flight),
@@ -192,7 +192,9 @@ fn main() {
             service.persist_to(dir).expect("the log directory");
         }
         let group = service.start_or_join(builder, contact).await.expect("start, join or restart");
-        println!("started in view {}", group.view().id.0);
+        let view = group.view();
+        let members: Vec<String> = view.members.iter().map(|m| m.0.to_string()).collect();
+        println!("started in view {} members {}", view.id.0, members.join(","));
         group.wait_view(Duration::from_secs(30), |v| v.members.len() == 3).await.expect("a view of three");
         println!("ready");
         let kv = KvStoreClient::new(service.handle::<KvStore>(SHARD).stable_reads());
