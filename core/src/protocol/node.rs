@@ -1177,6 +1177,38 @@ mod membership_tests {
         assert!(accused > 500, "garbage was accused only {accused} times in 2000 rounds");
     }
 
+    /// Total restart relies on this order (PROTOCOLS §4.1): the step that proposes or
+    /// acknowledges a view comes out before the push that shows it to the others, so a driver
+    /// saves the proposed view (`Node::proposed_view`) before anyone can count the
+    /// acknowledgement.
+    #[test]
+    fn a_proposal_and_its_acknowledgement_come_out_before_their_pushes() {
+        let mut leader = member(0);
+        leader.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        let out: Vec<Output> = std::iter::from_fn(|| leader.poll_output()).collect();
+        let step = out.iter().position(|o| matches!(o, Output::Step(GmsStep::Proposed(_)))).expect("a proposal");
+        let first_push = out.iter().position(|o| matches!(o, Output::Push { .. })).expect("a push");
+        assert!(step < first_push, "{out:?}");
+        let (id, members) = leader.proposed_view().expect("a proposed view");
+        assert_eq!(id, ViewId(1));
+        assert!(members.contains(&NodeId(9)) && members.contains(&NodeId(0)), "{members:?}");
+        // A follower that reads the proposal acknowledges it: the step first, then its pushes.
+        let mut follower = member(1);
+        follower.handle(Time(1), Input::RowsChanged);
+        while follower.poll_output().is_some() {}
+        for o in &out {
+            if let Output::Push { range, .. } = o {
+                let bytes = leader.memory().slice(range.clone()).to_vec();
+                follower.memory_mut().apply(range.start, &bytes);
+            }
+        }
+        follower.handle(Time(2), Input::RowsChanged);
+        let out: Vec<Output> = std::iter::from_fn(|| follower.poll_output()).collect();
+        let step = out.iter().position(|o| matches!(o, Output::Step(GmsStep::Acked { .. }))).expect("an ack");
+        assert!(out[..step].iter().all(|o| !matches!(o, Output::Push { .. })), "a push before the ack step: {out:?}");
+        assert_eq!(follower.proposed_view().map(|(id, _)| id), Some(ViewId(1)));
+    }
+
     #[test]
     fn a_lone_join_request_at_the_leader_becomes_a_proposal() {
         let mut n = member(0);
