@@ -194,8 +194,11 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
 /// loses every member at once (unsynced writes partly kept, a record perhaps torn), perhaps a
 /// bit flips in one member's newest log, and the members come back in a seeded order with a
 /// seeded restart leader; some may never come back. Before that, a member may crash early, a
-/// sync may fail (its member stops) and a new member may join. The flag says whether the group must resume: every member back and no bit
-/// flip.
+/// sync may fail (its member stops) and a new member may join. Half the time the loss is a
+/// power cut: each log's first lost unsynced record stays on disk torn, and recovery calls the
+/// log damaged. The flag says whether the group must resume: every member back, no bit flip,
+/// and, after a power cut, one shard only (with two shards a member may be alone in its
+/// shard, and its torn log cannot stand for it alone).
 pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
     let mut rng = SimRng::new(seed ^ 0x7265_7374_6172_7421);
     let n = 3 + rng.below(3) as u32;
@@ -276,9 +279,21 @@ pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
     }
     words.push(format!("back in order {back:?}, n{} leads, {missing} never back", leader.0));
     config.end = Time(t + 200 * MS);
+    // Drawn last, so that the draws above stay as they were.
+    let power_cut = rng.chance(1, 2);
+    if power_cut {
+        for p in &mut config.plan {
+            if let Plan::Crash { node, at } = *p
+                && at == Time(crash_at)
+            {
+                *p = Plan::PowerCut { node, at };
+            }
+        }
+        words.push("the crash is a power cut (torn records look corrupt)".to_string());
+    }
     // With every member back and no bit flip a quorum is sure (whatever the last view was).
     let corrupt = config.plan.iter().any(|p| matches!(p, Plan::Corrupt { .. }));
-    let live = missing == 0 && !corrupt;
+    let live = missing == 0 && !corrupt && (!power_cut || config.shards == 1);
     (config, live, format!("{n} members, {messages} messages each: {}", words.join("; ")))
 }
 

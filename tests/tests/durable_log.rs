@@ -78,9 +78,13 @@ fn a_torn_write_or_a_flipped_bit_cuts_the_log_there_and_appends_go_on() {
         }
         log.persist(10).await.unwrap();
     });
-    let good_len = std::fs::metadata(&path).unwrap().len();
-    // A write that stopped half way: a record header and part of its payload.
+    // The records end before the file does: zeros are written ahead of them.
+    let good_len = derecho::persist::record::scan(&std::fs::read(&path).unwrap()).valid_len as u64;
+    assert!(std::fs::metadata(&path).unwrap().len() > good_len, "no zeros ahead of the records");
+    // A write that stopped half way, at the end of the file: a record header and part of its
+    // payload.
     {
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(good_len).unwrap();
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         let mut rec = Vec::new();
         derecho::persist::record::encode(&mut rec, 11, 11, &[7; 64]);
@@ -134,4 +138,56 @@ fn a_full_device_fails_the_log_for_good() {
         assert!(matches!(log.append(2, 2, b"two"), Err(LogError::Failed { .. })));
         assert!(matches!(log.persist(1).await, Err(LogError::Failed { .. })));
     });
+}
+
+#[test]
+fn zeros_written_ahead_are_the_logs_end_and_records_fill_them() {
+    let d = dir("ahead");
+    let path = d.join("field.log");
+    let len = || std::fs::metadata(&path).unwrap().len();
+    let ex = Builder::new().build().unwrap();
+    let mut v = 0u64;
+    // Small rounds, one version each, past the first megabyte of zeros: the file grows a
+    // megabyte at a time, ahead of the records.
+    ex.block_on(async {
+        let (log, _) = DurableLog::open(&path).await.unwrap();
+        log.append(1, 1, b"one").unwrap();
+        v = 1;
+        log.persist(1).await.unwrap();
+        let first = len();
+        assert!(first >= 1 << 20, "{first} bytes: no zeros ahead of a small round");
+        while len() == first {
+            v += 1;
+            log.append(v, v, &[v as u8; 4000]).unwrap();
+            log.persist(v).await.unwrap();
+        }
+        assert!(len() > first + (1 << 19), "the file grew by {} bytes", len() - first);
+    });
+    // A clean reopen keeps the zeros (no cut, no damage) and writes into them.
+    let before = len();
+    ex.block_on(async {
+        let (log, rec) = DurableLog::open(&path).await.unwrap();
+        assert_eq!((rec.damage, rec.cut, rec.records.len() as u64), (None, 0, v));
+        assert_eq!(len(), before, "the zeros ahead were cut");
+        v += 1;
+        log.append(v, v, b"after").unwrap();
+        log.persist(v).await.unwrap();
+        assert_eq!(len(), before, "a record written into the zeros grew the file");
+        // A round above 16 KiB that passes the file's end is appended: no zeros after it.
+        let end = derecho::persist::record::scan(&std::fs::read(&path).unwrap()).valid_len as u64;
+        let big = vec![9u8; (before - end) as usize + (100 << 10)];
+        v += 1;
+        log.append(v, v, &big).unwrap();
+        log.persist(v).await.unwrap();
+        let scan = derecho::persist::record::scan(&std::fs::read(&path).unwrap());
+        assert_eq!(scan.valid_len as u64, len(), "zeros written after a large round");
+    });
+    ex.block_on(async {
+        let (_, rec) = DurableLog::open(&path).await.unwrap();
+        assert_eq!((rec.damage, rec.cut), (None, 0));
+        assert_eq!(rec.records.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=v).collect::<Vec<_>>());
+        let last = &rec.records.last().unwrap().2;
+        assert!(last.len() > 100 << 10 && last.iter().all(|&b| b == 9), "the large record reads back");
+    });
+    let _ = std::fs::remove_dir_all(&d);
 }

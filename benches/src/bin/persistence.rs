@@ -14,7 +14,9 @@
 //! * `log-one`: the log alone, one version at a time, appended then persisted: latency p50.
 //!
 //! Baseline, measured in the same run: the machine's *fsync floor*, a 4 KiB append plus
-//! `fdatasync` through std, p50. A full run ends with the targets, on disk:
+//! `fdatasync` through std, p50 (`fsync-floor-x3`: three threads doing it at once on three
+//! files, until the last is durable, p50: what three members sharing one disk wait for). A
+//! full run ends with the targets, on disk:
 //! `target-group-many-100b` (at least 100,000 globally persisted 100-byte versions per second)
 //! and `target-group-one-100b` (p50 at most 1.5 times the fsync floor).
 //!
@@ -57,6 +59,49 @@ fn fsync_floor(dir: &Path, n: usize) -> f64 {
         samples.push(t0.elapsed().as_secs_f64() * 1e6);
     }
     let _ = std::fs::remove_file(&path);
+    percentile(&mut samples, 50.0)
+}
+
+/// p50 of `n` rounds in which three threads each append 4 KiB to their own file and
+/// `fdatasync` it at once: the time until the last is durable, in microseconds (what three
+/// members sharing one disk wait for at best).
+fn fsync_floor_three(dir: &Path, n: usize) -> f64 {
+    let barrier = std::sync::Barrier::new(3);
+    let times: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let path = dir.join(format!("floor-{i}.bin"));
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true)
+                        .open(&path)
+                        .expect("a file");
+                    let block = vec![7u8; 4096];
+                    let mut out = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        f.write_all(&block).expect("write");
+                        f.sync_data().expect("fdatasync");
+                        out.push((t0, Instant::now()));
+                    }
+                    let _ = std::fs::remove_file(&path);
+                    out
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a floor thread")).collect()
+    });
+    let mut samples: Vec<f64> = (0..n)
+        .map(|k| {
+            let start = times.iter().map(|t| t[k].0).min().expect("three");
+            let end = times.iter().map(|t| t[k].1).max().expect("three");
+            end.duration_since(start).as_secs_f64() * 1e6
+        })
+        .collect();
     percentile(&mut samples, 50.0)
 }
 
@@ -282,6 +327,10 @@ fn main() {
         }
         let floor = fsync_floor(dir, floor_n);
         Record::new(BENCH, format!("{media}-4kib-fsync-floor"), "latency_p50", floor, "us").print();
+        let floor3 = fsync_floor_three(dir, floor_n);
+        Record::new(BENCH, format!("{media}-4kib-fsync-floor-x3"), "latency_p50", floor3, "us")
+            .with_baseline(floor)
+            .print();
         for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
             let (rate, _) = run_group(&dir.join("group"), size, "many", secs);
             Record::new(BENCH, format!("{media}-{label}-group-many"), "versions_per_s", rate, "versions/s")

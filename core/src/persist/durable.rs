@@ -3,6 +3,14 @@
 //! appended before them), and recovered at open by [`record::scan`](super::record::scan), which
 //! cuts the file after its last valid record.
 //!
+//! The file runs ahead of its records with zeros written (and synced) in advance, a megabyte at
+//! a time: a round that overwrites those zeros changes no file metadata, so its `fdatasync`
+//! flushes the data alone and skips the journal commit an append needs (on ext4 here about
+//! 150 µs instead of 200-220 µs; `benches/README.md`). Rounds larger than 16 KiB are bound by
+//! the disk's bandwidth rather than its latency, and are appended without zeros ahead (writing
+//! zeros first would halve their rate). A scan reads zeros after the last record as the log's
+//! end.
+//!
 //! A write or sync error is final: the log reports nothing persisted after it, ever (an
 //! `fsync` that failed may have dropped the dirty pages; retrying it and trusting the retry
 //! would report data durable that is not). The owner leaves the group with the error.
@@ -17,6 +25,11 @@ use derecho_runtime::AlignedBuf;
 use derecho_runtime::fs::File;
 
 use super::record::{self, Damage};
+
+/// Zeros written ahead of the last record when a small round reaches the file's end.
+const ZEROS_AHEAD: u64 = 1 << 20;
+/// Rounds above this many bytes are appended without zeros ahead (see the module doc).
+const ZEROS_AHEAD_ROUND_MAX: usize = 16 << 10;
 
 /// Errors of a durable log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,8 +83,12 @@ pub struct Recovered {
 pub struct DurableLog {
     path: PathBuf,
     file: File,
-    /// Bytes written and synced.
+    /// Bytes of records written and synced.
     end: Cell<u64>,
+    /// The file's length (at least): after `end` it holds zeros.
+    allocated: Cell<u64>,
+    /// Set when the zeros ahead did not fit: none are written any more.
+    no_zeros: Cell<bool>,
     /// Records appended, not yet written.
     pending: RefCell<Vec<u8>>,
     /// The last version appended, with its timestamp.
@@ -111,10 +128,15 @@ impl DurableLog {
         }
         let scan = record::scan(&bytes);
         let valid = scan.valid_len as u64;
-        if valid < len {
+        // Zeros after the last record are the log's end (written ahead; see the module doc) and
+        // stay; anything else after it is damage, cut.
+        let allocated = if scan.damage.is_some() {
             file.set_len(valid).map_err(|e| open_err(format!("cut at {valid}: {e}")))?;
             file.sync_all().await.map_err(|e| open_err(format!("sync after the cut: {e}")))?;
-        }
+            valid
+        } else {
+            len
+        };
         let records: Vec<(u64, u64, Vec<u8>)> = scan
             .records
             .iter()
@@ -125,6 +147,8 @@ impl DurableLog {
             path: path.to_path_buf(),
             file,
             end: Cell::new(valid),
+            allocated: Cell::new(allocated),
+            no_zeros: Cell::new(false),
             pending: RefCell::new(Vec::new()),
             last: Cell::new(last),
             pending_last: Cell::new(None),
@@ -134,7 +158,7 @@ impl DurableLog {
             waiters: RefCell::new(Vec::new()),
             flushes: Cell::new(0),
         });
-        Ok((log, Recovered { records, damage: scan.damage, cut: len - valid }))
+        Ok((log, Recovered { records, damage: scan.damage, cut: len - allocated }))
     }
 
     /// Creates a new, empty log at `path`; fails if a file is already there (a log of an
@@ -155,6 +179,8 @@ impl DurableLog {
             path: path.to_path_buf(),
             file,
             end: Cell::new(0),
+            allocated: Cell::new(0),
+            no_zeros: Cell::new(false),
             pending: RefCell::new(Vec::new()),
             last: Cell::new(None),
             pending_last: Cell::new(None),
@@ -250,20 +276,45 @@ impl DurableLog {
         }
     }
 
-    /// One round: write everything appended, then `fdatasync`.
+    /// One round: write everything appended (with zeros ahead if it reaches the file's end and
+    /// is small), then `fdatasync`.
     async fn flush(&self) {
-        let bytes = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut bytes = std::mem::take(&mut *self.pending.borrow_mut());
         let Some(covers) = self.pending_last.take() else { return };
         self.flushing.set(true);
         let at = self.end.get();
         let len = bytes.len() as u64;
-        let result = match self.file.write_all_at(AlignedBuf::from_slice(&bytes), at).await {
+        let mut allocated = self.allocated.get().max(at + len);
+        if at + len > self.allocated.get() && bytes.len() <= ZEROS_AHEAD_ROUND_MAX && !self.no_zeros.get() {
+            allocated = (at + len + ZEROS_AHEAD).next_multiple_of(4096);
+            bytes.resize((allocated - at) as usize, 0);
+        }
+        let mut written = self.file.write_all_at(AlignedBuf::from_slice(&bytes), at).await;
+        if let Err(e) = &written
+            && bytes.len() as u64 > len
+        {
+            // The zeros ahead did not fit (a nearly full disk): the records alone may. A write
+            // error is reported when the write is made (unlike a sync's, which may have dropped
+            // pages): nothing written is trusted before the sync below, so writing the records
+            // again is safe. The zeros that fit are cut (the disk's last bytes are the
+            // member's other files'), and this log writes no more zeros ahead.
+            tracing::warn!(path = %self.path.display(), error = %e, "no room for zeros ahead of the log");
+            self.no_zeros.set(true);
+            bytes.truncate(len as usize);
+            allocated = at + len;
+            if let Err(e) = self.file.set_len(allocated) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot cut the zeros ahead of the log");
+            }
+            written = self.file.write_all_at(AlignedBuf::from_slice(&bytes), at).await;
+        }
+        let result = match written {
             Ok(_) => self.file.sync_data().await.map_err(|e| format!("fdatasync: {e}")),
-            Err(e) => Err(format!("write of {len} bytes at {at}: {e}")),
+            Err(e) => Err(format!("write of {} bytes at {at}: {e}", bytes.len())),
         };
         match result {
             Ok(()) => {
                 self.end.set(at + len);
+                self.allocated.set(allocated);
                 self.persisted.set(Some(covers));
             }
             Err(reason) => {

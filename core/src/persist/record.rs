@@ -16,7 +16,9 @@
 //! that is torn (shorter than its header says), fails its checksum, breaks a field rule or goes
 //! backwards in version or time; everything before it is the valid prefix, and recovery cuts the
 //! file there. So a crash in the middle of a write, or a bit flipped on disk, loses the records
-//! from the damage on, never returns a damaged one, and never skips over a hole.
+//! from the damage on, never returns a damaged one, and never skips over a hole. Zeros after the
+//! last record (to the end of the bytes) are the log's end, not damage: a log is written ahead
+//! with zeros (see [`DurableLog`](super::DurableLog)), and no record starts with a zero byte.
 
 /// `"DLOG"` as a little-endian `u32`.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DLOG");
@@ -85,9 +87,10 @@ pub enum Damage {
 pub struct Scan {
     /// The valid records, in log order.
     pub records: Vec<Found>,
-    /// The length of the valid prefix: recovery cuts the log there.
+    /// The length of the valid prefix: where the next record goes, and where recovery cuts
+    /// the log if it is damaged.
     pub valid_len: usize,
-    /// Why the scan stopped before the end, if it did.
+    /// Why the scan stopped before the end, if it did (zeros to the end are no damage).
     pub damage: Option<Damage>,
 }
 
@@ -101,15 +104,19 @@ pub fn scan(bytes: &[u8]) -> Scan {
             break None;
         }
         let rest = &bytes[at..];
+        if rest.iter().all(|&b| b == 0) {
+            break None;
+        }
         if rest.len() < HEADER_LEN {
             break Some(Damage::Torn { at });
         }
         let u32_at = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
         if u32_at(0) != MAGIC {
-            // Zeros after the last record are a write that never started (preallocated or torn).
+            // Zeros after the last record are the log's end: written ahead of the records, or a
+            // write that never started.
             if rest.iter().all(|&b| b == 0) {
-                break Some(Damage::Torn { at });
+                break None;
             }
             break Some(Damage::Corrupt { at, why: "bad magic" });
         }
@@ -185,10 +192,16 @@ mod tests {
             assert_eq!(s.valid_len, if whole == 0 { 0 } else { ends[whole - 1] }, "cut at {cut}");
             assert!(matches!(s.damage, None | Some(Damage::Torn { .. })), "cut at {cut}: {:?}", s.damage);
         }
-        // Zeros after the last record (a write that never started) are torn, not corrupt.
-        let mut z = bytes.clone();
-        z.extend_from_slice(&[0; 100]);
-        assert!(matches!(scan(&z).damage, Some(Damage::Torn { .. })));
+        // Zeros after the last record (written ahead, or a write that never started) are the
+        // log's end, not damage; anything else after them is.
+        for zeros in [1, 7, 31, 32, 100, 4096] {
+            let mut z = bytes.clone();
+            z.resize(bytes.len() + zeros, 0);
+            let s = scan(&z);
+            assert_eq!((s.damage, s.valid_len, s.records.len()), (None, bytes.len(), 8), "{zeros} zeros");
+            z.push(1);
+            assert!(matches!(scan(&z).damage, Some(Damage::Torn { .. } | Damage::Corrupt { .. })), "{zeros} zeros");
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub struct Offer {
     /// The last version of each shard's log here.
     pub logs: BTreeMap<ShardRef, Version>,
     /// Shards whose log had a corrupt record (recovery cut it there): it may lack versions it
-    /// had made durable, so it does not stand for its shard in the quorum (it still counts
-    /// among the logs to pick the longest from).
+    /// had made durable, so it stands for its shard in the quorum only beside another whole
+    /// log of it (it still counts among the logs to pick the longest from).
     pub damaged: BTreeSet<ShardRef>,
     /// Views after the saved one that this member proposed or acknowledged (id and members),
     /// saved before its acknowledgement left: any of them may have been committed and installed
@@ -52,8 +52,9 @@ pub enum Waiting {
         /// Its members.
         of: usize,
     },
-    /// No member of a shard of the last view is back with a whole log of it (saved in the last
-    /// view, undamaged): its state may be on no other disk.
+    /// No member of a shard of the last view is back with a whole, undamaged log of it (saved
+    /// in the last view), nor two with whole but damaged ones: its state may be on no other
+    /// disk.
     #[error("no member of {0} in the last view is back with a whole log of it")]
     Shard(ShardRef),
     /// A member back acknowledged view `view`, after the last one saved: it may have been
@@ -83,9 +84,10 @@ pub struct Plan {
 }
 
 /// The restart view once `offers` (the leader's own included) meet the quorum: a majority of
-/// the last view's members; for each of its shards, at least one of its members whose log of
-/// it is whole (it saved the last view, or the one before while already in the shard) and
-/// undamaged; and every member of any later view a member back acknowledged (PROTOCOLS §4.1).
+/// the last view's members; for each of its shards, one of its members whose log of it is
+/// whole (it saved the last view, or the one before while already in the shard) and undamaged,
+/// or two whose logs are whole but damaged; and every member of any later view a member back
+/// acknowledged (PROTOCOLS §4.1).
 ///
 /// The new view's id follows every view saved or seen in a log, so its versions follow every
 /// logged one. Its members are those back: `leader` first, then the others in their rank
@@ -120,10 +122,18 @@ pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn Layou
         offers.get(m).is_some_and(|o| {
             let kept =
                 o.saved.id.0 + 1 == last.id.0 && o.saved.shards.iter().any(|x| x.id == s && x.members.contains(m));
-            (o.saved.id == last.id || kept) && !o.damaged.contains(&s)
+            o.saved.id == last.id || kept
         })
     };
-    if let Some(s) = last.shards.iter().find(|s| !s.members.iter().any(|m| whole(m, s.id))) {
+    // A damaged log stands for its shard with another whole log beside it. Recovery calls
+    // damaged every log with a record that fails its checksum, and a write torn by a power cut
+    // looks the same as a flipped bit; a torn write holds nothing reported durable (it was not
+    // synced), so losing a durable version needs corrupt synced records in two logs.
+    let stands = |s: &crate::protocol::ShardLayout| {
+        let logs: Vec<&NodeId> = s.members.iter().filter(|m| whole(m, s.id)).collect();
+        logs.len() >= 2 || logs.iter().any(|m| offers.get(m).is_some_and(|o| !o.damaged.contains(&s.id)))
+    };
+    if let Some(s) = last.shards.iter().find(|s| !stands(s)) {
         return Err(Waiting::Shard(s.id));
     }
     // Views after the last one that a member back acknowledged: one may have been committed
@@ -245,6 +255,28 @@ mod tests {
         let p = plan(NodeId(0), &offers, &layout).unwrap();
         // Node 2's log is the longest of shard 1.
         assert_eq!(p.transfers, vec![StateTransfer { shard: shard(1), from: vec![NodeId(2)], to: vec![NodeId(3)] }]);
+    }
+
+    #[test]
+    fn two_damaged_whole_logs_stand_for_their_shard_one_does_not() {
+        // A power cut tore the last record of every log of shard 0 (each looks corrupt).
+        let v = view(7, &[&[0, 1, 2]]);
+        let damaged = |seq| {
+            let mut o = offer(&v, &[(0, 7, seq)]);
+            o.damaged.insert(shard(0));
+            o
+        };
+        let mut offers = BTreeMap::from([(NodeId(0), damaged(4)), (NodeId(1), offer(&view(6, &[&[0, 2]]), &[]))]);
+        // Node 1 was not in the shard in view 6: its log is not whole. One damaged log is not
+        // enough.
+        assert_eq!(plan(NodeId(0), &offers, &one_shard()), Err(Waiting::Shard(shard(0))));
+        offers.insert(NodeId(2), damaged(6));
+        let p = plan(NodeId(0), &offers, &one_shard()).unwrap();
+        assert_eq!(
+            p.transfers,
+            vec![StateTransfer { shard: shard(0), from: vec![NodeId(2)], to: vec![NodeId(0), NodeId(1)] }],
+            "the longest damaged log sends"
+        );
     }
 
     fn one_shard() -> OneShard {

@@ -179,6 +179,15 @@ pub enum Plan {
         /// When.
         at: Time,
     },
+    /// The member's power is cut at `at`: as [`Plan::Crash`], and the first unsynced record
+    /// the cut lost (if any) stays on disk torn, failing its checksum as a flipped bit would
+    /// (recovery cannot tell them apart, and calls the log damaged).
+    PowerCut {
+        /// Who.
+        node: NodeId,
+        /// When.
+        at: Time,
+    },
 }
 
 /// What a group simulation runs.
@@ -592,7 +601,8 @@ impl GroupSim {
                 | Plan::Slow { at, .. }
                 | Plan::Report { at, .. }
                 | Plan::Restart { at, .. }
-                | Plan::Corrupt { at, .. } => Some(*at),
+                | Plan::Corrupt { at, .. }
+                | Plan::PowerCut { at, .. } => Some(*at),
                 Plan::CrashOnStep { .. } | Plan::SyncFails { .. } => None,
             };
             if let Some(at) = at {
@@ -807,7 +817,8 @@ impl GroupSim {
     fn plan(&mut self, i: usize) {
         let now = self.now;
         match self.config.plan[i].clone() {
-            Plan::Crash { node, .. } => self.crash(node),
+            Plan::Crash { node, .. } => self.crash(node, false),
+            Plan::PowerCut { node, .. } => self.crash(node, true),
             Plan::Partition { heal, .. } | Plan::OneWay { heal, .. } => {
                 for l in self.links_of(i) {
                     *self.blocked.entry(l).or_default() += 1;
@@ -870,7 +881,7 @@ impl GroupSim {
             self.fired.insert(i);
             self.trace.record(format_args!("t={} sync fails n{}", now.0, id.0));
             self.record(id, MemberEvent::StorageFailed);
-            self.crash(id);
+            self.crash(id, false);
             return;
         }
         let mut reported = Vec::new();
@@ -924,7 +935,8 @@ impl GroupSim {
         self.trace.record(format_args!("t={} heal #{i}", self.now.0));
     }
 
-    fn crash(&mut self, node: NodeId) {
+    /// `torn`: the first unsynced record lost stays on disk, failing its checksum.
+    fn crash(&mut self, node: NodeId, torn: bool) {
         let Some(m) = self.members.get_mut(&node) else { return };
         if !m.alive {
             return;
@@ -937,7 +949,12 @@ impl GroupSim {
             for f in files.iter_mut() {
                 let synced = f.records.iter().take_while(|(v, _)| durable.is_some_and(|d| *v <= d)).count();
                 let kept = synced + self.loss_rng.below((f.records.len() - synced) as u64 + 1) as usize;
-                f.records.truncate(kept);
+                if torn && kept < f.records.len() {
+                    f.records.truncate(kept + 1);
+                    f.corrupt_at = Some(f.corrupt_at.map_or(kept, |c| c.min(kept)));
+                } else {
+                    f.records.truncate(kept);
+                }
             }
         }
         m.disk.in_flight = None;
@@ -1363,7 +1380,7 @@ impl GroupSim {
                     self.schedule_event(ev);
                 }
             }
-            self.crash(id);
+            self.crash(id, false);
             return;
         }
         for (_, ev) in pending {

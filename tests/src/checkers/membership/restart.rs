@@ -2,8 +2,8 @@
 //! restarted member resumes with ([`MemberEvent::Resumed`]):
 //!
 //! * every version any member's node said durable at every member of its shard, before, is in
-//!   that state, bit flips included (a log cut at a corrupt record does not stand for its shard
-//!   in the restart quorum);
+//!   that state, bit flips and torn records included (a log cut at a record failing its
+//!   checksum stands for its shard in the restart quorum only beside another whole log);
 //! * the state of a member of the restart view is the longest log the members of that view
 //!   brought back: it ends with the last entry of that log.
 
