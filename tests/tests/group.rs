@@ -406,3 +406,69 @@ fn a_large_state_travels_in_pieces() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
+
+/// An application whose disk failed: it cannot save a view it is about to acknowledge.
+#[derive(Clone, Default)]
+struct CannotSave(Rc<std::cell::Cell<u32>>);
+
+impl Application for CannotSave {
+    fn deliver(&mut self, _: Delivered<'_>) {}
+
+    fn view_proposed(&mut self, _id: derecho::protocol::ViewId, _members: &[NodeId]) -> Result<(), String> {
+        self.0.set(self.0.get() + 1);
+        Err("the disk is gone".to_string())
+    }
+}
+
+/// PROTOCOLS §4.1: a member acknowledges a view only once it saved it. C cannot save the view
+/// that adds D: it stops with a fatal error before its acknowledgement leaves, so the leader
+/// never installs a view with both C and D (had the acknowledgement left, A would have
+/// committed that view, every member of it having acknowledged).
+///
+/// Over shared memory, where a push lands in the peers' memory at once while a member's
+/// departure is noticed later: an acknowledgement that left would be counted.
+#[test]
+fn a_member_that_cannot_save_a_proposed_view_stops_without_acknowledging_it() {
+    let dir = std::path::PathBuf::from(format!("/dev/shm/derecho-group-nosave-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory in /dev/shm");
+    let d = dir.clone();
+    let builder = move |me| builder(me, 1).name("nosave").transport(TransportKind::Shm).shm_dir(d.clone());
+    Builder::new().build().unwrap().block_on(async {
+        let a = builder(0).start(App::default()).await.expect("start");
+        let b = builder(1).join(a.local_addr(), App::default()).await.expect("b joins");
+        let cannot = CannotSave::default();
+        let c = builder(2).join(a.local_addr(), cannot.clone()).await.expect("c joins");
+        for g in [&a, &b, &c] {
+            g.wait_view(WAIT, |v| v.members.len() == 3).await.expect("a view of three");
+        }
+        assert_eq!(cannot.0.get(), 0, "C acknowledged nothing yet (its own join needs no acknowledgement)");
+        let d = builder(3).join(a.local_addr(), App::default()).await.expect("d joins");
+        let deadline = Instant::now() + WAIT;
+        let reason = loop {
+            match time::timeout(deadline.saturating_duration_since(Instant::now()), c.next_event()).await {
+                Ok(GroupEvent::Fatal(reason)) => break reason,
+                Ok(_) => {}
+                Err(_) => panic!("C did not stop within {WAIT:?}"),
+            }
+        };
+        assert!(reason.contains("could not be saved") && reason.contains("the disk is gone"), "{reason}");
+        assert_eq!(cannot.0.get(), 1, "C tried to save the view once");
+        let v = a.wait_view(WAIT, |v| v.members.contains(&NodeId(3))).await.expect("D is in");
+        assert_eq!(v.members, vec![NodeId(0), NodeId(1), NodeId(3)]);
+        while let Some(e) = a.try_next_event() {
+            if let GroupEvent::ViewInstalled(change) = e {
+                let m = &change.view.members;
+                assert!(
+                    !(m.contains(&NodeId(2)) && m.contains(&NodeId(3))),
+                    "A installed view {} with C and D: C's acknowledgement left",
+                    change.view.id.0
+                );
+            }
+        }
+        for g in [a, b, d] {
+            g.close().await;
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

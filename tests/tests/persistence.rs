@@ -333,3 +333,23 @@ fn a_stopped_group_restarts_from_the_longest_log() {
         }
     });
 }
+
+/// A persisting service refuses to run without partition safety: a total restart relies on
+/// every view being committed by a majority of the one before.
+#[test]
+fn persistence_without_partition_safety_is_refused() {
+    let tmp = TempDir::new("unsafe");
+    Builder::new().build().unwrap().block_on(async {
+        let service = Service::new();
+        service.host(SubgroupId(0), KvStore::default);
+        service.persist_to(&tmp.0).expect("a log directory");
+        let unsafe_membership = MembershipConfig { partition_safety: false, ..MembershipConfig::default() };
+        let e = service
+            .start_or_join(builder(0, "persist-unsafe").membership(unsafe_membership), None)
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");
+        assert!(e.to_string().contains("partition safety"), "{e}");
+        assert!(std::fs::read_dir(&tmp.0).unwrap().next().is_none(), "nothing written");
+    });
+}

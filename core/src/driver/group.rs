@@ -99,9 +99,16 @@ pub trait Application: 'static {
     fn view_installed(&mut self, _change: &ViewChange) {}
 
     /// This member proposed or acknowledged the next view, `id` with `members`; its
-    /// acknowledgement leaves when this returns. A persisting application saves it first
+    /// acknowledgement leaves when this returns `Ok`. A persisting application saves it first
     /// (PROTOCOLS §4.1: a restart quorum must hear of every view that may have been committed).
-    fn view_proposed(&mut self, _id: ViewId, _members: &[NodeId]) {}
+    ///
+    /// # Errors
+    ///
+    /// Why it could not be saved: the member stops ([`GroupEvent::Fatal`]) and the
+    /// acknowledgement never leaves.
+    fn view_proposed(&mut self, _id: ViewId, _members: &[NodeId]) -> Result<(), String> {
+        Ok(())
+    }
 
     /// A frame another member sent this one with [`GroupSender::send_to`]. `body` is borrowed
     /// from the receive buffer, 16-byte aligned.
@@ -217,6 +224,9 @@ pub enum JoinError {
         /// What was still missing.
         waiting: Waiting,
     },
+    /// A configuration this member cannot run with.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Errors of [`Group::wait_view`].
@@ -334,6 +344,11 @@ impl GroupBuilder {
     pub fn membership(mut self, m: MembershipConfig) -> Self {
         self.membership = m;
         self
+    }
+
+    /// The membership configuration set.
+    pub fn membership_config(&self) -> &MembershipConfig {
+        &self.membership
     }
 
     /// The shard layout of every view (every member must use the same).
@@ -492,7 +507,15 @@ impl GroupBuilder {
                             .proposed
                             .iter()
                             .all(|(id, m)| id_fits(*id) && m.len() <= self.limits.members_max as usize);
-                    if node == self.me || offer.saved.validate(&self.limits).is_err() || !fits {
+                    // An empty saved view: a member that saved none, offering only the views it
+                    // acknowledged (it holds no log).
+                    let empty = offer.saved.members.is_empty() && offer.saved.shards.is_empty();
+                    let valid = if empty {
+                        offer.logs.is_empty() && offer.damaged.is_empty()
+                    } else {
+                        offer.saved.validate(&self.limits).is_ok()
+                    };
+                    if node == self.me || !valid || !fits {
                         tracing::warn!(%node, "a restart offer with this member's id, a bad view or view ids out of range: ignored");
                         continue;
                     }
@@ -500,8 +523,9 @@ impl GroupBuilder {
                     addresses.insert(node, address);
                     offers.insert(node, offer);
                 }
-                // A member with nothing to recover (no saved view) asks to join: it is back,
-                // holding no log (a later view it acknowledged may be waiting for it).
+                // A member with nothing to recover (no saved view, no view acknowledged) asks to
+                // join: it is back, holding no log (a later view acknowledged by another may be
+                // waiting for it).
                 Ok(Control::Join { version, node, address }) if version == JOIN_VERSION && node != self.me => {
                     tracing::info!(me = %self.me, %node, %address, "a member without logs is back");
                     addresses.insert(node, address);
@@ -943,6 +967,10 @@ impl Inner {
         while let Some(o) = node.poll_output() {
             n += 1;
             match o {
+                // A member stopped (by an output before this one, or by the application it
+                // called) sends nothing more: not the acknowledgement of a view it could not
+                // save, not rows of a state it can no longer keep.
+                _ if self.closed.get() => break,
                 Output::Push { range, to } => {
                     let transport = self.transport.borrow();
                     push_range(&**transport, &self.push_peers, &self.push_errors, range, &to, |peer, e| {
@@ -960,7 +988,10 @@ impl Inner {
                     if matches!(step, GmsStep::Proposed(_) | GmsStep::Acked { .. })
                         && let Some((id, members)) = node.proposed_view()
                     {
-                        self.app.borrow_mut().view_proposed(id, &members);
+                        let saved = self.app.borrow_mut().view_proposed(id, &members);
+                        if let Err(reason) = saved {
+                            self.fatal(&format!("view {} could not be saved before acknowledging it: {reason}", id.0));
+                        }
                     }
                 }
                 Output::NextView(next) => {
@@ -1433,7 +1464,16 @@ impl GroupSender {
     /// longer keep a promise the group relies on, such as a log that failed to sync. The others
     /// see it fail and go on without it.
     pub fn fatal(&self, reason: &str) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        if let Some(inner) = self.inner.upgrade() {
+            inner.fatal(reason);
+        }
+    }
+}
+
+impl Inner {
+    /// See [`GroupSender::fatal`].
+    fn fatal(self: &Rc<Self>, reason: &str) {
+        let inner = self;
         if inner.closed.replace(true) {
             return;
         }
@@ -1443,7 +1483,7 @@ impl GroupSender {
             // Called from inside the application (a delivery, a restore): tell it once it
             // returns.
             Err(_) => {
-                let weak = Rc::downgrade(&inner);
+                let weak = Rc::downgrade(inner);
                 drop(spawn(async move {
                     if let Some(inner) = weak.upgrade()
                         && let Ok(mut app) = inner.app.try_borrow_mut()
@@ -1458,7 +1498,9 @@ impl GroupSender {
         let transport = inner.transport.borrow().clone();
         drop(spawn(async move { transport.close(Duration::ZERO).await }));
     }
+}
 
+impl GroupSender {
     /// Reports that every version of `shard` up to `version` is durable on this member (the
     /// local persistence frontier, PROTOCOLS §4): it is published to the shard's members, whose
     /// minimum is the global frontier ([`GroupSender::persisted`]). Reports that go backwards

@@ -19,7 +19,9 @@ use super::membership::{LayoutFn, StateTransfer};
 ///
 /// A member saves a view only once the state of every shard it received for it is durable, so
 /// a member whose saved view is the last one holds, for each of its shards there, everything
-/// durable at every member of that shard, unless its log was damaged.
+/// durable at every member of that shard, unless its log was damaged. It saves adequate views
+/// only (an inadequate one has no shards and delivers nothing): the last view saved is the
+/// last that had shards, and the views after it are known from the acknowledged ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offer {
     /// The last view this member saved.
@@ -255,6 +257,22 @@ mod tests {
         let p = plan(NodeId(0), &offers, &layout).unwrap();
         // Node 2's log is the longest of shard 1.
         assert_eq!(p.transfers, vec![StateTransfer { shard: shard(1), from: vec![NodeId(2)], to: vec![NodeId(3)] }]);
+    }
+
+    #[test]
+    fn a_view_acknowledged_by_a_member_that_saved_none_needs_its_members() {
+        // View 1 {0, 1, 2}; 2 joined in it and saved no view. 1 failed; view 2 {0, 2} was
+        // acknowledged by 0 and 2 and perhaps installed by both (0 never saved it). 0 is not
+        // back: 1 and 2 make a majority of view 1, but 0 may hold versions durable in view 2.
+        let v1 = view(1, &[&[0, 1, 2]]);
+        let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
+        let mut joiner = offer(&empty, &[]);
+        joiner.proposed = vec![(ViewId(2), vec![NodeId(0), NodeId(2)])];
+        let offers = BTreeMap::from([(NodeId(1), offer(&v1, &[(0, 1, 5)])), (NodeId(2), joiner)]);
+        assert_eq!(
+            plan(NodeId(1), &offers, &one_shard()),
+            Err(Waiting::Proposed { view: ViewId(2), missing: vec![NodeId(0)] })
+        );
     }
 
     #[test]

@@ -632,14 +632,30 @@ impl Service {
     ///
     /// As [`crate::driver::GroupBuilder::join`] (a failed start is [`JoinError::Start`]);
     /// [`JoinError::Recovery`] if the directory cannot be recovered ([`RecoveryError`]),
-    /// [`JoinError::NoQuorum`] if a restart leader's quorum does not come back in time.
+    /// [`JoinError::NoQuorum`] if a restart leader's quorum does not come back in time;
+    /// [`JoinError::Config`] for a persisting service without partition safety.
     pub async fn start_or_join(
         &self,
         builder: crate::driver::GroupBuilder,
         contact: Option<std::net::SocketAddr>,
     ) -> Result<crate::driver::Group, JoinError> {
+        // A total restart finds every view that may have been committed through a majority of
+        // the view before it: without partition safety a minority may commit one.
+        if self.inner.persist_dir.borrow().is_some() && !builder.membership_config().partition_safety {
+            return Err(JoinError::Config(
+                "persistence needs partition safety (MembershipConfig::partition_safety): a total restart \
+                 relies on every view being committed by a majority of the one before"
+                    .into(),
+            ));
+        }
         let recovered = self.inner.recover().await.map_err(|e| JoinError::Recovery(e.to_string()))?;
         let group = match (recovered, contact) {
+            // Views acknowledged but none saved, and no contact: nothing to lead a restart
+            // with; this member starts a group afresh, as a new member would.
+            (Some(offer), None) if offer.saved.members.is_empty() => {
+                tracing::warn!(proposed = ?offer.proposed, "no saved view and no contact: starting afresh");
+                builder.start(self.clone()).await?
+            }
             (Some(offer), contact) => builder.restart(offer, contact, self.clone()).await?,
             (None, None) => builder.start(self.clone()).await?,
             (None, Some(c)) => builder.join(c, self.clone()).await?,
@@ -971,7 +987,12 @@ impl ServiceInner {
         *self.shard_members.borrow_mut() =
             view.iter().flat_map(|v| v.shards.iter()).map(|s| (s.id, Rc::from(s.members.as_slice()))).collect();
         if self.persist_dir.borrow().is_some() {
-            *self.unsaved_view.borrow_mut() = view.clone();
+            // An inadequate view (no shards) is not saved: nothing is delivered in it, and a
+            // restart judges each shard by the last view that had it (the views after it that
+            // this member acknowledged are in its saved proposals).
+            if view.as_ref().is_none_or(|v| !v.shards.is_empty()) {
+                *self.unsaved_view.borrow_mut() = view.clone();
+            }
             self.save_view_if_whole();
         }
         *self.view.borrow_mut() = view;
@@ -1006,20 +1027,27 @@ impl ServiceInner {
     }
 
     /// Saves a view this member proposed or acknowledged, before the acknowledgement leaves.
-    fn save_proposal(&self, id: crate::protocol::ViewId, members: &[NodeId]) {
-        let Some(dir) = self.persist_dir.borrow().clone() else { return };
-        if self.persist_failed.borrow().is_some() {
-            return;
+    ///
+    /// # Errors
+    ///
+    /// Persistence failed, now or before (the member must not acknowledge).
+    fn save_proposal(&self, id: crate::protocol::ViewId, members: &[NodeId]) -> Result<(), String> {
+        let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(()) };
+        if let Some(reason) = self.persist_failed.borrow().clone() {
+            return Err(reason);
         }
         let mut proposals = self.proposals.borrow_mut();
         if proposals.iter().any(|(i, m)| *i == id && m.as_slice() == members) {
-            return;
+            return Ok(());
         }
         proposals.push((id, members.to_vec()));
         if let Err(e) = recovery::save_proposals(&dir, &proposals) {
             drop(proposals);
-            self.persistence_failed(format!("saving proposed view {} in {}: {e}", id.0, dir.display()));
+            let reason = format!("saving proposed view {} in {}: {e}", id.0, dir.display());
+            self.persistence_failed(reason.clone());
+            return Err(reason);
         }
+        Ok(())
     }
 
     /// Queues a message of `len` bytes for `to`, written by `write` straight into the frame
@@ -1648,8 +1676,8 @@ impl Application for Service {
         Ok(())
     }
 
-    fn view_proposed(&mut self, id: crate::protocol::ViewId, members: &[NodeId]) {
-        self.inner.save_proposal(id, members);
+    fn view_proposed(&mut self, id: crate::protocol::ViewId, members: &[NodeId]) -> Result<(), String> {
+        self.inner.save_proposal(id, members)
     }
 
     fn persisted(&mut self, shard: ShardRef, local: Option<Version>, global: Option<Version>) {

@@ -206,8 +206,10 @@ pub(super) fn remove_older_logs(dir: &Path, shard: ShardRef, view: ViewId) {
 
 impl ServiceInner {
     /// Rebuilds this member's replicas from the logs in its persistence directory, if it holds
-    /// a saved view: what to offer the restart leader. `None`: no saved view and no log, a new
-    /// member.
+    /// a saved view: what to offer the restart leader. Without a saved view, an offer with an
+    /// empty one if the member acknowledged views (it stopped before its first view was
+    /// whole): the restart quorum counts on hearing of every view a member back acknowledged.
+    /// `None`: a new member.
     pub(super) async fn recover(self: &Rc<Self>) -> Result<Option<Offer>, RecoveryError> {
         let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(None) };
         let logs = logs_in(&dir)?;
@@ -223,7 +225,18 @@ impl ServiceInner {
                     std::fs::rename(path, &aside).map_err(|e| io_error(path, e))?;
                 }
             }
-            return Ok(None);
+            let proposed = load_proposals(&dir)?;
+            if proposed.is_empty() {
+                return Ok(None);
+            }
+            let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
+            return Ok(Some(Offer {
+                saved: empty,
+                logs: BTreeMap::new(),
+                damaged: Default::default(),
+                proposed,
+                newest_file: ViewId(0),
+            }));
         };
         let newest_file = logs.values().filter_map(|f| f.first().map(|(v, _)| *v)).max().unwrap_or(ViewId(0));
         let proposed = load_proposals(&dir)?.into_iter().filter(|(id, _)| *id > saved.id).collect();
@@ -337,6 +350,27 @@ mod tests {
         ] {
             assert_eq!(parse_log_name(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_member_without_a_saved_view_offers_the_views_it_acknowledged() {
+        let dir = std::env::temp_dir().join(format!("derecho-no-saved-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let service = super::super::Service::new();
+        service.persist_to(&dir).unwrap();
+        let shard = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+        crate::Builder::new().build().unwrap().block_on(async {
+            assert_eq!(service.inner.recover().await.unwrap(), None, "a new member offers nothing");
+            // It joined in view 3 (its log's state not durable yet) and acknowledged view 4.
+            std::fs::write(dir.join(log_name(shard, ViewId(3))), b"").unwrap();
+            save_proposals(&dir, &[(ViewId(4), vec![NodeId(1), NodeId(2)])]).unwrap();
+            let offer = service.inner.recover().await.unwrap().expect("an offer of the view acknowledged");
+            assert!(offer.saved.members.is_empty() && offer.logs.is_empty(), "{offer:?}");
+            assert_eq!(offer.proposed, vec![(ViewId(4), vec![NodeId(1), NodeId(2)])]);
+            assert!(dir.join(format!("orphan-{}", log_name(shard, ViewId(3)))).exists(), "the log moved aside");
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

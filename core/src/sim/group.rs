@@ -635,7 +635,9 @@ impl GroupSim {
         let Some(m) = self.members.get_mut(&id) else { return };
         let Some(node) = m.node.as_ref() else { return };
         let view = node.view();
-        if view.shards.iter().any(|s| node.awaiting_state(s.id)) {
+        // An inadequate view (no shards) is not saved (as the service does): a restart judges
+        // each shard by the last view that had it.
+        if view.shards.is_empty() || view.shards.iter().any(|s| node.awaiting_state(s.id)) {
             return;
         }
         let pending = m.disk.files.iter().any(|(shard, files)| {
@@ -1000,9 +1002,12 @@ impl GroupSim {
         }
         if m.saved.is_none() {
             // It never saved a view (a joiner whose first state was not durable): as the
-            // service does without a saved view, it starts afresh and asks to join; a restart
-            // leader counts it as back, holding nothing.
+            // service does without a saved view, it starts afresh, offering only the views it
+            // acknowledged (saved on its disk); a restart leader counts it as back, holding no
+            // log.
+            let proposals = std::mem::take(&mut m.proposals);
             *m = Member::new(None, Some(leader), Stream { done: true, ..Stream::default() });
+            m.proposals = proposals;
             m.resuming = true;
             self.trace.record(format_args!("t={} restart n{} without a saved view", self.now.0, id.0));
             self.record(id, MemberEvent::Restarted { logs: BTreeMap::new(), corrupted: false });
