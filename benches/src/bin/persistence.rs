@@ -3,9 +3,10 @@
 //!
 //! For 100-byte and 10 KiB versions, on disk (the working directory's file system) and on tmpfs
 //! (`/dev/shm`):
-//! * `group-many`: three member processes (loopback TCP) host a `#[replicated]` object whose
-//!   service persists every ordered call (`Service::persist_to`); each member keeps 256 calls in
-//!   flight; versions *globally* persisted (durable at all three) per second;
+//! * `group-many`: three member processes (over loopback TCP, `tcp`, or shared memory, `shm`)
+//!   host a `#[replicated]` object whose service persists every ordered call
+//!   (`Service::persist_to`); each member keeps 256 calls in flight; versions *globally*
+//!   persisted (durable at all three) per second;
 //! * `group-one`: one call at a time from one member, each awaited until its version is durable
 //!   at all three (`Handle::wait_persisted`): latency p50 from the call to global persistence
 //!   (`group-one-call`: the same calls' p50 until every replica replied, before persistence);
@@ -15,10 +16,11 @@
 //!
 //! Baseline, measured in the same run: the machine's *fsync floor*, a 4 KiB append plus
 //! `fdatasync` through std, p50 (`fsync-floor-x3`: three threads doing it at once on three
-//! files, until the last is durable, p50: what three members sharing one disk wait for). A
-//! full run ends with the issue's targets, on disk:
-//! `target-group-many-100b` (at least 100,000 globally persisted 100-byte versions per second)
-//! and `target-group-one-100b` (p50 at most 1.5 times the fsync floor).
+//! files, until the last is durable, p50: what three members sharing one disk wait for;
+//! `overwrite-floor-x3`: the same over zeros written ahead, as the durable log writes). A
+//! full run ends with the issue's targets, on disk, for each transport:
+//! `target-group-many-100b-{tcp,shm}` (at least 100,000 globally persisted 100-byte versions per
+//! second) and `target-group-one-100b-{tcp,shm}` (p50 at most 1.5 times the fsync floor).
 //!
 //! ```text
 //! cargo run --release -p derecho-benches --bin persistence [-- --quick]
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::GroupBuilder;
+use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::persist::DurableLog;
 use derecho::protocol::{Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId, Version};
 use derecho::rpc::Service;
@@ -64,8 +66,9 @@ fn fsync_floor(dir: &Path, n: usize) -> f64 {
 
 /// p50 of `n` rounds in which three threads each append 4 KiB to their own file and
 /// `fdatasync` it at once: the time until the last is durable, in microseconds (what three
-/// members sharing one disk wait for at best).
-fn fsync_floor_three(dir: &Path, n: usize) -> f64 {
+/// members sharing one disk wait for at best). `ahead`: the files hold zeros written and
+/// synced first, and the rounds overwrite them, as the durable log does.
+fn fsync_floor_three(dir: &Path, n: usize, ahead: bool) -> f64 {
     let barrier = std::sync::Barrier::new(3);
     let times: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..3)
@@ -79,6 +82,11 @@ fn fsync_floor_three(dir: &Path, n: usize) -> f64 {
                         .truncate(true)
                         .open(&path)
                         .expect("a file");
+                    if ahead {
+                        f.write_all(&vec![0u8; 4096 * (n + 1)]).expect("zeros");
+                        f.sync_all().expect("fsync");
+                        std::io::Seek::rewind(&mut f).expect("rewind");
+                    }
                     let block = vec![7u8; 4096];
                     let mut out = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -168,7 +176,9 @@ impl Sink {
     }
 }
 
-/// One member process: `--member N --size S --secs T --mode many|one --dir D [--contact A]`.
+/// One member process: `--member N --size S --secs T --mode many|one --dir D
+/// [--shm-dir S] [--contact A]` (`--shm-dir`: the members talk over shared memory there,
+/// otherwise over loopback TCP).
 /// Prints `listening ADDR`, `ready`, then `done COUNT NANOS` (many: calls it made, and the time
 /// until the last version it saw was globally persisted) or `lat P50_US` (one, member 0).
 fn member(args: &[String]) {
@@ -178,6 +188,7 @@ fn member(args: &[String]) {
     let mode = arg(args, "--mode").expect("--mode").to_string();
     let dir = PathBuf::from(arg(args, "--dir").expect("--dir"));
     let contact = arg(args, "--contact").map(|c| c.parse().expect("an address"));
+    let shm_dir = arg(args, "--shm-dir").map(PathBuf::from);
     // Three members share two cores here: spinning members yield while they spin, or the one
     // sharing a core with a spinner cannot run (an ordered call at one outstanding took 1.9 ms
     // with plain spinning, 0.18 ms with none, 0.13 ms spinning with yields).
@@ -194,6 +205,10 @@ fn member(args: &[String]) {
             .name("persistence-bench")
             .limits(limits)
             .membership(membership);
+        let builder = match shm_dir {
+            Some(d) => builder.transport(TransportKind::Shm).shm_dir(d),
+            None => builder,
+        };
         let service = Service::new();
         service.host(SubgroupId(0), Sink::default);
         service.persist_to(&dir).expect("a log directory");
@@ -249,8 +264,11 @@ fn member(args: &[String]) {
 
 /// One group case: the versions-per-second rate (many), or the p50 latencies in µs to global
 /// persistence and of the call alone (one).
-fn run_group(dir: &Path, size: usize, mode: &str, secs: u64) -> (f64, f64) {
+fn run_group(dir: &Path, shm: Option<&Path>, size: usize, mode: &str, secs: u64) -> (f64, f64) {
     let _ = std::fs::remove_dir_all(dir);
+    if let Some(d) = shm {
+        std::fs::create_dir_all(d).expect("a shared-memory directory");
+    }
     let mut members = MemberProcesses::new(format!("persistence {mode}"), Duration::from_secs(120 + secs));
     let args = |id: u32, contact: Option<&str>| {
         let mut a: Vec<String> = vec!["--member".into(), id.to_string(), "--size".into(), size.to_string()];
@@ -258,6 +276,9 @@ fn run_group(dir: &Path, size: usize, mode: &str, secs: u64) -> (f64, f64) {
         a.extend(["--dir".into(), dir.join(format!("member-{id}")).display().to_string()]);
         if let Some(c) = contact {
             a.extend(["--contact".into(), c.into()]);
+        }
+        if let Some(d) = shm {
+            a.extend(["--shm-dir".into(), d.display().to_string()]);
         }
         a
     };
@@ -314,6 +335,8 @@ fn main() {
         .expect("a working directory")
         .join(format!("target/persistence-bench-{}", std::process::id()));
     let tmpfs: PathBuf = PathBuf::from(format!("/dev/shm/derecho-persistence-bench-{}", std::process::id()));
+    // The shared-memory transport's files (not a log directory).
+    let shm_root: PathBuf = PathBuf::from(format!("/dev/shm/derecho-persistence-bench-{}-shm", std::process::id()));
     eprintln!(
         "persistence benchmark ({}): disk {}, tmpfs {}",
         if quick { "quick" } else { "full" },
@@ -327,30 +350,57 @@ fn main() {
         }
         let floor = fsync_floor(dir, floor_n);
         Record::new(BENCH, format!("{media}-4kib-fsync-floor"), "latency_p50", floor, "us").print();
-        let floor3 = fsync_floor_three(dir, floor_n);
+        let floor3 = fsync_floor_three(dir, floor_n, false);
         Record::new(BENCH, format!("{media}-4kib-fsync-floor-x3"), "latency_p50", floor3, "us")
             .with_baseline(floor)
             .print();
+        let over3 = fsync_floor_three(dir, floor_n, true);
+        Record::new(BENCH, format!("{media}-4kib-overwrite-floor-x3"), "latency_p50", over3, "us")
+            .with_baseline(floor)
+            .print();
         for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
-            let (rate, _) = run_group(&dir.join("group"), size, "many", secs);
-            Record::new(BENCH, format!("{media}-{label}-group-many"), "versions_per_s", rate, "versions/s")
+            for transport in ["tcp", "shm"] {
+                let shm = (transport == "shm").then(|| shm_root.join(format!("{media}-{label}")));
+                let group = dir.join("group");
+                let (rate, _) = run_group(&group, shm.as_deref(), size, "many", secs);
+                Record::new(
+                    BENCH,
+                    format!("{media}-{transport}-{label}-group-many"),
+                    "versions_per_s",
+                    rate,
+                    "versions/s",
+                )
                 .with_baseline(1e6 / floor)
                 .print();
-            let (p50, call) = run_group(&dir.join("group"), size, "one", secs);
-            Record::new(BENCH, format!("{media}-{label}-group-one"), "latency_p50", p50, "us")
-                .with_baseline(floor)
-                .print();
-            // The ordered call alone (every replica applied it and replied), for the breakdown.
-            Record::new(BENCH, format!("{media}-{label}-group-one-call"), "latency_p50", call, "us").print();
-            if (media, size) == ("disk", 100) {
-                targets.push(
-                    Record::new(BENCH, "target-group-many-100b", "versions_per_s", rate, "versions/s")
+                let (p50, call) = run_group(&group, shm.as_deref(), size, "one", secs);
+                Record::new(BENCH, format!("{media}-{transport}-{label}-group-one"), "latency_p50", p50, "us")
+                    .with_baseline(floor)
+                    .print();
+                // The ordered call alone (every replica applied it and replied), for the breakdown.
+                Record::new(BENCH, format!("{media}-{transport}-{label}-group-one-call"), "latency_p50", call, "us")
+                    .print();
+                if (media, size) == ("disk", 100) {
+                    targets.push(
+                        Record::new(
+                            BENCH,
+                            format!("target-group-many-100b-{transport}"),
+                            "versions_per_s",
+                            rate,
+                            "versions/s",
+                        )
                         .with_target(100_000.0, rate >= 100_000.0),
-                );
-                targets.push(
-                    Record::new(BENCH, "target-group-one-100b", "latency_over_floor", p50 / floor, "ratio")
+                    );
+                    targets.push(
+                        Record::new(
+                            BENCH,
+                            format!("target-group-one-100b-{transport}"),
+                            "latency_over_floor",
+                            p50 / floor,
+                            "ratio",
+                        )
                         .with_target(1.5, p50 <= 1.5 * floor),
-                );
+                    );
+                }
             }
             let total = if size > 1024 { many_total / 10 } else { many_total };
             let rate = log_many(dir, size, total, 1024);
@@ -365,6 +415,7 @@ fn main() {
         }
         let _ = std::fs::remove_dir_all(dir);
     }
+    let _ = std::fs::remove_dir_all(&shm_root);
     for t in targets {
         t.print();
     }
