@@ -1147,6 +1147,15 @@ impl Inner {
             }
             // States first: the snapshot must not include anything of the new view.
             self.drain(&mut node);
+            if node.stopped().is_some() {
+                // It stopped instead (a state it awaited never came): the view is not this
+                // member's, and the application must not take it as installed (a persisting
+                // one would save it as whole).
+                drop(node);
+                self.installing.set(false);
+                self.wake_all();
+                return;
+            }
         }
         self.installing.set(false);
         let events = spawn(events(Rc::downgrade(&self), transport, next.view.id));
@@ -1179,7 +1188,8 @@ impl Inner {
             // it would drop this member's logs.
             Ok(Control::Restart { version, node, address, offer }) => {
                 let view = self.node.borrow().view().id;
-                if view <= offer.saved.id {
+                // (A member that saved no view holds no log to lose.)
+                if !offer.saved.members.is_empty() && view <= offer.saved.id {
                     let refusal = JoinRefusal::NotRestarted { view: view.0, saved: offer.saved.id.0 };
                     tracing::warn!(%node, %refusal, "a restart offer refused");
                     self.answer(address, Answer::Refused(refusal));

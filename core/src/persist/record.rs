@@ -13,7 +13,9 @@
 //! ```
 //!
 //! A log is a sequence of records. The scan reads from the start and stops at the first record
-//! that is torn (shorter than its header says), fails its checksum, breaks a field rule or goes
+//! that is torn (shorter than its header says, or the last one, failing its checksum, with zeros
+//! from a sector boundary inside it to the end: a write cut short over zeros written ahead),
+//! fails its checksum, breaks a field rule or goes
 //! backwards in version or time; everything before it is the valid prefix, and recovery cuts the
 //! file there. So a crash in the middle of a write, or a bit flipped on disk, loses the records
 //! from the damage on, never returns a damaged one, and never skips over a hole. Zeros after the
@@ -94,6 +96,20 @@ pub struct Scan {
     pub damage: Option<Damage>,
 }
 
+/// Bytes a disk writes whole (a write torn by a power cut keeps or loses whole sectors).
+pub const SECTOR: usize = 512;
+
+/// Whether a record at file offset `at` that fails its checksum is a write torn by a power cut
+/// over zeros written ahead: nothing but zeros follows it, and it ends in zeros from a sector
+/// boundary inside it on (its first sectors reached the disk, the others did not). A flipped
+/// bit leaves no such run of zeros, unless the payload itself ends in one.
+fn torn_in_zeros(at: usize, record: &[u8], after: &[u8]) -> bool {
+    // Where the record's trailing zeros start, and the first sector boundary from there.
+    let zeros_from = record.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let boundary = (at + zeros_from).next_multiple_of(SECTOR) - at;
+    boundary < record.len() && after.iter().all(|&b| b == 0)
+}
+
 /// Reads `bytes` (a whole log) from the start; see the module documentation.
 pub fn scan(bytes: &[u8]) -> Scan {
     let mut records = Vec::new();
@@ -132,6 +148,9 @@ pub fn scan(bytes: &[u8]) -> Scan {
         let payload = &rest[HEADER_LEN..HEADER_LEN + len];
         let crc = crc32c::crc32c_append(crc32c::crc32c(&rest[..24]), payload);
         if crc != u32_at(24) {
+            if torn_in_zeros(at, &rest[..total], &rest[total..]) {
+                break Some(Damage::Torn { at });
+            }
             break Some(Damage::Corrupt { at, why: "checksum mismatch" });
         }
         if u32_at(28) != 0 || rest[HEADER_LEN + len..total].iter().any(|&b| b != 0) {
@@ -228,6 +247,39 @@ mod tests {
                 assert!(s.damage.is_some(), "flipping byte {i} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn a_write_torn_over_zeros_is_torn_and_a_flipped_bit_there_is_corrupt() {
+        let mut bytes = log(3);
+        let start = bytes.len();
+        encode(&mut bytes, 100, 2000, &[0x5a; 3000]);
+        let end = bytes.len();
+        bytes.resize(end + 8192, 0); // zeros written ahead
+        // Only the sectors up to the second boundary inside the record reached the disk.
+        let mut torn = bytes.clone();
+        let cut = (start + 1).next_multiple_of(SECTOR) + SECTOR;
+        torn[cut..end].fill(0);
+        let s = scan(&torn);
+        assert_eq!((s.records.len(), s.valid_len), (3, start));
+        assert_eq!(s.damage, Some(Damage::Torn { at: start }));
+        // A flipped bit in the same record, whole otherwise: corrupt.
+        let mut flipped = bytes.clone();
+        flipped[start + 40] ^= 4;
+        assert!(matches!(scan(&flipped).damage, Some(Damage::Corrupt { .. })));
+        // Zeros inside the record but something after it: corrupt.
+        let mut later = torn.clone();
+        later[end + 100] = 1;
+        assert!(matches!(scan(&later).damage, Some(Damage::Corrupt { .. })));
+        // A record within one sector cannot be torn inside: a bad checksum there is corrupt.
+        let mut small = log(3);
+        let at = small.len();
+        encode(&mut small, 100, 2000, &[0x5a; 8]);
+        small.resize(small.len() + 4096, 0);
+        small[at + 33] ^= 1;
+        let boundary = (at + 1).next_multiple_of(SECTOR);
+        assert!(boundary >= at + record_len(8), "the test record sits in one sector");
+        assert!(matches!(scan(&small).damage, Some(Damage::Corrupt { .. })));
     }
 
     #[test]

@@ -654,6 +654,10 @@ impl Service {
             // with; this member starts a group afresh, as a new member would.
             (Some(offer), None) if offer.saved.members.is_empty() => {
                 tracing::warn!(proposed = ?offer.proposed, "no saved view and no contact: starting afresh");
+                if let Some(dir) = self.inner.persist_dir.borrow().clone() {
+                    recovery::forget_proposals(&dir).map_err(|e| JoinError::Recovery(e.to_string()))?;
+                }
+                self.inner.proposals.borrow_mut().clear();
                 builder.start(self.clone()).await?
             }
             (Some(offer), contact) => builder.restart(offer, contact, self.clone()).await?,
@@ -989,10 +993,9 @@ impl ServiceInner {
         if self.persist_dir.borrow().is_some() {
             // An inadequate view (no shards) is not saved: nothing is delivered in it, and a
             // restart judges each shard by the last view that had it (the views after it that
-            // this member acknowledged are in its saved proposals).
-            if view.as_ref().is_none_or(|v| !v.shards.is_empty()) {
-                *self.unsaved_view.borrow_mut() = view.clone();
-            }
+            // this member acknowledged are in its saved proposals). A view still unsaved when
+            // the next one comes is never saved: the states it awaited will not come.
+            *self.unsaved_view.borrow_mut() = view.clone().filter(|v| !v.shards.is_empty());
             self.save_view_if_whole();
         }
         *self.view.borrow_mut() = view;

@@ -137,6 +137,16 @@ pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
     replace_file(dir, SAVED_VIEW, u64::from(view.id.0), &encode_view(view))
 }
 
+/// Forgets the views this member acknowledged in a group it no longer belongs to (it starts
+/// afresh): a restart must not wait for their members.
+pub(super) fn forget_proposals(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(PROPOSED)) {
+        Ok(()) => std::fs::File::open(dir)?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes the views proposed or acknowledged since the last one saved (atomically).
 pub(super) fn save_proposals(dir: &Path, proposals: &[(ViewId, Vec<NodeId>)]) -> std::io::Result<()> {
     replace_file(dir, PROPOSED, 0, &encode_proposals(proposals))
@@ -226,6 +236,8 @@ impl ServiceInner {
                 }
             }
             let proposed = load_proposals(&dir)?;
+            // Kept in memory, so that the file is rewritten whole when more are saved.
+            self.proposals.borrow_mut().clone_from(&proposed);
             if proposed.is_empty() {
                 return Ok(None);
             }
@@ -239,7 +251,9 @@ impl ServiceInner {
             }));
         };
         let newest_file = logs.values().filter_map(|f| f.first().map(|(v, _)| *v)).max().unwrap_or(ViewId(0));
-        let proposed = load_proposals(&dir)?.into_iter().filter(|(id, _)| *id > saved.id).collect();
+        let proposed: Vec<(ViewId, Vec<NodeId>)> =
+            load_proposals(&dir)?.into_iter().filter(|(id, _)| *id > saved.id).collect();
+        self.proposals.borrow_mut().clone_from(&proposed);
         let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default(), proposed, newest_file };
         for (shard, files) in logs {
             if dir.join(damage_marker(shard)).exists() {
@@ -369,7 +383,43 @@ mod tests {
             assert!(offer.saved.members.is_empty() && offer.logs.is_empty(), "{offer:?}");
             assert_eq!(offer.proposed, vec![(ViewId(4), vec![NodeId(1), NodeId(2)])]);
             assert!(dir.join(format!("orphan-{}", log_name(shard, ViewId(3)))).exists(), "the log moved aside");
+            // Started afresh, it forgets them.
+            forget_proposals(&dir).unwrap();
+            assert_eq!(service.inner.recover().await.unwrap(), None, "stale acknowledged views offered");
         });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_view_whose_state_never_came_is_not_saved_when_the_next_one_comes() {
+        use crate::driver::{Application, ViewChange};
+        let dir = std::env::temp_dir().join(format!("derecho-unsaved-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut service = super::super::Service::new();
+        service.persist_to(&dir).unwrap();
+        let shard = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
+        let layout = |members: &[u32]| ShardLayout {
+            id: shard,
+            members: members.iter().map(|&n| NodeId(n)).collect(),
+            senders: members.iter().map(|&n| NodeId(n)).collect(),
+            mode: DeliveryMode::Ordered,
+        };
+        let change = |id, members: &[u32], shards: Vec<ShardLayout>, awaiting: Vec<ShardRef>| ViewChange {
+            view: View { id: ViewId(id), members: members.iter().map(|&n| NodeId(n)).collect(), shards },
+            joined: Vec::new(),
+            departed: Vec::new(),
+            inadequate: None,
+            awaiting_state: awaiting,
+        };
+        // Node 2 joined shard 0 in view 5 and awaits its state; then node 0 failed and view 6
+        // is inadequate. View 5 must not be saved: node 2 never held the shard's state.
+        service.view_installed(&change(5, &[0, 2], vec![layout(&[0, 2])], vec![shard]));
+        service.view_installed(&change(6, &[2], Vec::new(), Vec::new()));
+        assert!(load_view(&dir).unwrap().is_none(), "a view whose state never came was saved");
+        // An adequate view with nothing awaited is saved at once.
+        service.view_installed(&change(7, &[2, 3], vec![layout(&[2, 3])], Vec::new()));
+        assert_eq!(load_view(&dir).unwrap().map(|v| v.id), Some(ViewId(7)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -235,16 +235,39 @@ async fn check_keys(client: &Rc<ExternalClient>) -> Result<usize, String> {
     Ok(intact)
 }
 
+/// `n` loopback addresses free when probed, on ports below the kernel's ephemeral range: the
+/// members restart on the addresses they had, and a port the kernel may hand to an outgoing
+/// connection could be taken between their kill and their restart.
+fn member_addresses(n: usize) -> Result<Vec<SocketAddr>, String> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (from, to) = (10_000u32, ephemeral_low.min(65_536));
+    if to <= from + n as u32 {
+        return Err(format!("no ports below the ephemeral range (it starts at {ephemeral_low})"));
+    }
+    let span = to - from;
+    // Started at a point of the range that differs between demos run at once.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let mut out = Vec::with_capacity(n);
+    for k in 0..span {
+        let port = u16::try_from(from + (start + k) % span).expect("below 65536");
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            out.push(l.local_addr().map_err(|e| e.to_string())?);
+            if out.len() == n {
+                return Ok(out);
+            }
+        }
+    }
+    Err(format!("fewer than {n} free ports between {from} and {to}"))
+}
+
 /// The demo: four members, keys written from outside, the command-line client, a failure, and
 /// a restart of every member from its logs.
 fn demo(shm: bool) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let ls: Vec<std::net::TcpListener> = (0..4)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().expect("an address")).collect();
-    drop(ls);
+    let addrs = member_addresses(4)?;
     let cores = available_cores();
     let (tx, rx) = mpsc::channel::<String>();
     // Declared before the members: removed after they are killed (they leave their files).
