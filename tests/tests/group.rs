@@ -472,3 +472,33 @@ fn a_member_that_cannot_save_a_proposed_view_stops_without_acknowledging_it() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A member restarted right after it died may find its address still taken for a moment (the
+/// kernel tears a killed process's io_uring down asynchronously): it tries again for up to the
+/// connect timeout, then fails naming the address.
+#[test]
+fn a_member_waits_briefly_for_its_address_to_be_free() {
+    Builder::new().build().unwrap().block_on(async {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        drop(derecho::spawn(async move {
+            time::sleep(Duration::from_millis(100)).await;
+            drop(held);
+        }));
+        let g = GroupBuilder::new(NodeId(0), addr)
+            .name("bind-retry")
+            .start(|_: Delivered<'_>| {})
+            .await
+            .expect("started once the address was free");
+        assert_eq!(g.local_addr(), addr);
+        g.close().await;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = GroupBuilder::new(NodeId(0), taken.local_addr().unwrap())
+            .name("bind-retry")
+            .connect_timeout(Duration::from_millis(200))
+            .start(|_: Delivered<'_>| {})
+            .await
+            .expect_err("the address stays taken");
+        assert!(e.to_string().contains(&taken.local_addr().unwrap().to_string()), "{e}");
+    });
+}

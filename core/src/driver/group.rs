@@ -382,12 +382,10 @@ impl GroupBuilder {
         self
     }
 
-    fn acceptor(&mut self) -> Result<(TcpAcceptor, String), GroupError> {
+    async fn acceptor(&mut self) -> Result<(TcpAcceptor, String), GroupError> {
         let listener = match self.listener.take() {
             Some(l) => l,
-            None => TcpListener::bind(self.listen).map_err(|e| {
-                GroupError::Transport(TransportError::Config(format!("cannot listen on {}: {e}", self.listen)))
-            })?,
+            None => self.bind().await?,
         };
         let advertise = self.advertise.clone().unwrap_or_else(|| listener.local_addr().to_string());
         if advertise.parse::<SocketAddr>().is_err() || advertise.len() > crate::protocol::ADDRESS_LEN_MAX {
@@ -402,6 +400,29 @@ impl GroupBuilder {
         Ok((acceptor, advertise))
     }
 
+    /// Binds the listening address. A member restarted right after it died may find its
+    /// address still taken for a moment: the kernel releases the listener of a killed process
+    /// only once its io_uring (holding a pending accept) is torn down, asynchronously. So an
+    /// address in use is tried again for up to the connect timeout.
+    async fn bind(&self) -> Result<TcpListener, GroupError> {
+        let deadline = Instant::now() + self.connect_timeout;
+        loop {
+            match TcpListener::bind(self.listen) {
+                Ok(l) => return Ok(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    tracing::debug!(listen = %self.listen, "the address is in use; trying again");
+                    time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    return Err(GroupError::Transport(TransportError::Config(format!(
+                        "cannot listen on {}: {e}",
+                        self.listen
+                    ))));
+                }
+            }
+        }
+    }
+
     /// Starts a new group of this member alone (PROTOCOLS §3.5 bootstrap); others join it with
     /// this member's address as contact. It delivers nothing until a view is adequate (see
     /// [`Group::wait_view`]). Must run inside an executor.
@@ -411,7 +432,7 @@ impl GroupBuilder {
     /// [`GroupError`]: invalid settings, the address cannot be bound.
     pub async fn start(mut self, app: impl Application) -> Result<Group, GroupError> {
         self.membership.validate().map_err(crate::protocol::NodeError::from)?;
-        let (acceptor, advertise) = self.acceptor()?;
+        let (acceptor, advertise) = self.acceptor().await?;
         let view = Node::<RegionMemory>::bootstrap_view(self.me, &*self.layout);
         let addresses = [(self.me, advertise.clone())].into_iter().collect();
         let settings = Settings::from(&self);
@@ -442,7 +463,7 @@ impl GroupBuilder {
     /// transport error.
     pub async fn join(mut self, contact: SocketAddr, app: impl Application) -> Result<Group, JoinError> {
         self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
-        let (acceptor, advertise) = self.acceptor()?;
+        let (acceptor, advertise) = self.acceptor().await?;
         let request = Control::Join { version: JOIN_VERSION, node: self.me, address: advertise }.encode();
         let next = self.ask(&acceptor, &request, contact, self.join_timeout).await?;
         self.enter(acceptor, next, app).await
@@ -470,7 +491,7 @@ impl GroupBuilder {
         app: impl Application,
     ) -> Result<Group, JoinError> {
         self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
-        let (acceptor, advertise) = self.acceptor()?;
+        let (acceptor, advertise) = self.acceptor().await?;
         if let Some(contact) = contact {
             let request = Control::Restart { version: JOIN_VERSION, node: self.me, address: advertise, offer }.encode();
             let next = self.ask(&acceptor, &request, contact, self.restart_timeout).await?;
