@@ -345,11 +345,29 @@ fn persistence_without_partition_safety_is_refused() {
         service.persist_to(&tmp.0).expect("a log directory");
         let unsafe_membership = MembershipConfig { partition_safety: false, ..MembershipConfig::default() };
         let e = service
-            .start_or_join(builder(0, "persist-unsafe").membership(unsafe_membership), None)
+            .start_or_join(builder(0, "persist-unsafe").membership(unsafe_membership.clone()), None)
             .await
             .expect_err("refused");
         assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");
         assert!(e.to_string().contains("partition safety"), "{e}");
         assert!(std::fs::read_dir(&tmp.0).unwrap().next().is_none(), "nothing written");
+        // Nor does the driver restart a group without it.
+        let offer = derecho::protocol::restart::Offer {
+            saved: derecho::protocol::View {
+                id: derecho::protocol::ViewId(3),
+                members: vec![NodeId(0)],
+                shards: Vec::new(),
+            },
+            logs: Default::default(),
+            damaged: Default::default(),
+            proposed: Vec::new(),
+            newest_file: derecho::protocol::ViewId(0),
+        };
+        let e = builder(0, "persist-unsafe")
+            .membership(unsafe_membership)
+            .restart(offer, None, |_: derecho::protocol::Delivered<'_>| {})
+            .await
+            .expect_err("refused");
+        assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");
     });
 }

@@ -229,6 +229,11 @@ pub enum JoinError {
     Config(String),
 }
 
+/// Why a total restart (and so persistence) needs partition safety.
+pub(crate) const PARTITION_SAFETY_NEEDED: &str = "persistence needs partition safety \
+    (MembershipConfig::partition_safety): a total restart relies on every view being committed by a majority \
+    of the one before";
+
 /// Errors of [`Group::wait_view`].
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -482,8 +487,8 @@ impl GroupBuilder {
     ///
     /// # Errors
     ///
-    /// [`JoinError::NoQuorum`] when the leader's quorum is not met within the restart timeout,
-    /// otherwise as [`GroupBuilder::join`].
+    /// [`JoinError::NoQuorum`] when the leader's quorum is not met within the restart timeout;
+    /// [`JoinError::Config`] without partition safety; otherwise as [`GroupBuilder::join`].
     pub async fn restart(
         mut self,
         offer: Offer,
@@ -491,6 +496,9 @@ impl GroupBuilder {
         app: impl Application,
     ) -> Result<Group, JoinError> {
         self.membership.validate().map_err(|e| GroupError::Node(e.into()))?;
+        if !self.membership.partition_safety {
+            return Err(JoinError::Config(PARTITION_SAFETY_NEEDED.into()));
+        }
         let (acceptor, advertise) = self.acceptor().await?;
         if let Some(contact) = contact {
             let request = Control::Restart { version: JOIN_VERSION, node: self.me, address: advertise, offer }.encode();

@@ -24,6 +24,7 @@ mod member_config;
 mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
+pub(crate) use group::PARTITION_SAFETY_NEEDED;
 pub use group::{
     Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, PersistWaitError, SendToError, State,
     ViewChange, WaitError,

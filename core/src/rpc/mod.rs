@@ -642,11 +642,7 @@ impl Service {
         // A total restart finds every view that may have been committed through a majority of
         // the view before it: without partition safety a minority may commit one.
         if self.inner.persist_dir.borrow().is_some() && !builder.membership_config().partition_safety {
-            return Err(JoinError::Config(
-                "persistence needs partition safety (MembershipConfig::partition_safety): a total restart \
-                 relies on every view being committed by a majority of the one before"
-                    .into(),
-            ));
+            return Err(JoinError::Config(crate::driver::PARTITION_SAFETY_NEEDED.into()));
         }
         let recovered = self.inner.recover().await.map_err(|e| JoinError::Recovery(e.to_string()))?;
         let group = match (recovered, contact) {
