@@ -536,13 +536,11 @@ impl GroupBuilder {
                             .proposed
                             .iter()
                             .all(|(id, m)| id_fits(*id) && m.len() <= self.limits.members_max as usize);
-                    // An empty saved view: a member that saved none, offering only the views it
-                    // acknowledged (it holds no log).
-                    let empty = offer.saved.members.is_empty() && offer.saved.shards.is_empty();
-                    let valid = if empty {
-                        offer.logs.is_empty() && offer.damaged.is_empty()
-                    } else {
+                    // A member that saved no view offers only the views it acknowledged.
+                    let valid = if offer.saved_a_view() {
                         offer.saved.validate(&self.limits).is_ok()
+                    } else {
+                        offer.logs.is_empty() && offer.damaged.is_empty()
                     };
                     if node == self.me || !valid || !fits {
                         tracing::warn!(%node, "a restart offer with this member's id, a bad view or view ids out of range: ignored");
@@ -558,14 +556,7 @@ impl GroupBuilder {
                 Ok(Control::Join { version, node, address }) if version == JOIN_VERSION && node != self.me => {
                     tracing::info!(me = %self.me, %node, %address, "a member without logs is back");
                     addresses.insert(node, address);
-                    let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
-                    offers.entry(node).or_insert(Offer {
-                        saved: empty,
-                        logs: BTreeMap::new(),
-                        damaged: Default::default(),
-                        proposed: Vec::new(),
-                        newest_file: ViewId(0),
-                    });
+                    offers.entry(node).or_insert_with(|| Offer::without_saved_view(Vec::new()));
                 }
                 Ok(other) => tracing::debug!(?other, "ignored a control message while restarting"),
                 Err(e) => tracing::warn!(error = %e, "ignored a malformed control message"),
@@ -990,6 +981,33 @@ impl Inner {
         }
     }
 
+    /// See [`GroupSender::fatal`].
+    fn fatal(self: &Rc<Self>, reason: &str) {
+        if self.closed.replace(true) {
+            return;
+        }
+        tracing::error!(me = %self.settings.me, reason, "this member stops");
+        match self.app.try_borrow_mut() {
+            Ok(mut app) => app.stopped(),
+            // Called from inside the application (a delivery, a restore): tell it once it
+            // returns.
+            Err(_) => {
+                let weak = Rc::downgrade(self);
+                drop(spawn(async move {
+                    if let Some(inner) = weak.upgrade()
+                        && let Ok(mut app) = inner.app.try_borrow_mut()
+                    {
+                        app.stopped();
+                    }
+                }));
+            }
+        }
+        self.report(GroupEvent::Fatal(reason.to_string()));
+        self.wake_all();
+        let transport = self.transport.borrow().clone();
+        drop(spawn(async move { transport.close(Duration::ZERO).await }));
+    }
+
     /// Acts on every output of the node; returns how many.
     fn drain(self: &Rc<Self>, node: &mut Node<RegionMemory>) -> usize {
         let mut n = 0;
@@ -1218,7 +1236,7 @@ impl Inner {
             Ok(Control::Restart { version, node, address, offer }) => {
                 let view = self.node.borrow().view().id;
                 // (A member that saved no view holds no log to lose.)
-                if !offer.saved.members.is_empty() && view <= offer.saved.id {
+                if offer.saved_a_view() && view <= offer.saved.id {
                     let refusal = JoinRefusal::NotRestarted { view: view.0, saved: offer.saved.id.0 };
                     tracing::warn!(%node, %refusal, "a restart offer refused");
                     self.answer(address, Answer::Refused(refusal));
@@ -1507,39 +1525,7 @@ impl GroupSender {
             inner.fatal(reason);
         }
     }
-}
 
-impl Inner {
-    /// See [`GroupSender::fatal`].
-    fn fatal(self: &Rc<Self>, reason: &str) {
-        let inner = self;
-        if inner.closed.replace(true) {
-            return;
-        }
-        tracing::error!(me = %inner.settings.me, reason, "this member stops");
-        match inner.app.try_borrow_mut() {
-            Ok(mut app) => app.stopped(),
-            // Called from inside the application (a delivery, a restore): tell it once it
-            // returns.
-            Err(_) => {
-                let weak = Rc::downgrade(inner);
-                drop(spawn(async move {
-                    if let Some(inner) = weak.upgrade()
-                        && let Ok(mut app) = inner.app.try_borrow_mut()
-                    {
-                        app.stopped();
-                    }
-                }));
-            }
-        }
-        inner.report(GroupEvent::Fatal(reason.to_string()));
-        inner.wake_all();
-        let transport = inner.transport.borrow().clone();
-        drop(spawn(async move { transport.close(Duration::ZERO).await }));
-    }
-}
-
-impl GroupSender {
     /// Reports that every version of `shard` up to `version` is durable on this member (the
     /// local persistence frontier, PROTOCOLS §4): it is published to the shard's members, whose
     /// minimum is the global frontier ([`GroupSender::persisted`]). Reports that go backwards

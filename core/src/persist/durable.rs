@@ -279,19 +279,23 @@ impl DurableLog {
     /// One round: write everything appended (with zeros ahead if it reaches the file's end and
     /// is small), then `fdatasync`.
     async fn flush(&self) {
-        let mut bytes = std::mem::take(&mut *self.pending.borrow_mut());
+        let bytes = std::mem::take(&mut *self.pending.borrow_mut());
         let Some(covers) = self.pending_last.take() else { return };
         self.flushing.set(true);
         let at = self.end.get();
         let len = bytes.len() as u64;
-        let mut allocated = self.allocated.get().max(at + len);
-        if at + len > self.allocated.get() && bytes.len() <= ZEROS_AHEAD_ROUND_MAX && !self.no_zeros.get() {
-            allocated = (at + len + ZEROS_AHEAD).next_multiple_of(4096);
-            bytes.resize((allocated - at) as usize, 0);
-        }
-        let mut written = self.file.write_all_at(AlignedBuf::from_slice(&bytes), at).await;
+        let ahead = at + len > self.allocated.get() && bytes.len() <= ZEROS_AHEAD_ROUND_MAX && !self.no_zeros.get();
+        let (mut allocated, buf) = if ahead {
+            let allocated = (at + len + ZEROS_AHEAD).next_multiple_of(4096);
+            let mut buf = AlignedBuf::zeroed((allocated - at) as usize);
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            (allocated, buf)
+        } else {
+            (self.allocated.get().max(at + len), AlignedBuf::from_slice(&bytes))
+        };
+        let mut written = self.file.write_all_at(buf, at).await;
         if let Err(e) = &written
-            && bytes.len() as u64 > len
+            && ahead
         {
             // The zeros ahead did not fit (a nearly full disk): the records alone may. A write
             // error is reported when the write is made (unlike a sync's, which may have dropped
@@ -300,7 +304,6 @@ impl DurableLog {
             // member's other files'), and this log writes no more zeros ahead.
             tracing::warn!(path = %self.path.display(), error = %e, "no room for zeros ahead of the log");
             self.no_zeros.set(true);
-            bytes.truncate(len as usize);
             allocated = at + len;
             if let Err(e) = self.file.set_len(allocated) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot cut the zeros ahead of the log");
@@ -309,7 +312,7 @@ impl DurableLog {
         }
         let result = match written {
             Ok(_) => self.file.sync_data().await.map_err(|e| format!("fdatasync: {e}")),
-            Err(e) => Err(format!("write of {} bytes at {at}: {e}", bytes.len())),
+            Err(e) => Err(format!("write of {len} bytes at {at}: {e}")),
         };
         match result {
             Ok(()) => {

@@ -120,6 +120,9 @@ pub fn scan(bytes: &[u8]) -> Scan {
             break None;
         }
         let rest = &bytes[at..];
+        // Zeros after the last record are the log's end: written ahead of the records, or a
+        // write that never started. (A record starts with its magic, so this looks at one byte
+        // until the end.)
         if rest.iter().all(|&b| b == 0) {
             break None;
         }
@@ -129,11 +132,6 @@ pub fn scan(bytes: &[u8]) -> Scan {
         let u32_at = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
         if u32_at(0) != MAGIC {
-            // Zeros after the last record are the log's end: written ahead of the records, or a
-            // write that never started.
-            if rest.iter().all(|&b| b == 0) {
-                break None;
-            }
             break Some(Damage::Corrupt { at, why: "bad magic" });
         }
         let len = u32_at(4) as usize;

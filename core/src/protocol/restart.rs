@@ -41,6 +41,25 @@ pub struct Offer {
     pub newest_file: ViewId,
 }
 
+impl Offer {
+    /// The offer of a member that saved no view (it joined, and stopped before the state it
+    /// received was durable): no log, only the views it acknowledged.
+    pub fn without_saved_view(proposed: Vec<(ViewId, Vec<NodeId>)>) -> Self {
+        Self {
+            saved: View { id: ViewId(0), members: Vec::new(), shards: Vec::new() },
+            logs: BTreeMap::new(),
+            damaged: BTreeSet::new(),
+            proposed,
+            newest_file: ViewId(0),
+        }
+    }
+
+    /// Whether the member saved a view (an offer without one holds no log).
+    pub fn saved_a_view(&self) -> bool {
+        !self.saved.members.is_empty()
+    }
+}
+
 /// Why the restart leader waits for more members.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Waiting {
@@ -107,7 +126,7 @@ pub struct Plan {
 pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn LayoutFn) -> Result<Plan, Waiting> {
     assert!(offers.contains_key(&leader), "the leader's own offer is missing");
     // (A member back with nothing to recover offers an empty view.)
-    let Some(last) = offers.values().map(|o| &o.saved).filter(|v| !v.members.is_empty()).max_by_key(|v| v.id) else {
+    let Some(last) = offers.values().filter(|o| o.saved_a_view()).map(|o| &o.saved).max_by_key(|v| v.id) else {
         return Err(Waiting::Majority { view: ViewId(0), have: 0, of: 0 });
     };
     let last = last.clone();
@@ -265,9 +284,7 @@ mod tests {
         // acknowledged by 0 and 2 and perhaps installed by both (0 never saved it). 0 is not
         // back: 1 and 2 make a majority of view 1, but 0 may hold versions durable in view 2.
         let v1 = view(1, &[&[0, 1, 2]]);
-        let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
-        let mut joiner = offer(&empty, &[]);
-        joiner.proposed = vec![(ViewId(2), vec![NodeId(0), NodeId(2)])];
+        let joiner = Offer::without_saved_view(vec![(ViewId(2), vec![NodeId(0), NodeId(2)])]);
         let offers = BTreeMap::from([(NodeId(1), offer(&v1, &[(0, 1, 5)])), (NodeId(2), joiner)]);
         assert_eq!(
             plan(NodeId(1), &offers, &one_shard()),

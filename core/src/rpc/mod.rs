@@ -474,8 +474,6 @@ struct ServiceInner {
     saved_view: Cell<Option<crate::protocol::ViewId>>,
     /// The current view, until it can be saved ([`ServiceInner::save_view_if_whole`]).
     unsaved_view: RefCell<Option<View>>,
-    /// Logs whose first record (a state) is not durable yet.
-    states_in_flight: Cell<usize>,
     /// Views proposed or acknowledged after the last one saved (also on disk).
     proposals: RefCell<Vec<(crate::protocol::ViewId, Vec<NodeId>)>>,
     /// The time of the last version delivered in each shard.
@@ -531,7 +529,6 @@ impl Default for ServiceInner {
             persist_failed: RefCell::default(),
             saved_view: Cell::new(None),
             unsaved_view: RefCell::default(),
-            states_in_flight: Cell::new(0),
             proposals: RefCell::default(),
             times: RefCell::default(),
             recent_times: RefCell::default(),
@@ -648,7 +645,7 @@ impl Service {
         let group = match (recovered, contact) {
             // Views acknowledged but none saved, and no contact: nothing to lead a restart
             // with; this member starts a group afresh, as a new member would.
-            (Some(offer), None) if offer.saved.members.is_empty() => {
+            (Some(offer), None) if !offer.saved_a_view() => {
                 tracing::warn!(proposed = ?offer.proposed, "no saved view and no contact: starting afresh");
                 if let Some(dir) = self.inner.persist_dir.borrow().clone() {
                     recovery::forget_proposals(&dir).map_err(|e| JoinError::Recovery(e.to_string()))?;
@@ -1002,7 +999,7 @@ impl ServiceInner {
     /// its shards is durable: a member whose saved view is the last one then holds, for each
     /// of its shards, everything durable at every member of the shard.
     fn save_view_if_whole(&self) {
-        if !self.awaiting.borrow().is_empty() || self.states_in_flight.get() > 0 {
+        if !self.awaiting.borrow().is_empty() || self.logs.borrow().values().any(|l| l.state_pending.get()) {
             return;
         }
         let Some(view) = self.unsaved_view.borrow_mut().take() else { return };
@@ -1146,9 +1143,6 @@ impl ServiceInner {
         };
         let slog =
             Rc::new(ShardLog { log, view, flushing: Cell::new(false), state_pending: Cell::new(state.is_some()) });
-        if state.is_some() {
-            self.states_in_flight.set(self.states_in_flight.get() + 1);
-        }
         self.logs.borrow_mut().insert(shard, slog.clone());
         if let Some(state) = state {
             // Everything before the view's first message (versions of view 0 never come by
@@ -1216,7 +1210,6 @@ impl ServiceInner {
                 if slog.state_pending.replace(false)
                     && let Some(inner) = weak.upgrade()
                 {
-                    inner.states_in_flight.set(inner.states_in_flight.get() - 1);
                     inner.save_view_if_whole();
                     // The state at the head of this log holds everything older logs of the
                     // shard held: they go (a restart reads the newest log only).

@@ -56,7 +56,6 @@ pub enum RecoveryError {
         /// What is wrong.
         reason: String,
     },
-
     /// A log could not be opened or recovered.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -223,7 +222,12 @@ impl ServiceInner {
     pub(super) async fn recover(self: &Rc<Self>) -> Result<Option<Offer>, RecoveryError> {
         let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(None) };
         let logs = logs_in(&dir)?;
-        let Some(saved) = load_view(&dir)? else {
+        let saved = load_view(&dir)?;
+        let proposed: Vec<(ViewId, Vec<NodeId>)> =
+            load_proposals(&dir)?.into_iter().filter(|(id, _)| saved.as_ref().is_none_or(|s| *id > s.id)).collect();
+        // Kept in memory, so that the file is rewritten whole when more are saved.
+        self.proposals.borrow_mut().clone_from(&proposed);
+        let Some(saved) = saved else {
             // Logs and no saved view: a member that stopped before its first view was whole
             // (its state durable), so nobody counts on them; or another member's directory.
             // Moved aside, never deleted; the member starts afresh.
@@ -235,25 +239,9 @@ impl ServiceInner {
                     std::fs::rename(path, &aside).map_err(|e| io_error(path, e))?;
                 }
             }
-            let proposed = load_proposals(&dir)?;
-            // Kept in memory, so that the file is rewritten whole when more are saved.
-            self.proposals.borrow_mut().clone_from(&proposed);
-            if proposed.is_empty() {
-                return Ok(None);
-            }
-            let empty = View { id: ViewId(0), members: Vec::new(), shards: Vec::new() };
-            return Ok(Some(Offer {
-                saved: empty,
-                logs: BTreeMap::new(),
-                damaged: Default::default(),
-                proposed,
-                newest_file: ViewId(0),
-            }));
+            return Ok((!proposed.is_empty()).then(|| Offer::without_saved_view(proposed)));
         };
         let newest_file = logs.values().filter_map(|f| f.first().map(|(v, _)| *v)).max().unwrap_or(ViewId(0));
-        let proposed: Vec<(ViewId, Vec<NodeId>)> =
-            load_proposals(&dir)?.into_iter().filter(|(id, _)| *id > saved.id).collect();
-        self.proposals.borrow_mut().clone_from(&proposed);
         let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default(), proposed, newest_file };
         for (shard, files) in logs {
             if dir.join(damage_marker(shard)).exists() {

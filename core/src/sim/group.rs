@@ -1059,13 +1059,11 @@ impl GroupSim {
         m.disk.appended = logs.clone();
         m.disk.durable = logs.clone();
         m.disk.global_seen.clear();
-        m.damaged = damaged.clone();
-        let saved = m.saved.clone().expect("a member that ran saved a view");
+        m.damaged = damaged;
         self.trace.record(format_args!("t={} restart n{} leader n{} logs {logs:?}", self.now.0, id.0, leader.0));
-        let proposed = m.proposals.iter().filter(|(id, _)| *id > saved.id).cloned().collect();
-        self.record(id, MemberEvent::Restarted { logs: logs.clone(), corrupted });
-        let offer = Offer { saved, logs, damaged, proposed, newest_file: ViewId(0) };
+        self.record(id, MemberEvent::Restarted { logs, corrupted });
         if id == leader {
+            let offer = self.offer_of(id);
             self.offers.insert(id, BTreeMap::from([(id, offer)]));
             self.try_restart(id);
         } else {
@@ -1074,13 +1072,23 @@ impl GroupSim {
     }
 
     /// Sends a restarting member's offer to its restart leader, again later if no view comes.
-    fn send_offer(&mut self, id: NodeId) {
+    /// What a restarting member offers: its saved view, the last version of each log (all
+    /// recovered logs are durable), its damaged shards and the views it acknowledged since.
+    fn offer_of(&self, id: NodeId) -> Offer {
         let m = &self.members[&id];
-        let leader = m.contact.expect("a restarting member has a leader");
-        let logs = m.disk.durable.clone();
-        let saved = m.saved.clone().unwrap_or(View { id: ViewId(0), members: Vec::new(), shards: Vec::new() });
-        let proposed = m.proposals.iter().filter(|(id, _)| *id > saved.id).cloned().collect();
-        let offer = Offer { saved, logs, damaged: m.damaged.clone(), proposed, newest_file: ViewId(0) };
+        match m.saved.clone() {
+            None => Offer::without_saved_view(m.proposals.clone()),
+            Some(saved) => {
+                let proposed = m.proposals.iter().filter(|(id, _)| *id > saved.id).cloned().collect();
+                let logs = m.disk.durable.clone();
+                Offer { saved, logs, damaged: m.damaged.clone(), proposed, newest_file: ViewId(0) }
+            }
+        }
+    }
+
+    fn send_offer(&mut self, id: NodeId) {
+        let leader = self.members[&id].contact.expect("a restarting member has a leader");
+        let offer = self.offer_of(id);
         self.send_ctrl(id, leader, Ctrl::Offer { node: id, offer });
         let retry = self.now.plus_ns(self.config.membership.suspect_after_ns * 2);
         self.schedule(retry, Ev::OfferRetry { node: id });
