@@ -53,6 +53,7 @@
 //! run as a doctest of this crate. The book's chapter "Running the transports" explains executors
 //! and transports in depth, and `cargo run --release -p derecho-examples --bin ping` measures them.
 
+pub mod context;
 pub mod driver;
 pub mod persist;
 pub mod protocol;

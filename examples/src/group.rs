@@ -273,9 +273,9 @@ impl Application for Replica {
         State::Ready(out)
     }
 
-    fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _shard: ShardRef, state: &[u8]) -> Result<(), derecho::driver::AppError> {
         let mut r = state;
-        let mut take = |n: usize| -> Result<&[u8], String> {
+        let mut take = |n: usize| -> Result<&[u8], derecho::driver::AppError> {
             if r.len() < n {
                 return Err("a state shorter than its fields".into());
             }

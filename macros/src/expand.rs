@@ -136,10 +136,12 @@ fn replicated_impl(m: &Model) -> TokenStream {
     let snapshot = quote_spanned! {state_span=>
         #rkyv::to_bytes::<#rkyv::rancor::Error>(self)
     };
+    let fingerprint = fingerprint(m);
     quote! {
         impl ::derecho::rpc::Replicated for #ty {
             const NAME: &'static str = #ty_str;
             const METHODS: &'static [::derecho::rpc::Method] = &[#(#table),*];
+            const FINGERPRINT: u64 = #fingerprint;
 
             #[allow(unreachable_code, unused_variables)]
             fn apply<'__a>(&'__a mut self, __method: u32, __args: &[u8]) -> #result {
@@ -161,18 +163,46 @@ fn replicated_impl(m: &Model) -> TokenStream {
                 }
             }
 
-            fn snapshot(&self) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+            fn snapshot(&self) -> ::core::result::Result<::std::vec::Vec<u8>, ::derecho::rpc::StateError> {
                 #snapshot
                     .map(|v| v.as_slice().to_vec())
-                    .map_err(|e| ::std::string::ToString::to_string(&e))
+                    .map_err(|e| ::derecho::rpc::support::state_error(#ty_str, e))
             }
 
-            fn restore(__state: &[u8]) -> ::core::result::Result<Self, ::std::string::String> {
+            fn restore(__state: &[u8]) -> ::core::result::Result<Self, ::derecho::rpc::StateError> {
                 ::derecho::rpc::support::aligned(__state, |__b| #rkyv::from_bytes::<Self, #rkyv::rancor::Error>(__b))
-                    .map_err(|e| ::std::string::ToString::to_string(&e))
+                    .map_err(|e| ::derecho::rpc::support::state_error(#ty_str, e))
             }
         }
     }
+}
+
+/// A fingerprint of the type's method table: each method's index, name, kind, argument types
+/// and reply type, as written (FNV-1a, 64 bits). Members that disagree on it disagree on what a
+/// method id means; joins and external clients check it.
+fn fingerprint(m: &Model) -> u64 {
+    let mut text = m.ty.to_string();
+    for (i, method) in m.methods.iter().enumerate() {
+        let args: Vec<String> = method
+            .args
+            .iter()
+            .map(|a| match &a.kind {
+                crate::model::ArgKind::Str => "&str".to_string(),
+                crate::model::ArgKind::Bytes => "&[u8]".to_string(),
+                crate::model::ArgKind::Owned(t) => quote!(#t).to_string(),
+            })
+            .collect();
+        let ret = &method.ret;
+        text.push_str(&format!(
+            ";{i}:{}:{}:{}({})->{}",
+            method.name,
+            if method.ordered { "ordered" } else { "query" },
+            if method.is_async { "async" } else { "sync" },
+            args.join(","),
+            quote!(#ret)
+        ));
+    }
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// `TClient`: one async method per source method.

@@ -44,7 +44,7 @@ pub struct Model {
 }
 
 /// Names the generated `Replicated` implementation and client use; a method may not take them.
-const RESERVED: &[&str] = &["apply", "query", "snapshot", "restore", "NAME", "METHODS", "new", "handle"];
+const RESERVED: &[&str] = &["apply", "query", "snapshot", "restore", "NAME", "METHODS", "FINGERPRINT", "new", "handle"];
 
 impl Model {
     /// Parses the block; returns every error found, each at its span.

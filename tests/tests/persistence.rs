@@ -348,7 +348,15 @@ fn persistence_without_partition_safety_is_refused() {
             .start_or_join(builder(0, "persist-unsafe").membership(unsafe_membership.clone()), None)
             .await
             .expect_err("refused");
-        assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");
+        assert!(
+            matches!(
+                e,
+                derecho::rpc::StartError::Join(derecho::driver::JoinError::Start(derecho::driver::GroupError::Config(
+                    _
+                )))
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("partition safety"), "{e}");
         assert!(std::fs::read_dir(&tmp.0).unwrap().next().is_none(), "nothing written");
         // Nor does the driver restart a group without it.
@@ -365,7 +373,7 @@ fn persistence_without_partition_safety_is_refused() {
         };
         let e = builder(0, "persist-unsafe")
             .membership(unsafe_membership)
-            .restart(offer, None, |_: derecho::protocol::Delivered<'_>| {})
+            .restart(offer, Vec::new(), None, |_: derecho::protocol::Delivered<'_>| {})
             .await
             .expect_err("refused");
         assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");

@@ -19,21 +19,15 @@
 
 mod config;
 mod group;
-pub(crate) use group::control_tag;
 mod member_config;
-mod wire;
 
 pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
-pub(crate) use group::PARTITION_SAFETY_NEEDED;
+pub(crate) use group::control_tag;
 pub use group::{
-    Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, PersistWaitError, SendToError, State,
-    ViewChange, WaitError,
+    AppError, Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, PARTITION_SAFETY_NEEDED,
+    PersistWaitError, SendToError, State, ViewChange, WaitError,
 };
 pub use member_config::GroupMemberConfig;
-pub use wire::{
-    APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Answer, Control, JOIN_VERSION, ViewFrame, WireError, app_frame,
-    decode_proposals, decode_view, encode_proposals, encode_view,
-};
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -52,8 +46,8 @@ use derecho_runtime::transport::{
 use derecho_runtime::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
 use crate::protocol::{
-    Delivered, Input, Limits, Node, NodeError, NodeId, Output, RowLayout, SendError, ShardRef, SstMemory, StopReason,
-    Time, View,
+    Delivered, Input, Limits, Node, NodeError, NodeId, Output, Progress, RowLayout, SendError, ShardRef, SstMemory,
+    StopReason, Time, View,
 };
 
 /// The region that holds the shared state table.
@@ -187,6 +181,9 @@ pub enum GroupError {
     /// The start-up barrier did not complete in time.
     #[error("start-up barrier timed out after {0:?}; missing: {1:?}")]
     StartTimeout(Duration, Vec<NodeId>),
+    /// A configuration this member cannot run with.
+    #[error("configuration: {0}")]
+    Config(&'static str),
 }
 
 /// Errors of [`StaticGroup::send`].
@@ -335,15 +332,13 @@ struct Inner {
     /// Scratch of `step`, reused: the peers of a push and the errors of pushing.
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
-    /// Tasks in [`StaticGroup::settle`], woken when `Node::delivered_everywhere_progress` changes.
+    /// Tasks in [`StaticGroup::settle`].
     settle_waiters: RefCell<Vec<Waker>>,
-    /// `Node::delivered_everywhere_progress` when settle waiters were last woken.
-    settle_seen: Cell<u64>,
     events: EventBox,
     epoch: Instant,
     closed: Cell<bool>,
-    /// `Node::window_progress` when blocked senders were last woken.
-    window_seen: Cell<u64>,
+    /// Where delivery and flow control stood when waiters were last woken.
+    progress: RefCell<Progress>,
 }
 
 impl Inner {
@@ -384,23 +379,12 @@ impl Inner {
                 other => tracing::debug!(?other, "output without meaning in a static group"),
             }
         }
-        // Blocked senders wake when a window has room again, which other members' deliveries
-        // cause (their rows change) whether or not this step delivered or pushed anything.
-        let progress = node.window_progress();
-        if progress != self.window_seen.get() {
-            self.window_seen.set(progress);
-            for w in self.send_waiters.borrow_mut().drain(..) {
+        // Blocked senders and settles wake when a window has room again or every member
+        // delivered more, which other members' deliveries cause (their rows change) whether or
+        // not this step delivered or pushed anything; not on every turn.
+        if node.update_progress(&mut self.progress.borrow_mut()) {
+            for w in self.send_waiters.borrow_mut().drain(..).chain(self.settle_waiters.borrow_mut().drain(..)) {
                 w.wake();
-            }
-        }
-        // Tasks in `settle` wake when what every member delivered grows, not on every turn.
-        if !self.settle_waiters.borrow().is_empty() {
-            let progress = node.delivered_everywhere_progress();
-            if progress != self.settle_seen.get() {
-                self.settle_seen.set(progress);
-                for w in self.settle_waiters.borrow_mut().drain(..) {
-                    w.wake();
-                }
             }
         }
         delivered + pushes
@@ -502,11 +486,10 @@ impl StaticGroup {
             push_peers: RefCell::new(Vec::new()),
             push_errors: RefCell::new(Vec::new()),
             settle_waiters: RefCell::new(Vec::new()),
-            settle_seen: Cell::new(0),
             events: EventBox::default(),
             epoch: Instant::now(),
             closed: Cell::new(false),
-            window_seen: Cell::new(0),
+            progress: RefCell::default(),
         });
         let hook = add_poll_hook(RulesHook { inner: inner.clone() });
         let events_task = spawn({

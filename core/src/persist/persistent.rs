@@ -2,11 +2,11 @@
 //! the version and the time of the ordered call that set it (PROTOCOLS §4).
 //!
 //! Inside an ordered call's handler, [`Persistent::set`] records the new value at the call's
-//! version and time (from [`crate::rpc::context`]); every replica applies the same calls in the
+//! version and time (from [`crate::context::context`]); every replica applies the same calls in the
 //! same order, so every replica holds the same versions. Reads: the latest value, the value at a
 //! version, by index, and at a time. A read by time is answered only at or before the shard's
 //! stable time (the time of its global persistence frontier, given to queries as
-//! [`crate::rpc::CallContext::stable_time`]): every version up to it is durable everywhere and
+//! [`crate::context::CallContext::stable_time`]): every version up to it is durable everywhere and
 //! none can still appear before it, so the answer is the same at every replica and after any
 //! restart. Later times are refused with [`VersionError::BeyondStable`].
 //!
@@ -46,7 +46,7 @@ impl<T> Persistent<T> {
     /// [`VersionError::NotInAnUpdate`] outside an ordered call's handler (a query, or no call);
     /// [`VersionError::OutOfOrder`] if this field was already set at this version.
     pub fn set(&mut self, value: T) -> Result<Version, VersionError> {
-        let c = crate::rpc::context();
+        let c = crate::context::context();
         let (Some(version), Some(time)) = (c.and_then(|c| c.version), c.and_then(|c| c.time)) else {
             return Err(VersionError::NotInAnUpdate);
         };
@@ -91,7 +91,7 @@ impl<T> Persistent<T> {
     /// when the query has none (the service does not persist, or nothing is durable everywhere
     /// yet).
     pub fn at_time(&self, t: Hlc) -> Result<Option<(Version, &T)>, VersionError> {
-        let stable = crate::rpc::context().and_then(|c| c.stable_time).ok_or(VersionError::NoStableTime)?;
+        let stable = crate::context::context().and_then(|c| c.stable_time).ok_or(VersionError::NoStableTime)?;
         self.versions.at_time(t, stable)
     }
 

@@ -275,6 +275,9 @@ pub struct StateTransfer {
     pub to: Vec<NodeId>,
 }
 
+/// Every member's address, as `(member, address)` pairs.
+pub type Addresses = Vec<(NodeId, String)>;
+
 /// The next view, as every member computes it from the final record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NextView {
@@ -283,7 +286,7 @@ pub struct NextView {
     /// Why the view is inadequate, if it is.
     pub inadequate: Option<String>,
     /// Every member's address.
-    pub addresses: Vec<(NodeId, String)>,
+    pub addresses: Addresses,
     /// Members added by this change, in rank order.
     pub joined: Vec<NodeId>,
     /// Members removed by this change.
@@ -319,6 +322,10 @@ pub enum StopReason {
     /// The shard's state did not arrive in time (PROTOCOLS §3.5).
     #[error("the state of {0} did not arrive within the state transfer timeout")]
     StateTransferTimeout(ShardRef),
+    /// This member could not keep a promise the group relies on (a view it could not set up,
+    /// a proposal or log it could not save): it stops, and the others go on without it.
+    #[error("this member could not go on: {0}")]
+    Failed(String),
 }
 
 /// A step of the view change, reported as it happens (the simulator crashes members around
@@ -369,6 +376,18 @@ pub enum JoinRefusal {
     /// The group has `members_max` members (counting joins under way).
     #[error("the group is full ({0} members, the members_max limit)")]
     GroupFull(u32),
+    /// The member asked runs no group: it is starting, joining or restarting itself.
+    #[error("the member asked runs no group (it is starting, joining or restarting)")]
+    NotRunning,
+    /// The joiner's application disagrees with the group's on its replicated types (their
+    /// method tables): method ids would mean different methods.
+    #[error("the application differs from the group's (method tables {theirs:#x} here, {ours:#x} in the group)")]
+    AppMismatch {
+        /// The group's fingerprint.
+        ours: u64,
+        /// The joiner's.
+        theirs: u64,
+    },
     /// A member restarting from its logs asked a group that is not past the last view it
     /// saved: a group started afresh, perhaps. Joining it would drop the member's logs.
     #[error(
@@ -459,6 +478,10 @@ pub(crate) struct Gms {
     pub(crate) leaving: bool,
     proposer: u64,
     changes: Vec<Change>,
+    /// This member saves every list it takes up before it goes into its row.
+    saves_proposals: bool,
+    /// The list taken up waits to be saved.
+    unsaved: bool,
     pub(crate) joins: Vec<(NodeId, String)>,
     pub(crate) final_record: Option<Final>,
     /// Every shard's members in the last view that had it: an inadequate view has no shards,
@@ -508,6 +531,8 @@ impl Gms {
             leaving: false,
             proposer: 0,
             changes: Vec::new(),
+            saves_proposals: false,
+            unsaved: false,
             joins: Vec::new(),
             final_record: None,
             last_shards: view.shards.clone(),
@@ -535,9 +560,16 @@ impl Gms {
         self.joins.len() + self.changes.iter().filter(|c| matches!(c, Change::Add { .. })).count()
     }
 
-    /// Whether the change list already adds `node`.
-    pub(crate) fn proposes_add(&self, node: NodeId) -> bool {
-        self.changes.iter().any(|c| matches!(c, Change::Add { node: n, .. } if *n == node))
+    /// The address of `node`'s join if it is under way here: waiting to be proposed, or in the
+    /// change list (perhaps inherited from an earlier leader, PROTOCOLS §3.4).
+    pub(crate) fn join_under_way(&self, node: NodeId) -> Option<&str> {
+        let waiting = self.joins.iter().find(|(n, _)| *n == node).map(|(_, a)| a.as_str());
+        waiting.or_else(|| {
+            self.changes.iter().find_map(|c| match c {
+                Change::Add { node: n, address } if *n == node => Some(address.as_str()),
+                _ => None,
+            })
+        })
     }
 
     /// Whether rank `r`'s row has shown a heartbeat in this view (it installed the view).
@@ -577,6 +609,10 @@ impl Gms {
     pub(crate) fn next_timeout(&self) -> Option<Time> {
         if self.stop.is_some() {
             return None;
+        }
+        if self.trim_ready {
+            // Suspicions are frozen once the final record is echoed: only heartbeats go on.
+            return Some(self.next_heartbeat);
         }
         let deadline = (0..self.n)
             .filter(|&r| r != self.me && !self.suspected[r])
@@ -806,6 +842,7 @@ impl Gms {
         self.store(mem, GmsCounter::FinalLen, f.changes.len() as u64);
         self.store(mem, GmsCounter::FinalReady, 1);
         self.changes = f.changes.clone();
+        self.unsaved = false;
         self.final_record = Some(f);
         self.steps.push(step);
     }
@@ -867,8 +904,15 @@ impl Gms {
                 push(&mut list, Change::Remove(view.members[r]));
             }
         }
+        // Joiners a view change adds stay fewer than the members that stay: if every one of
+        // them fails before it ever takes part (PROTOCOLS §3.5), the others still hold a
+        // majority of the view and partition safety does not stop them. Others wait for the
+        // next change.
+        let staying = self.n - list.iter().filter(|c| matches!(c, Change::Remove(_))).count();
+        let adds_max = staying.saturating_sub(1).max(1);
         for (node, address) in &self.joins {
-            if view.rank_of(*node).is_none() {
+            let adds = list.iter().filter(|c| matches!(c, Change::Add { .. })).count();
+            if view.rank_of(*node).is_none() && adds < adds_max {
                 push(&mut list, Change::Add { node: *node, address: address.clone() });
             }
         }
@@ -886,14 +930,11 @@ impl Gms {
             return;
         }
         if list != self.changes || self.proposer != me_proposer {
-            self.wedge(mem, view, shards);
-            self.write_changes(mem, &list);
-            self.proposer = me_proposer;
-            self.store(mem, GmsCounter::Proposer, me_proposer);
-            self.store(mem, GmsCounter::NumChanges, list.len() as u64);
-            self.store(mem, GmsCounter::NumAcked, list.len() as u64);
-            self.steps.push(GmsStep::Proposed(list.len()));
-            self.changes = list;
+            let step = GmsStep::Proposed(list.len());
+            self.take_up(view, mem, shards, me_proposer, list, step);
+        }
+        if self.unsaved {
+            return; // committed only once its own proposal is saved
         }
         let len = self.changes.len() as u64;
         let all_acked = (0..self.n).filter(|&r| r != self.me && !self.suspected[r]).all(|r| {
@@ -962,18 +1003,68 @@ impl Gms {
                 return;
             }
         };
-        self.wedge(mem, view, shards);
         // A removal in the list is not taken as a suspicion here: the member may be a leaver
         // whose flag has not arrived yet (it travels on another link), and suspecting it would
         // count it as a failure. A failed member goes silent and is suspected anyway; a removed
         // member is not waited for at install.
-        self.write_changes(mem, &list);
+        let step = GmsStep::Acked { leader: view.members[l], len: list.len() };
+        self.take_up(view, mem, shards, proposer, list, step);
+    }
+
+    /// This member proposes (as leader) or acknowledges (as follower) `list` of `proposer`:
+    /// it wedges, and the list and its counters go into its row at once, or, for a member that
+    /// saves its proposals (PROTOCOLS §4.1), once the list is saved ([`Gms::proposal_saved`]):
+    /// nobody may count an acknowledgement whose view a restart could not hear of. Heartbeats
+    /// go on meanwhile.
+    fn take_up(
+        &mut self,
+        view: &View,
+        mem: &mut impl SstMemory,
+        shards: &mut [ShardState],
+        proposer: u64,
+        list: Vec<Change>,
+        step: GmsStep,
+    ) {
+        debug_assert!(!list.is_empty(), "an empty change list is never taken up");
+        self.wedge(mem, view, shards);
         self.proposer = proposer;
-        self.store(mem, GmsCounter::Proposer, proposer);
-        self.store(mem, GmsCounter::NumChanges, list.len() as u64);
-        self.store(mem, GmsCounter::NumAcked, list.len() as u64);
-        self.steps.push(GmsStep::Acked { leader: view.members[l], len: list.len() });
         self.changes = list;
+        self.steps.push(step);
+        if self.saves_proposals {
+            self.unsaved = true;
+        } else {
+            self.publish_list(mem);
+        }
+    }
+
+    /// Writes the list taken up, and its counters, into this member's row.
+    fn publish_list(&mut self, mem: &mut impl SstMemory) {
+        let changes = std::mem::take(&mut self.changes);
+        self.write_changes(mem, &changes);
+        self.store(mem, GmsCounter::Proposer, self.proposer);
+        self.store(mem, GmsCounter::NumChanges, changes.len() as u64);
+        self.store(mem, GmsCounter::NumAcked, changes.len() as u64);
+        self.changes = changes;
+        self.unsaved = false;
+    }
+
+    /// The list taken up is saved: it goes into this member's row (its acknowledgement, or its
+    /// proposal, may now be counted). Nothing if it was published already, or superseded by a
+    /// final record.
+    pub(crate) fn proposal_saved(&mut self, mem: &mut impl SstMemory) {
+        if self.unsaved && self.final_record.is_none() {
+            self.publish_list(mem);
+        }
+    }
+
+    /// Makes this member save every list it takes up before the list goes into its row.
+    pub(crate) fn set_saves_proposals(&mut self, saves: bool) {
+        self.saves_proposals = saves;
+    }
+
+    /// Whether a list this member took up waits to be saved before it goes into its row.
+    pub(crate) fn awaits_save(&self) -> bool {
+        self.unsaved && self.final_record.is_none()
     }
 
     /// The members of the next view as proposed (the changes this member acknowledged or

@@ -13,25 +13,30 @@
 //! * [`multicast`]: ordered and unordered multicast in one shard (§2).
 //! * [`node`]: one member: `handle`, `send`, `deliver`, `poll_output`, `poll_timeout`.
 //! * [`restart`]: total restart's quorum and restart view (§4.1).
+//! * [`member`]: one member's whole life around its node: joins, state transfer, the lingering
+//!   old view, restart, saved views (§3.5, §4.1); what the driver and the simulator run.
+//! * [`wire`]: the encoded control messages, view frames and saved views (§7).
 
 pub mod ids;
 pub mod layout;
 pub mod limits;
+pub mod member;
 pub mod membership;
 pub mod multicast;
 pub mod node;
 pub mod restart;
 pub mod sst;
 pub mod subgroup;
+pub mod wire;
 
 pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
 pub use membership::{
-    ADDRESS_LEN_MAX, Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig, MembershipConfigError,
-    NextView, OneShard, RoundRobinShards, StateTransfer, StopReason,
+    ADDRESS_LEN_MAX, Addresses, Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig,
+    MembershipConfigError, NextView, OneShard, RoundRobinShards, StateTransfer, StopReason,
 };
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};
-pub use node::{Input, Node, NodeError, Output};
+pub use node::{Input, JoinCheck, Node, NodeError, Output, Progress};
 pub use sst::{HeapMemory, RowLayout, ShardColumns, SstMemory};
 pub use subgroup::{GroupLayout, Policy, Senders, SubgroupSpec};

@@ -147,6 +147,31 @@ pub enum NodeError {
     },
 }
 
+/// A join request the leader may admit ([`Node::check_join`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinCheck {
+    /// A new join.
+    New,
+    /// The same joiner asked again while its join is under way.
+    UnderWay,
+}
+
+/// Where a member's delivery and flow control stand ([`Node::progress`]): every field only
+/// grows within a view, so a value that differs from an earlier one of the same view means
+/// something moved. A driver wakes what waits on windows, settles and frontiers when it
+/// changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The view.
+    pub view: u32,
+    /// Per shard of this member: its indices released by every member (window room).
+    pub released: Vec<u64>,
+    /// Per shard of this member: what every member has delivered.
+    pub delivered_everywhere: Vec<u64>,
+    /// Per shard of this member: the global persistence frontier (plus one; 0 for none).
+    pub persisted_everywhere: Vec<u64>,
+}
+
 /// One member of a group running the multicast protocol over an SST in memory `M`.
 /// Cloning a node copies its whole state and table: the exhaustive explorer branches on it.
 #[derive(Clone, Debug)]
@@ -173,6 +198,8 @@ pub struct Node<M: SstMemory> {
     state_deadline: Option<Time>,
     /// The highest version durable here per shard, plus one (published in each view's table).
     persisted: BTreeMap<ShardRef, u64>,
+    /// Every list of changes this member takes up is saved before it goes into its row.
+    saves_proposals: bool,
 }
 
 impl<M: SstMemory> Node<M> {
@@ -236,6 +263,7 @@ impl<M: SstMemory> Node<M> {
             resend: VecDeque::new(),
             state_deadline: None,
             persisted: BTreeMap::new(),
+            saves_proposals: false,
         })
     }
 
@@ -353,6 +381,8 @@ impl<M: SstMemory> Node<M> {
         if carry.leaving {
             new_gms.leave(&mut node.mem);
         }
+        new_gms.set_saves_proposals(self.saves_proposals);
+        node.saves_proposals = self.saves_proposals;
         node.gms = Some(new_gms);
         for (shard, msgs) in carry.resend {
             let sender = node.view.shards.iter().any(|s| s.id == shard && s.senders.contains(&self.me));
@@ -438,6 +468,31 @@ impl<M: SstMemory> Node<M> {
         g.proposed_members(&self.view).map(|m| (super::ids::ViewId(self.view.id.0 + 1), m))
     }
 
+    /// Makes this member save every view it proposes or acknowledges before anyone can count
+    /// it (PROTOCOLS §4.1): the change list and its counters go into its row only once
+    /// [`Node::proposal_saved`] says it is saved ([`Node::awaits_save`] until then), while
+    /// heartbeats go on. For a persisting member; kept across views.
+    pub fn set_saves_proposals(&mut self, saves: bool) {
+        self.saves_proposals = saves;
+        if let Some(g) = &mut self.gms {
+            g.set_saves_proposals(saves);
+        }
+    }
+
+    /// The proposal this member took up ([`Node::proposed_view`]) is saved: its acknowledgement
+    /// (or, as leader, its proposal) goes into its row, and the rules run.
+    pub fn proposal_saved(&mut self, now: Time) {
+        if let Some(g) = &mut self.gms {
+            g.proposal_saved(&mut self.mem);
+        }
+        self.run_rules(now);
+    }
+
+    /// Whether the proposal this member took up waits to be saved.
+    pub fn awaits_save(&self) -> bool {
+        self.gms.as_ref().is_some_and(Gms::awaits_save)
+    }
+
     /// Whether `node`'s row has shown a heartbeat in this view, that is, `node` installed it (a
     /// driver keeps the previous view's connections open until then). False for a static node.
     pub fn heard_in_view(&self, node: NodeId) -> bool {
@@ -509,37 +564,53 @@ impl<M: SstMemory> Node<M> {
         self.run_rules(now);
     }
 
-    fn join_request(&mut self, node: NodeId, address: String) {
-        let Some(g) = &mut self.gms else { return };
-        let refuse = |refusal| Output::JoinRefused { node, refusal };
+    /// Whether this member would admit `node` at `address` now (PROTOCOLS §3.5): it is the
+    /// leader, the id is free, the group has room. A join already under way for the same id and
+    /// address (waiting, or in the change list, perhaps inherited from an earlier leader) is a
+    /// retry ([`JoinCheck::UnderWay`]), not an id in use.
+    ///
+    /// # Errors
+    ///
+    /// The refusal to answer the joiner with.
+    pub fn check_join(&self, node: NodeId, address: &str) -> Result<JoinCheck, JoinRefusal> {
+        let Some(g) = &self.gms else { return Err(JoinRefusal::IdInUse(node)) };
         if address.len() > ADDRESS_LEN_MAX {
-            self.outputs.push_back(refuse(JoinRefusal::AddressTooLong));
-            return;
+            return Err(JoinRefusal::AddressTooLong);
         }
         let leader = self.view.members[g.leader_rank()];
         if leader != self.me {
             let address = g.addresses.get(&leader).cloned().unwrap_or_default();
-            self.outputs.push_back(refuse(JoinRefusal::NotLeader { leader, address }));
-            return;
+            return Err(JoinRefusal::NotLeader { leader, address });
         }
-        let proposed = g.proposes_add(node);
-        if self.view.rank_of(node).is_some() || g.joins.iter().any(|(n, _)| *n == node) || proposed {
-            self.outputs.push_back(refuse(JoinRefusal::IdInUse(node)));
-            return;
+        if self.view.rank_of(node).is_some() {
+            return Err(JoinRefusal::IdInUse(node));
+        }
+        match g.join_under_way(node) {
+            Some(a) if a == address => return Ok(JoinCheck::UnderWay),
+            Some(_) => return Err(JoinRefusal::IdInUse(node)),
+            None => {}
         }
         if self.view.members.len() + g.joins_under_way() >= self.limits.members_max as usize {
-            self.outputs.push_back(refuse(JoinRefusal::GroupFull(self.limits.members_max)));
-            return;
+            return Err(JoinRefusal::GroupFull(self.limits.members_max));
         }
-        g.joins.push((node, address));
+        Ok(JoinCheck::New)
+    }
+
+    fn join_request(&mut self, node: NodeId, address: String) {
+        match self.check_join(node, &address) {
+            Ok(JoinCheck::New) => self.gms.as_mut().expect("checked: membership").joins.push((node, address)),
+            Ok(JoinCheck::UnderWay) => {}
+            Err(refusal) => self.outputs.push_back(Output::JoinRefused { node, refusal }),
+        }
     }
 
     fn run_rules(&mut self, now: Time) {
         if matches!(self.phase, Phase::Stopped(_) | Phase::Installing(_)) {
             return;
         }
-        self.sent_since_step = None;
         self.flush_resends(now);
+        // Everything sent so far (by `send`, and the resends just above) is received locally
+        // by the pass below: nothing is left for `catch_up`.
         self.sent_since_step = None;
         for s in &mut self.shards {
             s.receive(&self.mem, &mut self.violations);
@@ -737,10 +808,11 @@ impl<M: SstMemory> Node<M> {
     }
 
     /// When to call [`Node::handle`] (with [`Input::Tick`]) again if no input arrives: the next
-    /// heartbeat, suspicion deadline or state transfer deadline. `None` for a static node or a
-    /// stopped one.
+    /// heartbeat, suspicion deadline or state transfer deadline. `None` for a static node, a
+    /// stopped one, or one waiting for [`Node::install`].
     pub fn poll_timeout(&self) -> Option<Time> {
-        if !matches!(self.phase, Phase::Running | Phase::Installing(_)) {
+        // Between views the rules do not run (nothing is due until the next view installs).
+        if !matches!(self.phase, Phase::Running) {
             return None;
         }
         let g = self.gms.as_ref()?.next_timeout();
@@ -858,33 +930,32 @@ impl<M: SstMemory> Node<M> {
         (v > 0).then(|| Version::from_u64(v - 1))
     }
 
-    /// A number that changes whenever a shard's global persistence frontier does: a driver
-    /// wakes what waits on [`Node::persisted_everywhere`] when it changes.
-    pub fn persisted_progress(&self) -> u64 {
-        // Mixed shard by shard (not summed): one frontier rising while another falls at a view
-        // change still changes the number.
-        self.shards
-            .iter()
-            .map(|s| s.persisted_everywhere(&self.mem))
-            .fold(self.view.id.0.into(), |acc: u64, v| acc.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ v)
-    }
-
-    /// A number that grows whenever, in some shard, every member has delivered more: a driver
-    /// wakes what waits on [`Node::delivered_everywhere`] when it changes.
-    pub fn delivered_everywhere_progress(&self) -> u64 {
-        self.shards.iter().map(|s| s.delivered_everywhere_progress(&self.mem)).sum()
+    /// Updates `seen` to where delivery, flow control and persistence stand now; true if
+    /// anything moved since `seen` was last updated (or the view changed). No allocation once
+    /// `seen` has been sized for the view's shards: a driver calls it after every batch.
+    pub fn update_progress(&self, seen: &mut Progress) -> bool {
+        let n = self.shards.len();
+        let mut moved = seen.view != self.view.id.0 || seen.released.len() != n;
+        if moved {
+            seen.view = self.view.id.0;
+            seen.released.resize(n, 0);
+            seen.delivered_everywhere.resize(n, 0);
+            seen.persisted_everywhere.resize(n, 0);
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            let now =
+                (s.released(&self.mem), s.delivered_everywhere_progress(&self.mem), s.persisted_everywhere(&self.mem));
+            if (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i]) != now {
+                (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i]) = now;
+                moved = true;
+            }
+        }
+        moved
     }
 
     /// Indices this member has published in `shard` (messages and nulls).
     pub fn sent_count(&self, shard: ShardRef) -> Option<u64> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::sent_count)
-    }
-
-    /// A number that grows whenever a window of this member's has more room (the sum over its
-    /// shards of its indices released by every member): a driver wakes blocked senders when it
-    /// changes.
-    pub fn window_progress(&self) -> u64 {
-        self.shards.iter().map(|s| s.released(&self.mem)).sum()
     }
 
     /// The largest number of this member's indices that were outstanding at once in `shard`

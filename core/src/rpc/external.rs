@@ -24,7 +24,8 @@ use rkyv::util::AlignedVec;
 
 use super::wire::{Header, Kind};
 use super::{EXTERNAL, Replicated};
-use crate::driver::{Control, control_tag};
+use crate::driver::control_tag;
+use crate::protocol::wire::Control;
 use crate::protocol::{NodeId, ShardRef, Version, View};
 
 /// Why an external call failed.

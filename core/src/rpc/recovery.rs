@@ -18,12 +18,16 @@ use std::rc::Rc;
 
 use rkyv::util::AlignedVec;
 
+use super::persistence::STATE_PREFIX;
+use super::replicas::call_context;
+use super::replicated::{Applied, Hosted, InContext};
+use super::service::ServiceInner;
 use super::wire::Header;
-use super::{Applied, CallContext, Hosted, InContext, STATE_PREFIX, ServiceInner, with_context};
-use crate::driver::{decode_proposals, decode_view, encode_proposals, encode_view};
+use crate::context::with_context;
 use crate::persist::{DurableLog, LogError, record};
 use crate::protocol::restart::Offer;
-use crate::protocol::{NodeId, ShardIndex, ShardRef, SubgroupId, Version, View, ViewId};
+use crate::protocol::wire::{decode_proposals, decode_saved_view, encode_proposals, encode_saved_view};
+use crate::protocol::{Addresses, NodeId, ShardIndex, ShardRef, SubgroupId, Version, View, ViewId};
 
 /// The file of the last view, in the persistence directory.
 const SAVED_VIEW: &str = "view";
@@ -94,7 +98,14 @@ fn parse_log_name(name: &str) -> Option<(ShardRef, ViewId)> {
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> RecoveryError {
-    RecoveryError::Io { path: path.display().to_string(), reason: e.to_string() }
+    RecoveryError::io(path, e)
+}
+
+impl RecoveryError {
+    /// A file or directory that could not be read or written.
+    pub(super) fn io(path: &Path, e: impl std::fmt::Display) -> Self {
+        RecoveryError::Io { path: path.display().to_string(), reason: e.to_string() }
+    }
 }
 
 /// Writes `payload` as the one record of the file `name` in `dir`: beside it first, synced,
@@ -131,9 +142,9 @@ fn read_file(dir: &Path, name: &str) -> Result<Option<(u64, Vec<u8>)>, RecoveryE
     Ok(Some((found.version, bytes[found.payload_offset..found.payload_offset + found.payload_len].to_vec())))
 }
 
-/// Writes `view` as the last view in `dir` (atomically).
-pub(super) fn save_view(dir: &Path, view: &View) -> std::io::Result<()> {
-    replace_file(dir, SAVED_VIEW, u64::from(view.id.0), &encode_view(view))
+/// Writes `view` and its members' addresses as the last view in `dir` (atomically).
+pub(super) fn save_view(dir: &Path, view: &View, addresses: &[(NodeId, String)]) -> std::io::Result<()> {
+    replace_file(dir, SAVED_VIEW, u64::from(view.id.0), &encode_saved_view(view, addresses))
 }
 
 /// Forgets the views this member acknowledged in a group it no longer belongs to (it starts
@@ -151,16 +162,16 @@ pub(super) fn save_proposals(dir: &Path, proposals: &[(ViewId, Vec<NodeId>)]) ->
     replace_file(dir, PROPOSED, 0, &encode_proposals(proposals))
 }
 
-/// The view saved in `dir`, if there is one.
-fn load_view(dir: &Path) -> Result<Option<View>, RecoveryError> {
+/// The view saved in `dir` and its members' addresses, if there is one.
+fn load_view(dir: &Path) -> Result<Option<(View, Addresses)>, RecoveryError> {
     let Some((version, payload)) = read_file(dir, SAVED_VIEW)? else { return Ok(None) };
     let damaged =
         |reason: String| RecoveryError::SavedView { path: dir.join(SAVED_VIEW).display().to_string(), reason };
-    let view = decode_view(&payload).map_err(|e| damaged(e.to_string()))?;
+    let (view, addresses) = decode_saved_view(&payload).map_err(|e| damaged(e.to_string()))?;
     if u64::from(view.id.0) != version {
         return Err(damaged(format!("the record says view {version}, the view {}", view.id.0)));
     }
-    Ok(Some(view))
+    Ok(Some((view, addresses)))
 }
 
 /// The views proposed or acknowledged saved in `dir` (none if the file is absent).
@@ -218,13 +229,13 @@ impl ServiceInner {
     /// a saved view: what to offer the restart leader. Without a saved view, an offer with an
     /// empty one if the member acknowledged views (it stopped before its first view was
     /// whole): the restart quorum counts on hearing of every view a member back acknowledged.
-    /// `None`: a new member.
-    pub(super) async fn recover(self: &Rc<Self>) -> Result<Option<Offer>, RecoveryError> {
+    /// `None`: a new member. With the offer, the saved view's members' addresses.
+    pub(super) async fn recover(self: &Rc<Self>) -> Result<Option<(Offer, Addresses)>, RecoveryError> {
         let Some(dir) = self.persist_dir.borrow().clone() else { return Ok(None) };
         let logs = logs_in(&dir)?;
         let saved = load_view(&dir)?;
         let proposed: Vec<(ViewId, Vec<NodeId>)> =
-            load_proposals(&dir)?.into_iter().filter(|(id, _)| saved.as_ref().is_none_or(|s| *id > s.id)).collect();
+            load_proposals(&dir)?.into_iter().filter(|(id, _)| saved.as_ref().is_none_or(|s| *id > s.0.id)).collect();
         // Kept in memory, so that the file is rewritten whole when more are saved.
         self.proposals.borrow_mut().clone_from(&proposed);
         let Some(saved) = saved else {
@@ -239,8 +250,9 @@ impl ServiceInner {
                     std::fs::rename(path, &aside).map_err(|e| io_error(path, e))?;
                 }
             }
-            return Ok((!proposed.is_empty()).then(|| Offer::without_saved_view(proposed)));
+            return Ok((!proposed.is_empty()).then(|| (Offer::without_saved_view(proposed), Vec::new())));
         };
+        let (saved, addresses) = saved;
         let newest_file = logs.values().filter_map(|f| f.first().map(|(v, _)| *v)).max().unwrap_or(ViewId(0));
         let mut offer = Offer { saved, logs: BTreeMap::new(), damaged: Default::default(), proposed, newest_file };
         for (shard, files) in logs {
@@ -275,7 +287,7 @@ impl ServiceInner {
                 break;
             }
         }
-        Ok(Some(offer))
+        Ok(Some((offer, addresses)))
     }
 
     /// Rebuilds the replica of `shard` from `records` (the first may be its starting state)
@@ -314,7 +326,7 @@ impl ServiceInner {
             let (h, args) = Header::read(&bytes).map_err(|e| fail(format!("the record of version {version}: {e}")))?;
             // As at delivery: the version's time travels in the header's version field.
             let header = Header { version: Version::from_u64(hlc), ..h };
-            let context = CallContext::of(&header, Some(Version::from_u64(version)));
+            let context = call_context(&header, Some(Version::from_u64(version)));
             // A handler's error is its answer to the call, the same as the first time.
             if let Applied::Later(f) = with_context(context, || replica.apply(h.method, args)) {
                 let _ = InContext { context, future: f }.await;
@@ -367,7 +379,7 @@ mod tests {
             // It joined in view 3 (its log's state not durable yet) and acknowledged view 4.
             std::fs::write(dir.join(log_name(shard, ViewId(3))), b"").unwrap();
             save_proposals(&dir, &[(ViewId(4), vec![NodeId(1), NodeId(2)])]).unwrap();
-            let offer = service.inner.recover().await.unwrap().expect("an offer of the view acknowledged");
+            let (offer, _) = service.inner.recover().await.unwrap().expect("an offer of the view acknowledged");
             assert!(offer.saved.members.is_empty() && offer.logs.is_empty(), "{offer:?}");
             assert_eq!(offer.proposed, vec![(ViewId(4), vec![NodeId(1), NodeId(2)])]);
             assert!(dir.join(format!("orphan-{}", log_name(shard, ViewId(3)))).exists(), "the log moved aside");
@@ -375,39 +387,6 @@ mod tests {
             forget_proposals(&dir).unwrap();
             assert_eq!(service.inner.recover().await.unwrap(), None, "stale acknowledged views offered");
         });
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_view_whose_state_never_came_is_not_saved_when_the_next_one_comes() {
-        use crate::driver::{Application, ViewChange};
-        let dir = std::env::temp_dir().join(format!("derecho-unsaved-view-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut service = super::super::Service::new();
-        service.persist_to(&dir).unwrap();
-        let shard = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) };
-        let layout = |members: &[u32]| ShardLayout {
-            id: shard,
-            members: members.iter().map(|&n| NodeId(n)).collect(),
-            senders: members.iter().map(|&n| NodeId(n)).collect(),
-            mode: DeliveryMode::Ordered,
-        };
-        let change = |id, members: &[u32], shards: Vec<ShardLayout>, awaiting: Vec<ShardRef>| ViewChange {
-            view: View { id: ViewId(id), members: members.iter().map(|&n| NodeId(n)).collect(), shards },
-            joined: Vec::new(),
-            departed: Vec::new(),
-            inadequate: None,
-            awaiting_state: awaiting,
-        };
-        // Node 2 joined shard 0 in view 5 and awaits its state; then node 0 failed and view 6
-        // is inadequate. View 5 must not be saved: node 2 never held the shard's state.
-        service.view_installed(&change(5, &[0, 2], vec![layout(&[0, 2])], vec![shard]));
-        service.view_installed(&change(6, &[2], Vec::new(), Vec::new()));
-        assert!(load_view(&dir).unwrap().is_none(), "a view whose state never came was saved");
-        // An adequate view with nothing awaited is saved at once.
-        service.view_installed(&change(7, &[2, 3], vec![layout(&[2, 3])], Vec::new()));
-        assert_eq!(load_view(&dir).unwrap().map(|v| v.id), Some(ViewId(7)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -426,8 +405,9 @@ mod tests {
                 mode: DeliveryMode::Ordered,
             }],
         };
-        save_view(&dir, &view).unwrap();
-        assert_eq!(load_view(&dir).unwrap(), Some(view));
+        let addresses = vec![(NodeId(1), "127.0.0.1:1".to_string()), (NodeId(2), "127.0.0.1:2".to_string())];
+        save_view(&dir, &view, &addresses).unwrap();
+        assert_eq!(load_view(&dir).unwrap(), Some((view, addresses)));
         let path = dir.join(SAVED_VIEW);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;

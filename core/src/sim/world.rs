@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::rc::Rc;
 
 use crate::protocol::{
-    HeapMemory, Input, Node, NodeId, Output, RowViolation, SendError, ShardLayout, ShardRef, SstMemory, Time, Version,
-    View, ViewId,
+    HeapMemory, Input, Node, NodeId, Output, Progress, RowViolation, SendError, ShardLayout, ShardRef, SstMemory, Time,
+    Version, View, ViewId,
 };
 
 use super::config::{Active, ConfigError, Members, Senders, SimConfig, node_id, shard_id};
@@ -613,7 +613,7 @@ impl Sim {
 
     /// One activation of a member, in the order `Node` documents: rules, sends, deliveries,
     /// outputs. Blocked senders retry at every activation, and again after the member's own
-    /// deliveries if they gave its windows room ([`Node::window_progress`], the driver's wake
+    /// deliveries if they gave its windows room ([`Node::update_progress`], the driver's wake
     /// rule): a member's own delivery may be what opens its window, and no input may follow.
     fn run_node(&mut self, node: usize) {
         self.nodes[node].handle(self.now, Input::RowsChanged);
@@ -622,10 +622,13 @@ impl Sim {
         for round in 0.. {
             assert!(round < 100_000, "n{}: sends and deliveries did not settle in one activation", self.ids[node].0);
             self.try_sends(node);
-            let progress = self.nodes[node].window_progress();
+            let mut before = Progress::default();
+            self.nodes[node].update_progress(&mut before);
             self.deliver(node);
             let blocked = self.runs[node].streams.iter().any(|&s| self.streams[s].blocked);
-            if !blocked || self.nodes[node].window_progress() == progress {
+            let mut after = before.clone();
+            self.nodes[node].update_progress(&mut after);
+            if !blocked || after.released == before.released {
                 break;
             }
         }

@@ -1,22 +1,23 @@
-//! The membership driver's own messages, and their checked encoding (PROTOCOLS §7).
+//! The protocol's own messages besides the table, and their checked encoding (PROTOCOLS §7).
 //!
-//! Two families: *control messages* travel one per connection to a member's listener (a join
-//! request and its answers: a refusal or the welcome that carries the joiner's first view), and
-//! *view frames* travel on a view's transport (a shard's state for a new member, and the "alive
-//! in another view" beat). Every integer is little-endian; strings and lists carry a `u32`
+//! Three families: *control messages* travel one per connection to a member's listener (a join
+//! request and its answers: a refusal or the welcome that carries the joiner's first view; a
+//! restart offer; an external client's requests), *view frames* travel on a view's transport (a
+//! shard's state for a new member, and the "alive in another view" beat), and the *saved view*
+//! and *saved proposals* a persisting member keeps on disk for total restart. Every integer is little-endian; strings and lists carry a `u32`
 //! length. Decoding checks every length against the bytes left before allocating, so a lying
 //! peer costs at most the bytes it sent, and every value it names is validated by the caller
 //! (a view by [`View::validate`] through `Node::join`).
 
-use crate::protocol::restart::Offer;
-use crate::protocol::{
+use super::restart::Offer;
+use super::{
     DeliveryMode, JoinRefusal, NextView, NodeId, ShardIndex, ShardLayout, ShardRef, StateTransfer, SubgroupId, Version,
     View, ViewId,
 };
 
 /// The version of the join handshake; a joiner speaking another is refused with
 /// [`Answer::Version`].
-pub const JOIN_VERSION: u16 = 1;
+pub const JOIN_VERSION: u16 = 2;
 
 /// A message to a member's listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub enum Control {
         node: NodeId,
         /// Where its peers reach it (its listener).
         address: String,
+        /// A fingerprint of its application (the method tables of its replicated types; 0:
+        /// none): members that disagree on it are refused ([`JoinRefusal::AppMismatch`]).
+        app: u64,
     },
     /// The answer to a join.
     Answer(Answer),
@@ -84,8 +88,13 @@ pub enum Control {
         node: NodeId,
         /// Where its peers reach it.
         address: String,
+        /// Its application's fingerprint, as in [`Control::Join`].
+        app: u64,
         /// Its last view and its logs.
         offer: Offer,
+        /// Sent by a member restarting without a contact, which would lead the restart if no
+        /// group runs (PROTOCOLS §4.1): of two such, the larger id follows the smaller.
+        leading: bool,
     },
 }
 
@@ -98,6 +107,9 @@ pub enum Answer {
     Version(u16),
     /// Admitted: the first view of the joiner.
     Welcome(Box<NextView>),
+    /// The leader took the request and is admitting the joiner (its welcome comes with the
+    /// view that adds it). Delivering it also shows the joiner's listener answers.
+    Pending,
 }
 
 /// A frame on a view's transport besides the table's pushes.
@@ -245,6 +257,12 @@ impl Writer {
                 self.u32(*view);
                 self.u32(*saved);
             }
+            JoinRefusal::NotRunning => self.u8(5),
+            JoinRefusal::AppMismatch { ours, theirs } => {
+                self.u8(6);
+                self.u64(*ours);
+                self.u64(*theirs);
+            }
         }
     }
 }
@@ -348,6 +366,8 @@ impl<'a> Reader<'a> {
             2 => JoinRefusal::AddressTooLong,
             3 => JoinRefusal::GroupFull(self.u32()?),
             4 => JoinRefusal::NotRestarted { view: self.u32()?, saved: self.u32()? },
+            5 => JoinRefusal::NotRunning,
+            6 => JoinRefusal::AppMismatch { ours: self.u64()?, theirs: self.u64()? },
             _ => return Err(self.err("an unknown refusal")),
         })
     }
@@ -361,11 +381,12 @@ impl Control {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         match self {
-            Control::Join { version, node, address } => {
+            Control::Join { version, node, address, app } => {
                 w.u8(1);
                 w.u16(*version);
                 w.u32(node.0);
                 w.str(address);
+                w.u64(*app);
             }
             Control::Answer(Answer::Refused(r)) => {
                 w.u8(2);
@@ -379,6 +400,7 @@ impl Control {
                 w.u8(4);
                 w.next_view(next);
             }
+            Control::Answer(Answer::Pending) => w.u8(12),
             Control::ClientView { reply_to } => {
                 w.u8(5);
                 w.str(reply_to);
@@ -413,11 +435,13 @@ impl Control {
                 w.str(topic);
                 w.bytes(body);
             }
-            Control::Restart { version, node, address, offer } => {
+            Control::Restart { version, node, address, app, offer, leading } => {
                 w.u8(11);
+                w.u8(u8::from(*leading));
                 w.u16(*version);
                 w.u32(node.0);
                 w.str(address);
+                w.u64(*app);
                 w.view(&offer.saved);
                 w.len(offer.logs.len());
                 for (shard, v) in &offer.logs {
@@ -447,7 +471,7 @@ impl Control {
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader { bytes, what: "control message" };
         let m = match r.u8()? {
-            1 => Control::Join { version: r.u16()?, node: NodeId(r.u32()?), address: r.str()? },
+            1 => Control::Join { version: r.u16()?, node: NodeId(r.u32()?), address: r.str()?, app: r.u64()? },
             2 => Control::Answer(Answer::Refused(r.refusal()?)),
             3 => Control::Answer(Answer::Version(r.u16()?)),
             4 => Control::Answer(Answer::Welcome(Box::new(r.next_view()?))),
@@ -466,7 +490,12 @@ impl Control {
             9 => Control::ClientSubscribe { reply_to: r.str()?, topic: r.str()? },
             10 => Control::ClientNotify { topic: r.str()?, body: r.bytes()? },
             11 => {
-                let (version, node, address) = (r.u16()?, NodeId(r.u32()?), r.str()?);
+                let leading = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(r.err("a bad flag")),
+                };
+                let (version, node, address, app) = (r.u16()?, NodeId(r.u32()?), r.str()?, r.u64()?);
                 let saved = r.view()?;
                 let n = r.len(12)?;
                 let mut logs = std::collections::BTreeMap::new();
@@ -485,8 +514,9 @@ impl Control {
                 }
                 let newest_file = ViewId(r.u32()?);
                 let offer = Offer { saved, logs, damaged, proposed, newest_file };
-                Control::Restart { version, node, address, offer }
+                Control::Restart { version, node, address, app, offer, leading }
             }
+            12 => Control::Answer(Answer::Pending),
             _ => return Err(r.err("an unknown kind")),
         };
         r.end()?;
@@ -521,7 +551,37 @@ pub fn decode_proposals(bytes: &[u8]) -> Result<Vec<(ViewId, Vec<NodeId>)>, Wire
     Ok(out)
 }
 
-/// A view as bytes (a member saves its last view for total restart).
+/// A view and its members' addresses as bytes (a persisting member saves its last view for
+/// total restart; the addresses let it look for a running group there).
+pub fn encode_saved_view(view: &View, addresses: &[(NodeId, String)]) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.view(view);
+    w.len(addresses.len());
+    for (n, a) in addresses {
+        w.u32(n.0);
+        w.str(a);
+    }
+    w.0
+}
+
+/// The view and addresses [`encode_saved_view`] wrote.
+///
+/// # Errors
+///
+/// [`WireError`] naming the first rule the bytes break.
+pub fn decode_saved_view(bytes: &[u8]) -> Result<(View, Vec<(NodeId, String)>), WireError> {
+    let mut r = Reader { bytes, what: "saved view" };
+    let v = r.view()?;
+    let n = r.len(8)?;
+    let mut addresses = Vec::with_capacity(n);
+    for _ in 0..n {
+        addresses.push((NodeId(r.u32()?), r.str()?));
+    }
+    r.end()?;
+    Ok((v, addresses))
+}
+
+/// A view as bytes.
 pub fn encode_view(view: &View) -> Vec<u8> {
     let mut w = Writer(Vec::new());
     w.view(view);
@@ -617,7 +677,8 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let all = [
-            Control::Join { version: JOIN_VERSION, node: NodeId(3), address: "10.0.0.1:70".into() },
+            Control::Join { version: JOIN_VERSION, node: NodeId(3), address: "10.0.0.1:70".into(), app: 99 },
+            Control::Answer(Answer::Refused(JoinRefusal::AppMismatch { ours: 1, theirs: 2 })),
             Control::Answer(Answer::Refused(JoinRefusal::IdInUse(NodeId(3)))),
             Control::Answer(Answer::Refused(JoinRefusal::NotLeader { leader: NodeId(0), address: "a:1".into() })),
             Control::Answer(Answer::Refused(JoinRefusal::AddressTooLong)),
@@ -635,6 +696,7 @@ mod tests {
                 version: JOIN_VERSION,
                 node: NodeId(4),
                 address: "127.0.0.1:4".into(),
+                app: 7,
                 offer: Offer {
                     saved: next().view,
                     logs: [(ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(1) }, Version::new(ViewId(3), 9))]
@@ -644,9 +706,17 @@ mod tests {
                     proposed: vec![(ViewId(8), vec![NodeId(1), NodeId(4)])],
                     newest_file: ViewId(6),
                 },
+                leading: true,
             },
+            Control::Answer(Answer::Pending),
+            Control::Answer(Answer::Refused(JoinRefusal::NotRunning)),
         ];
         assert_eq!(decode_view(&encode_view(&next().view)).unwrap(), next().view);
+        let saved = encode_saved_view(&next().view, &next().addresses);
+        assert_eq!(decode_saved_view(&saved).unwrap(), (next().view, next().addresses));
+        for n in 0..saved.len() {
+            assert!(decode_saved_view(&saved[..n]).is_err(), "a prefix of {n} bytes decoded");
+        }
         for m in all {
             assert_eq!(Control::decode(&m.encode()).unwrap(), m);
         }

@@ -1,0 +1,645 @@
+//! The runner: executes a [`Member`]'s commands on transports, timers and the listener, feeds
+//! what happens back as inputs, and tells the application. It decides nothing.
+//!
+//! One loop ([`Inner::step`]): with the member borrowed, handle the time (rules, timers),
+//! deliver, and take every command and event out, running the I/O ones at once (pushes,
+//! sends, connects: no application code); then, with nothing borrowed, call the application
+//! for the rest (saves, snapshots, restores, view changes, stops) and feed its answers back.
+//! So an application may call back into the group from any upcall; only from a delivery,
+//! which borrows the table, does a call that needs the member answer a typed error.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use derecho_runtime::transport::tcp::{TcpAcceptor, send_message};
+use derecho_runtime::transport::{AnyTransport, Payload, PeerId, Transport, TransportError, TransportEvent};
+use derecho_runtime::{JoinHandle, spawn};
+
+use super::app::{Application, State, ViewChange};
+use super::builder::{PARK_MAX, Settings, control_tag};
+use crate::driver::{EventBox, GroupError, GroupEvent, RegionMemory, push_range, since};
+use crate::protocol::member::{Command, Event, Input, Member};
+use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control};
+use crate::protocol::{NodeId, Progress, ShardRef, StopReason, Time, Version, View, ViewId};
+
+/// A shard's persistence frontiers: durable here, durable at every member.
+pub(super) type Frontiers = (Option<Version>, Option<Version>);
+
+/// What the application and the public handles may read without touching the member (it may
+/// be borrowed by a delivery in progress).
+#[derive(Default)]
+pub(super) struct Published {
+    /// The current view (`None` before the first).
+    pub(super) view: Option<Rc<View>>,
+    /// Why the member stopped.
+    pub(super) stopped: Option<StopReason>,
+    /// A view change is under way.
+    pub(super) changing: bool,
+    /// The frontiers of this member's shards in the current view.
+    pub(super) frontiers: BTreeMap<ShardRef, Frontiers>,
+}
+
+/// A view's transport while it is open, with the view's members.
+type OpenView = (Rc<AnyTransport>, Vec<NodeId>);
+
+/// Work for the application, taken out of the member and done with nothing borrowed.
+enum Deferred {
+    Event(Event),
+    Save(Command),
+}
+
+pub(super) struct Inner {
+    pub(super) settings: Settings,
+    pub(super) acceptor: TcpAcceptor,
+    epoch: Instant,
+    pub(super) member: RefCell<Member<RegionMemory>>,
+    pub(super) app: RefCell<Box<dyn Application>>,
+    /// The transport of each view still open (the current one, and those lingering), with the
+    /// view's members.
+    transports: RefCell<BTreeMap<ViewId, OpenView>>,
+    /// The transport pushes go to, and its view.
+    current: RefCell<Option<(ViewId, Rc<AnyTransport>)>>,
+    pub(super) published: RefCell<Published>,
+    /// Inputs that arrived while the member was borrowed (from inside an upcall): fed at the
+    /// next step.
+    queued: RefCell<VecDeque<Input<RegionMemory>>>,
+    /// Peers of the current transport that closed or failed.
+    pub(super) gone: RefCell<Vec<NodeId>>,
+    /// External clients subscribed to notifications, by topic (at most `PARK_MAX` each).
+    pub(super) subscribers: RefCell<BTreeMap<String, Vec<SocketAddr>>>,
+    pub(super) events: EventBox,
+    /// Tasks waiting on progress, view changes, entering and stops.
+    pub(super) waiters: RefCell<Vec<Waker>>,
+    progress: RefCell<Progress>,
+    pub(super) closed: Cell<bool>,
+    pub(super) tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The task reading each open view transport's events.
+    pub(super) view_tasks: RefCell<Vec<(ViewId, JoinHandle<()>)>>,
+    /// When each lingering view was last beaten on.
+    beats: RefCell<BTreeMap<ViewId, Instant>>,
+    /// Scratch of `step`.
+    push_peers: RefCell<Vec<PeerId>>,
+    push_errors: RefCell<Vec<(PeerId, TransportError)>>,
+    deferred: RefCell<Vec<Deferred>>,
+    /// A local frontier was reported since the application was last told.
+    local_reported: Cell<bool>,
+    /// Entering the first view failed: why (taken by the task that waits for it).
+    pub(super) enter_error: RefCell<Option<super::JoinError>>,
+    /// The last view transport that could not be set up.
+    connect_error: RefCell<Option<GroupError>>,
+    /// A step is running.
+    stepping: Cell<bool>,
+}
+
+impl Inner {
+    pub(super) fn new(
+        settings: Settings,
+        acceptor: TcpAcceptor,
+        member: Member<RegionMemory>,
+        app: Box<dyn Application>,
+    ) -> Self {
+        Self {
+            settings,
+            acceptor,
+            epoch: Instant::now(),
+            member: RefCell::new(member),
+            app: RefCell::new(app),
+            transports: RefCell::default(),
+            current: RefCell::default(),
+            published: RefCell::default(),
+            queued: RefCell::default(),
+            gone: RefCell::default(),
+            subscribers: RefCell::default(),
+            events: EventBox::default(),
+            waiters: RefCell::default(),
+            progress: RefCell::default(),
+            closed: Cell::new(false),
+            tasks: RefCell::default(),
+            view_tasks: RefCell::default(),
+            beats: RefCell::default(),
+            push_peers: RefCell::default(),
+            push_errors: RefCell::default(),
+            deferred: RefCell::default(),
+            local_reported: Cell::new(false),
+            enter_error: RefCell::default(),
+            connect_error: RefCell::default(),
+            stepping: Cell::new(false),
+        }
+    }
+
+    pub(super) fn now(&self) -> Time {
+        since(self.epoch)
+    }
+
+    pub(super) fn wake_all(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Feeds an input and runs a step; from inside a step (an upcall), the step under way
+    /// takes it.
+    pub(super) fn feed(self: &Rc<Self>, input: Input<RegionMemory>) {
+        if self.closed.get() {
+            return;
+        }
+        self.queued.borrow_mut().push_back(input);
+        self.step();
+    }
+
+    /// The one command loop: see the module documentation. Returns how much happened. Not
+    /// re-entered: a step started from inside an upcall of another returns at once, and the
+    /// outer one takes what was queued meanwhile.
+    pub(super) fn step(self: &Rc<Self>) -> usize {
+        if self.stepping.replace(true) {
+            return 0;
+        }
+        let done = self.step_rounds();
+        self.stepping.set(false);
+        done
+    }
+
+    fn step_rounds(self: &Rc<Self>) -> usize {
+        let mut done = 0;
+        // Bounded: each round feeds the application's answers back; a few rounds settle it.
+        for _ in 0..16 {
+            if self.closed.get() {
+                return done;
+            }
+            let Ok(mut member) = self.member.try_borrow_mut() else { return done };
+            let now = self.now();
+            while let Some(input) = self.queued.borrow_mut().pop_front() {
+                member.handle(now, input);
+            }
+            member.handle(now, Input::Tick);
+            done += match self.app.try_borrow_mut() {
+                Ok(mut app) => member.deliver(|d| app.deliver(d)),
+                Err(_) => 0,
+            };
+            let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+            while let Some(c) = member.poll_command() {
+                done += 1;
+                match c {
+                    Command::SaveProposal { .. } | Command::SaveView { .. } => deferred.push(Deferred::Save(c)),
+                    c => self.run(&member, c),
+                }
+            }
+            while let Some(e) = member.poll_event() {
+                deferred.push(Deferred::Event(e));
+            }
+            let moved = self.published_moved(&member);
+            drop(member);
+            if moved {
+                self.wake_all();
+                self.tell_frontiers();
+            }
+            if deferred.is_empty() && self.queued.borrow().is_empty() {
+                *self.deferred.borrow_mut() = deferred;
+                return done;
+            }
+            for d in deferred.drain(..) {
+                self.dispatch(d);
+            }
+            *self.deferred.borrow_mut() = deferred;
+            // Something changed that waiters may wait for (a view, a state restored, a stop).
+            self.wake_all();
+        }
+        done
+    }
+
+    /// Updates what the handles read; true if something waiters wait for moved.
+    fn published_moved(&self, member: &Member<RegionMemory>) -> bool {
+        let Some(node) = member.node() else { return false };
+        let moved = node.update_progress(&mut self.progress.borrow_mut()) || self.local_reported.replace(false);
+        let changing = member.is_changing_view();
+        let mut p = self.published.borrow_mut();
+        let changed = p.changing != changing;
+        p.changing = changing;
+        if moved {
+            let me = self.settings.me;
+            p.frontiers = node
+                .view()
+                .shards
+                .iter()
+                .filter(|s| s.members.contains(&me))
+                .map(|s| (s.id, (node.persisted_here(s.id), node.persisted_everywhere(s.id))))
+                .collect();
+        }
+        moved || changed
+    }
+
+    /// Tells the application of frontiers that moved (PROTOCOLS §4).
+    fn tell_frontiers(&self) {
+        let frontiers: Vec<(ShardRef, Frontiers)> = {
+            let p = self.published.borrow();
+            p.frontiers.iter().filter(|(_, f)| **f != (None, None)).map(|(s, f)| (*s, *f)).collect()
+        };
+        if frontiers.is_empty() {
+            return;
+        }
+        let Ok(mut app) = self.app.try_borrow_mut() else {
+            self.local_reported.set(true);
+            return;
+        };
+        for (shard, (local, global)) in frontiers {
+            app.persisted(shard, local, global);
+        }
+    }
+
+    /// Runs an I/O command (no application code).
+    fn run(self: &Rc<Self>, member: &Member<RegionMemory>, c: Command) {
+        match c {
+            Command::Push { range, to } => {
+                let Some(t) = self.current_transport(member) else { return };
+                push_range(&*t, &self.push_peers, &self.push_errors, range, &to, |peer, e| {
+                    // A failed peer is suspected through its transport event.
+                    tracing::trace!(%peer, error = %e, "push not sent");
+                });
+            }
+            Command::SendFrames { view, to, frames } => {
+                let Some(t) = self.transport_of(view) else { return };
+                self.spawn_task(async move {
+                    'members: for m in to {
+                        for f in &frames {
+                            if let Err(e) = t.send_frame(PeerId(m.0), Payload::Vec(f.clone())).await {
+                                tracing::warn!(to = %m, error = %e, "frames not sent");
+                                continue 'members;
+                            }
+                        }
+                    }
+                });
+            }
+            Command::SendControl { to, message, report } => self.send_control(to, message, report),
+            Command::Connect { next } => {
+                let weak = Rc::downgrade(self);
+                self.spawn_task(async move {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let result = inner.settings.connect(&inner.acceptor, &next.view, &next.addresses).await;
+                    let view = next.view.id;
+                    match result {
+                        Ok((transport, region)) => {
+                            if inner.closed.get() {
+                                transport.close(Duration::ZERO).await;
+                                return;
+                            }
+                            inner.transports.borrow_mut().insert(view, (transport.clone(), next.view.members.clone()));
+                            let events = spawn(events(Rc::downgrade(&inner), transport, view));
+                            inner.view_tasks.borrow_mut().push((view, events));
+                            inner.feed(Input::Connected { view, memory: RegionMemory::new(region) });
+                        }
+                        Err(e) => {
+                            tracing::error!(view = view.0, error = %e, "cannot set up a view's transport");
+                            let reason = e.to_string();
+                            *inner.connect_error.borrow_mut() = Some(e);
+                            inner.feed(Input::ConnectFailed { view, reason });
+                        }
+                    }
+                });
+            }
+            Command::Beat { view, to, frame } => {
+                let Some(t) = self.transport_of(view) else { return };
+                let now = Instant::now();
+                let last = self.beats.borrow_mut().insert(view, now);
+                let heard: Vec<NodeId> = to
+                    .iter()
+                    .copied()
+                    .filter(|m| t.last_heard(PeerId(m.0)).is_some_and(|h| last.is_none_or(|l| h > l)))
+                    .collect();
+                if !heard.is_empty() {
+                    self.queued.borrow_mut().push_back(Input::HeardOnOldView { view, peers: heard });
+                }
+                self.spawn_task(async move {
+                    for m in to {
+                        let _ = t.send_frame(PeerId(m.0), Payload::Vec(frame.clone())).await;
+                    }
+                });
+            }
+            Command::CloseView { view, members } => self.close_view(view, members),
+            Command::SaveProposal { .. } | Command::SaveView { .. } => unreachable!("deferred by step"),
+        }
+    }
+
+    /// The transport of the member's current view.
+    fn current_transport(&self, member: &Member<RegionMemory>) -> Option<Rc<AnyTransport>> {
+        let view = member.view()?.id;
+        let mut current = self.current.borrow_mut();
+        if current.as_ref().is_none_or(|(v, _)| *v != view) {
+            let t = self.transport_of(view)?;
+            *current = Some((view, t));
+            self.gone.borrow_mut().clear();
+        }
+        current.as_ref().map(|(_, t)| t.clone())
+    }
+
+    /// Closes the transport of an earlier view and stops reading it.
+    fn close_view(self: &Rc<Self>, view: ViewId, members: Vec<NodeId>) {
+        self.beats.borrow_mut().remove(&view);
+        let Some((t, _)) = self.transports.borrow_mut().remove(&view) else { return };
+        let mut tasks = self.view_tasks.borrow_mut();
+        if let Some(i) = tasks.iter().position(|(v, _)| *v == view) {
+            tasks.remove(i).1.abort();
+        }
+        drop(tasks);
+        let weak = Rc::downgrade(self);
+        self.spawn_task(async move {
+            t.close(Duration::from_millis(50)).await;
+            if let Some(inner) = weak.upgrade() {
+                inner.settings.remove_dead_files(view, &members);
+            }
+        });
+    }
+
+    /// Sends a control message to a listener in the background; with `report`, its delivery
+    /// is fed back.
+    fn send_control(self: &Rc<Self>, to: String, message: Rc<[u8]>, report: bool) {
+        let me = PeerId(self.settings.me.0);
+        let tag = control_tag(&self.settings.name);
+        let within = self.settings.connect_timeout;
+        let weak = Rc::downgrade(self);
+        self.spawn_task(async move {
+            let sent = match to.parse::<SocketAddr>() {
+                Ok(addr) => match send_message(me, addr, tag, &message, within).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "control message not delivered");
+                        false
+                    }
+                },
+                Err(_) => {
+                    tracing::warn!(address = %to, "a control message to an address that does not parse");
+                    false
+                }
+            };
+            if report && let Some(inner) = weak.upgrade() {
+                inner.feed(if sent { Input::ControlSent { to } } else { Input::ControlNotSent { to } });
+            }
+        });
+    }
+
+    fn spawn_task(&self, f: impl std::future::Future<Output = ()> + 'static) {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(spawn(f));
+    }
+
+    /// Does work for the application, with nothing borrowed; feeds its answers back.
+    fn dispatch(self: &Rc<Self>, d: Deferred) {
+        let me = self.settings.me;
+        match d {
+            Deferred::Save(Command::SaveProposal { view, members }) => {
+                let saved = self.app.borrow_mut().save_proposal(view, &members);
+                self.answer(match saved {
+                    Ok(()) => Input::ProposalSaved { view, members },
+                    Err(e) => Input::SaveFailed {
+                        reason: format!("view {} could not be saved before acknowledging it: {e}", view.0),
+                    },
+                });
+            }
+            Deferred::Save(Command::SaveView { view, addresses }) => {
+                if let Err(e) = self.app.borrow_mut().save_view(&view, &addresses) {
+                    self.answer(Input::SaveFailed { reason: format!("view {} could not be saved: {e}", view.id.0) });
+                }
+            }
+            Deferred::Save(_) => unreachable!("only saves are deferred"),
+            Deferred::Event(e) => match e {
+                Event::Step(step) => tracing::debug!(%me, ?step, "view change step"),
+                Event::Installed(change) => self.installed(change),
+                Event::TakeSnapshot { view, shard } => match self.app.borrow_mut().snapshot(shard) {
+                    State::Ready(state) => self.answer(Input::SnapshotTaken { view, shard, state: Some(state) }),
+                    State::Later(f) => {
+                        self.answer(Input::SnapshotTaken { view, shard, state: None });
+                        let weak = Rc::downgrade(self);
+                        self.spawn_task(async move {
+                            let state = f.await;
+                            if let Some(inner) = weak.upgrade() {
+                                inner.feed(Input::SnapshotTaken { view, shard, state: Some(state) });
+                            }
+                        });
+                    }
+                },
+                Event::Restore { view, shard, from, state } => {
+                    let restored = self.app.borrow_mut().restore(shard, &state);
+                    match restored {
+                        Ok(()) => {
+                            tracing::info!(%me, %shard, len = state.len(), %from, "state received");
+                            self.answer(Input::StateRestored { view, shard });
+                        }
+                        Err(e) => {
+                            let reason = e.to_string();
+                            self.events.report(GroupEvent::StateRejected { shard, from, reason: reason.clone() });
+                            self.answer(Input::StateRefused { view, shard, from, reason });
+                        }
+                    }
+                }
+                Event::StateRejected { shard, from, reason } => {
+                    tracing::warn!(%me, %shard, %from, %reason, "a state rejected");
+                    self.events.report(GroupEvent::StateRejected { shard, from, reason });
+                }
+                Event::StateNotSent { shard, reason } => tracing::error!(%me, %shard, %reason, "a state not sent"),
+                Event::Violation { peer, what } => {
+                    tracing::warn!(%me, %peer, %what, "a peer broke the protocol");
+                    self.events.report(GroupEvent::Violation { peer, what });
+                }
+                Event::ResendFailed { shard, count } => {
+                    self.app.borrow_mut().resend_failed(shard, count);
+                    self.events.report(GroupEvent::ResendFailed { shard, count });
+                }
+                Event::Waiting(what) => tracing::info!(%me, waiting = %what),
+                Event::EnterFailed(e) => {
+                    tracing::error!(%me, error = %e, "could not enter the group");
+                    let connect = self.connect_error.borrow_mut().take();
+                    *self.enter_error.borrow_mut() = Some(super::JoinError::from_enter(e, connect));
+                    self.wake_all();
+                }
+                Event::Stopped(reason) => self.stopped(reason),
+            },
+        }
+    }
+
+    /// Feeds an answer of the application.
+    fn answer(&self, input: Input<RegionMemory>) {
+        self.queued.borrow_mut().push_back(input);
+    }
+
+    fn installed(self: &Rc<Self>, change: ViewChange) {
+        tracing::info!(me = %self.settings.me, view = change.view.id.0, members = ?change.view.members, "installed");
+        self.published.borrow_mut().view = Some(Rc::new(change.view.clone()));
+        self.app.borrow_mut().view_installed(&change);
+        self.events.report(GroupEvent::ViewInstalled(change));
+        self.wake_all();
+    }
+
+    /// The member stopped: the application is told, waiting calls fail; a member that failed
+    /// (it broke a promise the group relies on) also closes its connections at once, so that
+    /// the others see it fail.
+    fn stopped(self: &Rc<Self>, reason: StopReason) {
+        self.published.borrow_mut().stopped = Some(reason.clone());
+        self.app.borrow_mut().stopped();
+        if let StopReason::Failed(why) = &reason {
+            tracing::error!(me = %self.settings.me, reason = %why, "this member stops");
+            self.closed.set(true);
+            self.events.report(GroupEvent::Fatal(why.clone()));
+            let open: Vec<Rc<AnyTransport>> = self.transports.borrow().values().map(|(t, _)| t.clone()).collect();
+            drop(spawn(async move {
+                for t in open {
+                    t.close(Duration::ZERO).await;
+                }
+            }));
+        } else {
+            tracing::info!(me = %self.settings.me, %reason, "stopped");
+            self.events.report(GroupEvent::Stopped(reason));
+        }
+        self.wake_all();
+    }
+
+    /// A control message reached the listener.
+    pub(super) fn control(self: &Rc<Self>, from: PeerId, body: &[u8]) {
+        let rest = {
+            let Ok(mut member) = self.member.try_borrow_mut() else {
+                tracing::debug!("a control message while the member is busy: dropped (its sender asks again)");
+                return;
+            };
+            member.handle_control(self.now(), NodeId(from.0), body)
+        };
+        match rest {
+            None => {}
+            Some(Control::ClientView { reply_to }) => {
+                let (view, addresses) = {
+                    let m = self.member.borrow();
+                    let Some(node) = m.node() else { return };
+                    (node.view().clone(), node.addresses())
+                };
+                self.send_control(reply_to, Control::ClientViewReply { view, addresses }.encode().into(), false);
+            }
+            Some(Control::ClientCall { reply_to, call, body }) => {
+                let answer = match self.app.try_borrow_mut() {
+                    Ok(mut app) => app.external(&body),
+                    Err(_) => None,
+                };
+                match answer {
+                    None => {
+                        let mut body = vec![0];
+                        body.extend_from_slice(b"this member serves no external calls");
+                        self.send_control(reply_to, Control::ClientReply { call, body }.encode().into(), false);
+                    }
+                    Some(State::Ready(body)) => {
+                        self.send_control(reply_to, Control::ClientReply { call, body }.encode().into(), false);
+                    }
+                    Some(State::Later(f)) => {
+                        let weak = Rc::downgrade(self);
+                        self.spawn_task(async move {
+                            let body = f.await;
+                            if let Some(inner) = weak.upgrade() {
+                                let m = Control::ClientReply { call, body }.encode().into();
+                                inner.send_control(reply_to, m, false);
+                            }
+                        });
+                    }
+                }
+            }
+            Some(Control::ClientSubscribe { reply_to, topic }) => match reply_to.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    let mut subs = self.subscribers.borrow_mut();
+                    if subs.len() >= PARK_MAX && !subs.contains_key(&topic) {
+                        tracing::warn!(%topic, "too many notification topics: subscription refused");
+                        return;
+                    }
+                    let list = subs.entry(topic).or_default();
+                    if !list.contains(&addr) && list.len() < PARK_MAX {
+                        list.push(addr);
+                    }
+                }
+                Err(_) => tracing::warn!(%reply_to, "a subscriber whose address does not parse"),
+            },
+            Some(other) => tracing::debug!(?other, "ignored a control message"),
+        }
+    }
+
+    /// An event of the transport of `view`.
+    fn transport_event(self: &Rc<Self>, view: ViewId, ev: TransportEvent) {
+        let current = self.published.borrow().view.as_ref().is_some_and(|v| v.id == view);
+        match ev {
+            TransportEvent::PeerFailed { peer, reason } => {
+                if current {
+                    self.gone.borrow_mut().push(NodeId(peer.0));
+                    self.wake_all();
+                    self.events.report(GroupEvent::PeerFailed { peer: NodeId(peer.0), reason });
+                }
+                self.feed(Input::PeerFailed { view, peer: NodeId(peer.0) });
+            }
+            TransportEvent::Frame { from, frame } if frame.first() == Some(&APP_FRAME_KIND) => {
+                if !current {
+                    return; // sent in an earlier view
+                }
+                match frame.get(APP_FRAME_HEADER_LEN..) {
+                    Some(body) => self.app.borrow_mut().receive(NodeId(from.0), body),
+                    None => {
+                        let peer = NodeId(from.0);
+                        self.events.report(GroupEvent::Violation {
+                            peer,
+                            what: "an application frame without its header".into(),
+                        });
+                        self.feed(Input::ReportFailure(peer));
+                    }
+                }
+            }
+            TransportEvent::Frame { from, frame } => {
+                let now = self.now();
+                match self.member.try_borrow_mut() {
+                    Ok(mut m) => m.handle_frame(now, view, NodeId(from.0), &frame),
+                    Err(_) => tracing::debug!("a view frame while the member is busy: dropped"),
+                }
+            }
+        }
+    }
+
+    /// Stops every task and the listener.
+    pub(super) fn stop_tasks(&self) {
+        if !self.closed.replace(true)
+            && let Ok(mut app) = self.app.try_borrow_mut()
+        {
+            app.stopped();
+        }
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        for (_, t) in self.view_tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        self.acceptor.stop();
+        self.wake_all();
+    }
+
+    /// Every transport still open, with its view and the view's members.
+    pub(super) fn take_transports(&self) -> Vec<(ViewId, Rc<AnyTransport>, Vec<NodeId>)> {
+        std::mem::take(&mut *self.transports.borrow_mut()).into_iter().map(|(v, (t, m))| (v, t, m)).collect()
+    }
+
+    /// The transport of `view`, if it is open.
+    fn transport_of(&self, view: ViewId) -> Option<Rc<AnyTransport>> {
+        self.transports.borrow().get(&view).map(|(t, _)| t.clone())
+    }
+
+    /// The transport of the current view.
+    pub(super) fn transport(&self) -> Option<Rc<AnyTransport>> {
+        let view = self.published.borrow().view.as_ref()?.id;
+        self.transport_of(view)
+    }
+}
+
+/// Feeds a view transport's events to the group while it lives.
+async fn events(inner: Weak<Inner>, transport: Rc<AnyTransport>, view: ViewId) {
+    loop {
+        let ev = transport.next_event().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.get() {
+            return;
+        }
+        inner.transport_event(view, ev);
+        inner.step();
+    }
+}

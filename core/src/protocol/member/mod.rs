@@ -1,0 +1,1056 @@
+//! One member's whole life, sans-IO: the [`Node`] and every decision above it (PROTOCOLS §3.5,
+//! §4.1). The driver and the simulator both run this code; neither decides anything of its own.
+//!
+//! A [`Member`] starts a group, asks to join one, or restarts from its logs; once in a view it
+//! runs its node, answers joiners, moves shard states to new members and takes theirs in,
+//! keeps an old view alive while others finish it, and, when it persists, has its proposals and
+//! views saved in the order total restart needs.
+//!
+//! # Method families
+//!
+//! Inputs go in with the current time; commands, events and the next deadline come out:
+//!
+//! 1. [`Member::handle`] (anything that happened), [`Member::handle_control`] (a message to this
+//!    member's listener), [`Member::handle_frame`] (a frame of a view's transport that is not an
+//!    application frame).
+//! 2. [`Member::send`] writes a multicast in place; [`Member::deliver`] hands every deliverable
+//!    message to the application, borrowed from the table (the data path; no event per
+//!    message).
+//! 3. [`Member::poll_command`]: side effects for the driver (push, send, connect, save), each
+//!    documented with the condition that held it back, if any.
+//! 4. [`Member::poll_event`]: what the application hears (installed views, states to take or
+//!    restore, stops).
+//! 5. [`Member::poll_timeout`]: when to call [`Member::handle`] with [`Input::Tick`] if nothing
+//!    else happens.
+//!
+//! # Ordering conditions, held here rather than by the driver's loop
+//!
+//! * A persisting member's acknowledgement of a proposed view (or, as leader, its proposal) goes
+//!   into its row only once the view is saved ([`Command::SaveProposal`] answered by
+//!   [`Input::ProposalSaved`]; [`Node::awaits_save`] meanwhile): nobody can count it before.
+//!   Heartbeats go on meanwhile.
+//! * A shard's state for new members is taken before anything of the new view is delivered here
+//!   ([`Event::TakeSnapshot`] answered by [`Input::SnapshotTaken`]): [`Member::deliver`]
+//!   delivers nothing in between.
+//! * The application hears of a view before anything is delivered in it: [`Member::deliver`]
+//!   delivers nothing while an event waits to be taken. A driver tells the events it takes to
+//!   the application before it calls [`Member::deliver`] again.
+//! * A persisting member saves a view only once every state it received for it is durable
+//!   ([`Command::SaveView`]).
+//! * A joiner is proposed only once its listener answered ([`Answer::Pending`] delivered,
+//!   [`Input::ControlSent`]): an address that never answers is never admitted.
+//!
+//! # Layout
+//!
+//! * [`join`]: asking to join (redirects, retries, refusals) and admitting joiners.
+//! * [`transfer`]: shard states out (snapshots in pieces) and in (pieces reassembled, limits).
+//! * [`linger`]: the previous view kept alive until every member has left it.
+//! * [`restart`]: restarting from saved logs: looking for a running group, leading a total
+//!   restart (offers collected, [`crate::protocol::restart::plan`]).
+
+pub mod join;
+pub mod linger;
+pub mod restart;
+pub mod transfer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
+
+use super::ids::{NodeId, ShardRef, Time, Version, ViewId};
+use super::layout::View;
+use super::limits::Limits;
+use super::membership::{GmsStep, JoinRefusal, LayoutFn, MembershipConfig, NextView, StopReason};
+use super::multicast::{Delivered, SendError};
+use super::node::{Input as NodeInput, Node, Output};
+use super::restart::{Offer, Waiting};
+use super::sst::SstMemory;
+use super::wire::{Answer, Control, JOIN_VERSION, ViewFrame};
+
+pub use join::Asking;
+pub use linger::Linger;
+pub use restart::Restarting;
+pub use transfer::{Incoming, STATE_PIECE_LEN};
+
+/// Settings of one member (the membership settings, limits and layout are the same at every
+/// member of a group).
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    /// This member.
+    pub me: NodeId,
+    /// The address its peers and joiners reach its listener at.
+    pub address: String,
+    /// Table limits.
+    pub limits: Limits,
+    /// Heartbeats, timeouts, partition safety.
+    pub membership: MembershipConfig,
+    /// Every view's shards.
+    pub layout: Rc<dyn LayoutFn>,
+    /// The largest shard state sent or accepted, in bytes.
+    pub state_len_max: usize,
+    /// How long a joiner waits for its welcome.
+    pub join_timeout_ns: u64,
+    /// How long a restarting member waits: the restart leader for its quorum, the others for
+    /// their welcome.
+    pub restart_timeout_ns: u64,
+    /// How long a joiner waits for an answer before it asks again.
+    pub retry_ns: u64,
+    /// How long a view's transport takes at most to connect (an old view lingers this long
+    /// plus four suspicion timeouts at most).
+    pub connect_timeout_ns: u64,
+    /// The application persists (PROTOCOLS §4.1): proposals and views are saved
+    /// ([`Command::SaveProposal`], [`Command::SaveView`]).
+    pub persistent: bool,
+    /// A fingerprint of the application (0: none): a joiner whose fingerprint differs from a
+    /// member's is refused ([`JoinRefusal::AppMismatch`]).
+    pub app: u64,
+}
+
+impl MemberConfig {
+    /// Defaults for `me` at `address`: the default limits and membership settings, one ordered
+    /// shard of every member, states up to 64 MiB, a 30 s join timeout, a 5 minute restart
+    /// timeout, a 2 s retry and connect timeout, no persistence.
+    pub fn new(me: NodeId, address: impl Into<String>, layout: Rc<dyn LayoutFn>) -> Self {
+        Self {
+            me,
+            address: address.into(),
+            limits: Limits::default(),
+            membership: MembershipConfig::default(),
+            layout,
+            state_len_max: 64 << 20,
+            join_timeout_ns: 30_000_000_000,
+            restart_timeout_ns: 300_000_000_000,
+            retry_ns: 2_000_000_000,
+            connect_timeout_ns: 2_000_000_000,
+            persistent: false,
+            app: 0,
+        }
+    }
+}
+
+/// What happened, for [`Member::handle`]. `M` is the table memory.
+#[derive(Debug)]
+pub enum Input<M> {
+    /// Peers' rows may have changed, or time passed: run the rules and the timers.
+    Tick,
+    /// The transport of `view` lost its connection to `peer` (ignored for another view than
+    /// the current one).
+    PeerFailed {
+        /// The view.
+        view: ViewId,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The application reports `node` as failed (PROTOCOLS §3.2).
+    ReportFailure(NodeId),
+    /// This member asks to leave gracefully.
+    Leave,
+    /// The transport and table of `view` are ready ([`Command::Connect`]): `memory` is the
+    /// zeroed table.
+    Connected {
+        /// The view.
+        view: ViewId,
+        /// Its table.
+        memory: M,
+    },
+    /// The transport of `view` could not be set up: this member stops.
+    ConnectFailed {
+        /// The view.
+        view: ViewId,
+        /// Why.
+        reason: String,
+    },
+    /// A control message reached `to`'s listener ([`Command::SendControl`] with `report`).
+    ControlSent {
+        /// The address.
+        to: String,
+    },
+    /// A control message could not be delivered to `to`.
+    ControlNotSent {
+        /// The address.
+        to: String,
+    },
+    /// The proposal of `view` with `members` is saved ([`Command::SaveProposal`]): this
+    /// member's acknowledgement of it may go into its row.
+    ProposalSaved {
+        /// The view.
+        view: ViewId,
+        /// Its members.
+        members: Vec<NodeId>,
+    },
+    /// A proposal or view could not be saved: this member stops.
+    SaveFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The application took the state of `shard` for `view` ([`Event::TakeSnapshot`]):
+    /// `Some` with the bytes, or `None` when it ordered the snapshot after everything delivered
+    /// so far and hands the bytes later (in a second input with `Some`).
+    SnapshotTaken {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The state, if ready.
+        state: Option<Vec<u8>>,
+    },
+    /// The application restored a state ([`Event::Restore`]): delivery may start in `shard`.
+    StateRestored {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+    },
+    /// The application could not read a state ([`Event::Restore`]): another source's copy is
+    /// awaited.
+    StateRefused {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The source.
+        from: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Everything of `shard` up to `version` is durable here (PROTOCOLS §4).
+    Persisted {
+        /// The shard.
+        shard: ShardRef,
+        /// The version.
+        version: Version,
+    },
+    /// Peers heard on the lingering transport of `view` since the last [`Command::Beat`].
+    HeardOnOldView {
+        /// The old view.
+        view: ViewId,
+        /// The peers.
+        peers: Vec<NodeId>,
+    },
+    /// This member can no longer keep a promise the group relies on (a log failed): it stops.
+    Fatal(String),
+}
+
+/// A side effect for the driver. Commands come out in the order they must take effect; one that
+/// needs an answer before anything after it may happen says so, and nothing comes out until the
+/// answer arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Push this range of this member's row to these peers, on the current view's transport, in
+    /// order with earlier pushes.
+    Push {
+        /// Table offsets.
+        range: Range<usize>,
+        /// The peers.
+        to: Rc<[NodeId]>,
+    },
+    /// Send these frames, in order, to each of these peers on the transport of `view` (the
+    /// current one or one lingering; dropped if it is gone).
+    SendFrames {
+        /// The view.
+        view: ViewId,
+        /// The peers.
+        to: Vec<NodeId>,
+        /// The frames ([`ViewFrame`] encoded).
+        frames: Vec<Rc<Vec<u8>>>,
+    },
+    /// Send a control message to the listener at `to`. With `report`, answer
+    /// [`Input::ControlSent`] or [`Input::ControlNotSent`]; without, a failure only matters to
+    /// the logs.
+    SendControl {
+        /// The address.
+        to: String,
+        /// The encoded [`Control`].
+        message: Rc<[u8]>,
+        /// Whether delivery is reported.
+        report: bool,
+    },
+    /// Set up the transport and the zeroed table of `next.view` and answer
+    /// [`Input::Connected`] (or [`Input::ConnectFailed`]). A peer that does not connect in time
+    /// is reported failed ([`Input::PeerFailed`]).
+    Connect {
+        /// The view to connect.
+        next: Rc<NextView>,
+    },
+    /// Send `frame` (an "alive" beat) to `to` on the lingering transport of `view`, and answer
+    /// [`Input::HeardOnOldView`] with the peers heard on it since the last beat.
+    Beat {
+        /// The old view.
+        view: ViewId,
+        /// Its other members.
+        to: Vec<NodeId>,
+        /// The encoded beat.
+        frame: Rc<Vec<u8>>,
+    },
+    /// The transport of `view` is no longer needed: close it (and remove what its members that
+    /// died left behind).
+    CloseView {
+        /// The old view.
+        view: ViewId,
+        /// Its members.
+        members: Vec<NodeId>,
+    },
+    /// Save the proposal of `view` durably, then answer [`Input::ProposalSaved`] (or
+    /// [`Input::SaveFailed`]). The member's acknowledgement of it goes into its row only with
+    /// the answer (PROTOCOLS §4.1: a restart quorum must hear of every view that may have been
+    /// committed).
+    SaveProposal {
+        /// The proposed view.
+        view: ViewId,
+        /// Its members.
+        members: Vec<NodeId>,
+    },
+    /// Save `view` durably as the last view of this member (for total restart), with every
+    /// member's address; answer [`Input::SaveFailed`] if it cannot be saved. Only adequate
+    /// views, once every state received for them is durable.
+    SaveView {
+        /// The view.
+        view: View,
+        /// Every member's address.
+        addresses: Vec<(NodeId, String)>,
+    },
+}
+
+/// A view installed here, with what changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewChange {
+    /// The view.
+    pub view: View,
+    /// Members added.
+    pub joined: Vec<NodeId>,
+    /// Members removed (failed or left).
+    pub departed: Vec<NodeId>,
+    /// Why the view has no shards, if it is inadequate.
+    pub inadequate: Option<String>,
+    /// The shards this member joined whose state is on its way ([`Event::Restore`] comes
+    /// before anything is delivered in them).
+    pub awaiting_state: Vec<ShardRef>,
+}
+
+impl ViewChange {
+    fn of(next: &NextView, me: NodeId) -> Self {
+        Self {
+            view: next.view.clone(),
+            joined: next.joined.clone(),
+            departed: next.departed.clone(),
+            inadequate: next.inadequate.clone(),
+            awaiting_state: next.transfers.iter().filter(|t| t.to.contains(&me)).map(|t| t.shard).collect(),
+        }
+    }
+}
+
+/// Why a member could not enter a group.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnterError {
+    /// The group refused (an id in use, a full group, a group that did not restart).
+    #[error("refused: {0}")]
+    Refused(JoinRefusal),
+    /// The contact speaks another version of the join handshake.
+    #[error("the group speaks join version {theirs}, this build {ours}")]
+    Version {
+        /// The group's.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// No welcome in time.
+    #[error("no welcome within {waited_ms} ms (contact {contact}, last asked {asked}{})", reason_suffix(.reason))]
+    Timeout {
+        /// How long it waited.
+        waited_ms: u64,
+        /// The contact given.
+        contact: String,
+        /// The member last asked.
+        asked: String,
+        /// The last thing it heard, if anything.
+        reason: Option<String>,
+    },
+    /// The restart quorum was not met in time.
+    #[error("no restart quorum within {waited_ms} ms: {waiting}")]
+    NoQuorum {
+        /// How long it waited.
+        waited_ms: u64,
+        /// What was still missing.
+        waiting: Waiting,
+    },
+    /// Admitted, but stopped before it could start.
+    #[error("stopped while entering: {0}")]
+    Stopped(StopReason),
+}
+
+fn reason_suffix(r: &Option<String>) -> String {
+    r.as_ref().map_or_else(String::new, |r| format!("; {r}"))
+}
+
+/// Something the application (or its operator) hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A step of a view change (for logs, and for the simulator's crash points).
+    Step(GmsStep),
+    /// A view was installed here (a joiner's first view included).
+    Installed(ViewChange),
+    /// Take the state of `shard` for the new members of `view`, after everything delivered so
+    /// far and before anything delivered later; answer [`Input::SnapshotTaken`].
+    TakeSnapshot {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+    },
+    /// Replace the state of `shard` with `state`, from `from`; answer [`Input::StateRestored`]
+    /// or [`Input::StateRefused`].
+    Restore {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// The source.
+        from: NodeId,
+        /// The state.
+        state: Vec<u8>,
+    },
+    /// A state from `from` was dropped (too long, pieces out of order, refused).
+    StateRejected {
+        /// The shard.
+        shard: ShardRef,
+        /// The source.
+        from: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A state this member should send was not sent.
+    StateNotSent {
+        /// The shard.
+        shard: ShardRef,
+        /// Why.
+        reason: String,
+    },
+    /// A peer broke the protocol; it is suspected.
+    Violation {
+        /// The peer.
+        peer: NodeId,
+        /// What it did.
+        what: String,
+    },
+    /// Messages of this member above a trim could not be sent again: they are lost.
+    ResendFailed {
+        /// The shard.
+        shard: ShardRef,
+        /// How many.
+        count: usize,
+    },
+    /// What this member has been waiting for (a welcome, a restart quorum): said when it
+    /// changes and every few seconds while it lasts.
+    Waiting(String),
+    /// This member could not enter a group ([`Member::join`], [`Member::restart`]).
+    EnterFailed(EnterError),
+    /// This member stopped; nothing more is delivered.
+    Stopped(StopReason),
+}
+
+/// Where a member stands.
+#[derive(Debug)]
+enum Phase {
+    /// Created: nothing asked yet.
+    Idle,
+    /// Asking a contact to let it in (a join, or a restart offer to its restart leader).
+    Asking(Box<Asking>),
+    /// Restarting from its logs without a contact: looking for a running group, then leading.
+    Restarting(Box<Restarting>),
+    /// Its first view is known (welcome, bootstrap or restart plan): waiting for its transport.
+    Entering(Rc<NextView>),
+    /// In a view (the node may be between views, waiting for the next one's transport).
+    Running,
+    /// Could not enter, or stopped.
+    Done,
+}
+
+/// One member's sans-IO state (see the module documentation).
+#[derive(Debug)]
+pub struct Member<M: SstMemory> {
+    config: MemberConfig,
+    phase: Phase,
+    node: Option<Node<M>>,
+    commands: VecDeque<Command>,
+    events: VecDeque<Event>,
+    /// A proposal being saved ([`Input::ProposalSaved`] answers it).
+    saving: Option<(ViewId, Vec<NodeId>)>,
+    /// The last proposal saved (not saved twice).
+    saved_proposal: Option<(ViewId, Vec<NodeId>)>,
+    /// The last view saved, and the view waiting to be saved until its states are durable.
+    saved_view: Option<ViewId>,
+    unsaved_view: Option<NextView>,
+    /// Snapshots asked for and not yet ordered by the application: deliveries wait.
+    snapshots: Vec<(ViewId, ShardRef)>,
+    /// States on their way to this member, and the shards whose state is being restored.
+    incoming: Incoming,
+    /// Join requests answered later (a refusal, the welcome): the joiner's address.
+    joiners: BTreeMap<NodeId, String>,
+    /// Join requests whose listener is being checked ([`Answer::Pending`] under way).
+    admitting: BTreeMap<String, (NodeId, Time)>,
+    /// Earlier views whose transports are kept alive.
+    lingering: Vec<Linger>,
+    /// The states this member sends, per view and shard: to whom.
+    sending: BTreeMap<(ViewId, ShardRef), Vec<NodeId>>,
+    /// Why it stopped.
+    stopped: Option<StopReason>,
+    /// The time of the last input (commands that start a timer count from it).
+    now: Time,
+}
+
+impl<M: SstMemory> Member<M> {
+    /// A member with `config` that has not started, joined or restarted yet.
+    pub fn new(config: MemberConfig) -> Self {
+        Self {
+            config,
+            phase: Phase::Idle,
+            node: None,
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            saving: None,
+            saved_proposal: None,
+            saved_view: None,
+            unsaved_view: None,
+            snapshots: Vec::new(),
+            incoming: Incoming::default(),
+            joiners: BTreeMap::new(),
+            admitting: BTreeMap::new(),
+            lingering: Vec::new(),
+            sending: BTreeMap::new(),
+            stopped: None,
+            now: Time(0),
+        }
+    }
+
+    /// Starts a new group of this member alone (PROTOCOLS §3.5): its first view is id 0 with
+    /// the layout's shards (none while inadequate).
+    ///
+    /// # Panics
+    ///
+    /// If the member already started, joined or restarted (a programmer error).
+    pub fn start(&mut self) {
+        assert!(matches!(self.phase, Phase::Idle), "start on a member that is not idle");
+        let me = self.config.me;
+        let view = Node::<M>::bootstrap_view(me, &*self.config.layout);
+        let inadequate = view.shards.is_empty().then(|| "the layout needs more members".to_string());
+        let next = NextView {
+            view,
+            inadequate,
+            addresses: vec![(me, self.config.address.clone())],
+            joined: vec![me],
+            departed: Vec::new(),
+            transfers: Vec::new(),
+        };
+        self.enter(Rc::new(next));
+    }
+
+    /// Enters `next` as this member's first view, known in advance: the starting members of a
+    /// group all configured with the same first view (the simulator starts its groups so).
+    ///
+    /// # Panics
+    ///
+    /// If the member already started, joined or restarted, or `next` does not name it (a
+    /// programmer error).
+    pub fn enter_view(&mut self, next: Rc<NextView>) {
+        assert!(matches!(self.phase, Phase::Idle), "enter_view on a member that is not idle");
+        assert!(next.view.rank_of(self.config.me).is_some(), "a first view without this member");
+        self.enter(next);
+    }
+
+    /// The view whose transport this member waits for ([`Command::Connect`]), if it is `view`.
+    pub fn connecting(&self, view: ViewId) -> Option<&NextView> {
+        match &self.phase {
+            Phase::Entering(n) if n.view.id == view => Some(n),
+            Phase::Running => self.node.as_ref()?.next_view().filter(|n| n.view.id == view),
+            _ => None,
+        }
+    }
+
+    /// Enters `next` as this member's first view: connects its transport.
+    fn enter(&mut self, next: Rc<NextView>) {
+        debug_assert!(next.view.rank_of(self.config.me).is_some(), "entering a view without this member");
+        self.commands.push_back(Command::Connect { next: next.clone() });
+        self.phase = Phase::Entering(next);
+    }
+
+    /// This member's settings.
+    pub fn config(&self) -> &MemberConfig {
+        &self.config
+    }
+
+    /// The current view, once this member is in one.
+    pub fn view(&self) -> Option<&View> {
+        self.node.as_ref().map(Node::view)
+    }
+
+    /// The node, once this member is in a view.
+    pub fn node(&self) -> Option<&Node<M>> {
+        self.node.as_ref()
+    }
+
+    /// The node, mutably (for a driver or simulator applying pushes into its table).
+    pub fn node_mut(&mut self) -> Option<&mut Node<M>> {
+        self.node.as_mut()
+    }
+
+    /// Why this member stopped, if it did.
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
+    }
+
+    /// Whether this member runs in a view (it may be between views).
+    pub fn is_running(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+    }
+
+    /// Whether a view change is under way here (wedged, or waiting for the next view's
+    /// transport): what is delivered now is the old view's ragged edge.
+    pub fn is_changing_view(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.is_wedged() || n.next_view().is_some())
+    }
+
+    /// Whether this member has entered its first view with every state it awaited restored
+    /// (a joiner returns to its caller then).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+            && self.node.as_ref().is_some_and(|n| n.view().shards.iter().all(|s| !n.awaiting_state(s.id)))
+    }
+
+    /// Sends a message of `len` bytes into `shard`, written in place by `fill` (see
+    /// [`Node::send`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Wedged`] before this member is in a view, [`SendError::Stopped`] once it
+    /// stopped, otherwise as [`Node::send`].
+    pub fn send(
+        &mut self,
+        now: Time,
+        shard: ShardRef,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64, SendError> {
+        if let Some(r) = &self.stopped {
+            return Err(SendError::Stopped(r.to_string()));
+        }
+        match &mut self.node {
+            Some(node) => node.send(now, shard, len, fill),
+            None => Err(SendError::Wedged(shard)),
+        }
+    }
+
+    /// Delivers every deliverable message to `f`, in order; returns how many. Nothing is
+    /// delivered while an event waits to be taken ([`Member::poll_event`]: the application hears
+    /// of a new view before anything delivered in it), nor while a snapshot of a new view's
+    /// state has not been ordered by the application ([`Event::TakeSnapshot`] answered by
+    /// [`Input::SnapshotTaken`]: the snapshot must not include anything of the new view).
+    pub fn deliver(&mut self, f: impl FnMut(Delivered<'_>)) -> usize {
+        if !self.events.is_empty()
+            || !self.snapshots.is_empty()
+            || self.stopped.is_some()
+            || !matches!(self.phase, Phase::Running)
+        {
+            return 0;
+        }
+        match &mut self.node {
+            Some(node) => node.deliver(f),
+            None => 0,
+        }
+    }
+
+    /// The next command, in order. `None` also while a proposal is being saved.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        loop {
+            if let Some(c) = self.commands.pop_front() {
+                return Some(c);
+            }
+            if self.stopped.is_some() {
+                return None;
+            }
+            let output = self.node.as_mut()?.poll_output()?;
+            if let Some(c) = self.on_output(output) {
+                return Some(c);
+            }
+        }
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Member::handle`] with [`Input::Tick`] again if nothing else happens.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if matches!(self.phase, Phase::Done | Phase::Idle) {
+            return None;
+        }
+        let own = match &self.phase {
+            Phase::Asking(a) => Some(a.next_timeout()),
+            Phase::Restarting(r) => Some(r.next_timeout()),
+            _ => None,
+        };
+        let linger = self.lingering.iter().map(Linger::next_timeout).min();
+        let admit = self.admitting.values().map(|(_, at)| at.plus_ns(self.config.retry_ns)).min();
+        [own, linger, admit, self.node.as_ref().and_then(Node::poll_timeout)].into_iter().flatten().min()
+    }
+
+    /// Feeds what happened.
+    pub fn handle(&mut self, now: Time, input: Input<M>) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Tick => self.tick(now),
+            Input::PeerFailed { view, peer } => {
+                if self.view().is_some_and(|v| v.id == view) {
+                    self.node_input(now, NodeInput::PeerFailed(peer));
+                }
+            }
+            Input::ReportFailure(peer) => self.node_input(now, NodeInput::ReportFailure(peer)),
+            Input::Leave => self.node_input(now, NodeInput::Leave),
+            Input::Connected { view, memory } => self.connected(now, view, memory),
+            Input::ConnectFailed { view, reason } => {
+                if self.stopped.is_none() {
+                    self.stop(StopReason::Failed(format!("cannot set up the transport of view {}: {reason}", view.0)));
+                }
+            }
+            Input::ControlSent { to } => self.admitted(now, &to),
+            Input::ControlNotSent { to } => self.control_not_sent(now, &to),
+            Input::ProposalSaved { view, members } => {
+                let p = (view, members);
+                if self.saving.as_ref() == Some(&p) {
+                    self.saving = None;
+                }
+                if self.stopped.is_none()
+                    && let Some(node) = &mut self.node
+                    && node.proposed_view().as_ref() == Some(&p)
+                {
+                    node.proposal_saved(now);
+                }
+                self.saved_proposal = Some(p);
+            }
+            Input::SaveFailed { reason } => self.stop(StopReason::Failed(reason)),
+            Input::SnapshotTaken { view, shard, state } => self.snapshot_taken(view, shard, state),
+            Input::StateRestored { view, shard } => self.state_restored(now, view, shard),
+            Input::StateRefused { view, shard, from, reason } => {
+                self.incoming.refused(view, shard, from);
+                self.events.push_back(Event::StateRejected { shard, from, reason });
+            }
+            Input::Persisted { shard, version } => {
+                if let Some(node) = &mut self.node {
+                    node.report_persisted(shard, version);
+                }
+                self.save_view_if_whole();
+            }
+            Input::HeardOnOldView { view, peers } => self.heard_on_old_view(now, view, &peers),
+            Input::Fatal(reason) => self.stop(StopReason::Failed(reason)),
+        }
+        self.after_input(now);
+    }
+
+    /// A control message from `from` (as its connection's hello named it) reached this
+    /// member's listener. Join requests, their answers and restart offers are handled here;
+    /// anything else (an external client's request) is given back to the caller.
+    pub fn handle_control(&mut self, now: Time, from: NodeId, bytes: &[u8]) -> Option<Control> {
+        self.now = self.now.max(now);
+        let message = match Control::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.events.push_back(Event::Waiting(format!("ignored a malformed control message: {e}")));
+                return None;
+            }
+        };
+        let rest = match message {
+            Control::Join { version, node, address, app } => {
+                self.join_request(now, version, node, address, app, None);
+                None
+            }
+            Control::Restart { version, node, address, app, offer, leading } => {
+                self.join_request(now, version, node, address, app, Some((offer, leading)));
+                None
+            }
+            Control::Answer(answer) => {
+                self.answer(now, from, answer);
+                None
+            }
+            other => Some(other),
+        };
+        self.after_input(now);
+        rest
+    }
+
+    /// A frame of the transport of `view` from `from` that is not an application frame: a
+    /// piece of a state, or an "alive" beat. A malformed one suspects its sender.
+    pub fn handle_frame(&mut self, now: Time, view: ViewId, from: NodeId, bytes: &[u8]) {
+        self.now = self.now.max(now);
+        match ViewFrame::decode(bytes) {
+            Ok(ViewFrame::Alive { .. }) => self.node_input(now, NodeInput::PeerAlive(from)),
+            Ok(ViewFrame::State { view: v, shard, offset, total, body }) => {
+                self.state_piece(now, view, from, v, shard, offset, total, body);
+            }
+            Err(e) => {
+                if self.view().is_some_and(|v| v.id == view) {
+                    self.node_input(now, NodeInput::ReportFailure(from));
+                }
+                self.events.push_back(Event::Violation { peer: from, what: e.to_string() });
+            }
+        }
+        self.after_input(now);
+    }
+
+    fn node_input(&mut self, now: Time, input: NodeInput) {
+        if self.stopped.is_none()
+            && let Some(node) = &mut self.node
+        {
+            node.handle(now, input);
+        }
+    }
+
+    /// Timers: the node's rules, retries, lingering views, admissions that never answered.
+    fn tick(&mut self, now: Time) {
+        match &mut self.phase {
+            Phase::Asking(_) => self.asking_tick(now),
+            Phase::Restarting(_) => self.restarting_tick(now),
+            _ => {}
+        }
+        self.node_input(now, NodeInput::RowsChanged);
+        self.linger_tick(now);
+        let retry = self.config.retry_ns;
+        self.admitting.retain(|_, (_, at)| now < at.plus_ns(retry));
+    }
+
+    /// Checks that follow every input: lingering views done, a view to save.
+    fn after_input(&mut self, now: Time) {
+        if !self.lingering.is_empty() {
+            self.linger_done(now);
+        }
+    }
+
+    /// The transport of `view` is ready.
+    fn connected(&mut self, now: Time, view: ViewId, memory: M) {
+        if self.stopped.is_some() {
+            return;
+        }
+        match &self.phase {
+            Phase::Entering(next) if next.view.id == view => {
+                let next = next.clone();
+                self.first_view(now, &next, memory);
+            }
+            Phase::Running => {
+                let node = self.node.as_mut().expect("a running member has a node");
+                let Some(next) = node.next_view().filter(|n| n.view.id == view).cloned() else { return };
+                if let Err(e) = node.install(now, memory) {
+                    self.stop(StopReason::Failed(format!("cannot install view {}: {e}", view.0)));
+                    return;
+                }
+                if node.stopped().is_some() {
+                    // It stopped instead (a state it awaited never came): the outputs say why,
+                    // and the view is not this member's.
+                    return;
+                }
+                self.installed(&next);
+            }
+            _ => {}
+        }
+    }
+
+    /// Creates the node of this member's first view.
+    fn first_view(&mut self, now: Time, next: &Rc<NextView>, memory: M) {
+        let c = &self.config;
+        let node = Node::join(c.me, next, &c.limits, memory, c.membership.clone(), c.layout.clone(), now);
+        match node {
+            Ok(mut node) => {
+                node.set_saves_proposals(c.persistent);
+                self.node = Some(node);
+                self.phase = Phase::Running;
+                self.installed(next);
+            }
+            Err(e) => self.stop(StopReason::Failed(format!("cannot start in view {}: {e}", next.view.id.0))),
+        }
+    }
+
+    /// A view was installed here: the application hears of it, and it is saved once whole.
+    fn installed(&mut self, next: &NextView) {
+        let change = ViewChange::of(next, self.config.me);
+        self.incoming.retain_view(next.view.id);
+        self.events.push_back(Event::Installed(change));
+        if self.config.persistent {
+            // An inadequate view (no shards) is never saved: nothing is delivered in it, and a
+            // restart judges each shard by the last view that had it. A view still unsaved when
+            // the next one comes is never saved: the states it awaited will not come.
+            self.unsaved_view = (!next.view.shards.is_empty()).then(|| next.clone());
+            self.save_view_if_whole();
+        }
+    }
+
+    /// Saves the current view once every state received for it is restored and durable
+    /// (PROTOCOLS §4.1: a member whose saved view is the last one holds, for each of its
+    /// shards, everything durable at every member of the shard).
+    fn save_view_if_whole(&mut self) {
+        let (Some(next), Some(node)) = (&self.unsaved_view, &self.node) else { return };
+        if node.view().id != next.view.id || self.stopped.is_some() {
+            return;
+        }
+        let before = Version::from_u64(Version::new(next.view.id, 0).as_u64().saturating_sub(1));
+        let whole = next
+            .transfers
+            .iter()
+            .filter(|t| t.to.contains(&self.config.me))
+            .all(|t| !node.awaiting_state(t.shard) && node.persisted_here(t.shard).is_some_and(|p| p >= before));
+        if !whole {
+            return;
+        }
+        let next = self.unsaved_view.take().expect("checked");
+        if self.saved_view != Some(next.view.id) {
+            self.saved_view = Some(next.view.id);
+            self.commands.push_back(Command::SaveView { view: next.view.clone(), addresses: next.addresses.clone() });
+        }
+    }
+
+    /// Turns one output of the node into a command, or into events and queued commands.
+    fn on_output(&mut self, output: Output) -> Option<Command> {
+        match output {
+            Output::Push { range, to } => return Some(Command::Push { range, to }),
+            Output::Violation { node, violation } => {
+                self.events.push_back(Event::Violation { peer: node, what: violation.to_string() });
+            }
+            Output::Step(step) => {
+                let saves = matches!(step, GmsStep::Proposed(_) | GmsStep::Acked { .. }) && self.config.persistent;
+                self.events.push_back(Event::Step(step));
+                // The node writes the list into its row only once it is saved.
+                if saves && let Some(p) = self.node.as_ref().and_then(Node::proposed_view) {
+                    if self.saved_proposal.as_ref() == Some(&p) {
+                        // The same view again (a new leader re-proposed it): saved already.
+                        let now = self.now;
+                        self.node.as_mut().expect("a node").proposal_saved(now);
+                    } else if self.saving.as_ref() != Some(&p) {
+                        self.saving = Some(p.clone());
+                        return Some(Command::SaveProposal { view: p.0, members: p.1 });
+                    }
+                }
+            }
+            Output::NextView(next) => self.view_done(next),
+            Output::Stopped(reason) => self.stop(reason),
+            Output::JoinRefused { node, refusal } => {
+                if let Some(address) = self.joiners.remove(&node) {
+                    self.answer_joiner(&address, Answer::Refused(refusal));
+                }
+            }
+            Output::SendState { shard, to } => {
+                let view = self.node.as_ref().expect("a node").view().id;
+                self.snapshots.push((view, shard));
+                self.sending.retain(|(v, _), _| *v >= view);
+                self.sending.insert((view, shard), to);
+                self.events.push_back(Event::TakeSnapshot { view, shard });
+            }
+            Output::ResendFailed { shard, count } => self.events.push_back(Event::ResendFailed { shard, count }),
+        }
+        None
+    }
+
+    /// This member is done with its view: it welcomes the joiners, keeps the old view alive
+    /// while others finish it, and connects the next one.
+    fn view_done(&mut self, next: NextView) {
+        let node = self.node.as_ref().expect("a node");
+        let old = node.view();
+        let next = Rc::new(next);
+        let welcome: Rc<[u8]> = Control::Answer(Answer::Welcome(Box::new((*next).clone()))).encode().into();
+        for j in &next.joined {
+            self.joiners.remove(j);
+            if let Some((_, address)) = next.addresses.iter().find(|(n, _)| n == j) {
+                self.commands.push_back(Command::SendControl {
+                    to: address.clone(),
+                    message: welcome.clone(),
+                    report: false,
+                });
+            }
+        }
+        let others: Vec<NodeId> = old.members.iter().copied().filter(|&m| m != self.config.me).collect();
+        let linger = Linger::new(old.id, others, self.now, self.linger_until_ns());
+        self.lingering.push(linger);
+        self.commands.push_back(Command::Connect { next });
+    }
+
+    fn linger_until_ns(&self) -> u64 {
+        self.config.connect_timeout_ns + 4 * self.config.membership.suspect_after_ns
+    }
+
+    /// The one way a member stops: the reason is told once, as an event; nothing more is sent
+    /// (a save or an acknowledgement under way included) but the closing of lingering views.
+    fn stop(&mut self, reason: StopReason) {
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        self.stopped = Some(reason.clone());
+        self.saving = None;
+        self.snapshots.clear();
+        self.commands.retain(|c| matches!(c, Command::CloseView { .. }));
+        for l in self.lingering.drain(..) {
+            self.commands.push_back(Command::CloseView { view: l.view, members: l.members });
+        }
+        let was = std::mem::replace(&mut self.phase, Phase::Done);
+        if matches!(was, Phase::Running) {
+            self.events.push_back(Event::Stopped(reason));
+        } else {
+            self.events.push_back(Event::EnterFailed(EnterError::Stopped(reason)));
+        }
+    }
+
+    /// Ends an attempt to enter a group.
+    fn fail_entering(&mut self, e: EnterError) {
+        debug_assert!(!matches!(self.phase, Phase::Running | Phase::Done), "failing to enter from {:?}", self.phase);
+        self.phase = Phase::Done;
+        self.commands.clear();
+        self.events.push_back(Event::EnterFailed(e));
+    }
+
+    /// Sends an answer to a joiner's listener.
+    fn answer_joiner(&mut self, address: &str, answer: Answer) {
+        let message = Control::Answer(answer).encode().into();
+        self.commands.push_back(Command::SendControl { to: address.to_string(), message, report: false });
+    }
+
+    /// Whether a request speaks this member's handshake version and runs the same
+    /// application; if not, the refusal is answered.
+    fn compatible(&mut self, version: u16, app: u64, address: &str) -> bool {
+        if version != JOIN_VERSION {
+            self.answer_joiner(address, Answer::Version(JOIN_VERSION));
+            return false;
+        }
+        if app != self.config.app && app != 0 && self.config.app != 0 {
+            let refusal = JoinRefusal::AppMismatch { ours: self.config.app, theirs: app };
+            self.answer_joiner(address, Answer::Refused(refusal));
+            return false;
+        }
+        true
+    }
+
+    /// The views this member's persistence must know of at a restart (for the tests).
+    pub fn saved_view(&self) -> Option<ViewId> {
+        self.saved_view
+    }
+
+    /// Offers this member holds as restart leader (empty otherwise).
+    pub fn offers(&self) -> Vec<NodeId> {
+        match &self.phase {
+            Phase::Restarting(r) => r.offers.keys().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a restart offer of `offer` may join the running group this member is in: the
+    /// group must be past the view the member saved (else it may be a new group, and joining
+    /// it would drop the member's logs).
+    fn admits_restart(&self, node: NodeId, offer: &Offer) -> Result<(), JoinRefusal> {
+        let Some(v) = self.view() else { return Err(JoinRefusal::NotRunning) };
+        if offer.saved_a_view() && v.id <= offer.saved.id {
+            // Still a member of the view: the group has not removed its earlier life yet.
+            if v.rank_of(node).is_some() {
+                return Err(JoinRefusal::IdInUse(node));
+            }
+            return Err(JoinRefusal::NotRestarted { view: v.id.0, saved: offer.saved.id.0 });
+        }
+        Ok(())
+    }
+}
