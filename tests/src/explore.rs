@@ -175,6 +175,7 @@ fn membership() -> MembershipConfig {
         suspect_after_ns: u64::MAX / 4,
         partition_safety: true,
         state_transfer_timeout_ns: u64::MAX / 4,
+        lost_shards: derecho::protocol::LostShards::Wait,
     }
 }
 
@@ -351,7 +352,7 @@ fn receive(w: &mut World, j: &mut Judge, bound: &Bound, from: u32, to: u32, msg:
         }
         Msg::JoinRequest => {
             let joiner = bound.join.expect("a joiner");
-            run(w, j, to, Input::Join { node: joiner, address: format!("x:{}", joiner.0) })?;
+            run(w, j, to, Input::Join { node: joiner, address: format!("x:{}", joiner.0), returning: false })?;
         }
         Msg::Welcome(next) => {
             if w.nodes.contains_key(&to) {

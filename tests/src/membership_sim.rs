@@ -64,14 +64,21 @@ pub fn run_group(test: &str, mut config: GroupConfig, expect_live: bool) -> Resu
     }
 }
 
-/// Draws a scenario: 3 to 5 members sending, then one to four events among crashes (at a time,
-/// or of the leader or another member on a named step of a view change), joins, leaves,
-/// partitions of one member (healed, the member restarted under a new id), one-way link cuts
-/// failure reports and slow members; half of them with simulated disks. At most a minority of
-/// the starting members is lost, so the run must end settled. Returns the configuration and a one-line description.
-pub fn random_group(seed: u64) -> (GroupConfig, String) {
+/// Draws a scenario: 3 to 9 members sending, then one to five events among: crashes (at a
+/// time, or of the leader or another member on a named step of a view change), graceful
+/// leaves (several at once, the leader among them half the time: a takeover), partitions of
+/// one member or of a minority of several (healed, the members back under new ids), one-way
+/// link cuts, false suspicions (a healthy member reported failed), slow members, joins, and
+/// joiners that crash before or after they connect; half of the scenarios with simulated
+/// disks. With two shards, a scenario may wipe out the smallest shard entirely (every member
+/// of it crashes at once): its state is then nowhere, and the group must not resume the shard
+/// empty (it waits; the scenario is not expected to settle). Otherwise at most a minority of
+/// the members is lost (a joiner that never connects counts as lost), so the run must end
+/// settled. Returns the configuration, whether it must end settled, and a one-line
+/// description.
+pub fn random_group(seed: u64) -> (GroupConfig, bool, String) {
     let mut rng = SimRng::new(seed ^ 0x6d65_6d62_6572_7321);
-    let n = 3 + rng.below(3) as u32;
+    let n = 3 + rng.below(7) as u32;
     let messages = 10 + rng.below(30);
     let mut config = GroupConfig::new(seed, n, messages);
     // A third of the scenarios lay the group out in two shards (ranks alternate), so that
@@ -86,10 +93,10 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
             config.layout = Some(std::rc::Rc::new(GroupLayout::new(vec![spec]).expect("a valid layout")));
         }
     }
-    // Lose at most a minority of the group and, with two shards, at most one member: losing both
-    // holders of a shard's state loses the state (only persistence, not membership, recovers
-    // it), and the members that moved into the shard then wait for it in vain.
-    let budget = if config.shards > 1 { 1 } else { (n as usize - 1) / 2 };
+    // Lose at most a minority of the group and, with two shards, at most one member (unless
+    // a shard is wiped out on purpose): losing every holder of a shard's state loses the state.
+    let mut budget = if config.shards > 1 { 1 } else { (n as usize - 1) / 2 };
+    let mut live = true;
     let mut alive: Vec<NodeId> = (0..n).map(NodeId).collect();
     let mut lost = 0;
     let mut next_id = 100;
@@ -99,9 +106,10 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
         words.push("flexible-shards".to_string());
     }
     let pick = |rng: &mut SimRng, v: &[NodeId]| v[rng.below(v.len() as u64) as usize];
-    for _ in 0..1 + rng.below(4) {
+    let mut persistent = false;
+    for _ in 0..1 + rng.below(5) {
         t += rng.range(MS..=30 * MS);
-        let choice = rng.below(10);
+        let choice = rng.below(18);
         let can_lose = lost < budget;
         match choice {
             0 | 1 if can_lose => {
@@ -125,22 +133,49 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
                 next_id += 1;
             }
             4 if can_lose => {
-                let x = pick(&mut rng, &alive);
-                alive.retain(|&m| m != x);
-                lost += 1;
-                config.plan.push(Plan::Leave { node: x, at: Time(t) });
-                words.push(format!("n{} leaves at {}ms", x.0, t / MS));
+                // Several leave at once, the leader among them half the time: the next leader
+                // takes over the view change.
+                let k = 1 + rng.below((budget - lost) as u64) as usize;
+                let mut leavers = Vec::new();
+                if rng.chance(1, 2) {
+                    leavers.push(alive[0]);
+                }
+                while leavers.len() < k {
+                    let x = pick(&mut rng, &alive);
+                    if !leavers.contains(&x) {
+                        leavers.push(x);
+                    }
+                }
+                for &x in &leavers {
+                    alive.retain(|&m| m != x);
+                    config.plan.push(Plan::Leave { node: x, at: Time(t) });
+                }
+                lost += leavers.len();
+                words.push(format!("{:?} leave at {}ms", leavers.iter().map(|n| n.0).collect::<Vec<_>>(), t / MS));
             }
             5 if can_lose => {
-                let x = pick(&mut rng, &alive);
-                alive.retain(|&m| m != x);
-                lost += 1;
+                // A minority of one or more is cut off, then comes back under new ids.
+                let k = 1 + rng.below((budget - lost) as u64) as usize;
+                let mut side = Vec::new();
+                while side.len() < k {
+                    let x = pick(&mut rng, &alive);
+                    if !side.contains(&x) {
+                        side.push(x);
+                    }
+                }
+                alive.retain(|m| !side.contains(m));
+                lost += side.len();
                 let heal = t + rng.range(15 * MS..=40 * MS);
-                config.plan.push(Plan::Partition { side: vec![x], at: Time(t), heal: Some(Time(heal)) });
-                let via = pick(&mut rng, &alive);
-                config.plan.push(Plan::Join { node: NodeId(next_id), via, at: Time(heal + 5 * MS) });
-                words.push(format!("n{} cut off {}-{}ms, back as n{next_id}", x.0, t / MS, heal / MS));
-                next_id += 1;
+                config.plan.push(Plan::Partition { side: side.clone(), at: Time(t), heal: Some(Time(heal)) });
+                let mut back = Vec::new();
+                for _ in &side {
+                    let via = pick(&mut rng, &alive);
+                    config.plan.push(Plan::Join { node: NodeId(next_id), via, at: Time(heal + 5 * MS) });
+                    back.push(next_id);
+                    next_id += 1;
+                }
+                let ids: Vec<u32> = side.iter().map(|n| n.0).collect();
+                words.push(format!("{ids:?} cut off {}-{}ms, back as {back:?}", t / MS, heal / MS));
                 t = t.max(heal);
             }
             6 if can_lose && alive.len() >= 2 => {
@@ -154,12 +189,13 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
                     config.plan.push(Plan::OneWay { from: a, to: b, at: Time(t), heal: Some(Time(heal)) });
                     words.push(format!("link n{}>n{} cut {}-{}ms", a.0, b.0, t / MS, heal / MS));
                 } else {
+                    // A false suspicion: a healthy member reported failed is removed.
                     let x = pick(&mut rng, &alive);
                     let by = pick(&mut rng, &alive.iter().copied().filter(|&m| m != x).collect::<Vec<_>>());
                     alive.retain(|&m| m != x);
                     lost += 1;
                     config.plan.push(Plan::Report { by, node: x, at: Time(t) });
-                    words.push(format!("n{} reports n{} at {}ms", by.0, x.0, t / MS));
+                    words.push(format!("n{} falsely reports n{} at {}ms", by.0, x.0, t / MS));
                 }
             }
             7 => {
@@ -169,6 +205,96 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
                 let until = t + rng.range(10 * MS..=60 * MS);
                 config.plan.push(Plan::Slow { node: x, tick_ns: tick, at: Time(t), until: Some(Time(until)) });
                 words.push(format!("n{} runs every {}us {}-{}ms", x.0, tick / 1000, t / MS, until / MS));
+            }
+            8 if can_lose => {
+                // A joiner crashes before it connects (perhaps after it was admitted): the view
+                // that adds it may hold a member that never takes part.
+                let via = pick(&mut rng, &alive);
+                let j = NodeId(next_id);
+                next_id += 1;
+                lost += 1;
+                let after = rng.range(10_000..=2 * MS);
+                config.plan.push(Plan::Join { node: j, via, at: Time(t) });
+                config.plan.push(Plan::Crash { node: j, at: Time(t + after) });
+                words.push(format!(
+                    "n{} joins via n{} at {}ms and crashes {}us later",
+                    j.0,
+                    via.0,
+                    t / MS,
+                    after / 1000
+                ));
+            }
+            9 if can_lose => {
+                // A joiner crashes right after it connected and installed its first view.
+                let via = pick(&mut rng, &alive);
+                let j = NodeId(next_id);
+                next_id += 1;
+                lost += 1;
+                config.plan.push(Plan::Join { node: j, via, at: Time(t) });
+                config.plan.push(Plan::CrashOnStep { node: j, step: StepKind::Installed, after: Time(t) });
+                words.push(format!("n{} joins via n{} at {}ms and crashes once in", j.0, via.0, t / MS));
+            }
+            11 if can_lose => {
+                // A member crashes and comes back from its disk while the group runs: with no
+                // contact (its own command: it looks for the running group among its saved
+                // view's members) or with a contact. It rejoins the running group.
+                let x = pick(&mut rng, &alive);
+                let back = t + rng.range(MS..=40 * MS);
+                let leader = if rng.chance(1, 2) {
+                    x
+                } else {
+                    pick(&mut rng, &alive.iter().copied().filter(|&m| m != x).collect::<Vec<_>>())
+                };
+                lost += 1;
+                alive.retain(|&m| m != x);
+                config.plan.push(Plan::Crash { node: x, at: Time(t) });
+                config.plan.push(Plan::Restart { node: x, leader, at: Time(back) });
+                persistent = true;
+                let how = if leader == x { "its own command".to_string() } else { format!("contact n{}", leader.0) };
+                words.push(format!("n{} crashes at {}ms and comes back at {}ms ({how})", x.0, t / MS, back / MS));
+            }
+            12 if config.shards > 1 && live && lost == 0 => {
+                // Wipe out the smallest shard of the first view, then one of its members comes
+                // back from its disk: the shard resumes from its logs.
+                let layout = first_layout(&config);
+                let ids: Vec<NodeId> = (0..n).map(NodeId).collect();
+                let shards = layout.layout(&ids).expect("an adequate first view");
+                let smallest = shards.iter().min_by_key(|s| s.members.len()).expect("two shards");
+                if smallest.members.len() * 2 >= n as usize {
+                    continue;
+                }
+                for &x in &smallest.members {
+                    alive.retain(|&m| m != x);
+                    config.plan.push(Plan::Crash { node: x, at: Time(t) });
+                }
+                let x = smallest.members[rng.below(smallest.members.len() as u64) as usize];
+                let back = t + rng.range(5 * MS..=40 * MS);
+                config.plan.push(Plan::Restart { node: x, leader: x, at: Time(back) });
+                persistent = true;
+                budget = 0;
+                let ids: Vec<u32> = smallest.members.iter().map(|m| m.0).collect();
+                words.push(format!(
+                    "{} wiped out ({ids:?} crash) at {}ms, n{} back from its disk at {}ms",
+                    smallest.id,
+                    t / MS,
+                    x.0,
+                    back / MS
+                ));
+            }
+            10 if config.shards > 1 && live && lost == 0 => {
+                // Wipe out the smallest shard of the first view: its state is nowhere.
+                let layout = first_layout(&config);
+                let ids: Vec<NodeId> = (0..n).map(NodeId).collect();
+                let shards = layout.layout(&ids).expect("an adequate first view");
+                let smallest = shards.iter().min_by_key(|s| s.members.len()).expect("two shards");
+                for &x in &smallest.members {
+                    alive.retain(|&m| m != x);
+                    config.plan.push(Plan::Crash { node: x, at: Time(t) });
+                }
+                live = false;
+                budget = 0;
+                let ids: Vec<u32> = smallest.members.iter().map(|m| m.0).collect();
+                words.push(format!("{} wiped out ({ids:?} crash) at {}ms", smallest.id, t / MS));
             }
             _ => {
                 let via = pick(&mut rng, &alive);
@@ -181,13 +307,24 @@ pub fn random_group(seed: u64) -> (GroupConfig, String) {
     config.end = Time(t + 250 * MS);
     // Half the scenarios simulate disks (drawn last: the draws above stay as they were), so
     // the durability checker judges the persistence frontiers through every fault above.
-    if rng.chance(1, 2) {
+    if rng.chance(1, 2) || persistent {
         let slowest = rng.range(100_000..=5 * MS);
         config.sync_ns = Some(20_000..=slowest);
         words.push(format!("disks sync in 20us-{}us", slowest / 1000));
     }
     let shards = config.shards;
-    (config, format!("{n} members, {shards} shard(s), {messages} messages each: {}", words.join("; ")))
+    (config, live, format!("{n} members, {shards} shard(s), {messages} messages each: {}", words.join("; ")))
+}
+
+/// The layout a scenario's first view has.
+fn first_layout(config: &GroupConfig) -> std::rc::Rc<dyn derecho::protocol::LayoutFn> {
+    config.layout.clone().unwrap_or_else(|| {
+        std::rc::Rc::new(derecho::protocol::RoundRobinShards {
+            shards: config.shards,
+            mode: config.mode,
+            min_per_shard: config.min_members,
+        })
+    })
 }
 
 /// A random total-restart scenario from `seed` (PROTOCOLS §4.1): a group on simulated disks
@@ -305,10 +442,7 @@ pub fn random_restart(seed: u64) -> (GroupConfig, bool, String) {
 ///
 /// At the first failing seed.
 pub fn fresh_group_seeds(test: &str, count: u64, time_box: Duration) -> u64 {
-    fresh_seeds(test, count, time_box, |seed| {
-        let (config, about) = random_group(seed);
-        (config, true, about)
-    })
+    fresh_seeds(test, count, time_box, random_group)
 }
 
 /// As [`fresh_group_seeds`], with total-restart scenarios ([`random_restart`]).

@@ -315,11 +315,28 @@ fn flexible_shards_keep_their_survivors() {
     assert_eq!(states, vec![NodeId(100)], "only the joiner receives a state");
 }
 
+/// Seeds of the random scenarios that found bugs, each kept with what it found.
+const REGRESSION_SEEDS: &[u64] = &[
+    // Shard 1 wiped out and a newcomer started it empty (member-core finding 2): the view must
+    // wait (inadequate) instead.
+    14_199_870_126_260_945_714,
+    // A member that joined during an inadequate view did not know the shards' last layouts
+    // and welcomed a joiner into a view with other shards than everyone else's (NextView
+    // carries the layout history since).
+    1_127_230_939_924_939_463,
+    // A member of a wiped shard comes back from its disk while the group runs: the shard
+    // resumes from its logs (then is wiped again).
+    13_191_747_429_701_184_180,
+    // A slow minority member behind a healed partition must still stop: the simulator lost its
+    // timer when a deadline was already past.
+    16_242_383_225_601_959_831,
+];
+
 #[test]
 fn random_scenarios_fixed_seeds() {
-    for seed in seeds().into_iter().chain(100..140) {
-        let (config, about) = random_group(seed);
-        if let Err(report) = run_group("random_scenarios_fixed_seeds", config, true) {
+    for seed in seeds().into_iter().chain(100..140).chain(REGRESSION_SEEDS.iter().copied()) {
+        let (config, live, about) = random_group(seed);
+        if let Err(report) = run_group("random_scenarios_fixed_seeds", config, live) {
             panic!("{report}\nscenario: {about}");
         }
     }
@@ -426,6 +443,62 @@ mod checkers_catch_forgeries {
         sim.events_mut()[d[0]].what = b;
         sim.events_mut()[d[1]].what = a;
         assert!(judge(&sim).contains("virtual-synchrony"));
+    }
+
+    #[test]
+    fn a_crashed_member_that_delivered_past_the_trim() {
+        // n2 crashed in view 0; forge a delivery of a message nobody else delivered, before the
+        // survivors close view 0.
+        let mut sim = crashed_run();
+        let closing = install_of(&sim, NodeId(0), 1).min(install_of(&sim, NodeId(1), 1));
+        let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
+        let forged = MemberRecord {
+            at: Time(0),
+            step: 0,
+            node: NodeId(2),
+            what: MemberEvent::Delivered {
+                view: ViewId(0),
+                shard,
+                sender: NodeId(2),
+                seq: 99_999,
+                version: Some(derecho::protocol::Version::new(ViewId(0), 99_999)),
+            },
+        };
+        // Its other deliveries in view 0 come first (it delivers in order): put it after them.
+        let last = sim.events()[..closing]
+            .iter()
+            .rposition(|e| e.node == NodeId(2) && matches!(e.what, MemberEvent::Delivered { .. }))
+            .map_or(closing, |i| i + 1);
+        sim.events_mut().insert(last, forged);
+        let verdict = judge(&sim);
+        assert!(verdict.contains("virtual-synchrony"), "{verdict}");
+    }
+
+    #[test]
+    fn a_message_only_a_failed_member_delivered() {
+        // The same forgery, judged at the end: a message delivered anywhere in a view that
+        // members of its shard lived on from is owed to every survivor.
+        let mut sim = crashed_run();
+        let shard = sim.node(NodeId(0)).unwrap().view().shards[0].id;
+        let at = install_of(&sim, NodeId(0), 1);
+        sim.events_mut().insert(
+            at,
+            MemberRecord {
+                at: Time(0),
+                step: 0,
+                node: NodeId(2),
+                what: MemberEvent::Delivered {
+                    view: ViewId(0),
+                    shard,
+                    sender: NodeId(0),
+                    seq: 77_777,
+                    version: Some(derecho::protocol::Version::new(ViewId(0), 77_777)),
+                },
+            },
+        );
+        let mut checkers = GroupCheckers::all();
+        let errors = checkers.finish(&sim, false).expect_err("the forgery went unnoticed").join("\n");
+        assert!(errors.contains("no-loss") && errors.contains("delivered by n2"), "{errors}");
     }
 
     #[test]
@@ -636,6 +709,37 @@ fn a_total_restart_keeps_every_durable_version() {
 fn total_restart_fresh_seeds() {
     let ran = fresh_restart_seeds("total_restart_fresh_seeds", 400, Duration::from_secs(15));
     assert!(ran > 0);
+}
+
+/// The restart checker notices a fork: a version durable everywhere delivered as another
+/// message.
+#[test]
+fn the_restart_checker_notices_two_messages_at_one_durable_version() {
+    let (config, _, about) = (1..100).map(random_restart).find(|(_, live, _)| *live).expect("a live scenario");
+    let mut sim = derecho::sim::GroupSim::new(config);
+    sim.run(|_| Ok(())).expect("the run");
+    let events = sim.events_mut();
+    let durable = events
+        .iter()
+        .find_map(|e| match e.what {
+            MemberEvent::GlobalPersisted { shard, version, .. } => Some((shard, version)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nothing durable everywhere ({about})"));
+    let i = events
+        .iter()
+        .position(|e| matches!(e.what, MemberEvent::Delivered { shard, version: Some(v), .. } if (shard, v) == durable))
+        .expect("the durable version was delivered");
+    let mut forged = events[i].clone();
+    if let MemberEvent::Delivered { seq, .. } = &mut forged.what {
+        *seq += 1_000_000;
+    }
+    events.insert(i + 1, forged);
+    // Judged by the restart checker alone (the forgery also breaks virtual synchrony).
+    use derecho_tests::checkers::membership::{EventChecker, RestartDurability};
+    let mut checker = RestartDurability::default();
+    let verdict: Result<(), String> = sim.events().iter().try_for_each(|e| checker.observe(&sim, e));
+    assert!(verdict.as_ref().is_err_and(|e| e.contains("delivered as")), "{verdict:?} ({about})");
 }
 
 /// The restart checker notices a restart that picks the wrong log: a forged resumed state

@@ -20,6 +20,8 @@
 //! suspect_after_ms = 100          # a silent peer is suspected after this long; default 100
 //! partition_safety = true         # a minority stops with Partitioned; default true
 //! state_transfer_timeout_ms = 10000  # a new member waits this long for a shard's state; default 10000
+//! lost_shards = "wait"            # a shard whose every member is gone: "wait" for one to come back
+//!                                 # with its logs (default) or "start_empty" (accept the loss)
 //!
 //! [layout]                        # every member must have the same
 //! shards = 1                      # shards of subgroup 0, members dealt round robin; default 1
@@ -53,8 +55,8 @@ use serde::Deserialize;
 use super::config::{LimitsConfig, TransportKind, invalid, overlay, read};
 use super::{ConfigError, GroupBuilder};
 use crate::protocol::{
-    ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, MembershipConfig, NodeId, OneShard, Policy, RoundRobinShards,
-    Senders, ShardIndex, ShardRef, SubgroupId, SubgroupSpec,
+    ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, LostShards, MembershipConfig, NodeId, OneShard, Policy,
+    RoundRobinShards, Senders, ShardIndex, ShardRef, SubgroupId, SubgroupSpec,
 };
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -64,6 +66,7 @@ struct MembershipFile {
     suspect_after_ms: Option<u64>,
     partition_safety: Option<bool>,
     state_transfer_timeout_ms: Option<u64>,
+    lost_shards: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -274,6 +277,11 @@ impl GroupMemberConfig {
             suspect_after_ns: ms(f.membership.suspect_after_ms, d.suspect_after_ns),
             partition_safety: f.membership.partition_safety.unwrap_or(d.partition_safety),
             state_transfer_timeout_ns: ms(f.membership.state_transfer_timeout_ms, d.state_transfer_timeout_ns),
+            lost_shards: match f.membership.lost_shards.as_deref() {
+                None | Some("wait") => LostShards::Wait,
+                Some("start_empty") => LostShards::StartEmpty,
+                Some(_) => return Err(invalid("membership.lost_shards", "must be \"wait\" or \"start_empty\"")),
+            },
         };
         membership.validate().map_err(|e| {
             let key = match e.field {

@@ -55,6 +55,24 @@ pub struct MembershipConfig {
     pub partition_safety: bool,
     /// How long a new shard member waits for the shard's state before giving up. Default 10 s.
     pub state_transfer_timeout_ns: u64,
+    /// What a view does with a shard that lost every member holding its state. Default
+    /// [`LostShards::Wait`].
+    pub lost_shards: LostShards,
+}
+
+/// What becomes of a shard whose every member (every holder of its state) is gone
+/// (PROTOCOLS §3.5). Every member must use the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LostShards {
+    /// The view is inadequate ([`NextView::inadequate`] names the shard) until a member of the
+    /// shard's last layout comes back with its logs (a restart offer to the running group,
+    /// [`Change::Add::returning`]), whose state the shard resumes from. Nothing is lost
+    /// silently.
+    #[default]
+    Wait,
+    /// The shard starts empty in its new members (the operator accepts the loss); the view
+    /// says so ([`NextView::lost`]).
+    StartEmpty,
 }
 
 impl Default for MembershipConfig {
@@ -64,6 +82,7 @@ impl Default for MembershipConfig {
             suspect_after_ns: 100_000_000,
             partition_safety: true,
             state_transfer_timeout_ns: 10_000_000_000,
+            lost_shards: LostShards::Wait,
         }
     }
 }
@@ -112,6 +131,10 @@ pub enum Change {
         node: NodeId,
         /// Its address (at most [`ADDRESS_LEN_MAX`] bytes of UTF-8).
         address: String,
+        /// It comes back with the logs of an earlier life in the group (a restart offer): for
+        /// a shard that lost every member holding its state, a returning member of the shard's
+        /// last layout holds it (PROTOCOLS §3.5, §4.1).
+        returning: bool,
     },
 }
 
@@ -120,6 +143,7 @@ pub const ADDRESS_LEN_MAX: usize = CHANGE_LEN - 8;
 
 const CHANGE_REMOVE: u8 = 1;
 const CHANGE_ADD: u8 = 2;
+const CHANGE_ADD_RETURNING: u8 = 3;
 
 impl Change {
     /// The node concerned.
@@ -134,8 +158,8 @@ impl Change {
         out[0..4].copy_from_slice(&self.node().0.to_le_bytes());
         match self {
             Change::Remove(_) => out[4] = CHANGE_REMOVE,
-            Change::Add { address, .. } => {
-                out[4] = CHANGE_ADD;
+            Change::Add { address, returning, .. } => {
+                out[4] = if *returning { CHANGE_ADD_RETURNING } else { CHANGE_ADD };
                 out[5] = address.len() as u8;
                 out[8..8 + address.len()].copy_from_slice(address.as_bytes());
             }
@@ -146,13 +170,13 @@ impl Change {
         let node = NodeId(u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")));
         match b[4] {
             CHANGE_REMOVE => Ok(Change::Remove(node)),
-            CHANGE_ADD => {
+            kind @ (CHANGE_ADD | CHANGE_ADD_RETURNING) => {
                 let len = b[5] as usize;
                 if len > ADDRESS_LEN_MAX {
                     return Err("address longer than its column");
                 }
                 let address = std::str::from_utf8(&b[8..8 + len]).map_err(|_| "address is not UTF-8")?;
-                Ok(Change::Add { node, address: address.to_string() })
+                Ok(Change::Add { node, address: address.to_string(), returning: kind == CHANGE_ADD_RETURNING })
             }
             _ => Err("unknown change kind"),
         }
@@ -293,6 +317,13 @@ pub struct NextView {
     pub departed: Vec<NodeId>,
     /// Shard states to move to new shard members.
     pub transfers: Vec<StateTransfer>,
+    /// Shards that lost every member holding their state and start empty
+    /// ([`LostShards::StartEmpty`]; with [`LostShards::Wait`] the view is inadequate instead).
+    pub lost: Vec<ShardRef>,
+    /// The last layout of every shard the view does not have (an inadequate view has none):
+    /// what the next view is computed from, so that a joiner computes the views after this one
+    /// exactly as the others do.
+    pub history: Vec<ShardLayout>,
 }
 
 /// Why a member stopped; it sends and delivers nothing more.
@@ -402,6 +433,15 @@ pub enum JoinRefusal {
     },
 }
 
+/// A join the leader received and has not proposed yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Joiner {
+    pub(crate) node: NodeId,
+    pub(crate) address: String,
+    /// It comes back with its logs ([`Change::Add::returning`]).
+    pub(crate) returning: bool,
+}
+
 /// The counters of one row, as last read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Counters {
@@ -447,7 +487,7 @@ pub(crate) struct Carry {
     /// Members still present that this member suspected.
     pub(crate) suspected: Vec<NodeId>,
     /// Joins received (as leader) and not yet proposed.
-    pub(crate) joins: Vec<(NodeId, String)>,
+    pub(crate) joins: Vec<Joiner>,
     /// It asked to leave and was not removed yet.
     pub(crate) leaving: bool,
     /// Own ordered messages above the trim, per shard, to send again.
@@ -482,7 +522,7 @@ pub(crate) struct Gms {
     saves_proposals: bool,
     /// The list taken up waits to be saved.
     unsaved: bool,
-    pub(crate) joins: Vec<(NodeId, String)>,
+    pub(crate) joins: Vec<Joiner>,
     pub(crate) final_record: Option<Final>,
     /// Every shard's members in the last view that had it: an inadequate view has no shards,
     /// and the view after it must still send each shard's state to its new members.
@@ -563,10 +603,10 @@ impl Gms {
     /// The address of `node`'s join if it is under way here: waiting to be proposed, or in the
     /// change list (perhaps inherited from an earlier leader, PROTOCOLS §3.4).
     pub(crate) fn join_under_way(&self, node: NodeId) -> Option<&str> {
-        let waiting = self.joins.iter().find(|(n, _)| *n == node).map(|(_, a)| a.as_str());
+        let waiting = self.joins.iter().find(|j| j.node == node).map(|j| j.address.as_str());
         waiting.or_else(|| {
             self.changes.iter().find_map(|c| match c {
-                Change::Add { node: n, address } if *n == node => Some(address.as_str()),
+                Change::Add { node: n, address, .. } if *n == node => Some(address.as_str()),
                 _ => None,
             })
         })
@@ -910,13 +950,13 @@ impl Gms {
         // next change.
         let staying = self.n - list.iter().filter(|c| matches!(c, Change::Remove(_))).count();
         let adds_max = staying.saturating_sub(1).max(1);
-        for (node, address) in &self.joins {
+        for j in &self.joins {
             let adds = list.iter().filter(|c| matches!(c, Change::Add { .. })).count();
-            if view.rank_of(*node).is_none() && adds < adds_max {
-                push(&mut list, Change::Add { node: *node, address: address.clone() });
+            if view.rank_of(j.node).is_none() && adds < adds_max {
+                push(&mut list, Change::Add { node: j.node, address: j.address.clone(), returning: j.returning });
             }
         }
-        self.joins.retain(|(n, _)| !list.iter().any(|c| c.node() == *n));
+        self.joins.retain(|j| !list.iter().any(|c| c.node() == j.node));
         for c in &list {
             if let Change::Remove(x) = c
                 && let Some(r) = view.rank_of(*x)
@@ -1155,22 +1195,25 @@ impl Gms {
             })
             .collect();
         // A change list that names a joiner twice (a lying row) adds it once.
-        let mut joined: Vec<(NodeId, String)> = Vec::new();
+        let mut joined: Vec<(NodeId, String, bool)> = Vec::new();
         for c in &f.changes {
-            if let Change::Add { node, address } = c
+            if let Change::Add { node, address, returning } = c
                 && view.rank_of(*node).is_none()
-                && !joined.iter().any(|(n, _)| n == node)
+                && !joined.iter().any(|(n, _, _)| n == node)
             {
-                joined.push((*node, address.clone()));
+                joined.push((*node, address.clone(), *returning));
             }
         }
-        let mut members: Vec<NodeId> = view.members.iter().copied().filter(|m| !departed.contains(m)).collect();
-        members.extend(joined.iter().map(|(n, _)| *n));
+        // The members that stay hold the states of their shards; joiners hold nothing, unless
+        // they return with their logs (and then only for a shard nobody else holds).
+        let staying: Vec<NodeId> = view.members.iter().copied().filter(|m| !departed.contains(m)).collect();
+        let mut members = staying.clone();
+        members.extend(joined.iter().map(|(n, _, _)| *n));
         let mut addresses = self.addresses.clone();
         for d in &departed {
             addresses.remove(d);
         }
-        for (n, a) in &joined {
+        for (n, a, _) in &joined {
             addresses.insert(*n, a.clone());
         }
         let previous: Vec<ShardLayout> = view
@@ -1179,38 +1222,57 @@ impl Gms {
             .cloned()
             .chain(self.last_shards.iter().filter(|o| view.shards.iter().all(|s| s.id != o.id)).cloned())
             .collect();
-        let (shards, inadequate) = match self.layout_fn.layout_next(&members, &previous) {
+        let (mut shards, mut inadequate) = match self.layout_fn.layout_next(&members, &previous) {
             Ok(s) => (s, None),
             Err(why) => (Vec::new(), Some(why)),
         };
-        let transfers = shards
-            .iter()
-            .filter_map(|s| {
-                let old = view
-                    .shards
-                    .iter()
-                    .find(|o| o.id == s.id)
-                    .or_else(|| self.last_shards.iter().find(|o| o.id == s.id))?;
-                // Any survivor of the old shard holds its state, even one that moves to
-                // another shard.
-                let mut from: Vec<NodeId> = s.members.iter().copied().filter(|m| old.members.contains(m)).collect();
-                let movers: Vec<NodeId> =
-                    members.iter().copied().filter(|m| old.members.contains(m) && !from.contains(m)).collect();
-                from.extend(movers);
-                if from.is_empty() {
-                    return None;
-                }
-                let to: Vec<NodeId> = s.members.iter().copied().filter(|m| !old.members.contains(m)).collect();
-                (!to.is_empty()).then_some(StateTransfer { shard: s.id, from, to })
-            })
-            .collect();
+        let mut transfers = Vec::new();
+        let mut lost = Vec::new();
+        for s in &shards {
+            // A shard without a previous layout is new: it starts empty.
+            let Some(old) = previous.iter().find(|o| o.id == s.id) else { continue };
+            let held = |m: &NodeId| old.members.contains(m) && staying.contains(m);
+            // Every member that stays and was in the shard holds its state, even one that moves
+            // to another shard; those in the shard first.
+            let mut from: Vec<NodeId> = s.members.iter().copied().filter(held).collect();
+            from.extend(staying.iter().copied().filter(|m| held(m) && !s.members.contains(m)));
+            if from.is_empty() {
+                // Every holder is gone: members of the shard's last layout that come back with
+                // their logs hold it now.
+                let back = |m: &NodeId| joined.iter().any(|(n, _, r)| n == m && *r) && old.members.contains(m);
+                from = s.members.iter().copied().filter(back).collect();
+                from.extend(joined.iter().map(|(n, _, _)| *n).filter(|m| back(m) && !s.members.contains(m)));
+            }
+            if from.is_empty() {
+                lost.push(s.id);
+                continue;
+            }
+            let to: Vec<NodeId> = s.members.iter().copied().filter(|m| !held(m) && !from.contains(m)).collect();
+            if !to.is_empty() {
+                transfers.push(StateTransfer { shard: s.id, from, to });
+            }
+        }
+        if !lost.is_empty() && self.config.lost_shards == LostShards::Wait {
+            // Never resumed empty: the view waits for a member holding the state to come back.
+            let names: Vec<String> = lost.iter().map(ToString::to_string).collect();
+            inadequate = Some(format!(
+                "{} lost every member that held its state: waiting for one of them to come back with its logs",
+                names.join(", ")
+            ));
+            shards = Vec::new();
+            transfers.clear();
+            lost.clear();
+        }
+        let history = previous.into_iter().filter(|o| shards.iter().all(|s| s.id != o.id)).collect();
         NextView {
             view: View { id: ViewId(view.id.0 + 1), members, shards },
             inadequate,
             addresses: addresses.into_iter().collect(),
-            joined: joined.into_iter().map(|(n, _)| n).collect(),
+            joined: joined.into_iter().map(|(n, _, _)| n).collect(),
             departed,
             transfers,
+            lost,
+            history,
         }
     }
 
@@ -1225,7 +1287,7 @@ impl Gms {
                 .chain(self.local.iter().copied())
                 .filter(|m| next.rank_of(*m).is_some())
                 .collect(),
-            joins: self.joins.iter().filter(|(n, _)| next.rank_of(*n).is_none()).cloned().collect(),
+            joins: self.joins.iter().filter(|j| next.rank_of(j.node).is_none()).cloned().collect(),
             leaving: self.leaving && next.rank_of(view.members[self.me]).is_some(),
             resend: Vec::new(),
             last_shards: view
@@ -1250,7 +1312,11 @@ mod tests {
     #[test]
     fn changes_round_trip_and_bad_bytes_are_refused() {
         let mut b = [0u8; CHANGE_LEN];
-        for c in [Change::Remove(NodeId(7)), Change::Add { node: NodeId(9), address: "10.0.0.1:7000".into() }] {
+        for c in [
+            Change::Remove(NodeId(7)),
+            Change::Add { node: NodeId(9), address: "10.0.0.1:7000".into(), returning: false },
+            Change::Add { node: NodeId(9), address: "10.0.0.1:7000".into(), returning: true },
+        ] {
             c.encode(&mut b);
             assert_eq!(Change::decode(&b), Ok(c));
         }

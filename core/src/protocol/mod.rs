@@ -33,7 +33,7 @@ pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, Vie
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
 pub use membership::{
-    ADDRESS_LEN_MAX, Addresses, Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, MembershipConfig,
+    ADDRESS_LEN_MAX, Addresses, Change, FixedShards, GmsStep, JoinRefusal, LayoutFn, LostShards, MembershipConfig,
     MembershipConfigError, NextView, OneShard, RoundRobinShards, StateTransfer, StopReason,
 };
 pub use multicast::{Delivered, RowViolation, SendError, indices_below, indices_needed, seq_count};

@@ -50,6 +50,9 @@ pub enum Input {
         node: NodeId,
         /// Where its peers reach it.
         address: String,
+        /// It comes back with its logs (a restart offer): it may hold the state of a shard
+        /// that lost every other holder ([`crate::protocol::Change::Add`]).
+        returning: bool,
     },
     /// This member asks to leave the group gracefully.
     Leave,
@@ -314,6 +317,13 @@ impl<M: SstMemory> Node<M> {
     ) -> Result<Self, NodeError> {
         let addresses = next.addresses.iter().cloned().collect();
         let mut node = Self::with_membership(me, next.view.clone(), addresses, limits, mem, config, layout, now)?;
+        // The layouts the view does not have, as every member of it knows them.
+        let g = node.gms.as_mut().expect("a node with membership");
+        for old in &next.history {
+            if g.last_shards.iter().all(|s| s.id != old.id) {
+                g.last_shards.push(old.clone());
+            }
+        }
         // Only in a restart view does a new member send states (from its logs).
         for t in &next.transfers {
             if t.from.contains(&me) {
@@ -543,7 +553,7 @@ impl<M: SstMemory> Node<M> {
                     g.heard(r, now);
                 }
             }
-            Input::Join { node, address } => self.join_request(node, address),
+            Input::Join { node, address, returning } => self.join_request(node, address, returning),
             Input::Leave => {
                 if let Some(g) = &mut self.gms {
                     g.leave(&mut self.mem);
@@ -596,9 +606,12 @@ impl<M: SstMemory> Node<M> {
         Ok(JoinCheck::New)
     }
 
-    fn join_request(&mut self, node: NodeId, address: String) {
+    fn join_request(&mut self, node: NodeId, address: String, returning: bool) {
         match self.check_join(node, &address) {
-            Ok(JoinCheck::New) => self.gms.as_mut().expect("checked: membership").joins.push((node, address)),
+            Ok(JoinCheck::New) => {
+                let joiner = super::membership::Joiner { node, address, returning };
+                self.gms.as_mut().expect("checked: membership").joins.push(joiner);
+            }
             Ok(JoinCheck::UnderWay) => {}
             Err(refusal) => self.outputs.push_back(Output::JoinRefused { node, refusal }),
         }
@@ -1255,7 +1268,7 @@ mod membership_tests {
     #[test]
     fn a_proposal_and_its_acknowledgement_come_out_before_their_pushes() {
         let mut leader = member(0);
-        leader.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        leader.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into(), returning: false });
         let out: Vec<Output> = std::iter::from_fn(|| leader.poll_output()).collect();
         let step = out.iter().position(|o| matches!(o, Output::Step(GmsStep::Proposed(_)))).expect("a proposal");
         let first_push = out.iter().position(|o| matches!(o, Output::Push { .. })).expect("a push");
@@ -1283,33 +1296,33 @@ mod membership_tests {
     #[test]
     fn a_lone_join_request_at_the_leader_becomes_a_proposal() {
         let mut n = member(0);
-        n.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        n.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into(), returning: false });
         let steps: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert!(steps.contains(&Output::Step(GmsStep::Proposed(1))), "{steps:?}");
         assert!(n.is_wedged());
         // A follower redirects, and an id in use is refused.
         let mut f = member(1);
-        f.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into() });
+        f.handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into(), returning: false });
         let out: Vec<Output> = std::iter::from_fn(|| f.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(
             o,
             Output::JoinRefused { refusal: JoinRefusal::NotLeader { leader: NodeId(0), .. }, .. }
         )));
-        n.handle(Time(2), Input::Join { node: NodeId(2), address: "x".into() });
+        n.handle(Time(2), Input::Join { node: NodeId(2), address: "x".into(), returning: false });
         let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::IdInUse(NodeId(2)), .. })));
         // The group is full once joins under way (proposed or waiting) reach members_max.
         let mut small = member(0);
         small.limits.members_max = 4;
-        small.handle(Time(1), Input::Join { node: NodeId(7), address: "a7".into() });
-        small.handle(Time(1), Input::Join { node: NodeId(8), address: "a8".into() });
+        small.handle(Time(1), Input::Join { node: NodeId(7), address: "a7".into(), returning: false });
+        small.handle(Time(1), Input::Join { node: NodeId(8), address: "a8".into(), returning: false });
         let out: Vec<Output> = std::iter::from_fn(|| small.poll_output()).collect();
         assert!(
             out.iter()
                 .any(|o| matches!(o, Output::JoinRefused { node: NodeId(8), refusal: JoinRefusal::GroupFull(4) })),
             "{out:?}"
         );
-        n.handle(Time(3), Input::Join { node: NodeId(8), address: "x".repeat(100) });
+        n.handle(Time(3), Input::Join { node: NodeId(8), address: "x".repeat(100), returning: false });
         let out: Vec<Output> = std::iter::from_fn(|| n.poll_output()).collect();
         assert!(out.iter().any(|o| matches!(o, Output::JoinRefused { refusal: JoinRefusal::AddressTooLong, .. })));
     }

@@ -198,8 +198,11 @@ impl Writer {
     fn view(&mut self, v: &View) {
         self.u32(v.id.0);
         self.nodes(&v.members);
-        self.len(v.shards.len());
-        for s in &v.shards {
+        self.shards(&v.shards);
+    }
+    fn shards(&mut self, shards: &[ShardLayout]) {
+        self.len(shards.len());
+        for s in shards {
             self.shard(s.id);
             self.nodes(&s.members);
             self.nodes(&s.senders);
@@ -231,6 +234,11 @@ impl Writer {
             self.nodes(&t.from);
             self.nodes(&t.to);
         }
+        self.len(n.lost.len());
+        for s in &n.lost {
+            self.shard(*s);
+        }
+        self.shards(&n.history);
     }
     fn bytes(&mut self, b: &[u8]) {
         self.len(b.len());
@@ -319,6 +327,10 @@ impl<'a> Reader<'a> {
     fn view(&mut self) -> Result<View, WireError> {
         let id = ViewId(self.u32()?);
         let members = self.nodes()?;
+        let shards = self.shards()?;
+        Ok(View { id, members, shards })
+    }
+    fn shards(&mut self) -> Result<Vec<ShardLayout>, WireError> {
         let n = self.len(17)?;
         let mut shards = Vec::with_capacity(n);
         for _ in 0..n {
@@ -332,7 +344,7 @@ impl<'a> Reader<'a> {
             };
             shards.push(ShardLayout { id, members, senders, mode });
         }
-        Ok(View { id, members, shards })
+        Ok(shards)
     }
     fn next_view(&mut self) -> Result<NextView, WireError> {
         let view = self.view()?;
@@ -353,7 +365,13 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             transfers.push(StateTransfer { shard: self.shard()?, from: self.nodes()?, to: self.nodes()? });
         }
-        Ok(NextView { view, inadequate, addresses, joined, departed, transfers })
+        let n = self.len(4)?;
+        let mut lost = Vec::with_capacity(n);
+        for _ in 0..n {
+            lost.push(self.shard()?);
+        }
+        let history = self.shards()?;
+        Ok(NextView { view, inadequate, addresses, joined, departed, transfers, lost, history })
     }
     fn bytes(&mut self) -> Result<Vec<u8>, WireError> {
         let n = self.len(1)?;
@@ -671,6 +689,13 @@ mod tests {
             joined: vec![NodeId(4)],
             departed: vec![NodeId(2)],
             transfers: vec![StateTransfer { shard: s, from: vec![NodeId(1)], to: vec![NodeId(4)] }],
+            lost: vec![ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(5) }],
+            history: vec![ShardLayout {
+                id: ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(2) },
+                members: vec![NodeId(9)],
+                senders: vec![NodeId(9)],
+                mode: DeliveryMode::Ordered,
+            }],
         }
     }
 

@@ -216,6 +216,10 @@ impl<M: SstMemory> Member<M> {
         {
             return self.answer_joiner(&address, Answer::Refused(refusal));
         }
+        // A member back with whole, undamaged logs may hold the state of a shard that lost
+        // every other holder.
+        let returning =
+            restart.as_ref().is_some_and(|(o, _)| o.saved_a_view() && !o.logs.is_empty() && o.damaged.is_empty());
         let check = self.node.as_ref().map_or(Err(JoinRefusal::NotRunning), |n| n.check_join(node, &address));
         match check {
             Err(refusal) => self.answer_joiner(&address, Answer::Refused(refusal)),
@@ -229,7 +233,7 @@ impl<M: SstMemory> Member<M> {
                     return;
                 }
                 self.joiners.insert(node, address.clone());
-                self.admitting.insert(address.clone(), (node, now));
+                self.admitting.insert(address.clone(), (node, returning, now));
                 let message = Control::Answer(Answer::Pending).encode().into();
                 self.commands.push_back(Command::SendControl { to: address, message, report: true });
             }
@@ -238,8 +242,8 @@ impl<M: SstMemory> Member<M> {
 
     /// The joiner at `to` answered: propose it.
     pub(super) fn admitted(&mut self, now: Time, to: &str) {
-        if let Some((node, _)) = self.admitting.remove(to) {
-            self.node_input(now, NodeInput::Join { node, address: to.to_string() });
+        if let Some((node, returning, _)) = self.admitting.remove(to) {
+            self.node_input(now, NodeInput::Join { node, address: to.to_string(), returning });
         }
     }
 }

@@ -489,8 +489,9 @@ pub struct Member<M: SstMemory> {
     incoming: Incoming,
     /// Join requests answered later (a refusal, the welcome): the joiner's address.
     joiners: BTreeMap<NodeId, String>,
-    /// Join requests whose listener is being checked ([`Answer::Pending`] under way).
-    admitting: BTreeMap<String, (NodeId, Time)>,
+    /// Join requests whose listener is being checked ([`Answer::Pending`] under way): the
+    /// joiner, whether it returns with its logs, when it asked.
+    admitting: BTreeMap<String, (NodeId, bool, Time)>,
     /// Earlier views whose transports are kept alive.
     lingering: Vec<Linger>,
     /// The states this member sends, per view and shard: to whom.
@@ -543,6 +544,8 @@ impl<M: SstMemory> Member<M> {
             joined: vec![me],
             departed: Vec::new(),
             transfers: Vec::new(),
+            lost: Vec::new(),
+            history: Vec::new(),
         };
         self.enter(Rc::new(next));
     }
@@ -693,7 +696,7 @@ impl<M: SstMemory> Member<M> {
             _ => None,
         };
         let linger = self.lingering.iter().map(Linger::next_timeout).min();
-        let admit = self.admitting.values().map(|(_, at)| at.plus_ns(self.config.retry_ns)).min();
+        let admit = self.admitting.values().map(|(_, _, at)| at.plus_ns(self.config.retry_ns)).min();
         [own, linger, admit, self.node.as_ref().and_then(Node::poll_timeout)].into_iter().flatten().min()
     }
 
@@ -817,7 +820,7 @@ impl<M: SstMemory> Member<M> {
         self.node_input(now, NodeInput::RowsChanged);
         self.linger_tick(now);
         let retry = self.config.retry_ns;
-        self.admitting.retain(|_, (_, at)| now < at.plus_ns(retry));
+        self.admitting.retain(|_, (_, _, at)| now < at.plus_ns(retry));
     }
 
     /// Checks that follow every input: lingering views done, a view to save.

@@ -291,6 +291,8 @@ impl<M: SstMemory> Member<M> {
             departed: plan.last.members.iter().copied().filter(|m| !plan.view.members.contains(m)).collect(),
             transfers: plan.transfers,
             inadequate: None,
+            lost: Vec::new(),
+            history: Vec::new(),
             view: plan.view,
         };
         self.events

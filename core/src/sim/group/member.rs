@@ -37,6 +37,9 @@ pub(super) struct SimMember {
     /// Restarted from its disk and not yet in a view: the shards whose state is to be judged
     /// final ([`MemberEvent::Resumed`]) in its first view.
     pub(super) resuming: bool,
+    /// Restarted from its disk: its first view since (the states it sends in it come from its
+    /// logs).
+    pub(super) first_view_back: Option<ViewId>,
 }
 
 impl SimMember {
@@ -55,6 +58,7 @@ impl SimMember {
             wake_at: None,
             disk: Disk::default(),
             resuming: false,
+            first_view_back: None,
         }
     }
 }
@@ -91,8 +95,14 @@ impl GroupSim {
         if !m.alive {
             return;
         }
+        let ticked = inputs.iter().any(|i| matches!(i, Input::Tick));
         for input in inputs {
             m.member.handle(now, input);
+        }
+        // A member's timers move forward when they fire (else it would tick forever).
+        if ticked && m.member.poll_timeout().is_some_and(|t| t <= now) {
+            let what = format!("its next timeout {:?} is not after the tick at {now:?}", m.member.poll_timeout());
+            self.record(id, MemberEvent::Fault(what));
         }
         self.open_current(id);
         let mut crash = false;
@@ -128,7 +138,8 @@ impl GroupSim {
         self.observe_global(id);
         self.maybe_sync(id);
         let m = self.members.get_mut(&id).expect("a member");
-        if let Some(t) = m.member.poll_timeout()
+        // A deadline already past is due now (the tick is recorded at the time it fires).
+        if let Some(t) = m.member.poll_timeout().map(|t| t.max(now))
             && m.tick_at.is_none_or(|cur| t < cur)
         {
             m.tick_at = Some(t);
@@ -334,10 +345,22 @@ impl GroupSim {
                     change.view.members.iter().map(|n| n.0).collect::<Vec<_>>()
                 ));
                 self.record(id, MemberEvent::Installed(change.view.clone()));
+                let m = self.members.get_mut(&id).expect("a member");
+                if m.resuming && m.first_view_back.is_none() {
+                    m.first_view_back = Some(change.view.id);
+                }
                 self.resumed(id, None);
                 false
             }
             MemberOut::TakeSnapshot { view, shard } => {
+                self.trace.record(format_args!("t={} snapshot n{} v{} {shard}", now.0, id.0, view.0));
+                let m = self.members.get_mut(&id).expect("a member");
+                if m.first_view_back == Some(view) {
+                    // A member back from its disk sends the state of a shard from its log: the
+                    // shard resumes from it.
+                    let log: super::Log = m.log.get(&shard).cloned().unwrap_or_default().into();
+                    self.record(id, MemberEvent::Resumed { view, shard, log });
+                }
                 let m = self.members.get_mut(&id).expect("a member");
                 let state = encode_log(m.log.get(&shard).map_or(&[][..], Vec::as_slice));
                 m.member.handle(now, Input::SnapshotTaken { view, shard, state: Some(state) });
@@ -363,6 +386,13 @@ impl GroupSim {
                 if persist {
                     m.disk.start_from_state(shard, view, log.clone());
                 }
+                self.trace.record(format_args!(
+                    "t={} restore n{} {shard} from n{} len {}",
+                    now.0,
+                    id.0,
+                    from.0,
+                    log.len()
+                ));
                 self.record(id, MemberEvent::StateReceived { shard, len: log.len() });
                 self.resumed(id, Some(shard));
                 let m = self.members.get_mut(&id).expect("a member");
@@ -516,8 +546,12 @@ impl GroupSim {
                         Some(row) if offset >= row.start && offset + bytes.len() <= row.end => {
                             node.memory_mut().apply(offset, &bytes);
                         }
-                        _ => {
-                            let what = format!("a push from n{} outside its row", from.0);
+                        row => {
+                            let (len, table) = (bytes.len(), node.memory().len());
+                            let what = format!(
+                                "a parked push of view {} from n{} to {offset}+{len} outside its row {row:?} (table {table})",
+                                v.0, from.0
+                            );
                             self.events.push(Event {
                                 at: now,
                                 step: self.steps,

@@ -264,6 +264,7 @@ impl GroupConfig {
                 suspect_after_ns: 10_000_000,
                 partition_safety: true,
                 state_transfer_timeout_ns: 50_000_000,
+                lost_shards: crate::protocol::LostShards::Wait,
             },
             limits: Limits { window_len: 16, payload_len_max: 256, ring_len: 4096, ..Limits::default() },
             latency_ns: 2_000..=40_000,
@@ -547,6 +548,8 @@ impl GroupSim {
             departed: Vec::new(),
             transfers: Vec::new(),
             inadequate: None,
+            lost: Vec::new(),
+            history: Vec::new(),
             view: view.clone(),
         });
         for &id in &ids {

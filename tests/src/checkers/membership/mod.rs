@@ -74,8 +74,10 @@ pub struct GroupCheckers {
     seen: usize,
     /// Members restarted from their disk that have not installed a view since.
     restarting: BTreeSet<NodeId>,
-    /// The first view of the restart (its leader installs it first).
-    restart_view: Option<ViewId>,
+    /// Members in a view of the running group (installed one, not crashed or restarted since).
+    active: BTreeSet<NodeId>,
+    /// Restart views (first installed by restarted members only).
+    restart_views: BTreeSet<ViewId>,
 }
 
 impl Default for GroupCheckers {
@@ -98,7 +100,8 @@ impl GroupCheckers {
             ],
             seen: 0,
             restarting: BTreeSet::new(),
-            restart_view: None,
+            active: BTreeSet::new(),
+            restart_views: BTreeSet::new(),
         }
     }
 
@@ -115,15 +118,25 @@ impl GroupCheckers {
             match &e.what {
                 MemberEvent::Restarted { .. } => {
                     self.restarting.insert(e.node);
+                    self.active.remove(&e.node);
                 }
-                // The restart view starts a new run of the group; a latecomer's first view,
-                // later, is a join into that run and is judged as any view.
-                MemberEvent::Installed(view)
-                    if self.restarting.remove(&e.node) && *self.restart_view.get_or_insert(view.id) == view.id =>
-                {
-                    for c in &mut self.safety {
-                        c.restarted(e.node, view.id);
+                MemberEvent::Crashed | MemberEvent::Stopped(_) => {
+                    self.active.remove(&e.node);
+                }
+                // A restarted member's first view is a restart view (a new run of the group)
+                // if no member of it is in the running group; otherwise it joined a group
+                // that ran on (or already restarted), and the view is judged as any view.
+                MemberEvent::Installed(view) => {
+                    if self.restarting.remove(&e.node)
+                        && (self.restart_views.contains(&view.id)
+                            || !view.members.iter().any(|m| self.active.contains(m)))
+                    {
+                        self.restart_views.insert(view.id);
+                        for c in &mut self.safety {
+                            c.restarted(e.node, view.id);
+                        }
                     }
+                    self.active.insert(e.node);
                 }
                 _ => {}
             }

@@ -1,6 +1,6 @@
 //! View agreement (PROTOCOLS §3.1, §3.3 step 2).
 //!
-//! One member list per view id everywhere; each member installs views with strictly increasing
+//! One member list and one shard layout per view id everywhere; each member installs views with strictly increasing
 //! ids; and every view holds a majority of its predecessor: fewer than half of the predecessor's
 //! members are gone, graceful leavers not counted (no split brain).
 
@@ -15,6 +15,8 @@ use super::EventChecker;
 #[derive(Debug, Default)]
 pub struct ViewAgreement {
     views: BTreeMap<ViewId, Vec<NodeId>>,
+    /// Each view's shards, as first installed.
+    layouts: BTreeMap<ViewId, (Vec<derecho::protocol::ShardLayout>, NodeId)>,
     last: BTreeMap<NodeId, ViewId>,
     /// First views of restarted members.
     restart_views: std::collections::BTreeSet<ViewId>,
@@ -27,6 +29,7 @@ impl EventChecker for ViewAgreement {
 
     fn restarted(&mut self, node: NodeId, view: ViewId) {
         self.views.retain(|id, _| *id < view);
+        self.layouts.retain(|id, _| *id < view);
         self.last.remove(&node);
         // Its quorum (a majority of the last view any member back saved) is the restart plan's
         // rule, judged by `derecho::protocol::restart`'s tests; the predecessor here may be a
@@ -42,6 +45,18 @@ impl EventChecker for ViewAgreement {
             return Err(format!("n{} installed view {} after view {}", e.node.0, view.id.0, last.0));
         }
         self.last.insert(e.node, view.id);
+        match self.layouts.get(&view.id) {
+            Some((shards, by)) if *shards != view.shards => {
+                return Err(format!(
+                    "view {} has shards {:?} at n{} but {:?} at n{}",
+                    view.id.0, view.shards, e.node.0, shards, by.0
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.layouts.insert(view.id, (view.shards.clone(), e.node));
+            }
+        }
         match self.views.get(&view.id) {
             Some(m) if *m != view.members => {
                 return Err(format!("view {} is {:?} at n{} but {:?} elsewhere", view.id.0, view.members, e.node.0, m));

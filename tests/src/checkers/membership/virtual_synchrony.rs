@@ -2,7 +2,10 @@
 //!
 //! Within a view, any two members' deliveries in a shard are prefix-consistent (one order); and
 //! every member of a shard that moves from view `v` to view `v + 1` delivered exactly the same
-//! messages of `v` in that shard, in the same order, as every other member of it that did.
+//! messages of `v` in that shard, in the same order, as every other member of it that did; and
+//! nobody delivered more of `v` than that closing sequence, not even a member that stopped or
+//! crashed before anyone installed `v + 1` (a message delivered anywhere was stable, so every
+//! survivor delivers it: a delivery past the trim is a member's own invention).
 
 use std::collections::BTreeMap;
 
@@ -56,6 +59,20 @@ impl EventChecker for VirtualSynchrony {
                             }
                             Some(_) => {}
                             None => {
+                                // Whoever delivered the most of this view so far (a member that
+                                // stopped early included) delivered no more than this.
+                                if let Some((longest, by)) = self.longest.get(&(old, shard))
+                                    && longest.len() > seq.len()
+                                {
+                                    return Err(format!(
+                                        "n{} delivered {} messages of view {} in {shard}, more than the {} n{} closed it with",
+                                        by.0,
+                                        longest.len(),
+                                        old.0,
+                                        seq.len(),
+                                        e.node.0
+                                    ));
+                                }
                                 self.closed.insert((old, shard), (seq, e.node));
                             }
                         }
