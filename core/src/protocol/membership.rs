@@ -166,6 +166,12 @@ impl Change {
         }
     }
 
+    /// Decodes a change (for the tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn decode_for_tests(b: &[u8]) -> Result<Self, &'static str> {
+        Self::decode(b)
+    }
+
     fn decode(b: &[u8]) -> Result<Self, &'static str> {
         let node = NodeId(u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")));
         match b[4] {
@@ -735,6 +741,7 @@ impl Gms {
     }
 
     fn suspect(&mut self, mem: &mut impl SstMemory, view: &View, r: usize) {
+        assert!(r < self.n, "a rank of the view");
         if r == self.me || self.suspected[r] {
             return;
         }
@@ -775,6 +782,8 @@ impl Gms {
 
     /// One run of the membership rules.
     pub(crate) fn step(&mut self, now: Time, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
+        assert_eq!(view.members.len(), self.n, "the rules run on the view they were built for");
+        assert!(self.me < self.n && self.seen.len() == self.n && self.suspected.len() == self.n);
         if self.stop.is_some() || self.trim_ready {
             // Nothing changes once the final record is echoed everywhere it must be: the rest
             // (ragged delivery, install) is driven by the node.
@@ -871,6 +880,9 @@ impl Gms {
     }
 
     fn set_final(&mut self, mem: &mut impl SstMemory, view: &View, shards: &mut [ShardState], f: Final, step: GmsStep) {
+        assert!(self.final_record.is_none(), "one final record per member and view");
+        assert_eq!(f.trims.len(), view.shards.len(), "a trim per shard of the view");
+        assert!(!f.changes.is_empty(), "a final record changes something");
         self.wedge(mem, view, shards);
         self.write_changes(mem, &f.changes);
         for (si, t) in f.trims.iter().enumerate() {
@@ -888,11 +900,17 @@ impl Gms {
     }
 
     fn lead(&mut self, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
-        // A final record anywhere (a failed leader's) is reused, never recomputed.
-        // Prefer a record held by a row this member trusts.
+        assert_eq!(self.leader_rank(), self.me, "only the leader leads");
+        assert!(self.final_record.is_none() && self.stop.is_none());
+        // A final record anywhere (a failed leader's) is reused, never recomputed. Prefer a
+        // record held by a row this member trusts; among suspected rows, the record of the
+        // most recent leader (its row's proposer): a later leader computed its own record only
+        // because no earlier one had gathered its acknowledgements, so an earlier record held
+        // by suspected rows alone cannot have been installed, while the later one may have.
         let holds = |r: usize| r != self.me && !self.broken[r] && self.seen[r].final_ready == 1;
-        let published =
-            (0..self.n).find(|&r| holds(r) && !self.suspected[r]).or_else(|| (0..self.n).find(|&r| holds(r)));
+        let published = (0..self.n).find(|&r| holds(r) && !self.suspected[r]).or_else(|| {
+            (0..self.n).filter(|&r| holds(r)).max_by_key(|&r| (self.seen[r].proposer, std::cmp::Reverse(r)))
+        });
         if let Some(r) = published {
             match self.read_final(mem, r, view) {
                 Ok(f) => {
@@ -1015,6 +1033,8 @@ impl Gms {
 
     fn follow(&mut self, view: &View, mem: &mut impl SstMemory, shards: &mut [ShardState]) {
         let l = self.leader_rank();
+        assert_ne!(l, self.me, "the leader does not follow");
+        assert!(self.final_record.is_none() && self.stop.is_none());
         if self.broken[l] {
             return;
         }
@@ -1131,6 +1151,7 @@ impl Gms {
     /// A row whose final record differs from this member's is a violation (there is only one
     /// per view); it is suspected, and this member waits for it no more.
     fn check_echoes(&mut self, view: &View, mem: &mut impl SstMemory) {
+        assert!(self.final_record.is_some() && !self.trim_ready, "echoes are checked for a record held, once");
         let len = self.changes.len() as u64;
         let mut all = true;
         for r in 0..self.n {
@@ -1155,12 +1176,20 @@ impl Gms {
             }
             return;
         }
-        // And a majority of the view holds it (leavers that echoed count): without it, a
-        // record whose list removes many leavers could be installed on the word of a minority.
+        // And a majority of the view holds this very record (leavers that echoed count, and so
+        // do suspected rows, frozen as last read): without it, a record whose list removes many
+        // leavers could be installed on the word of a minority. Two records (a leader that
+        // failed after publishing to some, a later one that computed its own) can share a
+        // length: only rows holding the same changes and trims count, so at most one record
+        // per view ever gathers a majority.
         let holders = 1
             + (0..self.n)
                 .filter(|&r| {
-                    r != self.me && !self.broken[r] && self.seen[r].final_ready == 1 && self.seen[r].final_len == len
+                    r != self.me
+                        && !self.broken[r]
+                        && self.seen[r].final_ready == 1
+                        && self.seen[r].final_len == len
+                        && self.same_final(view, mem, r)
                 })
                 .count();
         if all && holders > self.n / 2 {
@@ -1185,6 +1214,7 @@ impl Gms {
 
     /// The next view from the final record (call once `trim_ready`).
     pub(crate) fn next_view(&self, view: &View) -> NextView {
+        assert!(self.trim_ready, "the next view follows the final record's echoes");
         let f = self.final_record.as_ref().expect("a final record");
         let departed: Vec<NodeId> = f
             .changes
@@ -1278,6 +1308,7 @@ impl Gms {
 
     /// What to carry into the next view.
     pub(crate) fn carry(&self, view: &View, next: &View) -> Carry {
+        assert!(next.id.0 == view.id.0 + 1, "carried into the view after this one");
         Carry {
             // Suspicions of this view, and those that arrived too late for it (a report or a
             // connection failure once the final record was echoed).
@@ -1344,6 +1375,101 @@ mod tests {
         }]);
         assert_eq!(fixed.layout(&[NodeId(3), NodeId(1)]).unwrap()[0].members, vec![NodeId(3), NodeId(1)]);
         assert!(fixed.layout(&[NodeId(1), NodeId(2)]).is_err(), "no sender left");
+    }
+
+    /// A view of `n` members in one ordered shard, every member a sender, and its row layout.
+    fn seven() -> (View, RowLayout, crate::protocol::Limits) {
+        let ids: Vec<NodeId> = (0..7).map(NodeId).collect();
+        let layout = OneShard { mode: DeliveryMode::Ordered, min_members: 1 };
+        let view = View { id: ViewId(3), members: ids.clone(), shards: layout.layout(&ids).unwrap() };
+        let limits =
+            crate::protocol::Limits { window_len: 8, payload_len_max: 64, ring_len: 1024, ..Default::default() };
+        let rows = RowLayout::new(&view, &limits);
+        (view, rows, limits)
+    }
+
+    fn gms_of(me: u32, view: &View, rows: &RowLayout) -> Gms {
+        let layout: Rc<dyn LayoutFn> = Rc::new(OneShard { mode: DeliveryMode::Ordered, min_members: 1 });
+        let addresses = view.members.iter().map(|n| (*n, format!("a{}", n.0))).collect();
+        Gms::new(MembershipConfig::default(), layout, rows, view, NodeId(me), addresses, Time(0))
+    }
+
+    /// Writes `f` as row `r`'s final record, with proposer `proposer`, as its pushes would.
+    fn hold(g: &Gms, mem: &mut crate::protocol::HeapMemory, r: usize, f: &Final, proposer: u64) {
+        let base = g.base(r);
+        for (i, c) in f.changes.iter().enumerate() {
+            c.encode(
+                mem.slice_mut(base + g.cols.changes + i * CHANGE_LEN..base + g.cols.changes + (i + 1) * CHANGE_LEN),
+            );
+        }
+        for (si, t) in f.trims.iter().enumerate() {
+            for (j, &v) in t.iter().enumerate() {
+                mem.store_u64(base + g.cols.trim[si] + 8 * j, v);
+            }
+        }
+        let len = f.changes.len() as u64;
+        for (c, v) in [
+            (GmsCounter::Wedged, 1),
+            (GmsCounter::Proposer, proposer),
+            (GmsCounter::NumChanges, len),
+            (GmsCounter::NumAcked, len),
+            (GmsCounter::FinalLen, len),
+            (GmsCounter::FinalReady, 1),
+        ] {
+            mem.store_u64(base + g.cols.counter(c), v);
+        }
+    }
+
+    /// Two records for one view (member-core finding 1): the leader 0 published F1 and failed;
+    /// leader 1, seeing none, computed F2 with the same list and other trims. Member 4 holds
+    /// F2, as do rows 1 and 3; rows 0, 2, 5 and 6 hold F1; 4 suspects 5 and 6. Counting rows by
+    /// the length of their record made seven holders and let 4 install F2 while F1 had a
+    /// majority; only rows with the same record count: three of seven, 4 waits.
+    #[test]
+    fn only_rows_holding_the_same_record_count_as_holders() {
+        use crate::protocol::HeapMemory;
+        let (view, rows, _) = seven();
+        let list: Vec<Change> = (0..4).map(|n| Change::Remove(NodeId(n))).collect();
+        let f1 = Final { changes: list.clone(), trims: vec![vec![4; 7]] };
+        let f2 = Final { changes: list, trims: vec![vec![5; 7]] };
+        for (f2_rows, installs) in [(vec![1, 3], false), (vec![1, 3, 5, 6], true)] {
+            let mut mem = HeapMemory::new(rows.table_len());
+            let mut g = gms_of(4, &view, &rows);
+            g.set_final(&mut mem, &view, &mut [], f2.clone(), GmsStep::Echoed(4));
+            for r in [0, 1, 2, 3, 5, 6] {
+                let f = if f2_rows.contains(&r) { &f2 } else { &f1 };
+                hold(&g, &mut mem, r, f, if f2_rows.contains(&r) { 2 } else { 1 });
+                g.seen[r] = Counters::read(&mem, g.base(r), &g.cols);
+            }
+            g.suspected[5] = true;
+            g.suspected[6] = true;
+            g.check_echoes(&view, &mut mem);
+            assert_eq!(g.trim_ready, installs, "F2 held by {f2_rows:?} and member 4");
+            assert!(g.violations.is_empty(), "{:?}", g.violations);
+        }
+    }
+
+    /// A new leader that finds records only in suspected rows copies the most recent leader's
+    /// (the highest proposer), never the first row's.
+    #[test]
+    fn a_new_leader_copies_the_most_recent_leaders_record() {
+        use crate::protocol::HeapMemory;
+        let (view, rows, _) = seven();
+        let list: Vec<Change> = (0..2).map(|n| Change::Remove(NodeId(n))).collect();
+        let f1 = Final { changes: list.clone(), trims: vec![vec![4; 7]] };
+        let f2 = Final { changes: list, trims: vec![vec![5; 7]] };
+        let mut mem = HeapMemory::new(rows.table_len());
+        let mut g = gms_of(2, &view, &rows);
+        hold(&g, &mut mem, 0, &f1, 1);
+        hold(&g, &mut mem, 1, &f2, 2);
+        for r in [0, 1] {
+            g.seen[r] = Counters::read(&mem, g.base(r), &g.cols);
+            g.suspected[r] = true;
+        }
+        assert_eq!(g.leader_rank(), 2);
+        g.lead(&view, &mut mem, &mut []);
+        assert_eq!(g.final_record.as_ref(), Some(&f2), "copied the older record");
+        assert_eq!(g.steps, vec![GmsStep::Wedged, GmsStep::Echoed(2)]);
     }
 
     #[test]

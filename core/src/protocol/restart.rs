@@ -78,14 +78,33 @@ pub enum Waiting {
     /// disk.
     #[error("no member of {0} in the last view is back with a whole log of it")]
     Shard(ShardRef),
-    /// A member back acknowledged view `view`, after the last one saved: it may have been
-    /// installed, and its members may hold versions durable in it. All of them must be back.
-    #[error("view {} may have been installed (a member back acknowledged it): its members {missing:?} must be back too", view.0)]
+    /// A member back acknowledged view `view`, after the last one saved, and it may have been
+    /// committed (those back that acknowledged it, with those of its predecessor not back, can
+    /// make a majority of its predecessor): it may have been installed, and its members may
+    /// hold versions durable in it. All of them must be back.
+    #[error(
+        "view {} may have been installed ({acknowledged:?} acknowledged it, and {unknown:?} of the view before it are not \
+         back to say): its members {missing:?} must be back too",
+        view.0
+    )]
     Proposed {
         /// The view acknowledged.
         view: ViewId,
         /// Its members not back.
         missing: Vec<NodeId>,
+        /// The members back that acknowledged it.
+        acknowledged: Vec<NodeId>,
+        /// Members of the view before it that are not back (each may have acknowledged it).
+        unknown: Vec<NodeId>,
+    },
+    /// A view that may have been installed (see [`Waiting::Proposed`]) has a shard with no
+    /// member back holding an undamaged log of it (nor two damaged ones).
+    #[error("view {} may have been installed, and none of its members back holds a whole log of {shard}", view.0)]
+    ProposedShard {
+        /// The view.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
     },
     /// The members back cannot be laid out.
     #[error("the members back cannot be laid out: {0}")]
@@ -160,13 +179,22 @@ pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn Layou
     // Views after the last one that a member back acknowledged: one may have been committed
     // (a majority of its predecessor acknowledged it, and every member saves what it
     // acknowledges first) and installed by members not back, which may then have made versions
-    // durable that no member of the last view holds. Every member of such a view must be back.
-    let proposed: Vec<&(ViewId, Vec<NodeId>)> =
-        offers.values().flat_map(|o| &o.proposed).filter(|(id, _)| *id > last.id).collect();
-    for (view, members) in &proposed {
+    // durable that no member of the last view holds. Every member of such a view must be back,
+    // with the logs of its shards.
+    for (view, members, acknowledged, unknown) in maybe_committed(&last, offers, &back) {
         let missing: Vec<NodeId> = members.iter().copied().filter(|m| !back.contains(m)).collect();
         if !missing.is_empty() {
-            return Err(Waiting::Proposed { view: *view, missing });
+            return Err(Waiting::Proposed { view, missing, acknowledged, unknown });
+        }
+        let shards = layout.layout_next(&members, &last.shards).unwrap_or_default();
+        for s in &shards {
+            let logs: Vec<&Offer> =
+                s.members.iter().filter_map(|m| offers.get(m)).filter(|o| o.logs.contains_key(&s.id)).collect();
+            let stands = logs.len() >= 2 || logs.iter().any(|o| !o.damaged.contains(&s.id));
+            let had_history = last.shards.iter().any(|l| l.id == s.id);
+            if had_history && !stands {
+                return Err(Waiting::ProposedShard { view, shard: s.id });
+            }
         }
     }
     // After every view saved, acknowledged, seen in a log or naming a log file.
@@ -194,6 +222,42 @@ pub fn plan(leader: NodeId, offers: &BTreeMap<NodeId, Offer>, layout: &dyn Layou
         }
     }
     Ok(Plan { view: View { id, members, shards }, last, transfers })
+}
+
+/// The views after `last` that members back acknowledged and that may have been committed:
+/// a proposal of view `k` with members `P` may have been, only if a majority of view `k - 1`
+/// may have acknowledged it: those back that saved it, and every member of `k - 1` not back.
+/// View `k - 1` is `last`, or itself such a proposal. Each with the members back that
+/// acknowledged it and the members of its predecessor not back.
+type MaybeCommitted = (ViewId, Vec<NodeId>, Vec<NodeId>, Vec<NodeId>);
+
+fn maybe_committed(last: &View, offers: &BTreeMap<NodeId, Offer>, back: &BTreeSet<NodeId>) -> Vec<MaybeCommitted> {
+    let mut proposals: Vec<(ViewId, Vec<NodeId>)> =
+        offers.values().flat_map(|o| o.proposed.iter().cloned()).filter(|(id, _)| *id > last.id).collect();
+    proposals.sort();
+    proposals.dedup();
+    // Predecessors that may have been installed, by id: `last`, then proposals found possible.
+    let mut possible: Vec<(ViewId, Vec<NodeId>)> = vec![(last.id, last.members.clone())];
+    let mut out = Vec::new();
+    for (id, members) in proposals {
+        let acknowledged: Vec<NodeId> =
+            offers.iter().filter(|(_, o)| o.proposed.contains(&(id, members.clone()))).map(|(n, _)| *n).collect();
+        let mut first_unknown = None;
+        let committable = possible.iter().filter(|(p, _)| p.0 + 1 == id.0).any(|(_, before)| {
+            let acks = before.iter().filter(|m| acknowledged.contains(m)).count();
+            let unknown: Vec<NodeId> = before.iter().copied().filter(|m| !back.contains(m)).collect();
+            let can = (acks + unknown.len()) * 2 > before.len();
+            if can && first_unknown.is_none() {
+                first_unknown = Some(unknown);
+            }
+            can
+        });
+        if committable {
+            possible.push((id, members.clone()));
+            out.push((id, members, acknowledged, first_unknown.unwrap_or_default()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -236,26 +300,84 @@ mod tests {
 
     #[test]
     fn a_view_acknowledged_after_the_last_needs_all_its_members_and_ids_follow_files() {
-        // View 1 {0, 1, 2} was acknowledged by 0 (who crashed before installing it) and perhaps
-        // installed by 1 alone.
+        // View 1 {0, 1, 2} (3 removed) was acknowledged by 0 and 2, who crashed before
+        // installing it; 1 may have acknowledged it too, and installed it alone.
         let v0 = view(0, &[&[0, 2], &[1, 3]]);
+        let proposal = (ViewId(1), vec![NodeId(0), NodeId(1), NodeId(2)]);
         let mut a = offer(&v0, &[(0, 0, 9)]);
-        a.proposed = vec![(ViewId(1), vec![NodeId(0), NodeId(1), NodeId(2)])];
-        let mut offers = BTreeMap::from([
-            (NodeId(0), a),
-            (NodeId(2), offer(&v0, &[(0, 0, 9)])),
-            (NodeId(3), offer(&v0, &[(1, 0, 5)])),
-        ]);
+        a.proposed = vec![proposal.clone()];
+        let mut c = offer(&v0, &[(0, 0, 9)]);
+        c.proposed = vec![proposal];
+        let mut offers = BTreeMap::from([(NodeId(0), a), (NodeId(2), c), (NodeId(3), offer(&v0, &[(1, 0, 5)]))]);
         let layout = FixedShards(v0.shards.clone());
         assert_eq!(
             plan(NodeId(0), &offers, &layout),
-            Err(Waiting::Proposed { view: ViewId(1), missing: vec![NodeId(1)] })
+            Err(Waiting::Proposed {
+                view: ViewId(1),
+                missing: vec![NodeId(1)],
+                acknowledged: vec![NodeId(0), NodeId(2)],
+                unknown: vec![NodeId(1)]
+            })
         );
         let mut b = offer(&v0, &[(1, 0, 7)]);
         b.newest_file = ViewId(4); // a log file of an earlier, failed restart
         offers.insert(NodeId(1), b);
         let p = plan(NodeId(0), &offers, &layout).unwrap();
         assert_eq!(p.view.id, ViewId(5), "the restart view follows the acknowledged view and every file");
+    }
+
+    /// Member-core finding 5: a proposal that a majority of the view before it cannot have
+    /// acknowledged (those back that did not acknowledge it are too many) was never committed,
+    /// and does not hold the restart; nor does a later proposal built on it.
+    #[test]
+    fn a_proposal_that_cannot_have_been_committed_does_not_hold_the_restart() {
+        // View 3 {0, 1, 2, 3, 4}; 0 acknowledged view 4 {0, 5} and view 5 {0, 5, 6}; 1, 2 and 3
+        // are back and did not: at most 0 and 4 did, two of five.
+        let v3 = view(3, &[&[0, 1, 2, 3, 4]]);
+        let mut a = offer(&v3, &[(0, 3, 9)]);
+        a.proposed = vec![(ViewId(4), vec![NodeId(0), NodeId(5)]), (ViewId(5), vec![NodeId(0), NodeId(5), NodeId(6)])];
+        let mut offers = BTreeMap::from([(NodeId(0), a)]);
+        for n in [1, 2, 3] {
+            offers.insert(NodeId(n), offer(&v3, &[(0, 3, 9)]));
+        }
+        let p = plan(NodeId(0), &offers, &one_shard()).expect("no wait for 5 and 6");
+        assert_eq!(p.view.members, vec![NodeId(0), NodeId(1), NodeId(2), NodeId(3)]);
+        // With 1 and 2 not back, view 4 could have been committed (0, 1, 2 and 4 make three of
+        // five): its members must be back, and the error says why.
+        offers.remove(&NodeId(1));
+        offers.remove(&NodeId(2));
+        offers.insert(NodeId(4), offer(&v3, &[(0, 3, 9)]));
+        assert_eq!(
+            plan(NodeId(0), &offers, &one_shard()),
+            Err(Waiting::Proposed {
+                view: ViewId(4),
+                missing: vec![NodeId(5)],
+                acknowledged: vec![NodeId(0)],
+                unknown: vec![NodeId(1), NodeId(2)]
+            })
+        );
+    }
+
+    /// A view that may have been installed after the last one needs a whole log of each of its
+    /// shards among its members back: one damaged log alone does not do.
+    #[test]
+    fn a_later_view_needs_an_undamaged_log_of_each_shard() {
+        let v1 = view(1, &[&[0, 1, 2]]);
+        let proposal = (ViewId(2), vec![NodeId(0), NodeId(1)]);
+        let mut offers = BTreeMap::new();
+        for n in [0, 1] {
+            let mut o = offer(&v1, if n == 0 { &[(0, 1, 9)][..] } else { &[][..] });
+            o.proposed = vec![proposal.clone()];
+            offers.insert(NodeId(n), o);
+        }
+        offers.get_mut(&NodeId(0)).unwrap().damaged.insert(shard(0));
+        assert_eq!(
+            plan(NodeId(0), &offers, &one_shard()),
+            Err(Waiting::ProposedShard { view: ViewId(2), shard: shard(0) })
+        );
+        // A second whole log of the shard (node 1's, undamaged) stands for it.
+        offers.get_mut(&NodeId(1)).unwrap().logs.insert(shard(0), Version::new(ViewId(1), 4));
+        assert!(plan(NodeId(0), &offers, &one_shard()).is_ok());
     }
 
     #[test]
@@ -288,7 +410,12 @@ mod tests {
         let offers = BTreeMap::from([(NodeId(1), offer(&v1, &[(0, 1, 5)])), (NodeId(2), joiner)]);
         assert_eq!(
             plan(NodeId(1), &offers, &one_shard()),
-            Err(Waiting::Proposed { view: ViewId(2), missing: vec![NodeId(0)] })
+            Err(Waiting::Proposed {
+                view: ViewId(2),
+                missing: vec![NodeId(0)],
+                acknowledged: vec![NodeId(2)],
+                unknown: vec![NodeId(0)]
+            })
         );
     }
 

@@ -114,6 +114,7 @@ impl<M: SstMemory> Member<M> {
 
     /// The application took (or ordered) the snapshot of `shard` for `view`.
     pub(super) fn snapshot_taken(&mut self, view: ViewId, shard: ShardRef, state: Option<Vec<u8>>) {
+        // (A state that comes after a later view change superseded its transfer is dropped.)
         self.snapshots.retain(|s| *s != (view, shard));
         let Some(state) = state else { return };
         let Some(to) = self.sending.remove(&(view, shard)) else { return };
