@@ -162,6 +162,58 @@ fn a_group_killed_under_load_restarts_with_every_durable_put() {
     }
 }
 
+/// The member started without a contact is killed and started again with its exact command
+/// while the others run on: it finds its saved view, asks that view's members whether a group
+/// runs, and rejoins it (a restart leader waiting for a quorum that never comes is the bug this
+/// pins down), with every put durable before the kill in its replica.
+#[test]
+fn the_first_member_rerun_with_its_own_command_rejoins_the_running_group() {
+    let tmp = std::env::temp_dir().join(format!("derecho-kv-rerun-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("a temporary directory");
+    let _tmp = RemoveOnDrop(tmp.clone());
+    let dirs: Vec<PathBuf> = (0..3).map(|i| tmp.join(format!("logs-{i}"))).collect();
+    let histories: Vec<PathBuf> = (0..3).map(|i| tmp.join(format!("{i}.history"))).collect();
+    let mut members = vec![spawn(0, None, &histories[0], &dirs[0])];
+    let contact = members[0].expect("listening ")["listening ".len()..].to_string();
+    for i in 1..3 {
+        members.push(spawn(i, Some(&contact), &histories[i as usize], &dirs[i as usize]));
+    }
+    for m in &mut members {
+        m.expect("ready");
+        m.tell("load");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while histories.iter().any(|f| durable_lines(f) < 50) {
+        assert!(Instant::now() < deadline, "too few durable puts within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    members[0].kill();
+    let durable: usize = histories.iter().map(|f| durable_lines(f)).sum();
+    let files: Vec<String> = histories.iter().map(|f| f.display().to_string()).collect();
+
+    // The exact command again: no contact.
+    members[0] = spawn(0, None, &histories[0], &dirs[0]);
+    let started = members[0].expect("started in view ");
+    let members_of_view = started.split_once(" members ").expect("a view and its members").1;
+    assert!(members_of_view.split(',').any(|m| m == "1"), "member 0 started a group of its own: {started}");
+    members[0].expect("ready");
+    members[0].tell(&format!("verify {}", files.join(" ")));
+    let answer = members[0].expect_any(&["verified ", "lost "]);
+    let verified: usize = answer.strip_prefix("verified ").unwrap_or_else(|| panic!("{answer}")).parse().unwrap();
+    assert!(verified >= durable, "{verified} durable puts checked, {durable} before the kill");
+    // The group takes new calls at every member.
+    for m in &mut members {
+        m.tell("phase 1");
+    }
+    for m in &members {
+        m.expect("phase 1 done");
+    }
+    for m in &mut members {
+        m.finish();
+    }
+}
+
 /// The last version in the newest non-empty log of `dir`.
 fn last_logged(dir: &Path) -> u64 {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -359,6 +359,15 @@ pub enum StopReason {
     /// The shard's state did not arrive in time (PROTOCOLS §3.5).
     #[error("the state of {0} did not arrive within the state transfer timeout")]
     StateTransferTimeout(ShardRef),
+    /// No source of the shard's state can give it: each refused to send its copy (too long
+    /// for its `state_len_max`, say), or its copy was rejected here (PROTOCOLS §3.5).
+    #[error("the state of {shard} cannot come: {reason}")]
+    StateUnavailable {
+        /// The shard.
+        shard: ShardRef,
+        /// What each source's copy met.
+        reason: String,
+    },
     /// This member could not keep a promise the group relies on (a view it could not set up,
     /// a proposal or log it could not save): it stops, and the others go on without it.
     #[error("this member could not go on: {0}")]

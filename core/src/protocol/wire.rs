@@ -136,6 +136,16 @@ pub enum ViewFrame {
         /// The sender's current view.
         view: ViewId,
     },
+    /// The sender, a source of the state of `shard` for the new members of `view`, cannot
+    /// send it (too long, say): they need not wait for its copy.
+    StateRefused {
+        /// The view it is for.
+        view: ViewId,
+        /// The shard.
+        shard: ShardRef,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The kind byte of an application frame ([`app_frame`]).
@@ -636,6 +646,12 @@ impl ViewFrame {
                 w.u8(2);
                 w.u32(view.0);
             }
+            ViewFrame::StateRefused { view, shard, reason } => {
+                w.u8(3);
+                w.u32(view.0);
+                w.shard(*shard);
+                w.str(reason);
+            }
         }
         w.0
     }
@@ -660,6 +676,7 @@ impl ViewFrame {
                 return Ok(ViewFrame::State { view, shard, offset, total, body });
             }
             2 => ViewFrame::Alive { view: ViewId(r.u32()?) },
+            3 => ViewFrame::StateRefused { view: ViewId(r.u32()?), shard: r.shard()?, reason: r.str()? },
             _ => return Err(r.err("an unknown kind")),
         };
         r.end()?;
@@ -749,6 +766,7 @@ mod tests {
         for f in [
             ViewFrame::State { view: ViewId(4), shard: s, offset: 5, total: 8, body: vec![1, 2, 3] },
             ViewFrame::Alive { view: ViewId(5) },
+            ViewFrame::StateRefused { view: ViewId(6), shard: s, reason: "too long".into() },
         ] {
             assert_eq!(ViewFrame::decode(&f.encode()).unwrap(), f);
         }

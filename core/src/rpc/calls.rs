@@ -13,7 +13,7 @@ use rkyv::util::AlignedVec;
 
 use super::replicated::Replicated;
 use super::service::ServiceInner;
-use super::wire::{HEADER_LEN, Header, Kind};
+use super::wire::{HEADER_LEN, Header, Kind, RemoteKind};
 use crate::context::context;
 use crate::driver::{GroupSendError, SendToError};
 use crate::protocol::{NodeId, ShardRef, Version};
@@ -39,13 +39,23 @@ pub enum CallError {
     /// This member left the view before it replied.
     #[error("{0} left the group before it replied")]
     Departed(NodeId),
-    /// The member could not run the call.
-    #[error("{node} could not run the call: {reason}")]
+    /// The member could not run the call, or refused it.
+    #[error("{node} could not run the call ({kind}): {reason}")]
     Remote {
         /// The member.
         node: NodeId,
-        /// What its handler said.
+        /// Why, as a kind a program can match on.
+        kind: RemoteKind,
+        /// What the member said.
         reason: String,
+    },
+    /// The member applied the ordered call, but its reply was lost in a view change and the
+    /// member no longer keeps it (it keeps the last replies to each caller, bounded in count
+    /// and bytes, for two views). The other members' replies are unaffected.
+    #[error("{node} applied the call but its reply was lost in a view change")]
+    ReplyLost {
+        /// The member.
+        node: NodeId,
     },
     /// The reply did not validate as the method's reply type.
     #[error("the reply of {node} does not validate: {reason}")]
@@ -92,6 +102,16 @@ pub struct Replies<R> {
     pub version: Version,
     /// Each member's reply, or why there is none.
     pub replies: BTreeMap<NodeId, Result<R, CallError>>,
+}
+
+impl CallError {
+    /// The error `node` sent as an error reply's body ([`RemoteKind::read`]).
+    pub(super) fn from_remote(node: NodeId, body: &[u8]) -> Self {
+        match RemoteKind::read(body) {
+            (RemoteKind::ReplyLost, _) => Self::ReplyLost { node },
+            (kind, reason) => Self::Remote { node, kind, reason },
+        }
+    }
 }
 
 impl<R> Replies<R> {

@@ -39,15 +39,17 @@ pub mod replicated;
 pub mod service;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use calls::{CallError, EXTERNAL, Handle, Replies, ReplyStream};
 pub use external::{ClientError, ExternalClient, ExternalHandle};
 pub use recovery::RecoveryError;
 pub use replicated::{Applied, HandlerError, Method, Replicated, StateError};
 pub use service::{Service, StartError};
+pub use wire::RemoteKind;
 
 pub use crate::context::{CallContext, context};
-
-use crate::driver::GroupSender;
 
 /// Support for the code `#[replicated]` generates; not a stable API.
 #[doc(hidden)]

@@ -1,7 +1,7 @@
 //! Replies and queries leave in batches: everything queued for one member goes in one frame
 //! (or a few), each message 16-byte aligned so that its body is read in place.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::poll_fn;
 use std::rc::Weak;
 use std::task::Poll;
@@ -11,17 +11,88 @@ use rkyv::util::AlignedVec;
 use super::CallError;
 use super::replicated::HandlerError;
 use super::service::ServiceInner;
-use super::wire::{HEADER_LEN, Header, Kind};
+use super::wire::{HEADER_LEN, Header, Kind, RemoteKind};
 use crate::driver::{GroupSender, SendToError};
 use crate::protocol::wire::app_frame;
-use crate::protocol::{NodeId, Version};
+use crate::protocol::{NodeId, Version, ViewId};
 
-/// The last replies sent to each caller, oldest first (searched only when a caller asks again,
-/// which is rare: after a view change).
-pub(super) type SentReplies = BTreeMap<NodeId, VecDeque<(u64, Vec<u8>)>>;
+/// The replies to ordered calls sent to one caller, kept because a view change can lose a
+/// reply already sent (the caller then asks again with [`Kind::Repeat`]), and the calls whose
+/// reply is still being computed. Bounded: at most [`REPLY_CACHE_LEN`] replies and
+/// [`REPLY_CACHE_BYTES`] bytes (the newest is always kept), each forgotten once two views have
+/// been installed since it was last sent.
+#[derive(Default)]
+pub(super) struct ReplyCache {
+    /// (call, the view it was last sent in, the whole message), oldest first.
+    replies: VecDeque<(u64, ViewId, Vec<u8>)>,
+    bytes: usize,
+    /// Ordered calls delivered here and not yet answered (queued for the shard's worker).
+    in_work: BTreeSet<u64>,
+}
 
-/// Replies kept per caller for callers that ask again ([`wire::Kind::Repeat`]).
-pub(super) const REPLY_CACHE_LEN: usize = 1 << 14;
+/// What a member can do for a caller that asks for a reply again.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Again {
+    /// Send this message again.
+    Send(Vec<u8>),
+    /// The call is still being run: its reply is sent when it is ready.
+    Coming,
+    /// The reply is no longer kept (or the call was never delivered here).
+    Lost,
+}
+
+impl ReplyCache {
+    /// Keeps the reply to `call`, sent in `view`.
+    pub(super) fn keep(&mut self, call: u64, view: ViewId, message: Vec<u8>) {
+        self.in_work.remove(&call);
+        self.bytes += message.len();
+        self.replies.push_back((call, view, message));
+        while self.replies.len() > 1 && (self.replies.len() > REPLY_CACHE_LEN || self.bytes > REPLY_CACHE_BYTES) {
+            let (_, _, m) = self.replies.pop_front().expect("more than one");
+            self.bytes -= m.len();
+        }
+    }
+
+    /// Notes that `call` was delivered and its reply is being computed.
+    pub(super) fn working_on(&mut self, call: u64) {
+        self.in_work.insert(call);
+    }
+
+    /// What to do for a repeat of `call` in `view` (a reply sent again is kept as sent in it).
+    pub(super) fn again(&mut self, call: u64, view: ViewId) -> Again {
+        if let Some((_, sent_in, m)) = self.replies.iter_mut().rev().find(|(c, _, _)| *c == call) {
+            *sent_in = view;
+            return Again::Send(m.clone());
+        }
+        if self.in_work.contains(&call) { Again::Coming } else { Again::Lost }
+    }
+
+    /// Forgets replies last sent before the view before `view` (the caller asked again, if it
+    /// missed them, in the view after they were sent).
+    pub(super) fn installed(&mut self, view: ViewId) {
+        let bytes = &mut self.bytes;
+        self.replies.retain(|(_, sent_in, m)| {
+            let keep = sent_in.0.saturating_add(1) >= view.0;
+            if !keep {
+                *bytes -= m.len();
+            }
+            keep
+        });
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.in_work.is_empty()
+    }
+}
+
+/// The [`ReplyCache`] of each caller.
+pub(super) type SentReplies = BTreeMap<NodeId, ReplyCache>;
+
+/// Replies kept per caller for callers that ask again ([`Kind::Repeat`]).
+pub(super) const REPLY_CACHE_LEN: usize = 1 << 12;
+/// Bytes of replies kept per caller (beyond this, the oldest are forgotten; the newest is kept
+/// whatever its size).
+pub(super) const REPLY_CACHE_BYTES: usize = 1 << 20;
 /// The largest batch frame; a single larger message goes alone.
 pub(super) const BATCH_LEN_MAX: usize = 1 << 20;
 /// Messages waiting to be sent; beyond this, queries from peers are refused.
@@ -125,18 +196,23 @@ impl ServiceInner {
     }
 
     /// Queues an error reply to the call `h` for `to`.
-    pub(super) fn send_error(&self, to: NodeId, h: &Header, why: &str) {
-        self.send_parts(to, &Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }, why.as_bytes());
+    pub(super) fn send_error(&self, to: NodeId, h: &Header, kind: RemoteKind, why: &str) {
+        let header = Header { kind: Kind::Error, version: Version::from_u64(0), ..*h };
+        self.send_with(to, HEADER_LEN + 1 + why.len(), |f| {
+            let start = f.len();
+            f.resize(start + HEADER_LEN, 0);
+            header.write(&mut f[start..]);
+            f.push(kind as u8);
+            f.extend_from_slice(why.as_bytes());
+        });
     }
 
-    /// Remembers a reply sent to `caller`, for a repeat.
-    pub(super) fn keep_sent(&self, caller: NodeId, call: u64, bytes: Vec<u8>) {
-        let mut sent = self.sent.borrow_mut();
-        let q = sent.entry(caller).or_default();
-        if q.len() >= REPLY_CACHE_LEN {
-            q.pop_front();
-        }
-        q.push_back((call, bytes));
+    /// Sends the reply to an ordered call of `caller` and keeps it in case a view change
+    /// loses it.
+    pub(super) fn send_kept(&self, caller: NodeId, call: u64, message: Vec<u8>) {
+        self.send(caller, &message);
+        let view = self.view.borrow().as_ref().map_or(ViewId(0), |v| v.id);
+        self.sent.borrow_mut().entry(caller).or_default().keep(call, view, message);
     }
 }
 
@@ -145,10 +221,55 @@ pub(super) fn reply_bytes(h: &Header, version: Option<Version>, result: &Result<
         Ok(bytes) => {
             Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..*h }.with_body(bytes)
         }
-        Err(e) => error_bytes(h, &e.to_string()),
+        Err(e) => error_bytes(h, e.kind(), &e.to_string()),
     }
 }
 
-pub(super) fn error_bytes(h: &Header, why: &str) -> Vec<u8> {
-    Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(why.as_bytes())
+pub(super) fn error_bytes(h: &Header, kind: RemoteKind, why: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1 + why.len());
+    body.push(kind as u8);
+    body.extend_from_slice(why.as_bytes());
+    Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Vec<u8> {
+        vec![7; len]
+    }
+
+    #[test]
+    fn a_kept_reply_is_sent_again_and_restamped() {
+        let mut c = ReplyCache::default();
+        c.working_on(1);
+        assert_eq!(c.again(1, ViewId(3)), Again::Coming);
+        c.keep(1, ViewId(3), message(40));
+        assert_eq!(c.again(1, ViewId(4)), Again::Send(message(40)));
+        assert_eq!(c.again(2, ViewId(4)), Again::Lost);
+        // Sent again in view 4: kept through view 5, gone at view 6.
+        c.installed(ViewId(5));
+        assert_eq!(c.again(1, ViewId(5)), Again::Send(message(40)));
+        c.installed(ViewId(7));
+        assert_eq!(c.again(1, ViewId(7)), Again::Lost);
+        assert!(c.is_empty());
+        assert_eq!(c.bytes, 0);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_count_and_bytes_and_keeps_the_newest() {
+        let mut c = ReplyCache::default();
+        for call in 0..REPLY_CACHE_LEN as u64 + 10 {
+            c.keep(call, ViewId(1), message(8));
+        }
+        assert_eq!(c.replies.len(), REPLY_CACHE_LEN);
+        assert_eq!(c.again(9, ViewId(1)), Again::Lost);
+        assert_eq!(c.again(10, ViewId(1)), Again::Send(message(8)));
+        c.keep(u64::MAX, ViewId(1), message(REPLY_CACHE_BYTES + 1));
+        assert_eq!(c.replies.len(), 1, "one reply over the byte bound is kept alone");
+        assert_eq!(c.bytes, REPLY_CACHE_BYTES + 1);
+        c.keep(0, ViewId(1), message(REPLY_CACHE_BYTES / 2));
+        assert_eq!((c.replies.len(), c.bytes), (1, REPLY_CACHE_BYTES / 2));
+    }
 }

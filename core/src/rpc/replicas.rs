@@ -12,12 +12,12 @@ use std::task::{Poll, Waker};
 
 use rkyv::util::AlignedVec;
 
+use super::CallError;
 use super::outbox::reply_bytes;
 use super::persistence::{PersistError, framed_state};
 use super::replicated::{Applied, HandlerError, Hosted, InContext, StateError, abort_on_panic};
 use super::service::{Service, ServiceInner, external_reply};
-use super::wire::{Header, Kind};
-use super::{CallError, GroupSender};
+use super::wire::{Header, Kind, RemoteKind};
 use crate::context::{CallContext, with_context};
 use crate::driver::State;
 use crate::persist::Hlc;
@@ -209,11 +209,11 @@ impl ServiceInner {
             return;
         }
         if self.stopped.get() {
-            self.refuse(from, &header, "this member has stopped");
+            self.refuse(from, &header, RemoteKind::Stopped, "this member has stopped");
             return;
         }
         if self.stable_waiting.get() >= QUEUE_LEN_MAX {
-            self.refuse(from, &header, "the member is overloaded: too many stable queries waiting");
+            self.refuse(from, &header, RemoteKind::Overloaded, "too many stable queries waiting");
             return;
         }
         let shard = header.shard;
@@ -228,7 +228,7 @@ impl ServiceInner {
             (_, None) => Version::from_u64(0),
         };
         let Some(sender) = self.sender.borrow().clone() else {
-            self.refuse(from, &header, "the member is not attached to a group");
+            self.refuse(from, &header, RemoteKind::Stopped, "the member is not attached to a group");
             return;
         };
         let mut owned: AlignedVec = AlignedVec::new();
@@ -241,7 +241,12 @@ impl ServiceInner {
             let Some(inner) = inner.upgrade() else { return };
             inner.stable_waiting.set(inner.stable_waiting.get() - 1);
             if let Err(e) = settled {
-                inner.refuse(from, &header, &format!("the shard did not settle for a stable query: {e}"));
+                inner.refuse(
+                    from,
+                    &header,
+                    RemoteKind::NotSettled,
+                    &format!("the shard did not settle for a stable query: {e}"),
+                );
                 return;
             }
             // Things may have changed while it waited.
@@ -251,17 +256,22 @@ impl ServiceInner {
             if usable {
                 inner.run_or_queue(header, Some(stable), from, &owned);
             } else {
-                inner.refuse(from, &header, "this member no longer holds a replica of the shard");
+                inner.refuse(
+                    from,
+                    &header,
+                    RemoteKind::NoReplica,
+                    "this member no longer holds a replica of the shard",
+                );
             }
         }));
     }
 
     /// Answers a call with an error: recorded for this member's own call, sent to another's.
-    pub(super) fn refuse(&self, from: NodeId, header: &Header, why: &str) {
+    pub(super) fn refuse(&self, from: NodeId, header: &Header, kind: RemoteKind, why: &str) {
         if Some(header.caller) == self.me.get() {
-            self.record(header.call, header.caller, Err(CallError::Remote { node: from, reason: why.into() }));
+            self.record(header.call, header.caller, Err(CallError::Remote { node: from, kind, reason: why.into() }));
         } else {
-            self.send_error(from, header, why);
+            self.send_error(from, header, kind, why);
         }
     }
 
@@ -280,6 +290,9 @@ impl ServiceInner {
         {
             self.finish(header, version, from, result);
             return;
+        }
+        if ordered && Some(header.caller) != self.me.get() {
+            self.sent.borrow_mut().entry(header.caller).or_default().working_on(header.call);
         }
         let mut owned = AlignedVec::new();
         owned.extend_from_slice(args);
@@ -354,16 +367,14 @@ impl ServiceInner {
         result: Result<AlignedVec, HandlerError>,
     ) {
         if Some(h.caller) == self.me.get() {
-            let reply = result.map_err(|e| CallError::Remote { node: h.caller, reason: e.to_string() });
+            let reply = result.map_err(|e| CallError::Remote { node: h.caller, kind: e.kind(), reason: e.to_string() });
             self.record(h.call, h.caller, reply);
             return;
         }
-        // A reply sent during a view change may be lost with the old view's connections: keep
-        // it for the caller to ask again. Earlier ones reach the caller before the view ends.
-        if h.kind == Kind::Ordered && self.sender.borrow().as_ref().is_some_and(GroupSender::is_wedged) {
-            let bytes = reply_bytes(&h, version, &result);
-            self.send(from, &bytes);
-            self.keep_sent(h.caller, h.call, bytes);
+        if h.kind == Kind::Ordered {
+            // A view change can lose a reply already sent (its transport closes before the
+            // caller reads it): keep it for the caller to ask again.
+            self.send_kept(from, h.call, reply_bytes(&h, version, &result));
             return;
         }
         match &result {
@@ -371,7 +382,7 @@ impl ServiceInner {
                 let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..h };
                 self.send_parts(from, &header, reply);
             }
-            Err(e) => self.send_error(from, &h, &e.to_string()),
+            Err(e) => self.send_error(from, &h, e.kind(), &e.to_string()),
         }
     }
 }

@@ -99,6 +99,21 @@ pub enum HandlerError {
     },
 }
 
+impl HandlerError {
+    /// The kind of error a caller is told ([`super::wire::RemoteKind`]).
+    pub fn kind(&self) -> super::wire::RemoteKind {
+        use super::wire::RemoteKind;
+        match self {
+            Self::NoSuchMethod { .. } => RemoteKind::NoSuchMethod,
+            Self::BadArguments { .. } => RemoteKind::BadArguments,
+            Self::Reply { .. } => RemoteKind::BadReply,
+            Self::NoReplica { .. } => RemoteKind::NoReplica,
+            Self::Unordered { .. } => RemoteKind::Unordered,
+            Self::NotSynchronous { .. } => RemoteKind::NotSynchronous,
+        }
+    }
+}
+
 /// A replicated type: what `#[replicated]` generates for it.
 pub trait Replicated: Sized + 'static {
     /// The type's name.

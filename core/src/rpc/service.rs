@@ -11,15 +11,15 @@ use rkyv::util::AlignedVec;
 
 use super::RecoveryError;
 use super::calls::{Pending, ordered_call_own, sweep};
-use super::outbox::{OUTBOX_LEN_MAX, SentReplies, batch_messages, outbox};
+use super::outbox::{Again, OUTBOX_LEN_MAX, SentReplies, batch_messages, outbox};
 use super::persistence::{PersistCallback, PersistError, STATE_PREFIX, ShardLog, framed_state};
 use super::recovery;
 use super::replicas::{Job, QUEUE_LEN_MAX, Registered, Slot, StateCell, later};
 use super::replicated::{HandlerError, Hosted, Replicated, StateError};
-use super::wire::{Header, Kind};
+use super::wire::{Header, Kind, RemoteKind};
 use super::{CallError, EXTERNAL, Handle};
 use crate::driver::{AppError, Application, GroupSender, JoinError, State, ViewChange};
-use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View};
+use crate::protocol::{Delivered, NodeId, ShardRef, SubgroupId, Version, View, ViewId};
 
 /// Why [`Service::start_or_join`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -291,7 +291,7 @@ impl Service {
                     return;
                 }
                 if inner.outbox_len.get() >= OUTBOX_LEN_MAX {
-                    inner.send_error(from, &h, "the member is overloaded: too many replies waiting");
+                    inner.send_error(from, &h, RemoteKind::Overloaded, "too many replies waiting");
                     return;
                 }
                 let waiting = inner.awaiting.borrow().contains(&h.shard);
@@ -299,11 +299,16 @@ impl Service {
                 match state {
                     Some((false, queued)) if !waiting && queued < QUEUE_LEN_MAX => {}
                     Some((false, _)) if !waiting => {
-                        inner.send_error(from, &h, "the member is overloaded: too many calls waiting");
+                        inner.send_error(from, &h, RemoteKind::Overloaded, "too many calls waiting");
                         return;
                     }
                     _ => {
-                        inner.send_error(from, &h, "this member holds no replica of the shard (yet)");
+                        inner.send_error(
+                            from,
+                            &h,
+                            RemoteKind::NoReplica,
+                            "this member holds no replica of the shard (yet)",
+                        );
                         return;
                     }
                 }
@@ -313,13 +318,15 @@ impl Service {
                 if h.caller != from {
                     return;
                 }
-                let again = inner
-                    .sent
-                    .borrow()
-                    .get(&from)
-                    .and_then(|q| q.iter().rev().find(|(c, _)| *c == h.call).map(|(_, b)| b.clone()));
-                if let Some(bytes) = again {
-                    inner.send(from, &bytes);
+                let view = inner.view.borrow().as_ref().map_or(ViewId(0), |v| v.id);
+                let again = inner.sent.borrow_mut().get_mut(&from).map_or(Again::Lost, |c| c.again(h.call, view));
+                match again {
+                    Again::Send(message) => inner.send(from, &message),
+                    Again::Coming => {}
+                    Again::Lost => {
+                        let why = "the reply was lost in a view change and is no longer kept";
+                        inner.send_error(from, &h, RemoteKind::ReplyLost, why);
+                    }
                 }
             }
             Kind::Reply | Kind::Error => {
@@ -331,7 +338,7 @@ impl Service {
                     v.extend_from_slice(rest);
                     Ok(v)
                 } else {
-                    Err(CallError::Remote { node: from, reason: String::from_utf8_lossy(rest).into_owned() })
+                    Err(CallError::from_remote(from, rest))
                 };
                 inner.record(h.call, from, reply);
             }
@@ -612,7 +619,10 @@ impl Application for Service {
         *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
         inner.set_view(Some(change.view.clone()));
         // Replies kept for members that left will never be asked for again.
-        inner.sent.borrow_mut().retain(|caller, _| change.view.members.contains(caller));
+        inner.sent.borrow_mut().retain(|caller, cache| {
+            cache.installed(change.view.id);
+            change.view.members.contains(caller) && !cache.is_empty()
+        });
         if inner.me.get().is_some() {
             self.refresh_replicas();
         }

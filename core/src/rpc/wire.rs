@@ -14,7 +14,8 @@
 //! 12     4    caller    node id of the member that called
 //! 16     8    call id   chosen by the caller, unique among its calls
 //! 24     8    version   replies to ordered calls: the version the call was delivered at
-//! 32          body      rkyv-archived arguments or reply; an error reply's body is UTF-8 text
+//! 32          body      rkyv-archived arguments or reply; an error reply's body is one byte,
+//!                       the kind of error ([`RemoteKind`]), then UTF-8 text saying more
 //! ```
 //!
 //! 32 bytes keep a 16-byte-aligned buffer's body aligned, so rkyv validates it in place.
@@ -40,6 +41,81 @@ pub enum Kind {
     Repeat = 5,
     /// A P2P query answered at the shard's stable point ([`crate::rpc::CallContext::stable`]).
     StableQuery = 6,
+}
+
+/// Why a member answered a call with an error: the first byte of an error reply's body.
+/// An unknown byte (from a newer member) reads as [`RemoteKind::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemoteKind {
+    /// None of the kinds below.
+    Other = 0,
+    /// The type has no such method, or not of that kind (ordered or query): the members
+    /// disagree on the type.
+    NoSuchMethod = 1,
+    /// The arguments did not validate as the method's arguments.
+    BadArguments = 2,
+    /// The handler's reply could not be archived.
+    BadReply = 3,
+    /// The member holds no replica of the shard (it left it, or its state has not arrived).
+    NoReplica = 4,
+    /// The shard is unordered: ordered calls are not applied there.
+    Unordered = 5,
+    /// A method marked synchronous answered asynchronously (a hand-written type that lies).
+    NotSynchronous = 6,
+    /// The member has too much work waiting; the call was not run. Trying again later may work.
+    Overloaded = 7,
+    /// The member has stopped or is not attached to a group.
+    Stopped = 8,
+    /// A stable query: the shard did not settle within the member's call timeout.
+    NotSettled = 9,
+    /// The call was applied, but its reply was lost in a view change and is no longer kept.
+    ReplyLost = 10,
+}
+
+impl RemoteKind {
+    /// The kind a byte stands for.
+    pub fn from_u8(b: u8) -> Self {
+        match b {
+            1 => Self::NoSuchMethod,
+            2 => Self::BadArguments,
+            3 => Self::BadReply,
+            4 => Self::NoReplica,
+            5 => Self::Unordered,
+            6 => Self::NotSynchronous,
+            7 => Self::Overloaded,
+            8 => Self::Stopped,
+            9 => Self::NotSettled,
+            10 => Self::ReplyLost,
+            _ => Self::Other,
+        }
+    }
+
+    /// Splits an error reply's body into its kind and its text (an empty body: `Other`, no text).
+    pub fn read(body: &[u8]) -> (Self, String) {
+        match body.split_first() {
+            Some((&k, text)) => (Self::from_u8(k), String::from_utf8_lossy(text).into_owned()),
+            None => (Self::Other, String::new()),
+        }
+    }
+}
+
+impl std::fmt::Display for RemoteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Other => "error",
+            Self::NoSuchMethod => "no such method",
+            Self::BadArguments => "bad arguments",
+            Self::BadReply => "bad reply",
+            Self::NoReplica => "no replica",
+            Self::Unordered => "unordered shard",
+            Self::NotSynchronous => "not synchronous",
+            Self::Overloaded => "overloaded",
+            Self::Stopped => "stopped",
+            Self::NotSettled => "not settled",
+            Self::ReplyLost => "reply lost",
+        })
+    }
 }
 
 /// A decoded header.
@@ -153,5 +229,19 @@ mod tests {
             b[i] = v;
             assert!(Header::read(&b).is_err(), "byte {i} = {v} accepted");
         }
+    }
+
+    #[test]
+    fn remote_kinds_round_trip_and_unknown_bytes_read_as_other() {
+        for b in 0..=u8::MAX {
+            let k = RemoteKind::from_u8(b);
+            if b <= 10 {
+                assert_eq!(k as u8, b);
+            } else {
+                assert_eq!(k, RemoteKind::Other);
+            }
+        }
+        assert_eq!(RemoteKind::read(&[10, b'a', 0xff]), (RemoteKind::ReplyLost, "a\u{fffd}".to_string()));
+        assert_eq!(RemoteKind::read(&[]), (RemoteKind::Other, String::new()));
     }
 }

@@ -147,6 +147,14 @@ async fn writer(me: u32, w: u32, service: Service, history: Rc<History>) {
 }
 
 fn main() {
+    // The library's logs on standard error when `DERECHO_LOG` names a filter
+    // (`DERECHO_LOG=derecho=debug`).
+    if let Ok(filter) = std::env::var("DERECHO_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
         |n: &str| -> u64 { arg(&args, n).unwrap_or_else(|| panic!("{n} is required")).parse().expect("a number") };
@@ -181,8 +189,7 @@ fn main() {
             .listener(listener)
             .name("kv-linearizable")
             .membership(membership)
-            .connect_timeout(Duration::from_secs(3))
-            .state_len_max(1 << 20);
+            .connect_timeout(Duration::from_secs(3));
         if let Some(d) = shm_dir {
             builder = builder.transport(TransportKind::Shm).shm_dir(d);
         }

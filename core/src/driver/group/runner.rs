@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use derecho_runtime::transport::tcp::{TcpAcceptor, send_message};
 use derecho_runtime::transport::{AnyTransport, Payload, PeerId, Transport, TransportError, TransportEvent};
-use derecho_runtime::{JoinHandle, spawn};
+use derecho_runtime::{AlignedBuf, JoinHandle, spawn};
 
 use super::app::{Application, State, ViewChange};
 use super::builder::{PARK_MAX, Settings, control_tag};
@@ -93,7 +93,18 @@ pub(super) struct Inner {
     connect_error: RefCell<Option<GroupError>>,
     /// A step is running.
     stepping: Cell<bool>,
+    /// Application frames that arrived on the transport of a view not installed here yet (a
+    /// peer that installed it first already sends in it), with their total bytes: handed to
+    /// the application once that view is installed.
+    early: RefCell<(Vec<EarlyFrame>, usize)>,
 }
+
+/// An application frame held until its view is installed: the view, the sender, the frame.
+type EarlyFrame = (ViewId, NodeId, AlignedBuf);
+
+/// Bytes of application frames held for a view not yet installed; beyond this, more are dropped
+/// (the callers time out or ask again).
+const EARLY_BYTES_MAX: usize = 64 << 20;
 
 impl Inner {
     pub(super) fn new(
@@ -128,6 +139,7 @@ impl Inner {
             enter_error: RefCell::default(),
             connect_error: RefCell::default(),
             stepping: Cell::new(false),
+            early: RefCell::default(),
         }
     }
 
@@ -469,6 +481,17 @@ impl Inner {
         tracing::info!(me = %self.settings.me, view = change.view.id.0, members = ?change.view.members, "installed");
         self.published.borrow_mut().view = Some(Rc::new(change.view.clone()));
         self.app.borrow_mut().view_installed(&change);
+        let id = change.view.id;
+        let held = {
+            let mut early = self.early.borrow_mut();
+            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut early.0).into_iter().partition(|e| e.0 <= id);
+            early.1 = later.iter().map(|e| e.2.len()).sum();
+            early.0 = later;
+            now
+        };
+        for (_, from, frame) in held.into_iter().filter(|e| e.0 == id) {
+            self.app.borrow_mut().receive(from, &frame[APP_FRAME_HEADER_LEN..]);
+        }
         self.events.report(GroupEvent::ViewInstalled(change));
         self.wake_all();
     }
@@ -572,20 +595,28 @@ impl Inner {
                 self.feed(Input::PeerFailed { view, peer: NodeId(peer.0) });
             }
             TransportEvent::Frame { from, frame } if frame.first() == Some(&APP_FRAME_KIND) => {
-                if !current {
-                    return; // sent in an earlier view
+                let peer = NodeId(from.0);
+                if frame.len() < APP_FRAME_HEADER_LEN {
+                    self.events
+                        .report(GroupEvent::Violation { peer, what: "an application frame without its header".into() });
+                    self.feed(Input::ReportFailure(peer));
+                    return;
                 }
-                match frame.get(APP_FRAME_HEADER_LEN..) {
-                    Some(body) => self.app.borrow_mut().receive(NodeId(from.0), body),
-                    None => {
-                        let peer = NodeId(from.0);
-                        self.events.report(GroupEvent::Violation {
-                            peer,
-                            what: "an application frame without its header".into(),
-                        });
-                        self.feed(Input::ReportFailure(peer));
-                    }
+                if current {
+                    self.app.borrow_mut().receive(peer, &frame[APP_FRAME_HEADER_LEN..]);
+                    return;
                 }
+                let installed = self.published.borrow().view.as_ref().map(|v| v.id);
+                if installed.is_some_and(|v| v > view) {
+                    return; // sent in an earlier view: the sender asks again if it must
+                }
+                let mut early = self.early.borrow_mut();
+                if early.1 + frame.len() > EARLY_BYTES_MAX {
+                    tracing::warn!(%peer, view = view.0, "too many bytes sent in a view not installed yet: a frame dropped");
+                    return;
+                }
+                early.1 += frame.len();
+                early.0.push((view, peer, frame.into_buf()));
             }
             TransportEvent::Frame { from, frame } => {
                 let now = self.now();

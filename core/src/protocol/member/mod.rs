@@ -361,10 +361,7 @@ impl<M: SstMemory> Member<M> {
             Input::SaveFailed { reason } => self.stop(StopReason::Failed(reason)),
             Input::SnapshotTaken { view, shard, state } => self.snapshot_taken(view, shard, state),
             Input::StateRestored { view, shard } => self.state_restored(now, view, shard),
-            Input::StateRefused { view, shard, from, reason } => {
-                self.incoming.refused(view, shard, from);
-                self.events.push_back(Event::StateRejected { shard, from, reason });
-            }
+            Input::StateRefused { view, shard, from, reason } => self.source_failed((view, shard, from), reason),
             Input::Persisted { shard, version } => {
                 if let Some(node) = &mut self.node {
                     node.report_persisted(shard, version);
@@ -416,6 +413,11 @@ impl<M: SstMemory> Member<M> {
             Ok(ViewFrame::Alive { .. }) => self.node_input(now, NodeInput::PeerAlive(from)),
             Ok(ViewFrame::State { view: v, shard, offset, total, body }) => {
                 self.state_piece(now, view, from, v, shard, offset, total, body);
+            }
+            Ok(ViewFrame::StateRefused { view: v, shard, reason }) => {
+                if self.wants_copy(view, (v, shard, from)) {
+                    self.source_failed((v, shard, from), format!("refused to send it: {reason}"));
+                }
             }
             Err(e) => {
                 if self.view().is_some_and(|v| v.id == view) {
@@ -504,6 +506,9 @@ impl<M: SstMemory> Member<M> {
         assert_eq!(self.view().map(|v| v.id), Some(next.view.id), "installed in the node first");
         let change = ViewChange::of(next, self.config.me);
         self.incoming.retain_view(next.view.id);
+        for t in next.transfers.iter().filter(|t| t.to.contains(&self.config.me)) {
+            self.incoming.expect(next.view.id, t.shard, t.from.clone());
+        }
         self.events.push_back(Event::Installed(change));
         if self.config.persistent {
             // An inadequate view (no shards) is never saved: nothing is delivered in it, and a

@@ -14,7 +14,7 @@ use crate::protocol::restart::Offer;
 #[allow(unused_imports)]
 use crate::protocol::sst::SstMemory;
 use crate::protocol::sst::{GmsCounter, HeapMemory};
-use crate::protocol::wire::Answer;
+use crate::protocol::wire::{Answer, ViewFrame};
 use crate::protocol::{LayoutFn, ShardLayout, SubgroupId};
 
 const S: u64 = 1_000_000_000;
@@ -409,29 +409,31 @@ fn a_view_is_saved_once_its_states_are_durable() {
     );
 }
 
-/// A state travels in pieces: one out of order is dropped (that source's copy is rejected),
-/// one beyond `state_len_max` too; a copy the application refuses waits for another source's.
+/// A state travels in pieces: one out of order fails that source's copy, one beyond
+/// `state_len_max` too; a copy the application refuses waits for another source's; once every
+/// source's copy failed, the member stops at once.
 #[test]
 fn pieces_of_a_state_are_checked_and_a_refused_copy_waits_for_another() {
     let mut next = next_view(2, &[0, 1, 9]);
     next.transfers = vec![StateTransfer { shard: shard0(), from: vec![NodeId(0), NodeId(1)], to: vec![NodeId(9)] }];
-    let mut c = config(9, false);
-    c.state_len_max = 3 << 20;
-    let mut m = Member::new(c);
-    m.enter_view(Rc::new(next.clone()));
-    m.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
-    let _ = (commands(&mut m), events(&mut m));
+    let joiner = |state_len_max: usize| {
+        let mut c = config(9, false);
+        c.state_len_max = state_len_max;
+        let mut m = Member::new(c);
+        m.enter_view(Rc::new(next.clone()));
+        m.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
+        let _ = (commands(&mut m), events(&mut m));
+        m
+    };
     let state: Vec<u8> = (0..(5 << 19)).map(|i| i as u8).collect();
     let pieces = transfer::pieces(ViewId(2), shard0(), &state);
     assert_eq!(pieces.len(), 3);
-    // From 0: the second piece first.
-    m.handle_frame(Time(2), ViewId(2), NodeId(0), &pieces[1]);
-    let rejected = events(&mut m);
-    assert!(
-        matches!(&rejected[..], [Event::StateRejected { from: NodeId(0), reason, .. }] if reason.contains("was expected")),
-        "{rejected:?}"
-    );
-    // From 1, in order: whole after its last piece.
+    let refused =
+        |from: u32| Input::StateRefused { view: ViewId(2), shard: shard0(), from: NodeId(from), reason: "bad".into() };
+
+    // 0's copy under way, 1's whole first: the application refuses 1's, 0's is taken.
+    let mut m = joiner(3 << 20);
+    m.handle_frame(Time(2), ViewId(2), NodeId(0), &pieces[0]);
     for p in &pieces {
         assert_eq!(events(&mut m), vec![]);
         m.handle_frame(Time(3), ViewId(2), NodeId(1), p);
@@ -440,27 +442,94 @@ fn pieces_of_a_state_are_checked_and_a_refused_copy_waits_for_another() {
         events(&mut m),
         vec![Event::Restore { view: ViewId(2), shard: shard0(), from: NodeId(1), state: state.clone() }]
     );
-    // Refused: the shard still waits, and 0's copy (sent again, in order) is taken.
-    m.handle(Time(4), Input::StateRefused { view: ViewId(2), shard: shard0(), from: NodeId(1), reason: "bad".into() });
+    m.handle(Time(4), refused(1));
+    assert_eq!(events(&mut m), vec![Event::StateRejected { shard: shard0(), from: NodeId(1), reason: "bad".into() }]);
     assert!(m.node().unwrap().awaiting_state(shard0()));
-    for p in &pieces {
+    for p in &pieces[1..] {
         m.handle_frame(Time(5), ViewId(2), NodeId(0), p);
     }
-    let evs = events(&mut m);
-    assert_eq!(evs.len(), 2, "{evs:?}");
-    assert!(matches!(&evs[1], Event::Restore { from: NodeId(0), .. }), "{evs:?}");
+    assert_eq!(
+        events(&mut m),
+        vec![Event::Restore { view: ViewId(2), shard: shard0(), from: NodeId(0), state: state.clone() }]
+    );
     m.handle(Time(6), Input::StateRestored { view: ViewId(2), shard: shard0() });
     assert!(!m.node().unwrap().awaiting_state(shard0()));
-    // Too long for this member.
-    let mut small = config(9, false);
-    small.state_len_max = 1 << 20;
-    let mut m = Member::new(small);
-    m.enter_view(Rc::new(next.clone()));
-    m.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
-    let _ = (commands(&mut m), events(&mut m));
+
+    // 0's pieces out of order, then 1's copy refused by the application: nothing can come.
+    let mut m = joiner(3 << 20);
+    m.handle_frame(Time(2), ViewId(2), NodeId(0), &pieces[1]);
+    let rejected = events(&mut m);
+    assert!(
+        matches!(&rejected[..], [Event::StateRejected { from: NodeId(0), reason, .. }] if reason.contains("was expected")),
+        "{rejected:?}"
+    );
+    m.handle_frame(Time(2), ViewId(2), NodeId(0), &pieces[0]);
+    assert_eq!(events(&mut m), vec![], "a failed source's copy is not taken again");
+    for p in &pieces {
+        m.handle_frame(Time(3), ViewId(2), NodeId(1), p);
+    }
+    assert!(matches!(&events(&mut m)[..], [Event::Restore { from: NodeId(1), .. }]));
+    m.handle(Time(4), refused(1));
+    let evs = events(&mut m);
+    assert!(
+        matches!(&evs[..], [Event::StateRejected { from: NodeId(1), .. }, Event::Stopped(StopReason::StateUnavailable { reason, .. })]
+            if reason.contains("node 0: a piece at") && reason.contains("node 1: bad")),
+        "{evs:?}"
+    );
+
+    // Too long for this member, from both sources.
+    let mut m = joiner(1 << 20);
     m.handle_frame(Time(2), ViewId(2), NodeId(0), &pieces[0]);
     let evs = events(&mut m);
     assert!(matches!(&evs[..], [Event::StateRejected { reason, .. }] if reason.contains("state_len_max")), "{evs:?}");
+    m.handle_frame(Time(2), ViewId(2), NodeId(1), &pieces[0]);
+    let evs = events(&mut m);
+    assert!(
+        matches!(&evs[..], [Event::StateRejected { .. }, Event::Stopped(StopReason::StateUnavailable { .. })]),
+        "{evs:?}"
+    );
+}
+
+/// A source whose state is longer than its `state_len_max` tells the new members so, and a
+/// new member whose every source refused stops at once instead of at the transfer timeout.
+#[test]
+fn a_source_that_cannot_send_a_state_says_so_and_the_joiner_stops_at_once() {
+    let mut next = next_view(2, &[0, 9]);
+    next.joined = vec![NodeId(9)];
+    next.transfers = vec![StateTransfer { shard: shard0(), from: vec![NodeId(0)], to: vec![NodeId(9)] }];
+    // The source.
+    let mut c = config(0, false);
+    c.state_len_max = 4;
+    let mut source = Member::new(c);
+    source.enter_view(Rc::new(next.clone()));
+    let _ = commands(&mut source);
+    source.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
+    let _ = commands(&mut source);
+    // (Entering a view it is a source in, as in a restart view, it takes a snapshot.)
+    let evs = events(&mut source);
+    assert!(evs.contains(&Event::TakeSnapshot { view: ViewId(2), shard: shard0() }), "{evs:?}");
+    source.handle(Time(2), Input::SnapshotTaken { view: ViewId(2), shard: shard0(), state: Some(vec![0; 5]) });
+    let reason = "5 bytes, above state_len_max (4)".to_string();
+    assert_eq!(events(&mut source), vec![Event::StateNotSent { shard: shard0(), reason: reason.clone() }]);
+    let refusal = ViewFrame::StateRefused { view: ViewId(2), shard: shard0(), reason: reason.clone() }.encode();
+    assert_eq!(
+        without_pushes(commands(&mut source)),
+        vec![Command::SendFrames { view: ViewId(2), to: vec![NodeId(9)], frames: vec![Rc::new(refusal.clone())] }]
+    );
+    // The joiner.
+    let mut joiner = Member::new(config(9, false));
+    joiner.enter_view(Rc::new(next.clone()));
+    joiner.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
+    let _ = (commands(&mut joiner), events(&mut joiner));
+    joiner.handle_frame(Time(2), ViewId(2), NodeId(0), &refusal);
+    let why = format!("refused to send it: {reason}");
+    assert_eq!(
+        events(&mut joiner),
+        vec![
+            Event::StateRejected { shard: shard0(), from: NodeId(0), reason: why.clone() },
+            Event::Stopped(StopReason::StateUnavailable { shard: shard0(), reason: format!("node 0: {why}") }),
+        ]
+    );
 }
 
 fn answer(a: Answer) -> Vec<u8> {

@@ -8,19 +8,26 @@
 //! A state longer than [`MemberConfig::state_len_max`] is not sent; the others travel in
 //! pieces of [`STATE_PIECE_LEN`] bytes, each a frame of the new view's transport, in order.
 //!
+//! A source that cannot send its copy (too long) says so ([`ViewFrame::StateRefused`]).
+//!
 //! **In.** A new member reassembles the pieces of every source in parallel (each in order,
 //! the offsets checked, the length bounded before anything is kept) and hands the first whole
 //! copy to the application ([`Event::Restore`]); a copy the application refuses makes it wait
 //! for another source's. Once one is restored, the other copies are dropped and delivery
 //! starts in the shard. Memory is bounded by the number of sources times `state_len_max`.
+//! A source's copy that fails (refused there, or a piece out of order, too long, refused by
+//! the application here) is not taken again; once every source's copy failed, the member
+//! stops at once ([`StopReason::StateUnavailable`]) rather than at the transfer timeout.
 //!
 //! [`StateTransfer::from`]: crate::protocol::StateTransfer::from
 //! [`MemberConfig::state_len_max`]: super::MemberConfig::state_len_max
+//! [`StopReason::StateUnavailable`]: crate::protocol::StopReason::StateUnavailable
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::{Command, Event, Member};
+use crate::protocol::StopReason;
 use crate::protocol::ids::{NodeId, ShardRef, Time, ViewId};
 use crate::protocol::node::Input as NodeInput;
 use crate::protocol::sst::SstMemory;
@@ -36,6 +43,10 @@ pub struct Incoming {
     pieces: BTreeMap<(ViewId, ShardRef, NodeId), Vec<u8>>,
     /// Copies handed to the application and not answered yet.
     restoring: Vec<(ViewId, ShardRef, NodeId)>,
+    /// The sources of each state this member awaits.
+    sources: BTreeMap<(ViewId, ShardRef), Vec<NodeId>>,
+    /// The sources whose copy failed, with why.
+    failed: BTreeMap<(ViewId, ShardRef, NodeId), String>,
 }
 
 impl Incoming {
@@ -43,11 +54,13 @@ impl Incoming {
     pub(super) fn retain_view(&mut self, view: ViewId) {
         self.pieces.retain(|(v, _, _), _| *v >= view);
         self.restoring.retain(|(v, _, _)| *v >= view);
+        self.sources.retain(|(v, _), _| *v >= view);
+        self.failed.retain(|(v, _, _), _| *v >= view);
     }
 
-    /// The application refused `from`'s copy: another source's is awaited.
-    pub(super) fn refused(&mut self, view: ViewId, shard: ShardRef, from: NodeId) {
-        self.restoring.retain(|r| *r != (view, shard, from));
+    /// This member awaits the state of `shard` in `view` from `sources`.
+    pub(super) fn expect(&mut self, view: ViewId, shard: ShardRef, sources: Vec<NodeId>) {
+        self.sources.insert((view, shard), sources);
     }
 
     /// Bytes held for states not yet whole.
@@ -71,26 +84,19 @@ impl<M: SstMemory> Member<M> {
         total: u64,
         body: Vec<u8>,
     ) {
-        let Some(node) = &self.node else { return };
-        let wanted = transport_view == v
-            && node.view().id == v
-            && node.awaiting_state(shard)
-            && !self.incoming.restoring.iter().any(|(rv, rs, _)| (*rv, *rs) == (v, shard));
-        if !wanted {
-            return; // a second source's copy, or too late
-        }
         let key = (v, shard, from);
+        if !self.wants_copy(transport_view, key) {
+            return; // a second source's copy, a failed one, or too late
+        }
         if total > self.config.state_len_max as u64 {
-            self.incoming.pieces.remove(&key);
             let reason = format!("a state of {total} bytes, above state_len_max ({})", self.config.state_len_max);
-            self.events.push_back(Event::StateRejected { shard, from, reason });
+            self.source_failed(key, reason);
             return;
         }
         let buf = self.incoming.pieces.entry(key).or_default();
         if offset != buf.len() as u64 {
             let reason = format!("a piece at {offset} where {} was expected", buf.len());
-            self.incoming.pieces.remove(&key);
-            self.events.push_back(Event::StateRejected { shard, from, reason });
+            self.source_failed(key, reason);
             return;
         }
         buf.extend_from_slice(&body);
@@ -100,6 +106,38 @@ impl<M: SstMemory> Member<M> {
         let state = self.incoming.pieces.remove(&key).unwrap_or_default();
         self.incoming.restoring.push(key);
         self.events.push_back(Event::Restore { view: v, shard, from, state });
+    }
+
+    /// Whether a piece of `key`'s copy, on the transport of `transport_view`, is wanted: the
+    /// state is awaited in that view, no copy is being restored, this one has not failed.
+    pub(super) fn wants_copy(&self, transport_view: ViewId, key: (ViewId, ShardRef, NodeId)) -> bool {
+        let (v, shard, _) = key;
+        self.node.as_ref().is_some_and(|node| {
+            transport_view == v
+                && node.view().id == v
+                && node.awaiting_state(shard)
+                && !self.incoming.restoring.iter().any(|(rv, rs, _)| (*rv, *rs) == (v, shard))
+                && !self.incoming.failed.contains_key(&key)
+        })
+    }
+
+    /// A source's copy failed (it refused to send it, or it was rejected here): it is not
+    /// taken again; once every source's failed, the state cannot come and this member stops.
+    pub(super) fn source_failed(&mut self, key: (ViewId, ShardRef, NodeId), reason: String) {
+        let (view, shard, from) = key;
+        self.incoming.pieces.remove(&key);
+        self.incoming.restoring.retain(|r| *r != key);
+        self.events.push_back(Event::StateRejected { shard, from, reason: reason.clone() });
+        self.incoming.failed.insert(key, reason);
+        let Some(sources) = self.incoming.sources.get(&(view, shard)) else { return };
+        let awaiting = self.node.as_ref().is_some_and(|n| n.view().id == view && n.awaiting_state(shard));
+        if awaiting && sources.iter().all(|s| self.incoming.failed.contains_key(&(view, shard, *s))) {
+            let reason = sources
+                .iter()
+                .map(|s| format!("{s}: {}", self.incoming.failed[&(view, shard, *s)]))
+                .collect::<Vec<_>>();
+            self.stop(StopReason::StateUnavailable { shard, reason: reason.join("; ") });
+        }
     }
 
     /// The application restored the state of `shard` for `view`: delivery starts there.
@@ -123,7 +161,9 @@ impl<M: SstMemory> Member<M> {
         }
         if state.len() > self.config.state_len_max {
             let reason = format!("{} bytes, above state_len_max ({})", state.len(), self.config.state_len_max);
-            self.events.push_back(Event::StateNotSent { shard, reason });
+            self.events.push_back(Event::StateNotSent { shard, reason: reason.clone() });
+            let refused = ViewFrame::StateRefused { view, shard, reason }.encode();
+            self.commands.push_back(Command::SendFrames { view, to, frames: vec![Rc::new(refused)] });
             return;
         }
         let frames = pieces(view, shard, &state);
