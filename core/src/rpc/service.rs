@@ -171,7 +171,8 @@ impl Service {
 
     /// Calls `f` with a shard and its frontiers (durable here, durable at every member of the
     /// shard) each time one of them moves. `f` runs inside the group's driver: it must be
-    /// quick and must not call the service or the group (spawn a task for that).
+    /// quick. It may call the service and the group (a callback it registers runs from the
+    /// next move on); anything that waits goes in a spawned task.
     pub fn on_persisted(&self, f: impl FnMut(ShardRef, Option<Version>, Option<Version>) + 'static) -> &Self {
         self.inner.persist_callbacks.borrow_mut().push(Box::new(f));
         self
@@ -271,8 +272,8 @@ impl Service {
         Handle::new(Rc::downgrade(&self.inner), shard)
     }
 
-    /// Reads this member's replica of `shard` (none if it holds none, or not of type `T`).
-    /// Must not be called from a handler.
+    /// Reads this member's replica of `shard` (none if it holds none, or not of type `T`, or
+    /// while a handler of the shard has it: from inside one, this answers `None`).
     pub fn read<T: Replicated, R>(&self, shard: ShardRef, f: impl FnOnce(&T) -> R) -> Option<R> {
         let replicas = self.inner.replicas.borrow();
         replicas.get(&shard).and_then(|s| s.replica.as_ref()).and_then(|r| r.as_any().downcast_ref::<T>()).map(f)

@@ -368,7 +368,7 @@ impl Group {
         begin: impl FnOnce(&mut Member<RegionMemory>, Time),
     ) -> Self {
         let inner = Rc::new(Inner::new(settings, acceptor, member, app));
-        inner.app.borrow_mut().attached(GroupSender { inner: Rc::downgrade(&inner) });
+        inner.upcall(|app| app.attached(GroupSender { inner: Rc::downgrade(&inner) }));
         let hook = add_poll_hook(RulesHook { inner: inner.clone() });
         let weak = Rc::downgrade(&inner);
         let mut tasks = Vec::new();

@@ -163,6 +163,20 @@ impl Inner {
         self.step();
     }
 
+    /// Calls the application from outside a step (a frame arrived, a control message, the
+    /// group attached): inputs it feeds meanwhile (a report, a failure, a fatal error) are
+    /// queued as during a step's upcalls, and a step takes them once it returns. `None` if
+    /// the application is busy (never from a task: every upcall returns before another runs).
+    pub(super) fn upcall<R>(self: &Rc<Self>, f: impl FnOnce(&mut dyn Application) -> R) -> Option<R> {
+        let nested = self.stepping.replace(true);
+        let r = self.app.try_borrow_mut().ok().map(|mut app| f(&mut **app));
+        self.stepping.set(nested);
+        if !nested && !self.queued.borrow().is_empty() {
+            self.step();
+        }
+        r
+    }
+
     /// The one command loop: see the module documentation. Returns how much happened. Not
     /// re-entered: a step started from inside an upcall of another returns at once, and the
     /// outer one takes what was queued meanwhile.
@@ -539,10 +553,7 @@ impl Inner {
                 self.send_control(reply_to, Control::ClientViewReply { view, addresses }.encode().into(), false);
             }
             Some(Control::ClientCall { reply_to, call, body }) => {
-                let answer = match self.app.try_borrow_mut() {
-                    Ok(mut app) => app.external(&body),
-                    Err(_) => None,
-                };
+                let answer = self.upcall(|app| app.external(&body)).flatten();
                 match answer {
                     None => {
                         let mut body = vec![0];
@@ -603,7 +614,7 @@ impl Inner {
                     return;
                 }
                 if current {
-                    self.app.borrow_mut().receive(peer, &frame[APP_FRAME_HEADER_LEN..]);
+                    self.upcall(|app| app.receive(peer, &frame[APP_FRAME_HEADER_LEN..]));
                     return;
                 }
                 let installed = self.published.borrow().view.as_ref().map(|v| v.id);
