@@ -380,6 +380,14 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
             assert_eq!(got.as_deref(), Some(&b"from outside"[..]), "member {n}");
         }
 
+        // A client of another type (another method table) is refused, typed; raw calls are
+        // not checked.
+        let other = OtherExternal::new(ExternalHandle::new(client.clone(), SHARD));
+        let e = other.bump().await.expect_err("another type");
+        assert!(matches!(e, ClientError::Remote { kind: derecho::rpc::RemoteKind::TypeMismatch, .. }), "{e}");
+        let puts = client.query_raw(SHARD, Some(NodeId(0)), 3, &[]).await.expect("a raw query");
+        assert!(!puts.is_empty());
+
         // Notifications pushed by a member reach subscribed clients.
         assert_eq!(client.subscribe("news").await, 3);
         assert_eq!(a.group.sender().notify("news", b"hello"), 1);

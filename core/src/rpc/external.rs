@@ -22,7 +22,7 @@ use derecho_runtime::transport::{PeerId, TransportError, TransportLimits};
 use derecho_runtime::{JoinHandle, spawn, time};
 use rkyv::util::AlignedVec;
 
-use super::wire::{Header, Kind};
+use super::wire::{Header, Kind, RemoteKind};
 use super::{EXTERNAL, Replicated};
 use crate::driver::control_tag;
 use crate::protocol::wire::Control;
@@ -48,9 +48,15 @@ pub enum ClientError {
     /// The shard is not in the current view.
     #[error("{0} is not in the group's current view")]
     NoSuchShard(ShardRef),
-    /// The member could not run the query.
-    #[error("the member could not run the query: {0}")]
-    Remote(String),
+    /// The member could not run the call, or refused it.
+    #[error("the member could not run the call ({kind}): {reason}")]
+    Remote {
+        /// Why, as a kind a program can match on ([`RemoteKind::TypeMismatch`]: the member
+        /// hosts another type, or another version of it, than the client's).
+        kind: RemoteKind,
+        /// What the member said.
+        reason: String,
+    },
     /// The reply did not validate as the method's reply type.
     #[error("the reply does not validate: {0}")]
     BadReply(String),
@@ -64,6 +70,12 @@ pub enum ClientError {
         /// The member's address.
         member: String,
     },
+}
+
+/// The error in an external call's answer (0, the kind of error, what the member said).
+fn remote_error(body: &[u8]) -> ClientError {
+    let (kind, reason) = RemoteKind::read(body.get(1..).unwrap_or_default());
+    ClientError::Remote { kind, reason }
 }
 
 /// What became of a message sent to a member.
@@ -282,6 +294,19 @@ impl ExternalClient {
         method: u32,
         args: &[u8],
     ) -> Result<AlignedVec, ClientError> {
+        self.query_checked(shard, to, method, args, 0).await
+    }
+
+    /// As [`ExternalClient::query_raw`], the member checking that it hosts the type of
+    /// `fingerprint` in the shard's subgroup (0: unchecked).
+    async fn query_checked(
+        &self,
+        shard: ShardRef,
+        to: Option<NodeId>,
+        method: u32,
+        args: &[u8],
+        fingerprint: u64,
+    ) -> Result<AlignedVec, ClientError> {
         let mut tried = Vec::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -291,8 +316,8 @@ impl ExternalClient {
             for (_, address) in targets {
                 let call = self.next_call.get();
                 self.next_call.set(call + 1);
-                let header =
-                    Header { kind: Kind::Query, shard, method, caller: EXTERNAL, call, version: Version::from_u64(0) };
+                let version = Version::from_u64(fingerprint);
+                let header = Header { kind: Kind::Query, shard, method, caller: EXTERNAL, call, version };
                 let message =
                     Control::ClientCall { reply_to: self.reply_to.clone(), call, body: header.with_body(args) };
                 tried.push(address.clone());
@@ -306,8 +331,7 @@ impl ExternalClient {
                             v.extend_from_slice(reply);
                             Ok(v)
                         }
-                        Some((_, text)) => Err(ClientError::Remote(String::from_utf8_lossy(text).into_owned())),
-                        None => Err(ClientError::Remote("an empty reply".into())),
+                        _ => Err(remote_error(&body)),
                     };
                 }
             }
@@ -331,6 +355,17 @@ impl ExternalClient {
         method: u32,
         args: &[u8],
     ) -> Result<(Version, AlignedVec), ClientError> {
+        self.ordered_checked(shard, method, args, 0).await
+    }
+
+    /// As [`ExternalClient::ordered_raw`], checked as [`ExternalClient::query_checked`].
+    async fn ordered_checked(
+        &self,
+        shard: ShardRef,
+        method: u32,
+        args: &[u8],
+        fingerprint: u64,
+    ) -> Result<(Version, AlignedVec), ClientError> {
         let mut tried = Vec::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -340,14 +375,8 @@ impl ExternalClient {
             for (_, address) in targets {
                 let call = self.next_call.get();
                 self.next_call.set(call + 1);
-                let header = Header {
-                    kind: Kind::Ordered,
-                    shard,
-                    method,
-                    caller: EXTERNAL,
-                    call,
-                    version: Version::from_u64(0),
-                };
+                let version = Version::from_u64(fingerprint);
+                let header = Header { kind: Kind::Ordered, shard, method, caller: EXTERNAL, call, version };
                 let message =
                     Control::ClientCall { reply_to: self.reply_to.clone(), call, body: header.with_body(args) };
                 tried.push(address.clone());
@@ -366,8 +395,7 @@ impl ExternalClient {
                         v.extend_from_slice(&rest[8..]);
                         Ok((version, v))
                     }
-                    Some((_, text)) => Err(ClientError::Remote(String::from_utf8_lossy(text).into_owned())),
-                    None => Err(ClientError::Remote("an empty reply".into())),
+                    _ => Err(remote_error(&body)),
                 };
             }
         }
@@ -436,21 +464,24 @@ impl<T: Replicated> ExternalHandle<T> {
         &self.client
     }
 
-    /// As [`ExternalClient::ordered_raw`] on this shard.
+    /// As [`ExternalClient::ordered_raw`] on this shard; the member checks that it hosts `T`
+    /// (the same method table: [`Replicated::FINGERPRINT`]).
     ///
     /// # Errors
     ///
-    /// As [`ExternalClient::ordered_raw`].
+    /// As [`ExternalClient::ordered_raw`]; [`ClientError::Remote`] with
+    /// [`RemoteKind::TypeMismatch`] if the member hosts another type or version.
     pub async fn ordered_raw(&self, method: u32, args: &[u8]) -> Result<(Version, AlignedVec), ClientError> {
-        self.client.ordered_raw(self.shard, method, args).await
+        self.client.ordered_checked(self.shard, method, args, T::FINGERPRINT).await
     }
 
-    /// As [`ExternalClient::query_raw`] on this shard.
+    /// As [`ExternalClient::query_raw`] on this shard, checked as
+    /// [`ExternalHandle::ordered_raw`].
     ///
     /// # Errors
     ///
-    /// As [`ExternalClient::query_raw`].
+    /// As [`ExternalHandle::ordered_raw`].
     pub async fn query_raw(&self, to: Option<NodeId>, method: u32, args: &[u8]) -> Result<AlignedVec, ClientError> {
-        self.client.query_raw(self.shard, to, method, args).await
+        self.client.query_checked(self.shard, to, method, args, T::FINGERPRINT).await
     }
 }

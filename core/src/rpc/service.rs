@@ -366,12 +366,13 @@ pub(super) fn external_reply(result: Result<AlignedVec, HandlerError>) -> Vec<u8
             v.extend_from_slice(&bytes);
             v
         }
-        Err(e) => {
-            let mut v = vec![0];
-            v.extend_from_slice(e.to_string().as_bytes());
-            v
-        }
+        Err(e) => external_error(e.kind(), &e.to_string()),
     }
+}
+
+/// An external call's error answer: 0, the kind of error, what the member said.
+pub(super) fn external_error(kind: RemoteKind, why: &str) -> Vec<u8> {
+    [&[0, kind as u8][..], why.as_bytes()].concat()
 }
 
 /// An external call's answer, counted among those under way until it is ready.
@@ -479,15 +480,20 @@ impl Application for Service {
 
     fn external(&mut self, request: &[u8]) -> Option<State> {
         let inner = &self.inner;
-        let refuse = |why: &str| {
-            Some(State::Ready(external_reply(Err(HandlerError::BadArguments {
-                method: "external call",
-                reason: why.into(),
-            }))))
-        };
-        let Ok((h, args)) = Header::read(request) else { return refuse("not a call") };
+        let refuse = |kind: RemoteKind, why: &str| Some(State::Ready(external_error(kind, why)));
+        let Ok((h, args)) = Header::read(request) else { return refuse(RemoteKind::Other, "not a call") };
         if inner.external.get() >= EXTERNAL_MAX {
-            return refuse("the member is overloaded: too many external calls under way");
+            return refuse(RemoteKind::Overloaded, "too many external calls under way");
+        }
+        // The client names the type it expects by its fingerprint (0: unchecked).
+        let hosted = inner.types.borrow().get(&h.shard.subgroup).map(|t| (t.name, t.fingerprint));
+        match hosted {
+            Some((name, fingerprint)) if h.version.as_u64() != 0 && h.version.as_u64() != fingerprint => {
+                let why = format!("the client expects another type than {name} (or another version of it)");
+                return refuse(RemoteKind::TypeMismatch, &why);
+            }
+            None => return refuse(RemoteKind::NoReplica, "this member hosts no type in the subgroup"),
+            Some(_) => {}
         }
         if h.kind == Kind::Ordered {
             // Relayed: this member makes the ordered call on the client's behalf and answers
@@ -499,7 +505,7 @@ impl Application for Service {
                 .as_ref()
                 .and_then(|v| v.shards.iter().find(|s| s.id == h.shard).map(|s| s.senders.contains(&me)));
             if in_shard != Some(true) {
-                return refuse("this member cannot send in the shard");
+                return refuse(RemoteKind::NoReplica, "this member cannot send in the shard");
             }
             let (inner, args) = (inner.clone(), args.to_vec());
             return Some(counted(&self.inner.external, async move {
@@ -513,19 +519,22 @@ impl Application for Service {
                         v.extend_from_slice(&bytes);
                         v
                     }
-                    Ok((_, Err(e))) | Err(e) => [&[0u8][..], e.to_string().as_bytes()].concat(),
+                    Ok((_, Err(e))) | Err(e) => {
+                        let kind = if let CallError::Remote { kind, .. } = &e { *kind } else { RemoteKind::Other };
+                        external_error(kind, &e.to_string())
+                    }
                 }
             }));
         }
         if h.kind != Kind::Query {
-            return refuse("external clients send queries and ordered calls only");
+            return refuse(RemoteKind::Other, "external clients send queries and ordered calls only");
         }
         if inner.awaiting.borrow().contains(&h.shard) {
-            return refuse("this member holds no replica of the shard yet");
+            return refuse(RemoteKind::NoReplica, "this member holds no replica of the shard yet");
         }
         let sync = match inner.replicas.borrow().get(&h.shard) {
             Some(slot) => slot.replica.as_ref().is_some_and(|r| !r.is_async(h.method)),
-            None => return refuse("this member holds no replica of the shard"),
+            None => return refuse(RemoteKind::NoReplica, "this member holds no replica of the shard"),
         };
         let header = Header { caller: EXTERNAL, version: Version::from_u64(inner.stable_time_field(h.shard)), ..h };
         if sync

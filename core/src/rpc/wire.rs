@@ -13,7 +13,9 @@
 //!  8     4    method    index in the type's method table
 //! 12     4    caller    node id of the member that called
 //! 16     8    call id   chosen by the caller, unique among its calls
-//! 24     8    version   replies to ordered calls: the version the call was delivered at
+//! 24     8    version   replies to ordered calls: the version the call was delivered at;
+//!                       ordered calls: the caller's time; an external client's calls: the
+//!                       fingerprint of the type it expects (0: not checked)
 //! 32          body      rkyv-archived arguments or reply; an error reply's body is one byte,
 //!                       the kind of error ([`RemoteKind`]), then UTF-8 text saying more
 //! ```
@@ -71,6 +73,9 @@ pub enum RemoteKind {
     NotSettled = 9,
     /// The call was applied, but its reply was lost in a view change and is no longer kept.
     ReplyLost = 10,
+    /// An external client expects another type (or another version of it) than the one the
+    /// member hosts in the subgroup: their method tables differ.
+    TypeMismatch = 11,
 }
 
 impl RemoteKind {
@@ -87,6 +92,7 @@ impl RemoteKind {
             8 => Self::Stopped,
             9 => Self::NotSettled,
             10 => Self::ReplyLost,
+            11 => Self::TypeMismatch,
             _ => Self::Other,
         }
     }
@@ -114,6 +120,7 @@ impl std::fmt::Display for RemoteKind {
             Self::Stopped => "stopped",
             Self::NotSettled => "not settled",
             Self::ReplyLost => "reply lost",
+            Self::TypeMismatch => "type mismatch",
         })
     }
 }
@@ -235,7 +242,7 @@ mod tests {
     fn remote_kinds_round_trip_and_unknown_bytes_read_as_other() {
         for b in 0..=u8::MAX {
             let k = RemoteKind::from_u8(b);
-            if b <= 10 {
+            if b <= 11 {
                 assert_eq!(k as u8, b);
             } else {
                 assert_eq!(k, RemoteKind::Other);
