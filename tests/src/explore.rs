@@ -2,10 +2,11 @@
 //!
 //! It enumerates every interleaving of a few members' actions around the sans-IO core: the head
 //! of any link (links are FIFO, as PROTOCOLS §1 requires) is delivered, a planned member
-//! crashes, a survivor learns of the crash (the transport's failure event), a joiner's request
-//! reaches the leader, a sender sends its next message. Time stands still: heartbeats and
-//! timeouts are off, so suspicion comes only from failure events, which makes the state space
-//! finite. Worlds are cloned at each branch; a world already seen (same tables, node states,
+//! crashes, a survivor learns of the crash (the transport's failure event), a planned member
+//! leaves gracefully, a planned member falsely suspects another that runs on (which is then
+//! removed, and stops once it sees so), a joiner's request reaches the leader, a sender sends
+//! its next message. Time stands still: heartbeats and timeouts are off, so suspicion comes
+//! only from failure events and the planned suspicion, which makes the state space finite. Worlds are cloned at each branch; a world already seen (same tables, node states,
 //! links and histories, by a hash of their debug form) is not explored twice.
 //!
 //! After every action the same properties as the simulator's checkers are judged: one member
@@ -35,6 +36,10 @@ pub struct Bound {
     pub crash: Option<NodeId>,
     /// A joiner (id) that asks the leader to join, at any point.
     pub join: Option<NodeId>,
+    /// A member that leaves gracefully, at any point.
+    pub leave: Option<NodeId>,
+    /// A member that suspects another, which runs on, at any point: `(suspecter, suspected)`.
+    pub suspect: Option<(NodeId, NodeId)>,
     /// Stop after this many distinct worlds (the run then reports itself incomplete).
     pub max_worlds: usize,
 }
@@ -87,6 +92,8 @@ struct World {
     links: BTreeMap<(u32, u32), VecDeque<Msg>>,
     crashed: bool,
     join_sent: bool,
+    left: bool,
+    suspected: bool,
     told: BTreeSet<u32>,
     sent: BTreeMap<u32, u64>,
     /// Per member: its log (state received, then deliveries).
@@ -154,6 +161,8 @@ enum Action {
     Crash(u32),
     Tell(u32, u32),
     Join(u32),
+    Leave(u32),
+    Suspect(u32, u32),
     Send(u32),
 }
 
@@ -164,6 +173,8 @@ impl Action {
             Action::Crash(x) => format!("crash n{x}"),
             Action::Tell(y, x) => format!("n{y} learns n{x} failed"),
             Action::Join(j) => format!("n{j} asks to join"),
+            Action::Leave(x) => format!("n{x} leaves"),
+            Action::Suspect(a, b) => format!("n{a} suspects n{b}"),
             Action::Send(s) => format!("n{s} sends"),
         }
     }
@@ -199,6 +210,8 @@ fn start(bound: &Bound) -> (World, Judge) {
         links: BTreeMap::new(),
         crashed: false,
         join_sent: false,
+        left: false,
+        suspected: false,
         told: BTreeSet::new(),
         sent: BTreeMap::new(),
         logs: BTreeMap::new(),
@@ -235,7 +248,7 @@ fn fingerprint(w: &World) -> u64 {
     }
     w.dead.hash(&mut h);
     w.links.hash(&mut h);
-    (w.crashed, w.join_sent).hash(&mut h);
+    (w.crashed, w.join_sent, w.left, w.suspected).hash(&mut h);
     w.told.hash(&mut h);
     w.sent.hash(&mut h);
     w.logs.hash(&mut h);
@@ -282,6 +295,19 @@ fn actions(w: &World, bound: &Bound) -> Vec<Action> {
     {
         out.push(Action::Join(j.0));
     }
+    if let Some(x) = bound.leave
+        && !w.left
+        && running(w, x.0)
+    {
+        out.push(Action::Leave(x.0));
+    }
+    if let Some((a, b)) = bound.suspect
+        && !w.suspected
+        && running(w, a.0)
+        && w.nodes[&a.0].view().rank_of(b).is_some()
+    {
+        out.push(Action::Suspect(a.0, b.0));
+    }
     for &(s, k) in &bound.senders {
         if w.sent.get(&s.0).copied().unwrap_or(0) < k
             && running(w, s.0)
@@ -315,6 +341,14 @@ fn apply(w: &mut World, j: &mut Judge, bound: &Bound, a: &Action) -> Result<(), 
         Action::Join(joiner) => {
             w.join_sent = true;
             w.links.entry((joiner, 0)).or_default().push_back(Msg::JoinRequest);
+        }
+        Action::Leave(x) => {
+            w.left = true;
+            run(w, j, x, Input::Leave)?;
+        }
+        Action::Suspect(a, b) => {
+            w.suspected = true;
+            run(w, j, a, Input::ReportFailure(NodeId(b)))?;
         }
         Action::Send(s) => {
             let k = w.sent.get(&s).copied().unwrap_or(0);

@@ -1,6 +1,7 @@
 //! Exhaustive exploration of small membership configurations (TESTING.md tier T2): every
-//! interleaving of deliveries, a crash, failure notices, a join and a few sends, judged by the
-//! same properties as the simulator's checkers (see `derecho_tests::explore`).
+//! interleaving of deliveries, a crash, failure notices, a graceful leave, a false suspicion, a
+//! join and a few sends, judged by the same properties as the simulator's checkers (see
+//! `derecho_tests::explore`).
 
 use derecho::protocol::NodeId;
 use derecho_tests::explore::{Bound, explore};
@@ -16,7 +17,15 @@ fn assert_complete(name: &str, bound: &Bound) {
 fn a_member_crash_with_one_message_in_flight() {
     assert_complete(
         "crash",
-        &Bound { members: 3, senders: vec![(NodeId(1), 1)], crash: Some(NodeId(2)), join: None, max_worlds: 400_000 },
+        &Bound {
+            members: 3,
+            senders: vec![(NodeId(1), 1)],
+            crash: Some(NodeId(2)),
+            join: None,
+            leave: None,
+            suspect: None,
+            max_worlds: 400_000,
+        },
     );
 }
 
@@ -24,7 +33,15 @@ fn a_member_crash_with_one_message_in_flight() {
 fn the_leader_crash_with_a_message_in_flight() {
     assert_complete(
         "leader crash",
-        &Bound { members: 3, senders: vec![(NodeId(1), 1)], crash: Some(NodeId(0)), join: None, max_worlds: 400_000 },
+        &Bound {
+            members: 3,
+            senders: vec![(NodeId(1), 1)],
+            crash: Some(NodeId(0)),
+            join: None,
+            leave: None,
+            suspect: None,
+            max_worlds: 400_000,
+        },
     );
 }
 
@@ -34,6 +51,63 @@ fn a_join() {
     // interleavings; messages in flight across a view change are explored with the crashes.
     assert_complete(
         "join",
-        &Bound { members: 3, senders: vec![], crash: None, join: Some(NodeId(9)), max_worlds: 400_000 },
+        &Bound {
+            members: 3,
+            senders: vec![],
+            crash: None,
+            join: Some(NodeId(9)),
+            leave: None,
+            suspect: None,
+            max_worlds: 400_000,
+        },
+    );
+}
+
+#[test]
+fn a_leave_with_a_message_in_flight() {
+    assert_complete(
+        "leave",
+        &Bound {
+            members: 3,
+            senders: vec![(NodeId(1), 1)],
+            crash: None,
+            join: None,
+            leave: Some(NodeId(2)),
+            suspect: None,
+            max_worlds: 400_000,
+        },
+    );
+}
+
+#[test]
+fn the_leader_leaves_with_a_message_in_flight() {
+    assert_complete(
+        "leader leave",
+        &Bound {
+            members: 3,
+            senders: vec![(NodeId(1), 1)],
+            crash: None,
+            join: None,
+            leave: Some(NodeId(0)),
+            suspect: None,
+            max_worlds: 400_000,
+        },
+    );
+}
+
+#[test]
+fn a_false_suspicion_with_a_message_in_flight() {
+    // Member 1 suspects member 2, which runs on and is removed, while member 0 sends.
+    assert_complete(
+        "false suspicion",
+        &Bound {
+            members: 3,
+            senders: vec![(NodeId(0), 1)],
+            crash: None,
+            join: None,
+            leave: None,
+            suspect: Some((NodeId(1), NodeId(2))),
+            max_worlds: 400_000,
+        },
     );
 }
