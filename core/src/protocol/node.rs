@@ -382,7 +382,18 @@ impl<M: SstMemory> Node<M> {
         for s in &carry.suspected {
             new_gms.suspect_later(*s);
         }
-        new_gms.joins = carry.joins;
+        // Joins waiting here are proposed by the next view's leader only if it is this member:
+        // elsewhere they would wait forever, so their joiners are sent to the leader.
+        let leader = node.view.members[new_gms.leader_rank()];
+        if leader == self.me {
+            new_gms.joins = carry.joins;
+        } else {
+            let address = next.addresses.iter().find(|(n, _)| *n == leader).map(|(_, a)| a.clone()).unwrap_or_default();
+            for j in carry.joins {
+                let refusal = JoinRefusal::NotLeader { leader, address: address.clone() };
+                node.outputs.push_back(Output::JoinRefused { node: j.node, refusal });
+            }
+        }
         for old in carry.last_shards {
             if new_gms.last_shards.iter().all(|s| s.id != old.id) {
                 new_gms.last_shards.push(old);
@@ -1291,6 +1302,69 @@ mod membership_tests {
         let step = out.iter().position(|o| matches!(o, Output::Step(GmsStep::Acked { .. }))).expect("an ack");
         assert!(out[..step].iter().all(|o| !matches!(o, Output::Push { .. })), "a push before the ack step: {out:?}");
         assert_eq!(follower.proposed_view().map(|(id, _)| id), Some(ViewId(1)));
+    }
+
+    /// Runs the nodes (ids = indices) until nothing moves: pushes reach the members of the
+    /// same view, next views are installed at once. Returns each node's other outputs.
+    fn settle(nodes: &mut [Node<HeapMemory>]) -> Vec<Vec<Output>> {
+        let mut others: Vec<Vec<Output>> = nodes.iter().map(|_| Vec::new()).collect();
+        for round in 0..500u64 {
+            let mut moved = false;
+            for i in 0..nodes.len() {
+                nodes[i].handle(Time(2 + round), Input::RowsChanged);
+                nodes[i].deliver(|_| {});
+                while let Some(o) = nodes[i].poll_output() {
+                    match o {
+                        Output::Push { range, to } => {
+                            let bytes = nodes[i].memory().slice(range.clone()).to_vec();
+                            let view = nodes[i].view().id;
+                            let count = nodes.len();
+                            for j in to.iter().map(|n| n.0 as usize).filter(|&j| j < count) {
+                                if nodes[j].view().id == view {
+                                    nodes[j].memory_mut().apply(range.start, &bytes);
+                                }
+                            }
+                            moved = true;
+                        }
+                        Output::NextView(next) => {
+                            let len = Node::<HeapMemory>::table_len(&next.view, &limits());
+                            nodes[i].install(Time(2 + round), HeapMemory::new(len)).unwrap();
+                            others[i].push(Output::NextView(next));
+                            moved = true;
+                        }
+                        o => others[i].push(o),
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        others
+    }
+
+    /// A join waiting at a member that does not lead the next view would never be proposed
+    /// there: the joiner is sent to the leader when the view installs.
+    #[test]
+    fn joins_carried_into_a_view_this_member_does_not_lead_are_sent_to_its_leader() {
+        let mut nodes: Vec<Node<HeapMemory>> = (0..3).map(member).collect();
+        // Member 2 took a join while it thought itself the leader (it suspected 0 and 1).
+        let joiner = crate::protocol::membership::Joiner { node: NodeId(7), address: "a7".into(), returning: false };
+        nodes[2].gms.as_mut().unwrap().joins.push(joiner);
+        // The leader adds another joiner: view 1 is [0, 1, 2, 9].
+        nodes[0].handle(Time(1), Input::Join { node: NodeId(9), address: "a9".into(), returning: false });
+        let others = settle(&mut nodes);
+        for n in &nodes {
+            assert_eq!(n.view().id, ViewId(1), "every member installed view 1");
+        }
+        let refused: Vec<&Output> = others[2].iter().filter(|o| matches!(o, Output::JoinRefused { .. })).collect();
+        let redirect = Output::JoinRefused {
+            node: NodeId(7),
+            refusal: JoinRefusal::NotLeader { leader: NodeId(0), address: "a0".into() },
+        };
+        assert_eq!(refused, vec![&redirect]);
+        assert!(nodes[2].gms.as_ref().unwrap().joins.is_empty(), "the join is no longer held at member 2");
+        assert!(others[0].iter().chain(&others[1]).all(|o| !matches!(o, Output::JoinRefused { .. })));
     }
 
     #[test]
