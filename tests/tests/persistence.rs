@@ -379,3 +379,122 @@ fn persistence_without_partition_safety_is_refused() {
         assert!(matches!(e, derecho::driver::JoinError::Config(_)), "{e}");
     });
 }
+
+/// A type whose handlers make calls: one spawns an ordered call, one awaits a query.
+#[derive(
+    Debug,
+    Default,
+    derecho::rpc::support::rkyv::Archive,
+    derecho::rpc::support::rkyv::Serialize,
+    derecho::rpc::support::rkyv::Deserialize,
+)]
+#[rkyv(crate = derecho::rpc::support::rkyv)]
+pub struct Relay {
+    bumps: u64,
+    spawned: u64,
+}
+
+thread_local! {
+    /// The client a handler calls through (a replica cannot hold one: it is archived).
+    static RELAY: std::cell::RefCell<Option<RelayClient>> = const { std::cell::RefCell::new(None) };
+}
+
+fn relay() -> RelayClient {
+    RELAY.with(|r| r.borrow().clone()).expect("a client")
+}
+
+#[derecho::replicated]
+impl Relay {
+    /// Adds one.
+    pub fn bump(&mut self) -> u64 {
+        self.bumps += 1;
+        self.bumps
+    }
+
+    /// Spawns an ordered `bump`: it is delivered, and logged, on its own.
+    pub fn spawn_bump(&mut self) -> u64 {
+        self.spawned += 1;
+        let client = relay();
+        drop(derecho::spawn(async move {
+            let _ = client.bump().await;
+        }));
+        self.spawned
+    }
+
+    /// Awaits member `to`'s count and adds it: a replica rebuilt without that answer differs.
+    pub async fn add_count_of(&mut self, to: u32) -> u64 {
+        let n = relay().count(NodeId(to)).await.unwrap_or(0);
+        self.bumps += n;
+        self.bumps
+    }
+
+    /// The count.
+    pub fn count(&self) -> u64 {
+        self.bumps
+    }
+
+    /// How many bumps were spawned.
+    pub fn spawned(&self) -> u64 {
+        self.spawned
+    }
+}
+
+/// A member hosting `Relay`, its client the one handlers call through.
+async fn relay_member(
+    builder: GroupBuilder,
+    contact: Option<SocketAddr>,
+    dir: &Path,
+) -> Result<(Group, Service), derecho::rpc::StartError> {
+    let service = Service::new();
+    service.host(SubgroupId(0), Relay::default);
+    service.persist_to(dir).expect("a log directory");
+    RELAY.with(|r| *r.borrow_mut() = Some(RelayClient::new(service.handle::<Relay>(SHARD))));
+    let group = service.start_or_join(builder, contact).await?;
+    Ok((group, service))
+}
+
+/// Replaying a log runs each logged call's handler again, but calls are not made again: an
+/// ordered call a handler spawned was logged itself and is replayed once; a handler that
+/// awaited a call's reply cannot be replayed, and recovery refuses its log. (One member: the
+/// handlers find their client in a thread-local, which members on one thread would share.)
+#[test]
+fn calls_made_by_handlers_are_not_made_again_at_recovery() {
+    let tmp = TempDir::new("replay-calls");
+    Builder::new().build().unwrap().block_on(async {
+        let (group, service) = relay_member(builder(0, "replay-calls"), None, &tmp.0).await.expect("start");
+        let client = RelayClient::new(service.handle::<Relay>(SHARD));
+        for _ in 0..5 {
+            client.spawn_bump().await.expect("spawn_bump");
+        }
+        let deadline = Instant::now() + WAIT;
+        while client.count(NodeId(0)).await.expect("count") < 5 {
+            assert!(Instant::now() < deadline, "the spawned bumps did not all arrive");
+            time::sleep(Duration::from_millis(2)).await;
+        }
+        let last = client.bump().await.expect("bump").version;
+        service.handle::<Relay>(SHARD).wait_persisted(last, WAIT).await.expect("persisted");
+        assert_eq!(service.read::<Relay, _>(SHARD, |r| (r.bumps, r.spawned)), Some((6, 5)));
+        group.close().await;
+        drop((group, service, client));
+
+        // Back: the replica holds the five spawned bumps and the last one, once each.
+        let (group, service) = relay_member(builder(0, "replay-calls"), None, &tmp.0).await.expect("restart");
+        let client = RelayClient::new(service.handle::<Relay>(SHARD));
+        let after = client.bump().await.expect("a bump after the restart");
+        service.handle::<Relay>(SHARD).wait_persisted(after.version, WAIT).await.expect("persisted");
+        let (bumps, spawned) = service.read::<Relay, _>(SHARD, |r| (r.bumps, r.spawned)).expect("a replica");
+        assert_eq!((bumps, spawned), (7, 5), "a spawned call was made again at recovery, or lost");
+
+        // A handler that awaits a call (here refused at once: a query of its own shard).
+        let awaited = client.add_count_of(0).await.expect("add_count_of").version;
+        service.handle::<Relay>(SHARD).wait_persisted(awaited, WAIT).await.expect("persisted");
+        group.close().await;
+        drop((group, service, client));
+        let e = relay_member(builder(0, "replay-calls"), None, &tmp.0).await.expect_err("refused");
+        assert!(
+            matches!(&e, derecho::rpc::StartError::Recovery(derecho::rpc::RecoveryError::Replay { reason, .. })
+                if reason.contains("made a call")),
+            "{e}"
+        );
+    });
+}

@@ -85,6 +85,12 @@ pub enum CallError {
     /// call instead (it then completes after the handler returns).
     #[error("an ordered call into {0} awaited inside a handler of {0} would never complete; spawn it")]
     FromHandler(ShardRef),
+    /// The service is rebuilding its replicas from its logs (a total restart), and calls are
+    /// not made: an ordered call a handler made the first time was logged itself and is
+    /// replayed on its own. A handler that awaits a call while it is replayed makes recovery
+    /// refuse the log ([`super::RecoveryError::Replay`]).
+    #[error("the service is replaying its logs: calls are not made")]
+    Replaying,
     /// The service was not attached to a group, or the group closed.
     #[error("the group is closed")]
     Closed,
@@ -406,6 +412,14 @@ impl<T: Replicated> Handle<T> {
         let inner = self.service.upgrade().ok_or(CallError::Closed)?;
         if inner.stopped.get() {
             return Err(CallError::Closed);
+        }
+        if inner.replaying.get() {
+            // From a handler being replayed, recovery refuses the log: what the handler did
+            // with the reply the first time cannot be done again.
+            if context().is_some() {
+                inner.replay_calls.set(inner.replay_calls.get() + 1);
+            }
+            return Err(CallError::Replaying);
         }
         Ok(inner)
     }

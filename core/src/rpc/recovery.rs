@@ -299,6 +299,8 @@ impl ServiceInner {
         records: Vec<(u64, u64, Vec<u8>)>,
     ) -> Result<Version, RecoveryError> {
         let fail = |reason: String| RecoveryError::Replay { shard, path: path.display().to_string(), reason };
+        // Until the service is attached: tasks a replayed handler spawned call nothing.
+        self.replaying.set(true);
         let mut records = records.into_iter().peekable();
         let head_is_state = records.peek().is_some_and(|(_, _, p)| p.first() == Some(&0));
         let (mut replica, mut time, mut last): (Box<dyn Hosted>, u64, Option<Version>) = {
@@ -328,12 +330,21 @@ impl ServiceInner {
             let header = Header { version: Version::from_u64(hlc), ..h };
             let context = call_context(&header, Some(Version::from_u64(version)));
             // A handler's error is its answer to the call, the same as the first time.
+            self.replay_calls.set(0);
             if let Applied::Later(f) = with_context(context, || replica.apply(h.method, args)) {
                 let _ = InContext { context, future: f }.await;
+            }
+            if self.replay_calls.get() > 0 {
+                return Err(fail(format!(
+                    "the handler of version {} made a call: what it did with the reply cannot be replayed",
+                    Version::from_u64(version)
+                )));
             }
             (time, last) = (hlc, Some(Version::from_u64(version)));
         }
         let last = last.expect("at least one record");
+        // Tasks the handlers spawned take their first step now, while calls are refused.
+        crate::runtime::yield_now().await;
         self.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
         self.times.borrow_mut().insert(shard, time);
         self.delivered.borrow_mut().insert(shard, last);

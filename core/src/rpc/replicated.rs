@@ -115,6 +115,15 @@ impl HandlerError {
 }
 
 /// A replicated type: what `#[replicated]` generates for it.
+///
+/// Ordered handlers must be deterministic: every replica applies the same calls in the same
+/// order and must reach the same state, from the replica, the arguments and the call's
+/// [`crate::rpc::CallContext`] alone. A persisting service ([`crate::rpc::Service::persist_to`])
+/// replays its log through the same handlers at a total restart; calls are not made while it
+/// does ([`crate::rpc::CallError::Replaying`]). An ordered call a handler spawned was delivered
+/// and logged itself, so it is replayed once, on its own; a handler that awaits a call's reply
+/// cannot be replayed (the reply is not in the log), and recovery refuses such a log
+/// ([`crate::rpc::RecoveryError::Replay`]) rather than rebuild a different replica.
 pub trait Replicated: Sized + 'static {
     /// The type's name.
     const NAME: &'static str;

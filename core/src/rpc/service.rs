@@ -82,6 +82,11 @@ pub(super) struct ServiceInner {
     /// Persisting services: the times of versions not yet known durable everywhere, and of the
     /// last one that is (for the stable time of queries).
     pub(super) recent_times: RefCell<BTreeMap<ShardRef, VecDeque<(Version, u64)>>>,
+    /// Replicas are being rebuilt from the logs (until the service is attached): calls fail
+    /// with [`CallError::Replaying`].
+    pub(super) replaying: Cell<bool>,
+    /// Calls a handler tried while it was replayed (recovery refuses the log).
+    pub(super) replay_calls: Cell<usize>,
 }
 
 impl Default for ServiceInner {
@@ -114,6 +119,8 @@ impl Default for ServiceInner {
             proposals: RefCell::default(),
             times: RefCell::default(),
             recent_times: RefCell::default(),
+            replaying: Cell::new(false),
+            replay_calls: Cell::new(0),
         }
     }
 }
@@ -245,6 +252,7 @@ impl Service {
         if self.inner.sender.borrow().is_some() {
             return;
         }
+        self.inner.replaying.set(false);
         self.inner.set_view(sender.view());
         self.inner.me.set(sender.me());
         *self.inner.sender.borrow_mut() = Some(sender.clone());
