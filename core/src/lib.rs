@@ -7,23 +7,29 @@
 //! deterministic state machine that takes inputs (a row update, a frame, a timer) and returns
 //! outputs (push this row range, send this frame, deliver this message). A driver turns those
 //! outputs into I/O on the runtime ([`runtime`]): thread-per-core executors on io_uring and
-//! transports over TCP or shared memory. The runtime is re-exported here; the protocol core
-//! (multicast, membership, subgroups), its drivers, replicated objects and external clients
-//! exist; persistence is under way (its durable log exists).
+//! transports over TCP or shared memory. The runtime is re-exported here. Every decision of a
+//! member's life (joins, state transfer, view changes, total restart) lives in one sans-IO
+//! [`protocol::member::Member`], which both the drivers and the simulator run. Multicast,
+//! membership, subgroups, replicated objects, external clients and persistence with total
+//! restart exist; the RDMA transport does not yet.
 //!
 //! # Layout
 //!
-//! * [`driver`]: runs a protocol node on the runtime over a transport: the static group, the
-//!   group with membership ([`driver::Group`]) and their configuration files.
+//! * [`driver`]: runs the protocol on the runtime over a transport: the group with membership
+//!   ([`driver::Group`], which runs a [`protocol::member::Member`]), the static group of fixed
+//!   membership, and their configuration files.
 //! * [`protocol`]: the sans-IO protocol core: identifiers, limits, views, the shared state table,
-//!   ordered multicast, membership and subgroup layouts (PROTOCOLS §1, §2, §3, §5), driven
-//!   through [`protocol::Node`].
+//!   ordered multicast, membership and subgroup layouts (PROTOCOLS §1, §2, §3, §5) in
+//!   [`protocol::Node`], and around it [`protocol::member::Member`]: joins, state transfer,
+//!   the lingering old view, total restart (§3.5, §4.1).
 //! * [`rpc`]: replicated objects (`#[replicated]`), calls into them from members and from
 //!   external clients (PROTOCOLS §6).
-//! * [`persist`]: durable logs of versioned state (PROTOCOLS §4; the first layer).
-//! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: nodes in one
-//!   thread, virtual time, seeded latency, slow members and cut links, a checksummed workload and
-//!   a trace; the checkers that judge its runs are in the `derecho-tests` package.
+//! * [`persist`]: durable logs of versioned state and versioned fields (PROTOCOLS §4).
+//! * [`context`]: the call a handler serves ([`context::CallContext`]), read by versioned fields.
+//! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: the same
+//!   `Member`s the driver runs, in one thread, over virtual time, seeded links (latency, slow
+//!   members, cuts, partitions) and simulated disks, with a checksummed workload and a trace;
+//!   the checkers that judge its runs are in the `derecho-tests` package.
 //! * [`runtime`]: the whole `derecho-runtime` crate (executors, I/O, timers, channels, buffers,
 //!   transports), for anything not re-exported at the top level.
 //! * [`transport`]: the transports and their two primitives, push and frames;

@@ -455,3 +455,21 @@ fn members_outside_a_shard_query_it() {
         }
     });
 }
+
+/// A member whose replicated types differ (another type in a subgroup, or another version of
+/// it: another method table) is refused at join, typed, rather than let in to misread calls.
+#[test]
+fn a_member_hosting_other_types_is_refused_at_join() {
+    use derecho::driver::JoinError;
+    use derecho::protocol::JoinRefusal;
+    use derecho::rpc::StartError;
+    Builder::new().build().unwrap().block_on(async {
+        let a = member(0, None).await;
+        let other = Service::new();
+        other.host(SubgroupId(0), Other::default);
+        let e = other.start_or_join(builder(1), Some(a.group.local_addr())).await.expect_err("refused");
+        assert!(matches!(e, StartError::Join(JoinError::Refused(JoinRefusal::AppMismatch { .. }))), "{e}");
+        assert_eq!(a.group.members(), vec![NodeId(0)], "the group is unchanged");
+        a.group.close().await;
+    });
+}

@@ -14,8 +14,19 @@
 //!
 //! # Layout
 //!
+//! * `group`: [`Group`], a group with membership: the runner that executes a
+//!   [`crate::protocol::member::Member`]'s commands (the same code the simulator runs).
 //! * [`RegionMemory`]: the table in a transport region.
 //! * [`StaticGroup`]: a group of fixed membership: start, send, delivery callback, close.
+//! * `config`, `member_config`: the TOML configuration of a static group and of a member.
+//!
+//! `StaticGroup` keeps a small loop of its own rather than being a [`Group`] whose membership
+//! never changes: it runs a [`Node`] without membership on a transport the caller already
+//! connected (no listener, no joins, no restart, no application beyond its delivery callback),
+//! which is what the multicast benchmark measures and what a new transport is first brought up
+//! with. A `Member` always has membership, so hosting a static node in the runner would add a
+//! second mode to both; its loop (`Inner::step`) makes no decisions: it runs the rules, delivers
+//! and pushes.
 
 mod config;
 mod group;

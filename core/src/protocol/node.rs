@@ -159,7 +159,7 @@ pub enum JoinCheck {
     UnderWay,
 }
 
-/// Where a member's delivery and flow control stand ([`Node::progress`]): every field only
+/// Where a member's delivery and flow control stand ([`Node::update_progress`]): every field only
 /// grows within a view, so a value that differs from an earlier one of the same view means
 /// something moved. A driver wakes what waits on windows, settles and frontiers when it
 /// changes.

@@ -68,7 +68,7 @@ pub enum CallError {
     /// The arguments could not be archived.
     #[error("the arguments could not be archived: {0}")]
     Arguments(String),
-    /// No reply within the service's call timeout ([`Service::set_call_timeout`]).
+    /// No reply within the service's call timeout ([`Service::set_call_timeout`](super::Service::set_call_timeout)).
     #[error("no reply from {node} within {after:?}")]
     Timeout {
         /// The member (for a call not yet delivered: this member).
@@ -253,7 +253,7 @@ impl ServiceInner {
     }
 }
 
-/// Calls into the replicas of type `T` in one shard ([`Service::handle`]).
+/// Calls into the replicas of type `T` in one shard ([`Service::handle`](super::Service::handle)).
 pub struct Handle<T> {
     service: Weak<ServiceInner>,
     shard: ShardRef,
@@ -399,7 +399,7 @@ impl<T: Replicated> Handle<T> {
 
     /// The same handle, its queries made stable: the member asked answers once everything it
     /// had delivered in the shard is delivered at every member of the shard, and the handler
-    /// sees that point as [`CallContext::stable`]. A versioned object that answers as of it
+    /// sees that point as [`CallContext::stable`](crate::context::CallContext::stable). A versioned object that answers as of it
     /// (like the book's key-value store) answers linearizably: every update that completed
     /// before the query is included, and nothing that another replica may still lack. It costs
     /// a round of the shard's delivery reports (a few pushes) per query.

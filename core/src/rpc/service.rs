@@ -218,10 +218,11 @@ impl Service {
     ///
     /// # Errors
     ///
-    /// As [`crate::driver::GroupBuilder::join`] (a failed start is [`JoinError::Start`]);
-    /// [`JoinError::Recovery`] if the directory cannot be recovered ([`RecoveryError`]),
-    /// [`JoinError::NoQuorum`] if a restart leader's quorum does not come back in time;
-    /// [`JoinError::Config`] for a persisting service without partition safety.
+    /// [`StartError::Join`]: as [`crate::driver::GroupBuilder::join`] (a failed start is
+    /// [`JoinError::Start`]), [`JoinError::NoQuorum`] if a restart leader's quorum does not come
+    /// back in time, [`JoinError::Config`] for a persisting service without partition safety;
+    /// [`StartError::Recovery`] if the directory cannot be recovered ([`RecoveryError`]),
+    /// including a log whose replay made a call ([`RecoveryError::Replay`]).
     pub async fn start_or_join(
         &self,
         builder: crate::driver::GroupBuilder,

@@ -212,6 +212,13 @@ pub struct Failure {
     pub trace_tail: Vec<String>,
 }
 
+impl Failure {
+    /// A failure of the run of `seed` after `step`, at `time`, with the tail of `trace`.
+    pub fn at(seed: u64, step: u64, time: Time, message: String, trace: &Trace) -> Self {
+        Self { seed, step, time, message, trace_tail: trace.tail().map(str::to_string).collect() }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "seed {} failed after step {} at t={}ns: {}", self.seed, self.step, self.time.0, self.message)?;
@@ -529,13 +536,7 @@ impl Sim {
 
     /// A failure report for `message` at the current step.
     pub fn failure(&self, message: String) -> Failure {
-        Failure {
-            seed: self.config.seed,
-            step: self.steps,
-            time: self.now,
-            message,
-            trace_tail: self.trace.tail().map(str::to_string).collect(),
-        }
+        Failure::at(self.config.seed, self.steps, self.now, message, &self.trace)
     }
 
     /// Runs the earliest event; false when none is left.

@@ -42,8 +42,9 @@ pub trait Application: 'static {
 
     /// Replaces the state of `shard` with a snapshot from an old member; called once, before
     /// anything is delivered in the shard. An error is reported ([`GroupEvent::StateRejected`])
-    /// and the next source's copy is tried; with none, the member stops with
-    /// [`StopReason::StateTransferTimeout`].
+    /// and the next source's copy is tried; once every source's copy failed, the member stops
+    /// with [`StopReason::StateUnavailable`] (with [`StopReason::StateTransferTimeout`] if
+    /// copies are still awaited when the transfer timeout passes).
     ///
     /// # Errors
     ///

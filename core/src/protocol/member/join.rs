@@ -8,9 +8,9 @@
 //! and came back at once is still in the view until the group removes it) before it is a
 //! refusal. The first welcome that names this member is its first view.
 //!
-//! **Admitting.** The leader checks a request ([`Node::check_join`]: leader, id free, room)
+//! **Admitting.** The leader checks a request ([`Node::check_join`](crate::protocol::Node::check_join): leader, id free, room)
 //! and answers [`Answer::Pending`] to the joiner's listener; only once that message is
-//! delivered ([`Input::ControlSent`]) does it propose the join. A request whose listener never
+//! delivered ([`Input::ControlSent`](super::Input::ControlSent)) does it propose the join. A request whose listener never
 //! answers (a forged address) is never proposed, so it can never sit in a view as a member
 //! that will not take part.
 

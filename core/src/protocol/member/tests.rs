@@ -241,6 +241,45 @@ fn followers_redirect_and_ids_in_use_are_refused() {
     );
 }
 
+/// A request from another build of the application (its replicated types' fingerprint differs)
+/// or of the handshake is refused before anything else is looked at.
+#[test]
+fn requests_from_another_application_or_handshake_are_refused() {
+    let mut c = config(0, false);
+    c.app = 7;
+    let mut m = Member::new(c);
+    let request = |version, app| Control::Join { version, node: NodeId(9), address: address(9), app }.encode();
+    m.handle_control(Time(1), NodeId(9), &request(JOIN_VERSION, 8));
+    let refusal = JoinRefusal::AppMismatch { ours: 7, theirs: 8 };
+    assert_eq!(
+        commands(&mut m),
+        vec![Command::SendControl {
+            to: address(9),
+            message: control(&Control::Answer(Answer::Refused(refusal))),
+            report: false
+        }]
+    );
+    m.handle_control(Time(2), NodeId(9), &request(JOIN_VERSION + 1, 7));
+    assert_eq!(
+        commands(&mut m),
+        vec![Command::SendControl {
+            to: address(9),
+            message: control(&Control::Answer(Answer::Version(JOIN_VERSION))),
+            report: false
+        }]
+    );
+    // The same application: past the check (an idle member runs no group yet).
+    m.handle_control(Time(3), NodeId(9), &request(JOIN_VERSION, 7));
+    assert_eq!(
+        commands(&mut m),
+        vec![Command::SendControl {
+            to: address(9),
+            message: control(&Control::Answer(Answer::Refused(JoinRefusal::NotRunning))),
+            report: false
+        }]
+    );
+}
+
 /// Member-core finding 8: a new leader that inherited a join from its failed predecessor's
 /// list answers the joiner's retry as a join under way (it will be welcomed), not as an id in
 /// use.

@@ -12,7 +12,7 @@
 //! dropped breaks the view's connection on that link until a later view). Traffic for a view a
 //! member has not connected yet waits until it does (as a listener parks connections), traffic
 //! for a view it closed is dropped. A crash can be planned at a time or on a named step of the
-//! view change ([`GmsStep`]): the member then dies at the end of that activation, and each peer
+//! view change ([`GmsStep`](crate::protocol::GmsStep)): the member then dies at the end of that activation, and each peer
 //! receives a seeded prefix of what it sent in it, which is how "the leader failed after
 //! publishing to some" is simulated.
 //!
@@ -332,13 +332,7 @@ impl GroupSim {
 
     /// A failure report at the current step.
     pub fn failure(&self, message: String) -> Failure {
-        Failure {
-            seed: self.config.seed,
-            step: self.steps,
-            time: self.now,
-            message,
-            trace_tail: self.trace.tail().map(str::to_string).collect(),
-        }
+        Failure::at(self.config.seed, self.steps, self.now, message, &self.trace)
     }
 
     /// Runs until the end time or step limit, calling `check` after every step.

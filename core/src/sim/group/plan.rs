@@ -183,7 +183,7 @@ pub struct GroupConfig {
     /// Members at start, ids `0..members`, all in view 0.
     pub members: u32,
     /// The layout: with `shards == 1`, one shard of every member, adequate from this many
-    /// members; with more, [`RoundRobinShards`] with this many members per shard.
+    /// members; with more, [`RoundRobinShards`](crate::protocol::RoundRobinShards) with this many members per shard.
     pub min_members: usize,
     /// Shards of the layout.
     pub shards: u16,
