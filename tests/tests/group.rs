@@ -13,7 +13,7 @@ use derecho::driver::{
 };
 use derecho::protocol::{
     Delivered, DeliveryMode, JoinRefusal, MembershipConfig, NodeId, OneShard, ShardIndex, ShardRef, StopReason,
-    SubgroupId,
+    SubgroupId, Version,
 };
 use derecho::runtime::time;
 use derecho::{Builder, TcpListener};
@@ -181,6 +181,37 @@ async fn join_fail_and_catch_up(builder: impl Fn(u32, usize) -> GroupBuilder) {
             g.close().await;
         }
     }
+}
+
+#[test]
+fn a_local_frontier_is_published_when_nothing_else_moves() {
+    Builder::new().build().unwrap().block_on(async {
+        let a = builder(0, 2).start(App::default()).await.expect("start");
+        let b = builder(1, 2).join(a.local_addr(), App::default()).await.expect("b joins");
+        a.wait_view(WAIT, |v| v.members.len() == 2).await.unwrap();
+        send_values(&a, 0, 1).await;
+        let delivered = || (a.delivered_count(SHARD), b.delivered_count(SHARD));
+        until("both deliver", || delivered() == (Some(1), Some(1)), || format!("{:?}", delivered())).await;
+        // The group is quiet and B reports nothing: only A's own frontier moves, and A's
+        // handles must see it (no other progress comes along to publish it).
+        let v = Version::from_u64(0);
+        a.sender().report_persisted(SHARD, v);
+        until(
+            "A reads its own frontier",
+            || a.sender().persisted(SHARD) == (Some(v), None),
+            || format!("{:?}", a.sender().persisted(SHARD)),
+        )
+        .await;
+        b.sender().report_persisted(SHARD, v);
+        until(
+            "A reads the global frontier",
+            || a.sender().persisted(SHARD) == (Some(v), Some(v)),
+            || format!("{:?}", a.sender().persisted(SHARD)),
+        )
+        .await;
+        b.close().await;
+        a.close().await;
+    });
 }
 
 #[test]

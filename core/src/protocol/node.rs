@@ -159,10 +159,10 @@ pub enum JoinCheck {
     UnderWay,
 }
 
-/// Where a member's delivery and flow control stand ([`Node::update_progress`]): every field only
-/// grows within a view, so a value that differs from an earlier one of the same view means
-/// something moved. A driver wakes what waits on windows, settles and frontiers when it
-/// changes.
+/// Where a member's delivery, flow control and persistence stand ([`Node::update_progress`]):
+/// every field only grows within a view, so a value that differs from an earlier one of the same
+/// view means something moved. A driver wakes what waits on windows, settles and frontiers when
+/// it changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The view.
@@ -173,6 +173,8 @@ pub struct Progress {
     pub delivered_everywhere: Vec<u64>,
     /// Per shard of this member: the global persistence frontier (plus one; 0 for none).
     pub persisted_everywhere: Vec<u64>,
+    /// Per shard of this member: the local persistence frontier (plus one; 0 for none).
+    pub persisted_here: Vec<u64>,
 }
 
 /// One member of a group running the multicast protocol over an SST in memory `M`.
@@ -965,12 +967,24 @@ impl<M: SstMemory> Node<M> {
             seen.released.resize(n, 0);
             seen.delivered_everywhere.resize(n, 0);
             seen.persisted_everywhere.resize(n, 0);
+            seen.persisted_here.resize(n, 0);
         }
         for (i, s) in self.shards.iter().enumerate() {
-            let now =
-                (s.released(&self.mem), s.delivered_everywhere_progress(&self.mem), s.persisted_everywhere(&self.mem));
-            if (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i]) != now {
-                (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i]) = now;
+            let now = (
+                s.released(&self.mem),
+                s.delivered_everywhere_progress(&self.mem),
+                s.persisted_everywhere(&self.mem),
+                self.persisted.get(&s.id).copied().unwrap_or(0),
+            );
+            let was =
+                (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i], seen.persisted_here[i]);
+            if was != now {
+                (
+                    seen.released[i],
+                    seen.delivered_everywhere[i],
+                    seen.persisted_everywhere[i],
+                    seen.persisted_here[i],
+                ) = now;
                 moved = true;
             }
         }

@@ -578,7 +578,7 @@ pub(super) async fn multicast_call(
         })?;
     // Sent: the caller's own guard or stream owns the record from here.
     std::mem::forget(guard);
-    let view = sender.view().map(|v| v.id);
+    let view = sender.view_id();
     if let Some(p) = inner.pending.borrow_mut().get_mut(&call) {
         p.sent_in = view;
     }

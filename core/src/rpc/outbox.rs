@@ -21,11 +21,16 @@ use crate::protocol::{NodeId, Version, ViewId};
 /// reply is still being computed. Bounded: at most [`REPLY_CACHE_LEN`] replies and
 /// [`REPLY_CACHE_BYTES`] bytes (the newest is always kept), each forgotten once two views have
 /// been installed since it was last sent.
+///
+/// The messages lie end to end in one ring of bytes: keeping a reply copies it in and forgets
+/// the oldest, with no allocation once the ring has grown (a reply is kept for every ordered
+/// call, so this is on the path of every call).
 #[derive(Default)]
 pub(super) struct ReplyCache {
-    /// (call, the view it was last sent in, the whole message), oldest first.
-    replies: VecDeque<(u64, ViewId, Vec<u8>)>,
-    bytes: usize,
+    /// (call, the view it was last sent in, its length in `bytes`), oldest first.
+    replies: VecDeque<(u64, ViewId, usize)>,
+    /// The messages of `replies`, in the same order.
+    bytes: VecDeque<u8>,
     /// Ordered calls delivered here and not yet answered (queued for the shard's worker).
     in_work: BTreeSet<u64>,
 }
@@ -42,14 +47,16 @@ pub(super) enum Again {
 }
 
 impl ReplyCache {
-    /// Keeps the reply to `call`, sent in `view`.
-    pub(super) fn keep(&mut self, call: u64, view: ViewId, message: Vec<u8>) {
-        self.in_work.remove(&call);
-        self.bytes += message.len();
-        self.replies.push_back((call, view, message));
-        while self.replies.len() > 1 && (self.replies.len() > REPLY_CACHE_LEN || self.bytes > REPLY_CACHE_BYTES) {
-            let (_, _, m) = self.replies.pop_front().expect("more than one");
-            self.bytes -= m.len();
+    /// Keeps the reply to `call` (the whole message), sent in `view`.
+    pub(super) fn keep(&mut self, call: u64, view: ViewId, message: &[u8]) {
+        if !self.in_work.is_empty() {
+            self.in_work.remove(&call);
+        }
+        self.bytes.extend(message);
+        self.replies.push_back((call, view, message.len()));
+        while self.replies.len() > 1 && (self.replies.len() > REPLY_CACHE_LEN || self.bytes.len() > REPLY_CACHE_BYTES) {
+            let (_, _, len) = self.replies.pop_front().expect("more than one");
+            self.bytes.drain(..len);
         }
     }
 
@@ -60,9 +67,13 @@ impl ReplyCache {
 
     /// What to do for a repeat of `call` in `view` (a reply sent again is kept as sent in it).
     pub(super) fn again(&mut self, call: u64, view: ViewId) -> Again {
-        if let Some((_, sent_in, m)) = self.replies.iter_mut().rev().find(|(c, _, _)| *c == call) {
-            *sent_in = view;
-            return Again::Send(m.clone());
+        let mut end = self.bytes.len();
+        for (c, sent_in, len) in self.replies.iter_mut().rev() {
+            if *c == call {
+                *sent_in = view;
+                return Again::Send(self.bytes.range(end - *len..end).copied().collect());
+            }
+            end -= *len;
         }
         if self.in_work.contains(&call) { Again::Coming } else { Again::Lost }
     }
@@ -70,18 +81,30 @@ impl ReplyCache {
     /// Forgets replies last sent before the view before `view` (the caller asked again, if it
     /// missed them, in the view after they were sent).
     pub(super) fn installed(&mut self, view: ViewId) {
-        let bytes = &mut self.bytes;
-        self.replies.retain(|(_, sent_in, m)| {
-            let keep = sent_in.0.saturating_add(1) >= view.0;
-            if !keep {
-                *bytes -= m.len();
+        let keep = |sent_in: ViewId| sent_in.0.saturating_add(1) >= view.0;
+        if self.replies.iter().all(|(_, sent_in, _)| keep(*sent_in)) {
+            return;
+        }
+        let mut bytes = VecDeque::with_capacity(self.bytes.len());
+        let mut at = 0;
+        self.replies.retain(|(_, sent_in, len)| {
+            let (start, end) = (at, at + *len);
+            at = end;
+            if keep(*sent_in) {
+                bytes.extend(self.bytes.range(start..end));
             }
-            keep
+            keep(*sent_in)
         });
+        self.bytes = bytes;
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.replies.is_empty() && self.in_work.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len_and_bytes(&self) -> (usize, usize) {
+        (self.replies.len(), self.bytes.len())
     }
 }
 
@@ -207,29 +230,45 @@ impl ServiceInner {
         });
     }
 
-    /// Sends the reply to an ordered call of `caller` and keeps it in case a view change
-    /// loses it.
-    pub(super) fn send_kept(&self, caller: NodeId, call: u64, message: Vec<u8>) {
-        self.send(caller, &message);
+    /// Sends the reply to the ordered call `h` of its caller (`result`, or the error it is) and
+    /// keeps it in case a view change loses it: written once into the frame, copied from there
+    /// into the caller's [`ReplyCache`].
+    pub(super) fn send_kept(
+        &self,
+        to: NodeId,
+        h: &Header,
+        version: Option<Version>,
+        result: &Result<AlignedVec, HandlerError>,
+    ) {
         let view = self.view.borrow().as_ref().map_or(ViewId(0), |v| v.id);
-        self.sent.borrow_mut().entry(caller).or_default().keep(call, view, message);
-    }
-}
-
-pub(super) fn reply_bytes(h: &Header, version: Option<Version>, result: &Result<AlignedVec, HandlerError>) -> Vec<u8> {
-    match result {
-        Ok(bytes) => {
-            Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..*h }.with_body(bytes)
+        let mut sent = self.sent.borrow_mut();
+        let cache = sent.entry(h.caller).or_default();
+        let mut keep = |f: &[u8]| cache.keep(h.call, view, f);
+        match result {
+            Ok(body) => {
+                let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..*h };
+                self.send_with(to, HEADER_LEN + body.len(), |f| {
+                    let start = f.len();
+                    f.resize(start + HEADER_LEN, 0);
+                    header.write(&mut f[start..]);
+                    f.extend_from_slice(body);
+                    keep(&f[start..]);
+                });
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let header = Header { kind: Kind::Error, version: Version::from_u64(0), ..*h };
+                self.send_with(to, HEADER_LEN + 1 + why.len(), |f| {
+                    let start = f.len();
+                    f.resize(start + HEADER_LEN, 0);
+                    header.write(&mut f[start..]);
+                    f.push(e.kind() as u8);
+                    f.extend_from_slice(why.as_bytes());
+                    keep(&f[start..]);
+                });
+            }
         }
-        Err(e) => error_bytes(h, e.kind(), &e.to_string()),
     }
-}
-
-pub(super) fn error_bytes(h: &Header, kind: RemoteKind, why: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(1 + why.len());
-    body.push(kind as u8);
-    body.extend_from_slice(why.as_bytes());
-    Header { kind: Kind::Error, version: Version::from_u64(0), ..*h }.with_body(&body)
 }
 
 #[cfg(test)]
@@ -245,7 +284,7 @@ mod tests {
         let mut c = ReplyCache::default();
         c.working_on(1);
         assert_eq!(c.again(1, ViewId(3)), Again::Coming);
-        c.keep(1, ViewId(3), message(40));
+        c.keep(1, ViewId(3), &message(40));
         assert_eq!(c.again(1, ViewId(4)), Again::Send(message(40)));
         assert_eq!(c.again(2, ViewId(4)), Again::Lost);
         // Sent again in view 4: kept through view 5, gone at view 6.
@@ -254,22 +293,45 @@ mod tests {
         c.installed(ViewId(7));
         assert_eq!(c.again(1, ViewId(7)), Again::Lost);
         assert!(c.is_empty());
-        assert_eq!(c.bytes, 0);
+        assert_eq!(c.len_and_bytes(), (0, 0));
     }
 
     #[test]
     fn the_cache_is_bounded_by_count_and_bytes_and_keeps_the_newest() {
         let mut c = ReplyCache::default();
         for call in 0..REPLY_CACHE_LEN as u64 + 10 {
-            c.keep(call, ViewId(1), message(8));
+            c.keep(call, ViewId(1), &message(8));
         }
-        assert_eq!(c.replies.len(), REPLY_CACHE_LEN);
+        assert_eq!(c.len_and_bytes(), (REPLY_CACHE_LEN, REPLY_CACHE_LEN * 8));
         assert_eq!(c.again(9, ViewId(1)), Again::Lost);
         assert_eq!(c.again(10, ViewId(1)), Again::Send(message(8)));
-        c.keep(u64::MAX, ViewId(1), message(REPLY_CACHE_BYTES + 1));
-        assert_eq!(c.replies.len(), 1, "one reply over the byte bound is kept alone");
-        assert_eq!(c.bytes, REPLY_CACHE_BYTES + 1);
-        c.keep(0, ViewId(1), message(REPLY_CACHE_BYTES / 2));
-        assert_eq!((c.replies.len(), c.bytes), (1, REPLY_CACHE_BYTES / 2));
+        c.keep(u64::MAX, ViewId(1), &message(REPLY_CACHE_BYTES + 1));
+        assert_eq!(c.len_and_bytes(), (1, REPLY_CACHE_BYTES + 1), "one reply over the byte bound is kept alone");
+        c.keep(0, ViewId(1), &message(REPLY_CACHE_BYTES / 2));
+        assert_eq!(c.len_and_bytes(), (1, REPLY_CACHE_BYTES / 2));
+    }
+
+    #[test]
+    fn each_reply_comes_back_whole_after_the_oldest_are_forgotten() {
+        // Distinct messages of distinct lengths: an offset off by one shows.
+        let distinct =
+            |call: u64| -> Vec<u8> { (0..(call as usize % 7) + 1).map(|i| (call as u8) ^ (i as u8)).collect() };
+        let mut c = ReplyCache::default();
+        for call in 0..REPLY_CACHE_LEN as u64 + 5 {
+            c.keep(call, ViewId(1 + (call % 2) as u32), &distinct(call));
+        }
+        assert_eq!(c.again(4, ViewId(2)), Again::Lost);
+        for call in [5, 6, 100, REPLY_CACHE_LEN as u64 + 4] {
+            assert_eq!(c.again(call, ViewId(1 + (call % 2) as u32)), Again::Send(distinct(call)), "call {call}");
+        }
+        // View 3 forgets the replies last sent in view 1 (the even calls), from the middle too.
+        c.installed(ViewId(3));
+        for call in [5, 6, 7, 100, 101] {
+            let want = if call % 2 == 1 { Again::Send(distinct(call)) } else { Again::Lost };
+            assert_eq!(c.again(call, ViewId(3)), want, "call {call}");
+        }
+        let odd = (5..REPLY_CACHE_LEN as u64 + 5).filter(|c| c % 2 == 1);
+        let (len, bytes) = (odd.clone().count(), odd.map(|c| distinct(c).len()).sum::<usize>());
+        assert_eq!(c.len_and_bytes(), (len, bytes));
     }
 }

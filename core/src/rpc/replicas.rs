@@ -13,7 +13,6 @@ use std::task::{Poll, Waker};
 use rkyv::util::AlignedVec;
 
 use super::CallError;
-use super::outbox::reply_bytes;
 use super::persistence::{PersistError, framed_state};
 use super::replicated::{Applied, HandlerError, Hosted, InContext, StateError, abort_on_panic};
 use super::service::{Service, ServiceInner, external_reply};
@@ -374,7 +373,7 @@ impl ServiceInner {
         if h.kind == Kind::Ordered {
             // A view change can lose a reply already sent (its transport closes before the
             // caller reads it): keep it for the caller to ask again.
-            self.send_kept(from, h.call, reply_bytes(&h, version, &result));
+            self.send_kept(from, &h, version, &result);
             return;
         }
         match &result {

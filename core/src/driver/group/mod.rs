@@ -52,7 +52,7 @@ pub(crate) use builder::control_tag;
 use super::{GroupEvent, GroupSendError, RegionMemory, SettleError};
 use crate::protocol::member::{Input, Member};
 use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control, app_frame};
-use crate::protocol::{NodeId, SendError, ShardRef, StopReason, Time, Version, View};
+use crate::protocol::{NodeId, SendError, ShardRef, StopReason, Time, Version, View, ViewId};
 use runner::Inner;
 
 /// The largest frame of a view's transport besides pushes of the table: application frames
@@ -231,6 +231,11 @@ impl GroupSender {
         self.inner().ok().and_then(|i| i.published.borrow().view.as_deref().cloned())
     }
 
+    /// The id of the current view, if the group is open (without copying the view).
+    pub fn view_id(&self) -> Option<ViewId> {
+        self.inner().ok().and_then(|i| i.published.borrow().view.as_ref().map(|v| v.id))
+    }
+
     /// As [`Group::send`].
     ///
     /// # Errors
@@ -287,7 +292,7 @@ async fn send_on(
 /// Waits until every member of `shard` has delivered what this member had delivered first.
 async fn settle(inner: &Inner, shard: ShardRef, within: Duration) -> Result<(), SettleError> {
     // Where this member stands now, and in which view (read as soon as the member is free).
-    let start: std::cell::RefCell<Option<(crate::protocol::ViewId, Vec<u64>)>> = Default::default();
+    let start: std::cell::RefCell<Option<(ViewId, Vec<u64>)>> = Default::default();
     let wait = poll_fn(|cx| {
         if inner.closed.get() {
             return Poll::Ready(Err(SettleError::Closed));

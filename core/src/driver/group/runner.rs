@@ -85,8 +85,10 @@ pub(super) struct Inner {
     push_peers: RefCell<Vec<PeerId>>,
     push_errors: RefCell<Vec<(PeerId, TransportError)>>,
     deferred: RefCell<Vec<Deferred>>,
-    /// A local frontier was reported since the application was last told.
-    local_reported: Cell<bool>,
+    /// Frontiers moved that the application has not been told of (it was busy).
+    untold: Cell<bool>,
+    /// The frontiers the application was last told of.
+    told: RefCell<BTreeMap<ShardRef, Frontiers>>,
     /// Entering the first view failed: why (taken by the task that waits for it).
     pub(super) enter_error: RefCell<Option<super::JoinError>>,
     /// The last view transport that could not be set up.
@@ -135,7 +137,8 @@ impl Inner {
             push_peers: RefCell::default(),
             push_errors: RefCell::default(),
             deferred: RefCell::default(),
-            local_reported: Cell::new(false),
+            untold: Cell::new(false),
+            told: RefCell::default(),
             enter_error: RefCell::default(),
             connect_error: RefCell::default(),
             stepping: Cell::new(false),
@@ -217,10 +220,12 @@ impl Inner {
             while let Some(e) = member.poll_event() {
                 deferred.push(Deferred::Event(e));
             }
-            let moved = self.published_moved(&member);
+            let (moved, frontiers_moved) = self.published_moved(&member);
             drop(member);
             if moved {
                 self.wake_all();
+            }
+            if frontiers_moved || self.untold.get() {
                 self.tell_frontiers();
             }
             if deferred.is_empty() && self.queued.borrow().is_empty() {
@@ -237,41 +242,48 @@ impl Inner {
         done
     }
 
-    /// Updates what the handles read; true if something waiters wait for moved.
-    fn published_moved(&self, member: &Member<RegionMemory>) -> bool {
-        let Some(node) = member.node() else { return false };
-        let moved = node.update_progress(&mut self.progress.borrow_mut()) || self.local_reported.replace(false);
+    /// Updates what the handles read; returns whether something waiters wait for moved, and
+    /// whether a frontier of this member's shards did.
+    fn published_moved(&self, member: &Member<RegionMemory>) -> (bool, bool) {
+        let Some(node) = member.node() else { return (false, false) };
+        let moved = node.update_progress(&mut self.progress.borrow_mut());
         let changing = member.is_changing_view();
         let mut p = self.published.borrow_mut();
         let changed = p.changing != changing;
         p.changing = changing;
+        let mut frontiers_moved = false;
         if moved {
             let me = self.settings.me;
-            p.frontiers = node
-                .view()
-                .shards
-                .iter()
-                .filter(|s| s.members.contains(&me))
-                .map(|s| (s.id, (node.persisted_here(s.id), node.persisted_everywhere(s.id))))
-                .collect();
+            let mine = node.view().shards.iter().filter(|s| s.members.contains(&me));
+            if p.frontiers.len() != mine.clone().count() || mine.clone().any(|s| !p.frontiers.contains_key(&s.id)) {
+                p.frontiers.clear();
+            }
+            for s in mine {
+                let f = (node.persisted_here(s.id), node.persisted_everywhere(s.id));
+                frontiers_moved |= p.frontiers.insert(s.id, f) != Some(f);
+            }
         }
-        moved || changed
+        (moved || changed, frontiers_moved)
     }
 
-    /// Tells the application of frontiers that moved (PROTOCOLS §4).
+    /// Tells the application of the frontiers that moved since it was last told (PROTOCOLS
+    /// §4); if it is busy, at a later step.
     fn tell_frontiers(&self) {
-        let frontiers: Vec<(ShardRef, Frontiers)> = {
-            let p = self.published.borrow();
-            p.frontiers.iter().filter(|(_, f)| **f != (None, None)).map(|(s, f)| (*s, *f)).collect()
+        let moved: Vec<(ShardRef, Frontiers)> = {
+            let (p, told) = (self.published.borrow(), self.told.borrow());
+            p.frontiers
+                .iter()
+                .filter(|(s, f)| **f != (None, None) && told.get(s) != Some(f))
+                .map(|(s, f)| (*s, *f))
+                .collect()
         };
-        if frontiers.is_empty() {
-            return;
-        }
         let Ok(mut app) = self.app.try_borrow_mut() else {
-            self.local_reported.set(true);
+            self.untold.set(true);
             return;
         };
-        for (shard, (local, global)) in frontiers {
+        self.untold.set(false);
+        for (shard, (local, global)) in moved {
+            self.told.borrow_mut().insert(shard, (local, global));
             app.persisted(shard, local, global);
         }
     }
