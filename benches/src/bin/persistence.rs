@@ -23,8 +23,10 @@
 //! second) and `target-group-one-100b-{tcp,shm}` (p50 at most 1.5 times the fsync floor).
 //!
 //! ```text
-//! cargo run --release -p derecho-benches --bin persistence [-- --quick]
+//! cargo run --release -p derecho-benches --bin persistence [-- --quick] [-- --only NAME]
 //! ```
+//!
+//! `--only NAME` runs only the group cases whose name contains `NAME` (the baselines still run).
 
 use std::cell::Cell;
 use std::io::Write;
@@ -329,6 +331,8 @@ fn main() {
     }
     let quick = flag(&args, "--quick");
     let secs = if quick { 1 } else { 3 };
+    let only = arg(&args, "--only").map(str::to_string);
+    let want = |name: &str| only.as_deref().is_none_or(|w| name.contains(w));
     let mut targets: Vec<Record> = Vec::new();
     let (floor_n, many_total, one_n) = if quick { (200, 100_000, 200) } else { (1_000, 500_000, 1_000) };
     let disk: PathBuf = std::env::current_dir()
@@ -362,6 +366,9 @@ fn main() {
             for transport in ["tcp", "shm"] {
                 let shm = (transport == "shm").then(|| shm_root.join(format!("{media}-{label}")));
                 let group = dir.join("group");
+                if !want(&format!("{media}-{transport}-{label}-group")) {
+                    continue;
+                }
                 let (rate, _) = run_group(&group, shm.as_deref(), size, "many", secs);
                 Record::new(
                     BENCH,

@@ -175,6 +175,9 @@ pub struct Progress {
     pub persisted_everywhere: Vec<u64>,
     /// Per shard of this member: the local persistence frontier (plus one; 0 for none).
     pub persisted_here: Vec<u64>,
+    /// How many updates saw a persistence frontier move (or a new view): a driver that only
+    /// needs to recompute frontiers when they moved compares it with an earlier value.
+    pub frontier_moves: u64,
 }
 
 /// One member of a group running the multicast protocol over an SST in memory `M`.
@@ -962,6 +965,7 @@ impl<M: SstMemory> Node<M> {
     pub fn update_progress(&self, seen: &mut Progress) -> bool {
         let n = self.shards.len();
         let mut moved = seen.view != self.view.id.0 || seen.released.len() != n;
+        let mut frontiers = moved;
         if moved {
             seen.view = self.view.id.0;
             seen.released.resize(n, 0);
@@ -978,6 +982,7 @@ impl<M: SstMemory> Node<M> {
             );
             let was =
                 (seen.released[i], seen.delivered_everywhere[i], seen.persisted_everywhere[i], seen.persisted_here[i]);
+            frontiers |= (was.2, was.3) != (now.2, now.3);
             if was != now {
                 (
                     seen.released[i],
@@ -987,6 +992,9 @@ impl<M: SstMemory> Node<M> {
                 ) = now;
                 moved = true;
             }
+        }
+        if frontiers {
+            seen.frontier_moves += 1;
         }
         moved
     }

@@ -22,6 +22,26 @@ use crate::driver::State;
 use crate::persist::Hlc;
 use crate::protocol::{NodeId, ShardRef, Version};
 
+/// What [`ServiceInner::with_idle_replica`] found.
+pub(super) enum Idle<R> {
+    /// The replica was idle: what the function returned.
+    Ran(R),
+    /// The replica is busy (running or with work queued).
+    Busy,
+    /// This member has no replica of the shard.
+    NoSlot,
+}
+
+impl<R> Idle<R> {
+    /// What the function returned, if it ran.
+    pub(super) fn ran(self) -> Option<R> {
+        match self {
+            Idle::Ran(r) => Some(r),
+            Idle::Busy | Idle::NoSlot => None,
+        }
+    }
+}
+
 /// The context of a call whose header went through the service: for a delivered ordered
 /// call its version field holds the version's time; for a query, the stable time plus one
 /// (0: none).
@@ -278,17 +298,17 @@ impl ServiceInner {
     /// otherwise queues it for the shard's worker.
     pub(super) fn run_or_queue(self: &Rc<Self>, header: Header, version: Option<Version>, from: NodeId, args: &[u8]) {
         let ordered = header.kind == Kind::Ordered;
-        let sync = {
-            let replicas = self.replicas.borrow();
-            let Some(slot) = replicas.get(&header.shard) else { return };
-            slot.replica.as_ref().is_some_and(|r| !r.is_async(header.method))
-        };
-        if sync
-            && let Some(result) =
-                self.with_idle_replica(header.shard, |r| Self::run_now(r, header, version, ordered, args))
-        {
-            self.finish(header, version, from, result);
-            return;
+        // A synchronous method on an idle replica runs now (an asynchronous one is queued).
+        let ran = self.with_idle_replica(header.shard, |r| {
+            (!r.is_async(header.method)).then(|| Self::run_now(r, header, version, ordered, args))
+        });
+        match ran {
+            Idle::Ran(Some(result)) => {
+                self.finish(header, version, from, result);
+                return;
+            }
+            Idle::NoSlot => return,
+            Idle::Ran(None) | Idle::Busy => {}
         }
         if ordered && Some(header.caller) != self.me.get() {
             self.sent.borrow_mut().entry(header.caller).or_default().working_on(header.call);
@@ -316,12 +336,12 @@ impl ServiceInner {
         self: &Rc<Self>,
         shard: ShardRef,
         f: impl FnOnce(&mut dyn Hosted) -> R,
-    ) -> Option<R> {
+    ) -> Idle<R> {
         let mut replica = {
             let mut replicas = self.replicas.borrow_mut();
-            let slot = replicas.get_mut(&shard)?;
+            let Some(slot) = replicas.get_mut(&shard) else { return Idle::NoSlot };
             if !slot.idle() {
-                return None;
+                return Idle::Busy;
             }
             slot.working = true;
             slot.replica.take().expect("an idle slot has its replica")
@@ -336,7 +356,7 @@ impl ServiceInner {
                 drop(crate::spawn(worker(Rc::downgrade(self), shard)));
             }
         }
-        Some(out)
+        Idle::Ran(out)
     }
 
     /// Runs a synchronous handler on an idle slot's replica, reading the arguments in place.

@@ -471,7 +471,7 @@ impl Application for Service {
         if !self.inner.replicas.borrow().contains_key(&shard) {
             return State::Ready(frame(Vec::new()));
         }
-        if let Some(archived) = self.inner.with_idle_replica(shard, |r| r.snapshot()) {
+        if let Some(archived) = self.inner.with_idle_replica(shard, |r| r.snapshot()).ran() {
             return State::Ready(frame(archived.unwrap_or_else(|e| {
                 tracing::error!(%shard, error = %e, "the replica's state could not be archived");
                 Vec::new()
@@ -548,7 +548,7 @@ impl Application for Service {
         let header = Header { caller: EXTERNAL, version: Version::from_u64(inner.stable_time_field(h.shard)), ..h };
         if sync
             && let Some(result) =
-                inner.with_idle_replica(h.shard, |r| ServiceInner::run_now(r, header, None, false, args))
+                inner.with_idle_replica(h.shard, |r| ServiceInner::run_now(r, header, None, false, args)).ran()
         {
             return Some(State::Ready(external_reply(result)));
         }

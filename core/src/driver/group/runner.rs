@@ -246,13 +246,17 @@ impl Inner {
     /// whether a frontier of this member's shards did.
     fn published_moved(&self, member: &Member<RegionMemory>) -> (bool, bool) {
         let Some(node) = member.node() else { return (false, false) };
-        let moved = node.update_progress(&mut self.progress.borrow_mut());
+        let mut progress = self.progress.borrow_mut();
+        let frontier_moves = progress.frontier_moves;
+        let moved = node.update_progress(&mut progress);
+        let frontiers_may_have_moved = progress.frontier_moves != frontier_moves;
+        drop(progress);
         let changing = member.is_changing_view();
         let mut p = self.published.borrow_mut();
         let changed = p.changing != changing;
         p.changing = changing;
         let mut frontiers_moved = false;
-        if moved {
+        if frontiers_may_have_moved {
             let me = self.settings.me;
             let mine = node.view().shards.iter().filter(|s| s.members.contains(&me));
             if p.frontiers.len() != mine.clone().count() || mine.clone().any(|s| !p.frontiers.contains_key(&s.id)) {

@@ -445,9 +445,13 @@ impl<M: SstMemory> Member<M> {
             _ => {}
         }
         self.node_input(now, NodeInput::RowsChanged);
-        self.linger_tick(now);
-        let retry = self.config.retry_ns;
-        self.admitting.retain(|_, (_, _, at)| now < at.plus_ns(retry));
+        if !self.lingering.is_empty() {
+            self.linger_tick(now);
+        }
+        if !self.admitting.is_empty() {
+            let retry = self.config.retry_ns;
+            self.admitting.retain(|_, (_, _, at)| now < at.plus_ns(retry));
+        }
     }
 
     /// Checks that follow every input: lingering views done, a view to save.
