@@ -85,4 +85,57 @@ pub mod support {
     pub fn bad_reply(method: &'static str, e: impl std::fmt::Display) -> HandlerError {
         HandlerError::Reply { method, reason: e.to_string() }
     }
+
+    /// An empty buffer to archive a reply into: one the service gave back ([`recycle`]) if
+    /// there is one. A reply is archived for every call; reusing a few buffers keeps that off
+    /// the allocator and in warm memory.
+    pub fn reply_buffer() -> AlignedVec {
+        REPLY_BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Gives a reply's buffer back once its bytes were sent (kept only if small, and only a few).
+    pub(crate) fn recycle(mut buffer: AlignedVec) {
+        if buffer.capacity() > REPLY_BUFFER_MAX {
+            return;
+        }
+        buffer.clear();
+        REPLY_BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < REPLY_BUFFERS_KEPT {
+                b.push(buffer);
+            }
+        });
+    }
+
+    /// Buffers kept for replies, per thread.
+    const REPLY_BUFFERS_KEPT: usize = 8;
+    /// The largest buffer kept (a larger reply's buffer goes back to the allocator).
+    const REPLY_BUFFER_MAX: usize = 64 << 10;
+
+    thread_local! {
+        static REPLY_BUFFERS: std::cell::RefCell<Vec<AlignedVec>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reply_buffers_come_back_empty_and_only_small_ones_a_few_at_a_time() {
+            let mut b = reply_buffer();
+            b.extend_from_slice(&[7; 100]);
+            let capacity = b.capacity();
+            recycle(b);
+            let again = reply_buffer();
+            assert_eq!((again.len(), again.capacity()), (0, capacity), "the same buffer, emptied");
+            let mut big = AlignedVec::<16>::with_capacity(REPLY_BUFFER_MAX + 1);
+            big.push(1);
+            recycle(big);
+            assert_eq!(reply_buffer().capacity(), 0, "a large buffer is not kept");
+            for _ in 0..REPLY_BUFFERS_KEPT + 3 {
+                recycle(AlignedVec::with_capacity(16));
+            }
+            assert_eq!(REPLY_BUFFERS.with(|b| b.borrow().len()), REPLY_BUFFERS_KEPT);
+        }
+    }
 }

@@ -394,14 +394,18 @@ impl ServiceInner {
             // A view change can lose a reply already sent (its transport closes before the
             // caller reads it): keep it for the caller to ask again.
             self.send_kept(from, &h, version, &result);
-            return;
-        }
-        match &result {
-            Ok(reply) => {
-                let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..h };
-                self.send_parts(from, &header, reply);
+        } else {
+            match &result {
+                Ok(reply) => {
+                    let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..h };
+                    self.send_parts(from, &header, reply);
+                }
+                Err(e) => self.send_error(from, &h, e.kind(), &e.to_string()),
             }
-            Err(e) => self.send_error(from, &h, e.kind(), &e.to_string()),
+        }
+        // Its bytes are in the outgoing frame (and the reply cache): the buffer serves again.
+        if let Ok(reply) = result {
+            super::support::recycle(reply);
         }
     }
 }

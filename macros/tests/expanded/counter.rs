@@ -95,9 +95,10 @@ impl ::derecho::rpc::Replicated for Counter {
                                         ))?,
                                     __a.label.as_str(),
                                 );
-                            ::derecho::rpc::support::rkyv::to_bytes::<
+                            ::derecho::rpc::support::rkyv::api::high::to_bytes_in::<
+                                _,
                                 ::derecho::rpc::support::rkyv::rancor::Error,
-                            >(&__reply)
+                            >(&__reply, ::derecho::rpc::support::reply_buffer())
                                 .map_err(|e| ::derecho::rpc::support::bad_reply("add", e))
                         },
                     ),
@@ -135,9 +136,10 @@ impl ::derecho::rpc::Replicated for Counter {
                                     e,
                                 ))?;
                             let __reply: u64 = self.get();
-                            ::derecho::rpc::support::rkyv::to_bytes::<
+                            ::derecho::rpc::support::rkyv::api::high::to_bytes_in::<
+                                _,
                                 ::derecho::rpc::support::rkyv::rancor::Error,
-                            >(&__reply)
+                            >(&__reply, ::derecho::rpc::support::reply_buffer())
                                 .map_err(|e| ::derecho::rpc::support::bad_reply("get", e))
                         },
                     ),
