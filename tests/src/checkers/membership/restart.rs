@@ -9,6 +9,10 @@
 //!   shard's history across a restart);
 //! * the state of a member of the restart view is the longest log the members of that view
 //!   brought back: it ends with the last entry of that log.
+//!
+//! Once a shard resumes from a state, what its earlier views delivered beyond that state (never
+//! durable everywhere, or the check above fails) is abandoned: later frontiers, which count the
+//! versions of the views after it, do not make it owed.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +130,11 @@ impl EventChecker for RestartDurability {
                         last.1
                     ));
                 }
+                // The shard goes on from this state: what earlier views delivered beyond it was
+                // never durable everywhere (checked just above) and is abandoned with the members
+                // that delivered it. Later frontiers count versions of the new views only.
+                let resumed_at = Version::new(*view, 0);
+                self.entries.retain(|(s, v), entry| s != shard || *v >= resumed_at || log.contains(entry));
             }
             _ => {}
         }
