@@ -86,7 +86,7 @@ pub mod support {
         HandlerError::Reply { method, reason: e.to_string() }
     }
 
-    /// An empty buffer to archive a reply into: one the service gave back ([`recycle`]) if
+    /// An empty buffer to archive a reply into: one the service gave back (`recycle`) if
     /// there is one. A reply is archived for every call; reusing a few buffers keeps that off
     /// the allocator and in warm memory.
     pub fn reply_buffer() -> AlignedVec {
