@@ -86,7 +86,11 @@ fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
     });
     let ret = &method.ret;
     let reply = quote_spanned! {syn::spanned::Spanned::span(ret)=>
-        #rkyv::api::high::to_bytes_in::<_, #rkyv::rancor::Error>(&__reply, ::derecho::rpc::support::reply_buffer())
+        #rkyv::api::high::to_bytes_in::<_, #rkyv::rancor::Error>(
+            &__reply,
+            ::derecho::rpc::support::ReplyWriter(::derecho::rpc::support::reply_buffer()),
+        )
+        .map(|__w| __w.0)
     };
     if method.is_async {
         // The future outlives the receive buffer: it owns an aligned copy of the arguments.

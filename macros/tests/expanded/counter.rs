@@ -98,7 +98,13 @@ impl ::derecho::rpc::Replicated for Counter {
                             ::derecho::rpc::support::rkyv::api::high::to_bytes_in::<
                                 _,
                                 ::derecho::rpc::support::rkyv::rancor::Error,
-                            >(&__reply, ::derecho::rpc::support::reply_buffer())
+                            >(
+                                    &__reply,
+                                    ::derecho::rpc::support::ReplyWriter(
+                                        ::derecho::rpc::support::reply_buffer(),
+                                    ),
+                                )
+                                .map(|__w| __w.0)
                                 .map_err(|e| ::derecho::rpc::support::bad_reply("add", e))
                         },
                     ),
@@ -139,7 +145,13 @@ impl ::derecho::rpc::Replicated for Counter {
                             ::derecho::rpc::support::rkyv::api::high::to_bytes_in::<
                                 _,
                                 ::derecho::rpc::support::rkyv::rancor::Error,
-                            >(&__reply, ::derecho::rpc::support::reply_buffer())
+                            >(
+                                    &__reply,
+                                    ::derecho::rpc::support::ReplyWriter(
+                                        ::derecho::rpc::support::reply_buffer(),
+                                    ),
+                                )
+                                .map(|__w| __w.0)
                                 .map_err(|e| ::derecho::rpc::support::bad_reply("get", e))
                         },
                     ),
