@@ -180,6 +180,11 @@ impl ServiceInner {
     /// Queues a message of `len` bytes for `to`, written by `write` straight into the frame
     /// being filled for it: a length, padding, the message, padding to 16 bytes.
     pub(super) fn send_with(&self, to: NodeId, len: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        self.send_seen(to, len, write, |_| {});
+    }
+
+    /// As [`Self::send_with`], then shows `seen` the message as written in the frame.
+    fn send_seen(&self, to: NodeId, len: usize, write: impl FnOnce(&mut Vec<u8>), seen: impl FnOnce(&[u8])) {
         let mut q = self.outbox.borrow_mut();
         let room = |f: &Vec<u8>| f.len() + BATCH_PREFIX + len <= BATCH_LEN_MAX;
         let i = match q.iter().rposition(|(t, f)| *t == to && room(f)) {
@@ -195,6 +200,7 @@ impl ServiceInner {
         let start = f.len();
         write(f);
         debug_assert_eq!(f.len() - start, len, "a message wrote another length than it announced");
+        seen(&f[start..]);
         f.resize(f.len().next_multiple_of(16), 0);
         drop(q);
         self.outbox_len.set(self.outbox_len.get() + 1);
@@ -210,24 +216,34 @@ impl ServiceInner {
 
     /// Queues a header and a body for `to`, with no intermediate buffer.
     pub(super) fn send_parts(&self, to: NodeId, h: &Header, body: &[u8]) {
-        self.send_with(to, HEADER_LEN + body.len(), |f| {
+        self.send_parts_seen(to, h, body, |_| {});
+    }
+
+    fn send_parts_seen(&self, to: NodeId, h: &Header, body: &[u8], seen: impl FnOnce(&[u8])) {
+        let write = |f: &mut Vec<u8>| {
             let start = f.len();
             f.resize(start + HEADER_LEN, 0);
             h.write(&mut f[start..]);
             f.extend_from_slice(body);
-        });
+        };
+        self.send_seen(to, HEADER_LEN + body.len(), write, seen);
     }
 
     /// Queues an error reply to the call `h` for `to`.
     pub(super) fn send_error(&self, to: NodeId, h: &Header, kind: RemoteKind, why: &str) {
+        self.send_error_seen(to, h, kind, why, |_| {});
+    }
+
+    fn send_error_seen(&self, to: NodeId, h: &Header, kind: RemoteKind, why: &str, seen: impl FnOnce(&[u8])) {
         let header = Header { kind: Kind::Error, version: Version::from_u64(0), ..*h };
-        self.send_with(to, HEADER_LEN + 1 + why.len(), |f| {
+        let write = |f: &mut Vec<u8>| {
             let start = f.len();
             f.resize(start + HEADER_LEN, 0);
             header.write(&mut f[start..]);
             f.push(kind as u8);
             f.extend_from_slice(why.as_bytes());
-        });
+        };
+        self.send_seen(to, HEADER_LEN + 1 + why.len(), write, seen);
     }
 
     /// Sends the reply to the ordered call `h` of its caller (`result`, or the error it is) and
@@ -243,30 +259,13 @@ impl ServiceInner {
         let view = self.view.borrow().as_ref().map_or(ViewId(0), |v| v.id);
         let mut sent = self.sent.borrow_mut();
         let cache = sent.entry(h.caller).or_default();
-        let mut keep = |f: &[u8]| cache.keep(h.call, view, f);
+        let keep = |message: &[u8]| cache.keep(h.call, view, message);
         match result {
             Ok(body) => {
                 let header = Header { kind: Kind::Reply, version: version.unwrap_or(Version::from_u64(0)), ..*h };
-                self.send_with(to, HEADER_LEN + body.len(), |f| {
-                    let start = f.len();
-                    f.resize(start + HEADER_LEN, 0);
-                    header.write(&mut f[start..]);
-                    f.extend_from_slice(body);
-                    keep(&f[start..]);
-                });
+                self.send_parts_seen(to, &header, body, keep);
             }
-            Err(e) => {
-                let why = e.to_string();
-                let header = Header { kind: Kind::Error, version: Version::from_u64(0), ..*h };
-                self.send_with(to, HEADER_LEN + 1 + why.len(), |f| {
-                    let start = f.len();
-                    f.resize(start + HEADER_LEN, 0);
-                    header.write(&mut f[start..]);
-                    f.push(e.kind() as u8);
-                    f.extend_from_slice(why.as_bytes());
-                    keep(&f[start..]);
-                });
-            }
+            Err(e) => self.send_error_seen(to, h, e.kind(), &e.to_string(), keep),
         }
     }
 }
