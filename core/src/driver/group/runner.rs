@@ -259,9 +259,8 @@ impl Inner {
         if frontiers_may_have_moved {
             let me = self.settings.me;
             let mine = node.view().shards.iter().filter(|s| s.members.contains(&me));
-            if p.frontiers.len() != mine.clone().count() || mine.clone().any(|s| !p.frontiers.contains_key(&s.id)) {
-                p.frontiers.clear();
-            }
+            // Shards this member left (at a view change) have no frontiers here any more.
+            p.frontiers.retain(|id, _| mine.clone().any(|s| s.id == *id));
             for s in mine {
                 let f = (node.persisted_here(s.id), node.persisted_everywhere(s.id));
                 frontiers_moved |= p.frontiers.insert(s.id, f) != Some(f);
