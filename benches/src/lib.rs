@@ -223,15 +223,13 @@ pub fn flag(args: &[String], name: &str) -> bool {
     args.iter().any(|a| a == name)
 }
 
-/// Logs of the library to standard error when `DERECHO_LOG` names a filter (for example
-/// `DERECHO_LOG=derecho=debug`); nothing otherwise.
+/// The library's logs on standard error, filtered by `RUST_LOG` (for example
+/// `RUST_LOG=derecho=debug`), `DERECHO_LOG_FORMAT=json` for JSON. Unset, only warnings and
+/// errors: a benchmark's member processes would otherwise interleave their view changes with the
+/// results.
 pub fn log_from_env() {
-    if let Ok(filter) = std::env::var("DERECHO_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    derecho::logging::init_with(derecho::logging::Format::from_env(), Some(&filter));
 }
 
 /// The member processes of a group benchmark: this program started once per member with

@@ -25,6 +25,9 @@
 //! * [`rpc`]: replicated objects (`#[replicated]`), calls into them from members and from
 //!   external clients (PROTOCOLS §6).
 //! * [`persist`]: durable logs of versioned state and versioned fields (PROTOCOLS §4).
+//! * `logging` (feature `logging`, on by default): [`logging::init`] installs a `tracing`
+//!   subscriber for a program (`RUST_LOG`, text or JSON).
+//! * [`prelude`]: the names most programs need, in one `use derecho::prelude::*`.
 //! * [`context`]: the call a handler serves ([`context::CallContext`]), read by versioned fields.
 //! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: the same
 //!   `Member`s the driver runs, in one thread, over virtual time, seeded links (latency, slow
@@ -55,19 +58,28 @@
 //! # Ok::<(), derecho::RuntimeError>(())
 //! ```
 //!
-//! The repository's `README.md` shows two TCP transports exchanging a frame; it is compiled and
-//! run as a doctest of this crate. The book's chapter "Running the transports" explains executors
-//! and transports in depth, and `cargo run --release -p derecho-examples --bin ping` measures them.
+//! The repository's `README.md` opens with a complete replicated service (a `#[replicated]`
+//! counter on three members, an ordered call and a query); it is compiled and run as a doctest
+//! of this crate, and the book's first chapter starts from it. The book's chapter "Running the
+//! transports" explains executors and transports in depth, and
+//! `cargo run --release -p derecho-examples --bin ping` measures them.
 
 pub mod context;
 pub mod driver;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod persist;
+pub mod prelude;
 pub mod protocol;
 pub mod rpc;
 #[cfg(feature = "sim")]
 pub mod sim;
 
 pub use derecho_runtime as runtime;
+
+/// rkyv, the zero-copy serialization that `#[replicated]` types and their calls use: derive its
+/// traits on a replicated type's state with `#[rkyv(crate = derecho::rkyv)]`.
+pub use crate::rpc::support::rkyv;
 
 pub use derecho_macros::replicated;
 pub use derecho_runtime::net::TcpListener;

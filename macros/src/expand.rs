@@ -141,8 +141,10 @@ fn replicated_impl(m: &Model) -> TokenStream {
         #rkyv::to_bytes::<#rkyv::rancor::Error>(self)
     };
     let fingerprint = fingerprint(m);
+    let client = format_ident!("{}Client", ty);
     quote! {
         impl ::derecho::rpc::Replicated for #ty {
+            type Client = #client;
             const NAME: &'static str = #ty_str;
             const METHODS: &'static [::derecho::rpc::Method] = &[#(#table),*];
             const FINGERPRINT: u64 = #fingerprint;

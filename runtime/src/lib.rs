@@ -47,6 +47,7 @@ pub mod fs;
 pub mod net;
 mod op;
 mod reactor;
+pub mod signal;
 pub mod time;
 pub mod transport;
 

@@ -419,6 +419,7 @@ impl Plan {
 }
 
 fn main() {
+    derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(role) = arg(&args, "--child") {
         if !raw::child_role(role, &args) {

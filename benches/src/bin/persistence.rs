@@ -324,6 +324,7 @@ fn run_group(dir: &Path, shm: Option<&Path>, size: usize, mode: &str, secs: u64)
 }
 
 fn main() {
+    derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if arg(&args, "--child") == Some("member") {
         member(&args);

@@ -62,7 +62,6 @@ impl Sink {
 }
 
 fn member(args: &[String]) {
-    derecho_benches::log_from_env();
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
     let me = NodeId(num("--member") as u32);
     let size = num("--size") as usize;
@@ -222,6 +221,7 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
 }
 
 fn main() {
+    derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if arg(&args, "--child") == Some("member") {
         member(&args);

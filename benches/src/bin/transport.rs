@@ -43,6 +43,7 @@ struct Plan {
 }
 
 fn main() {
+    derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(role) = arg(&args, "--child") {
         child(role, &args);

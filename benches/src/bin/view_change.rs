@@ -49,7 +49,6 @@ impl Application for Printer {
 }
 
 fn member(args: &[String]) {
-    derecho_benches::log_from_env();
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
     let me = NodeId(num("--member") as u32);
     let membership = MembershipConfig {
@@ -234,6 +233,7 @@ fn unexpected_view(line: &str, expected: &[&str]) -> bool {
 }
 
 fn main() {
+    derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if arg(&args, "--child") == Some("member") {
         member(&args);

@@ -23,10 +23,12 @@
 //! mode = "ordered"            # or "unordered"; default "ordered"
 //! ```
 //!
-//! Overrides, applied in this order after the file: environment variables `DERECHO_<KEY>` (for
-//! top-level keys, e.g. `DERECHO_ME=2`, `DERECHO_SPIN_US=0`) and command-line `--set key=value`
-//! (any key path, e.g. `--set limits.window_len=64`). Values are TOML (`tcp` may be given without
-//! quotes). Unknown keys and invalid values are errors that name the key.
+//! Overrides, applied in this order after the file: environment variables
+//! `DERECHO_CFG__<KEY>` (the key path in capitals with `__` between levels, e.g.
+//! `DERECHO_CFG__ME=2`, `DERECHO_CFG__LIMITS__WINDOW_LEN=64`; no other variable is read) and
+//! command-line `--set key=value` (any key path, e.g. `--set limits.window_len=64`). Values are
+//! TOML (`tcp` may be given without quotes). Unknown keys and invalid values are errors that name
+//! the key and where its value came from (the file and line, the variable, or the `--set`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -46,13 +48,24 @@ pub enum TransportKind {
     Shm,
 }
 
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "TCP",
+            TransportKind::Shm => "shared memory",
+        })
+    }
+}
+
 /// One member.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Node id.
     pub id: u32,
-    /// TCP listen address (required for TCP groups).
+    /// TCP listen address (required for TCP groups); a host name is resolved when the file is
+    /// read.
+    #[serde(default, deserialize_with = "de_address_opt")]
     pub address: Option<SocketAddr>,
 }
 
@@ -133,8 +146,52 @@ pub struct GroupConfig {
     pub view: View,
 }
 
-/// A configuration error; the message names the key.
+/// Where a configuration value came from: errors say it, so a value set far from the file (an
+/// environment variable in a service unit, a `--set` in a script) is found at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// The configuration file (or text), at this line if known.
+    File {
+        /// The file's path; `None` for text given directly.
+        path: Option<String>,
+        /// The line of the key, from 1.
+        line: Option<usize>,
+    },
+    /// An environment variable ([`ENV_PREFIX`]...).
+    Env(String),
+    /// A command-line `--set key=value`.
+    Set(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { path, line } => {
+                match path {
+                    Some(p) => write!(f, "in {p}")?,
+                    None => write!(f, "in the configuration text")?,
+                }
+                match line {
+                    Some(l) => write!(f, " line {l}"),
+                    None => Ok(()),
+                }
+            }
+            Origin::Env(var) => write!(f, "from environment variable {var}"),
+            Origin::Set(s) => write!(f, "from --set {s}"),
+        }
+    }
+}
+
+/// Environment variables that override configuration keys start with this; the rest of the name
+/// is the key path, `__` between levels: `DERECHO_CFG__SPIN_US=0`,
+/// `DERECHO_CFG__MEMBERSHIP__HEARTBEAT_MS=5`. Other variables (`DERECHO_LOG_FORMAT`, anything)
+/// are never read as configuration.
+pub const ENV_PREFIX: &str = "DERECHO_CFG__";
+
+/// A configuration error; the message names the key, and where it came from.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -159,6 +216,152 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// An error of a value with a known origin.
+    #[error("{error} ({origin})")]
+    At {
+        /// What is wrong.
+        error: Box<ConfigError>,
+        /// Where the value came from.
+        origin: Origin,
+    },
+}
+
+impl ConfigError {
+    /// The error without its origin.
+    pub fn without_origin(&self) -> &ConfigError {
+        match self {
+            ConfigError::At { error, .. } => error.without_origin(),
+            e => e,
+        }
+    }
+
+    /// Where the value at fault came from, if known.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self {
+            ConfigError::At { origin, .. } => Some(origin),
+            _ => None,
+        }
+    }
+}
+
+/// The sources of a configuration, kept to say where a key's value came from.
+pub(super) struct Sources<'a> {
+    text: &'a str,
+    path: Option<String>,
+    /// Overridden key paths, in the order applied (a later one wins).
+    overrides: Vec<(String, Origin)>,
+}
+
+impl Sources<'_> {
+    /// Where `key` (a path like `membership.heartbeat_ms` or `members[2].address`) came from.
+    fn origin_of(&self, key: &str) -> Origin {
+        let plain = strip_indices(key);
+        let overridden =
+            self.overrides.iter().rev().find(|(k, _)| {
+                plain == *k || plain.starts_with(&format!("{k}.")) || k.starts_with(&format!("{plain}."))
+            });
+        match overridden {
+            Some((_, o)) => o.clone(),
+            None => Origin::File { path: self.path.clone(), line: line_of(self.text, key) },
+        }
+    }
+
+    /// `e`, with the origin of the key it names.
+    pub(super) fn locate(&self, e: ConfigError) -> ConfigError {
+        match &e {
+            ConfigError::Invalid { key, .. } => {
+                let origin = self.origin_of(key);
+                ConfigError::At { error: Box::new(e), origin }
+            }
+            _ => e,
+        }
+    }
+}
+
+/// `a[1].b[0].c` → `a.b.c`.
+fn strip_indices(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut depth = 0;
+    for c in key.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            c if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The line (from 1) of `key` in TOML `text`, or of the nearest enclosing table or entry there
+/// (a key that is missing is reported where it belongs).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut at = None;
+    let parts: Vec<&str> = key.split('.').filter(|p| !p.is_empty()).collect();
+    for (n, part) in parts.iter().enumerate() {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else { break };
+        at = Some(k.span().start);
+        let mut value = v.get_ref();
+        if let (Some(i), DeValue::Array(items)) = (index, value) {
+            let Some(item) = items.get(i) else { break };
+            at = Some(item.span().start);
+            value = item.get_ref();
+        }
+        match value {
+            DeValue::Table(t) => table = t,
+            _ if n + 1 == parts.len() => {}
+            _ => break,
+        }
+    }
+    at.map(|pos| text[..pos.min(text.len())].matches('\n').count() + 1)
+}
+
+/// The key path at byte `pos` of TOML `text` (the innermost key or array element whose value
+/// holds it): `members[1].address`.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    // Depth first: tables (also those of an array of tables, whose spans need not cover their
+    // keys) are searched whatever their own span; a scalar or inline value matches by its span.
+    fn walk(table: &DeTable<'_>, pos: usize, prefix: &str) -> Option<String> {
+        for (k, v) in table {
+            let path = if prefix.is_empty() { k.get_ref().to_string() } else { format!("{prefix}.{}", k.get_ref()) };
+            let here = k.span().contains(&pos) || v.span().contains(&pos);
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    if let Some(p) = walk(t, pos, &path) {
+                        return Some(p);
+                    }
+                }
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let at = format!("{path}[{i}]");
+                        match item.get_ref() {
+                            DeValue::Table(t) => {
+                                if let Some(p) = walk(t, pos, &at) {
+                                    return Some(p);
+                                }
+                            }
+                            _ if item.span().contains(&pos) => return Some(at),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if here {
+                return Some(path);
+            }
+        }
+        None
+    }
+    walk(DeTable::parse(text).ok()?.get_ref(), pos, "")
 }
 
 impl LimitsConfig {
@@ -183,25 +386,84 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })
 }
 
-/// Parses `text`, applies the `DERECHO_*` environment variables and the `--set` overrides, and
-/// deserializes the result (unknown keys and wrong types are errors naming the key).
-pub(super) fn overlay<T: serde::de::DeserializeOwned>(
-    text: &str,
+/// Parses `text` (from `path`, for messages), applies the [`ENV_PREFIX`] environment variables
+/// and the `--set` overrides, and deserializes the result (unknown keys and wrong types are
+/// errors naming the key). Returns the sources too, for errors found later.
+pub(super) fn overlay<'a, T: serde::de::DeserializeOwned>(
+    text: &'a str,
+    path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     sets: &[String],
-) -> Result<T, ConfigError> {
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("DERECHO_")).collect();
+) -> Result<(T, Sources<'a>), ConfigError> {
+    let path = path.map(|p| p.display().to_string());
+    let file = |line| Origin::File { path: path.clone(), line };
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError::At { error: Box::new(ConfigError::Parse(e.message().trim().to_string())), origin: file(line) }
+    })?;
+    let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
-    for (k, v) in env {
-        let key = k.trim_start_matches("DERECHO_").to_ascii_lowercase();
-        set_path(&mut table, &key, parse_value(&v))?;
+    let mut overrides = Vec::new();
+    for (var, v) in env {
+        let key = var[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+        let origin = Origin::Env(var.clone());
+        set_path(&mut table, &key, parse_value(&v))
+            .map_err(|e| ConfigError::At { error: Box::new(e), origin: origin.clone() })?;
+        overrides.push((key, origin));
     }
     for s in sets {
         let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Override(s.clone()))?;
-        set_path(&mut table, k.trim(), parse_value(v.trim()))?;
+        let origin = Origin::Set(s.clone());
+        set_path(&mut table, k.trim(), parse_value(v.trim()))
+            .map_err(|e| ConfigError::At { error: Box::new(e), origin: origin.clone() })?;
+        overrides.push((k.trim().to_string(), origin));
     }
-    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    let sources = Sources { text, path: path.clone(), overrides };
+    // Deserialized from the merged document's text, so that an error has a place: the key at
+    // that place says which source gave the value.
+    let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    match toml::from_str::<T>(&merged) {
+        Ok(v) => Ok((v, sources)),
+        Err(e) => {
+            let key = e.span().and_then(|s| key_at(&merged, s.start)).filter(|k| !k.is_empty());
+            let message = e.message().trim().to_string();
+            Err(match key {
+                Some(key) => {
+                    let origin = sources.origin_of(&key);
+                    ConfigError::At { error: Box::new(ConfigError::Invalid { key, reason: message }), origin }
+                }
+                None => ConfigError::At { error: Box::new(ConfigError::Parse(message)), origin: file(None) },
+            })
+        }
+    }
+}
+
+/// An address from the configuration: `IP:port`, or `host:port` resolved now (the first
+/// address, IPv4 preferred).
+///
+/// # Errors
+///
+/// What is wrong with it, for the key's message.
+pub fn resolve_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    if !text.contains(':') {
+        return Err(format!("{text:?} is not HOST:PORT or IP:PORT"));
+    }
+    let all: Vec<SocketAddr> = text.to_socket_addrs().map_err(|e| format!("{text:?} does not resolve: {e}"))?.collect();
+    all.iter().find(|a| a.is_ipv4()).or(all.first()).copied().ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+pub(super) fn de_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_address(&text).map_err(serde::de::Error::custom)
+}
+
+pub(super) fn de_address_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_address(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 pub(super) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -269,7 +531,9 @@ impl GroupConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        Self::from_toml(&read(path)?, env, sets)
+        let text = read(path)?;
+        let (file, sources) = overlay(&text, Some(path), env, sets)?;
+        Self::validate(file).map_err(|e| sources.locate(e))
     }
 
     /// As [`GroupConfig::load`], from text.
@@ -282,7 +546,8 @@ impl GroupConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        Self::validate(overlay(text, env, sets)?)
+        let (file, sources) = overlay(text, None, env, sets)?;
+        Self::validate(file).map_err(|e| sources.locate(e))
     }
 
     fn validate(f: FileConfig) -> Result<Self, ConfigError> {
@@ -297,7 +562,11 @@ impl GroupConfig {
         if f.transport == TransportKind::Tcp
             && let Some(m) = f.members.iter().find(|m| m.address.is_none())
         {
-            return Err(invalid("members.address", format!("member {} has no address (required for tcp)", m.id)));
+            let i = f.members.iter().position(|x| x.id == m.id).unwrap_or(0);
+            return Err(invalid(
+                format!("members[{i}].address"),
+                format!("member {} has no address (required for tcp)", m.id),
+            ));
         }
         if f.spin_us > 1_000_000 {
             return Err(invalid("spin_us", format!("{} is more than one second (1000000)", f.spin_us)));
@@ -396,7 +665,15 @@ address = "127.0.0.1:7001"
     fn environment_then_command_line_override() {
         let c = load(
             BASE,
-            &[("DERECHO_SPIN_US", "40"), ("DERECHO_TRANSPORT", "shm"), ("HOME", "/x")],
+            &[
+                ("DERECHO_CFG__SPIN_US", "40"),
+                ("DERECHO_CFG__TRANSPORT", "shm"),
+                ("HOME", "/x"),
+                // Not configuration: other derecho variables and C++ Derecho's are left alone.
+                ("DERECHO_LOG_FORMAT", "json"),
+                ("DERECHO_CONF_FILE", "/etc/derecho.cfg"),
+                ("DERECHO_SPIN_US", "999"),
+            ],
             &["spin_us=7", "limits.window_len=64"],
         )
         .unwrap();
@@ -421,9 +698,52 @@ address = "127.0.0.1:7001"
             assert!(e.contains(needle), "{sets:?}: {e}");
         }
         let no_addr = "me = 0\ntransport = \"tcp\"\n[[members]]\nid = 0\n";
-        assert!(load(no_addr, &[], &[]).unwrap_err().to_string().contains("members.address"));
+        assert!(load(no_addr, &[], &[]).unwrap_err().to_string().contains("members[0].address"));
         let shards = format!("{BASE}\n[[shards]]\nmembers = [0, 1]\nmode = \"sideways\"\n");
         assert!(load(&shards, &[], &[]).unwrap_err().to_string().contains("shards[0].mode"));
+    }
+
+    #[test]
+    fn errors_say_where_the_value_came_from() {
+        let path = Path::new("/etc/derecho/static.toml");
+        let e = |text: &str, env: &[(&str, &str)], sets: &[&str]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let (file, sources) = match overlay::<FileConfig>(text, Some(path), env, &sets) {
+                Ok(x) => x,
+                Err(e) => return e.to_string(),
+            };
+            GroupConfig::validate(file).map_err(|e| sources.locate(e)).expect_err("an error").to_string()
+        };
+        // From the environment, nested with `__`.
+        let m = e(BASE, &[("DERECHO_CFG__LIMITS__WINDOW_LEN", "0")], &[]);
+        assert!(
+            m.contains("limits.window_len") && m.contains("environment variable DERECHO_CFG__LIMITS__WINDOW_LEN"),
+            "{m}"
+        );
+        let m = e(BASE, &[("DERECHO_CFG__CONF_FILE", "x")], &[]);
+        assert!(m.contains("conf_file") && m.contains("DERECHO_CFG__CONF_FILE"), "{m}");
+        // From the command line.
+        let m = e(BASE, &[], &["spin_us=fast"]);
+        assert!(m.contains("spin_us") && m.contains("--set spin_us=fast"), "{m}");
+        // From the file: its path, the line, and which entry of a list.
+        let bad = BASE.replace("127.0.0.1:7001", "nowhere");
+        let m = e(&bad, &[], &[]);
+        assert!(m.contains("members[1].address") && m.contains("/etc/derecho/static.toml line 8"), "{m}");
+        let m = e(&format!("{BASE}colour = 3\n"), &[], &[]);
+        assert!(m.contains("colour") && m.contains("static.toml line 9"), "{m}");
+        let no_addr = "me = 0\n[[members]]\nid = 0\n[[members]]\nid = 1\naddress = \"127.0.0.1:1\"\n";
+        let m = e(no_addr, &[], &["me=1"]);
+        assert!(m.contains("members[0].address") && m.contains("line 2"), "{m}");
+        // Malformed TOML: the file and line.
+        let m = e("me = 1\nmembers = [\n", &[], &[]);
+        assert!(m.contains("static.toml line"), "{m}");
+        // A host name resolves; one that does not is an error naming the key.
+        let c = load(&BASE.replace("127.0.0.1:7001", "localhost:7001"), &[], &[]).unwrap();
+        assert_eq!(c.address_of(NodeId(1)).map(|a| a.port()), Some(7001));
+        assert!(c.address_of(NodeId(1)).is_some_and(|a| a.ip().is_loopback()));
+        let m = e(&BASE.replace("127.0.0.1:7001", "no-such-host.invalid:7001"), &[], &[]);
+        assert!(m.contains("members[1].address") && m.contains("does not resolve"), "{m}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! me = 3                          # this member's id (required)
-//! listen = "127.0.0.1:7103"       # this member's listener, the one port of every view (required)
+//! listen = "127.0.0.1:7103"       # this member's listener, the one port of every view (required);
+//!                                 # here and in `contact`, a host name is resolved when the file is read
 //! advertise = "10.0.0.3:7103"     # the address peers use; default: the listen address
 //! contact = "127.0.0.1:7100"      # a member of the group to join; omit to start a new group
 //! group = "demo"                  # the group's name; groups of other names never connect; default "derecho"
@@ -11,6 +12,8 @@
 //! core = 1                        # pin this member's executor to this core; default unpinned
 //! connect_timeout_ms = 2000       # a view's peer missing this long is reported failed; default 2000
 //! join_timeout_ms = 30000         # how long joining waits for its welcome; default 30000
+//! restart_timeout_ms = 300000     # how long a restarting member waits for its quorum; default 300000
+//! metrics_listen = "127.0.0.1:9100"  # serve Prometheus metrics at http://ADDRESS/metrics; default: none
 //! state_len_max = 67108864        # the largest shard state sent or accepted, bytes; default 64 MiB
 //! transport = "shm"               # each view over "tcp" or "shm" (processes of this host); default "tcp"
 //! shm_dir = "/dev/shm"            # where shared-memory views keep their files; default /dev/shm
@@ -52,7 +55,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{LimitsConfig, TransportKind, invalid, overlay, read};
+use super::config::{LimitsConfig, TransportKind, de_address, de_address_opt, invalid, overlay, read};
 use super::{ConfigError, GroupBuilder};
 use crate::protocol::{
     ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, LostShards, MembershipConfig, NodeId, OneShard, Policy,
@@ -152,8 +155,10 @@ impl SubgroupFile {
 #[serde(deny_unknown_fields)]
 struct File {
     me: u32,
+    #[serde(deserialize_with = "de_address")]
     listen: SocketAddr,
     advertise: Option<String>,
+    #[serde(default, deserialize_with = "de_address_opt")]
     contact: Option<SocketAddr>,
     #[serde(default = "default_group")]
     group: String,
@@ -164,6 +169,10 @@ struct File {
     connect_timeout_ms: u64,
     #[serde(default = "thirty_s")]
     join_timeout_ms: u64,
+    #[serde(default = "five_min")]
+    restart_timeout_ms: u64,
+    #[serde(default, deserialize_with = "de_address_opt")]
+    metrics_listen: Option<SocketAddr>,
     #[serde(default = "sixty_four_mib")]
     state_len_max: usize,
     #[serde(default = "tcp")]
@@ -187,6 +196,9 @@ fn two_s() -> u64 {
 }
 fn thirty_s() -> u64 {
     30_000
+}
+fn five_min() -> u64 {
+    300_000
 }
 fn sixty_four_mib() -> usize {
     64 << 20
@@ -220,6 +232,10 @@ pub struct GroupMemberConfig {
     pub connect_timeout: Duration,
     /// See [`GroupBuilder::join_timeout`].
     pub join_timeout: Duration,
+    /// See [`GroupBuilder::restart_timeout`].
+    pub restart_timeout: Duration,
+    /// See [`GroupBuilder::metrics_listen`].
+    pub metrics_listen: Option<SocketAddr>,
     /// See [`GroupBuilder::state_len_max`].
     pub state_len_max: usize,
     /// See [`GroupBuilder::transport`].
@@ -252,7 +268,9 @@ impl GroupMemberConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        Self::from_toml(&read(path)?, env, sets)
+        let text = read(path)?;
+        let (file, sources) = overlay(&text, Some(path), env, sets)?;
+        Self::validate(file).map_err(|e| sources.locate(e))
     }
 
     /// As [`GroupMemberConfig::load`], from text.
@@ -265,7 +283,8 @@ impl GroupMemberConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        Self::validate(overlay(text, env, sets)?)
+        let (file, sources) = overlay(text, None, env, sets)?;
+        Self::validate(file).map_err(|e| sources.locate(e))
     }
 
     fn validate(f: File) -> Result<Self, ConfigError> {
@@ -348,6 +367,9 @@ impl GroupMemberConfig {
         if f.join_timeout_ms == 0 {
             return Err(invalid("join_timeout_ms", "must be above zero"));
         }
+        if f.restart_timeout_ms == 0 {
+            return Err(invalid("restart_timeout_ms", "must be above zero"));
+        }
         if f.state_len_max == 0 || f.state_len_max > u32::MAX as usize - 64 {
             return Err(invalid("state_len_max", "must be from 1 to 4294967231"));
         }
@@ -361,6 +383,8 @@ impl GroupMemberConfig {
             core: f.core,
             connect_timeout: Duration::from_millis(f.connect_timeout_ms),
             join_timeout: Duration::from_millis(f.join_timeout_ms),
+            restart_timeout: Duration::from_millis(f.restart_timeout_ms),
+            metrics_listen: f.metrics_listen,
             state_len_max: f.state_len_max,
             transport: f.transport,
             shm_dir: f.shm_dir,
@@ -391,6 +415,7 @@ impl GroupMemberConfig {
             .membership(self.membership.clone())
             .connect_timeout(self.connect_timeout)
             .join_timeout(self.join_timeout)
+            .restart_timeout(self.restart_timeout)
             .state_len_max(self.state_len_max)
             .transport(self.transport)
             .shm_dir(self.shm_dir.clone());
@@ -403,6 +428,9 @@ impl GroupMemberConfig {
         };
         if let Some(a) = &self.advertise {
             b = b.advertise(a.clone());
+        }
+        if let Some(a) = self.metrics_listen {
+            b = b.metrics_listen(a);
         }
         b
     }
@@ -446,6 +474,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.contact, Some("127.0.0.1:7100".parse().unwrap()));
+        assert_eq!(c.restart_timeout, Duration::from_secs(300));
+        // Host names are resolved where addresses are taken.
+        let named = load(&["contact=\"localhost:7100\"", "restart_timeout_ms=5000"]).unwrap();
+        assert!(named.contact.is_some_and(|a| a.ip().is_loopback() && a.port() == 7100));
+        assert_eq!(named.restart_timeout, Duration::from_secs(5));
         assert_eq!((c.membership.heartbeat_ns, c.membership.suspect_after_ns), (2_000_000, 50_000_000));
         assert_eq!(c.shard_refs().len(), 2);
     }
@@ -506,6 +539,8 @@ senders = [0, 2]
             (&["group=\"\""], "group"),
             (&["connect_timeout_ms=0"], "connect_timeout_ms"),
             (&["join_timeout_ms=0"], "join_timeout_ms"),
+            (&["restart_timeout_ms=0"], "restart_timeout_ms"),
+            (&["listen=\"no-such-host.invalid:1\""], "listen"),
             (&["advertise=\"db.example:7000\""], "advertise"),
             (&["state_len_max=0"], "state_len_max"),
             (&["transport=\"rdma\""], "transport"),
@@ -515,6 +550,77 @@ senders = [0, 2]
         for (sets, needle) in cases {
             let e = load(sets).expect_err(needle).to_string();
             assert!(e.contains(needle), "{sets:?}: {e}");
+        }
+    }
+
+    /// The fields a table accepts, from serde's "unknown field" error.
+    fn accepted(e: &ConfigError) -> Vec<String> {
+        let text = e.to_string();
+        let list = text.split("`zz_unknown`, expected").nth(1).unwrap_or_else(|| panic!("no field list in {text}"));
+        let list = list.split(" (").next().unwrap_or(list);
+        list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    fn blocks(page: &str) -> Vec<String> {
+        page.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default().to_string()).collect()
+    }
+
+    #[test]
+    fn every_key_is_documented_with_its_default() {
+        use crate::driver::GroupConfig;
+        let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../book/src/config.md"))
+            .expect("book/src/config.md");
+        let b = blocks(&page);
+        assert_eq!(b.len(), 3, "the page has three TOML blocks: member, subgroups, static group");
+        let mentions =
+            |block: &str, key: &str| block.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} =")));
+        // A member: the block loads, gives the defaults, and names every key of every table.
+        let documented = GroupMemberConfig::from_toml(&b[0], Vec::new(), &[]).expect("the member block loads");
+        let defaults = GroupMemberConfig::from_toml("me = 0\nlisten = \"127.0.0.1:7000\"\n", Vec::new(), &[]).unwrap();
+        assert_eq!(documented, defaults, "the page's values are not the defaults");
+        for table in ["", "membership.", "layout.", "limits."] {
+            let e = load(&[&format!("{table}zz_unknown=1")]).expect_err("an unknown key");
+            for key in accepted(&e) {
+                let documented = mentions(&b[0], &key)
+                    || (table.is_empty()
+                        && (b[0].contains(&format!("[{key}]")) || b[1].contains(&format!("[[{key}]]"))));
+                assert!(documented, "key {table}{key} is not on the page");
+            }
+        }
+        // Subgroups: the example loads, and names every key.
+        GroupMemberConfig::from_toml(&format!("{BASE}{}", b[1]), Vec::new(), &[]).expect("the subgroups block loads");
+        let e = GroupMemberConfig::from_toml(
+            &format!("{BASE}[[subgroups]]\npolicy = \"all\"\nzz_unknown = 1\n"),
+            Vec::new(),
+            &[],
+        )
+        .expect_err("an unknown key");
+        for key in accepted(&e) {
+            assert!(mentions(&b[1], &key), "key subgroups[].{key} is not on the page");
+        }
+        // A static group: the same.
+        let documented = GroupConfig::from_toml(&b[2], Vec::new(), &[]).expect("the static block loads");
+        let minimal = "me = 0\n[[members]]\nid = 0\naddress = \"127.0.0.1:7000\"\n";
+        assert_eq!(documented, GroupConfig::from_toml(minimal, Vec::new(), &[]).unwrap(), "static defaults differ");
+        let unknown =
+            |extra: &str| GroupConfig::from_toml(&format!("{minimal}{extra}"), Vec::new(), &[]).expect_err("unknown");
+        for (extra, what) in [
+            ("zz_unknown = 1\n", ""),
+            ("[limits]\nzz_unknown = 1\n", "limits."),
+            ("[[members]]\nid = 1\nzz_unknown = 1\n", "members[]."),
+            ("[[shards]]\nmembers = [0]\nzz_unknown = 1\n", "shards[]."),
+        ] {
+            let extra = if what.is_empty() { format!("zz_unknown = 1\n{minimal}") } else { extra.to_string() };
+            let e = if what.is_empty() {
+                GroupConfig::from_toml(&extra, Vec::new(), &[]).expect_err("unknown")
+            } else {
+                unknown(&extra)
+            };
+            for key in accepted(&e) {
+                let documented =
+                    mentions(&b[2], &key) || b[2].contains(&format!("[{key}]")) || b[2].contains(&format!("[[{key}]]"));
+                assert!(documented, "static key {what}{key} is not on the page");
+            }
         }
     }
 }

@@ -32,11 +32,12 @@ mod config;
 mod group;
 mod member_config;
 
-pub use config::{ConfigError, GroupConfig, MemberConfig, TransportKind};
+pub use config::{ConfigError, ENV_PREFIX, GroupConfig, MemberConfig, Origin, TransportKind, resolve_address};
+pub use derecho_runtime::signal::{Signal, Signals};
 pub(crate) use group::control_tag;
 pub use group::{
-    AppError, Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, PARTITION_SAFETY_NEEDED,
-    PersistWaitError, SendToError, State, ViewChange, WaitError,
+    AppError, Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
+    PARTITION_SAFETY_NEEDED, PersistWaitError, SendToError, ShardMetrics, Shutdown, State, ViewChange, WaitError,
 };
 pub use member_config::GroupMemberConfig;
 
@@ -195,6 +196,9 @@ pub enum GroupError {
     /// A configuration this member cannot run with.
     #[error("configuration: {0}")]
     Config(&'static str),
+    /// The metrics listener could not be opened.
+    #[error("{0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Errors of [`StaticGroup::send`].

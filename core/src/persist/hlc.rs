@@ -36,6 +36,44 @@ impl Hlc {
     }
 }
 
+/// As RFC 3339 in UTC with microseconds (`2026-12-06T21:28:12.123456Z`), and the logical
+/// counter after a `+` when it is not zero (`...Z+3`).
+impl std::fmt::Display for Hlc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.micros();
+        let secs = micros / 1_000_000;
+        let (days, of_day) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+            of_day / 3_600,
+            of_day / 60 % 60,
+            of_day % 60,
+            micros % 1_000_000
+        )?;
+        if self.logical() != 0 {
+            write!(f, "+{}", self.logical())?;
+        }
+        Ok(())
+    }
+}
+
+/// The proleptic Gregorian date of `days` after 1970-01-01 (the days-to-civil conversion
+/// of the 400-year cycle: 146,097 days, eras starting on March 1st).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
 /// One member's clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HlcClock {
@@ -84,6 +122,15 @@ impl HlcClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_rfc_3339() {
+        assert_eq!(Hlc::new(0, 0).to_string(), "1970-01-01T00:00:00.000000Z");
+        // 2026-12-06T21:28:12.123456Z is 1796592492 seconds after the epoch.
+        assert_eq!(Hlc::new(1_796_592_492_123_456, 0).to_string(), "2026-12-06T21:28:12.123456Z");
+        assert_eq!(Hlc::new(951_782_400_000_001, 3).to_string(), "2000-02-29T00:00:00.000001Z+3");
+        assert_eq!(Hlc::new(4_107_542_399_999_999, 0).to_string(), "2100-02-28T23:59:59.999999Z");
+    }
 
     #[test]
     fn todays_clock_fits() {

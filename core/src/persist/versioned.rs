@@ -17,7 +17,7 @@ use crate::protocol::Version;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
     /// A version or time that does not go forward.
-    #[error("version {version} at {hlc:?} does not follow version {last} at {last_hlc:?}")]
+    #[error("version {version} at {hlc} does not follow version {last} at {last_hlc}")]
     OutOfOrder {
         /// The version recorded.
         version: Version,
@@ -38,7 +38,10 @@ pub enum VersionError {
     },
     /// A time before the oldest version kept, after a trim: the value then may have been
     /// trimmed away.
-    #[error("time {asked:?} is before the oldest time kept after a trim, {oldest:?}")]
+    #[error(
+        "time {asked} is before the oldest time kept after a trim ({})",
+        .oldest.map_or_else(|| "nothing is kept".to_string(), |t| t.to_string())
+    )]
     TrimmedTime {
         /// What was asked.
         asked: Hlc,
@@ -55,7 +58,7 @@ pub enum VersionError {
     )]
     NoStableTime,
     /// A time after the shard's stable time: later versions could still appear before it.
-    #[error("time {asked:?} is after the shard's stable time {stable:?}")]
+    #[error("time {asked} is after the shard's stable time {stable}")]
     BeyondStable {
         /// What was asked.
         asked: Hlc,

@@ -31,6 +31,14 @@ pub struct ShardRef {
     pub shard: ShardIndex,
 }
 
+impl ShardRef {
+    /// Shard `shard` of subgroup `subgroup`: `ShardRef::new(0, 0)` is the first shard of the
+    /// first subgroup (the only one of a group with one subgroup of one shard).
+    pub const fn new(subgroup: u16, shard: u16) -> Self {
+        Self { subgroup: SubgroupId(subgroup), shard: ShardIndex(shard) }
+    }
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node {}", self.0)
@@ -97,6 +105,32 @@ impl fmt::Display for Version {
     }
 }
 
+/// A version that did not parse: neither `vVIEW.SEQ` (as [`Version`] prints), `VIEW.SEQ`, nor a
+/// packed number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a version: give vVIEW.SEQ (as in v2.17) or a packed number")]
+pub struct ParseVersionError(pub String);
+
+impl std::str::FromStr for Version {
+    type Err = ParseVersionError;
+
+    /// Reads what [`Display`](fmt::Display) writes (`v2.17`), also without the `v`, or the packed
+    /// number ([`Version::as_u64`]).
+    fn from_str(s: &str) -> Result<Self, ParseVersionError> {
+        let bad = || ParseVersionError(s.to_string());
+        let t = s.trim();
+        if let Some((view, seq)) = t.strip_prefix('v').unwrap_or(t).split_once('.') {
+            let view: u32 = view.parse().map_err(|_| bad())?;
+            let seq: u64 = seq.parse().map_err(|_| bad())?;
+            if view >= 1 << 24 || seq > Self::SEQ_MAX {
+                return Err(bad());
+            }
+            return Ok(Self::new(ViewId(view), seq));
+        }
+        t.parse::<u64>().map(Self::from_u64).map_err(|_| bad())
+    }
+}
+
 /// A point in time in nanoseconds, from the driver's clock (or the simulator's virtual clock):
 /// the protocol never reads a clock itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,6 +155,18 @@ mod tests {
         assert_eq!((a.view(), a.seq()), (ViewId(1), Version::SEQ_MAX));
         assert_eq!((b.view(), b.seq()), (ViewId(2), 0));
         assert_eq!(b.to_string(), "v2.0");
+    }
+
+    #[test]
+    fn versions_parse_as_they_print() {
+        for v in [Version::new(ViewId(2), 2), Version::new(ViewId(0), 0), Version::new(ViewId(77), Version::SEQ_MAX)] {
+            assert_eq!(v.to_string().parse::<Version>(), Ok(v));
+            assert_eq!(v.as_u64().to_string().parse::<Version>(), Ok(v));
+        }
+        assert_eq!("2.3".parse::<Version>(), Ok(Version::new(ViewId(2), 3)));
+        for bad in ["", "v", "v2", "v2.", "vx.1", "v2.-1", "v16777216.0", "two"] {
+            assert_eq!(bad.parse::<Version>(), Err(ParseVersionError(bad.to_string())), "{bad}");
+        }
     }
 
     #[test]

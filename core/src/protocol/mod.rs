@@ -29,7 +29,7 @@ pub mod sst;
 pub mod subgroup;
 pub mod wire;
 
-pub use ids::{NodeId, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
+pub use ids::{NodeId, ParseVersionError, Rank, ShardIndex, ShardRef, SubgroupId, Time, Version, ViewId};
 pub use layout::{DeliveryMode, LayoutError, ShardLayout, View};
 pub use limits::{LimitError, Limits};
 pub use membership::{

@@ -125,6 +125,9 @@ impl HandlerError {
 /// cannot be replayed (the reply is not in the log), and recovery refuses such a log
 /// ([`crate::rpc::RecoveryError::Replay`]) rather than rebuild a different replica.
 pub trait Replicated: Sized + 'static {
+    /// The typed client of one shard (`#[replicated]` generates `TClient`), made from a handle:
+    /// [`Service::client`](super::Service::client).
+    type Client: From<super::Handle<Self>>;
     /// The type's name.
     const NAME: &'static str;
     /// Its methods; a method's index in this table is its id on the wire.

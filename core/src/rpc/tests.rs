@@ -20,6 +20,7 @@ use crate::protocol::{
 struct Counter(u64);
 
 impl Replicated for Counter {
+    type Client = super::Handle<Self>;
     const NAME: &'static str = "Counter";
     const METHODS: &'static [Method] = &[Method { name: "bump", ordered: true, is_async: false }];
     const FINGERPRINT: u64 = 1;

@@ -76,6 +76,8 @@ pub enum RemoteKind {
     /// An external client expects another type (or another version of it) than the one the
     /// member hosts in the subgroup: their method tables differ.
     TypeMismatch = 11,
+    /// The call's message is larger than the group's `limits.payload_len_max`.
+    TooLarge = 12,
 }
 
 impl RemoteKind {
@@ -93,6 +95,7 @@ impl RemoteKind {
             9 => Self::NotSettled,
             10 => Self::ReplyLost,
             11 => Self::TypeMismatch,
+            12 => Self::TooLarge,
             _ => Self::Other,
         }
     }
@@ -121,6 +124,7 @@ impl std::fmt::Display for RemoteKind {
             Self::NotSettled => "not settled",
             Self::ReplyLost => "reply lost",
             Self::TypeMismatch => "type mismatch",
+            Self::TooLarge => "too large",
         })
     }
 }
@@ -242,7 +246,7 @@ mod tests {
     fn remote_kinds_round_trip_and_unknown_bytes_read_as_other() {
         for b in 0..=u8::MAX {
             let k = RemoteKind::from_u8(b);
-            if b <= 11 {
+            if b <= 12 {
                 assert_eq!(k as u8, b);
             } else {
                 assert_eq!(k, RemoteKind::Other);

@@ -49,6 +49,7 @@ struct __DerechoArgs_Counter_add {
 #[rkyv(crate = ::derecho::rpc::support::rkyv)]
 struct __DerechoArgs_Counter_get {}
 impl ::derecho::rpc::Replicated for Counter {
+    type Client = CounterClient;
     const NAME: &'static str = "Counter";
     const METHODS: &'static [::derecho::rpc::Method] = &[
         ::derecho::rpc::Method {

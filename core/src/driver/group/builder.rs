@@ -38,6 +38,7 @@ pub struct GroupBuilder {
     connect_timeout: Duration,
     join_timeout: Duration,
     restart_timeout: Duration,
+    metrics_listen: Option<SocketAddr>,
     state_len_max: usize,
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
@@ -67,6 +68,7 @@ impl GroupBuilder {
             connect_timeout: Duration::from_secs(2),
             join_timeout: Duration::from_secs(30),
             restart_timeout: Duration::from_secs(300),
+            metrics_listen: None,
             state_len_max: 64 << 20,
             transport: TransportKind::Tcp,
             shm_dir: std::path::PathBuf::from("/dev/shm"),
@@ -145,8 +147,17 @@ impl GroupBuilder {
         self
     }
 
+    /// Serves this member's [`Metrics`](super::Metrics) in the Prometheus text format at
+    /// `address` (`GET /metrics`), from the moment it starts, joins or restarts
+    /// ([`Group::serve_metrics`]).
+    pub fn metrics_listen(mut self, address: SocketAddr) -> Self {
+        self.metrics_listen = Some(address);
+        self
+    }
+
     /// How long [`GroupBuilder::restart`] waits: the restart leader for a quorum, the others
     /// for their welcome (default 5 minutes: members of a stopped group come back one by one).
+    /// It says what it waits for meanwhile (`tracing`, info; [`Metrics::waiting`](super::Metrics::waiting)).
     pub fn restart_timeout(mut self, d: Duration) -> Self {
         self.restart_timeout = d;
         self
@@ -250,6 +261,10 @@ impl GroupBuilder {
             app: app.fingerprint(),
         };
         let group = Group::run(settings, acceptor, Member::new(config), app, begin);
+        // Served from the start: a member joining or restarting shows what it waits for.
+        if let Some(address) = self.metrics_listen {
+            group.serve_metrics(address).map_err(GroupError::Metrics)?;
+        }
         group.entered().await?;
         Ok(group)
     }

@@ -29,6 +29,7 @@
 
 pub mod app;
 pub mod builder;
+pub mod metrics;
 mod runner;
 
 use std::cell::Cell;
@@ -38,6 +39,7 @@ use std::rc::{Rc, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
+use derecho_runtime::signal::{Signal, Signals};
 use derecho_runtime::transport::tcp::send_message;
 use derecho_runtime::transport::{AnyTransport, Payload, PeerId, Transport};
 use derecho_runtime::{HookId, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
@@ -48,12 +50,51 @@ pub use app::{
 };
 pub use builder::GroupBuilder;
 pub(crate) use builder::control_tag;
+pub use metrics::{Metrics, ShardMetrics};
 
 use super::{GroupEvent, GroupSendError, RegionMemory, SettleError};
 use crate::protocol::member::{Input, Member};
 use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control, app_frame};
 use crate::protocol::{NodeId, SendError, ShardRef, StopReason, Time, Version, View, ViewId};
 use runner::Inner;
+
+/// How [`Group::leave_on_signal`] ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Shutdown {
+    /// A signal arrived and the member left the group.
+    Left(Signal),
+    /// A signal arrived but leaving failed or timed out (the others will detect a failure).
+    LeaveFailed(Signal, WaitError),
+    /// A second signal arrived while leaving.
+    Forced(Signal),
+    /// The signal descriptor failed.
+    NoSignals(std::io::Error),
+}
+
+impl Shutdown {
+    /// The exit code a program that shuts down this way should return: 0 after leaving, 1 if
+    /// leaving failed, 128 + the signal number when forced (the shell's convention).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Shutdown::Left(_) => 0,
+            Shutdown::LeaveFailed(..) | Shutdown::NoSignals(_) => 1,
+            Shutdown::Forced(Signal::Interrupt) => 130,
+            Shutdown::Forced(_) => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shutdown::Left(s) => write!(f, "{s}: left the group"),
+            Shutdown::LeaveFailed(s, e) => write!(f, "{s}: could not leave the group: {e}"),
+            Shutdown::Forced(s) => write!(f, "{s} again: exiting without waiting to leave"),
+            Shutdown::NoSignals(e) => write!(f, "cannot read signals: {e}"),
+        }
+    }
+}
 
 /// The largest frame of a view's transport besides pushes of the table: application frames
 /// ([`GroupSender::send_to`], the calls layer's batches, queries and replies) and pieces of
@@ -571,6 +612,34 @@ impl Group {
     /// The next group event, waiting for one.
     pub async fn next_event(&self) -> GroupEvent {
         self.inner.events.next().await
+    }
+
+    /// Waits for SIGTERM or SIGINT on `signals`, then leaves the group ([`Group::leave`], bounded
+    /// by `within`) so that the others install the next view at once instead of detecting a
+    /// failure. A second signal while leaving returns at once ([`Shutdown::Forced`]). Runs
+    /// until then: await it beside the program's own work (or spawn it and await the handle).
+    pub async fn leave_on_signal(&self, signals: &Signals, within: Duration) -> Shutdown {
+        let first = match signals.next().await {
+            Ok(s) => s,
+            Err(e) => return Shutdown::NoSignals(e),
+        };
+        tracing::info!(me = %self.inner.settings.me, signal = %first, within_ms = within.as_millis() as u64, "leaving the group (a second signal exits at once)");
+        let mut leave = std::pin::pin!(self.leave(within));
+        let mut second = std::pin::pin!(signals.next());
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = leave.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(()) => Shutdown::Left(first),
+                    Err(e) => Shutdown::LeaveFailed(first, e),
+                });
+            }
+            match second.as_mut().poll(cx) {
+                Poll::Ready(Ok(s)) => Poll::Ready(Shutdown::Forced(s)),
+                // The descriptor failed: the leave goes on.
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// The next group event if one is ready.

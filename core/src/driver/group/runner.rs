@@ -22,7 +22,8 @@ use derecho_runtime::{AlignedBuf, JoinHandle, spawn};
 use super::app::{Application, State, ViewChange};
 use super::builder::{PARK_MAX, Settings, control_tag};
 use crate::driver::{EventBox, GroupError, GroupEvent, RegionMemory, push_range, since};
-use crate::protocol::member::{Command, Event, Input, Member};
+use crate::protocol::member::{Command, Event, Input, Member, Stage};
+use crate::protocol::membership::GmsStep;
 use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control};
 use crate::protocol::{NodeId, Progress, ShardRef, StopReason, Time, Version, View, ViewId};
 
@@ -41,6 +42,11 @@ pub(super) struct Published {
     pub(super) changing: bool,
     /// The frontiers of this member's shards in the current view.
     pub(super) frontiers: BTreeMap<ShardRef, Frontiers>,
+}
+
+/// Node ids as a list for logs: `[0, 1, 2]`.
+fn ids(members: &[NodeId]) -> String {
+    format!("[{}]", members.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(", "))
 }
 
 /// A view's transport while it is open, with the view's members.
@@ -99,6 +105,15 @@ pub(super) struct Inner {
     /// peer that installed it first already sends in it), with their total bytes: handed to
     /// the application once that view is installed.
     early: RefCell<(Vec<EarlyFrame>, usize)>,
+    /// `member{id, view}`: entered while a step runs, so every event of the member names it;
+    /// replaced at each view installed.
+    span: RefCell<tracing::Span>,
+    /// Per shard: own messages delivered, messages delivered (since the member started).
+    counts: RefCell<BTreeMap<ShardRef, (u64, u64)>>,
+    /// Views installed here.
+    views_installed: Cell<u64>,
+    /// What the member last said it waits for (cleared once a view is installed).
+    waiting: RefCell<Option<String>>,
 }
 
 /// An application frame held until its view is installed: the view, the sender, the frame.
@@ -115,6 +130,7 @@ impl Inner {
         member: Member<RegionMemory>,
         app: Box<dyn Application>,
     ) -> Self {
+        let span = RefCell::new(tracing::info_span!("member", id = settings.me.0));
         Self {
             settings,
             acceptor,
@@ -143,6 +159,63 @@ impl Inner {
             connect_error: RefCell::default(),
             stepping: Cell::new(false),
             early: RefCell::default(),
+            span,
+            counts: RefCell::default(),
+            views_installed: Cell::new(0),
+            waiting: RefCell::default(),
+        }
+    }
+
+    /// See [`super::Group::metrics`].
+    pub(super) fn metrics(&self) -> super::metrics::Metrics {
+        let me = self.settings.me;
+        let published = self.published.borrow();
+        let stage = match self.member.try_borrow() {
+            Ok(m) => m.stage(),
+            // Borrowed by a delivery in progress: it runs in a view.
+            Err(_) if published.stopped.is_some() => Stage::Stopped,
+            Err(_) if published.changing => Stage::Wedged,
+            Err(_) => Stage::Running,
+        };
+        let view = published.view.clone();
+        let counts = self.counts.borrow();
+        let mut shards: Vec<super::metrics::ShardMetrics> = Vec::new();
+        let mine = view.iter().flat_map(|v| v.shards.iter()).filter(|s| s.members.contains(&me));
+        for s in mine {
+            let (sent, delivered) = counts.get(&s.id).copied().unwrap_or_default();
+            let (here, everywhere) = published.frontiers.get(&s.id).copied().unwrap_or_default();
+            shards.push(super::metrics::ShardMetrics {
+                shard: s.id,
+                members: s.members.clone(),
+                sent,
+                delivered,
+                persisted_here: here,
+                persisted_everywhere: everywhere,
+            });
+        }
+        for (id, &(sent, delivered)) in counts.iter() {
+            if !shards.iter().any(|s| s.shard == *id) {
+                shards.push(super::metrics::ShardMetrics {
+                    shard: *id,
+                    members: Vec::new(),
+                    sent,
+                    delivered,
+                    persisted_here: None,
+                    persisted_everywhere: None,
+                });
+            }
+        }
+        super::metrics::Metrics {
+            me,
+            stage,
+            waiting: self.waiting.borrow().clone(),
+            view: view.as_ref().map(|v| v.id),
+            members: view.as_ref().map(|v| v.members.clone()).unwrap_or_default(),
+            rank: view.as_ref().and_then(|v| v.rank_of(me)),
+            views_installed: self.views_installed.get(),
+            shards,
+            held_bytes: self.early.borrow().1 as u64,
+            executor: derecho_runtime::loop_stats(),
         }
     }
 
@@ -172,6 +245,8 @@ impl Inner {
     /// the application is busy (never from a task: every upcall returns before another runs).
     pub(super) fn upcall<R>(self: &Rc<Self>, f: impl FnOnce(&mut dyn Application) -> R) -> Option<R> {
         let nested = self.stepping.replace(true);
+        let span = self.span.borrow().clone();
+        let _span = span.enter();
         let r = self.app.try_borrow_mut().ok().map(|mut app| f(&mut **app));
         self.stepping.set(nested);
         if !nested && !self.queued.borrow().is_empty() {
@@ -187,6 +262,8 @@ impl Inner {
         if self.stepping.replace(true) {
             return 0;
         }
+        let span = self.span.borrow().clone();
+        let _span = span.enter();
         let done = self.step_rounds();
         self.stepping.set(false);
         done
@@ -206,7 +283,16 @@ impl Inner {
             }
             member.handle(now, Input::Tick);
             done += match self.app.try_borrow_mut() {
-                Ok(mut app) => member.deliver(|d| app.deliver(d)),
+                Ok(mut app) => {
+                    let me = self.settings.me;
+                    let mut counts = self.counts.borrow_mut();
+                    member.deliver(|d| {
+                        let c = counts.entry(d.shard).or_default();
+                        c.0 += u64::from(d.sender == me);
+                        c.1 += 1;
+                        app.deliver(d)
+                    })
+                }
                 Err(_) => 0,
             };
             let mut deferred = std::mem::take(&mut *self.deferred.borrow_mut());
@@ -421,6 +507,10 @@ impl Inner {
         });
     }
 
+    pub(super) fn spawn_background(&self, f: impl std::future::Future<Output = ()> + 'static) {
+        self.spawn_task(f);
+    }
+
     fn spawn_task(&self, f: impl std::future::Future<Output = ()> + 'static) {
         let mut tasks = self.tasks.borrow_mut();
         tasks.retain(|t| !t.is_finished());
@@ -429,7 +519,6 @@ impl Inner {
 
     /// Does work for the application, with nothing borrowed; feeds its answers back.
     fn dispatch(self: &Rc<Self>, d: Deferred) {
-        let me = self.settings.me;
         match d {
             Deferred::Save(Command::SaveProposal { view, members }) => {
                 let saved = self.app.borrow_mut().save_proposal(view, &members);
@@ -447,7 +536,9 @@ impl Inner {
             }
             Deferred::Save(_) => unreachable!("only saves are deferred"),
             Deferred::Event(e) => match e {
-                Event::Step(step) => tracing::debug!(%me, ?step, "view change step"),
+                Event::Step(GmsStep::Suspected(peer)) => tracing::info!(%peer, "suspects a member failed"),
+                Event::Step(GmsStep::Wedged) => tracing::info!("wedged: a view change is under way"),
+                Event::Step(step) => tracing::debug!(?step, "view change step"),
                 Event::Installed(change) => self.installed(change),
                 Event::TakeSnapshot { view, shard } => match self.app.borrow_mut().snapshot(shard) {
                     State::Ready(state) => self.answer(Input::SnapshotTaken { view, shard, state: Some(state) }),
@@ -466,7 +557,7 @@ impl Inner {
                     let restored = self.app.borrow_mut().restore(shard, &state);
                     match restored {
                         Ok(()) => {
-                            tracing::info!(%me, %shard, len = state.len(), %from, "state received");
+                            tracing::info!(%shard, len = state.len(), %from, "state received");
                             self.answer(Input::StateRestored { view, shard });
                         }
                         Err(e) => {
@@ -477,21 +568,24 @@ impl Inner {
                     }
                 }
                 Event::StateRejected { shard, from, reason } => {
-                    tracing::warn!(%me, %shard, %from, %reason, "a state rejected");
+                    tracing::warn!(%shard, %from, %reason, "a state rejected");
                     self.events.report(GroupEvent::StateRejected { shard, from, reason });
                 }
-                Event::StateNotSent { shard, reason } => tracing::error!(%me, %shard, %reason, "a state not sent"),
+                Event::StateNotSent { shard, reason } => tracing::error!(%shard, %reason, "a state not sent"),
                 Event::Violation { peer, what } => {
-                    tracing::warn!(%me, %peer, %what, "a peer broke the protocol");
+                    tracing::warn!(%peer, %what, "a peer broke the protocol");
                     self.events.report(GroupEvent::Violation { peer, what });
                 }
                 Event::ResendFailed { shard, count } => {
                     self.app.borrow_mut().resend_failed(shard, count);
                     self.events.report(GroupEvent::ResendFailed { shard, count });
                 }
-                Event::Waiting(what) => tracing::info!(%me, waiting = %what),
+                Event::Waiting(what) => {
+                    tracing::info!("waiting: {what}");
+                    *self.waiting.borrow_mut() = Some(what);
+                }
                 Event::EnterFailed(e) => {
-                    tracing::error!(%me, error = %e, "could not enter the group");
+                    tracing::error!(error = %e, "could not enter the group");
                     let connect = self.connect_error.borrow_mut().take();
                     *self.enter_error.borrow_mut() = Some(super::JoinError::from_enter(e, connect));
                     self.wake_all();
@@ -507,7 +601,15 @@ impl Inner {
     }
 
     fn installed(self: &Rc<Self>, change: ViewChange) {
-        tracing::info!(me = %self.settings.me, view = change.view.id.0, members = ?change.view.members, "installed");
+        *self.span.borrow_mut() = tracing::info_span!("member", id = self.settings.me.0, view = change.view.id.0);
+        self.views_installed.set(self.views_installed.get() + 1);
+        *self.waiting.borrow_mut() = None;
+        tracing::info!(
+            view = change.view.id.0,
+            members = %ids(&change.view.members),
+            shards = %change.view.shards.iter().map(|s| format!("{}: {}", s.id, ids(&s.members))).collect::<Vec<_>>().join(", "),
+            "view installed"
+        );
         self.published.borrow_mut().view = Some(Rc::new(change.view.clone()));
         self.app.borrow_mut().view_installed(&change);
         let id = change.view.id;
@@ -532,7 +634,7 @@ impl Inner {
         self.published.borrow_mut().stopped = Some(reason.clone());
         self.app.borrow_mut().stopped();
         if let StopReason::Failed(why) = &reason {
-            tracing::error!(me = %self.settings.me, reason = %why, "this member stops");
+            tracing::error!(reason = %why, "this member stops");
             self.closed.set(true);
             self.events.report(GroupEvent::Fatal(why.clone()));
             let open: Vec<Rc<AnyTransport>> = self.transports.borrow().values().map(|(t, _)| t.clone()).collect();
@@ -542,7 +644,7 @@ impl Inner {
                 }
             }));
         } else {
-            tracing::info!(me = %self.settings.me, %reason, "stopped");
+            tracing::info!(%reason, "stopped");
             self.events.report(GroupEvent::Stopped(reason));
         }
         self.wake_all();
@@ -550,6 +652,8 @@ impl Inner {
 
     /// A control message reached the listener.
     pub(super) fn control(self: &Rc<Self>, from: PeerId, body: &[u8]) {
+        let span = self.span.borrow().clone();
+        let _span = span.enter();
         let rest = {
             let Ok(mut member) = self.member.try_borrow_mut() else {
                 tracing::debug!("a control message while the member is busy: dropped (its sender asks again)");
@@ -610,6 +714,8 @@ impl Inner {
 
     /// An event of the transport of `view`.
     fn transport_event(self: &Rc<Self>, view: ViewId, ev: TransportEvent) {
+        let span = self.span.borrow().clone();
+        let _span = span.enter();
         let current = self.published.borrow().view.as_ref().is_some_and(|v| v.id == view);
         match ev {
             TransportEvent::PeerFailed { peer, reason } => {

@@ -92,6 +92,41 @@ enum Phase {
     Done,
 }
 
+/// Where a member is in its life ([`Member::stage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Asking to be let in, or waiting for its first view's connections or states.
+    Joining,
+    /// Restarting from its logs: looking for the group, or waiting for a quorum.
+    Restarting,
+    /// In a view, delivering.
+    Running,
+    /// A view change is under way: sending waits for the next view.
+    Wedged,
+    /// It left, failed, or could not enter.
+    Stopped,
+}
+
+impl Stage {
+    /// The stage as a lowercase word (`running`), as status displays and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Joining => "joining",
+            Stage::Restarting => "restarting",
+            Stage::Running => "running",
+            Stage::Wedged => "wedged",
+            Stage::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One member's sans-IO state (see the module documentation).
 #[derive(Debug)]
 pub struct Member<M: SstMemory> {
@@ -227,6 +262,19 @@ impl<M: SstMemory> Member<M> {
     /// Why this member stopped, if it did.
     pub fn stopped(&self) -> Option<&StopReason> {
         self.stopped.as_ref()
+    }
+
+    /// Where this member is in its life, for status displays.
+    pub fn stage(&self) -> Stage {
+        match &self.phase {
+            _ if self.stopped.is_some() => Stage::Stopped,
+            Phase::Idle | Phase::Asking(_) | Phase::Entering(_) => Stage::Joining,
+            Phase::Restarting(_) => Stage::Restarting,
+            Phase::Running if self.is_changing_view() => Stage::Wedged,
+            Phase::Running if !self.is_ready() => Stage::Joining,
+            Phase::Running => Stage::Running,
+            Phase::Done => Stage::Stopped,
+        }
     }
 
     /// Whether this member runs in a view (it may be between views).
