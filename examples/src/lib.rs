@@ -17,8 +17,10 @@
 //!   members, kills one, lets a fourth join and checks the members' delivery logs.
 //! * [`kv`]: a sharded, versioned key-value store (`#[replicated]`), and the hash that places
 //!   keys on shards.
+//! * [`status`]: `kv status`: members' state as a table, read from their metrics listeners.
 
 pub mod group;
 pub mod kv;
 pub mod multicast;
 pub mod ping;
+pub mod status;

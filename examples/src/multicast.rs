@@ -418,7 +418,7 @@ async fn member(config: &GroupConfig, count: u64, size: usize) -> Result<Summary
         }
     };
     let group = StaticGroup::start_from_config(config, on_deliver).await?;
-    println!("member {}: group of {} started over {:?}", me.0, config.view.members.len(), config.transport);
+    println!("member {}: group of {} started over {}", me.0, config.view.members.len(), config.transport);
     let reporter = spawn(report_rate(me, progress.clone()));
 
     let started = Instant::now();

@@ -42,9 +42,10 @@ fn demo(args: &[&str], over: &str) {
     assert!(out.status.success(), "kv demo failed:\n{stdout}\n{stderr}");
     for needle in [
         "client: 100 puts",
-        "it was Some(\"value7\")",
+        "it was \"value7\"",
         "key7 = seven, again",
         "key7 = value7 at time",
+        "key7 = value7 at version v",
         "put fruit = plum",
         "fruit = plum",
         "launcher: killed member 3 (SIGKILL)",
@@ -52,7 +53,11 @@ fn demo(args: &[&str], over: &str) {
         "launcher: killed every member (SIGKILL)",
         "client: the group restarted in view",
         "launcher: all 100 keys intact at every member of their shard after the restart",
-        "is still Some(\"value7\")",
+        "is still \"value7\"",
+        "$ kv status",
+        "STAGE",
+        "running",
+        "launcher: member 2 left on SIGTERM and exited 0",
         &format!("over {over}"),
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
@@ -61,16 +66,53 @@ fn demo(args: &[&str], over: &str) {
 
 #[test]
 fn the_client_reports_errors_clearly() {
+    let err = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
     let out = run(&["--contact", "not-an-address", "view"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not an address"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err(&out).contains("is not HOST:PORT"), "{out:?}");
     // Nobody listening there.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let out = run(&["--contact", &dead, "get", "k"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no member of the group answered"), "{out:?}");
-    let out = run(&["frobnicate"]);
-    assert_eq!(out.status.code(), Some(2));
-    let out = run(&["demo", "--tcp"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err(&out).contains("no member of the group answered") && err(&out).contains(&dead), "{out:?}");
+    // Usage errors exit 2 and say what is wrong.
+    for (args, needle) in [
+        (&["frobnicate"][..], "unrecognized subcommand"),
+        (&["demo", "--tcp"][..], "--tcp"),
+        (&["put", "k", "v"][..], "--contact"),
+        (&["--contact", &dead, "put", "k"][..], "VALUE"),
+        (&["--contact", &dead, "get", "k", "--at", "v2"][..], "is not a version"),
+        (&["--contact", &dead, "get", "k", "--time", "yesterday"][..], "is not a time"),
+        (&["--contact", &dead, "get", "k", "--at", "v2.2", "--time", "now"][..], "cannot be used with"),
+        (&["status"][..], "HOST:PORT"),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(err(&out).contains(needle), "{args:?}: no {needle:?} in {}", err(&out));
+    }
+    // Help for a subcommand, with the global option before it.
+    let out = run(&["--contact", &dead, "get", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--at <VERSION>") && help.contains("--time <TIME>") && help.contains("--contact"), "{help}");
+    // A member whose log directory is a file says so.
+    let file = std::env::temp_dir().join(format!("kv-persist-file-{}", std::process::id()));
+    std::fs::write(&file, b"not a directory").unwrap();
+    let out = run(&["member", "--set", "listen=\"127.0.0.1:0\"", "--persist", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err(&out).contains("is not a directory"), "{}", err(&out));
+    // A configuration error names the variable it came from; other DERECHO_ variables are not read.
+    let out = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["member", "--set", "listen=\"127.0.0.1:0\""])
+        .env("DERECHO_CFG__MEMBERSHIP__HEARTBEAT_MS", "0")
+        .env("DERECHO_CONF_FILE", "/etc/derecho.cfg")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err(&out).contains("membership.heartbeat_ms") && err(&out).contains("DERECHO_CFG__MEMBERSHIP__HEARTBEAT_MS"),
+        "{}",
+        err(&out)
+    );
 }

@@ -5,8 +5,9 @@
 //! cargo run --release -p derecho-examples --bin kv -- demo [--shm]          # the whole demo
 //! cargo run --release -p derecho-examples --bin kv -- member --set me=0 --set listen=\"127.0.0.1:7000\"
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 put KEY VALUE
-//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION | --time MICROS]
+//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION | --time TIME]
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 view
+//! cargo run --release -p derecho-examples --bin kv -- status [--watch] METRICS_ADDRESS...
 //! ```
 //!
 //! `demo` starts four member processes (two shards of the store, each member logging the
@@ -14,8 +15,14 @@
 //! command-line client as a separate process (including a read as of a time), kills one member
 //! with SIGKILL, and checks that every key is still there at every shard's surviving members.
 //! Then it kills every member, restarts them all from their logs (the same commands, in reverse
-//! order), and checks every key and the read as of a time again.
+//! order), checks every key and the read as of a time again, shows the members' status from
+//! their metrics listeners, and stops one member with SIGTERM: it leaves the group, and the
+//! others install the next view without waiting to detect a failure.
 //! With `--shm` the members' views run over shared memory (joins and the client still use TCP).
+//!
+//! A member logs what it does on standard error (`RUST_LOG`, default `info`;
+//! `DERECHO_LOG_FORMAT=json` for JSON lines). SIGTERM or Ctrl-C makes it leave the group; a
+//! second one ends it at once.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -25,40 +32,134 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use derecho::driver::GroupMemberConfig;
-use derecho::protocol::{NodeId, Version};
-use derecho::rpc::{ExternalClient, ExternalHandle, Service};
+use clap::{CommandFactory, Parser, Subcommand};
+use derecho::driver::{GroupEvent, GroupMemberConfig, Signals, resolve_address};
+use derecho::persist::Hlc;
+use derecho::protocol::{NodeId, StopReason, Version};
+use derecho::rpc::{ClientError, ExternalClient, ExternalHandle, RemoteKind, Service};
 use derecho::{Builder, available_cores};
 use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
-
-const USAGE: &str = "\
-usage: kv demo [--shm]
-       kv member [--config FILE] [--set key=value ...] [--persist DIR]
-       kv --contact ADDR put KEY VALUE
-       kv --contact ADDR get KEY [--at VERSION | --time MICROS]
-       kv --contact ADDR view";
+use derecho_examples::status;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kv.toml");
 const SHARDS: u16 = 2;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let r = match args.first().map(String::as_str) {
-        Some("demo") if args.len() == 1 => demo(false),
-        Some("demo") if args.len() == 2 && args[1] == "--shm" => demo(true),
-        Some("member") => member(&args[1..]),
-        Some("--contact") if args.len() >= 3 => cli(&args[1], &args[2..]),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            Ok(())
+/// A sharded key-value store replicated with derecho, and its command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "kv", version)]
+struct Cli {
+    /// A member of the group that client commands talk to (HOST:PORT); repeat to give several.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    contact: Vec<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs the whole demo: four members on this machine, writes, a failure, a restart from
+    /// the logs, the members' status and a graceful leave.
+    Demo {
+        /// Run the members' views over shared memory instead of TCP.
+        #[arg(long)]
+        shm: bool,
+    },
+    /// Runs one member of the store until it is stopped (SIGTERM or Ctrl-C: it leaves the group).
+    Member {
+        /// The member's configuration file (keys: `derecho::driver::GroupMemberConfig`).
+        #[arg(long, value_name = "FILE", default_value = CONFIG)]
+        config: PathBuf,
+        /// Overrides a configuration key (TOML value), after the file and `DERECHO_CFG__*`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Logs the store's updates under this directory; a member restarted with it recovers.
+        #[arg(long, value_name = "DIR")]
+        persist: Option<PathBuf>,
+    },
+    /// Stores VALUE under KEY; prints the version it was stored at.
+    Put {
+        /// The key.
+        key: String,
+        /// The value (text).
+        value: String,
+    },
+    /// Reads KEY: its latest value, or its value at a version or at a time.
+    Get {
+        /// The key.
+        key: String,
+        /// The value at this version (as printed: v2.17).
+        #[arg(long, value_name = "VERSION", conflicts_with = "time")]
+        at: Option<Version>,
+        /// The value at this time: RFC 3339 (2026-12-06T21:28:12.5Z), `now`, or microseconds
+        /// since the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        time: Option<TimeArg>,
+    },
+    /// Shows the group's current view: its members and the members of each shard.
+    View,
+    /// Shows members' state as a table, read from their metrics listeners
+    /// (`metrics_listen` in their configuration).
+    Status {
+        /// The members' metrics addresses (HOST:PORT).
+        #[arg(required = true, value_name = "HOST:PORT")]
+        metrics: Vec<String>,
+        /// Refresh the table until interrupted, with rates.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+    },
+}
+
+/// A time on the command line: RFC 3339, `now`, or microseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug)]
+struct TimeArg(u64);
+
+impl std::str::FromStr for TimeArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "now" {
+            return Ok(TimeArg(micros_now()));
         }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+        if let Ok(micros) = s.parse::<u64>() {
+            return Ok(TimeArg(micros));
+        }
+        let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+            format!("{s:?} is not a time ({e}): give RFC 3339 (2026-12-06T21:28:12Z), now, or microseconds")
+        })?;
+        let micros = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{s:?} is before 1970"))?.as_micros();
+        Ok(TimeArg(micros as u64))
+    }
+}
+
+impl std::fmt::Display for TimeArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The same text `--time` reads back (a time's logical counter is zero here).
+        write!(f, "{}", Hlc(self.0 << Hlc::LOGICAL_BITS))
+    }
+}
+
+fn main() -> ExitCode {
+    derecho::logging::init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Demo { shm } => demo(shm).map(|()| ExitCode::SUCCESS),
+        Cmd::Member { config, sets, persist } => member(config, &sets, persist),
+        Cmd::Status { metrics, watch, interval } => {
+            status::run(&metrics, watch, Duration::from_secs_f64(interval.max(0.1)))
+        }
+        client => {
+            if cli.contact.is_empty() {
+                Cli::command()
+                    .error(clap::error::ErrorKind::MissingRequiredArgument, "this command needs --contact HOST:PORT")
+                    .exit();
+            }
+            run_client(&cli.contact, client)
         }
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kv: error: {e}");
             ExitCode::FAILURE
@@ -66,54 +167,59 @@ fn main() -> ExitCode {
     }
 }
 
-/// One member: hosts the store in subgroup 0, prints its address, runs until killed.
-fn member(args: &[String]) -> Result<(), String> {
-    let mut config = PathBuf::from(CONFIG);
-    let mut sets = Vec::new();
-    let mut persist: Option<PathBuf> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => config = it.next().ok_or("--config needs a file")?.into(),
-            "--persist" => persist = Some(it.next().ok_or("--persist needs a directory")?.into()),
-            "--set" => sets.push(it.next().ok_or("--set needs key=value")?.clone()),
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    let config = GroupMemberConfig::load(&config, std::env::vars(), &sets).map_err(|e| e.to_string())?;
+/// One member: hosts the store in subgroup 0, prints its address and views, runs until the
+/// group removes it or a signal makes it leave.
+fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<ExitCode, String> {
+    // Before any thread starts: every thread then leaves SIGTERM and SIGINT to this descriptor.
+    let signals = Signals::termination().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let config = GroupMemberConfig::load(&config, std::env::vars(), sets).map_err(|e| e.to_string())?;
     let executor = config.executor().build().map_err(|e| e.to_string())?;
     executor.block_on(async move {
         // ANCHOR: host
         let service = Service::new();
         service.host(derecho::protocol::SubgroupId(0), KvStore::default);
         if let Some(dir) = &persist {
-            service.persist_to(dir).map_err(|e| format!("--persist {}: {e}", dir.display()))?;
+            service.persist_to(dir).map_err(|e| format!("--persist: {e}"))?;
         }
         let group = service.start_or_join(config.builder(), config.contact).await.map_err(|e| e.to_string())?;
         // ANCHOR_END: host
         println!("member {}: listening {}", config.me.0, group.local_addr());
-        loop {
-            if let derecho::driver::GroupEvent::ViewInstalled(c) = group.next_event().await {
-                let shards: Vec<String> = c
-                    .view
-                    .shards
-                    .iter()
-                    .map(|s| format!("shard {}: {:?}", s.id.shard.0, s.members.iter().map(|n| n.0).collect::<Vec<_>>()))
-                    .collect();
-                println!("member {}: view {} {}", config.me.0, c.view.id.0, shards.join(", "));
+        let events = async {
+            loop {
+                if let GroupEvent::ViewInstalled(c) = group.next_event().await {
+                    let shards: Vec<String> =
+                        c.view.shards.iter().map(|s| format!("shard {}: {}", s.id.shard.0, ids(&s.members))).collect();
+                    println!("member {}: view {} {}", config.me.0, c.view.id.0, shards.join(", "));
+                }
+                // A member in a store keeps serving; members the group removed stop here. One that
+                // left on a signal is finished by the shutdown below.
+                match group.stopped() {
+                    Some(StopReason::Left(_)) => std::future::pending::<()>().await,
+                    Some(reason) => return reason,
+                    None => {}
+                }
             }
-            // A member in a store keeps serving; members the group removed stop here.
-            if group.stopped().is_some() {
-                return Ok(());
+        };
+        let shutdown = group.leave_on_signal(&signals, Duration::from_secs(10));
+        match futures::future::select(std::pin::pin!(events), std::pin::pin!(shutdown)).await {
+            futures::future::Either::Left((reason, _)) => Err(format!("this member stopped: {reason}")),
+            futures::future::Either::Right((how, _)) => {
+                println!("member {}: {how}", config.me.0);
+                Ok(ExitCode::from(how.exit_code()))
             }
         }
     })
 }
 
+/// Node ids as `[0, 1, 2]`.
+fn ids(members: &[NodeId]) -> String {
+    format!("[{}]", members.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(", "))
+}
+
 // ANCHOR: external
-async fn connect(contact: SocketAddr) -> Result<Rc<ExternalClient>, String> {
+async fn connect(contacts: Vec<SocketAddr>) -> Result<Rc<ExternalClient>, String> {
     let local = "127.0.0.1:0".parse().expect("an address");
-    ExternalClient::connect("kv-demo", vec![contact], local, Duration::from_secs(3))
+    ExternalClient::connect("kv-demo", contacts, local, Duration::from_secs(3))
         .await
         .map(Rc::new)
         .map_err(|e| e.to_string())
@@ -124,46 +230,54 @@ fn store(client: &Rc<ExternalClient>, key: &str) -> KvStoreExternal {
 }
 // ANCHOR_END: external
 
+/// A client error as a user reads it: a value over the group's limit says so.
+fn explain(e: ClientError) -> String {
+    match &e {
+        ClientError::Remote { kind: RemoteKind::TooLarge, reason } => format!(
+            "the group refused the call: {reason}. Larger values need a larger limits.payload_len_max, the same in \
+             every member's configuration"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// The command-line client.
-fn cli(contact: &str, args: &[String]) -> Result<(), String> {
-    let contact: SocketAddr = contact.parse().map_err(|_| format!("--contact {contact:?} is not an address"))?;
+fn run_client(contacts: &[String], command: Cmd) -> Result<ExitCode, String> {
+    let contacts = contacts
+        .iter()
+        .map(|c| resolve_address(c).map_err(|e| format!("--contact: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let executor = Builder::new().build().map_err(|e| e.to_string())?;
     executor.block_on(async move {
-        let client = connect(contact).await?;
-        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["view"] => {
+        let client = connect(contacts).await?;
+        match command {
+            Cmd::View => {
                 let v = client.view().ok_or("no view")?;
-                println!("view {}: members {:?}", v.id.0, v.members.iter().map(|n| n.0).collect::<Vec<_>>());
+                println!("view {}: members {}", v.id.0, ids(&v.members));
                 for s in &v.shards {
-                    println!(
-                        "  shard {}: members {:?}",
-                        s.id.shard.0,
-                        s.members.iter().map(|n| n.0).collect::<Vec<_>>()
-                    );
+                    println!("  shard {}: members {}", s.id.shard.0, ids(&s.members));
                 }
             }
-            ["put", key, value] => {
-                let (version, _) = store(&client, key).put(key, value.as_bytes()).await.map_err(|e| e.to_string())?;
+            Cmd::Put { key, value } => {
+                let (version, _) = store(&client, &key).put(&key, value.as_bytes()).await.map_err(explain)?;
                 println!("put {key} = {value} at version {version}");
             }
-            ["get", key] => match store(&client, key).get(None, key).await.map_err(|e| e.to_string())? {
-                Some((v, value)) => {
-                    println!("{key} = {} (version {})", String::from_utf8_lossy(&value), Version::from_u64(v))
-                }
-                None => println!("{key} has no value"),
-            },
-            ["get", key, "--at", at] => {
-                let at: u64 = at.parse().map_err(|_| format!("--at {at:?} is not a number"))?;
-                match store(&client, key).get_at(None, key, at).await.map_err(|e| e.to_string())? {
-                    Some(value) => {
-                        println!("{key} = {} at version {}", String::from_utf8_lossy(&value), Version::from_u64(at))
+            Cmd::Get { key, at: None, time: None } => {
+                match store(&client, &key).get(None, &key).await.map_err(explain)? {
+                    Some((v, value)) => {
+                        println!("{key} = {} (version {})", String::from_utf8_lossy(&value), Version::from_u64(v))
                     }
-                    None => println!("{key} had no value at version {}", Version::from_u64(at)),
+                    None => println!("{key} has no value"),
                 }
             }
-            ["get", key, "--time", t] => {
-                let t: u64 = t.parse().map_err(|_| format!("--time {t:?} is not a number of microseconds"))?;
-                match store(&client, key).get_at_time(None, key, t).await.map_err(|e| e.to_string())? {
+            Cmd::Get { key, at: Some(at), .. } => {
+                match store(&client, &key).get_at(None, &key, at.as_u64()).await.map_err(explain)? {
+                    Some(value) => println!("{key} = {} at version {at}", String::from_utf8_lossy(&value)),
+                    None => println!("{key} had no value at version {at}"),
+                }
+            }
+            Cmd::Get { key, time: Some(t), .. } => {
+                match store(&client, &key).get_at_time(None, &key, t.0).await.map_err(explain)? {
                     Ok(Some((v, value))) => println!(
                         "{key} = {} at time {t} (version {})",
                         String::from_utf8_lossy(&value),
@@ -173,9 +287,9 @@ fn cli(contact: &str, args: &[String]) -> Result<(), String> {
                     Err(e) => return Err(format!("get {key} at time {t}: {e}")),
                 }
             }
-            _ => return Err(format!("unknown command {args:?}\n{USAGE}")),
+            Cmd::Demo { .. } | Cmd::Member { .. } | Cmd::Status { .. } => unreachable!("not a client command"),
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
@@ -207,11 +321,7 @@ impl Drop for RemovedOnDrop {
 
 fn print_shards(view: &derecho::protocol::View, when: &str) {
     for s in &view.shards {
-        println!(
-            "client: {when}shard {} has members {:?}",
-            s.id.shard.0,
-            s.members.iter().map(|n| n.0).collect::<Vec<_>>()
-        );
+        println!("client: {when}shard {} has members {}", s.id.shard.0, ids(&s.members));
     }
 }
 
@@ -267,7 +377,8 @@ fn member_addresses(n: usize) -> Result<Vec<SocketAddr>, String> {
 /// a restart of every member from its logs.
 fn demo(shm: bool) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let addrs = member_addresses(4)?;
+    // Four listeners, then four metrics listeners.
+    let addrs = member_addresses(8)?;
     let cores = available_cores();
     let (tx, rx) = mpsc::channel::<String>();
     // Declared before the members: removed after they are killed (they leave their files).
@@ -284,6 +395,10 @@ fn demo(shm: bool) -> Result<(), String> {
     let spawn = |i: u32| -> Result<Child, String> {
         let mut cmd = Command::new(&exe);
         cmd.args(["member", "--set", &format!("me={i}"), "--set", &format!("listen=\"{}\"", addrs[i as usize])]);
+        cmd.args(["--set", &format!("metrics_listen=\"{}\"", addrs[4 + i as usize])]);
+        // The members' own logs (RUST_LOG) would interleave with the demo's story: warnings only,
+        // unless asked for.
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
         if i > 0 {
             cmd.args(["--set", &format!("contact=\"{}\"", addrs[0])]);
         }
@@ -320,7 +435,7 @@ fn demo(shm: bool) -> Result<(), String> {
     }
     let executor = Builder::new().build().map_err(|e| e.to_string())?;
     let result = executor.block_on(async {
-        let client = connect(addrs[0]).await?;
+        let client = connect(vec![addrs[0]]).await?;
         // Wait until the view has all four members.
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.view().is_none_or(|v| v.members.len() < 4) {
@@ -352,17 +467,19 @@ fn demo(shm: bool) -> Result<(), String> {
         let old =
             store(&client, "key7").get_at(None, "key7", first_versions[7].as_u64()).await.map_err(|e| e.to_string())?;
         println!(
-            "client: key7 is now \"seven, again\" (version {v2}); at version {} it was {:?}",
+            "client: key7 is now \"seven, again\" (version {v2}); at version {} it was {}",
             first_versions[7],
-            old.map(|b| String::from_utf8_lossy(&b).into_owned())
+            shown(old.as_deref())
         );
-        Ok::<_, String>((client, between))
+        Ok::<_, String>((client, between, first_versions[7]))
     });
-    let (client, between) = result?;
+    let (client, between, key7_first) = result?;
     // The command-line client, as a separate process.
-    let between_arg = between.to_string();
+    let between_arg = TimeArg(between).to_string();
+    let at_arg = key7_first.to_string();
     let commands = [
         vec!["get", "key7"],
+        vec!["get", "key7", "--at", &at_arg],
         vec!["get", "key7", "--time", &between_arg],
         vec!["put", "fruit", "plum"],
         vec!["get", "fruit"],
@@ -428,7 +545,7 @@ fn demo(shm: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         // No member answers before the restart leader has its quorum.
         let client = loop {
-            if let Ok(c) = connect(addrs[1]).await
+            if let Ok(c) = connect(vec![addrs[1]]).await
                 && c.view().is_some_and(|v| v.members.len() == 4)
             {
                 break c;
@@ -446,11 +563,56 @@ fn demo(shm: bool) -> Result<(), String> {
         let again = store(&client, "key7").get_at_time(None, "key7", between).await.map_err(|e| e.to_string())?;
         let again = again.map_err(|e| format!("key7 at time {between} after the restart: {e}"))?;
         println!(
-            "client: after the restart, key7 at time {between} is still {:?}",
-            again.map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            "client: after the restart, key7 at time {} is still {}",
+            TimeArg(between),
+            shown(again.as_ref().map(|(_, v)| v.as_slice()))
         );
         Ok(())
     })?;
+    // What an operator sees: every member's status, from its metrics listener.
+    let metrics: Vec<String> = addrs[4..].iter().map(SocketAddr::to_string).collect();
+    let out = Command::new(&exe).arg("status").args(&metrics).output().map_err(|e| e.to_string())?;
+    print!("$ kv status {}\n{}", metrics.join(" "), String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        return Err(format!("kv status failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    // A graceful stop: SIGTERM makes member 2 leave; the others install the next view at once.
+    let leaver = 2u32;
+    let started = Instant::now();
+    let child = &mut members.0.iter_mut().find(|(i, _)| *i == leaver).expect("a member").1;
+    // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
+    if unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
+        return Err(format!("cannot signal member {leaver}: {}", std::io::Error::last_os_error()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("member {leaver} did not exit within 20 s of SIGTERM"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if !status.success() {
+        return Err(format!("member {leaver} exited with {status} after SIGTERM"));
+    }
+    let client = executor.block_on(connect(vec![addrs[0]]))?;
+    let view = client.view().ok_or("no view")?;
+    if view.members.contains(&NodeId(leaver)) {
+        return Err(format!("member {leaver} exited but view {} still has it", view.id.0));
+    }
+    println!(
+        "launcher: member {leaver} left on SIGTERM and exited 0 in {:.0} ms; view {} has members {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        view.id.0,
+        ids(&view.members)
+    );
     drop(members);
     Ok(())
+}
+
+/// A value read back, as text (`none` when there was none).
+fn shown(v: Option<&[u8]>) -> String {
+    v.map_or_else(|| "none".to_string(), |b| format!("\"{}\"", String::from_utf8_lossy(b)))
 }

@@ -96,7 +96,7 @@ fn launch(options: &Options) -> Result<(), String> {
     let cores = available_cores();
     let namespace = format!("{}-{}", config.shm_namespace, std::process::id());
     println!(
-        "derecho multicast: {} members over {:?}, each sending {} messages of {} bytes into one ordered shard",
+        "derecho multicast: {} members over {}, each sending {} messages of {} bytes into one ordered shard",
         ids.len(),
         config.transport,
         options.count,
