@@ -116,3 +116,85 @@ fn the_client_reports_errors_clearly() {
         err(&out)
     );
 }
+
+/// A member started alone, its standard output read until it listens.
+struct Member {
+    child: std::process::Child,
+}
+
+impl Member {
+    fn start(env: &[(&str, &str)], sets: &[&str]) -> Member {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
+        cmd.args(["member", "--set", "listen=\"127.0.0.1:0\""]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let mut child = cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the member ended before listening");
+        }
+        // The rest of its output is not read: it stays small.
+        std::mem::forget(out);
+        Member { child }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; its exit code and standard error.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = self.child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_member_logs_what_it_does_and_leaves_on_sigterm() {
+    // Readable lines at info, each event of the member in its span.
+    let m = Member::start(&[("RUST_LOG", "info")], &[]);
+    let (code, err) = m.terminate();
+    assert_eq!(code, Some(0), "{err}");
+    for needle in ["INFO", "member{id=0 view=0}", "view installed", "SIGTERM", "leaving the group", "left the group"] {
+        assert!(err.contains(needle), "no {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("\x1b["), "colours on a pipe:\n{err}");
+    // JSON lines for log shippers.
+    let m = Member::start(&[("RUST_LOG", "info"), ("DERECHO_LOG_FORMAT", "json")], &[]);
+    let (code, err) = m.terminate();
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 3, "{err}");
+    for l in &lines {
+        assert!(l.starts_with('{') && l.ends_with('}') && l.contains("\"level\":\"INFO\""), "not a JSON event: {l}");
+    }
+    assert!(err.contains("\"message\":\"view installed\"") && err.contains("\"span\":{\"id\":0"), "{err}");
+    // Quiet when asked.
+    let m = Member::start(&[("RUST_LOG", "warn")], &[]);
+    let (code, err) = m.terminate();
+    assert_eq!((code, err.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn joining_through_a_dead_contact_says_whom_it_asks_and_gives_up_with_the_address() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["member", "--set", "me=1", "--set", "listen=\"127.0.0.1:0\"", "--set", "join_timeout_ms=3000"])
+        .args(["--set", &format!("contact=\"{dead}\"")])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "it gave up after {:?}", started.elapsed());
+    assert!(err.contains(&format!("waiting: asking {dead} to let this member in")), "no progress in:\n{err}");
+    assert!(err.contains("kv: error:") && err.lines().last().is_some_and(|l| l.contains(&dead)), "{err}");
+}

@@ -114,6 +114,8 @@ pub(super) struct Inner {
     views_installed: Cell<u64>,
     /// What the member last said it waits for (cleared once a view is installed).
     waiting: RefCell<Option<String>>,
+    /// What it last said at info, and when.
+    waiting_said: RefCell<Option<(String, Instant)>>,
 }
 
 /// An application frame held until its view is installed: the view, the sender, the frame.
@@ -163,6 +165,7 @@ impl Inner {
             counts: RefCell::default(),
             views_installed: Cell::new(0),
             waiting: RefCell::default(),
+            waiting_said: RefCell::default(),
         }
     }
 
@@ -581,7 +584,19 @@ impl Inner {
                     self.events.report(GroupEvent::ResendFailed { shard, count });
                 }
                 Event::Waiting(what) => {
-                    tracing::info!("waiting: {what}");
+                    // Said at info when it changes, and again at most once a second (a contact
+                    // that refuses connections is asked again every 50 ms).
+                    let now = Instant::now();
+                    let mut said = self.waiting_said.borrow_mut();
+                    let repeat = said
+                        .as_ref()
+                        .is_some_and(|(w, at)| *w == what && now.duration_since(*at) < Duration::from_secs(1));
+                    if repeat {
+                        tracing::debug!("waiting: {what}");
+                    } else {
+                        tracing::info!("waiting: {what}");
+                        *said = Some((what.clone(), now));
+                    }
                     *self.waiting.borrow_mut() = Some(what);
                 }
                 Event::EnterFailed(e) => {

@@ -558,10 +558,17 @@ impl<M: SstMemory> Member<M> {
         assert_eq!(self.view().map(|v| v.id), Some(next.view.id), "installed in the node first");
         let change = ViewChange::of(next, self.config.me);
         self.incoming.retain_view(next.view.id);
+        let mut awaited = Vec::new();
         for t in next.transfers.iter().filter(|t| t.to.contains(&self.config.me)) {
             self.incoming.expect(next.view.id, t.shard, t.from.clone());
+            let from: Vec<String> = t.from.iter().map(|n| n.0.to_string()).collect();
+            awaited.push(format!("the state of {} from node {}", t.shard, from.join(" or ")));
         }
         self.events.push_back(Event::Installed(change));
+        if !awaited.is_empty() {
+            let within = self.config.membership.state_transfer_timeout_ns / 1_000_000;
+            self.events.push_back(Event::Waiting(format!("{} (within {within} ms)", awaited.join(", "))));
+        }
         if self.config.persistent {
             // An inadequate view (no shards) is never saved: nothing is delivered in it, and a
             // restart judges each shard by the last view that had it. A view still unsaved when

@@ -461,7 +461,16 @@ fn pieces_of_a_state_are_checked_and_a_refused_copy_waits_for_another() {
         let mut m = Member::new(c);
         m.enter_view(Rc::new(next.clone()));
         m.handle(Time(1), Input::Connected { view: ViewId(2), memory: table(&next) });
-        let _ = (commands(&mut m), events(&mut m));
+        let _ = commands(&mut m);
+        // Installed, then the wait said out loud: whose state, from whom, how long.
+        assert_eq!(
+            events(&mut m),
+            vec![
+                Event::Installed(ViewChange::of(&next, NodeId(9))),
+                Event::Waiting("the state of subgroup 0 shard 0 from node 0 or 1 (within 10000 ms)".into()),
+                Event::Step(GmsStep::Installed(ViewId(2))),
+            ]
+        );
         m
     };
     let state: Vec<u8> = (0..(5 << 19)).map(|i| i as u8).collect();
