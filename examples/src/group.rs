@@ -33,32 +33,9 @@ pub const WAIT: Duration = Duration::from_secs(120);
 /// How often a member prints its progress.
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 
-/// The help text.
-pub const USAGE: &str = "\
-usage: group-demo [--config FILE] [--count N] [--rate R] [--size BYTES] [--log-dir DIR] [--set key=value ...]
-
-Starts a group of three member processes on this machine, each pinned to a core, sending
-ordered messages at R per second each. Once a quarter of the messages are delivered it kills
-one member (kill -9), shows the survivors' new view, and starts a fourth member that joins
-through state transfer. At the end it checks the members' delivery logs: the survivors
-delivered identical sequences, the killed member a prefix of them, the joiner their suffix,
-and every surviving member the same digest of the whole history.
-
-options:
-  --config FILE      member settings (default: examples/group.toml)
-  --count N          messages each member sends (default 20000)
-  --rate R           messages per second each member sends (default 2000)
-  --size BYTES       bytes per message, at least 16 (default 100)
-  --log-dir DIR      where members write their delivery logs (default: a new temporary directory)
-  --set key=value    overrides a key of the file, for every member (e.g. membership.suspect_after_ms=50)
-  --unpinned         leave the members' placement to the scheduler
-  -h, --help         print this text";
-
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Print the help.
-    Help,
     /// Run the whole scenario.
     Launch(Options),
     /// Be one member (the launcher passes `--member`).
@@ -103,39 +80,86 @@ impl Default for Options {
 
 pub use crate::multicast::UsageError;
 
+/// Starts a group of three member processes on this machine, each pinned to a core, sending
+/// ordered messages at R per second each. Once a quarter of the messages are delivered it kills
+/// one member (kill -9), shows the survivors' new view, and starts a fourth member that joins
+/// through state transfer. At the end it checks the members' delivery logs: the survivors
+/// delivered identical sequences, the killed member a prefix of them, the joiner their suffix,
+/// and every surviving member the same digest of the whole history.
+#[derive(Debug, clap::Parser)]
+#[command(name = "group-demo", version)]
+struct Cli {
+    /// The member settings (keys: `derecho::driver::GroupMemberConfig`).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Messages each member sends.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    count: u64,
+    /// Messages per second each member sends.
+    #[arg(long, value_name = "R", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    rate: u64,
+    /// Bytes per message, at least 16.
+    #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(HEADER_LEN as u64..=1 << 32))]
+    size: u64,
+    /// Where members write their delivery logs (default: a new temporary directory).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Overrides a key of the file, for every member (e.g. membership.suspect_after_ms=50).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Leave the members' placement to the scheduler.
+    #[arg(long)]
+    unpinned: bool,
+    /// Be one member (the launcher passes it).
+    #[arg(long, hide = true)]
+    member: bool,
+    /// A member waits for this many members before it sends (the launcher passes it).
+    #[arg(long, hide = true, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    wait_members: u64,
+}
+
 /// Parses the command line (without the program name).
 ///
 /// # Errors
 ///
-/// [`UsageError`] for an unknown option, a missing value or a value out of range.
+/// [`UsageError`] for an unknown option, a missing value or a value out of range, and for
+/// `--help` (its kind is `DisplayHelp`: `e.exit()` prints the help and exits 0).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
-    let mut o = Options::default();
-    let mut member = false;
-    let mut args = args.into_iter();
-    let number = |option: &'static str, v: String, min: u64| {
-        v.parse::<u64>().ok().filter(|&n| n >= min && n <= 1 << 32).ok_or(UsageError::BadValue {
-            option,
-            value: v,
-            expected: "a whole number in range",
-        })
+    let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("group-demo".to_string()).chain(args))?;
+    let o = Options {
+        config: cli.config,
+        count: cli.count,
+        rate: cli.rate,
+        size: cli.size as usize,
+        log_dir: cli.log_dir,
+        sets: cli.sets,
+        unpinned: cli.unpinned,
+        wait_members: cli.wait_members as usize,
     };
-    while let Some(a) = args.next() {
-        let mut value = |option: &'static str| args.next().ok_or(UsageError::MissingValue(option));
-        match a.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--member" => member = true,
-            "--unpinned" => o.unpinned = true,
-            "--config" => o.config = value("--config")?.into(),
-            "--log-dir" => o.log_dir = Some(value("--log-dir")?.into()),
-            "--set" => o.sets.push(value("--set")?),
-            "--count" => o.count = number("--count", value("--count")?, 1)?,
-            "--rate" => o.rate = number("--rate", value("--rate")?, 1)?,
-            "--size" => o.size = number("--size", value("--size")?, HEADER_LEN as u64)? as usize,
-            "--wait-members" => o.wait_members = number("--wait-members", value("--wait-members")?, 1)? as usize,
-            _ => return Err(UsageError::Unknown(a)),
-        }
+    Ok(if cli.member { Command::Member(o) } else { Command::Launch(o) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
     }
-    Ok(if member { Command::Member(o) } else { Command::Launch(o) })
+
+    #[test]
+    fn the_command_line_is_parsed_and_member_arguments_round_trip() {
+        let Ok(Command::Launch(o)) = parse_args(args("")) else { panic!("launch") };
+        assert_eq!(o, Options::default());
+        let o = Options { count: 9, rate: 5, log_dir: Some("/tmp/x".into()), sets: vec!["a=b".into()], ..o };
+        let Ok(Command::Member(m)) = parse_args(o.member_args(&["me=2".to_string()])) else { panic!("member") };
+        assert_eq!(m, Options { sets: vec!["a=b".into(), "me=2".into()], ..o });
+        for a in ["--count zero", "--size 8", "--rate 0"] {
+            let e = parse_args(args(a)).expect_err(a);
+            assert!(e.to_string().contains(a.split(' ').next().unwrap()), "{a}: {e}");
+        }
+        assert_eq!(parse_args(args("--help")).expect_err("help").kind(), clap::error::ErrorKind::DisplayHelp);
+    }
 }
 
 impl Options {

@@ -24,3 +24,10 @@ pub mod kv;
 pub mod multicast;
 pub mod ping;
 pub mod status;
+
+/// The log filter a launcher gives the member processes it starts: the launcher's own
+/// `RUST_LOG` if set, else warnings only (members' logs would interleave with the story a demo
+/// tells on standard output).
+pub fn child_log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())
+}

@@ -38,27 +38,9 @@ pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// zero bytes, and the message's number at that sender (`u64`).
 pub const HEADER_LEN: usize = 16;
 
-/// The help text.
-pub const USAGE: &str = "\
-usage: multicast-demo [--config FILE] [--count N] [--size BYTES] [--set key=value ...]
-
-Starts one process per member of the group in FILE, each pinned to a core. Every member sends N
-messages into one ordered shard and prints what it delivers and how fast; at the end the
-launcher checks that all members delivered the same messages in the same order.
-
-options:
-  --config FILE      the group (default: examples/multicast.toml)
-  --count N          messages each member sends, 1 to 4294967296 (default 2000000)
-  --size BYTES       bytes per message, 16 to the configured payload_len_max (default 100)
-  --set key=value    overrides a key of the file, for every member (e.g. transport=shm)
-  --unpinned         leave the members' placement to the scheduler
-  -h, --help         print this text";
-
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Print the help.
-    Help,
     /// Start every member and check their orders.
     Launch(Options),
     /// Be one member (the launcher passes `--member`).
@@ -133,64 +115,52 @@ impl Options {
     }
 }
 
-/// A command-line error.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UsageError {
-    /// An option the program does not know.
-    #[error("unknown option {0:?}")]
-    Unknown(String),
-    /// An option without its value.
-    #[error("{0} needs a value")]
-    MissingValue(&'static str),
-    /// A value out of range or not a number.
-    #[error("{option}: {value:?} is not {expected}")]
-    BadValue {
-        /// The option.
-        option: &'static str,
-        /// What was given.
-        value: String,
-        /// What is accepted.
-        expected: &'static str,
-    },
+/// A command-line error (clap's: it prints itself with usage, `--help` and `--version`
+/// included, and exits 2 for a usage error, 0 for help).
+pub type UsageError = clap::Error;
+
+/// Starts one process per member of the group in FILE, each pinned to a core. Every member sends
+/// N messages into one ordered shard and prints what it delivers and how fast; at the end the
+/// launcher checks that all members delivered the same messages in the same order.
+#[derive(Debug, clap::Parser)]
+#[command(name = "multicast-demo", version)]
+struct Cli {
+    /// The group's configuration file (keys: `derecho::driver::GroupConfig`).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Messages each member sends.
+    #[arg(long, value_name = "N", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=COUNT_MAX))]
+    count: u64,
+    /// Bytes per message, from 16 to the configured payload_len_max.
+    #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(SIZE_MIN as u64..))]
+    size: u64,
+    /// Overrides a key of the file, for every member (e.g. transport=shm).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Leave the members' placement to the scheduler.
+    #[arg(long)]
+    unpinned: bool,
+    /// Be one member (the launcher passes it).
+    #[arg(long, hide = true)]
+    member: bool,
 }
 
 /// Parses the command line (without the program name).
 ///
 /// # Errors
 ///
-/// [`UsageError`] for an unknown option, a missing value or a value out of range.
+/// [`UsageError`] for an unknown option, a missing value or a value out of range, and for
+/// `--help` (its kind is `DisplayHelp`: `e.exit()` prints the help and exits 0).
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
-    let mut o = Options::default();
-    let mut member = false;
-    let mut args = args.into_iter();
-    while let Some(a) = args.next() {
-        let mut value = |option: &'static str| args.next().ok_or(UsageError::MissingValue(option));
-        match a.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--member" => member = true,
-            "--unpinned" => o.unpinned = true,
-            "--config" => o.config = value("--config")?.into(),
-            "--set" => o.sets.push(value("--set")?),
-            "--count" => {
-                let v = value("--count")?;
-                o.count = v.parse().ok().filter(|n| (1..=COUNT_MAX).contains(n)).ok_or(UsageError::BadValue {
-                    option: "--count",
-                    value: v,
-                    expected: "a number from 1 to 4294967296",
-                })?;
-            }
-            "--size" => {
-                let v = value("--size")?;
-                o.size = v.parse().ok().filter(|&n| n >= SIZE_MIN).ok_or(UsageError::BadValue {
-                    option: "--size",
-                    value: v,
-                    expected: "a number of bytes, at least 16",
-                })?;
-            }
-            _ => return Err(UsageError::Unknown(a)),
-        }
-    }
-    Ok(if member { Command::Member(o) } else { Command::Launch(o) })
+    let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("multicast-demo".to_string()).chain(args))?;
+    let o = Options {
+        config: cli.config,
+        count: cli.count,
+        size: cli.size as usize,
+        sets: cli.sets,
+        unpinned: cli.unpinned,
+    };
+    Ok(if cli.member { Command::Member(o) } else { Command::Launch(o) })
 }
 
 /// What can go wrong in a member.
@@ -522,15 +492,22 @@ mod tests {
 
     #[test]
     fn the_command_line_is_parsed_and_checked() {
-        assert_eq!(parse_args(args("--help")), Ok(Command::Help));
+        use clap::error::ErrorKind;
+        let kind = |a: &str| parse_args(args(a)).expect_err(a).kind();
+        assert_eq!(kind("--help"), ErrorKind::DisplayHelp);
         let Ok(Command::Member(o)) = parse_args(args("--member --count 5 --size 64 --set a=b")) else {
             panic!("member")
         };
         assert_eq!((o.count, o.size, o.sets), (5, 64, vec!["a=b".to_string()]));
-        assert!(matches!(parse_args(args("--size 8")), Err(UsageError::BadValue { option: "--size", .. })));
-        assert!(matches!(parse_args(args("--count 0")), Err(UsageError::BadValue { option: "--count", .. })));
-        assert_eq!(parse_args(args("--count")), Err(UsageError::MissingValue("--count")));
-        assert_eq!(parse_args(args("--bogus")), Err(UsageError::Unknown("--bogus".into())));
+        let Ok(Command::Launch(o)) = parse_args(args("")) else { panic!("launch") };
+        assert_eq!(o, Options::default());
+        for (a, option) in [("--size 8", "--size"), ("--count 0", "--count")] {
+            let e = parse_args(args(a)).expect_err(a);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{a}");
+            assert!(e.to_string().contains(option), "{a}: {e}");
+        }
+        assert_eq!(kind("--count"), ErrorKind::InvalidValue);
+        assert_eq!(kind("--bogus"), ErrorKind::UnknownArgument);
     }
 
     #[test]

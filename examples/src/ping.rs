@@ -36,21 +36,6 @@ pub const ROUNDS_MAX: u64 = 10_000_000;
 /// The largest `--spin-us` (one second).
 pub const SPIN_US_MAX: u64 = 1_000_000;
 
-/// The help text.
-pub const USAGE: &str = "\
-usage: ping [--transport tcp|shm|both] [--rounds N] [--spin-us N] [--size BYTES]
-
-Starts a second copy of itself, pins the two processes to different cores, and measures
-ping-pong round trips between them over TCP on loopback, then over shared memory.
-
-options:
-  --transport tcp|shm|both   the transports to measure (default both)
-  --rounds N                 measured round trips per transport, 1 to 10000000 (default 10000)
-  --spin-us N                microseconds an idle executor polls before it parks (default 50);
-                             0 parks at once, so every message pays a thread wake-up
-  --size BYTES               bytes per frame, 8 to 1048576 (default 64)
-  -h, --help                 print this text";
-
 /// One of the runtime's transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
@@ -124,88 +109,90 @@ pub struct ChildSetup {
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Print [`USAGE`].
-    Help,
     /// Run the demo: start the child, ping it.
     Parent(PingOptions),
     /// Run as the child started by a parent: answer its pings.
     Child(PingOptions, ChildSetup),
 }
 
-/// A command line that cannot be run; the message says what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// A command line that cannot be run (clap's error: it prints itself with usage, exits 2, and
+/// carries `--help` as kind `DisplayHelp`).
+pub type UsageError = clap::Error;
+
+/// The transports to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Transports {
+    Tcp,
+    Shm,
+    Both,
+}
+
+/// Starts a second copy of itself, pins the two processes to different cores, and measures
+/// ping-pong round trips between them over TCP on loopback, then over shared memory.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ping", version)]
+struct Cli {
+    /// The transports to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    transport: Transports,
+    /// Measured round trips per transport.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=ROUNDS_MAX))]
+    rounds: u64,
+    /// Microseconds an idle executor polls before it parks; 0 parks at once, so every message
+    /// pays a thread wake-up.
+    #[arg(long, value_name = "N", default_value_t = 50, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(0..=SPIN_US_MAX))]
+    spin_us: u64,
+    /// Bytes per frame.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(SIZE_MIN as u64..=SIZE_MAX as u64))]
+    size: u64,
+    /// Run as the child of a parent (the parent passes it, with the three below).
+    #[arg(long, hide = true, requires_all = ["parent_addr", "shm_namespace"])]
+    child: bool,
+    /// The parent's TCP listener.
+    #[arg(long, hide = true, requires = "child")]
+    parent_addr: Option<SocketAddr>,
+    /// The shared-memory namespace of both processes.
+    #[arg(long, hide = true, requires = "child")]
+    shm_namespace: Option<String>,
+    /// The child's core.
+    #[arg(long, hide = true, requires = "child", conflicts_with = "unpinned", value_parser = clap::value_parser!(u16))]
+    core: Option<u16>,
+    /// The child is not pinned.
+    #[arg(long, hide = true, requires = "child")]
+    unpinned: bool,
+}
 
 /// Parses the arguments (without the program name).
 ///
-/// Besides the options in [`USAGE`], the parent passes the child `--child`, `--parent-addr ADDR`,
-/// `--shm-namespace NAME` and `--core N` or `--unpinned`; see [`child_args`].
+/// Besides the options `--help` lists, the parent passes the child `--child`,
+/// `--parent-addr ADDR`, `--shm-namespace NAME` and `--core N` or `--unpinned`; see
+/// [`child_args`].
 ///
 /// # Errors
 ///
 /// [`UsageError`] for an unknown flag, a missing or malformed value, or a child flag given
-/// without `--child`.
+/// without `--child`; and for `--help`.
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, UsageError> {
-    let mut options = PingOptions::default();
-    let mut child = false;
-    let mut parent_addr: Option<SocketAddr> = None;
-    let mut shm_namespace: Option<String> = None;
-    let mut placement: Option<Placement> = None;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // Accept both `--flag value` and `--flag=value`.
-        let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
-            _ => (arg, None),
-        };
-        let mut value =
-            || inline_value.clone().or_else(|| args.next()).ok_or_else(|| UsageError(format!("{flag} needs a value")));
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--transport" => {
-                options.transports = match value()?.as_str() {
-                    "tcp" => vec![TransportKind::Tcp],
-                    "shm" => vec![TransportKind::Shm],
-                    "both" => vec![TransportKind::Tcp, TransportKind::Shm],
-                    other => return Err(UsageError(format!("--transport must be tcp, shm or both, not {other:?}"))),
-                }
-            }
-            "--rounds" => options.rounds = number(&flag, &value()?, 1, ROUNDS_MAX)?,
-            "--spin-us" => options.spin_us = number(&flag, &value()?, 0, SPIN_US_MAX)?,
-            "--size" => options.size = number(&flag, &value()?, SIZE_MIN as u64, SIZE_MAX as u64)? as usize,
-            "--child" => child = true,
-            "--parent-addr" => {
-                let v = value()?;
-                let addr = v.parse().map_err(|_| UsageError(format!("--parent-addr: {v:?} is not an address")))?;
-                parent_addr = Some(addr);
-            }
-            "--shm-namespace" => shm_namespace = Some(value()?),
-            "--core" => placement = Some(Placement::Core(number(&flag, &value()?, 0, u64::from(u16::MAX))? as usize)),
-            "--unpinned" => placement = Some(Placement::Unpinned),
-            other => return Err(UsageError(format!("unknown argument {other:?}"))),
-        }
-    }
-    if !child {
-        if parent_addr.is_some() || shm_namespace.is_some() || placement.is_some() {
-            return Err(UsageError("--parent-addr, --shm-namespace, --core and --unpinned need --child".into()));
-        }
-        return Ok(Command::Parent(options));
-    }
-    let missing = |what: &str| UsageError(format!("--child needs {what}"));
-    let setup = ChildSetup {
-        parent_addr: parent_addr.ok_or_else(|| missing("--parent-addr"))?,
-        shm_namespace: shm_namespace.ok_or_else(|| missing("--shm-namespace"))?,
-        placement: placement.ok_or_else(|| missing("--core or --unpinned"))?,
+    let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("ping".to_string()).chain(args))?;
+    let transports = match cli.transport {
+        Transports::Tcp => vec![TransportKind::Tcp],
+        Transports::Shm => vec![TransportKind::Shm],
+        Transports::Both => vec![TransportKind::Tcp, TransportKind::Shm],
     };
-    Ok(Command::Child(options, setup))
-}
-
-fn number(flag: &str, value: &str, min: u64, max: u64) -> Result<u64, UsageError> {
-    match value.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(UsageError(format!("{flag} must be a whole number from {min} to {max}, not {value:?}"))),
-    }
+    let options = PingOptions { transports, rounds: cli.rounds, spin_us: cli.spin_us, size: cli.size as usize };
+    let (Some(parent_addr), Some(shm_namespace)) = (cli.parent_addr, cli.shm_namespace) else {
+        return Ok(Command::Parent(options));
+    };
+    let placement = match cli.core {
+        Some(core) => Placement::Core(usize::from(core)),
+        None if cli.unpinned => Placement::Unpinned,
+        None => {
+            let e = <Cli as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, "--child needs --core or --unpinned");
+            return Err(e);
+        }
+    };
+    Ok(Command::Child(options, ChildSetup { parent_addr, shm_namespace, placement }))
 }
 
 /// The command line that starts the child (without the program name); [`parse_args`] reads it
@@ -464,7 +451,7 @@ mod tests {
 
     #[test]
     fn defaults_without_arguments() {
-        assert_eq!(parse(&[]), Ok(Command::Parent(PingOptions::default())));
+        assert_eq!(parse(&[]).unwrap(), Command::Parent(PingOptions::default()));
         let d = PingOptions::default();
         assert_eq!((d.rounds, d.spin_us, d.size), (10_000, 50, 64));
         assert_eq!(d.transports, [TransportKind::Tcp, TransportKind::Shm]);
@@ -475,21 +462,25 @@ mod tests {
         let got = parse(&["--transport", "shm", "--rounds=7", "--spin-us", "0", "--size=4096"]).unwrap();
         let want = PingOptions { transports: vec![TransportKind::Shm], rounds: 7, spin_us: 0, size: 4096 };
         assert_eq!(got, Command::Parent(want));
-        assert_eq!(parse(&["-h"]), Ok(Command::Help));
-        assert_eq!(parse(&["--rounds", "3", "--help"]), Ok(Command::Help));
+        for help in [&["-h"][..], &["--rounds", "3", "--help"]] {
+            assert_eq!(parse(help).unwrap_err().kind(), clap::error::ErrorKind::DisplayHelp);
+        }
     }
 
     #[test]
     fn bad_arguments_are_named() {
-        let err = |args: &[&str]| parse(args).unwrap_err().0;
-        assert!(err(&["--verbose"]).contains("unknown argument \"--verbose\""));
-        assert!(err(&["--transport", "rdma"]).contains("tcp, shm or both"));
-        assert!(err(&["--rounds"]).contains("--rounds needs a value"));
-        assert!(err(&["--rounds", "0"]).contains("--rounds must be"));
-        assert!(err(&["--size", "4"]).contains("--size must be a whole number from 8"));
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["--verbose"]).contains("unexpected argument '--verbose'"));
+        assert!(err(&["--transport", "rdma"]).contains("[possible values: tcp, shm, both]"));
+        assert!(err(&["--rounds"]).contains("a value is required for '--rounds <N>'"));
+        assert!(err(&["--rounds", "0"]).contains("--rounds"));
+        assert!(err(&["--size", "4"]).contains("--size"));
         assert!(err(&["--spin-us", "-1"]).contains("--spin-us"));
-        assert!(err(&["--core", "1"]).contains("need --child"));
+        assert!(err(&["--core", "1"]).contains("--child"));
         assert!(err(&["--child", "--shm-namespace", "x", "--unpinned"]).contains("--parent-addr"));
+        assert!(
+            err(&["--child", "--shm-namespace", "x", "--parent-addr", "127.0.0.1:1"]).contains("--core or --unpinned")
+        );
     }
 
     #[test]
@@ -502,7 +493,7 @@ mod tests {
                 placement,
             };
             let args = child_args(&options, &setup);
-            assert_eq!(parse_args(args), Ok(Command::Child(options.clone(), setup)));
+            assert_eq!(parse_args(args).unwrap(), Command::Child(options.clone(), setup));
         }
         let both = PingOptions::default();
         let setup = ChildSetup {
@@ -510,7 +501,7 @@ mod tests {
             shm_namespace: "n".into(),
             placement: Placement::Unpinned,
         };
-        assert_eq!(parse_args(child_args(&both, &setup)), Ok(Command::Child(both, setup)));
+        assert_eq!(parse_args(child_args(&both, &setup)).unwrap(), Command::Child(both, setup));
     }
 
     #[test]

@@ -80,5 +80,10 @@ fn an_unknown_flag_is_a_usage_error() {
     let out = run_ping(&["--colour"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown argument \"--colour\"") && stderr.contains("usage: ping"), "{stderr}");
+    assert!(stderr.contains("unexpected argument '--colour'") && stderr.contains("Usage: ping"), "{stderr}");
+    let out = run_ping(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--transport <TRANSPORT>") && help.contains("--rounds <N>"), "{help}");
+    assert!(!help.contains("--parent-addr"), "the child's flags are hidden: {help}");
 }

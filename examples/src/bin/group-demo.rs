@@ -20,21 +20,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use derecho::available_cores;
-use derecho_examples::group::{Command as Cli, Options, Summary, USAGE, log_path, parse_args, run_member};
+use derecho_examples::group::{Command as Cli, Options, Summary, log_path, parse_args, run_member};
 
 fn main() -> ExitCode {
-    let command = match parse_args(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("group-demo: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    derecho::logging::init();
+    // Usage errors exit 2 with clap's message; --help prints the help and exits 0.
+    let command = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     match command {
-        Cli::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
         Cli::Member(o) => match run_member(&o) {
             Ok(summary) => {
                 println!("{summary}");
@@ -68,6 +60,7 @@ impl Members {
     fn start(&mut self, exe: &Path, id: u32, args: Vec<String>) -> Result<(), String> {
         let mut child = Command::new(exe)
             .args(args)
+            .env("RUST_LOG", derecho_examples::child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

@@ -398,7 +398,7 @@ fn demo(shm: bool) -> Result<(), String> {
         cmd.args(["--set", &format!("metrics_listen=\"{}\"", addrs[4 + i as usize])]);
         // The members' own logs (RUST_LOG) would interleave with the demo's story: warnings only,
         // unless asked for.
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env("RUST_LOG", derecho_examples::child_log_filter());
         if i > 0 {
             cmd.args(["--set", &format!("contact=\"{}\"", addrs[0])]);
         }

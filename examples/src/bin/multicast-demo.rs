@@ -18,22 +18,14 @@ use std::time::{Duration, Instant};
 
 use derecho::protocol::NodeId;
 use derecho::{ShmTransport, available_cores};
-use derecho_examples::multicast::{Command as Cli, DELIVERY_TIMEOUT, Options, SETTLE_TIMEOUT, Summary, USAGE};
+use derecho_examples::multicast::{Command as Cli, DELIVERY_TIMEOUT, Options, SETTLE_TIMEOUT, Summary};
 use derecho_examples::multicast::{parse_args, run_member};
 
 fn main() -> ExitCode {
-    let command = match parse_args(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("multicast-demo: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    derecho::logging::init();
+    // Usage errors exit 2 with clap's message; --help prints the help and exits 0.
+    let command = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     match command {
-        Cli::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
         Cli::Member(o) => match run_member(&o) {
             Ok(summary) => {
                 println!("{summary}");
@@ -109,6 +101,7 @@ fn launch(options: &Options) -> Result<(), String> {
         let core = (!options.unpinned && !cores.is_empty()).then(|| cores[i % cores.len()]);
         let mut child = Command::new(&exe)
             .args(options.member_args(id, core, &namespace))
+            .env("RUST_LOG", derecho_examples::child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use derecho::runtime::time;
 use derecho::{Builder, Placement, ShmTransport, TcpListener, available_cores};
 use derecho_examples::ping::{
-    CHILD, ChildSetup, Command, Latencies, Link, PARENT, PingError, PingOptions, TransportKind, USAGE, WARMUP_ROUNDS,
+    CHILD, ChildSetup, Command, Latencies, Link, PARENT, PingError, PingOptions, TransportKind, WARMUP_ROUNDS,
     child_args, connect, parse_args, ping, pong,
 };
 use futures::future::{Either, select};
@@ -34,18 +34,10 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const LOOPBACK_ANY_PORT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 fn main() -> ExitCode {
-    let command = match parse_args(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("ping: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    derecho::logging::init();
+    // Usage errors exit 2 with clap's message; --help prints the help and exits 0.
+    let command = parse_args(std::env::args().skip(1)).unwrap_or_else(|e| e.exit());
     let (who, result) = match command {
-        Command::Help => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
         Command::Parent(options) => ("ping", run_parent(&options)),
         Command::Child(options, setup) => ("ping (child)", run_child(&options, &setup)),
     };
