@@ -27,6 +27,7 @@
 //! * [`persist`]: durable logs of versioned state and versioned fields (PROTOCOLS §4).
 //! * `logging` (feature `logging`, on by default): [`logging::init`] installs a `tracing`
 //!   subscriber for a program (`RUST_LOG`, text or JSON).
+//! * [`hash`]: FNV-1a, the one deterministic hash for tags, digests and key placement.
 //! * [`prelude`]: the names most programs need, in one `use derecho::prelude::*`.
 //! * [`context`]: the call a handler serves ([`context::CallContext`]), read by versioned fields.
 //! * `sim` (feature `sim`): the deterministic simulator of TESTING.md tier T1: the same
@@ -66,6 +67,7 @@
 
 pub mod context;
 pub mod driver;
+pub mod hash;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod persist;

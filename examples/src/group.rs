@@ -21,6 +21,7 @@ use derecho::driver::{
     Application, ConfigError, GroupMemberConfig, GroupSendError, JoinError, State, ViewChange, WaitError,
 };
 use derecho::driver::{Group, GroupError};
+use derecho::hash::Fnv64;
 use derecho::protocol::{Delivered, NodeId, ShardRef};
 use derecho::runtime::{RuntimeError, time};
 
@@ -266,9 +267,11 @@ impl Application for Replica {
                     *next += 1;
                 }
                 h.delivered += 1;
-                for b in d.sender.0.to_le_bytes().into_iter().chain(n.to_le_bytes()).chain([u8::from(done)]) {
-                    h.digest = (h.digest ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-                }
+                h.digest = Fnv64::from_state(h.digest)
+                    .write(&d.sender.0.to_le_bytes())
+                    .write(&n.to_le_bytes())
+                    .write(&[u8::from(done)])
+                    .finish();
                 if let Some(log) = &mut h.log {
                     let kind = if done { "done" } else { "msg" };
                     let _ = writeln!(log, "v{view} {} {kind} {n}", d.sender.0);
@@ -436,7 +439,7 @@ async fn member(config: &GroupMemberConfig, o: &Options) -> Result<Summary, Demo
     };
     let history = Rc::new(RefCell::new(History {
         delivered: 0,
-        digest: 0xcbf2_9ce4_8422_2325,
+        digest: Fnv64::new().finish(),
         done: BTreeSet::new(),
         next: Default::default(),
         error: None,

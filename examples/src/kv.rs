@@ -72,10 +72,7 @@ impl KvStore {
 
 /// The shard of subgroup 0 that holds `key`, among `shards` (FNV-1a of the key).
 pub fn shard_of(key: &str, shards: u16) -> ShardRef {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = derecho::hash::fnv1a64(key.as_bytes());
     ShardRef { subgroup: SubgroupId(0), shard: ShardIndex((h % u64::from(shards.max(1))) as u16) }
 }
 

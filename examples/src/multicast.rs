@@ -7,6 +7,7 @@
 //! the launcher checks that the digests are equal, which is what ordered multicast promises. The
 //! book includes parts of this file.
 
+use derecho::hash::Fnv64;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::poll_fn;
@@ -264,7 +265,7 @@ pub struct Tally {
 
 impl Tally {
     fn new(senders: usize) -> Self {
-        Self { digest: 0xcbf2_9ce4_8422_2325, next: vec![0; senders], ..Self::default() }
+        Self { digest: Fnv64::new().finish(), next: vec![0; senders], ..Self::default() }
     }
 
     // ANCHOR: tally
@@ -278,9 +279,8 @@ impl Tally {
         }
         self.delivered += 1;
         self.bytes += d.payload.len() as u64;
-        for b in d.sender.0.to_le_bytes().into_iter().chain(d.index.to_le_bytes()) {
-            self.digest = (self.digest ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        self.digest =
+            Fnv64::from_state(self.digest).write(&d.sender.0.to_le_bytes()).write(&d.index.to_le_bytes()).finish();
     }
     // ANCHOR_END: tally
 

@@ -507,13 +507,34 @@ impl GroupConfig {
     /// refuse a peer whose tag differs, so two groups configured differently on the same ports
     /// never connect to each other.
     pub fn group_tag(&self) -> u32 {
-        // FNV-1a over a canonical description: deterministic across processes and builds.
-        let text = format!("{:?}|{:?}|{:?}|{:?}", self.members, self.view.shards, self.limits, self.transport);
-        let mut h: u32 = 0x811c_9dc5;
-        for b in text.bytes() {
-            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        // FNV-1a over a canonical encoding (never `Debug` text, which may change between
+        // toolchains): deterministic across processes, builds and compilers.
+        let mut h = crate::hash::Fnv32::new();
+        let ids = |h: &mut crate::hash::Fnv32, ids: &[NodeId]| {
+            h.write(&(ids.len() as u32).to_le_bytes());
+            for n in ids {
+                h.write(&n.0.to_le_bytes());
+            }
+        };
+        h.write(&(self.members.len() as u32).to_le_bytes());
+        for m in &self.members {
+            h.write(&m.id.to_le_bytes());
+            let address = m.address.map(|a| a.to_string()).unwrap_or_default();
+            h.write(&(address.len() as u32).to_le_bytes()).write(address.as_bytes());
         }
-        h
+        h.write(&(self.view.shards.len() as u32).to_le_bytes());
+        for s in &self.view.shards {
+            h.write(&s.id.subgroup.0.to_le_bytes()).write(&s.id.shard.0.to_le_bytes());
+            ids(&mut h, &s.members);
+            ids(&mut h, &s.senders);
+            h.write(&[matches!(s.mode, DeliveryMode::Ordered) as u8]);
+        }
+        let l = &self.limits;
+        for v in [l.window_len, l.payload_len_max, l.ring_len, l.members_max, l.shards_max, l.changes_max] {
+            h.write(&v.to_le_bytes());
+        }
+        h.write(&[matches!(self.transport, TransportKind::Shm) as u8]);
+        h.finish()
     }
 
     /// The TCP address of member `id`, if it has one.

@@ -59,14 +59,11 @@ pub enum PayloadError {
 }
 
 fn fnv1a(parts: &[&[u8]]) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = crate::hash::Fnv64::new();
     for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(part);
     }
-    (h ^ (h >> 32)) as u32
+    h.finish_u32()
 }
 
 /// Writes the payload of message `seq` of `sender` in `shard` into `buf` (its whole length).

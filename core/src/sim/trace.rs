@@ -35,7 +35,7 @@ impl Trace {
     /// An empty trace; `keep_lines` keeps every line (memory grows with the run).
     pub fn new(keep_lines: bool) -> Self {
         Self {
-            hash: 0xcbf2_9ce4_8422_2325,
+            hash: crate::hash::Fnv64::new().finish(),
             len: 0,
             tail: VecDeque::with_capacity(TRACE_TAIL_LEN),
             lines: keep_lines.then(Vec::new),
@@ -46,10 +46,7 @@ impl Trace {
     pub fn record(&mut self, line: fmt::Arguments<'_>) {
         let line = line.to_string();
         // FNV-1a, 64 bits, over the line and a separator.
-        for &b in line.as_bytes().iter().chain(b"\n") {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.hash = crate::hash::Fnv64::from_state(self.hash).write(line.as_bytes()).write(b"\n").finish();
         self.len += 1;
         if self.tail.len() == TRACE_TAIL_LEN {
             self.tail.pop_front();

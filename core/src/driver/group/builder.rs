@@ -324,11 +324,7 @@ fn view_tag(name: &str, view: ViewId) -> u32 {
 
 /// FNV-1a of the group name and a number.
 fn tag(name: &str, what: u64) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes().chain(what.to_le_bytes()) {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    h
+    crate::hash::Fnv32::new().write(name.as_bytes()).write(&what.to_le_bytes()).finish()
 }
 
 /// What the running group keeps of the builder.
