@@ -7,6 +7,7 @@ use std::io;
 /// These are operating errors (the machine cannot do what was asked), reported to the caller
 /// instead of panicking.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
     /// The requested core does not exist or is not in this process's CPU affinity mask.
     #[error("core {core} is not available to this process (available cores: {available:?})")]

@@ -182,10 +182,10 @@ impl Action {
 
 fn membership() -> MembershipConfig {
     MembershipConfig {
-        heartbeat_ns: u64::MAX / 8,
-        suspect_after_ns: u64::MAX / 4,
+        heartbeat: std::time::Duration::from_nanos(u64::MAX / 8),
+        suspect_after: std::time::Duration::from_nanos(u64::MAX / 4),
         partition_safety: true,
-        state_transfer_timeout_ns: u64::MAX / 4,
+        state_transfer_timeout: std::time::Duration::from_nanos(u64::MAX / 4),
         lost_shards: derecho::protocol::LostShards::Wait,
     }
 }

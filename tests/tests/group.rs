@@ -69,8 +69,11 @@ fn local() -> SocketAddr {
 }
 
 fn builder(me: u32, min_members: usize) -> GroupBuilder {
-    let membership =
-        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    let membership = MembershipConfig {
+        heartbeat: Duration::from_millis(5),
+        suspect_after: Duration::from_millis(300),
+        ..MembershipConfig::default()
+    };
     GroupBuilder::new(NodeId(me), local())
         .name("group-test")
         .membership(membership)

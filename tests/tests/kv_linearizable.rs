@@ -32,8 +32,11 @@ const WAIT: Duration = Duration::from_secs(20);
 const KEYS: [&str; 3] = ["apple", "pear", "plum"];
 
 fn builder(me: u32) -> GroupBuilder {
-    let membership =
-        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    let membership = MembershipConfig {
+        heartbeat: Duration::from_millis(5),
+        suspect_after: Duration::from_millis(300),
+        ..MembershipConfig::default()
+    };
     GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
         .name("kv-linearizable")
         .membership(membership)

@@ -23,8 +23,11 @@ const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0)
 const WAIT: Duration = Duration::from_secs(20);
 
 fn builder(me: u32, name: &str) -> GroupBuilder {
-    let membership =
-        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    let membership = MembershipConfig {
+        heartbeat: Duration::from_millis(5),
+        suspect_after: Duration::from_millis(300),
+        ..MembershipConfig::default()
+    };
     GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
         .name(name)
         .membership(membership)

@@ -167,8 +167,11 @@ impl Application for Nosy {
 }
 
 fn builder(me: u32) -> GroupBuilder {
-    let membership =
-        MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 300_000_000, ..MembershipConfig::default() };
+    let membership = MembershipConfig {
+        heartbeat: Duration::from_millis(5),
+        suspect_after: Duration::from_millis(300),
+        ..MembershipConfig::default()
+    };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     GroupBuilder::new(NodeId(me), local)
         .name("reentrancy-test")

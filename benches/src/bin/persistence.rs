@@ -47,7 +47,7 @@ const BENCH: &str = "persistence";
 /// An executor that spins 200 µs before parking: an io_uring completion then costs no
 /// wake-up (50-100 µs on these VMs), which would otherwise dominate tmpfs latencies.
 fn executor() -> derecho::LocalExecutor {
-    Builder::new().spin_budget(std::time::Duration::from_micros(200)).build().expect("an executor")
+    Builder::new().spin_budget(Duration::from_micros(200)).build().expect("an executor")
 }
 
 /// p50 of `n` 4 KiB appends each followed by `fdatasync`, in microseconds.
@@ -202,7 +202,7 @@ fn member(args: &[String]) {
     let commands = Commands::from_stdin();
     b.build().expect("executor").block_on(async move {
         let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
-        let membership = MembershipConfig { suspect_after_ns: 2_000_000_000, ..MembershipConfig::default() };
+        let membership = MembershipConfig { suspect_after: Duration::from_secs(2), ..MembershipConfig::default() };
         let builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
             .name("persistence-bench")
             .limits(limits)

@@ -81,7 +81,7 @@ fn member(args: &[String]) {
         let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
         // Three busy members share two cores here: a member descheduled for a while must not be
         // suspected (this measures throughput, not failure detection).
-        let membership = MembershipConfig { suspect_after_ns: 2_000_000_000, ..MembershipConfig::default() };
+        let membership = MembershipConfig { suspect_after: Duration::from_secs(2), ..MembershipConfig::default() };
         let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
             .name("rpc-bench")
             .limits(limits)

@@ -52,8 +52,8 @@ fn member(args: &[String]) {
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
     let me = NodeId(num("--member") as u32);
     let membership = MembershipConfig {
-        heartbeat_ns: num("--hb-us") * 1000,
-        suspect_after_ns: num("--suspect-us") * 1000,
+        heartbeat: Duration::from_micros(num("--hb-us")),
+        suspect_after: Duration::from_micros(num("--suspect-us")),
         ..MembershipConfig::default()
     };
     let executor = derecho::Builder::new().build().expect("executor");

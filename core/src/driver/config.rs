@@ -41,6 +41,7 @@ use crate::protocol::{DeliveryMode, Limits, NodeId, ShardIndex, ShardLayout, Sha
 /// Which transport the group runs over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum TransportKind {
     /// TCP via io_uring.
     Tcp,

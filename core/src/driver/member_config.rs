@@ -289,13 +289,13 @@ impl GroupMemberConfig {
 
     fn validate(f: File) -> Result<Self, ConfigError> {
         let limits = f.limits.resolve()?;
-        let ms = |v: Option<u64>, d: u64| v.map_or(d, |v| v.saturating_mul(1_000_000));
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
         let d = MembershipConfig::default();
         let membership = MembershipConfig {
-            heartbeat_ns: ms(f.membership.heartbeat_ms, d.heartbeat_ns),
-            suspect_after_ns: ms(f.membership.suspect_after_ms, d.suspect_after_ns),
+            heartbeat: ms(f.membership.heartbeat_ms, d.heartbeat),
+            suspect_after: ms(f.membership.suspect_after_ms, d.suspect_after),
             partition_safety: f.membership.partition_safety.unwrap_or(d.partition_safety),
-            state_transfer_timeout_ns: ms(f.membership.state_transfer_timeout_ms, d.state_transfer_timeout_ns),
+            state_transfer_timeout: ms(f.membership.state_transfer_timeout_ms, d.state_transfer_timeout),
             lost_shards: match f.membership.lost_shards.as_deref() {
                 None | Some("wait") => LostShards::Wait,
                 Some("start_empty") => LostShards::StartEmpty,
@@ -479,7 +479,7 @@ mod tests {
         let named = load(&["contact=\"localhost:7100\"", "restart_timeout_ms=5000"]).unwrap();
         assert!(named.contact.is_some_and(|a| a.ip().is_loopback() && a.port() == 7100));
         assert_eq!(named.restart_timeout, Duration::from_secs(5));
-        assert_eq!((c.membership.heartbeat_ns, c.membership.suspect_after_ns), (2_000_000, 50_000_000));
+        assert_eq!((c.membership.heartbeat_ns(), c.membership.suspect_after_ns()), (2_000_000, 50_000_000));
         assert_eq!(c.shard_refs().len(), 2);
     }
 

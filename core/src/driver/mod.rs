@@ -175,6 +175,7 @@ pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -
 
 /// Errors of starting or running a group.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GroupError {
     /// The configuration or view is invalid.
     #[error(transparent)]
@@ -203,6 +204,7 @@ pub enum GroupError {
 
 /// Errors of [`StaticGroup::send`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GroupSendError {
     /// The protocol refused the message for good (not a sender, too large, not a member).
     #[error(transparent)]
@@ -220,6 +222,7 @@ pub enum GroupSendError {
 
 /// Errors of [`StaticGroup::settle`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SettleError {
     /// This member is not in the shard.
     #[error("not a member of shard {0:?}")]
@@ -239,6 +242,7 @@ pub enum SettleError {
 
 /// Something the group reports besides deliveries.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum GroupEvent {
     /// A peer failed (with a static membership the group can no longer make progress in shards
     /// the peer belongs to; membership changes handle this in a later layer).

@@ -33,6 +33,7 @@ const ZEROS_AHEAD_ROUND_MAX: usize = 16 << 10;
 
 /// Errors of a durable log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogError {
     /// The file could not be opened, read or cut at recovery.
     #[error("cannot open the log {path}: {reason}")]

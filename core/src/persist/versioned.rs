@@ -15,6 +15,7 @@ use crate::protocol::Version;
 
 /// Why a versioned read or write was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VersionError {
     /// A version or time that does not go forward.
     #[error("version {version} at {hlc} does not follow version {last} at {last_hlc}")]

@@ -41,6 +41,7 @@ pub struct View {
 
 /// A layout that breaks a rule; the message says which.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// More members than `members_max`, or none.
     #[error("the view has {0} members; it must have between 1 and members_max")]

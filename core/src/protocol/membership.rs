@@ -38,6 +38,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use super::ids::{NodeId, ShardRef, Time, ViewId};
 use super::layout::{DeliveryMode, ShardLayout, View};
 use super::multicast::{RowViolation, ShardState};
@@ -46,15 +48,15 @@ use super::sst::{CHANGE_LEN, GmsColumns, GmsCounter, RowLayout, SstMemory};
 /// Timing and safety settings of the membership protocol (the same at every member).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MembershipConfig {
-    /// How often a member bumps its heartbeat, in nanoseconds. Default 10 ms.
-    pub heartbeat_ns: u64,
+    /// How often a member bumps its heartbeat. Default 10 ms.
+    pub heartbeat: Duration,
     /// A peer whose heartbeat has not moved for this long is suspected. Default 100 ms.
-    pub suspect_after_ns: u64,
+    pub suspect_after: Duration,
     /// Stop with [`StopReason::Partitioned`] rather than continue in a minority (PROTOCOLS §3.3
     /// step 2). Default on; turning it off gives up the no-split-brain guarantee.
     pub partition_safety: bool,
     /// How long a new shard member waits for the shard's state before giving up. Default 10 s.
-    pub state_transfer_timeout_ns: u64,
+    pub state_transfer_timeout: Duration,
     /// What a view does with a shard that lost every member holding its state. Default
     /// [`LostShards::Wait`].
     pub lost_shards: LostShards,
@@ -78,10 +80,10 @@ pub enum LostShards {
 impl Default for MembershipConfig {
     fn default() -> Self {
         Self {
-            heartbeat_ns: 10_000_000,
-            suspect_after_ns: 100_000_000,
+            heartbeat: Duration::from_millis(10),
+            suspect_after: Duration::from_millis(100),
             partition_safety: true,
-            state_transfer_timeout_ns: 10_000_000_000,
+            state_transfer_timeout: Duration::from_secs(10),
             lost_shards: LostShards::Wait,
         }
     }
@@ -98,26 +100,46 @@ pub struct MembershipConfigError {
 }
 
 impl MembershipConfig {
+    /// [`MembershipConfig::heartbeat`] in nanoseconds (the protocol's time unit), saturated.
+    pub fn heartbeat_ns(&self) -> u64 {
+        nanos(self.heartbeat)
+    }
+
+    /// [`MembershipConfig::suspect_after`] in nanoseconds, saturated.
+    pub fn suspect_after_ns(&self) -> u64 {
+        nanos(self.suspect_after)
+    }
+
+    /// [`MembershipConfig::state_transfer_timeout`] in nanoseconds, saturated.
+    pub fn state_transfer_timeout_ns(&self) -> u64 {
+        nanos(self.state_transfer_timeout)
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     ///
     /// The first setting out of range.
     pub fn validate(&self) -> Result<(), MembershipConfigError> {
-        if self.heartbeat_ns == 0 {
+        if self.heartbeat_ns() == 0 {
             return Err(MembershipConfigError { field: "heartbeat", reason: "must be above zero" });
         }
-        if self.suspect_after_ns < 2 * self.heartbeat_ns {
+        if self.suspect_after_ns() < 2 * self.heartbeat_ns() {
             return Err(MembershipConfigError {
                 field: "suspect_after",
                 reason: "must be at least twice the heartbeat period",
             });
         }
-        if self.state_transfer_timeout_ns == 0 {
+        if self.state_transfer_timeout_ns() == 0 {
             return Err(MembershipConfigError { field: "state_transfer_timeout", reason: "must be above zero" });
         }
         Ok(())
     }
+}
+
+/// `d` in nanoseconds, saturated at `u64::MAX`.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A change to the membership, proposed by the leader.
@@ -334,6 +356,7 @@ pub struct NextView {
 
 /// Why a member stopped; it sends and delivers nothing more.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StopReason {
     /// This member is in a minority (PROTOCOLS §3.3 step 2).
     #[error("partitioned: {suspected} of the {members} members of view {view} are unreachable, a majority is needed")]
@@ -404,6 +427,7 @@ pub enum GmsStep {
 
 /// Why a join request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JoinRefusal {
     /// A member with that id is in the view, or already joining.
     #[error("{0} is already a member of the group (or already joining)")]
@@ -563,7 +587,7 @@ impl Gms {
         now: Time,
     ) -> Self {
         let n = view.members.len();
-        let grace = now.plus_ns(config.suspect_after_ns);
+        let grace = now.plus_ns(config.suspect_after_ns());
         Self {
             next_heartbeat: now,
             config,
@@ -671,7 +695,7 @@ impl Gms {
         }
         let deadline = (0..self.n)
             .filter(|&r| r != self.me && !self.suspected[r])
-            .map(|r| self.heard_at[r].plus_ns(self.config.suspect_after_ns))
+            .map(|r| self.heard_at[r].plus_ns(self.config.suspect_after_ns()))
             .min();
         Some(deadline.map_or(self.next_heartbeat, |d| d.min(self.next_heartbeat)))
     }
@@ -812,7 +836,7 @@ impl Gms {
             if !self.read_peer(mem, view, r, now) {
                 continue;
             }
-            if !self.suspected[r] && now >= self.heard_at[r].plus_ns(self.config.suspect_after_ns) {
+            if !self.suspected[r] && now >= self.heard_at[r].plus_ns(self.config.suspect_after_ns()) {
                 self.suspect(mem, view, r);
             }
         }
@@ -880,7 +904,7 @@ impl Gms {
     fn beat(&mut self, now: Time, mem: &mut impl SstMemory) {
         self.heartbeat += 1;
         self.store(mem, GmsCounter::Heartbeat, self.heartbeat);
-        self.next_heartbeat = now.plus_ns(self.config.heartbeat_ns);
+        self.next_heartbeat = now.plus_ns(self.config.heartbeat_ns());
     }
 
     fn removed_by_final(&self, view: &View, rank: usize) -> bool {
@@ -1484,7 +1508,9 @@ mod tests {
     #[test]
     fn config_validation_names_the_setting() {
         MembershipConfig::default().validate().unwrap();
-        let e = MembershipConfig { suspect_after_ns: 1, ..MembershipConfig::default() }.validate().unwrap_err();
+        let e = MembershipConfig { suspect_after: Duration::from_nanos(1), ..MembershipConfig::default() }
+            .validate()
+            .unwrap_err();
         assert_eq!(e.field, "suspect_after");
     }
 }

@@ -31,6 +31,7 @@ const KIND_PAD: u8 = 3;
 
 /// Why a message could not be sent now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// This member is not in that shard, or the shard does not exist.
     #[error("this member does not belong to {0}")]

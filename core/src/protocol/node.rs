@@ -124,6 +124,7 @@ enum Phase {
 
 /// Why a node could not be created.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// A limit out of range.
     #[error(transparent)]
@@ -450,7 +451,7 @@ impl<M: SstMemory> Node<M> {
             }
         }
         if waiting && let Some(g) = &self.gms {
-            self.state_deadline = Some(now.plus_ns(g.config.state_transfer_timeout_ns));
+            self.state_deadline = Some(now.plus_ns(g.config.state_transfer_timeout_ns()));
         }
     }
 
@@ -1249,8 +1250,11 @@ mod membership_tests {
         let view = View { id: ViewId(0), members: ids.clone(), shards };
         let addresses = ids.iter().map(|n| (*n, format!("a{}", n.0))).collect();
         let len = Node::<HeapMemory>::table_len(&view, &limits());
-        let config =
-            MembershipConfig { heartbeat_ns: 1_000, suspect_after_ns: 1_000_000, ..MembershipConfig::default() };
+        let config = MembershipConfig {
+            heartbeat: std::time::Duration::from_micros(1),
+            suspect_after: std::time::Duration::from_millis(1),
+            ..MembershipConfig::default()
+        };
         Node::with_membership(NodeId(me), view, addresses, &limits(), HeapMemory::new(len), config, layout, Time(0))
             .unwrap()
     }

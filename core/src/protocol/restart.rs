@@ -62,6 +62,7 @@ impl Offer {
 
 /// Why the restart leader waits for more members.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Waiting {
     /// Fewer than a majority of the last view's members are back.
     #[error("{have} of the {of} members of view {} are back; a majority is needed", view.0)]

@@ -23,6 +23,7 @@ pub const EXTERNAL: NodeId = NodeId(u32::MAX);
 
 /// Why a call failed, as a whole or for one member.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// This member is not in the shard (ordered calls come from its members).
     #[error("this member is not a member of {0}")]

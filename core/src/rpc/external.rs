@@ -30,14 +30,16 @@ use crate::protocol::{NodeId, ShardRef, Version, View};
 
 /// Why an external call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The client's listener could not be opened.
-    #[error("cannot listen on {address}: {reason}")]
+    #[error("cannot listen on {address}: {source}")]
     Listen {
         /// The address.
         address: SocketAddr,
-        /// Why.
-        reason: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// No member answered (every contact and every member of the last view were tried).
     #[error("no member of the group answered; tried {tried:?}")]
@@ -150,8 +152,7 @@ impl ExternalClient {
         listen: SocketAddr,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let listener =
-            TcpListener::bind(listen).map_err(|e| ClientError::Listen { address: listen, reason: e.to_string() })?;
+        let listener = TcpListener::bind(listen).map_err(|e| ClientError::Listen { address: listen, source: e })?;
         let reply_to = listener.local_addr().to_string();
         let me = PeerId(EXTERNAL.0);
         let limits = TransportLimits::default();

@@ -13,6 +13,7 @@ use crate::protocol::{NodeId, ShardRef, Version, View, ViewId};
 /// Why a service's persistence failed; the member stops, and its logs are never trusted to
 /// say more than they said before.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PersistError {
     /// A file or directory of the persistence directory could not be written.
     #[error("{what} in {}: {reason}", path.display())]

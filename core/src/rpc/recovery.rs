@@ -43,14 +43,16 @@ fn damage_marker(shard: ShardRef) -> String {
 
 /// Why a member could not be rebuilt from its persistence directory.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoveryError {
     /// A file or the directory could not be read.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: String,
-        /// Why.
-        reason: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// The saved view is damaged (it is replaced atomically, so this is not a torn write).
     #[error("the saved view {path} is damaged: {reason}")]
@@ -97,14 +99,14 @@ fn parse_log_name(name: &str) -> Option<(ShardRef, ViewId)> {
     Some((ShardRef { subgroup: SubgroupId(number(sg)?), shard: ShardIndex(number(idx)?) }, ViewId(number(view)?)))
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> RecoveryError {
+fn io_error(path: &Path, e: std::io::Error) -> RecoveryError {
     RecoveryError::io(path, e)
 }
 
 impl RecoveryError {
     /// A file or directory that could not be read or written.
-    pub(super) fn io(path: &Path, e: impl std::fmt::Display) -> Self {
-        RecoveryError::Io { path: path.display().to_string(), reason: e.to_string() }
+    pub(super) fn io(path: &Path, source: std::io::Error) -> Self {
+        RecoveryError::Io { path: path.display().to_string(), source }
     }
 }
 

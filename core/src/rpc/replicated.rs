@@ -49,6 +49,7 @@ impl std::fmt::Debug for Applied<'_> {
 
 /// Why a handler could not run a call.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// No method with that index, or not of that kind (ordered or query).
     #[error("no {kind} method {method} in {ty}")]
@@ -163,6 +164,7 @@ pub trait Replicated: Sized + 'static {
 
 /// Why a replica's state could not be archived, or read back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// Fewer bytes than the state's header.
     #[error("{ty}: a state of {len} bytes, shorter than its header")]

@@ -23,6 +23,7 @@ use crate::protocol::{Delivered, NodeId, SendError, ShardRef, SubgroupId, Versio
 
 /// Why [`Service::start_or_join`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// Starting, joining or restarting the group failed.
     #[error(transparent)]

@@ -53,6 +53,7 @@ impl Kind {
 
 /// A malformed frame. Receiving one drops the connection and fails the peer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The first four bytes are not the magic number (not a derecho peer, or lost framing).
     #[error("bad magic {0:#010x}")]

@@ -175,8 +175,11 @@ fn main() {
     });
 
     derecho::Builder::new().build().expect("executor").block_on(async move {
-        let membership =
-            MembershipConfig { heartbeat_ns: 5_000_000, suspect_after_ns: 500_000_000, ..MembershipConfig::default() };
+        let membership = MembershipConfig {
+            heartbeat: Duration::from_millis(5),
+            suspect_after: Duration::from_millis(500),
+            ..MembershipConfig::default()
+        };
         // Bound first, so that the address is known before a restart leader waits for the
         // others.
         let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");

@@ -150,6 +150,7 @@ impl<F: FnMut(Delivered<'_>) + 'static> Application for F {
 
 /// Why joining (or restarting) failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JoinError {
     /// The group refused (an id in use, a full group, a group that did not restart).
     #[error("refused: {0}")]
@@ -224,6 +225,7 @@ pub const PARTITION_SAFETY_NEEDED: &str = "persistence needs partition safety \
 
 /// Errors of [`super::Group::wait_view`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// No view matched in time.
     #[error("no matching view within {within:?}; the current view is {current:?}")]
@@ -243,6 +245,7 @@ pub enum WaitError {
 
 /// Errors of [`GroupSender::wait_persisted`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PersistWaitError {
     /// The version was not durable everywhere in time.
     #[error("version {version} was not durable at every member within {within:?}")]
@@ -265,6 +268,7 @@ pub enum PersistWaitError {
 
 /// Errors of [`GroupSender::send_to`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendToError {
     /// The node is not a member of the current view (or is this member).
     #[error("{0} is not another member of the current view")]

@@ -284,6 +284,7 @@ impl ViewChange {
 
 /// Why a member could not enter a group.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnterError {
     /// The group refused (an id in use, a full group, a group that did not restart).
     #[error("refused: {0}")]

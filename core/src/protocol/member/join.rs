@@ -252,6 +252,6 @@ impl MemberConfig {
     /// How long a refused "id in use" is asked again: a member that crashed and came back at
     /// once is in the view until the group removes it, a few suspicion timeouts at most.
     pub fn id_in_use_grace_ns(&self) -> u64 {
-        4 * self.membership.suspect_after_ns + self.retry_ns
+        4 * self.membership.suspect_after_ns() + self.retry_ns
     }
 }

@@ -48,7 +48,7 @@ impl<M: SstMemory> Member<M> {
     /// Beats due on lingering views.
     pub(super) fn linger_tick(&mut self, now: Time) {
         let Some(node) = &self.node else { return };
-        let period = self.config.membership.heartbeat_ns;
+        let period = self.config.membership.heartbeat_ns();
         let current = node.view().id;
         for l in &mut self.lingering {
             if now >= l.next_beat && now < l.until {

@@ -566,7 +566,7 @@ impl<M: SstMemory> Member<M> {
         }
         self.events.push_back(Event::Installed(change));
         if !awaited.is_empty() {
-            let within = self.config.membership.state_transfer_timeout_ns / 1_000_000;
+            let within = self.config.membership.state_transfer_timeout_ns() / 1_000_000;
             self.events.push_back(Event::Waiting(format!("{} (within {within} ms)", awaited.join(", "))));
         }
         if self.config.persistent {
@@ -669,7 +669,7 @@ impl<M: SstMemory> Member<M> {
     }
 
     fn linger_until_ns(&self) -> u64 {
-        self.config.connect_timeout_ns + 4 * self.config.membership.suspect_after_ns
+        self.config.connect_timeout_ns + 4 * self.config.membership.suspect_after_ns()
     }
 
     /// The one way a member stops: the reason is told once, as an event; nothing more is sent

@@ -34,7 +34,11 @@ fn layout() -> Rc<dyn LayoutFn> {
 fn config(me: u32, persistent: bool) -> MemberConfig {
     let mut c = MemberConfig::new(NodeId(me), address(me), layout());
     c.limits = crate::protocol::Limits { window_len: 8, payload_len_max: 64, ring_len: 1024, ..Default::default() };
-    c.membership = MembershipConfig { heartbeat_ns: S, suspect_after_ns: 10 * S, ..MembershipConfig::default() };
+    c.membership = MembershipConfig {
+        heartbeat: std::time::Duration::from_nanos(S),
+        suspect_after: std::time::Duration::from_nanos(10 * S),
+        ..MembershipConfig::default()
+    };
     c.retry_ns = 2 * S;
     c.join_timeout_ns = 30 * S;
     c.restart_timeout_ns = 60 * S;

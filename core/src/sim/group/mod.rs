@@ -248,8 +248,8 @@ impl GroupSim {
             state_len_max: 64 << 20,
             join_timeout_ns: c.end.0,
             restart_timeout_ns: c.end.0,
-            retry_ns: 2 * c.membership.suspect_after_ns,
-            connect_timeout_ns: 2 * c.membership.suspect_after_ns,
+            retry_ns: 2 * c.membership.suspect_after_ns(),
+            connect_timeout_ns: 2 * c.membership.suspect_after_ns(),
             persistent: c.sync_ns.is_some(),
             app: 0,
         }

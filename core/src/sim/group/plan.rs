@@ -229,10 +229,10 @@ impl GroupConfig {
             layout: None,
             mode: DeliveryMode::Ordered,
             membership: MembershipConfig {
-                heartbeat_ns: 1_000_000,
-                suspect_after_ns: 10_000_000,
+                heartbeat: std::time::Duration::from_millis(1),
+                suspect_after: std::time::Duration::from_millis(10),
                 partition_safety: true,
-                state_transfer_timeout_ns: 50_000_000,
+                state_transfer_timeout: std::time::Duration::from_millis(50),
                 lost_shards: crate::protocol::LostShards::Wait,
             },
             limits: Limits { window_len: 16, payload_len_max: 256, ring_len: 4096, ..Limits::default() },
