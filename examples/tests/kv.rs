@@ -47,6 +47,7 @@ fn demo(args: &[&str], over: &str) {
         "key7 = value7 at time",
         "key7 = value7 at version v",
         "put fruit = plum",
+        "above the group's limit of 10240 (limits.payload_len_max)",
         "fruit = plum",
         "launcher: killed member 3 (SIGKILL)",
         "launcher: all 100 keys intact at every surviving member of their shard",
@@ -120,6 +121,8 @@ fn the_client_reports_errors_clearly() {
 /// A member started alone, its standard output read until it listens.
 struct Member {
     child: std::process::Child,
+    /// Its metrics address, if it serves metrics.
+    metrics: Option<String>,
 }
 
 impl Member {
@@ -137,9 +140,16 @@ impl Member {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "the member ended before listening");
         }
+        let mut metrics = None;
+        if sets.iter().any(|s| s.starts_with("metrics_listen")) {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the member ended before its metrics line");
+            let at = line.split("http://").nth(1).and_then(|r| r.strip_suffix("/metrics\n"));
+            metrics = Some(at.unwrap_or_else(|| panic!("not a metrics line: {line}")).to_string());
+        }
         // The rest of its output is not read: it stays small.
         std::mem::forget(out);
-        Member { child }
+        Member { child, metrics }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit; its exit code and standard error.
@@ -197,4 +207,30 @@ fn joining_through_a_dead_contact_says_whom_it_asks_and_gives_up_with_the_addres
     assert!(started.elapsed() < Duration::from_secs(20), "it gave up after {:?}", started.elapsed());
     assert!(err.contains(&format!("waiting: asking {dead} to let this member in")), "no progress in:\n{err}");
     assert!(err.contains("kv: error:") && err.lines().last().is_some_and(|l| l.contains(&dead)), "{err}");
+}
+
+#[test]
+fn status_shows_a_member_and_watch_refreshes_it() {
+    let m = Member::start(&[("RUST_LOG", "warn")], &["metrics_listen=\"127.0.0.1:0\""]);
+    let addr = m.metrics.clone().expect("a metrics address");
+    let out = run(&["status", &addr]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(table.contains("STAGE") && table.contains(&addr) && table.contains("running"), "{table}");
+    // --watch redraws until stopped.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["status", "--watch", "--interval", "0.1", &addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    watch.kill().unwrap();
+    let frames = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).matches("\x1b[2J").count();
+    assert!(frames >= 2, "{frames} frames in 0.8 s");
+    // A member that cannot be read is shown as such, and no member at all is an error.
+    let (code, err) = m.terminate();
+    assert_eq!(code, Some(0), "{err}");
+    let out = run(&["status", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&addr));
 }

@@ -82,11 +82,17 @@ fn metrics_move_as_messages_flow_and_the_listener_serves_them() {
         assert_eq!((row.member, row.stage.as_str(), row.view), (Some(1), "running", Some((i64::from(view.id.0), 2))));
         assert_eq!(row.shards["0/0"].delivered, 0, "{text}");
 
-        // Calls flow: both members count them, and the listener's text follows.
+        assert_eq!(members[1].0.metrics_addr(), Some(listeners[1]));
+        // Calls flow: both members count them, a watcher of member 1 wakes, and the listener's
+        // text follows.
         let tally = members[0].1.client::<Tally>(ShardRef::new(0, 0));
-        for _ in 0..25 {
-            tally.bump().await.expect("an ordered call");
-        }
+        let calls = async {
+            for _ in 0..25 {
+                tally.bump().await.expect("an ordered call");
+            }
+        };
+        let (woke, ()) = futures::join!(time::timeout(WAIT, members[1].0.changed()), calls);
+        woke.expect("the watcher woke as messages were delivered");
         let deadline = Instant::now() + WAIT;
         while delivered(&members[1].0.metrics()) < 25 {
             assert!(Instant::now() < deadline, "member 1 did not count 25 deliveries: {:?}", members[1].0.metrics());

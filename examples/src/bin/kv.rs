@@ -184,6 +184,9 @@ fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<
         let group = service.start_or_join(config.builder(), config.contact).await.map_err(|e| e.to_string())?;
         // ANCHOR_END: host
         println!("member {}: listening {}", config.me.0, group.local_addr());
+        if let Some(a) = group.metrics_addr() {
+            println!("member {}: metrics at http://{a}/metrics", config.me.0);
+        }
         let events = async {
             loop {
                 if let GroupEvent::ViewInstalled(c) = group.next_event().await {
@@ -505,6 +508,17 @@ fn demo(shm: bool) -> Result<(), String> {
         if !out.status.success() {
             return Err(format!("kv {cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
+    }
+    // A value above the group's message limit is refused, and the error says which limit.
+    let big = "x".repeat(20 << 10);
+    let out = Command::new(&exe)
+        .args(["--contact", &addrs[1].to_string(), "put", "big", &big])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    print!("$ kv --contact {} put big <20 KiB of x>\n{said}", addrs[1]);
+    if out.status.success() || !said.contains("limits.payload_len_max") {
+        return Err(format!("a 20 KiB put was not refused with the limit named: {said}"));
     }
     // A member fails; the store keeps every key.
     let victim = 3u32;

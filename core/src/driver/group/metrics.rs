@@ -83,12 +83,35 @@ impl Group {
     pub fn serve_metrics(&self, address: SocketAddr) -> std::io::Result<SocketAddr> {
         serve(&self.inner, address)
     }
+
+    /// The address the metrics listener listens on, if this member serves metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr.get()
+    }
+
+    /// Resolves when something [`Group::metrics`] shows may have changed beyond its counters: a
+    /// view installed, a view change starting or ending, messages delivered, a frontier moving,
+    /// a stop (or sooner: a wake-up never misses a change). A live display awaits it, or a
+    /// timer, and reads [`Group::metrics`] again.
+    pub async fn changed(&self) {
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if registered {
+                return std::task::Poll::Ready(());
+            }
+            registered = true;
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+    }
 }
 
 pub(super) fn serve(inner: &Rc<Inner>, address: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for metrics on {address}: {e}")))?;
     let bound = listener.local_addr();
+    inner.metrics_addr.set(Some(bound));
     let weak = Rc::downgrade(inner);
     inner.spawn_background(async move { accept_loop(listener, weak).await });
     tracing::info!(address = %bound, "serving metrics at /metrics");

@@ -116,6 +116,8 @@ pub(super) struct Inner {
     waiting: RefCell<Option<String>>,
     /// What it last said at info, and when.
     waiting_said: RefCell<Option<(String, Instant)>>,
+    /// Where the metrics listener listens, if there is one.
+    pub(super) metrics_addr: Cell<Option<SocketAddr>>,
 }
 
 /// An application frame held until its view is installed: the view, the sender, the frame.
@@ -166,6 +168,7 @@ impl Inner {
             views_installed: Cell::new(0),
             waiting: RefCell::default(),
             waiting_said: RefCell::default(),
+            metrics_addr: Cell::new(None),
         }
     }
 
