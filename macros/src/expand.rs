@@ -3,7 +3,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::{Ident, ItemImpl, Visibility};
+use syn::{Ident, ItemImpl, Type, Visibility};
 
 use crate::model::{ArgKind, Method, Model};
 
@@ -36,12 +36,27 @@ pub fn expand(m: &Model, item: &ItemImpl) -> TokenStream {
 fn args_struct(m: &Model, method: &Method) -> TokenStream {
     let rkyv = rkyv();
     let name = args_type(m, method);
-    let fields = method.args.iter().map(|a| {
+    // The struct is generic over the arguments' own types, and `name` is an alias that names
+    // them: the derives' bounds then hold or fail where the alias is used (at the argument's
+    // span), not inside the derives (which rustc reports at the attribute).
+    let generic = format_ident!("{}_Of", name);
+    let params: Vec<Ident> = (0..method.args.len()).map(|i| format_ident!("__A{}", i)).collect();
+    let owned: Vec<(&Ident, &Type)> = method
+        .args
+        .iter()
+        .zip(&params)
+        .filter_map(|(a, p)| match &a.kind {
+            ArgKind::Owned(t) => Some((p, &**t)),
+            _ => None,
+        })
+        .collect();
+    let (owned_params, owned_types): (Vec<&Ident>, Vec<&Type>) = owned.into_iter().unzip();
+    let fields = method.args.iter().zip(&params).map(|(a, p)| {
         let n = &a.name;
         match &a.kind {
             ArgKind::Str => quote!(#n: ::std::string::String),
             ArgKind::Bytes => quote!(#n: ::std::vec::Vec<u8>),
-            ArgKind::Owned(t) => quote_spanned!(a.span=> #n: #t),
+            ArgKind::Owned(_) => quote_spanned!(a.span=> #n: #p),
         }
     });
     // Each argument type must be archivable; checked at the argument's own span, so the error
@@ -57,14 +72,27 @@ fn args_struct(m: &Model, method: &Method) -> TokenStream {
         }),
         _ => None,
     });
+    // The struct and its derives carry the arguments' span too: an argument type that cannot
+    // be archived is reported there, not at the attribute.
+    let span = args_span(method);
+    let alias = quote_spanned! {span=> type #name = #generic<#(#owned_types),*>; };
     quote! {
         #(#checks)*
         #[doc(hidden)]
         #[allow(non_camel_case_types, dead_code)]
         #[derive(#rkyv::Archive, #rkyv::Serialize)]
         #[rkyv(crate = #rkyv)]
-        struct #name { #(#fields,)* }
+        struct #generic<#(#owned_params),*> { #(#fields,)* }
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, dead_code)]
+        #alias
     }
+}
+
+/// Where a method's arguments are: its first argument of a type of its own (the one that
+/// may not be archivable), else its name.
+fn args_span(method: &Method) -> proc_macro2::Span {
+    method.args.iter().find(|a| matches!(a.kind, ArgKind::Owned(_))).map_or(method.name.span(), |a| a.span)
 }
 
 /// The dispatch of one method: validate the arguments in place, call, archive the reply.
@@ -92,6 +120,7 @@ fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
         )
         .map(|__w| __w.0)
     };
+    let archived = quote_spanned! {args_span(method)=> <#args_ty as #rkyv::Archive>::Archived };
     if method.is_async {
         // The future outlives the receive buffer: it owns an aligned copy of the arguments.
         return quote! {
@@ -99,7 +128,7 @@ fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
                 let mut __owned = #rkyv::util::AlignedVec::<16>::new();
                 __owned.extend_from_slice(__args);
                 ::derecho::rpc::Applied::Later(::std::boxed::Box::pin(async move {
-                    let __a = #rkyv::access::<<#args_ty as #rkyv::Archive>::Archived, #rkyv::rancor::Error>(&__owned)
+                    let __a = #rkyv::access::<#archived, #rkyv::rancor::Error>(&__owned)
                         .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?;
                     let __reply: #ret = self.#name(#(#pass),*).await;
                     #reply.map_err(|e| ::derecho::rpc::support::bad_reply(#name_str, e))
@@ -109,7 +138,7 @@ fn dispatch_arm(m: &Model, index: u32, method: &Method) -> TokenStream {
     }
     quote! {
         #index => ::derecho::rpc::Applied::Now(::derecho::rpc::support::aligned(__args, |__bytes| {
-            let __a = #rkyv::access::<<#args_ty as #rkyv::Archive>::Archived, #rkyv::rancor::Error>(__bytes)
+            let __a = #rkyv::access::<#archived, #rkyv::rancor::Error>(__bytes)
                 .map_err(|e| ::derecho::rpc::support::bad_arguments(#name_str, e))?;
             let __reply: #ret = self.#name(#(#pass),*);
             #reply.map_err(|e| ::derecho::rpc::support::bad_reply(#name_str, e))
@@ -424,9 +453,10 @@ fn encode_args(m: &Model, method: &Method, error: TokenStream) -> TokenStream {
     let rkyv = rkyv();
     let args_ty = args_type(m, method);
     let build = build(method);
+    let to_bytes = quote_spanned! {args_span(method)=> #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args) };
     quote! {
         let __args = #args_ty { #(#build,)* };
-        let __bytes = #rkyv::to_bytes::<#rkyv::rancor::Error>(&__args)
+        let __bytes = #to_bytes
             .map_err(|e| #error::Arguments(::std::string::ToString::to_string(&e)))?;
     }
 }

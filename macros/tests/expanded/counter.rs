@@ -36,10 +36,13 @@ const _: fn() = || {
     ::derecho::rpc::support::rkyv::Serialize
 )]
 #[rkyv(crate = ::derecho::rpc::support::rkyv)]
-struct __DerechoArgs_Counter_add {
-    by: u64,
+struct __DerechoArgs_Counter_add_Of<__A0> {
+    by: __A0,
     label: ::std::string::String,
 }
+#[doc(hidden)]
+#[allow(non_camel_case_types, dead_code)]
+type __DerechoArgs_Counter_add = __DerechoArgs_Counter_add_Of<u64>;
 #[doc(hidden)]
 #[allow(non_camel_case_types, dead_code)]
 #[derive(
@@ -47,7 +50,10 @@ struct __DerechoArgs_Counter_add {
     ::derecho::rpc::support::rkyv::Serialize
 )]
 #[rkyv(crate = ::derecho::rpc::support::rkyv)]
-struct __DerechoArgs_Counter_get {}
+struct __DerechoArgs_Counter_get_Of {}
+#[doc(hidden)]
+#[allow(non_camel_case_types, dead_code)]
+type __DerechoArgs_Counter_get = __DerechoArgs_Counter_get_Of;
 impl ::derecho::rpc::Replicated for Counter {
     type Client = CounterClient;
     const NAME: &'static str = "Counter";
