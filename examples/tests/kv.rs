@@ -121,6 +121,8 @@ fn the_client_reports_errors_clearly() {
 /// A member started alone, its standard output read until it listens.
 struct Member {
     child: std::process::Child,
+    /// Its listener's address.
+    listen: String,
     /// Its metrics address, if it serves metrics.
     metrics: Option<String>,
 }
@@ -140,6 +142,7 @@ impl Member {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "the member ended before listening");
         }
+        let listen = line.trim().rsplit(' ').next().expect("an address").to_string();
         let mut metrics = None;
         if sets.iter().any(|s| s.starts_with("metrics_listen")) {
             line.clear();
@@ -149,7 +152,7 @@ impl Member {
         }
         // The rest of its output is not read: it stays small.
         std::mem::forget(out);
-        Member { child, metrics }
+        Member { child, listen, metrics }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit; its exit code and standard error.
@@ -233,4 +236,69 @@ fn status_shows_a_member_and_watch_refreshes_it() {
     let out = run(&["status", &addr]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&addr));
+}
+
+#[test]
+fn a_second_signal_ends_a_member_that_cannot_leave() {
+    use std::io::BufRead;
+    // Member 0 leads; member 1 joins it. With the leader stopped (SIGSTOP), member 1 cannot
+    // leave: a second SIGTERM ends it at once.
+    let leader = Member::start(&[("RUST_LOG", "warn")], &["me=0"]);
+    let contact = leader.listen.clone();
+    let mut joiner = Command::new(env!("CARGO_BIN_EXE_kv"))
+        .args(["member", "--set", "me=1", "--set", "listen=\"127.0.0.1:0\""])
+        .args(["--set", &format!("contact=\"{contact}\"")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(joiner.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the joiner ended before it joined");
+    }
+    // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
+    let signal = |pid: u32, s: i32| assert_eq!(unsafe { libc::kill(pid as libc::pid_t, s) }, 0);
+    signal(leader.child.id(), libc::SIGSTOP);
+    signal(joiner.id(), libc::SIGTERM);
+    // The first signal is taken (it says so) before the second is sent: signals of one kind
+    // pending together would be one.
+    let mut err = std::io::BufReader::new(joiner.stderr.take().unwrap());
+    line.clear();
+    while !line.contains("leaving the group") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the joiner ended without leaving");
+    }
+    let sent = Instant::now();
+    signal(joiner.id(), libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = joiner.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of the second SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut rest = String::new();
+    let _ = out.read_to_string_lossy(&mut rest);
+    signal(leader.child.id(), libc::SIGCONT);
+    drop(leader.terminate());
+    assert_eq!(status.code(), Some(143), "{rest}");
+    assert!(rest.contains("SIGTERM again: exiting without waiting to leave"), "{rest}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "the second signal took {:?}", sent.elapsed());
+}
+
+trait ReadLossy {
+    fn read_to_string_lossy(&mut self, s: &mut String) -> std::io::Result<usize>;
+}
+
+impl<R: std::io::Read> ReadLossy for R {
+    fn read_to_string_lossy(&mut self, s: &mut String) -> std::io::Result<usize> {
+        let mut bytes = Vec::new();
+        let n = self.read_to_end(&mut bytes)?;
+        s.push_str(&String::from_utf8_lossy(&bytes));
+        Ok(n)
+    }
 }

@@ -101,6 +101,7 @@ fn metrics_move_as_messages_flow_and_the_listener_serves_them() {
         let after = members[0].0.metrics();
         let shard = &after.shards[0];
         assert_eq!((shard.shard, shard.sent, shard.delivered), (ShardRef::new(0, 0), 25, 25), "{after:?}");
+        assert!(shard.in_flight.is_some_and(|n| n <= 25), "{after:?}");
         assert!(after.executor.iterations > before.executor.iterations, "the executor loop count moved");
         let text = scrape(listeners[1]).await;
         assert!(text.contains("derecho_shard_delivered_total{subgroup=\"0\",shard=\"0\"} 25"), "{text}");

@@ -1005,6 +1005,13 @@ impl<M: SstMemory> Node<M> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::sent_count)
     }
 
+    /// This member's indices in `shard` not yet released by every member (sent, not yet
+    /// delivered everywhere): what flow control counts against the window.
+    pub fn in_flight(&self, shard: ShardRef) -> Option<u64> {
+        let s = self.shards.iter().find(|s| s.id == shard)?;
+        Some(s.sent_count().saturating_sub(s.released(&self.mem)))
+    }
+
     /// The largest number of this member's indices that were outstanding at once in `shard`
     /// (never above `window_len`; the window checker reads it).
     pub fn outstanding_max(&self, shard: ShardRef) -> Option<u64> {

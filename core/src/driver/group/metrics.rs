@@ -64,6 +64,10 @@ pub struct ShardMetrics {
     pub persisted_here: Option<Version>,
     /// The last version durable at every member of the shard.
     pub persisted_everywhere: Option<Version>,
+    /// This member's messages sent in the current view and not yet delivered at every member
+    /// (what counts against the send window; `None` outside the shard, or while a delivery
+    /// holds the member).
+    pub in_flight: Option<u64>,
 }
 
 impl Group {
@@ -216,6 +220,7 @@ impl Metrics {
         let sent = Family::<Labels, Counter>::default();
         let delivered = Family::<Labels, Counter>::default();
         let members = Family::<Labels, Gauge>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
         let here = Family::<Labels, Gauge>::default();
         let everywhere = Family::<Labels, Gauge>::default();
         for s in &self.shards {
@@ -223,6 +228,9 @@ impl Metrics {
             sent.get_or_create(&l).inc_by(s.sent);
             delivered.get_or_create(&l).inc_by(s.delivered);
             members.get_or_create(&l).set(s.members.len() as i64);
+            if let Some(n) = s.in_flight {
+                in_flight.get_or_create(&l).set(n as i64);
+            }
             for (family, v) in [(&here, s.persisted_here), (&everywhere, s.persisted_everywhere)] {
                 if let Some(v) = v {
                     let mut l = l.clone();
@@ -234,6 +242,7 @@ impl Metrics {
         r.register("shard_sent", "Messages this member sent in the shard, delivered", sent);
         r.register("shard_delivered", "Messages delivered in the shard", delivered);
         r.register("shard_members", "Members of the shard in the current view", members);
+        r.register("shard_in_flight", "This member's messages not yet delivered at every member", in_flight);
         r.register(
             "shard_persisted_here_seq",
             "The last version durable here: its sequence number (label view: its view)",

@@ -176,12 +176,14 @@ impl Inner {
     pub(super) fn metrics(&self) -> super::metrics::Metrics {
         let me = self.settings.me;
         let published = self.published.borrow();
-        let stage = match self.member.try_borrow() {
-            Ok(m) => m.stage(),
+        let member = self.member.try_borrow().ok();
+        let in_flight = |shard| member.as_ref().and_then(|m| m.node()?.in_flight(shard));
+        let stage = match &member {
+            Some(m) => m.stage(),
             // Borrowed by a delivery in progress: it runs in a view.
-            Err(_) if published.stopped.is_some() => Stage::Stopped,
-            Err(_) if published.changing => Stage::Wedged,
-            Err(_) => Stage::Running,
+            None if published.stopped.is_some() => Stage::Stopped,
+            None if published.changing => Stage::Wedged,
+            None => Stage::Running,
         };
         let view = published.view.clone();
         let counts = self.counts.borrow();
@@ -197,6 +199,7 @@ impl Inner {
                 delivered,
                 persisted_here: here,
                 persisted_everywhere: everywhere,
+                in_flight: in_flight(s.id),
             });
         }
         for (id, &(sent, delivered)) in counts.iter() {
@@ -208,6 +211,7 @@ impl Inner {
                     delivered,
                     persisted_here: None,
                     persisted_everywhere: None,
+                    in_flight: None,
                 });
             }
         }
