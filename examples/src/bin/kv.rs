@@ -203,6 +203,7 @@ fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<
                 }
             }
         };
+        // ANCHOR: shutdown
         let shutdown = group.leave_on_signal(&signals, Duration::from_secs(10));
         match futures::future::select(std::pin::pin!(events), std::pin::pin!(shutdown)).await {
             futures::future::Either::Left((reason, _)) => Err(format!("this member stopped: {reason}")),
@@ -211,6 +212,7 @@ fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<
                 Ok(ExitCode::from(how.exit_code()))
             }
         }
+        // ANCHOR_END: shutdown
     })
 }
 
