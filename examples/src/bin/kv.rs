@@ -48,7 +48,8 @@ const SHARDS: u16 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "kv", version)]
 struct Cli {
-    /// A member of the group that client commands talk to (HOST:PORT); repeat to give several.
+    /// A member of the group that client commands talk to (HOST:PORT; repeat to give several);
+    /// for `member`, the member to join through.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     contact: Vec<String>,
     #[command(subcommand)]
@@ -145,7 +146,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Demo { shm } => demo(shm).map(|()| ExitCode::SUCCESS),
-        Cmd::Member { config, sets, persist } => member(config, &sets, persist),
+        Cmd::Member { config, mut sets, persist } => {
+            // `kv member --contact ADDR` joins through ADDR (as `--set contact=ADDR` does).
+            match cli.contact.as_slice() {
+                [] => {}
+                [one] => sets.push(format!("contact={one:?}")),
+                _ => Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, "a member joins through one --contact")
+                    .exit(),
+            }
+            member(config, &sets, persist)
+        }
         Cmd::Status { metrics, watch, interval } => {
             status::run(&metrics, watch, Duration::from_secs_f64(interval.max(0.1)))
         }
@@ -192,7 +203,10 @@ fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<
                 if let GroupEvent::ViewInstalled(c) = group.next_event().await {
                     let shards: Vec<String> =
                         c.view.shards.iter().map(|s| format!("shard {}: {}", s.id.shard.0, ids(&s.members))).collect();
-                    println!("member {}: view {} {}", config.me.0, c.view.id.0, shards.join(", "));
+                    match &c.inadequate {
+                        Some(why) => println!("member {}: view {} is inadequate: {why}", config.me.0, c.view.id.0),
+                        None => println!("member {}: view {} {}", config.me.0, c.view.id.0, shards.join(", ")),
+                    }
                 }
                 // A member in a store keeps serving; members the group removed stop here. One that
                 // left on a signal is finished by the shutdown below.

@@ -118,7 +118,7 @@ pub(super) fn serve(inner: &Rc<Inner>, address: SocketAddr) -> std::io::Result<S
     inner.metrics_addr.set(Some(bound));
     let weak = Rc::downgrade(inner);
     inner.spawn_background(async move { accept_loop(listener, weak).await });
-    tracing::info!(address = %bound, "serving metrics at /metrics");
+    inner.span().in_scope(|| tracing::info!(address = %bound, "serving metrics at /metrics"));
     Ok(bound)
 }
 

@@ -90,7 +90,7 @@ impl std::fmt::Display for Shutdown {
         match self {
             Shutdown::Left(s) => write!(f, "{s}: left the group"),
             Shutdown::LeaveFailed(s, e) => write!(f, "{s}: could not leave the group: {e}"),
-            Shutdown::Forced(s) => write!(f, "{s} again: exiting without waiting to leave"),
+            Shutdown::Forced(s) => write!(f, "{s} again: gave up leaving the group"),
             Shutdown::NoSignals(e) => write!(f, "cannot read signals: {e}"),
         }
     }
@@ -623,7 +623,9 @@ impl Group {
             Ok(s) => s,
             Err(e) => return Shutdown::NoSignals(e),
         };
-        tracing::info!(me = %self.inner.settings.me, signal = %first, within_ms = within.as_millis() as u64, "leaving the group (a second signal exits at once)");
+        self.inner.span().in_scope(|| {
+            tracing::info!(signal = %first, within_ms = within.as_millis() as u64, "leaving the group (a second signal ends the wait)")
+        });
         let mut leave = std::pin::pin!(self.leave(within));
         let mut second = std::pin::pin!(signals.next());
         poll_fn(|cx| {

@@ -134,7 +134,7 @@ impl Inner {
         member: Member<RegionMemory>,
         app: Box<dyn Application>,
     ) -> Self {
-        let span = RefCell::new(tracing::info_span!("member", id = settings.me.0));
+        let span = RefCell::new(tracing::info_span!(parent: None, "member", id = settings.me.0));
         Self {
             settings,
             acceptor,
@@ -170,6 +170,11 @@ impl Inner {
             waiting_said: RefCell::default(),
             metrics_addr: Cell::new(None),
         }
+    }
+
+    /// The member's span (`member{id, view}`), for events emitted outside a step.
+    pub(super) fn span(&self) -> tracing::Span {
+        self.span.borrow().clone()
     }
 
     /// See [`super::Group::metrics`].
@@ -623,7 +628,9 @@ impl Inner {
     }
 
     fn installed(self: &Rc<Self>, change: ViewChange) {
-        *self.span.borrow_mut() = tracing::info_span!("member", id = self.settings.me.0, view = change.view.id.0);
+        // A root span of its own (not a child of the one entered now, which would nest them).
+        *self.span.borrow_mut() =
+            tracing::info_span!(parent: None, "member", id = self.settings.me.0, view = change.view.id.0);
         self.views_installed.set(self.views_installed.get() + 1);
         *self.waiting.borrow_mut() = None;
         tracing::info!(
