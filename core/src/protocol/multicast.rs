@@ -176,6 +176,8 @@ pub(crate) struct ShardState {
     seq: u64,
     /// `delivered_num + 1`.
     delivered: u64,
+    /// Messages (not nulls) delivered here in this view.
+    messages_delivered: u64,
     /// Counters changed since the last push.
     counters_dirty: bool,
     /// Largest number of this member's indices outstanding at once (for the window checker).
@@ -259,6 +261,7 @@ impl ShardState {
             out: Outgoing::default(),
             seq: 0,
             delivered: 0,
+            messages_delivered: 0,
             counters_dirty: false,
             outstanding_max_seen: 0,
             received_scratch: Vec::with_capacity(layout.senders.len()),
@@ -565,6 +568,7 @@ impl ShardState {
                     let mut delivered_to = None;
                     while let Some(p) = self.from[j].pending.pop_front() {
                         if p.data {
+                            self.messages_delivered += 1;
                             f(Delivered {
                                 shard: self.id,
                                 sender: self.senders[j],
@@ -640,6 +644,11 @@ impl ShardState {
         self.delivered
     }
 
+    /// Messages (not nulls) delivered here in this view, in either mode.
+    pub(crate) fn messages_delivered(&self) -> u64 {
+        self.messages_delivered
+    }
+
     /// Wedges the shard (PROTOCOLS §3.3 step 1): from now on nothing new is published. Returns
     /// the published `received` column per sender, frozen: in an ordered shard what was
     /// received, in an unordered one what was delivered. Every message delivered anywhere is
@@ -664,6 +673,7 @@ impl ShardState {
     ) -> usize {
         let p = self.from[j].pending.front().expect("the caller checked the pending record");
         let n = if p.data {
+            self.messages_delivered += 1;
             f(Delivered {
                 shard: self.id,
                 sender: self.senders[j],
@@ -736,6 +746,7 @@ impl ShardState {
                             break;
                         }
                         if p.data {
+                            self.messages_delivered += 1;
                             f(Delivered {
                                 shard: self.id,
                                 sender: self.senders[j],

@@ -918,6 +918,11 @@ impl<M: SstMemory> Node<M> {
         self.shards.iter().find(|s| s.id == shard).map(ShardState::delivered_count)
     }
 
+    /// Messages (not nulls) delivered here in `shard` in this view.
+    pub fn messages_delivered(&self, shard: ShardRef) -> Option<u64> {
+        self.shards.iter().find(|s| s.id == shard).map(ShardState::messages_delivered)
+    }
+
     /// What this member has delivered in `shard` (messages and nulls): one count in ordered
     /// mode, one per sender in unordered mode. Pass it to [`Node::delivered_everywhere`] later to
     /// learn when every member has caught up with it: a clean point to stop.

@@ -56,7 +56,7 @@ pub struct ShardMetrics {
     pub shard: ShardRef,
     /// Its members in the current view (empty if this member no longer belongs to it).
     pub members: Vec<NodeId>,
-    /// Messages this member sent in it that were delivered (since the member started).
+    /// Messages this member sent in it (since the member started).
     pub sent: u64,
     /// Messages delivered here (since the member started).
     pub delivered: u64,
@@ -239,7 +239,7 @@ impl Metrics {
                 }
             }
         }
-        r.register("shard_sent", "Messages this member sent in the shard, delivered", sent);
+        r.register("shard_sent", "Messages this member sent in the shard", sent);
         r.register("shard_delivered", "Messages delivered in the shard", delivered);
         r.register("shard_members", "Members of the shard in the current view", members);
         r.register("shard_in_flight", "This member's messages not yet delivered at every member", in_flight);

@@ -309,7 +309,10 @@ async fn send_on(
         let mut f = fill.take();
         let r = member.send(inner.now(), shard, len, |buf| (f.take().expect("fill once"))(buf));
         match r {
-            Ok(_) => Poll::Ready(Ok(())),
+            Ok(_) => {
+                inner.count_sent(shard);
+                Poll::Ready(Ok(()))
+            }
             Err(SendError::WindowFull(_) | SendError::Wedged(_)) => {
                 fill = f;
                 inner.waiters.borrow_mut().push(cx.waker().clone());

@@ -44,6 +44,30 @@ pub(super) struct Published {
     pub(super) frontiers: BTreeMap<ShardRef, Frontiers>,
 }
 
+/// A shard's counters since the member started, and the node's count when last read.
+#[derive(Clone, Copy, Debug)]
+struct ShardCount {
+    shard: ShardRef,
+    /// Messages this member sent in it.
+    sent: u64,
+    /// Messages delivered here.
+    delivered: u64,
+    /// The view and the node's delivered count in it when last read.
+    seen: (ViewId, u64),
+}
+
+/// The entry of `shard` in `counts` (added if missing).
+fn count_of(counts: &mut Vec<ShardCount>, shard: ShardRef) -> &mut ShardCount {
+    let i = match counts.iter().position(|c| c.shard == shard) {
+        Some(i) => i,
+        None => {
+            counts.push(ShardCount { shard, sent: 0, delivered: 0, seen: (ViewId(0), 0) });
+            counts.len() - 1
+        }
+    };
+    &mut counts[i]
+}
+
 /// Node ids as a list for logs: `[0, 1, 2]`.
 fn ids(members: &[NodeId]) -> String {
     format!("[{}]", members.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(", "))
@@ -109,7 +133,9 @@ pub(super) struct Inner {
     /// replaced at each view installed.
     span: RefCell<tracing::Span>,
     /// Per shard: own messages delivered, messages delivered (since the member started).
-    counts: RefCell<BTreeMap<ShardRef, (u64, u64)>>,
+    /// (Counted per step from the node's own counters, never per delivery: the delivery loop
+    /// stays as tight as the application's upcall.)
+    counts: RefCell<Vec<ShardCount>>,
     /// Views installed here.
     views_installed: Cell<u64>,
     /// What the member last said it waits for (cleared once a view is installed).
@@ -177,6 +203,26 @@ impl Inner {
         self.span.borrow().clone()
     }
 
+    /// Adds what the node delivered since it was last read, per shard of this member (called
+    /// after a delivery, in the view it delivered in).
+    fn count_delivered(&self, member: &Member<RegionMemory>) {
+        let Some(node) = member.node() else { return };
+        let (me, view) = (self.settings.me, node.view().id);
+        let mut counts = self.counts.borrow_mut();
+        for s in node.view().shards.iter().filter(|s| s.members.contains(&me)) {
+            let Some(now) = node.messages_delivered(s.id) else { continue };
+            let c = count_of(&mut counts, s.id);
+            let before = if c.seen.0 == view { c.seen.1 } else { 0 };
+            c.delivered += now.saturating_sub(before);
+            c.seen = (view, now);
+        }
+    }
+
+    /// A message this member sent in `shard`.
+    pub(super) fn count_sent(&self, shard: ShardRef) {
+        count_of(&mut self.counts.borrow_mut(), shard).sent += 1;
+    }
+
     /// See [`super::Group::metrics`].
     pub(super) fn metrics(&self) -> super::metrics::Metrics {
         let me = self.settings.me;
@@ -195,7 +241,7 @@ impl Inner {
         let mut shards: Vec<super::metrics::ShardMetrics> = Vec::new();
         let mine = view.iter().flat_map(|v| v.shards.iter()).filter(|s| s.members.contains(&me));
         for s in mine {
-            let (sent, delivered) = counts.get(&s.id).copied().unwrap_or_default();
+            let (sent, delivered) = counts.iter().find(|c| c.shard == s.id).map_or((0, 0), |c| (c.sent, c.delivered));
             let (here, everywhere) = published.frontiers.get(&s.id).copied().unwrap_or_default();
             shards.push(super::metrics::ShardMetrics {
                 shard: s.id,
@@ -207,10 +253,10 @@ impl Inner {
                 in_flight: in_flight(s.id),
             });
         }
-        for (id, &(sent, delivered)) in counts.iter() {
-            if !shards.iter().any(|s| s.shard == *id) {
+        for &ShardCount { shard: id, sent, delivered, .. } in counts.iter() {
+            if !shards.iter().any(|s| s.shard == id) {
                 shards.push(super::metrics::ShardMetrics {
-                    shard: *id,
+                    shard: id,
                     members: Vec::new(),
                     sent,
                     delivered,
@@ -299,14 +345,11 @@ impl Inner {
             member.handle(now, Input::Tick);
             done += match self.app.try_borrow_mut() {
                 Ok(mut app) => {
-                    let me = self.settings.me;
-                    let mut counts = self.counts.borrow_mut();
-                    member.deliver(|d| {
-                        let c = counts.entry(d.shard).or_default();
-                        c.0 += u64::from(d.sender == me);
-                        c.1 += 1;
-                        app.deliver(d)
-                    })
+                    let n = member.deliver(|d| app.deliver(d));
+                    if n > 0 {
+                        self.count_delivered(&member);
+                    }
+                    n
                 }
                 Err(_) => 0,
             };
