@@ -175,7 +175,13 @@ fn a_member_logs_what_it_does_and_leaves_on_sigterm() {
     let m = Member::start(&[("RUST_LOG", "info")], &[]);
     let (code, err) = m.terminate();
     assert_eq!(code, Some(0), "{err}");
-    for needle in ["INFO", "member{id=0 view=0}", "view installed", "SIGTERM", "leaving the group", "left the group"] {
+    for needle in [
+        "INFO",
+        "member{id=0 view=0}: derecho::driver::group::runner: view installed",
+        "SIGTERM",
+        "leaving the group",
+        "left the group",
+    ] {
         assert!(err.contains(needle), "no {needle:?} in:\n{err}");
     }
     assert!(!err.contains("\x1b["), "colours on a pipe:\n{err}");

@@ -676,12 +676,14 @@ impl Inner {
             tracing::info_span!(parent: None, "member", id = self.settings.me.0, view = change.view.id.0);
         self.views_installed.set(self.views_installed.get() + 1);
         *self.waiting.borrow_mut() = None;
-        tracing::info!(
-            view = change.view.id.0,
-            members = %ids(&change.view.members),
-            shards = %change.view.shards.iter().map(|s| format!("{}: {}", s.id, ids(&s.members))).collect::<Vec<_>>().join(", "),
-            "view installed"
-        );
+        // In the new view's span (the step under way entered the old one).
+        self.span().in_scope(|| {
+            tracing::info!(
+                members = %ids(&change.view.members),
+                shards = %change.view.shards.iter().map(|s| format!("{}: {}", s.id, ids(&s.members))).collect::<Vec<_>>().join(", "),
+                "view installed"
+            )
+        });
         self.published.borrow_mut().view = Some(Rc::new(change.view.clone()));
         self.app.borrow_mut().view_installed(&change);
         let id = change.view.id;
