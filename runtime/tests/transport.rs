@@ -201,6 +201,33 @@ fn frames_arrive_in_order_with(which: Which, spin: Duration) {
 }
 
 #[test]
+fn shm_files_are_readable_and_writable_by_their_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let plan = Plan::new(Which::Shm, limits());
+    let prefix = format!("derecho-{}-", plan.ns);
+    let modes = move || -> Vec<(String, u32)> {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().permissions().mode() & 0o777))
+            .collect()
+    };
+    run_pair(
+        plan,
+        move |t| async move {
+            let files = modes();
+            assert!(files.len() >= 2, "the pair's files: {files:?}");
+            assert!(files.iter().all(|(_, m)| *m == 0o600), "{files:?}");
+            t.send_frame(B, b"checked".into()).await.unwrap();
+        },
+        |t| async move {
+            assert_eq!(next_frame(&t).await.1, b"checked");
+        },
+    );
+}
+
+#[test]
 fn tcp_frames_arrive_in_order() {
     frames_arrive_in_order(Which::Tcp);
 }

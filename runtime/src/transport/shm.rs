@@ -216,7 +216,16 @@ fn region_header_of(map: &MmapRaw) -> &RegionHeader {
 }
 
 fn map_file(path: &Path, create_len: Option<usize>) -> io::Result<MmapRaw> {
-    let f = OpenOptions::new().read(true).write(true).create(create_len.is_some()).truncate(false).open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Created readable and writable by this user only: rings and tables hold the group's
+    // messages, and other users of the host must neither read nor write them.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create_len.is_some())
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
     if let Some(len) = create_len {
         f.set_len(len as u64)?;
     }
