@@ -228,8 +228,7 @@ pub fn flag(args: &[String], name: &str) -> bool {
 /// errors: a benchmark's member processes would otherwise interleave their view changes with the
 /// results.
 pub fn log_from_env() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    derecho::logging::init_with(derecho::logging::Format::from_env(), Some(&filter));
+    derecho::logging::init_default("warn");
 }
 
 /// The member processes of a group benchmark: this program started once per member with

@@ -58,7 +58,14 @@ impl fmt::Display for Format {
 /// `DERECHO_LOG_FORMAT` is reported on standard error and the defaults are used instead (a
 /// program is not stopped by its logging).
 pub fn init() {
-    init_with(Format::from_env(), std::env::var("RUST_LOG").ok().as_deref());
+    init_default("info");
+}
+
+/// As [`init`], with `filter` instead of `info` when `RUST_LOG` is unset (`"warn"` for a
+/// process whose standard error others read).
+pub fn init_default(filter: &str) {
+    let env = std::env::var("RUST_LOG").ok();
+    init_with(Format::from_env(), Some(env.as_deref().unwrap_or(filter)));
 }
 
 impl Format {

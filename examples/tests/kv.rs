@@ -118,9 +118,13 @@ fn the_client_reports_errors_clearly() {
     );
 }
 
-/// A member started alone, its standard output read until it listens.
+/// A member started with `args` after `kv member --set listen=127.0.0.1:0`, its standard
+/// output read until it listens (and, with a metrics listener, until it says where).
 struct Member {
     child: std::process::Child,
+    /// The rest of its standard output (kept open: a member whose output is closed would fail
+    /// to print).
+    out: std::io::BufReader<std::process::ChildStdout>,
     /// Its listener's address.
     listen: String,
     /// Its metrics address, if it serves metrics.
@@ -128,14 +132,16 @@ struct Member {
 }
 
 impl Member {
-    fn start(env: &[(&str, &str)], sets: &[&str]) -> Member {
+    fn start(env: &[(&str, &str)], args: &[&str]) -> Member {
         use std::io::BufRead;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
-        cmd.args(["member", "--set", "listen=\"127.0.0.1:0\""]);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
-        let mut child = cmd.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
+            .args(["member", "--set", "listen=\"127.0.0.1:0\""])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         while !line.contains("listening") {
@@ -144,15 +150,13 @@ impl Member {
         }
         let listen = line.trim().rsplit(' ').next().expect("an address").to_string();
         let mut metrics = None;
-        if sets.iter().any(|s| s.starts_with("metrics_listen")) {
+        if args.iter().any(|s| s.starts_with("metrics_listen")) {
             line.clear();
             assert!(out.read_line(&mut line).unwrap() > 0, "the member ended before its metrics line");
             let at = line.split("http://").nth(1).and_then(|r| r.strip_suffix("/metrics\n"));
             metrics = Some(at.unwrap_or_else(|| panic!("not a metrics line: {line}")).to_string());
         }
-        // The rest of its output is not read: it stays small.
-        std::mem::forget(out);
-        Member { child, listen, metrics }
+        Member { child, out, listen, metrics }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit; its exit code and standard error.
@@ -221,7 +225,7 @@ fn joining_through_a_dead_contact_says_whom_it_asks_and_gives_up_with_the_addres
 
 #[test]
 fn status_shows_a_member_and_watch_refreshes_it() {
-    let m = Member::start(&[("RUST_LOG", "warn")], &["metrics_listen=\"127.0.0.1:0\""]);
+    let m = Member::start(&[("RUST_LOG", "warn")], &["--set", "metrics_listen=\"127.0.0.1:0\""]);
     let addr = m.metrics.clone().expect("a metrics address");
     let out = run(&["status", &addr]);
     let table = String::from_utf8_lossy(&out.stdout);
@@ -250,62 +254,35 @@ fn a_second_signal_ends_a_member_that_cannot_leave() {
     use std::io::BufRead;
     // Member 0 leads; member 1 joins it. With the leader stopped (SIGSTOP), member 1 cannot
     // leave: a second SIGTERM ends it at once.
-    let leader = Member::start(&[("RUST_LOG", "warn")], &["me=0"]);
-    let contact = leader.listen.clone();
-    let mut joiner = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["member", "--set", "me=1", "--set", "listen=\"127.0.0.1:0\""])
-        .args(["--contact", &contact])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(joiner.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the joiner ended before it joined");
-    }
+    let leader = Member::start(&[("RUST_LOG", "warn")], &[]);
+    let mut joiner = Member::start(&[("RUST_LOG", "info")], &["--set", "me=1", "--contact", &leader.listen]);
     // SAFETY: `kill` with a child's pid and a signal number has no memory effects.
     let signal = |pid: u32, s: i32| assert_eq!(unsafe { libc::kill(pid as libc::pid_t, s) }, 0);
     signal(leader.child.id(), libc::SIGSTOP);
-    signal(joiner.id(), libc::SIGTERM);
+    signal(joiner.child.id(), libc::SIGTERM);
     // The first signal is taken (it says so) before the second is sent: signals of one kind
     // pending together would be one.
-    let mut err = std::io::BufReader::new(joiner.stderr.take().unwrap());
-    line.clear();
+    let mut err = std::io::BufReader::new(joiner.child.stderr.take().unwrap());
+    let mut line = String::new();
     while !line.contains("leaving the group") {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "the joiner ended without leaving");
     }
     let sent = Instant::now();
-    signal(joiner.id(), libc::SIGTERM);
+    signal(joiner.child.id(), libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(s) = joiner.try_wait().unwrap() {
+        if let Some(s) = joiner.child.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "no exit within 10 s of the second SIGTERM");
         std::thread::sleep(Duration::from_millis(5));
     };
     let mut rest = String::new();
-    let _ = out.read_to_string_lossy(&mut rest);
+    std::io::Read::read_to_string(&mut joiner.out, &mut rest).unwrap();
     signal(leader.child.id(), libc::SIGCONT);
     drop(leader.terminate());
     assert_eq!(status.code(), Some(143), "{rest}");
     assert!(rest.contains("SIGTERM again: gave up leaving the group"), "{rest}");
     assert!(sent.elapsed() < Duration::from_secs(2), "the second signal took {:?}", sent.elapsed());
-}
-
-trait ReadLossy {
-    fn read_to_string_lossy(&mut self, s: &mut String) -> std::io::Result<usize>;
-}
-
-impl<R: std::io::Read> ReadLossy for R {
-    fn read_to_string_lossy(&mut self, s: &mut String) -> std::io::Result<usize> {
-        let mut bytes = Vec::new();
-        let n = self.read_to_end(&mut bytes)?;
-        s.push_str(&String::from_utf8_lossy(&bytes));
-        Ok(n)
-    }
 }

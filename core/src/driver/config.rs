@@ -228,6 +228,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// This error, with where its value came from.
+    fn at(self, origin: Origin) -> ConfigError {
+        ConfigError::At { error: Box::new(self), origin }
+    }
+
     /// The error without its origin.
     pub fn without_origin(&self) -> &ConfigError {
         match self {
@@ -272,7 +277,7 @@ impl Sources<'_> {
         match &e {
             ConfigError::Invalid { key, .. } => {
                 let origin = self.origin_of(key);
-                ConfigError::At { error: Box::new(e), origin }
+                e.at(origin)
             }
             _ => e,
         }
@@ -321,7 +326,12 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
             _ => break,
         }
     }
-    at.map(|pos| text[..pos.min(text.len())].matches('\n').count() + 1)
+    at.map(|pos| line_at(text, pos))
+}
+
+/// The line (from 1) of byte `pos` of `text`.
+fn line_at(text: &str, pos: usize) -> usize {
+    text[..pos.min(text.len())].matches('\n').count() + 1
 }
 
 /// The key path at byte `pos` of TOML `text` (the innermost key or array element whose value
@@ -399,25 +409,24 @@ pub(super) fn overlay<'a, T: serde::de::DeserializeOwned>(
     let path = path.map(|p| p.display().to_string());
     let file = |line| Origin::File { path: path.clone(), line };
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        ConfigError::At { error: Box::new(ConfigError::Parse(e.message().trim().to_string())), origin: file(line) }
+        let line = e.span().map(|s| line_at(text, s.start));
+        ConfigError::Parse(e.message().trim().to_string()).at(file(line))
     })?;
+    // Environment variables (sorted, so the order is the same every time), then `--set`s.
     let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     env.sort();
-    let mut overrides = Vec::new();
-    for (var, v) in env {
-        let key = var[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
-        let origin = Origin::Env(var.clone());
-        set_path(&mut table, &key, parse_value(&v))
-            .map_err(|e| ConfigError::At { error: Box::new(e), origin: origin.clone() })?;
-        overrides.push((key, origin));
-    }
-    for s in sets {
+    let env = env
+        .into_iter()
+        .map(|(var, v)| Ok((var[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", "."), v, Origin::Env(var))));
+    let sets = sets.iter().map(|s| {
         let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Override(s.clone()))?;
-        let origin = Origin::Set(s.clone());
-        set_path(&mut table, k.trim(), parse_value(v.trim()))
-            .map_err(|e| ConfigError::At { error: Box::new(e), origin: origin.clone() })?;
-        overrides.push((k.trim().to_string(), origin));
+        Ok((k.trim().to_string(), v.trim().to_string(), Origin::Set(s.clone())))
+    });
+    let mut overrides = Vec::new();
+    for o in env.chain(sets) {
+        let (key, value, origin) = o?;
+        set_path(&mut table, &key, parse_value(&value)).map_err(|e| e.at(origin.clone()))?;
+        overrides.push((key, origin));
     }
     let sources = Sources { text, path: path.clone(), overrides };
     // Deserialized from the merged document's text, so that an error has a place: the key at
@@ -431,9 +440,9 @@ pub(super) fn overlay<'a, T: serde::de::DeserializeOwned>(
             Err(match key {
                 Some(key) => {
                     let origin = sources.origin_of(&key);
-                    ConfigError::At { error: Box::new(ConfigError::Invalid { key, reason: message }), origin }
+                    ConfigError::Invalid { key, reason: message }.at(origin)
                 }
-                None => ConfigError::At { error: Box::new(ConfigError::Parse(message)), origin: file(None) },
+                None => ConfigError::Parse(message).at(file(None)),
             })
         }
     }

@@ -479,7 +479,10 @@ mod tests {
         let named = load(&["contact=\"localhost:7100\"", "restart_timeout_ms=5000"]).unwrap();
         assert!(named.contact.is_some_and(|a| a.ip().is_loopback() && a.port() == 7100));
         assert_eq!(named.restart_timeout, Duration::from_secs(5));
-        assert_eq!((c.membership.heartbeat_ns(), c.membership.suspect_after_ns()), (2_000_000, 50_000_000));
+        assert_eq!(
+            (c.membership.heartbeat, c.membership.suspect_after),
+            (Duration::from_millis(2), Duration::from_millis(50))
+        );
         assert_eq!(c.shard_refs().len(), 2);
     }
 

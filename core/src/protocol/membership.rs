@@ -121,16 +121,16 @@ impl MembershipConfig {
     ///
     /// The first setting out of range.
     pub fn validate(&self) -> Result<(), MembershipConfigError> {
-        if self.heartbeat_ns() == 0 {
+        if self.heartbeat.is_zero() {
             return Err(MembershipConfigError { field: "heartbeat", reason: "must be above zero" });
         }
-        if self.suspect_after_ns() < 2 * self.heartbeat_ns() {
+        if self.suspect_after < self.heartbeat.saturating_mul(2) {
             return Err(MembershipConfigError {
                 field: "suspect_after",
                 reason: "must be at least twice the heartbeat period",
             });
         }
-        if self.state_transfer_timeout_ns() == 0 {
+        if self.state_transfer_timeout.is_zero() {
             return Err(MembershipConfigError { field: "state_transfer_timeout", reason: "must be above zero" });
         }
         Ok(())
@@ -693,9 +693,10 @@ impl Gms {
             // Suspicions are frozen once the final record is echoed: only heartbeats go on.
             return Some(self.next_heartbeat);
         }
+        let suspect_after = self.config.suspect_after_ns();
         let deadline = (0..self.n)
             .filter(|&r| r != self.me && !self.suspected[r])
-            .map(|r| self.heard_at[r].plus_ns(self.config.suspect_after_ns()))
+            .map(|r| self.heard_at[r].plus_ns(suspect_after))
             .min();
         Some(deadline.map_or(self.next_heartbeat, |d| d.min(self.next_heartbeat)))
     }
@@ -829,6 +830,7 @@ impl Gms {
             self.beat(now, mem);
         }
         // Read every peer's counters; suspect on silence.
+        let suspect_after = self.config.suspect_after_ns();
         for r in 0..self.n {
             if r == self.me || self.broken[r] {
                 continue;
@@ -836,7 +838,7 @@ impl Gms {
             if !self.read_peer(mem, view, r, now) {
                 continue;
             }
-            if !self.suspected[r] && now >= self.heard_at[r].plus_ns(self.config.suspect_after_ns()) {
+            if !self.suspected[r] && now >= self.heard_at[r].plus_ns(suspect_after) {
                 self.suspect(mem, view, r);
             }
         }

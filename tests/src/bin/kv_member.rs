@@ -149,8 +149,7 @@ async fn writer(me: u32, w: u32, service: Service, history: Rc<History>) {
 fn main() {
     // The library's logs on standard error, filtered by `RUST_LOG` (warnings and errors if
     // unset: the tests read this process's output).
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    derecho::logging::init_with(derecho::logging::Format::from_env(), Some(&filter));
+    derecho::logging::init_default("warn");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
         |n: &str| -> u64 { arg(&args, n).unwrap_or_else(|| panic!("{n} is required")).parse().expect("a number") };

@@ -34,8 +34,7 @@ const KILL_WAIT: Duration = Duration::from_secs(60);
 fn main() -> ExitCode {
     // The library's logs on standard error, filtered by `RUST_LOG` (warnings and errors if
     // unset: the tests read this process's output).
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    derecho::logging::init_with(derecho::logging::Format::from_env(), Some(&filter));
+    derecho::logging::init_default("warn");
     let args = match PeerArgs::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

@@ -369,12 +369,12 @@ impl Settings {
         let table_len = Node::<RegionMemory>::table_len(view, &self.limits);
         let layout = RowLayout::new(view, &self.limits);
         let row_len = layout.row_len;
-        let heartbeat = Duration::from_nanos(self.membership.heartbeat_ns());
+        let heartbeat = self.membership.heartbeat;
         let max_frame_len = row_len.max(FRAME_LEN_MAX);
         let limits = TransportLimits {
             max_frame_len,
             heartbeat_interval: heartbeat,
-            peer_timeout: Duration::from_nanos(self.membership.suspect_after_ns()).max(2 * heartbeat),
+            peer_timeout: self.membership.suspect_after.max(heartbeat.saturating_mul(2)),
             connect_timeout: self.connect_timeout,
             send_queue_len_max: (64 << 20usize).max(4 * row_len).max(max_frame_len),
         };

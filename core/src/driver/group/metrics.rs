@@ -117,7 +117,7 @@ pub(super) fn serve(inner: &Rc<Inner>, address: SocketAddr) -> std::io::Result<S
     let bound = listener.local_addr();
     inner.metrics_addr.set(Some(bound));
     let weak = Rc::downgrade(inner);
-    inner.spawn_background(async move { accept_loop(listener, weak).await });
+    inner.spawn_task(async move { accept_loop(listener, weak).await });
     inner.span().in_scope(|| tracing::info!(address = %bound, "serving metrics at /metrics"));
     Ok(bound)
 }

@@ -444,7 +444,7 @@ impl Group {
                     if inner.closed.get() {
                         return;
                     }
-                    let heartbeat = Duration::from_nanos(inner.settings.membership.heartbeat_ns());
+                    let heartbeat = inner.settings.membership.heartbeat;
                     let now = inner.now();
                     let next = inner.member.try_borrow().ok().and_then(|m| m.poll_timeout());
                     next.map_or(heartbeat, |t| Duration::from_nanos(t.0.saturating_sub(now.0)).min(heartbeat))

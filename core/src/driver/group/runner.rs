@@ -132,16 +132,15 @@ pub(super) struct Inner {
     /// `member{id, view}`: entered while a step runs, so every event of the member names it;
     /// replaced at each view installed.
     span: RefCell<tracing::Span>,
-    /// Per shard: own messages delivered, messages delivered (since the member started).
-    /// (Counted per step from the node's own counters, never per delivery: the delivery loop
-    /// stays as tight as the application's upcall.)
+    /// Per shard: messages sent here and messages delivered here, since the member started
+    /// (delivered ones counted per step from the node's own counter, never per delivery: the
+    /// delivery loop stays as tight as the application's upcall).
     counts: RefCell<Vec<ShardCount>>,
     /// Views installed here.
     views_installed: Cell<u64>,
-    /// What the member last said it waits for (cleared once a view is installed).
-    waiting: RefCell<Option<String>>,
-    /// What it last said at info, and when.
-    waiting_said: RefCell<Option<(String, Instant)>>,
+    /// What the member last said it waits for, and when it last said so at info (cleared once
+    /// a view is installed).
+    waiting: RefCell<Option<(String, Instant)>>,
     /// Where the metrics listener listens, if there is one.
     pub(super) metrics_addr: Cell<Option<SocketAddr>>,
 }
@@ -193,7 +192,6 @@ impl Inner {
             counts: RefCell::default(),
             views_installed: Cell::new(0),
             waiting: RefCell::default(),
-            waiting_said: RefCell::default(),
             metrics_addr: Cell::new(None),
         }
     }
@@ -269,7 +267,7 @@ impl Inner {
         super::metrics::Metrics {
             me,
             stage,
-            waiting: self.waiting.borrow().clone(),
+            waiting: self.waiting.borrow().as_ref().map(|(w, _)| w.clone()),
             view: view.as_ref().map(|v| v.id),
             members: view.as_ref().map(|v| v.members.clone()).unwrap_or_default(),
             rank: view.as_ref().and_then(|v| v.rank_of(me)),
@@ -306,7 +304,7 @@ impl Inner {
     /// the application is busy (never from a task: every upcall returns before another runs).
     pub(super) fn upcall<R>(self: &Rc<Self>, f: impl FnOnce(&mut dyn Application) -> R) -> Option<R> {
         let nested = self.stepping.replace(true);
-        let span = self.span.borrow().clone();
+        let span = self.span();
         let _span = span.enter();
         let r = self.app.try_borrow_mut().ok().map(|mut app| f(&mut **app));
         self.stepping.set(nested);
@@ -323,7 +321,7 @@ impl Inner {
         if self.stepping.replace(true) {
             return 0;
         }
-        let span = self.span.borrow().clone();
+        let span = self.span();
         let _span = span.enter();
         let done = self.step_rounds();
         self.stepping.set(false);
@@ -565,11 +563,8 @@ impl Inner {
         });
     }
 
-    pub(super) fn spawn_background(&self, f: impl std::future::Future<Output = ()> + 'static) {
-        self.spawn_task(f);
-    }
-
-    fn spawn_task(&self, f: impl std::future::Future<Output = ()> + 'static) {
+    /// Runs `f` until the group closes.
+    pub(super) fn spawn_task(&self, f: impl std::future::Future<Output = ()> + 'static) {
         let mut tasks = self.tasks.borrow_mut();
         tasks.retain(|t| !t.is_finished());
         tasks.push(spawn(f));
@@ -642,17 +637,16 @@ impl Inner {
                     // Said at info when it changes, and again at most once a second (a contact
                     // that refuses connections is asked again every 50 ms).
                     let now = Instant::now();
-                    let mut said = self.waiting_said.borrow_mut();
-                    let repeat = said
-                        .as_ref()
-                        .is_some_and(|(w, at)| *w == what && now.duration_since(*at) < Duration::from_secs(1));
-                    if repeat {
-                        tracing::debug!("waiting: {what}");
-                    } else {
-                        tracing::info!("waiting: {what}");
-                        *said = Some((what.clone(), now));
+                    let mut waiting = self.waiting.borrow_mut();
+                    match waiting.as_mut() {
+                        Some((w, at)) if *w == what && now.duration_since(*at) < Duration::from_secs(1) => {
+                            tracing::debug!("waiting: {what}");
+                        }
+                        _ => {
+                            tracing::info!("waiting: {what}");
+                            *waiting = Some((what, now));
+                        }
                     }
-                    *self.waiting.borrow_mut() = Some(what);
                 }
                 Event::EnterFailed(e) => {
                     tracing::error!(error = %e, "could not enter the group");
@@ -726,7 +720,7 @@ impl Inner {
 
     /// A control message reached the listener.
     pub(super) fn control(self: &Rc<Self>, from: PeerId, body: &[u8]) {
-        let span = self.span.borrow().clone();
+        let span = self.span();
         let _span = span.enter();
         let rest = {
             let Ok(mut member) = self.member.try_borrow_mut() else {
@@ -788,7 +782,7 @@ impl Inner {
 
     /// An event of the transport of `view`.
     fn transport_event(self: &Rc<Self>, view: ViewId, ev: TransportEvent) {
-        let span = self.span.borrow().clone();
+        let span = self.span();
         let _span = span.enter();
         let current = self.published.borrow().view.as_ref().is_some_and(|v| v.id == view);
         match ev {

@@ -566,7 +566,7 @@ impl<M: SstMemory> Member<M> {
         }
         self.events.push_back(Event::Installed(change));
         if !awaited.is_empty() {
-            let within = self.config.membership.state_transfer_timeout_ns() / 1_000_000;
+            let within = self.config.membership.state_transfer_timeout.as_millis();
             self.events.push_back(Event::Waiting(format!("{} (within {within} ms)", awaited.join(", "))));
         }
         if self.config.persistent {
