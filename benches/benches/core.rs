@@ -152,6 +152,7 @@ fn frames(c: &mut Criterion) {
         caller: NodeId(2),
         call: 99,
         version: Version::from_u64(0),
+        flags: 0,
     };
     let mut buf = [0u8; HEADER_LEN + 100];
     c.bench_function("frame/header", |b| {

@@ -19,6 +19,7 @@
 //! * [`raw`]: the baselines (plain sockets, `memcpy`) and their child processes.
 
 pub mod raw;
+pub mod sink;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

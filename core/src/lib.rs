@@ -67,7 +67,7 @@
 
 pub mod context;
 pub mod driver;
-pub mod hash;
+pub use derecho_wire::hash;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod persist;

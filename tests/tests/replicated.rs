@@ -361,12 +361,11 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
         a.store.put("k", b"v").await.unwrap();
 
         // A client that knows one member fetches the view and asks any member of the shard.
-        let local = "127.0.0.1:0".parse().unwrap();
-        let client = std::rc::Rc::new(
-            ExternalClient::connect("replicated-test", vec![b.group.local_addr()], local, Duration::from_secs(2))
-                .await
-                .expect("connect"),
-        );
+        let client = ExternalClient::builder("replicated-test", [b.group.local_addr().to_string()])
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect");
         assert_eq!(client.view().unwrap().members.len(), 3);
         let store = StoreExternal::new(ExternalHandle::new(client.clone(), SHARD));
         assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
@@ -388,13 +387,13 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
         let other = OtherExternal::new(ExternalHandle::new(client.clone(), SHARD));
         let e = other.bump().await.expect_err("another type");
         assert!(matches!(e, ClientError::Remote { kind: derecho::rpc::RemoteKind::TypeMismatch, .. }), "{e}");
-        let puts = client.query_raw(SHARD, Some(NodeId(0)), 3, &[]).await.expect("a raw query");
+        let puts = client.query_raw(SHARD, Some(NodeId(0)), 3, 0, &[]).await.expect("a raw query");
         assert!(!puts.is_empty());
 
         // Notifications pushed by a member reach subscribed clients.
         assert_eq!(client.subscribe("news").await, 3);
         assert_eq!(a.group.sender().notify("news", b"hello"), 1);
-        assert_eq!(client.next_notification().await, Some(("news".to_string(), b"hello".to_vec())));
+        assert_eq!(client.next_notification().await, ("news".to_string(), b"hello".to_vec()));
 
         // A member fails: the client follows the view change and asks the others.
         c.group.close().await;
@@ -404,13 +403,16 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
         for _ in 0..4 {
             assert_eq!(store.get(None, "k").await.unwrap().as_deref(), Some(&b"from outside"[..]));
         }
-        assert_eq!(client.refresh_view().await.unwrap().members, vec![NodeId(0), NodeId(1)]);
+        let members: Vec<NodeId> = client.refresh_view().await.unwrap().members.iter().map(|m| m.0).collect();
+        assert_eq!(members, vec![NodeId(0), NodeId(1)]);
         let e = store.get(Some(NodeId(2)), "k").await.expect_err("member 2 is gone");
         assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
 
         // Nobody at the contact: a clear error within the bound.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let e = ExternalClient::connect("replicated-test", vec![dead], local, Duration::from_millis(300))
+        let e = ExternalClient::builder("replicated-test", [dead.to_string()])
+            .connect_timeout(Duration::from_millis(300))
+            .connect()
             .await
             .expect_err("nobody there");
         assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");

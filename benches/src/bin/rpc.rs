@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use derecho::driver::{GroupBuilder, TransportKind};
 use derecho::protocol::{Delivered, Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
-use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
 use derecho::{available_cores, spawn};
+use derecho_benches::sink::{Sink, SinkClient};
 use derecho_benches::{Commands, MemberProcesses, Record, arg, flag};
 
 const BENCH: &str = "rpc";
@@ -37,29 +37,6 @@ const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0)
 const MEMBERS: u32 = 3;
 /// Spin budget of the members before parking, µs.
 const SPIN_US: u64 = 200;
-
-/// The replicated object: counts what it applied.
-#[derive(Debug, Default, Archive, Serialize, Deserialize)]
-#[rkyv(crate = derecho::rpc::support::rkyv)]
-pub struct Sink {
-    applied: u64,
-    bytes: u64,
-}
-
-#[derecho::replicated]
-impl Sink {
-    /// Applies a payload; returns how many this replica applied.
-    pub fn put(&mut self, data: &[u8]) -> u64 {
-        self.applied += 1;
-        self.bytes += data.len() as u64;
-        self.applied
-    }
-
-    /// Reads the counter (the payload only travels).
-    pub fn peek(&self, data: &[u8]) -> u64 {
-        self.applied + data.len() as u64
-    }
-}
 
 fn member(args: &[String]) {
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };

@@ -34,7 +34,6 @@ mod member_config;
 
 pub use config::{ConfigError, ENV_PREFIX, GroupConfig, MemberConfig, Origin, TransportKind, resolve_address};
 pub use derecho_runtime::signal::{Signal, Signals};
-pub(crate) use group::control_tag;
 pub use group::{
     AppError, Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
     PARTITION_SAFETY_NEEDED, PersistWaitError, SendToError, ShardMetrics, Shutdown, State, ViewChange, WaitError,

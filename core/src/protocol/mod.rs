@@ -17,7 +17,7 @@
 //!   old view, restart, saved views (§3.5, §4.1); what the driver and the simulator run.
 //! * [`wire`]: the encoded control messages, view frames and saved views (§7).
 
-pub mod ids;
+pub use derecho_wire::ids;
 pub mod layout;
 pub mod limits;
 pub mod member;

@@ -36,49 +36,6 @@ pub enum Control {
     },
     /// The answer to a join.
     Answer(Answer),
-    /// An external client asks for the current view.
-    ClientView {
-        /// The client's listener.
-        reply_to: String,
-    },
-    /// The current view, for an external client: members, their addresses, the shards.
-    ClientViewReply {
-        /// The view.
-        view: View,
-        /// Every member's address.
-        addresses: Vec<(NodeId, String)>,
-    },
-    /// An external client's query (an RPC query frame: header and arguments).
-    ClientCall {
-        /// The client's listener.
-        reply_to: String,
-        /// The client's call id.
-        call: u64,
-        /// The query.
-        body: Vec<u8>,
-    },
-    /// The answer to [`Control::ClientCall`]: a status byte (1 ok, 0 error) and the archived
-    /// reply or the error's text.
-    ClientReply {
-        /// The client's call id.
-        call: u64,
-        /// Status and reply.
-        body: Vec<u8>,
-    },
-    /// An external client subscribes to notifications on `topic` from this member.
-    ClientSubscribe {
-        /// The client's listener.
-        reply_to: String,
-        /// The topic.
-        topic: String,
-    },
-    /// A notification pushed to a subscribed external client.
-    ClientNotify {
-        /// The topic.
-        topic: String,
-        /// Its bytes.
-        body: Vec<u8>,
-    },
     /// A member restarting from its logs (PROTOCOLS §4.1) offers itself to the restart leader;
     /// a running group takes it as a [`Control::Join`].
     Restart {
@@ -250,10 +207,6 @@ impl Writer {
         }
         self.shards(&n.history);
     }
-    fn bytes(&mut self, b: &[u8]) {
-        self.len(b.len());
-        self.0.extend_from_slice(b);
-    }
     fn refusal(&mut self, r: &JoinRefusal) {
         match r {
             JoinRefusal::IdInUse(n) => {
@@ -383,10 +336,6 @@ impl<'a> Reader<'a> {
         let history = self.shards()?;
         Ok(NextView { view, inadequate, addresses, joined, departed, transfers, lost, history })
     }
-    fn bytes(&mut self) -> Result<Vec<u8>, WireError> {
-        let n = self.len(1)?;
-        Ok(self.take(n)?.to_vec())
-    }
     fn refusal(&mut self) -> Result<JoinRefusal, WireError> {
         Ok(match self.u8()? {
             0 => JoinRefusal::IdInUse(NodeId(self.u32()?)),
@@ -429,40 +378,6 @@ impl Control {
                 w.next_view(next);
             }
             Control::Answer(Answer::Pending) => w.u8(12),
-            Control::ClientView { reply_to } => {
-                w.u8(5);
-                w.str(reply_to);
-            }
-            Control::ClientViewReply { view, addresses } => {
-                w.u8(6);
-                w.view(view);
-                w.len(addresses.len());
-                for (n, a) in addresses {
-                    w.u32(n.0);
-                    w.str(a);
-                }
-            }
-            Control::ClientCall { reply_to, call, body } => {
-                w.u8(7);
-                w.str(reply_to);
-                w.0.extend_from_slice(&call.to_le_bytes());
-                w.bytes(body);
-            }
-            Control::ClientReply { call, body } => {
-                w.u8(8);
-                w.0.extend_from_slice(&call.to_le_bytes());
-                w.bytes(body);
-            }
-            Control::ClientSubscribe { reply_to, topic } => {
-                w.u8(9);
-                w.str(reply_to);
-                w.str(topic);
-            }
-            Control::ClientNotify { topic, body } => {
-                w.u8(10);
-                w.str(topic);
-                w.bytes(body);
-            }
             Control::Restart { version, node, address, app, offer, leading } => {
                 w.u8(11);
                 w.u8(u8::from(*leading));
@@ -503,20 +418,6 @@ impl Control {
             2 => Control::Answer(Answer::Refused(r.refusal()?)),
             3 => Control::Answer(Answer::Version(r.u16()?)),
             4 => Control::Answer(Answer::Welcome(Box::new(r.next_view()?))),
-            5 => Control::ClientView { reply_to: r.str()? },
-            6 => {
-                let view = r.view()?;
-                let n = r.len(8)?;
-                let mut addresses = Vec::with_capacity(n);
-                for _ in 0..n {
-                    addresses.push((NodeId(r.u32()?), r.str()?));
-                }
-                Control::ClientViewReply { view, addresses }
-            }
-            7 => Control::ClientCall { reply_to: r.str()?, call: r.u64()?, body: r.bytes()? },
-            8 => Control::ClientReply { call: r.u64()?, body: r.bytes()? },
-            9 => Control::ClientSubscribe { reply_to: r.str()?, topic: r.str()? },
-            10 => Control::ClientNotify { topic: r.str()?, body: r.bytes()? },
             11 => {
                 let leading = match r.u8()? {
                     0 => false,
@@ -728,12 +629,6 @@ mod tests {
             Control::Answer(Answer::Refused(JoinRefusal::NotRestarted { view: 2, saved: 7 })),
             Control::Answer(Answer::Version(2)),
             Control::Answer(Answer::Welcome(Box::new(next()))),
-            Control::ClientView { reply_to: "127.0.0.1:9".into() },
-            Control::ClientViewReply { view: next().view, addresses: next().addresses },
-            Control::ClientCall { reply_to: "a:1".into(), call: 7, body: vec![1, 2, 3] },
-            Control::ClientReply { call: 7, body: vec![1, 9] },
-            Control::ClientSubscribe { reply_to: "a:1".into(), topic: "t".into() },
-            Control::ClientNotify { topic: "t".into(), body: vec![] },
             Control::Restart {
                 version: JOIN_VERSION,
                 node: NodeId(4),

@@ -13,7 +13,8 @@ use rkyv::util::AlignedVec;
 
 use super::replicated::Replicated;
 use super::service::ServiceInner;
-use super::wire::{HEADER_LEN, Header, Kind, RemoteKind};
+use super::sessions::{PREFIX_LEN, Prefix};
+use super::wire::{FLAG_SESSION, HEADER_LEN, Header, Kind, RemoteKind};
 use crate::context::context;
 use crate::driver::{GroupSendError, SendToError};
 use crate::protocol::{NodeId, ShardRef, Version};
@@ -483,7 +484,8 @@ impl<T: Replicated> Handle<T> {
             return Err(CallError::SendTo(SendToError::NotAMember(to)));
         }
         let kind = if self.stable { Kind::StableQuery } else { Kind::Query };
-        let header = Header { kind, shard: self.shard, method, caller: me, call: 0, version: Version::from_u64(0) };
+        let header =
+            Header { kind, shard: self.shard, method, caller: me, call: 0, version: Version::from_u64(0), flags: 0 };
         let call = inner.next_call.get();
         let query = Header { call, ..header }.with_body(args);
         let call = self.new_call(&inner, Some((to, query.clone())));
@@ -555,6 +557,18 @@ pub(super) async fn multicast_call(
     method: u32,
     args: &[u8],
 ) -> Result<u64, CallError> {
+    multicast_with(inner, shard, method, None, args).await
+}
+
+/// As [`multicast_call`], for an external client's call when `prefix` is given (written before
+/// the arguments, flagged in the header).
+pub(super) async fn multicast_with(
+    inner: &ServiceInner,
+    shard: ShardRef,
+    method: u32,
+    prefix: Option<Prefix>,
+    args: &[u8],
+) -> Result<u64, CallError> {
     let me = inner.me.get().ok_or(CallError::Closed)?;
     let sender = inner.sender.borrow().clone().ok_or(CallError::Closed)?;
     let call = new_pending(inner, shard, None);
@@ -566,11 +580,17 @@ pub(super) async fn multicast_call(
     let mut clock = inner.clock.get();
     let stamp = clock.tick(now);
     inner.clock.set(clock);
-    let header = Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(stamp.0) };
+    let flags = if prefix.is_some() { FLAG_SESSION } else { 0 };
+    let header =
+        Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(stamp.0), flags };
+    let at = HEADER_LEN + if prefix.is_some() { PREFIX_LEN } else { 0 };
     sender
-        .send(shard, HEADER_LEN + args.len(), |buf| {
+        .send(shard, at + args.len(), |buf| {
             header.write(buf);
-            buf[HEADER_LEN..].copy_from_slice(args);
+            if let Some(p) = prefix {
+                p.write(&mut buf[HEADER_LEN..at]);
+            }
+            buf[at..].copy_from_slice(args);
         })
         .await
         .map_err(|e| match e {
@@ -603,30 +623,35 @@ pub(super) async fn ordered_call(
     Ok(Replies { version: p.version.unwrap_or(Version::from_u64(0)), replies: p.replies })
 }
 
-/// An ordered call made for an external client: returns once this member applied it, with the
-/// version and this member's own reply.
-pub(super) async fn ordered_call_own(
+/// An external client's ordered call, relayed: multicast with the client's prefix, answered
+/// with the reply the shard's record of the client's calls holds for it once this member has
+/// delivered it (the first reply, if it was delivered before: see `sessions`).
+pub(super) async fn relay_call(
     inner: &ServiceInner,
     shard: ShardRef,
     method: u32,
+    prefix: Prefix,
     args: &[u8],
-) -> Result<(Version, Result<AlignedVec, CallError>), CallError> {
-    let me = inner.me.get().ok_or(CallError::Closed)?;
-    let call = multicast_call(inner, shard, method, args).await?;
+) -> Result<Vec<u8>, CallError> {
+    let call = multicast_with(inner, shard, method, Some(prefix), args).await?;
     let guard = PendingGuard { inner, call };
-    let own = poll_fn(|cx| {
+    let key = (shard, prefix.client, prefix.seq);
+    let answer = poll_fn(|cx| {
+        if let Some(r) = inner.sessions.borrow().get(&shard).and_then(|t| t.reply(prefix.client, prefix.seq)) {
+            return Poll::Ready(Ok(r.to_vec()));
+        }
+        if let Some(r) = inner.session_refusals.borrow_mut().remove(&key) {
+            return Poll::Ready(Ok(r));
+        }
         let mut pending = inner.pending.borrow_mut();
         let p = pending.get_mut(&call).expect("a pending call stays until its caller takes it");
         if let Some(e) = p.failed.take() {
             return Poll::Ready(Err(e));
         }
-        if let Some(r) = p.replies.remove(&me) {
-            return Poll::Ready(Ok((p.version.unwrap_or(Version::from_u64(0)), r)));
-        }
-        p.waker = Some(cx.waker().clone());
+        inner.session_waiters.borrow_mut().entry(key).or_default().push(cx.waker().clone());
         Poll::Pending
     });
-    let r = own.await;
+    let r = answer.await;
     drop(guard);
     r
 }

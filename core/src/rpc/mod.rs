@@ -37,19 +37,30 @@ mod recovery;
 mod replicas;
 pub mod replicated;
 pub mod service;
+mod sessions;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
 pub use calls::{CallError, EXTERNAL, Handle, Replies, ReplyStream};
-pub use external::{ClientError, ExternalClient, ExternalHandle};
+pub use external::{
+    Ack, Blocking, ClientBuilder, ClientConfig, ClientError, ClientView, ExternalClient, ExternalHandle,
+};
 pub use recovery::RecoveryError;
 pub use replicated::{Applied, HandlerError, Method, Replicated, StateError};
 pub use service::{Service, StartError};
 pub use wire::RemoteKind;
 
 pub use crate::context::{CallContext, context};
+
+/// The bytes of an external client's session prefix in an ordered call's body.
+pub(crate) const SESSION_PREFIX_LEN: usize = sessions::PREFIX_LEN;
+
+/// Writes an external client's session prefix (see `sessions`) into `out`.
+pub(crate) fn write_session_prefix(out: &mut [u8], client: u64, seq: u64, answered_below: u64, retry: bool) {
+    sessions::Prefix { client, seq, answered_below, retry }.write(out);
+}
 
 /// Support for the code `#[replicated]` generates; not a stable API.
 #[doc(hidden)]

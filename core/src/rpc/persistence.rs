@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use super::recovery;
 use super::service::ServiceInner;
+use super::sessions::Table;
 use crate::protocol::{NodeId, ShardRef, Version, View, ViewId};
 
 /// Why a service's persistence failed; the member stops, and its logs are never trusted to
@@ -43,8 +44,8 @@ pub enum PersistError {
     },
 }
 
-/// Bytes before the replica's archive in a state sent to a joiner: the shard's last time, and
-/// padding.
+/// The least bytes before the replica's archive in a state sent to a joiner: the shard's last
+/// time and the length of its external clients' record.
 pub(super) const STATE_PREFIX: usize = 16;
 
 /// A callback on persistence frontiers: the shard, the local frontier, the global one.
@@ -63,14 +64,37 @@ pub(super) struct ShardLog {
     pub(super) flushing: Cell<bool>,
 }
 
-/// A shard's state as it travels and is logged: the time of its last version, 8 bytes of
-/// padding (the archive stays 16-byte aligned), then the replica's archive.
-pub(super) fn framed_state(time: u64, archive: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(STATE_PREFIX + archive.len());
+/// A shard's state as it travels and is logged: the time of its last version, the length of
+/// its external clients' record (`sessions`), the record padded to 16 bytes (the archive stays
+/// 16-byte aligned), then the replica's archive. (A state written before clients had records
+/// has length 0 there: it reads as an empty record.)
+pub(super) fn framed_state(time: u64, sessions: &[u8], archive: &[u8]) -> Vec<u8> {
+    let padded = sessions.len().next_multiple_of(16);
+    let mut v = Vec::with_capacity(STATE_PREFIX + padded + archive.len());
     v.extend_from_slice(&time.to_le_bytes());
-    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
+    v.extend_from_slice(sessions);
+    v.resize(STATE_PREFIX + padded, 0);
     v.extend_from_slice(archive);
     v
+}
+
+/// Splits a [`framed_state`]: the time, the clients' record, the archive.
+///
+/// # Errors
+///
+/// The state is shorter than its header or its record says.
+pub(super) fn unframe_state(state: &[u8]) -> Result<(u64, Table, &[u8]), String> {
+    if state.len() < STATE_PREFIX {
+        return Err(format!("a state of {} bytes, shorter than its header", state.len()));
+    }
+    let time = u64::from_le_bytes(state[..8].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(state[8..16].try_into().expect("8 bytes"));
+    let padded = usize::try_from(len).ok().and_then(|l| l.checked_next_multiple_of(16));
+    let end = padded.and_then(|p| p.checked_add(STATE_PREFIX)).filter(|e| *e <= state.len());
+    let Some(end) = end else { return Err(format!("a clients' record of {len} bytes longer than its state")) };
+    let table = Table::decode(&state[STATE_PREFIX..STATE_PREFIX + len as usize])?;
+    Ok((time, table, &state[end..]))
 }
 
 impl ServiceInner {

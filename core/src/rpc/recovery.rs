@@ -18,11 +18,12 @@ use std::rc::Rc;
 
 use rkyv::util::AlignedVec;
 
-use super::persistence::STATE_PREFIX;
+use super::persistence::unframe_state;
 use super::replicas::call_context;
 use super::replicated::{Applied, Hosted, InContext};
 use super::service::ServiceInner;
-use super::wire::Header;
+use super::sessions::{Prefix, Seen, Table, session_reply};
+use super::wire::{FLAG_SESSION, Header};
 use crate::context::with_context;
 use crate::persist::{DurableLog, LogError, record};
 use crate::protocol::restart::Offer;
@@ -305,18 +306,17 @@ impl ServiceInner {
         self.replaying.set(true);
         let mut records = records.into_iter().peekable();
         let head_is_state = records.peek().is_some_and(|(_, _, p)| p.first() == Some(&0));
+        // The external clients' record, rebuilt as at delivery.
+        let mut table = Table::default();
         let (mut replica, mut time, mut last): (Box<dyn Hosted>, u64, Option<Version>) = {
             let types = self.types.borrow();
             let t = types.get(&shard.subgroup).expect("checked by the caller");
             if head_is_state {
                 let (version, _, payload) = records.next().expect("peeked");
-                let state = &payload[1..];
-                if state.len() < STATE_PREFIX {
-                    return Err(fail(format!("a state of {} bytes, shorter than its header", state.len())));
-                }
-                let time = u64::from_le_bytes(state[..8].try_into().expect("8 bytes"));
-                let mut archive = AlignedVec::<16>::with_capacity(state.len() - STATE_PREFIX);
-                archive.extend_from_slice(&state[STATE_PREFIX..]);
+                let (time, t_sessions, state) = unframe_state(&payload[1..]).map_err(fail)?;
+                table = t_sessions;
+                let mut archive = AlignedVec::<16>::with_capacity(state.len());
+                archive.extend_from_slice(state);
                 let replica = (t.restore)(&archive).map_err(|e| fail(format!("its state: {e}")))?;
                 (replica, time, Some(Version::from_u64(version)))
             } else {
@@ -328,13 +328,28 @@ impl ServiceInner {
             bytes.clear();
             bytes.extend_from_slice(&payload);
             let (h, args) = Header::read(&bytes).map_err(|e| fail(format!("the record of version {version}: {e}")))?;
+            (time, last) = (hlc, Some(Version::from_u64(version)));
+            let args = if h.flags & FLAG_SESSION == 0 {
+                args
+            } else {
+                let Some((prefix, args)) = Prefix::read(args) else { continue };
+                if table.deliver(&prefix, Version::from_u64(version)) != Seen::Fresh {
+                    continue;
+                }
+                args
+            };
             // As at delivery: the version's time travels in the header's version field.
             let header = Header { version: Version::from_u64(hlc), ..h };
             let context = call_context(&header, Some(Version::from_u64(version)));
             // A handler's error is its answer to the call, the same as the first time.
             self.replay_calls.set(0);
-            if let Applied::Later(f) = with_context(context, || replica.apply(h.method, args)) {
-                let _ = InContext { context, future: f }.await;
+            let result = match with_context(context, || replica.apply(h.method, args)) {
+                Applied::Now(r) => r,
+                Applied::Later(f) => InContext { context, future: f }.await,
+            };
+            if h.flags & FLAG_SESSION != 0 {
+                let v = Version::from_u64(version);
+                table.answered(v, &session_reply(v, &result));
             }
             if self.replay_calls.get() > 0 {
                 return Err(fail(format!(
@@ -342,9 +357,9 @@ impl ServiceInner {
                     Version::from_u64(version)
                 )));
             }
-            (time, last) = (hlc, Some(Version::from_u64(version)));
         }
         let last = last.expect("at least one record");
+        self.sessions.borrow_mut().insert(shard, table);
         // Tasks the handlers spawned take their first step now, while calls are refused.
         crate::runtime::yield_now().await;
         self.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);

@@ -16,7 +16,8 @@ use super::CallError;
 use super::persistence::{PersistError, framed_state};
 use super::replicated::{Applied, HandlerError, Hosted, InContext, StateError, abort_on_panic};
 use super::service::{Service, ServiceInner, external_reply};
-use super::wire::{Header, Kind, RemoteKind};
+use super::sessions::Table;
+use super::wire::{FLAG_SESSION, Header, Kind, RemoteKind};
 use crate::context::{CallContext, with_context};
 use crate::driver::State;
 use crate::persist::Hlc;
@@ -202,6 +203,7 @@ impl ServiceInner {
             // A new replica starts from the type's initial state: its times and log too.
             self.times.borrow_mut().remove(&shard);
             self.recent_times.borrow_mut().remove(&shard);
+            self.sessions.borrow_mut().remove(&shard);
             self.open_log(shard, None);
         } else if slot.idle()
             && self.persist_dir.borrow().is_some()
@@ -212,7 +214,10 @@ impl ServiceInner {
             // state.
             let time = self.times.borrow().get(&shard).copied().unwrap_or(0);
             match slot.replica.as_ref().expect("idle").snapshot() {
-                Ok(archive) => self.open_log(shard, Some(&framed_state(time, &archive))),
+                Ok(archive) => {
+                    let table = self.sessions.borrow().get(&shard).map(Table::encode).unwrap_or_default();
+                    self.open_log(shard, Some(&framed_state(time, &table, &archive)));
+                }
                 Err(e) => self.persistence_failed(PersistError::Snapshot { shard, reason: e.to_string() }),
             }
         }
@@ -310,7 +315,7 @@ impl ServiceInner {
             Idle::NoSlot => return,
             Idle::Ran(None) | Idle::Busy => {}
         }
-        if ordered && Some(header.caller) != self.me.get() {
+        if ordered && Some(header.caller) != self.me.get() && header.flags & FLAG_SESSION == 0 {
             self.sent.borrow_mut().entry(header.caller).or_default().working_on(header.call);
         }
         let mut owned = AlignedVec::new();
@@ -385,6 +390,17 @@ impl ServiceInner {
         from: NodeId,
         result: Result<AlignedVec, HandlerError>,
     ) {
+        if h.flags & FLAG_SESSION != 0
+            && let Some(version) = version
+        {
+            // An external client's call: its reply goes in the shard's record of the client,
+            // where the relaying member takes it; no member waits for it.
+            self.session_answered(h.shard, version, &result);
+            if let Ok(reply) = result {
+                super::support::recycle(reply);
+            }
+            return;
+        }
         if Some(h.caller) == self.me.get() {
             let reply = result.map_err(|e| CallError::Remote { node: h.caller, kind: e.kind(), reason: e.to_string() });
             self.record(h.call, h.caller, reply);

@@ -10,13 +10,14 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 
 use super::RecoveryError;
-use super::calls::{Pending, ordered_call_own, sweep};
+use super::calls::{Pending, relay_call, sweep};
 use super::outbox::{Again, OUTBOX_LEN_MAX, SentReplies, batch_messages, outbox};
-use super::persistence::{PersistCallback, PersistError, STATE_PREFIX, ShardLog, framed_state};
+use super::persistence::{PersistCallback, PersistError, STATE_PREFIX, ShardLog, framed_state, unframe_state};
 use super::recovery;
 use super::replicas::{Job, QUEUE_LEN_MAX, Registered, Slot, StateCell, later};
 use super::replicated::{HandlerError, Hosted, Replicated, StateError};
-use super::wire::{Header, Kind, RemoteKind};
+use super::sessions::{Prefix, Table};
+use super::wire::{FLAG_ACK_APPLIED, FLAG_ACK_PERSISTED, FLAG_SESSION, Header, Kind, RemoteKind};
 use super::{CallError, EXTERNAL, Handle};
 use crate::driver::{AppError, Application, GroupSendError, GroupSender, JoinError, State, ViewChange};
 use crate::protocol::{Delivered, NodeId, SendError, ShardRef, SubgroupId, Version, View, ViewId};
@@ -88,7 +89,16 @@ pub(super) struct ServiceInner {
     pub(super) replaying: Cell<bool>,
     /// Calls a handler tried while it was replayed (recovery refuses the log).
     pub(super) replay_calls: Cell<usize>,
+    /// Per shard: the external clients' calls and replies (exactly once; `sessions`).
+    pub(super) sessions: RefCell<BTreeMap<ShardRef, Table>>,
+    /// Relayed calls of external clients waiting for their reply, by (shard, client, number).
+    pub(super) session_waiters: RefCell<BTreeMap<SessionKey, Vec<Waker>>>,
+    /// Relayed calls the shard refused (a retry it cannot judge), with the refusal.
+    pub(super) session_refusals: RefCell<BTreeMap<SessionKey, Vec<u8>>>,
 }
+
+/// A relayed call of an external client: its shard, the client, the call's number.
+pub(super) type SessionKey = (ShardRef, u64, u64);
 
 impl Default for ServiceInner {
     fn default() -> Self {
@@ -122,6 +132,9 @@ impl Default for ServiceInner {
             recent_times: RefCell::default(),
             replaying: Cell::new(false),
             replay_calls: Cell::new(0),
+            sessions: RefCell::default(),
+            session_waiters: RefCell::default(),
+            session_refusals: RefCell::default(),
         }
     }
 }
@@ -392,6 +405,23 @@ pub(super) fn external_reply(result: Result<AlignedVec, HandlerError>) -> Vec<u8
     }
 }
 
+/// What an external client is told when relaying its ordered call failed.
+fn relay_error(e: &CallError) -> Vec<u8> {
+    match e {
+        CallError::Remote { kind, .. } => external_error(*kind, &e.to_string()),
+        CallError::Send(GroupSendError::Refused(SendError::TooLarge { len, max })) => {
+            let why = format!(
+                "the ordered call is a message of {len} bytes, above the group's limit of {max} \
+                 (limits.payload_len_max)"
+            );
+            external_error(RemoteKind::TooLarge, &why)
+        }
+        // Not delivered (a view change), the member closing, refused for now: the call was not
+        // applied, or its record answers a second copy.
+        _ => external_error(RemoteKind::TryAgain, &e.to_string()),
+    }
+}
+
 /// An external call's error answer: 0, the kind of error, what the member said.
 pub(super) fn external_error(kind: RemoteKind, why: &str) -> Vec<u8> {
     [&[0, kind as u8][..], why.as_bytes()].concat()
@@ -449,6 +479,14 @@ impl Application for Service {
         };
         inner.log_call(d.shard, version, time, d.payload);
         let h = Header { version: Version::from_u64(time), ..h };
+        let args = if h.flags & FLAG_SESSION == 0 {
+            args
+        } else {
+            match inner.session_call(d.shard, version, h.caller, args) {
+                Some(args) => args,
+                None => return,
+            }
+        };
         if Some(h.caller) == inner.me.get()
             && let Some(p) = inner.pending.borrow_mut().get_mut(&h.call)
         {
@@ -480,7 +518,19 @@ impl Application for Service {
         // the next versions as the others do), 8 bytes of padding (the archive stays 16-byte
         // aligned), then the replica's archive.
         let time = self.inner.times.borrow().get(&shard).copied().unwrap_or(0);
-        let frame = move |archive: Vec<u8>| framed_state(time, &archive);
+        // The clients' record as of this point; replies of calls still being applied are
+        // filled in once the replica's state is taken (after them).
+        let table = self.inner.sessions.borrow().get(&shard).cloned().unwrap_or_default();
+        let live = Rc::downgrade(&self.inner);
+        let frame = move |archive: Vec<u8>| {
+            let mut table = table;
+            if let Some(inner) = live.upgrade()
+                && let Some(now) = inner.sessions.borrow().get(&shard)
+            {
+                table.fill_from(now);
+            }
+            framed_state(time, &table.encode(), &archive)
+        };
         if !self.inner.replicas.borrow().contains_key(&shard) {
             return State::Ready(frame(Vec::new()));
         }
@@ -519,7 +569,10 @@ impl Application for Service {
         }
         if h.kind == Kind::Ordered {
             // Relayed: this member makes the ordered call on the client's behalf and answers
-            // with the version and its own replica's reply.
+            // with the version and the reply the shard recorded for the client's call.
+            let Some((prefix, args)) = (h.flags & FLAG_SESSION != 0).then(|| Prefix::read(args)).flatten() else {
+                return refuse(RemoteKind::Other, "an external ordered call must carry the client's session");
+            };
             let me = inner.me.get()?;
             let in_shard = inner
                 .view
@@ -529,29 +582,32 @@ impl Application for Service {
             if in_shard != Some(true) {
                 return refuse(RemoteKind::NoReplica, "this member cannot send in the shard");
             }
+            // A persisting service answers once the call is durable at every member of the
+            // shard, unless the client asks for less (or more).
+            let persisted = match (h.flags & FLAG_ACK_PERSISTED != 0, h.flags & FLAG_ACK_APPLIED != 0) {
+                (true, _) => true,
+                (false, true) => false,
+                (false, false) => inner.persist_dir.borrow().is_some(),
+            };
             let (inner, args) = (inner.clone(), args.to_vec());
             return Some(counted(&self.inner.external, async move {
-                // Answered as soon as this member applied it: the others' replies are not
-                // awaited (one slow member must not delay the client).
-                match ordered_call_own(&inner, h.shard, h.method, &args).await {
-                    Ok((version, Ok(bytes))) => {
-                        let mut v = Vec::with_capacity(9 + bytes.len());
-                        v.push(1);
-                        v.extend_from_slice(&version.as_u64().to_le_bytes());
-                        v.extend_from_slice(&bytes);
-                        v
-                    }
-                    Ok((_, Err(e))) | Err(e) => match &e {
-                        CallError::Remote { kind, .. } => external_error(*kind, &e.to_string()),
-                        CallError::Send(GroupSendError::Refused(SendError::TooLarge { len, max })) => {
-                            let why = format!(
-                                "the ordered call is a message of {len} bytes, above the group's limit of {max} \
-                                 (limits.payload_len_max)"
-                            );
-                            external_error(RemoteKind::TooLarge, &why)
-                        }
-                        _ => external_error(RemoteKind::Other, &e.to_string()),
-                    },
+                let reply = match relay_call(&inner, h.shard, h.method, prefix, &args).await {
+                    Ok(reply) => reply,
+                    Err(e) => return relay_error(&e),
+                };
+                if !persisted || reply.first() != Some(&1) || reply.len() < 9 {
+                    return reply;
+                }
+                let version = Version::from_u64(u64::from_le_bytes(reply[1..9].try_into().expect("8 bytes")));
+                let Some(sender) = inner.sender.borrow().clone() else {
+                    return external_error(RemoteKind::TryAgain, "the member left the group");
+                };
+                match sender.wait_persisted(h.shard, version, inner.call_timeout.get()).await {
+                    Ok(()) => reply,
+                    Err(e) => external_error(
+                        RemoteKind::NotPersisted,
+                        &format!("applied at {version}, but not persisted at every member of {}: {e}", h.shard),
+                    ),
                 }
             }));
         }
@@ -590,11 +646,14 @@ impl Application for Service {
             if state.len() < STATE_PREFIX {
                 return Err(Box::new(StateError::Short { ty: t.name, len: state.len() }));
             }
-            t.restore.clone()
+            (t.restore.clone(), t.name)
         };
-        let time = u64::from_le_bytes(state[..8].try_into().expect("8 bytes"));
-        let (framed, state) = (state, &state[STATE_PREFIX..]);
+        let (restore, ty) = restore;
+        let framed = state;
+        let (time, table, state) =
+            unframe_state(state).map_err(|reason| Box::new(StateError::Archive { ty, reason }) as AppError)?;
         let replica = restore(state)?;
+        self.inner.sessions.borrow_mut().insert(shard, table);
         self.inner.times.borrow_mut().insert(shard, time);
         self.inner.recent_times.borrow_mut().remove(&shard);
         self.inner.replicas.borrow_mut().entry(shard).or_default().replica = Some(replica);
@@ -657,6 +716,8 @@ impl Application for Service {
         let inner = &self.inner;
         *inner.awaiting.borrow_mut() = change.awaiting_state.clone();
         inner.set_view(Some(change.view.clone()));
+        // Relays of external calls look again (theirs may not have been delivered).
+        inner.wake_sessions();
         // Replies kept for members that left will never be asked for again.
         inner.sent.borrow_mut().retain(|caller, cache| {
             cache.installed(change.view.id);
@@ -694,6 +755,7 @@ impl Application for Service {
                                 caller: me.expect("a member with pending calls knows itself"),
                                 call,
                                 version: Version::from_u64(0),
+                                flags: 0,
                             };
                             again.push((n, h.with_body(&[])));
                         }

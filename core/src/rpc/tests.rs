@@ -76,7 +76,7 @@ fn service() -> Service {
 }
 
 fn header(kind: Kind, caller: NodeId, call: u64) -> Header {
-    Header { kind, shard: SHARD, method: 0, caller, call, version: Version::from_u64(0) }
+    Header { kind, shard: SHARD, method: 0, caller, call, version: Version::from_u64(0), flags: 0 }
 }
 
 /// Takes what the service queued to send: each message with its destination.

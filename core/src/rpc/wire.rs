@@ -6,7 +6,9 @@
 //!                       5 repeat (ask a member to send its reply to `call` again),
 //!                       6 stable query (a query answered once what the member delivered is
 //!                       delivered at every member of the shard, read as of that point)
-//!  1     1    flags     0
+//!  1     1    flags     1: an external client's ordered call, a 32-byte prefix before the
+//!                       body (client, call number, lowest unanswered, retry); in an external
+//!                       request only: 2 answer once persisted everywhere, 4 once applied
 //!  2     2    subgroup
 //!  4     2    shard
 //!  6     2    reserved  0
@@ -23,10 +25,19 @@
 //! 32 bytes keep a 16-byte-aligned buffer's body aligned, so rkyv validates it in place.
 //! Integers are little-endian. Decoding checks every field a peer chooses.
 
+pub use derecho_wire::remote::RemoteKind;
+
 use crate::protocol::{NodeId, ShardIndex, ShardRef, SubgroupId, Version};
 
 /// Length of the header.
 pub const HEADER_LEN: usize = 32;
+
+/// Header flag: the body starts with an external client's session prefix.
+pub const FLAG_SESSION: u8 = 1;
+/// Header flag (external requests only): answer once persisted at every member of the shard.
+pub const FLAG_ACK_PERSISTED: u8 = 2;
+/// Header flag (external requests only): answer once applied by the relaying member.
+pub const FLAG_ACK_APPLIED: u8 = 4;
 
 /// What a frame or message carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,90 +56,6 @@ pub enum Kind {
     StableQuery = 6,
 }
 
-/// Why a member answered a call with an error: the first byte of an error reply's body.
-/// An unknown byte (from a newer member) reads as [`RemoteKind::Other`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RemoteKind {
-    /// None of the kinds below.
-    Other = 0,
-    /// The type has no such method, or not of that kind (ordered or query): the members
-    /// disagree on the type.
-    NoSuchMethod = 1,
-    /// The arguments did not validate as the method's arguments.
-    BadArguments = 2,
-    /// The handler's reply could not be archived.
-    BadReply = 3,
-    /// The member holds no replica of the shard (it left it, or its state has not arrived).
-    NoReplica = 4,
-    /// The shard is unordered: ordered calls are not applied there.
-    Unordered = 5,
-    /// A method marked synchronous answered asynchronously (a hand-written type that lies).
-    NotSynchronous = 6,
-    /// The member has too much work waiting; the call was not run. Trying again later may work.
-    Overloaded = 7,
-    /// The member has stopped or is not attached to a group.
-    Stopped = 8,
-    /// A stable query: the shard did not settle within the member's call timeout.
-    NotSettled = 9,
-    /// The call was applied, but its reply was lost in a view change and is no longer kept.
-    ReplyLost = 10,
-    /// An external client expects another type (or another version of it) than the one the
-    /// member hosts in the subgroup: their method tables differ.
-    TypeMismatch = 11,
-    /// The call's message is larger than the group's `limits.payload_len_max`.
-    TooLarge = 12,
-}
-
-impl RemoteKind {
-    /// The kind a byte stands for.
-    pub fn from_u8(b: u8) -> Self {
-        match b {
-            1 => Self::NoSuchMethod,
-            2 => Self::BadArguments,
-            3 => Self::BadReply,
-            4 => Self::NoReplica,
-            5 => Self::Unordered,
-            6 => Self::NotSynchronous,
-            7 => Self::Overloaded,
-            8 => Self::Stopped,
-            9 => Self::NotSettled,
-            10 => Self::ReplyLost,
-            11 => Self::TypeMismatch,
-            12 => Self::TooLarge,
-            _ => Self::Other,
-        }
-    }
-
-    /// Splits an error reply's body into its kind and its text (an empty body: `Other`, no text).
-    pub fn read(body: &[u8]) -> (Self, String) {
-        match body.split_first() {
-            Some((&k, text)) => (Self::from_u8(k), String::from_utf8_lossy(text).into_owned()),
-            None => (Self::Other, String::new()),
-        }
-    }
-}
-
-impl std::fmt::Display for RemoteKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Other => "error",
-            Self::NoSuchMethod => "no such method",
-            Self::BadArguments => "bad arguments",
-            Self::BadReply => "bad reply",
-            Self::NoReplica => "no replica",
-            Self::Unordered => "unordered shard",
-            Self::NotSynchronous => "not synchronous",
-            Self::Overloaded => "overloaded",
-            Self::Stopped => "stopped",
-            Self::NotSettled => "not settled",
-            Self::ReplyLost => "reply lost",
-            Self::TypeMismatch => "type mismatch",
-            Self::TooLarge => "too large",
-        })
-    }
-}
-
 /// A decoded header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -144,6 +71,8 @@ pub struct Header {
     pub call: u64,
     /// Replies to ordered calls: the version the call was delivered at.
     pub version: Version,
+    /// [`FLAG_SESSION`], [`FLAG_ACK_PERSISTED`], [`FLAG_ACK_APPLIED`] (0 for members' own).
+    pub flags: u8,
 }
 
 /// A header that breaks a rule.
@@ -161,6 +90,7 @@ impl Header {
         let out = &mut out[..HEADER_LEN];
         out.fill(0);
         out[0] = self.kind as u8;
+        out[1] = self.flags;
         out[2..4].copy_from_slice(&self.shard.subgroup.0.to_le_bytes());
         out[4..6].copy_from_slice(&self.shard.shard.0.to_le_bytes());
         out[8..12].copy_from_slice(&self.method.to_le_bytes());
@@ -195,7 +125,7 @@ impl Header {
             6 => Kind::StableQuery,
             _ => return Err(HeaderError("an unknown kind")),
         };
-        if bytes[1] != 0 || bytes[6] != 0 || bytes[7] != 0 {
+        if bytes[1] & !(FLAG_SESSION | FLAG_ACK_PERSISTED | FLAG_ACK_APPLIED) != 0 || bytes[6] != 0 || bytes[7] != 0 {
             return Err(HeaderError("flags or reserved bytes set"));
         }
         let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
@@ -208,6 +138,7 @@ impl Header {
             caller: NodeId(u32_at(12)),
             call: u64_at(16),
             version: Version::from_u64(u64_at(24)),
+            flags: bytes[1],
         };
         Ok((header, &bytes[HEADER_LEN..]))
     }
@@ -226,6 +157,7 @@ mod tests {
             caller: NodeId(42),
             call: u64::MAX - 1,
             version: Version::from_u64(77),
+            flags: 0,
         };
         let bytes = h.with_body(b"xyz");
         let (got, body) = Header::read(&bytes).unwrap();
@@ -235,7 +167,7 @@ mod tests {
             let h = Header { kind, ..h };
             assert_eq!(Header::read(&h.with_body(b"")).unwrap().0, h);
         }
-        for (i, v) in [(0, 0), (0, 7), (0, 9), (1, 1), (6, 1), (7, 1)] {
+        for (i, v) in [(0, 0), (0, 7), (0, 9), (1, 8), (6, 1), (7, 1)] {
             let mut b = bytes.clone();
             b[i] = v;
             assert!(Header::read(&b).is_err(), "byte {i} = {v} accepted");
@@ -246,7 +178,7 @@ mod tests {
     fn remote_kinds_round_trip_and_unknown_bytes_read_as_other() {
         for b in 0..=u8::MAX {
             let k = RemoteKind::from_u8(b);
-            if b <= 12 {
+            if b <= 15 {
                 assert_eq!(k as u8, b);
             } else {
                 assert_eq!(k, RemoteKind::Other);

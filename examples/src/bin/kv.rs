@@ -28,7 +28,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use derecho::driver::{GroupEvent, GroupMemberConfig, Signals, resolve_address};
 use derecho::persist::Hlc;
 use derecho::protocol::{NodeId, StopReason, Version};
-use derecho::rpc::{ClientError, ExternalClient, ExternalHandle, RemoteKind, Service};
+use derecho::rpc::{ClientError, ClientView, ExternalClient, ExternalHandle, RemoteKind, Service};
 use derecho::{Builder, available_cores};
 use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
 use derecho_examples::status;
@@ -236,15 +235,15 @@ fn ids(members: &[NodeId]) -> String {
 }
 
 // ANCHOR: external
-async fn connect(contacts: Vec<SocketAddr>) -> Result<Rc<ExternalClient>, String> {
-    let local = "127.0.0.1:0".parse().expect("an address");
-    ExternalClient::connect("kv-demo", contacts, local, Duration::from_secs(3))
+async fn connect(contacts: Vec<SocketAddr>) -> Result<ExternalClient, String> {
+    ExternalClient::builder("kv-demo", contacts.iter().map(SocketAddr::to_string))
+        .timeout(Duration::from_secs(10))
+        .connect()
         .await
-        .map(Rc::new)
         .map_err(|e| e.to_string())
 }
 
-fn store(client: &Rc<ExternalClient>, key: &str) -> KvStoreExternal {
+fn store(client: &ExternalClient, key: &str) -> KvStoreExternal {
     KvStoreExternal::new(ExternalHandle::new(client.clone(), shard_of(key, SHARDS)))
 }
 // ANCHOR_END: external
@@ -272,9 +271,9 @@ fn run_client(contacts: &[String], command: Cmd) -> Result<ExitCode, String> {
         match command {
             Cmd::View => {
                 let v = client.view().ok_or("no view")?;
-                println!("view {}: members {}", v.id.0, ids(&v.members));
-                for s in &v.shards {
-                    println!("  shard {}: members {}", s.id.shard.0, ids(&s.members));
+                println!("view {}: members {}", v.id.0, member_ids(&v));
+                for (shard, members) in &v.shards {
+                    println!("  shard {}: members {}", shard.shard.0, ids(members));
                 }
             }
             Cmd::Put { key, value } => {
@@ -338,21 +337,26 @@ impl Drop for RemovedOnDrop {
     }
 }
 
-fn print_shards(view: &derecho::protocol::View, when: &str) {
-    for s in &view.shards {
-        println!("client: {when}shard {} has members {}", s.id.shard.0, ids(&s.members));
+fn print_shards(view: &ClientView, when: &str) {
+    for (shard, members) in &view.shards {
+        println!("client: {when}shard {} has members {}", shard.shard.0, ids(members));
     }
 }
 
+/// The members of a view as a client sees it, as `[0, 1, 2]`.
+fn member_ids(view: &ClientView) -> String {
+    ids(&view.members.iter().map(|m| m.0).collect::<Vec<_>>())
+}
+
 /// Reads the demo's 100 keys at every member of their shard: how many hold the value written.
-async fn check_keys(client: &Rc<ExternalClient>) -> Result<usize, String> {
+async fn check_keys(client: &ExternalClient) -> Result<usize, String> {
     let mut intact = 0;
     for i in 0..100 {
         let key = format!("key{i}");
         let want = if i == 7 { b"seven, again".to_vec() } else { format!("value{i}").into_bytes() };
         let s = shard_of(&key, SHARDS);
         let view = client.view().ok_or("no view")?;
-        let members = view.shards.iter().find(|x| x.id == s).map(|x| x.members.clone()).unwrap_or_default();
+        let members = view.shard(s).map(<[NodeId]>::to_vec).unwrap_or_default();
         for m in members {
             let got = store(client, &key).get(Some(m), &key).await.map_err(|e| e.to_string())?;
             if got.map(|(_, v)| v) != Some(want.clone()) {
@@ -547,7 +551,7 @@ fn demo(shm: bool) -> Result<(), String> {
                 return Err("the group did not remove the killed member".to_string());
             }
             if let Ok(v) = client.refresh_view().await
-                && !v.members.contains(&NodeId(victim))
+                && !v.members.iter().any(|m| m.0 == NodeId(victim))
             {
                 print_shards(&v, "after the failure, ");
                 break;
@@ -629,14 +633,14 @@ fn demo(shm: bool) -> Result<(), String> {
     }
     let client = executor.block_on(connect(vec![addrs[0]]))?;
     let view = client.view().ok_or("no view")?;
-    if view.members.contains(&NodeId(leaver)) {
+    if view.members.iter().any(|m| m.0 == NodeId(leaver)) {
         return Err(format!("member {leaver} exited but view {} still has it", view.id.0));
     }
     println!(
         "launcher: member {leaver} left on SIGTERM and exited 0 in {:.0} ms; view {} has members {}",
         started.elapsed().as_secs_f64() * 1e3,
         view.id.0,
-        ids(&view.members)
+        member_ids(&view)
     );
     drop(members);
     Ok(())

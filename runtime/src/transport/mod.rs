@@ -26,7 +26,7 @@
 //! * [`tcp`]: a mesh of io_uring TCP connections; pushes travel as frames.
 //! * [`shm`]: shared memory in `/dev/shm` between processes of one host.
 
-pub mod frame;
+pub use derecho_wire::frame;
 pub mod region;
 pub mod shm;
 pub mod tcp;

@@ -401,6 +401,28 @@ struct AcceptorInner {
     /// Connections whose `Hello` is being read (at most `park_max`).
     handshaking: Cell<usize>,
     message_waiter: RefCell<Option<Waker>>,
+    /// Connections with this tag are sessions of external clients, handed out as they arrive.
+    session_tag: Cell<Option<u32>>,
+    /// Sessions handshaken, waiting for [`TcpAcceptor::next_session`] (at most `park_max`).
+    sessions: RefCell<VecDeque<TcpSession>>,
+    session_waiter: RefCell<Option<Waker>>,
+}
+
+/// An external client's connection after its `Hello` was answered
+/// ([`TcpAcceptor::accept_sessions`]).
+pub struct TcpSession {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Where it comes from.
+    pub addr: SocketAddr,
+    /// Bytes the client sent behind its `Hello`.
+    pub early: Vec<u8>,
+}
+
+impl std::fmt::Debug for TcpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpSession").field("addr", &self.addr).finish_non_exhaustive()
+    }
 }
 
 /// A handshaken connection waiting for its transport.
@@ -439,7 +461,22 @@ async fn route(inner: Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: So
 }
 
 async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
-    let Some((peer, tag, buf, filled)) = accept_hello(&stream, addr, max).await else { return };
+    let Some((peer, tag, mut buf, filled)) = accept_hello(&stream, addr, max).await else { return };
+    if inner.session_tag.get() == Some(tag) {
+        if inner.sessions.borrow().len() >= inner.park_max {
+            tracing::warn!(%addr, "refused a client: too many sessions waiting to be served");
+            return;
+        }
+        if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+            return;
+        }
+        let early = buf.spare_full()[HEADER_LEN..filled].to_vec();
+        inner.sessions.borrow_mut().push_back(TcpSession { stream, addr, early });
+        if let Some(w) = inner.session_waiter.borrow_mut().take() {
+            w.wake();
+        }
+        return;
+    }
     if let Some((message_tag, message_max)) = inner.message_tag.get()
         && tag == message_tag
     {
@@ -500,6 +537,9 @@ impl TcpAcceptor {
             reading: Cell::new(0),
             handshaking: Cell::new(0),
             message_waiter: RefCell::new(None),
+            session_tag: Cell::new(None),
+            sessions: RefCell::new(VecDeque::new()),
+            session_waiter: RefCell::new(None),
         });
         let task = {
             let inner = inner.clone();
@@ -540,6 +580,7 @@ impl TcpAcceptor {
             t.abort();
         }
         self.inner.parked.borrow_mut().clear();
+        self.inner.sessions.borrow_mut().clear();
     }
 
     /// Connections waiting for a transport.
@@ -553,6 +594,25 @@ impl TcpAcceptor {
     /// dropped).
     pub fn accept_messages(&self, tag: u32, max_len: usize) {
         self.inner.message_tag.set(Some((tag, max_len)));
+    }
+
+    /// From now on, connections with group tag `tag` are sessions of external clients: each is
+    /// answered with a `Hello` and handed out by [`TcpAcceptor::next_session`] (at most
+    /// `park_max` waiting; more are refused).
+    pub fn accept_sessions(&self, tag: u32) {
+        self.inner.session_tag.set(Some(tag));
+    }
+
+    /// The next client session, waiting for one.
+    pub async fn next_session(&self) -> TcpSession {
+        poll_fn(|cx| {
+            if let Some(s) = self.inner.sessions.borrow_mut().pop_front() {
+                return Poll::Ready(s);
+            }
+            *self.inner.session_waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next message, waiting for one: the sender's id (as its `Hello` says) and the body.

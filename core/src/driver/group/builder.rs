@@ -42,6 +42,7 @@ pub struct GroupBuilder {
     state_len_max: usize,
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
+    clients: super::ClientLimits,
 }
 
 impl std::fmt::Debug for GroupBuilder {
@@ -72,6 +73,7 @@ impl GroupBuilder {
             state_len_max: 64 << 20,
             transport: TransportKind::Tcp,
             shm_dir: std::path::PathBuf::from("/dev/shm"),
+            clients: super::ClientLimits::default(),
         }
     }
 
@@ -90,6 +92,12 @@ impl GroupBuilder {
     /// Where shared-memory views keep their files (default `/dev/shm`).
     pub fn shm_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.shm_dir = dir.into();
+        self
+    }
+
+    /// How the member bounds its external clients' sessions.
+    pub fn client_limits(mut self, limits: super::ClientLimits) -> Self {
+        self.clients = limits;
         self
     }
 
@@ -284,6 +292,7 @@ impl GroupBuilder {
         let limits = TransportLimits { max_frame_len: MESSAGE_LEN_MAX, ..TransportLimits::default() };
         let acceptor = TcpAcceptor::new(listener, PeerId(self.me.0), &limits, PARK_MAX, self.connect_timeout * 4);
         acceptor.accept_messages(control_tag(&self.name), MESSAGE_LEN_MAX);
+        acceptor.accept_sessions(derecho_wire::session_tag(&self.name));
         Ok((acceptor, advertise))
     }
 
@@ -314,17 +323,12 @@ impl GroupBuilder {
 /// The group tag of the control messages of group `name` (joins, restart offers, external
 /// clients).
 pub(crate) fn control_tag(name: &str) -> u32 {
-    tag(name, u64::MAX)
+    derecho_wire::control_tag(name)
 }
 
 /// The group tag of view `view`'s transport.
 fn view_tag(name: &str, view: ViewId) -> u32 {
-    tag(name, u64::from(view.0))
-}
-
-/// FNV-1a of the group name and a number.
-fn tag(name: &str, what: u64) -> u32 {
-    crate::hash::Fnv32::new().write(name.as_bytes()).write(&what.to_le_bytes()).finish()
+    derecho_wire::tag(name, u64::from(view.0))
 }
 
 /// What the running group keeps of the builder.
@@ -336,6 +340,7 @@ pub(super) struct Settings {
     pub(super) connect_timeout: Duration,
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
+    pub(super) clients: super::ClientLimits,
 }
 
 impl From<&GroupBuilder> for Settings {
@@ -348,6 +353,7 @@ impl From<&GroupBuilder> for Settings {
             connect_timeout: b.connect_timeout,
             transport: b.transport,
             shm_dir: b.shm_dir.clone(),
+            clients: b.clients.clone(),
         }
     }
 }
@@ -445,9 +451,9 @@ mod tests {
 
     #[test]
     fn tags_differ_by_group_and_view() {
-        assert_ne!(tag("a", 0), tag("b", 0));
+        assert_ne!(derecho_wire::tag("a", 0), derecho_wire::tag("b", 0));
         assert_ne!(view_tag("a", ViewId(0)), view_tag("a", ViewId(1)));
         assert_ne!(view_tag("a", ViewId(0)), control_tag("a"));
-        assert_eq!(view_tag("a", ViewId(3)), tag("a", 3));
+        assert_eq!(view_tag("a", ViewId(3)), derecho_wire::tag("a", 3));
     }
 }

@@ -31,6 +31,7 @@ pub mod app;
 pub mod builder;
 pub mod metrics;
 mod runner;
+mod sessions;
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -40,7 +41,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use derecho_runtime::signal::{Signal, Signals};
-use derecho_runtime::transport::tcp::send_message;
 use derecho_runtime::transport::{AnyTransport, Payload, PeerId, Transport};
 use derecho_runtime::{HookId, Park, PollHook, add_poll_hook, remove_poll_hook, spawn, time};
 
@@ -49,12 +49,12 @@ pub use app::{
     WaitError,
 };
 pub use builder::GroupBuilder;
-pub(crate) use builder::control_tag;
 pub use metrics::{Metrics, ShardMetrics};
+pub use sessions::ClientLimits;
 
 use super::{GroupEvent, GroupSendError, RegionMemory, SettleError};
 use crate::protocol::member::{Input, Member};
-use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control, app_frame};
+use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, app_frame};
 use crate::protocol::{NodeId, SendError, ShardRef, StopReason, Time, Version, View, ViewId};
 use runner::Inner;
 
@@ -238,28 +238,10 @@ impl GroupSender {
         self.inner().is_ok_and(|i| i.published.borrow().changing)
     }
 
-    /// Pushes `body` to every external client subscribed to `topic` at this member (in the
-    /// background; a client that cannot be reached is dropped from the list). Returns how many
-    /// it is sent to.
+    /// Pushes `body` to every external client subscribed to `topic` at this member, on its
+    /// session (queued; written in the background). Returns how many it is sent to.
     pub fn notify(&self, topic: &str, body: &[u8]) -> usize {
-        let Ok(inner) = self.inner() else { return 0 };
-        let subs: Vec<SocketAddr> = inner.subscribers.borrow().get(topic).cloned().unwrap_or_default();
-        let message = Control::ClientNotify { topic: topic.to_string(), body: body.to_vec() }.encode();
-        let me = PeerId(inner.settings.me.0);
-        let tag = control_tag(&inner.settings.name);
-        let within = inner.settings.connect_timeout;
-        for addr in &subs {
-            let (m, weak, topic, addr) = (message.clone(), self.inner.clone(), topic.to_string(), *addr);
-            drop(spawn(async move {
-                if send_message(me, addr, tag, &m, within).await.is_err()
-                    && let Some(inner) = weak.upgrade()
-                    && let Some(list) = inner.subscribers.borrow_mut().get_mut(&topic)
-                {
-                    list.retain(|a| *a != addr);
-                }
-            }));
-        }
-        subs.len()
+        self.inner().map_or(0, |inner| inner.sessions.notify(topic, body))
     }
 
     /// This member's id, if the group is open.
@@ -436,6 +418,8 @@ impl Group {
                 }
             }
         }));
+        // External clients' sessions.
+        tasks.push(spawn(sessions::serve(weak.clone())));
         // Timers: heartbeats, suspicion timeouts, retries, lingering views.
         tasks.push(spawn(async move {
             loop {

@@ -20,11 +20,11 @@ use derecho_runtime::transport::{AnyTransport, Payload, PeerId, Transport, Trans
 use derecho_runtime::{AlignedBuf, JoinHandle, spawn};
 
 use super::app::{Application, State, ViewChange};
-use super::builder::{PARK_MAX, Settings, control_tag};
+use super::builder::{Settings, control_tag};
 use crate::driver::{EventBox, GroupError, GroupEvent, RegionMemory, push_range, since};
 use crate::protocol::member::{Command, Event, Input, Member, Stage};
 use crate::protocol::membership::GmsStep;
-use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND, Control};
+use crate::protocol::wire::{APP_FRAME_HEADER_LEN, APP_FRAME_KIND};
 use crate::protocol::{NodeId, Progress, ShardRef, StopReason, Time, Version, View, ViewId};
 
 /// A shard's persistence frontiers: durable here, durable at every member.
@@ -99,8 +99,8 @@ pub(super) struct Inner {
     queued: RefCell<VecDeque<Input<RegionMemory>>>,
     /// Peers of the current transport that closed or failed.
     pub(super) gone: RefCell<Vec<NodeId>>,
-    /// External clients subscribed to notifications, by topic (at most `PARK_MAX` each).
-    pub(super) subscribers: RefCell<BTreeMap<String, Vec<SocketAddr>>>,
+    /// External clients' sessions.
+    pub(super) sessions: super::sessions::Sessions,
     pub(super) events: EventBox,
     /// Tasks waiting on progress, view changes, entering and stops.
     pub(super) waiters: RefCell<Vec<Waker>>,
@@ -171,7 +171,7 @@ impl Inner {
             published: RefCell::default(),
             queued: RefCell::default(),
             gone: RefCell::default(),
-            subscribers: RefCell::default(),
+            sessions: super::sessions::Sessions::default(),
             events: EventBox::default(),
             waiters: RefCell::default(),
             progress: RefCell::default(),
@@ -731,51 +731,6 @@ impl Inner {
         };
         match rest {
             None => {}
-            Some(Control::ClientView { reply_to }) => {
-                let (view, addresses) = {
-                    let m = self.member.borrow();
-                    let Some(node) = m.node() else { return };
-                    (node.view().clone(), node.addresses())
-                };
-                self.send_control(reply_to, Control::ClientViewReply { view, addresses }.encode().into(), false);
-            }
-            Some(Control::ClientCall { reply_to, call, body }) => {
-                let answer = self.upcall(|app| app.external(&body)).flatten();
-                match answer {
-                    None => {
-                        let mut body = vec![0];
-                        body.extend_from_slice(b"this member serves no external calls");
-                        self.send_control(reply_to, Control::ClientReply { call, body }.encode().into(), false);
-                    }
-                    Some(State::Ready(body)) => {
-                        self.send_control(reply_to, Control::ClientReply { call, body }.encode().into(), false);
-                    }
-                    Some(State::Later(f)) => {
-                        let weak = Rc::downgrade(self);
-                        self.spawn_task(async move {
-                            let body = f.await;
-                            if let Some(inner) = weak.upgrade() {
-                                let m = Control::ClientReply { call, body }.encode().into();
-                                inner.send_control(reply_to, m, false);
-                            }
-                        });
-                    }
-                }
-            }
-            Some(Control::ClientSubscribe { reply_to, topic }) => match reply_to.parse::<SocketAddr>() {
-                Ok(addr) => {
-                    let mut subs = self.subscribers.borrow_mut();
-                    if subs.len() >= PARK_MAX && !subs.contains_key(&topic) {
-                        tracing::warn!(%topic, "too many notification topics: subscription refused");
-                        return;
-                    }
-                    let list = subs.entry(topic).or_default();
-                    if !list.contains(&addr) && list.len() < PARK_MAX {
-                        list.push(addr);
-                    }
-                }
-                Err(_) => tracing::warn!(%reply_to, "a subscriber whose address does not parse"),
-            },
             Some(other) => tracing::debug!(?other, "ignored a control message"),
         }
     }
@@ -842,6 +797,7 @@ impl Inner {
             t.abort();
         }
         self.acceptor.stop();
+        self.sessions.close_all();
         self.wake_all();
     }
 

@@ -447,7 +447,6 @@ impl<M: SstMemory> Member<M> {
                 self.answer(now, from, answer);
                 None
             }
-            other => Some(other),
         };
         self.after_input(now);
         rest

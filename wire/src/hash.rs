@@ -4,7 +4,7 @@
 //! of and must not collide (it is not collision resistant).
 //!
 //! ```
-//! use derecho::hash::{Fnv64, fnv1a64};
+//! use derecho_wire::hash::{Fnv64, fnv1a64};
 //!
 //! let mut h = Fnv64::new();
 //! h.write(b"key").write(b"17");

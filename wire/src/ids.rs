@@ -55,7 +55,7 @@ impl fmt::Display for ShardRef {
 /// sequence number in that view's shard order (PROTOCOLS §2.2). Packed into a `u64` as
 /// `view << 40 | seq`, so versions of later views compare greater.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub struct Version(u64);
 

@@ -1,0 +1,406 @@
+//! One connection to one member: requests are written by the callers (whoever finds the socket
+//! idle writes everything queued, so requests in flight leave in batches), replies are read by a
+//! thread of the connection and handed to the waiting request.
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use derecho_wire::client::{ClientView, Frames, Next, Outcome, Response, check_hello, hello};
+use derecho_wire::frame::HEADER_LEN;
+use derecho_wire::ids::Version;
+use derecho_wire::remote::RemoteKind;
+use rkyv::util::AlignedVec;
+
+/// Locks, recovering from a poisoned lock (a panicking waiter must not wedge the connection).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a request came to.
+#[derive(Debug)]
+pub(crate) enum Done {
+    View(ClientView),
+    Reply(Result<(Version, AlignedVec), (RemoteKind, String)>),
+    Ack,
+    /// The connection failed before the answer came: the request may or may not have been
+    /// read.
+    Lost(String),
+    /// No answer within the deadline.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    done: Option<Done>,
+    waker: Option<Waker>,
+    deadline: Instant,
+}
+
+/// Where the answer to one request lands.
+#[derive(Debug)]
+pub(crate) struct Slot(Mutex<SlotState>);
+
+impl Slot {
+    fn complete(&self, done: Done) {
+        let waker = {
+            let mut s = lock(&self.0);
+            if s.done.is_some() {
+                return;
+            }
+            s.done = Some(done);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The answer to a request, as a future.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    slot: Arc<Slot>,
+    conn: Arc<Conn>,
+    req: u64,
+}
+
+impl Future for Answer {
+    type Output = Done;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        let mut s = lock(&self.slot.0);
+        if let Some(d) = s.done.take() {
+            return Poll::Ready(d);
+        }
+        if s.waker.as_ref().is_none_or(|w| !w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        lock(&self.conn.pending).remove(&self.req);
+    }
+}
+
+/// A notification: its topic and bytes.
+pub(crate) type Notification = (String, Vec<u8>);
+
+/// Notifications pushed by members, for the client to take, and the task waiting for one.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pub(crate) queue: Mutex<(VecDeque<Notification>, Option<Waker>)>,
+}
+
+/// Notifications kept before the oldest are dropped.
+const INBOX_MAX: usize = 1 << 16;
+
+#[derive(Debug, Default)]
+struct Writer {
+    queued: Vec<u8>,
+    writing: bool,
+}
+
+/// A connection to one member.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) address: String,
+    stream: TcpStream,
+    writer: Mutex<Writer>,
+    pending: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    closed: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Conn {
+    /// Connects to `address` (a host name resolves) and shakes hands with group tag `tag`;
+    /// starts the thread that reads the member's answers.
+    pub(crate) fn open(
+        address: &str,
+        tag: u32,
+        within: Duration,
+        frame_max: usize,
+        inbox: Arc<Inbox>,
+    ) -> Result<Arc<Self>, String> {
+        let addrs: Vec<_> = address.to_socket_addrs().map_err(|e| format!("cannot resolve {address}: {e}"))?.collect();
+        let mut last = format!("{address} resolves to no address");
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, within) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("cannot connect to {address} ({a}): {e}"),
+            }
+        }
+        let mut stream = stream.ok_or(last)?;
+        let io = |e: std::io::Error| format!("handshake with {address}: {e}");
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(within)).map_err(io)?;
+        stream.set_write_timeout(Some(within)).map_err(io)?;
+        // The member's answer is read by the connection's thread: a client may run on the
+        // thread of a member it talks to, which must be free to answer.
+        stream.write_all(&hello(tag)).map_err(io)?;
+        // The reader wakes at least this often to expire requests past their deadline.
+        stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(io)?;
+        let reader = stream.try_clone().map_err(io)?;
+        let conn = Arc::new(Self {
+            address: address.to_string(),
+            stream,
+            writer: Mutex::new(Writer::default()),
+            pending: Mutex::new(BTreeMap::new()),
+            closed: AtomicBool::new(false),
+            why: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&conn);
+        std::thread::Builder::new()
+            .name(format!("derecho-client {address}"))
+            .spawn(move || read_loop(weak, reader, tag, within, frame_max, inbox))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        Ok(conn)
+    }
+
+    /// The connection failed or was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection; every request waiting on it ends as [`Done::Lost`].
+    pub(crate) fn close(&self, why: &str) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *lock(&self.why) = Some(why.to_string());
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for slot in pending.into_values() {
+            slot.complete(Done::Lost(format!("the connection to {} {why}", self.address)));
+        }
+    }
+
+    /// Why it closed.
+    pub(crate) fn why(&self) -> String {
+        lock(&self.why).clone().unwrap_or_else(|| "closed".into())
+    }
+
+    /// Sends request `req` (its frame `frame`) and returns its answer's future, which ends at
+    /// `deadline` at the latest.
+    pub(crate) fn request(self: &Arc<Self>, req: u64, frame: &[u8], deadline: Instant) -> Answer {
+        let slot = Arc::new(Slot(Mutex::new(SlotState { done: None, waker: None, deadline })));
+        let answer = Answer { slot: slot.clone(), conn: self.clone(), req };
+        if self.is_closed() {
+            slot.complete(Done::Lost(format!("the connection to {} {}", self.address, self.why())));
+            return answer;
+        }
+        lock(&self.pending).insert(req, slot);
+        self.write(frame);
+        answer
+    }
+
+    /// Queues `frame`; if nobody is writing, writes everything queued (and what others queue
+    /// meanwhile) before returning.
+    fn write(&self, frame: &[u8]) {
+        let mut w = lock(&self.writer);
+        w.queued.extend_from_slice(frame);
+        if w.writing {
+            return;
+        }
+        w.writing = true;
+        let mut out = Vec::new();
+        loop {
+            std::mem::swap(&mut out, &mut w.queued);
+            if out.is_empty() {
+                w.writing = false;
+                return;
+            }
+            drop(w);
+            let r = (&self.stream).write_all(&out);
+            out.clear();
+            if let Err(e) = r {
+                self.close(&format!("failed while sending: {e}"));
+                let mut w = lock(&self.writer);
+                w.writing = false;
+                w.queued.clear();
+                return;
+            }
+            w = lock(&self.writer);
+        }
+    }
+
+    fn expire(&self, now: Instant) {
+        let expired: Vec<Arc<Slot>> = {
+            let mut pending = lock(&self.pending);
+            let mut out = Vec::new();
+            pending.retain(|_, s| {
+                let late = lock(&s.0).deadline <= now;
+                if late {
+                    out.push(s.clone());
+                }
+                !late
+            });
+            out
+        };
+        for s in expired {
+            s.complete(Done::TimedOut);
+        }
+    }
+
+    fn dispatch(&self, body: &[u8], inbox: &Inbox) -> Result<(), String> {
+        let response = Response::decode(body).map_err(|e| e.to_string())?;
+        let (req, done) = match response {
+            Response::View { req, view } => (req, Done::View(view)),
+            Response::Reply { req, outcome } => (
+                req,
+                Done::Reply(match outcome {
+                    Outcome::Ok { version, reply } => {
+                        let mut v = AlignedVec::with_capacity(reply.len());
+                        v.extend_from_slice(reply);
+                        Ok((version, v))
+                    }
+                    Outcome::Err { kind, reason } => Err((kind, reason.to_string())),
+                }),
+            ),
+            Response::Subscribed { req } | Response::Pong { req } => (req, Done::Ack),
+            Response::Notify { topic, body } => {
+                let waker = {
+                    let mut q = lock(&inbox.queue);
+                    if q.0.len() >= INBOX_MAX {
+                        q.0.pop_front();
+                    }
+                    q.0.push_back((topic.to_string(), body.to_vec()));
+                    q.1.take()
+                };
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                return Ok(());
+            }
+        };
+        // An answer nobody waits for (given up) is dropped.
+        let slot = lock(&self.pending).remove(&req);
+        if let Some(s) = slot {
+            s.complete(done);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the member's answers until the connection closes or the client lets it go.
+fn read_loop(
+    conn: std::sync::Weak<Conn>,
+    mut stream: TcpStream,
+    tag: u32,
+    within: Duration,
+    frame_max: usize,
+    inbox: Arc<Inbox>,
+) {
+    // The member's hello first, within the connect timeout.
+    let mut raw = [0u8; HEADER_LEN];
+    let (mut got, until) = (0, Instant::now() + within);
+    while got < HEADER_LEN {
+        let why = match stream.read(&mut raw[got..]) {
+            Ok(0) => Some("closed the connection during the handshake (another group, or not a member?)".to_string()),
+            Ok(n) => {
+                got += n;
+                None
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                (Instant::now() >= until).then(|| format!("did not answer the handshake within {within:?}"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(e) => Some(format!("failed during the handshake: {e}")),
+        };
+        if let Some(why) = why {
+            if let Some(c) = conn.upgrade() {
+                c.close(&why);
+            }
+            return;
+        }
+    }
+    if let Err(e) = check_hello(&raw, tag) {
+        if let Some(c) = conn.upgrade() {
+            c.close(&format!("answered the handshake wrongly: {e}"));
+        }
+        return;
+    }
+    let frames = Frames::new(frame_max);
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut expired_at = Instant::now();
+    loop {
+        // Every whole frame in the buffer.
+        loop {
+            match frames.next(&buf[start..end]) {
+                Ok(Next::Frame { body }) => {
+                    let Some(c) = conn.upgrade() else { return };
+                    let r = c.dispatch(&buf[start + body.start..start + body.end], &inbox);
+                    start += body.end;
+                    if let Err(e) = r {
+                        c.close(&format!("sent a malformed message ({e})"));
+                        return;
+                    }
+                }
+                Ok(Next::Need(n)) => {
+                    // Make room: move what is left to the front, grow for a long frame.
+                    if start > 0 {
+                        buf.copy_within(start..end, 0);
+                        end -= start;
+                        start = 0;
+                    }
+                    if n > buf.len() {
+                        buf.resize(n, 0);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if let Some(c) = conn.upgrade() {
+                        c.close(&format!("sent a bad frame ({e})"));
+                    }
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut buf[end..]) {
+            Ok(0) => {
+                if let Some(c) = conn.upgrade() {
+                    c.close("was closed by the member");
+                }
+                return;
+            }
+            Ok(n) => end += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if let Some(c) = conn.upgrade() {
+                    c.close(&format!("failed: {e}"));
+                }
+                return;
+            }
+        }
+        let Some(c) = conn.upgrade() else { return };
+        if c.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(expired_at) >= Duration::from_millis(50) {
+            expired_at = now;
+            c.expire(now);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
