@@ -358,6 +358,14 @@ impl Commands {
         Self(state)
     }
 
+    /// Blocks the thread (polling every millisecond) until `go` (1) or `exit` (2) came: for
+    /// processes without a derecho executor.
+    pub fn block_until(&self, at_least: u8) {
+        while self.0.load(std::sync::atomic::Ordering::Acquire) < at_least {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Waits (polling every millisecond on the executor) until `go` (1) or `exit` (2) came.
     pub async fn wait_for(&self, at_least: u8) {
         while self.0.load(std::sync::atomic::Ordering::Acquire) < at_least {

@@ -107,7 +107,18 @@ const INBOX_MAX: usize = 1 << 16;
 #[derive(Debug, Default)]
 struct Writer {
     queued: Vec<u8>,
+    /// Someone (a caller or the writer thread) is writing, and writes what is queued meanwhile.
     writing: bool,
+    /// The writer thread waits on the condition variable.
+    asleep: bool,
+    closed: bool,
+}
+
+/// What is queued for the connection, shared with its writer thread.
+#[derive(Debug, Default)]
+struct Outgoing {
+    writer: Mutex<Writer>,
+    wake: std::sync::Condvar,
 }
 
 /// A connection to one member.
@@ -115,7 +126,7 @@ struct Writer {
 pub(crate) struct Conn {
     pub(crate) address: String,
     stream: TcpStream,
-    writer: Mutex<Writer>,
+    out: Arc<Outgoing>,
     pending: Mutex<BTreeMap<u64, Arc<Slot>>>,
     closed: AtomicBool,
     why: Mutex<Option<String>>,
@@ -154,10 +165,12 @@ impl Conn {
         // The reader wakes at least this often to expire requests past their deadline.
         stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let out = Arc::new(Outgoing::default());
         let conn = Arc::new(Self {
             address: address.to_string(),
             stream,
-            writer: Mutex::new(Writer::default()),
+            out: out.clone(),
             pending: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
             why: Mutex::new(None),
@@ -166,6 +179,11 @@ impl Conn {
         std::thread::Builder::new()
             .name(format!("derecho-client {address}"))
             .spawn(move || read_loop(weak, reader, tag, within, frame_max, inbox))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        let weak = Arc::downgrade(&conn);
+        std::thread::Builder::new()
+            .name(format!("derecho-client {address} writer"))
+            .spawn(move || write_loop(&weak, &out, writer))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         Ok(conn)
     }
@@ -182,6 +200,8 @@ impl Conn {
         }
         *lock(&self.why) = Some(why.to_string());
         let _ = self.stream.shutdown(Shutdown::Both);
+        lock(&self.out.writer).closed = true;
+        self.out.wake.notify_one();
         let pending = std::mem::take(&mut *lock(&self.pending));
         for slot in pending.into_values() {
             slot.complete(Done::Lost(format!("the connection to {} {why}", self.address)));
@@ -207,33 +227,26 @@ impl Conn {
         answer
     }
 
-    /// Queues `frame`; if nobody is writing, writes everything queued (and what others queue
-    /// meanwhile) before returning.
+    /// Sends `frame`. With nothing else in flight on the connection (one call at a time), the
+    /// caller writes it at once; otherwise it is queued for the connection's writer thread, so
+    /// that calls in flight leave in batches, one system call for many.
     fn write(&self, frame: &[u8]) {
-        let mut w = lock(&self.writer);
+        let alone = lock(&self.pending).len() <= 1;
+        let mut w = lock(&self.out.writer);
         w.queued.extend_from_slice(frame);
         if w.writing {
             return;
         }
+        if !alone {
+            if w.asleep {
+                self.out.wake.notify_one();
+            }
+            return;
+        }
         w.writing = true;
-        let mut out = Vec::new();
-        loop {
-            std::mem::swap(&mut out, &mut w.queued);
-            if out.is_empty() {
-                w.writing = false;
-                return;
-            }
-            drop(w);
-            let r = (&self.stream).write_all(&out);
-            out.clear();
-            if let Err(e) = r {
-                self.close(&format!("failed while sending: {e}"));
-                let mut w = lock(&self.writer);
-                w.writing = false;
-                w.queued.clear();
-                return;
-            }
-            w = lock(&self.writer);
+        drop(w);
+        if let Err(e) = drain(&self.out, &self.stream) {
+            self.close(&format!("failed while sending: {e}"));
         }
     }
 
@@ -292,6 +305,68 @@ impl Conn {
             s.complete(done);
         }
         Ok(())
+    }
+}
+
+/// Writes what is queued until the queue is empty (the caller set `writing`; it is cleared).
+fn drain(out: &Outgoing, stream: &TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut w = lock(&out.writer);
+    loop {
+        std::mem::swap(&mut buf, &mut w.queued);
+        if buf.is_empty() {
+            w.writing = false;
+            return Ok(());
+        }
+        drop(w);
+        let r = (&*stream).write_all(&buf);
+        buf.clear();
+        w = lock(&out.writer);
+        if let Err(e) = r {
+            w.writing = false;
+            w.queued.clear();
+            return Err(e);
+        }
+    }
+}
+
+/// The writer thread: writes what callers queue while calls are in flight. After a batch it
+/// looks again for a few microseconds before it sleeps (a wake costs more than the look).
+fn write_loop(conn: &std::sync::Weak<Conn>, out: &Outgoing, stream: TcpStream) {
+    loop {
+        let mut w = lock(&out.writer);
+        let mut looked = Instant::now();
+        loop {
+            if w.closed {
+                return;
+            }
+            if !w.queued.is_empty() && !w.writing {
+                break;
+            }
+            if looked.elapsed() < Duration::from_micros(20) {
+                drop(w);
+                std::thread::yield_now();
+                w = lock(&out.writer);
+                continue;
+            }
+            w.asleep = true;
+            let (g, _) =
+                out.wake.wait_timeout(w, Duration::from_millis(200)).unwrap_or_else(std::sync::PoisonError::into_inner);
+            w = g;
+            w.asleep = false;
+            if conn.strong_count() == 0 {
+                return;
+            }
+            looked = Instant::now();
+        }
+        w.writing = true;
+        drop(w);
+        if let Err(e) = drain(out, &stream) {
+            if let Some(c) = conn.upgrade() {
+                c.close(&format!("failed while sending: {e}"));
+            }
+            return;
+        }
     }
 }
 

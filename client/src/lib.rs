@@ -190,6 +190,7 @@ impl ClientBuilder {
                 next_req: AtomicU64::new(1),
                 next_seq: AtomicU64::new(1),
                 spread: AtomicUsize::new(0),
+                resent: AtomicU64::new(0),
                 view: Mutex::new(None),
                 conns: Mutex::new(BTreeMap::new()),
                 outstanding: Mutex::new(BTreeSet::new()),
@@ -230,6 +231,8 @@ struct Shared {
     next_req: AtomicU64,
     next_seq: AtomicU64,
     spread: AtomicUsize,
+    /// Ordered calls sent again (their reply was lost, or the member could not relay them).
+    resent: AtomicU64,
     view: Mutex<Option<Arc<ClientView>>>,
     conns: Mutex<BTreeMap<String, Arc<Conn>>>,
     /// Ordered calls sent and not answered yet (their numbers).
@@ -284,6 +287,12 @@ impl Client {
     /// This client's id, as the members' exactly-once records know it.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// How many times this client sent an ordered call again (a lost reply, a relay that
+    /// failed); each was applied once.
+    pub fn resent(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
     }
 
     /// The settings.
@@ -453,6 +462,10 @@ impl Client {
             let target = match to {
                 Some(n) => n,
                 None if members.is_empty() => continue,
+                // Ordered calls go through one relay per client (the shard's order then keeps
+                // the client's order while that member lives), another after a failure;
+                // queries are spread over the shard.
+                None if ordered => members[(s.id as usize).wrapping_add(attempt as usize) % members.len()],
                 None => members[s.spread.fetch_add(1, Ordering::Relaxed) % members.len()],
             };
             let Some(address) = view.address(target) else {
@@ -489,6 +502,9 @@ impl Client {
                 args,
             })
             .encode(&mut frame);
+            if ordered && sent {
+                s.resent.fetch_add(1, Ordering::Relaxed);
+            }
             let done = conn.request(req, &frame, deadline).await;
             if ordered {
                 sent = true;

@@ -25,6 +25,7 @@
 pub mod checkers;
 pub mod explore;
 pub mod kv_process;
+pub mod ledger;
 pub mod membership_sim;
 pub mod peer_process;
 pub mod scenarios;

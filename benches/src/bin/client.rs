@@ -37,7 +37,7 @@ const SHARD: ShardRef = ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0)
 const MEMBERS: u32 = 3;
 const GROUP: &str = "client-bench";
 /// Spin budget of the members before parking, µs.
-const SPIN_US: u64 = 200;
+const SPIN_US: u64 = 20;
 const SIZE: usize = 100;
 
 fn member(args: &[String]) {
@@ -91,9 +91,6 @@ fn client(args: &[String]) {
     let case = arg(args, "--case").expect("--case").to_string();
     let secs: u64 = arg(args, "--secs").expect("--secs").parse().expect("a number");
     let rounds: usize = arg(args, "--rounds").expect("--rounds").parse().expect("a number");
-    if let Some(c) = arg(args, "--core") {
-        derecho_benches::pin(c.parse().expect("a core"));
-    }
     let commands = Commands::from_stdin();
     let client = ExternalClient::builder(GROUP, contacts).build();
     client.blocking().refresh_view().expect("the view");
@@ -101,7 +98,7 @@ fn client(args: &[String]) {
     let payload = vec![7u8; SIZE];
     println!("ready");
     std::io::stdout().flush().ok();
-    futures::executor::block_on(commands.wait_for(1));
+    commands.block_until(1);
     match case.as_str() {
         "ordered-1" => {
             let mut samples = Vec::with_capacity(rounds);
@@ -140,21 +137,17 @@ fn client(args: &[String]) {
         other => panic!("unknown case {other}"),
     }
     std::io::stdout().flush().ok();
-    futures::executor::block_on(commands.wait_for(2));
+    commands.block_until(2);
 }
 
 /// Runs `clients` client processes of `case` against the members at `contacts`; returns each
 /// one's result line (after its keyword).
 fn run_clients(contacts: &str, case: &str, clients: u32, secs: u64, rounds: usize) -> Vec<Vec<f64>> {
-    let cores = available_cores();
     let mut procs = MemberProcesses::new(format!("client {case}"), Duration::from_secs(120 + secs));
     for i in 0..clients {
         let mut a: Vec<String> = vec!["--role".into(), "client".into(), "--contacts".into(), contacts.into()];
         a.extend(["--case".into(), case.into(), "--secs".into(), secs.to_string()]);
         a.extend(["--rounds".into(), rounds.to_string()]);
-        if !cores.is_empty() {
-            a.extend(["--core".into(), cores[i as usize % cores.len()].to_string()]);
-        }
         procs.spawn(100 + i, &a);
     }
     let mut ready = 0;
@@ -191,6 +184,7 @@ fn main() {
     let quick = flag(&args, "--quick");
     let secs: u64 = arg(&args, "--secs").map_or(if quick { 1 } else { 3 }, |v| v.parse().expect("a number"));
     let rounds = if quick { 2_000 } else { 10_000 };
+    let pinned = flag(&args, "--pinned");
     let cores = available_cores();
     eprintln!("client benchmark ({}), {secs} s per case, cores {cores:?}", if quick { "quick" } else { "full" });
     let (raw_p50, raw_p99) = raw::pingpong_us(SIZE, rounds, false, cores.get(1).copied().unwrap_or(0));
@@ -200,7 +194,7 @@ fn main() {
     let mut members = MemberProcesses::new("client members", Duration::from_secs(120));
     let margs = |id: u32, contact: Option<&str>| {
         let mut a: Vec<String> = vec!["--member".into(), id.to_string(), "--rounds".into(), rounds.to_string()];
-        if !cores.is_empty() {
+        if pinned && !cores.is_empty() {
             a.extend(["--core".into(), cores[id as usize % cores.len()].to_string()]);
         }
         if let Some(c) = contact {
@@ -210,16 +204,19 @@ fn main() {
     };
     members.spawn(0, &margs(0, None));
     let line = members.wait("address", |id, l| id == 0 && l.starts_with("listening "));
-    let mut contacts = vec![line["listening ".len()..].to_string()];
+    let first = line["listening ".len()..].to_string();
     for id in 1..MEMBERS {
-        members.spawn(id, &margs(id, Some(&contacts[0])));
-        let line = members.wait("address", |i, l| i == id && l.starts_with("listening "));
-        contacts.push(line["listening ".len()..].to_string());
+        members.spawn(id, &margs(id, Some(&first)));
     }
+    // Every member's address (the client knows them all) and readiness, in any order.
+    let mut contacts = vec![first];
     let mut ready = 0;
-    members.wait("readiness", |_, l| {
+    members.wait("addresses and readiness", |_, l| {
+        if let Some(a) = l.strip_prefix("listening ") {
+            contacts.push(a.to_string());
+        }
         ready += usize::from(l == "ready");
-        ready == MEMBERS as usize
+        ready == MEMBERS as usize && contacts.len() == MEMBERS as usize
     });
     members.tell_all("go");
     let own = members.wait("the members' own latency", |_, l| l.starts_with("own "));

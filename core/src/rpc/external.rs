@@ -10,7 +10,7 @@
 use std::marker::PhantomData;
 
 pub use derecho_client::{
-    Ack, Blocking, Client as ExternalClient, ClientBuilder, ClientConfig, ClientError, ClientView,
+    Ack, Blocking, Client as ExternalClient, ClientBuilder, ClientConfig, ClientError, ClientView, block_on,
 };
 use rkyv::util::AlignedVec;
 

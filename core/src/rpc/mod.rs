@@ -45,7 +45,7 @@ mod tests;
 
 pub use calls::{CallError, EXTERNAL, Handle, Replies, ReplyStream};
 pub use external::{
-    Ack, Blocking, ClientBuilder, ClientConfig, ClientError, ClientView, ExternalClient, ExternalHandle,
+    Ack, Blocking, ClientBuilder, ClientConfig, ClientError, ClientView, ExternalClient, ExternalHandle, block_on,
 };
 pub use recovery::RecoveryError;
 pub use replicated::{Applied, HandlerError, Method, Replicated, StateError};

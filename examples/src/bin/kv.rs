@@ -97,6 +97,25 @@ enum Cmd {
     },
     /// Shows the group's current view: its members and the members of each shard.
     View,
+    /// Runs a closed-loop load: N puts (or gets) in flight for a while, over the keys
+    /// `bench0`..; prints calls per second and latency percentiles.
+    Bench {
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        in_flight: usize,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+        secs: f64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100, value_name = "BYTES")]
+        size: usize,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        /// Gets instead of puts.
+        #[arg(long)]
+        gets: bool,
+    },
     /// Shows members' state as a table, read from their metrics listeners
     /// (`metrics_listen` in their configuration).
     Status {
@@ -305,10 +324,65 @@ fn run_client(contacts: &[String], command: Cmd) -> Result<ExitCode, String> {
                     Err(e) => return Err(format!("get {key} at time {t}: {e}")),
                 }
             }
+            Cmd::Bench { in_flight, secs, size, keys, gets } => {
+                bench(&client, in_flight.max(1), Duration::from_secs_f64(secs), size, keys.max(1), gets).await?;
+            }
             Cmd::Demo { .. } | Cmd::Member { .. } | Cmd::Status { .. } => unreachable!("not a client command"),
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `kv bench`: `in_flight` tasks each calling in a loop until `secs` pass.
+async fn bench(
+    client: &ExternalClient,
+    in_flight: usize,
+    secs: Duration,
+    size: usize,
+    keys: usize,
+    gets: bool,
+) -> Result<(), String> {
+    let value = vec![b'x'; size];
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut tasks = Vec::new();
+    for t in 0..in_flight {
+        let (client, value) = (client.clone(), value.clone());
+        tasks.push(derecho::spawn(async move {
+            let mut samples = Vec::new();
+            let mut i = t;
+            while Instant::now() < deadline {
+                let key = format!("bench{}", i % keys);
+                i += in_flight;
+                let t0 = Instant::now();
+                if gets {
+                    store(&client, &key).get(None, &key).await.map_err(explain)?;
+                } else {
+                    store(&client, &key).put(&key, &value).await.map_err(explain)?;
+                }
+                samples.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<_, String>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let at =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    println!(
+        "{} {} of {size} bytes, {in_flight} in flight: {:.0} calls/s; latency p50 {:.0} us, p99 {:.0} us, max {:.0} us",
+        all.len(),
+        if gets { "gets" } else { "puts" },
+        all.len() as f64 / elapsed,
+        at(0.5),
+        at(0.99),
+        all.last().copied().unwrap_or(0.0)
+    );
+    Ok(())
 }
 
 fn micros_now() -> u64 {
@@ -479,7 +553,7 @@ fn demo(shm: bool) -> Result<(), String> {
             first_versions.push(v);
         }
         println!(
-            "client: 100 puts in {:.1} ms (each relayed by a member and applied by its shard)",
+            "client: 100 puts in {:.1} ms (each relayed by a member, answered once durable at every member of its shard)",
             t0.elapsed().as_secs_f64() * 1e3
         );
         // A time between key7's two values, for a read by time below.
@@ -507,6 +581,7 @@ fn demo(shm: bool) -> Result<(), String> {
         vec!["put", "fruit", "plum"],
         vec!["get", "fruit"],
         vec!["view"],
+        vec!["bench", "--secs", "1", "--in-flight", "64"],
     ];
     for cmd in commands {
         // A read by time waits (bounded) until that time is durable at every member.

@@ -1,0 +1,72 @@
+//! One member process of the replicated [`Ledger`] for `tests/external_clients.rs`: external
+//! clients call it while members are killed.
+//!
+//! ```text
+//! ledger_member --me N [--contact ADDR] [--persist DIR]
+//! ```
+//!
+//! Standard output: `listening ADDR` (before it starts or joins), then `ready` once its view has
+//! three members. It runs until its standard input closes (or says `exit`).
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use derecho::driver::GroupBuilder;
+use derecho::protocol::{MembershipConfig, NodeId, SubgroupId};
+use derecho::rpc::Service;
+use derecho::runtime::net::TcpListener;
+use derecho::runtime::time;
+use derecho_tests::ledger::Ledger;
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn main() {
+    derecho::logging::init_default("warn");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let me: u32 = arg(&args, "--me").expect("--me").parse().expect("a node id");
+    let contact: Option<SocketAddr> = arg(&args, "--contact").map(|c| c.parse().expect("an address"));
+    let persist = arg(&args, "--persist").map(std::path::PathBuf::from);
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    derecho::Builder::new().build().expect("executor").block_on(async move {
+        let membership = MembershipConfig {
+            heartbeat: Duration::from_millis(5),
+            suspect_after: Duration::from_millis(500),
+            ..MembershipConfig::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");
+        println!("listening {}", listener.local_addr());
+        let builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
+            .listener(listener)
+            .name("ledger")
+            .membership(membership)
+            .connect_timeout(Duration::from_secs(3));
+        let service = Service::new();
+        service.host(SubgroupId(0), Ledger::default);
+        if let Some(dir) = &persist {
+            service.persist_to(dir).expect("the log directory");
+        }
+        let group = service.start_or_join(builder, contact).await.expect("start or join");
+        group.wait_view(Duration::from_secs(30), |v| v.members.len() == 3).await.expect("a view of three");
+        println!("ready");
+        loop {
+            match rx.try_recv() {
+                Ok(l) if l == "exit" => break,
+                Ok(_) => {}
+                Err(mpsc::TryRecvError::Empty) => time::sleep(Duration::from_millis(5)).await,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            }
+        }
+        group.close().await;
+    });
+}
