@@ -45,6 +45,13 @@
 //! reserved = [[], [7]]            # node ids reserved for each shard
 //! disjoint = false                # take no member an earlier disjoint subgroup took
 //!
+//! [clients]                       # external clients' sessions; every field optional
+//! max = 1024                      # sessions at once
+//! in_flight_max = 1024            # calls under way per session
+//! queued_bytes_max = 16777216     # answers a client has not read; beyond, it is closed
+//! idle_timeout_ms = 300000        # a silent session is closed
+//! frame_max = 67108864            # the longest request
+//!
 //! [limits]                        # as in the static group's file; every member must have the same
 //! window_len = 4096
 //! ```
@@ -56,7 +63,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::config::{LimitsConfig, TransportKind, de_address, de_address_opt, invalid, overlay, read};
-use super::{ConfigError, GroupBuilder};
+use super::{ClientLimits, ConfigError, GroupBuilder};
 use crate::protocol::{
     ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, LostShards, MembershipConfig, NodeId, OneShard, Policy,
     RoundRobinShards, Senders, ShardIndex, ShardRef, SubgroupId, SubgroupSpec,
@@ -70,6 +77,16 @@ struct MembershipFile {
     partition_safety: Option<bool>,
     state_transfer_timeout_ms: Option<u64>,
     lost_shards: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    max: Option<usize>,
+    in_flight_max: Option<usize>,
+    queued_bytes_max: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    frame_max: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -181,6 +198,8 @@ struct File {
     shm_dir: PathBuf,
     #[serde(default)]
     membership: MembershipFile,
+    #[serde(default)]
+    clients: ClientsFile,
     layout: Option<LayoutFile>,
     #[serde(default)]
     subgroups: Vec<SubgroupFile>,
@@ -255,6 +274,8 @@ pub struct GroupMemberConfig {
     pub subgroups: Option<GroupLayout>,
     /// Limits.
     pub limits: Limits,
+    /// How the member bounds its external clients.
+    pub clients: ClientLimits,
 }
 
 impl GroupMemberConfig {
@@ -310,6 +331,30 @@ impl GroupMemberConfig {
             };
             invalid(key, e.reason)
         })?;
+        let dc = ClientLimits::default();
+        let clients = ClientLimits {
+            max: f.clients.max.unwrap_or(dc.max),
+            in_flight_max: f.clients.in_flight_max.unwrap_or(dc.in_flight_max),
+            queued_bytes_max: f.clients.queued_bytes_max.unwrap_or(dc.queued_bytes_max),
+            idle: ms(f.clients.idle_timeout_ms, dc.idle),
+            frame_max: f.clients.frame_max.unwrap_or(dc.frame_max),
+        };
+        for (key, v) in [
+            ("clients.max", clients.max),
+            ("clients.in_flight_max", clients.in_flight_max),
+            ("clients.queued_bytes_max", clients.queued_bytes_max),
+            ("clients.frame_max", clients.frame_max),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be above zero"));
+            }
+        }
+        if clients.idle.is_zero() {
+            return Err(invalid("clients.idle_timeout_ms", "must be above zero"));
+        }
+        if clients.frame_max > u32::MAX as usize {
+            return Err(invalid("clients.frame_max", "must be at most 4294967295"));
+        }
         let subgroups = if f.subgroups.is_empty() {
             None
         } else {
@@ -394,6 +439,7 @@ impl GroupMemberConfig {
             mode,
             subgroups,
             limits,
+            clients,
         })
     }
 
@@ -413,6 +459,7 @@ impl GroupMemberConfig {
             .name(self.group.clone())
             .limits(self.limits.clone())
             .membership(self.membership.clone())
+            .client_limits(self.clients.clone())
             .connect_timeout(self.connect_timeout)
             .join_timeout(self.join_timeout)
             .restart_timeout(self.restart_timeout)
@@ -460,6 +507,9 @@ mod tests {
     fn defaults_and_overrides() {
         let c = load(&[]).unwrap();
         assert_eq!((c.me, c.contact, c.group.as_str()), (NodeId(2), None, "derecho"));
+        assert_eq!(c.clients, ClientLimits::default());
+        let c = load(&["clients.max=7", "clients.idle_timeout_ms=1500"]).unwrap();
+        assert_eq!((c.clients.max, c.clients.idle), (7, Duration::from_millis(1500)));
         assert_eq!(c.membership, MembershipConfig::default());
         assert_eq!((c.shards, c.min_per_shard, c.mode), (1, 1, DeliveryMode::Ordered));
         assert_eq!((c.transport, c.shm_dir.as_path()), (TransportKind::Tcp, Path::new("/dev/shm")));
@@ -534,6 +584,9 @@ senders = [0, 2]
     fn bad_values_name_the_key() {
         let cases: &[(&[&str], &str)] = &[
             (&["membership.heartbeat_ms=0"], "membership.heartbeat_ms"),
+            (&["clients.max=0"], "clients.max"),
+            (&["clients.idle_timeout_ms=0"], "clients.idle_timeout_ms"),
+            (&["clients.frame_max=5000000000"], "clients.frame_max"),
             (&["membership.heartbeat_ms=60", "membership.suspect_after_ms=100"], "membership.suspect_after_ms"),
             (&["membership.beat=1"], "beat"),
             (&["layout.mode=sideways"], "layout.mode"),
@@ -581,7 +634,7 @@ senders = [0, 2]
         let documented = GroupMemberConfig::from_toml(&b[0], Vec::new(), &[]).expect("the member block loads");
         let defaults = GroupMemberConfig::from_toml("me = 0\nlisten = \"127.0.0.1:7000\"\n", Vec::new(), &[]).unwrap();
         assert_eq!(documented, defaults, "the page's values are not the defaults");
-        for table in ["", "membership.", "layout.", "limits."] {
+        for table in ["", "membership.", "clients.", "layout.", "limits."] {
             let e = load(&[&format!("{table}zz_unknown=1")]).expect_err("an unknown key");
             for key in accepted(&e) {
                 let documented = mentions(&b[0], &key)

@@ -35,7 +35,7 @@ mod member_config;
 pub use config::{ConfigError, ENV_PREFIX, GroupConfig, MemberConfig, Origin, TransportKind, resolve_address};
 pub use derecho_runtime::signal::{Signal, Signals};
 pub use group::{
-    AppError, Application, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
+    AppError, Application, ClientLimits, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
     PARTITION_SAFETY_NEEDED, PersistWaitError, SendToError, ShardMetrics, Shutdown, State, ViewChange, WaitError,
 };
 pub use member_config::GroupMemberConfig;
