@@ -219,3 +219,96 @@ fn bad_clients_cost_the_members_nothing() {
         m.finish();
     }
 }
+
+/// Removes a directory when dropped (also when the test panics).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn persisting_member(me: u32, dir: &std::path::Path, contact: Option<&str>) -> Member {
+    let mut args = vec![OsString::from("--persist"), dir.join(format!("member-{me}")).into_os_string()];
+    if let Some(c) = contact {
+        args.extend([OsString::from("--contact"), OsString::from(c)]);
+    }
+    Member::spawn(env!("CARGO_BIN_EXE_ledger_member"), me, &args)
+}
+
+/// Starts members 0, 1, 2 persisting under `dir` (member 0 first, the others through it; after
+/// a total restart, member 0 leads it); returns them and their addresses once all are ready.
+fn persisting_members(dir: &std::path::Path) -> (Vec<Member>, Vec<String>) {
+    let first = persisting_member(0, dir, None);
+    let a0 = first.expect("listening ")["listening ".len()..].to_string();
+    let mut all = vec![first];
+    let mut addrs = vec![a0.clone()];
+    for me in 1..3 {
+        let m = persisting_member(me, dir, Some(&a0));
+        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
+        all.push(m);
+    }
+    for m in &all {
+        m.expect("ready");
+    }
+    (all, addrs)
+}
+
+#[test]
+fn acknowledged_calls_survive_killing_every_member() {
+    let dir = RemoveOnDrop(std::env::temp_dir().join(format!("derecho-ack-{}", std::process::id())));
+    let (mut members, addrs) = persisting_members(&dir.0);
+    // A persisting service answers once a call is durable at every member of its shard.
+    let c = ExternalClient::builder(GROUP, addrs.clone()).timeout(Duration::from_secs(2)).build();
+    c.blocking().refresh_view().expect("the view");
+    let ledger = LedgerExternal::new(ExternalHandle::<Ledger>::new(c.clone(), SHARD));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let loader = {
+        let (ledger, acked) = (ledger.clone(), acked.clone());
+        std::thread::spawn(move || {
+            block_on(async {
+                let mut tasks = FuturesUnordered::new();
+                for t in 0..16u64 {
+                    let (ledger, acked) = (&ledger, &acked);
+                    tasks.push(async move {
+                        for i in 0.. {
+                            let op = (t << 32) | i;
+                            if ledger.add(op).await.is_err() {
+                                return; // the members are gone
+                            }
+                            acked.lock().unwrap().insert(op);
+                        }
+                    });
+                }
+                while tasks.next().await.is_some() {}
+            });
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "fewer than 300 calls acknowledged in 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Every member at once, with calls in flight.
+    for m in &mut members {
+        m.kill();
+    }
+    loader.join().expect("the loader");
+    let acked = acked.lock().unwrap().clone();
+    drop(c);
+    // The group restarts from its logs: every acknowledged call is there, once.
+    let (mut members, addrs) = persisting_members(&dir.0);
+    let (_c, ledger) = client(&addrs);
+    for n in 0..3u32 {
+        let (all, twice) = block_on(ledger.report(Some(NodeId(n)))).expect("a report");
+        assert!(twice.is_empty(), "member {n} applied ops twice after the restart: {twice:x?}");
+        let all: BTreeSet<u64> = all.into_iter().collect();
+        let lost: Vec<_> = acked.difference(&all).take(8).collect();
+        assert!(lost.is_empty(), "member {n} lost {} acknowledged calls: {lost:x?}", acked.difference(&all).count());
+    }
+    eprintln!("{} acknowledged calls survived the loss of every member", acked.len());
+    for m in &mut members {
+        m.finish();
+    }
+}

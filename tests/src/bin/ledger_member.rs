@@ -26,6 +26,13 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 fn main() {
     derecho::logging::init_default("warn");
+    // A panic anywhere (the executor would contain one in a task) ends the process, so that a
+    // test sees a member fail on bad input.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let me: u32 = arg(&args, "--me").expect("--me").parse().expect("a node id");
     let contact: Option<SocketAddr> = arg(&args, "--contact").map(|c| c.parse().expect("an address"));

@@ -211,7 +211,8 @@ async fn write_loop(s: Rc<Session>) {
 /// Reads requests until the client leaves, breaks the protocol or falls silent; says why.
 async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: &ClientLimits) -> String {
     let frames = Frames::new(limits.frame_max);
-    let mut buf = AlignedBuf::zeroed(64 << 10);
+    // The acceptor may have read more than a buffer's worth behind the hello.
+    let mut buf = AlignedBuf::zeroed((64 << 10).max(early.len().next_power_of_two()));
     buf.spare_full()[..early.len()].copy_from_slice(&early);
     let (mut start, mut end) = (0, early.len());
     loop {
