@@ -12,6 +12,10 @@
 //!   client, and from each of 4 client processes; calls per second (summed).
 //! * `tcp-100b-query-256`: 256 queries in flight from one client; queries per second.
 //!
+//! * `python-tcp-100b-ordered-1`, `python-tcp-100b-ordered-64-threads`: the generated Python class
+//!   against three kv members, with the Rust client's `kv bench` on the same group as baseline
+//!   (`examples/python/bench.py`; only once the module is built by `examples/python/run-tests`).
+//!
 //! It ends with the targets: p50 at most twice the members' p50 plus one raw round
 //! trip; 200,000 ordered calls/s from one client, 300,000 from four; 400,000 queries/s.
 //!
@@ -167,6 +171,28 @@ fn run_clients(contacts: &str, case: &str, clients: u32, secs: u64, rounds: usiz
     out
 }
 
+/// The Python client's cases (`examples/python/bench.py`, against kv members), when the module
+/// is built (`bash examples/python/run-tests` builds it); otherwise says how to get them.
+fn python_cases(quick: bool) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let python = format!("{root}/target/python-venv/bin/python");
+    let kv = format!("{root}/target/release/kv");
+    if !std::path::Path::new(&python).exists() || !std::path::Path::new(&kv).exists() {
+        eprintln!("client: no Python cases (run `bash examples/python/run-tests` first to build the module)");
+        return;
+    }
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(format!("{root}/examples/python/bench.py")).env("KV_BIN", kv);
+    if quick {
+        cmd.arg("--quick");
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Ok(o) => eprintln!("client: the Python cases failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => eprintln!("client: the Python cases could not start: {e}"),
+    }
+}
+
 fn main() {
     derecho_benches::log_from_env();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -236,6 +262,8 @@ fn main() {
     let queries = run_clients(&contacts, "query-256", 1, secs, rounds)[0][0];
     Record::new(BENCH, "tcp-100b-query-256", "queries_per_s", queries, "queries/s").print();
     members.finish(Duration::from_secs(30));
+
+    python_cases(quick);
 
     Record::new(BENCH, "target-ordered-1-p50", "p50_us", lat[0], "us").with_target(bound, lat[0] <= bound).print();
     Record::new(BENCH, "target-ordered-256", "calls_per_s", one, "calls/s")

@@ -66,6 +66,80 @@ pub(crate) fn write_session_prefix(out: &mut [u8], client: u64, seq: u64, answer
 #[doc(hidden)]
 pub mod support {
     pub use rkyv;
+
+    /// What the Python classes `#[replicated]` generates use (feature `python`).
+    #[cfg(feature = "python")]
+    pub mod python {
+        pub use pyo3;
+        use pyo3::prelude::*;
+
+        use crate::rpc::{ClientError as Error, ExternalClient};
+
+        pyo3::create_exception!(
+            derecho,
+            ClientError,
+            pyo3::exceptions::PyException,
+            "A call into the group failed; its args are the message and the kind of failure \
+             (\"unreachable\", \"unknown\", \"timed out\", or the member's: \"type mismatch\", \
+             \"too large\", ...)."
+        );
+
+        /// A client error as the Python exception.
+        pub fn client_error(e: Error) -> PyErr {
+            let kind = match &e {
+                Error::Remote { kind, .. } => kind.to_string(),
+                Error::Unreachable { .. } => "unreachable".into(),
+                Error::NoSuchShard(_) => "no such shard".into(),
+                Error::BadReply(_) => "bad reply".into(),
+                Error::Arguments(_) => "bad arguments".into(),
+                Error::Unknown { .. } => "unknown".into(),
+                Error::TimedOut { .. } => "timed out".into(),
+                _ => "error".into(),
+            };
+            ClientError::new_err((e.to_string(), kind))
+        }
+
+        /// A client of `group` that has fetched the view, each call bounded by `timeout` s.
+        ///
+        /// # Errors
+        ///
+        /// `ClientError` when no contact answers; `ValueError` for a bad timeout.
+        pub fn connect(py: Python<'_>, group: &str, contacts: Vec<String>, timeout: f64) -> PyResult<ExternalClient> {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "timeout {timeout} is not a positive number of seconds"
+                )));
+            }
+            let client =
+                ExternalClient::builder(group, contacts).timeout(std::time::Duration::from_secs_f64(timeout)).build();
+            py.detach(|| client.blocking().refresh_view()).map_err(client_error)?;
+            Ok(client)
+        }
+
+        /// The members of the client's last view with their addresses.
+        pub fn members(client: &ExternalClient) -> Vec<(u32, String)> {
+            client.view().map(|v| v.members.iter().map(|(n, a)| (n.0, a.clone())).collect()).unwrap_or_default()
+        }
+
+        /// The shards of the client's last view with their members.
+        pub fn shards(client: &ExternalClient) -> Vec<((u16, u16), Vec<u32>)> {
+            client
+                .view()
+                .map(|v| {
+                    v.shards.iter().map(|(s, m)| ((s.subgroup.0, s.shard.0), m.iter().map(|n| n.0).collect())).collect()
+                })
+                .unwrap_or_default()
+        }
+
+        /// Adds `ClientError` to a Python module (the classes are added by the module's author).
+        ///
+        /// # Errors
+        ///
+        /// As PyO3's `add`.
+        pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            m.add("ClientError", m.py().get_type::<ClientError>())
+        }
+    }
     use rkyv::util::AlignedVec;
 
     use super::HandlerError;

@@ -219,6 +219,10 @@ fn member(config: PathBuf, sets: &[String], persist: Option<PathBuf>) -> Result<
         let events = async {
             loop {
                 if let GroupEvent::ViewInstalled(c) = group.next_event().await {
+                    // Clients subscribed to "view" hear of every view this member installs.
+                    group
+                        .sender()
+                        .notify("view", format!("view {} members {}", c.view.id.0, ids(&c.view.members)).as_bytes());
                     let shards: Vec<String> =
                         c.view.shards.iter().map(|s| format!("shard {}: {}", s.id.shard.0, ids(&s.members))).collect();
                     match &c.inadequate {
