@@ -333,6 +333,31 @@ impl MemberProcesses {
     }
 }
 
+/// A member process's executor: pinned to the core `--core` names (unpinned without it),
+/// spinning `spin` before it parks.
+///
+/// # Panics
+///
+/// If `--core` is not a number or the executor cannot be built.
+pub fn member_executor(args: &[String], spin: Duration) -> derecho::LocalExecutor {
+    let b = derecho::Builder::new().spin_budget(spin);
+    let b = match arg(args, "--core").map(|c| c.parse::<usize>().expect("a core")) {
+        Some(c) => b.pin_to_core(c),
+        None => b.placement(derecho::Placement::Unpinned),
+    };
+    b.build().expect("executor")
+}
+
+/// The group settings of the call benchmarks: messages up to 16 KiB, 4 MiB rings, and a
+/// suspicion timeout of 2 s (busy members share two cores: one descheduled for a while must not
+/// be suspected; these benchmarks measure throughput, not failure detection).
+pub fn call_bench_settings() -> (derecho::protocol::Limits, derecho::protocol::MembershipConfig) {
+    let limits = derecho::protocol::Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Default::default() };
+    let membership =
+        derecho::protocol::MembershipConfig { suspect_after: Duration::from_secs(2), ..Default::default() };
+    (limits, membership)
+}
+
 /// A member process's commands from its parent ([`MemberProcesses`]), read from standard input
 /// by a thread: 0 before `go`, 1 after it, 2 after `exit` or the end of input.
 #[derive(Clone, Debug)]

@@ -502,11 +502,13 @@ impl Client {
                 args,
             })
             .encode(&mut frame);
-            if ordered && sent {
+            if flags & FLAG_RETRY != 0 {
                 s.resent.fetch_add(1, Ordering::Relaxed);
             }
             let done = conn.request(req, &frame, deadline).await;
-            if ordered {
+            // A call whose answer was lost may have been applied: from now on it is sent as a
+            // retry (a member's refusal means it was not, and changes nothing).
+            if ordered && matches!(done, Done::Lost(_) | Done::TimedOut) {
                 sent = true;
                 flags |= FLAG_RETRY;
             }

@@ -32,7 +32,7 @@ def record(case, metric, value, unit, baseline=None):
     if baseline:
         line["baseline"] = round(baseline, 3)
         line["ratio"] = round(value / baseline, 3)
-    print(json.dumps(line, sort_keys=True), flush=True)
+    print(json.dumps(line, sort_keys=True, separators=(",", ":")), flush=True)
 
 
 def percentile(samples, p):

@@ -8,22 +8,12 @@
 //! The test sets the namespaces up and tears them down itself. It needs root, `ip` (iproute2)
 //! and `nft` (nftables, installed by `.ci/setup`); without them it says so and skips.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::Members;
 use common::netns::{Net, ip, skip_reason};
-
-struct Members(Vec<Child>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Runs the `kv` client in namespace `ns` against `contact`.
 fn kv(ns: &str, contact: &str, args: &[&str]) -> Output {

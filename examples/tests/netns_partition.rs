@@ -8,23 +8,13 @@
 //! needs root and `ip` (iproute2); without them it says so and skips.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::Members;
 use common::netns::{Net, skip_reason};
-
-struct Members(Vec<Child>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[test]
 fn an_isolated_member_stops_partitioned_and_the_majority_continues() {

@@ -23,6 +23,7 @@
 //!   standard input and output, for `tests/kv_linearizable.rs` and `tests/kv_restart.rs`.
 
 pub mod checkers;
+pub mod child;
 pub mod explore;
 pub mod kv_process;
 pub mod ledger;

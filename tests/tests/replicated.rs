@@ -361,7 +361,8 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
         a.store.put("k", b"v").await.unwrap();
 
         // A client that knows one member fetches the view and asks any member of the shard.
-        let client = ExternalClient::builder("replicated-test", [b.group.local_addr().to_string()])
+        // A host name resolves.
+        let client = ExternalClient::builder("replicated-test", [format!("localhost:{}", b.group.local_addr().port())])
             .timeout(Duration::from_secs(5))
             .connect()
             .await

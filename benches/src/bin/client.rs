@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use derecho::available_cores;
 use derecho::driver::GroupBuilder;
-use derecho::protocol::{Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
+use derecho::protocol::{NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::{ExternalClient, ExternalHandle, Service};
 use derecho_benches::sink::{Sink, SinkClient, SinkExternal};
 use derecho_benches::{Commands, MemberProcesses, Record, arg, flag, percentile, raw};
@@ -48,17 +48,10 @@ fn member(args: &[String]) {
     let num = |n: &str| -> u64 { arg(args, n).expect(n).parse().expect("a number") };
     let me = NodeId(num("--member") as u32);
     let rounds = num("--rounds") as usize;
-    let core = arg(args, "--core").map(|c| c.parse::<usize>().expect("a core"));
     let commands = Commands::from_stdin();
-    let mut b = derecho::Builder::new().spin_budget(Duration::from_micros(SPIN_US));
-    b = match core {
-        Some(c) => b.pin_to_core(c),
-        None => b.placement(derecho::Placement::Unpinned),
-    };
-    let executor = b.build().expect("executor");
+    let executor = derecho_benches::member_executor(args, Duration::from_micros(SPIN_US));
     executor.block_on(async move {
-        let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
-        let membership = MembershipConfig { suspect_after: Duration::from_secs(2), ..MembershipConfig::default() };
+        let (limits, membership) = derecho_benches::call_bench_settings();
         let builder =
             GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap()).name(GROUP).limits(limits).membership(membership);
         let service = Service::new();

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use derecho::driver::{GroupBuilder, TransportKind};
-use derecho::protocol::{Delivered, Limits, MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
+use derecho::protocol::{Delivered, NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
 use derecho::{available_cores, spawn};
 use derecho_benches::sink::{Sink, SinkClient};
@@ -45,20 +45,11 @@ fn member(args: &[String]) {
     let secs = num("--secs");
     let outstanding = num("--outstanding") as usize;
     let mode = arg(args, "--mode").expect("--mode").to_string();
-    let core = arg(args, "--core").map(|c| c.parse::<usize>().expect("a core"));
     let shm_dir = arg(args, "--shm-dir").map(str::to_string);
     let commands = Commands::from_stdin();
-    let mut b = derecho::Builder::new().spin_budget(Duration::from_micros(SPIN_US));
-    b = match core {
-        Some(c) => b.pin_to_core(c),
-        None => b.placement(derecho::Placement::Unpinned),
-    };
-    let executor = b.build().expect("executor");
+    let executor = derecho_benches::member_executor(args, Duration::from_micros(SPIN_US));
     executor.block_on(async move {
-        let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
-        // Three busy members share two cores here: a member descheduled for a while must not be
-        // suspected (this measures throughput, not failure detection).
-        let membership = MembershipConfig { suspect_after: Duration::from_secs(2), ..MembershipConfig::default() };
+        let (limits, membership) = derecho_benches::call_bench_settings();
         let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
             .name("rpc-bench")
             .limits(limits)

@@ -10,8 +10,9 @@
 //! with the first reply.
 //!
 //! Bounded: at most [`CLIENTS_MAX`] clients per shard (the one whose last call is oldest is
-//! forgotten first) and [`CALLS_MAX`] calls per client. A retry from a client the table no
-//! longer knows is refused ([`Seen::Expired`]): whether its first copy was applied is unknown.
+//! forgotten first) and [`CALLS_MAX`] calls per client. Once a client was forgotten, a retry
+//! from a client the table does not know is refused ([`Seen::Expired`]): whether its first copy
+//! was applied is unknown.
 
 use std::collections::BTreeMap;
 
@@ -91,6 +92,10 @@ struct Client {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Table {
     clients: BTreeMap<u64, Client>,
+    /// Some client was forgotten (the bound): a retry from a client the table does not know may
+    /// then be a copy of a call applied before. Until then such a retry is new (every call
+    /// delivered is recorded).
+    forgot: bool,
     /// Calls applied and not answered yet, by version.
     running: BTreeMap<Version, (u64, u64)>,
 }
@@ -99,13 +104,14 @@ impl Table {
     /// Records a call delivered at `version` and says what to do with it.
     pub(super) fn deliver(&mut self, p: &Prefix, version: Version) -> Seen {
         if !self.clients.contains_key(&p.client) {
-            if p.retry {
+            if p.retry && self.forgot {
                 return Seen::Expired;
             }
             if self.clients.len() >= CLIENTS_MAX {
                 let oldest = self.clients.iter().min_by_key(|(id, c)| (c.last, **id)).map(|(id, _)| *id);
                 if let Some(id) = oldest {
                     self.clients.remove(&id);
+                    self.forgot = true;
                 }
             }
         }
@@ -158,10 +164,12 @@ impl Table {
         });
     }
 
-    /// The table as bytes (little-endian: client count; per client its id, last version,
+    /// The table as bytes (little-endian: whether a client was forgotten (0 or 1), client
+    /// count; per client its id, last version,
     /// floor and call count; per call its number, version, reply length (u32::MAX: none) and reply).
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        out.extend_from_slice(&u64::from(self.forgot).to_le_bytes());
         out.extend_from_slice(&(self.clients.len() as u64).to_le_bytes());
         for (id, c) in &self.clients {
             for w in [*id, c.last.as_u64(), c.floor, c.calls.len() as u64] {
@@ -201,7 +209,12 @@ impl Table {
             }
         }
         let mut r = R(bytes, 0);
-        let mut t = Table::default();
+        let forgot = match r.u64()? {
+            0 => false,
+            1 => true,
+            v => return Err(format!("the clients' record says {v} where 0 or 1 belongs")),
+        };
+        let mut t = Table { forgot, ..Table::default() };
         for _ in 0..r.u64()? {
             let (id, last, floor, calls) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let mut c = Client { last: Version::from_u64(last), floor, calls: BTreeMap::new() };
@@ -329,9 +342,12 @@ mod tests {
         assert_eq!(t.deliver(&p(7, 1, 1, true), v(14)), Seen::Expired);
         assert_eq!(t.deliver(&p(7, 1, 1, false), v(14)), Seen::Expired, "a late first copy");
         assert_eq!(t.deliver(&p(7, 3, 1, true), v(14)), Seen::Duplicate(v(13)), "an older floor");
-        // A retry from a client the table does not know.
-        assert_eq!(t.deliver(&p(8, 5, 5, true), v(15)), Seen::Expired);
-        assert_eq!(t.deliver(&p(8, 5, 5, false), v(16)), Seen::Fresh);
+        // A retry from a client the table does not know: new, as long as no client was forgotten
+        // (every call delivered is recorded).
+        assert_eq!(t.deliver(&p(8, 5, 5, true), v(15)), Seen::Fresh);
+        t.forgot = true;
+        assert_eq!(t.deliver(&p(9, 5, 5, true), v(16)), Seen::Expired);
+        assert_eq!(t.deliver(&p(9, 5, 5, false), v(16)), Seen::Fresh);
     }
 
     #[test]
@@ -361,6 +377,9 @@ mod tests {
         }
         assert_eq!(t.clients.len(), CLIENTS_MAX);
         assert!(!t.clients.contains_key(&100));
+        assert!(t.forgot);
+        // The forgotten client's retry cannot be judged.
+        assert_eq!(t.deliver(&p(100, 2, 1, true), v(1 << 20)), Seen::Expired);
         let mut prefix = [0u8; PREFIX_LEN];
         p(3, 4, 2, true).write(&mut prefix);
         assert_eq!(Prefix::read(&prefix), Some((p(3, 4, 2, true), &[][..])));

@@ -30,16 +30,15 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use derecho::driver::{GroupBuilder, TransportKind};
-use derecho::protocol::{MembershipConfig, NodeId, ShardIndex, ShardRef, SubgroupId};
+use derecho::driver::TransportKind;
+use derecho::protocol::{NodeId, ShardIndex, ShardRef, SubgroupId};
 use derecho::rpc::Service;
-use derecho::runtime::net::TcpListener;
 use derecho::runtime::time;
 use derecho::sim::SimRng;
 use derecho_examples::kv::{KvStore, KvStoreClient};
@@ -163,31 +162,11 @@ fn main() {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&history_path).expect("the history file");
     let history = Rc::new(History(RefCell::new(file)));
 
-    // Commands from the test, read by a thread.
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    // Commands from the test.
+    let rx = derecho_tests::child::stdin_lines();
 
     derecho::Builder::new().build().expect("executor").block_on(async move {
-        let membership = MembershipConfig {
-            heartbeat: Duration::from_millis(5),
-            suspect_after: Duration::from_millis(500),
-            ..MembershipConfig::default()
-        };
-        // Bound first, so that the address is known before a restart leader waits for the
-        // others.
-        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");
-        println!("listening {}", listener.local_addr());
-        let mut builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
-            .listener(listener)
-            .name("kv-linearizable")
-            .membership(membership)
-            .connect_timeout(Duration::from_secs(3));
+        let mut builder = derecho_tests::child::loopback_member(me, "kv-linearizable");
         if let Some(d) = shm_dir {
             builder = builder.transport(TransportKind::Shm).shm_dir(d);
         }

@@ -8,15 +8,12 @@
 //! Standard output: `listening ADDR` (before it starts or joins), then `ready` once its view has
 //! three members. It runs until its standard input closes (or says `exit`).
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use derecho::driver::GroupBuilder;
-use derecho::protocol::{MembershipConfig, NodeId, SubgroupId};
+use derecho::protocol::SubgroupId;
 use derecho::rpc::Service;
-use derecho::runtime::net::TcpListener;
 use derecho::runtime::time;
 use derecho_tests::ledger::Ledger;
 
@@ -37,27 +34,9 @@ fn main() {
     let me: u32 = arg(&args, "--me").expect("--me").parse().expect("a node id");
     let contact: Option<SocketAddr> = arg(&args, "--contact").map(|c| c.parse().expect("an address"));
     let persist = arg(&args, "--persist").map(std::path::PathBuf::from);
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = derecho_tests::child::stdin_lines();
     derecho::Builder::new().build().expect("executor").block_on(async move {
-        let membership = MembershipConfig {
-            heartbeat: Duration::from_millis(5),
-            suspect_after: Duration::from_millis(500),
-            ..MembershipConfig::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");
-        println!("listening {}", listener.local_addr());
-        let builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
-            .listener(listener)
-            .name("ledger")
-            .membership(membership)
-            .connect_timeout(Duration::from_secs(3));
+        let builder = derecho_tests::child::loopback_member(me, "ledger");
         let service = Service::new();
         service.host(SubgroupId(0), Ledger::default);
         if let Some(dir) = &persist {
