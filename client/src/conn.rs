@@ -98,7 +98,7 @@ pub(crate) type Notification = (String, Vec<u8>);
 /// Notifications pushed by members, for the client to take, and the task waiting for one.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    pub(crate) queue: Mutex<(VecDeque<Notification>, Option<Waker>)>,
+    pub(crate) queue: Mutex<(VecDeque<Notification>, Vec<Waker>)>,
 }
 
 /// Notifications kept before the oldest are dropped.
@@ -222,7 +222,13 @@ impl Conn {
             slot.complete(Done::Lost(format!("the connection to {} {}", self.address, self.why())));
             return answer;
         }
-        lock(&self.pending).insert(req, slot);
+        lock(&self.pending).insert(req, slot.clone());
+        if self.is_closed() {
+            // Closed meanwhile: `close` may have completed the others before this one was in.
+            lock(&self.pending).remove(&req);
+            slot.complete(Done::Lost(format!("the connection to {} {}", self.address, self.why())));
+            return answer;
+        }
         self.write(frame);
         answer
     }
@@ -231,7 +237,9 @@ impl Conn {
     /// caller writes it at once; otherwise it is queued for the connection's writer thread, so
     /// that calls in flight leave in batches, one system call for many.
     fn write(&self, frame: &[u8]) {
-        let alone = lock(&self.pending).len() <= 1;
+        // A large frame always goes to the writer thread: the caller may be a member's own
+        // thread, which must stay free to read what it is sent.
+        let alone = lock(&self.pending).len() <= 1 && frame.len() <= 64 << 10;
         let mut w = lock(&self.out.writer);
         w.queued.extend_from_slice(frame);
         if w.writing {
@@ -285,15 +293,15 @@ impl Conn {
             ),
             Response::Subscribed { req } | Response::Pong { req } => (req, Done::Ack),
             Response::Notify { topic, body } => {
-                let waker = {
+                let wakers = {
                     let mut q = lock(&inbox.queue);
                     if q.0.len() >= INBOX_MAX {
                         q.0.pop_front();
                     }
                     q.0.push_back((topic.to_string(), body.to_vec()));
-                    q.1.take()
+                    std::mem::take(&mut q.1)
                 };
-                if let Some(w) = waker {
+                for w in wakers {
                     w.wake();
                 }
                 return Ok(());

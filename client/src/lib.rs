@@ -12,8 +12,10 @@
 //! remember each client's replies until the client says it has them, so when a reply is lost
 //! (the relaying member failed, the connection broke) the client sends the call again, to
 //! another member if need be, and gets the first reply back: the call is applied once. A call
-//! ends as [`ClientError::Unknown`] only when the client gives up (no member answered within
-//! its timeout).
+//! that may have been applied ends as a reply or as [`ClientError::Unknown`]: when the client
+//! gives up (no member answered within its timeout), or in the rare case that the members have
+//! forgotten the client (more than 10,000 clients per shard since) when it sends a call again.
+//! At most 1,024 ordered calls of a client are outstanding; more wait.
 //!
 //! **Acknowledgements.** By default a member answers an ordered call as its service decides:
 //! a service that persists its state answers once the call's version is persisted at every
@@ -193,7 +195,7 @@ impl ClientBuilder {
                 resent: AtomicU64::new(0),
                 view: Mutex::new(None),
                 conns: Mutex::new(BTreeMap::new()),
-                outstanding: Mutex::new(BTreeSet::new()),
+                outstanding: Mutex::new((BTreeSet::new(), Vec::new())),
                 inbox: Arc::new(Inbox::default()),
             }),
         }
@@ -235,8 +237,8 @@ struct Shared {
     resent: AtomicU64,
     view: Mutex<Option<Arc<ClientView>>>,
     conns: Mutex<BTreeMap<String, Arc<Conn>>>,
-    /// Ordered calls sent and not answered yet (their numbers).
-    outstanding: Mutex<BTreeSet<u64>>,
+    /// Ordered calls sent and not answered yet (their numbers), and calls waiting for a slot.
+    outstanding: Mutex<(BTreeSet<u64>, Vec<Waker>)>,
     inbox: Arc<Inbox>,
 }
 
@@ -254,12 +256,44 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-/// Takes an ordered call's number out of the outstanding ones when the call ends.
+/// Ordered calls a client keeps outstanding at most; more wait for one to end.
+const ORDERED_MAX: usize = 1024;
+
+/// Takes an ordered call's number out of the outstanding ones when the call ends, and lets a
+/// call waiting for a slot go on.
 struct Outstanding<'a>(&'a Shared, u64);
 
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
-        lock(&self.0.outstanding).remove(&self.1);
+        let waiters = {
+            let mut o = lock(&self.0.outstanding);
+            o.0.remove(&self.1);
+            std::mem::take(&mut o.1)
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// Waits for a slot among the outstanding ordered calls; returns the call's number, taken and
+/// recorded under one lock.
+struct OutstandingSlot<'a> {
+    shared: &'a Shared,
+}
+
+impl Future for OutstandingSlot<'_> {
+    type Output = u64;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u64> {
+        let s = self.shared;
+        let mut o = lock(&s.outstanding);
+        if o.0.len() >= ORDERED_MAX {
+            o.1.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let seq = s.next_seq.fetch_add(1, Ordering::Relaxed);
+        o.0.insert(seq);
+        Poll::Ready(seq)
     }
 }
 
@@ -329,13 +363,22 @@ impl Client {
 
     /// The open connection to `address`, or a new one.
     fn conn(&self, address: &str) -> Result<Arc<Conn>, String> {
+        self.conn_until(address, Instant::now() + self.shared.config.connect_timeout)
+    }
+
+    /// As [`Client::conn`], connecting for at most the connect timeout and never past `until`.
+    fn conn_until(&self, address: &str, until: Instant) -> Result<Arc<Conn>, String> {
         if let Some(c) = lock(&self.shared.conns).get(address)
             && !c.is_closed()
         {
             return Ok(c.clone());
         }
         let s = &self.shared;
-        let c = Conn::open(address, s.tag, s.config.connect_timeout, s.config.frame_max, s.inbox.clone())?;
+        let within = s.config.connect_timeout.min(until.saturating_duration_since(Instant::now()));
+        if within.is_zero() {
+            return Err(format!("no time left to connect to {address}"));
+        }
+        let c = Conn::open(address, s.tag, within, s.config.frame_max, s.inbox.clone())?;
         let mut conns = lock(&s.conns);
         conns.retain(|_, c| !c.is_closed());
         Ok(conns.entry(address.to_string()).or_insert(c).clone())
@@ -352,10 +395,20 @@ impl Client {
     ///
     /// [`ClientError::Unreachable`] when no member answers.
     pub async fn refresh_view(&self) -> Result<Arc<ClientView>, ClientError> {
+        let n = self.candidates().len().max(1) as u32;
+        self.refresh_until(Instant::now() + (self.shared.config.connect_timeout + Duration::from_secs(1)) * n).await
+    }
+
+    /// As [`Client::refresh_view`], giving up at `until`.
+    async fn refresh_until(&self, until: Instant) -> Result<Arc<ClientView>, ClientError> {
         let tried = self.candidates();
         let mut last = String::from("nothing to try");
         for address in &tried {
-            let conn = match self.conn(address) {
+            if Instant::now() >= until {
+                last = format!("{last}; out of time");
+                break;
+            }
+            let conn = match self.conn_until(address, until) {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
@@ -365,7 +418,7 @@ impl Client {
             let req = self.next_req();
             let mut frame = Vec::new();
             Request::View { req }.encode(&mut frame);
-            let deadline = Instant::now() + self.shared.config.connect_timeout.max(Duration::from_secs(1));
+            let deadline = (Instant::now() + self.shared.config.connect_timeout.max(Duration::from_secs(1))).min(until);
             match conn.request(req, &frame, deadline).await {
                 Done::View(view) => {
                     let mut kept = lock(&self.shared.view);
@@ -431,11 +484,12 @@ impl Client {
         let started = Instant::now();
         let deadline = started + s.config.timeout;
         let ordered = kind == CallKind::Ordered;
-        let seq = if ordered { s.next_seq.fetch_add(1, Ordering::Relaxed) } else { 0 };
-        let _outstanding = ordered.then(|| {
-            lock(&s.outstanding).insert(seq);
-            Outstanding(s, seq)
-        });
+        // An ordered call's number is taken and recorded as outstanding at once (a later call
+        // must never tell the members that every call below it was answered while this one was
+        // not sent yet), and at most ORDERED_MAX are outstanding (the members keep the replies
+        // of a client's calls from its oldest outstanding one on).
+        let seq = if ordered { OutstandingSlot { shared: s }.await } else { 0 };
+        let _outstanding = ordered.then(|| Outstanding(s, seq));
         let mut flags = match s.config.ack {
             Ack::Service => 0,
             Ack::Applied => FLAG_ACK_APPLIED,
@@ -449,7 +503,7 @@ impl Client {
                 break;
             }
             if attempt > 0 || self.view().is_none() {
-                if let Err(e) = self.refresh_view().await {
+                if let Err(e) = self.refresh_until(deadline).await {
                     last = e.to_string();
                 }
                 if attempt > 2 {
@@ -458,7 +512,15 @@ impl Client {
                 }
             }
             let Some(view) = self.view() else { continue };
-            let Some(members) = view.shard(shard) else { return Err(ClientError::NoSuchShard(shard)) };
+            let Some(members) = view.shard(shard) else {
+                // An inadequate view has no shards: a call that may have been applied waits for
+                // the next view rather than say the shard does not exist.
+                if sent {
+                    last = format!("{shard} is not in view {}", view.id.0);
+                    continue;
+                }
+                return Err(ClientError::NoSuchShard(shard));
+            };
             let target = match to {
                 Some(n) => n,
                 None if members.is_empty() => continue,
@@ -470,7 +532,7 @@ impl Client {
             };
             let Some(address) = view.address(target) else {
                 last = format!("{target} is not in view {}", view.id.0);
-                if attempt > 0 {
+                if attempt > 0 && !sent {
                     // Asked of a member that left, as a fresh view says.
                     return Err(ClientError::Unreachable { tried, last });
                 }
@@ -480,14 +542,14 @@ impl Client {
             if !tried.contains(&member) {
                 tried.push(member.clone());
             }
-            let conn = match self.conn(address) {
+            let conn = match self.conn_until(address, deadline) {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
                     continue;
                 }
             };
-            let answered_below = if ordered { lock(&s.outstanding).first().copied().unwrap_or(seq) } else { 0 };
+            let answered_below = if ordered { lock(&s.outstanding).0.first().copied().unwrap_or(seq) } else { 0 };
             let req = self.next_req();
             frame.clear();
             Request::Call(Call {
@@ -506,9 +568,11 @@ impl Client {
                 s.resent.fetch_add(1, Ordering::Relaxed);
             }
             let done = conn.request(req, &frame, deadline).await;
-            // A call whose answer was lost may have been applied: from now on it is sent as a
-            // retry (a member's refusal means it was not, and changes nothing).
-            if ordered && matches!(done, Done::Lost(_) | Done::TimedOut) {
+            // A call whose answer was lost, or that its relay could not finish, may have been
+            // applied: from now on it is sent as a retry (a member's refusal before relaying
+            // means it was not, and changes nothing).
+            let maybe = matches!(done, Done::Lost(_) | Done::TimedOut | Done::Reply(Err((RemoteKind::TryAgain, _))));
+            if ordered && maybe {
                 sent = true;
                 flags |= FLAG_RETRY;
             }
@@ -562,7 +626,7 @@ impl Client {
             if let Some(n) = q.0.pop_front() {
                 return Poll::Ready(n);
             }
-            q.1 = Some(cx.waker().clone());
+            q.1.push(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -635,7 +699,7 @@ impl Blocking<'_> {
                 if !q.0.is_empty() {
                     continue;
                 }
-                q.1 = Some(Waker::from(Arc::new(Unpark(std::thread::current()))));
+                q.1.push(Waker::from(Arc::new(Unpark(std::thread::current()))));
             }
             std::thread::park_timeout(left.min(Duration::from_millis(50)));
         }

@@ -383,6 +383,15 @@ fn external_clients_query_follow_view_changes_and_receive_notifications() {
             assert_eq!(got.as_deref(), Some(&b"from outside"[..]), "member {n}");
         }
 
+        // More ordered calls at once than a member takes on a connection (1,024): the client
+        // keeps at most 1,024 outstanding, the rest wait, and every one completes.
+        let many = futures::future::join_all((0..1500).map(|i| {
+            let store = store.clone();
+            async move { store.put(&format!("many{i}"), b"x").await }
+        }))
+        .await;
+        assert!(many.iter().all(Result::is_ok), "{:?}", many.iter().find(|r| r.is_err()));
+
         // A client of another type (another method table) is refused, typed; raw calls are
         // not checked.
         let other = OtherExternal::new(ExternalHandle::new(client.clone(), SHARD));

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! 1 view       req u64
-//! 2 call       kind u8 (1 ordered, 2 query), flags u8, subgroup u16, shard u16, pad u16,
+//! 2 call       kind u8 (1 ordered, 2 query), flags u8, pad u8, subgroup u16, shard u16,
 //!              to u32 (u32::MAX: any member), method u32, req u64, fingerprint u64,
 //!              client u64, seq u64, answered_below u64, then the archived arguments
 //!              (56 bytes in: with the frame's header, 80, a multiple of 16)

@@ -648,10 +648,19 @@ pub(super) async fn relay_call(
         if let Some(e) = p.failed.take() {
             return Poll::Ready(Err(e));
         }
+        // Woken by the record (the reply, a refusal) or by the call failing (swept, not
+        // delivered, the member stopping).
+        p.waker = Some(cx.waker().clone());
         inner.session_waiters.borrow_mut().entry(key).or_default().push(cx.waker().clone());
         Poll::Pending
     });
-    let r = answer.await;
+    // Bounded: a relay never holds its slot for good.
+    let within = inner.call_timeout.get();
+    let r = match crate::runtime::time::timeout(within, answer).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout { node: inner.me.get().unwrap_or(super::EXTERNAL), after: within }),
+    };
+    inner.session_refusals.borrow_mut().remove(&key);
     drop(guard);
     r
 }

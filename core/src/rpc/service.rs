@@ -416,8 +416,9 @@ fn relay_error(e: &CallError) -> Vec<u8> {
             );
             external_error(RemoteKind::TooLarge, &why)
         }
-        // Not delivered (a view change), the member closing, refused for now: the call was not
-        // applied, or its record answers a second copy.
+        // Not delivered (a view change), timed out here, the member closing: it may still be
+        // applied (a call timed out here is sent again in the next view), and the shard's
+        // record answers a second copy with the first reply, so sending it again is safe.
         _ => external_error(RemoteKind::TryAgain, &e.to_string()),
     }
 }

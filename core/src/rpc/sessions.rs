@@ -25,7 +25,8 @@ use crate::protocol::{NodeId, ShardRef, Version};
 
 /// Clients remembered per shard.
 pub(super) const CLIENTS_MAX: usize = 10_000;
-/// Calls remembered per client (its calls in flight; the client keeps fewer).
+/// Calls remembered per client (from its lowest unanswered one; the client keeps at most
+/// `derecho_client`'s 1024 ordered calls outstanding, far fewer).
 pub(super) const CALLS_MAX: usize = 4096;
 /// The prefix of a client's ordered call, before its arguments (16-byte multiple: the
 /// arguments stay aligned).
@@ -129,20 +130,28 @@ impl Table {
             return Seen::Duplicate(*v);
         }
         if c.calls.len() >= CALLS_MAX {
-            c.calls.pop_first();
+            // The oldest is forgotten: a later copy of it (or of anything below) is refused,
+            // never applied again.
+            if let Some((old, _)) = c.calls.pop_first() {
+                c.floor = c.floor.max(old + 1);
+                self.running.retain(|_, (client, seq)| !(*client == p.client && *seq == old));
+            }
         }
         c.calls.insert(p.seq, (version, None));
         self.running.insert(version, (p.client, p.seq));
         Seen::Fresh
     }
 
-    /// The call applied at `version` was answered with `reply`; returns its client and number.
-    pub(super) fn answered(&mut self, version: Version, reply: &[u8]) -> Option<(u64, u64)> {
+    /// The call applied at `version` was answered with `reply`; returns its client and number,
+    /// and whether the reply is kept (the client may have moved past the call meanwhile).
+    pub(super) fn answered(&mut self, version: Version, reply: &[u8]) -> Option<(u64, u64, bool)> {
         let (client, seq) = self.running.remove(&version)?;
-        if let Some(entry) = self.clients.get_mut(&client).and_then(|c| c.calls.get_mut(&seq)) {
+        let entry = self.clients.get_mut(&client).and_then(|c| c.calls.get_mut(&seq));
+        let kept = entry.is_some();
+        if let Some(entry) = entry {
             entry.1 = Some(reply.to_vec());
         }
-        Some((client, seq))
+        Some((client, seq, kept))
     }
 
     /// The reply to a client's call, once known.
@@ -292,7 +301,11 @@ impl ServiceInner {
     ) {
         let reply = session_reply(version, result);
         let key = self.sessions.borrow_mut().get_mut(&shard).and_then(|t| t.answered(version, &reply));
-        if let Some((client, seq)) = key {
+        if let Some((client, seq, kept)) = key {
+            if !kept && self.session_waiters.borrow().contains_key(&(shard, client, seq)) {
+                // The client moved past the call while it ran: its relay still answers.
+                self.session_refusals.borrow_mut().insert((shard, client, seq), reply);
+            }
             self.wake_session((shard, client, seq));
         }
     }
@@ -333,7 +346,7 @@ mod tests {
         // The copy of call 1 arrives (a retry through another member) before its reply.
         assert_eq!(t.deliver(&p(7, 1, 1, true), v(12)), Seen::Duplicate(v(10)));
         assert_eq!(t.reply(7, 1), None);
-        assert_eq!(t.answered(v(10), b"one"), Some((7, 1)));
+        assert_eq!(t.answered(v(10), b"one"), Some((7, 1, true)));
         assert_eq!(t.answered(v(12), b"never"), None, "a duplicate is not running");
         assert_eq!(t.reply(7, 1), Some(&b"one"[..]));
         // The client has reply 1: it is forgotten; a copy of it now is refused.
@@ -367,6 +380,19 @@ mod tests {
         filled.fill_from(&t);
         assert_eq!(filled.reply(2, 1), Some(&b"r2"[..]));
         assert!(filled.running.is_empty());
+    }
+
+    #[test]
+    fn a_call_forgotten_for_the_bound_is_refused_not_applied_again() {
+        let mut t = Table::default();
+        for seq in 1..=CALLS_MAX as u64 + 1 {
+            assert_eq!(t.deliver(&p(7, seq, 1, false), v(seq)), Seen::Fresh);
+        }
+        // Call 1 was forgotten (it is still running): a copy of it is refused, and its reply
+        // is not kept.
+        assert_eq!(t.deliver(&p(7, 1, 1, true), v(1 << 20)), Seen::Expired);
+        assert_eq!(t.answered(v(1), b"late"), None, "no longer running");
+        assert_eq!(t.answered(v(2), b"two"), Some((7, 2, true)));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub(super) struct Sessions {
 /// Topics, and subscribers per topic, a member keeps at most.
 const TOPICS_MAX: usize = 256;
 const SUBSCRIBERS_MAX: usize = 4096;
+/// The longest topic name.
+const TOPIC_LEN_MAX: usize = 256;
 
 pub(super) struct Session {
     stream: derecho_runtime::net::TcpStream,
@@ -249,6 +251,11 @@ async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: 
         if s.closed.get() {
             return "closed".into();
         }
+        if start == end && buf.capacity() > 64 << 10 {
+            // A large frame is done: its buffer goes.
+            buf = AlignedBuf::zeroed(64 << 10);
+            (start, end) = (0, 0);
+        }
         let (r, b) = match time::timeout(limits.idle, s.stream.recv(buf, end)).await {
             Ok(r) => r,
             Err(_) => return format!("silent for {:?}", limits.idle),
@@ -293,18 +300,33 @@ fn handle(inner: &Rc<Inner>, s: &Rc<Session>, body: &[u8]) -> Result<(), String>
             }
         }
         Request::Subscribe { req, topic } => {
-            let mut topics = inner.sessions.topics.borrow_mut();
-            if topics.len() >= TOPICS_MAX && !topics.contains_key(topic) {
-                return Err(format!("too many notification topics ({TOPICS_MAX})"));
+            let refused = {
+                let mut topics = inner.sessions.topics.borrow_mut();
+                // Topics whose subscribers are all gone make room.
+                topics.retain(|_, list| {
+                    list.retain(|w| w.upgrade().is_some_and(|s| !s.closed.get()));
+                    !list.is_empty()
+                });
+                if topic.len() > TOPIC_LEN_MAX {
+                    Some(format!("a topic name longer than {TOPIC_LEN_MAX} bytes"))
+                } else if topics.len() >= TOPICS_MAX && !topics.contains_key(topic) {
+                    Some(format!("too many notification topics ({TOPICS_MAX})"))
+                } else {
+                    let list = topics.entry(topic.to_string()).or_default();
+                    if list.len() >= SUBSCRIBERS_MAX {
+                        Some(format!("too many subscribers of {topic:?}"))
+                    } else {
+                        list.push(Rc::downgrade(s));
+                        None
+                    }
+                }
+            };
+            match refused {
+                None => s.push(|out| Response::Subscribed { req }.encode(out)),
+                Some(reason) => {
+                    s.push(|out| encode_reply(out, req, Outcome::Err { kind: RemoteKind::Overloaded, reason: &reason }))
+                }
             }
-            let list = topics.entry(topic.to_string()).or_default();
-            list.retain(|w| w.strong_count() > 0);
-            if list.len() >= SUBSCRIBERS_MAX {
-                return Err(format!("too many subscribers of {topic:?}"));
-            }
-            list.push(Rc::downgrade(s));
-            drop(topics);
-            s.push(|out| Response::Subscribed { req }.encode(out));
         }
         Request::Call(call) => {
             let req = call.req;
