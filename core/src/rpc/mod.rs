@@ -67,6 +67,13 @@ pub(crate) fn write_session_prefix(out: &mut [u8], client: u64, seq: u64, answer
 pub mod support {
     pub use rkyv;
 
+    /// Reads `bytes` as a shard's state frame and the clients' record in it, for the fuzzer;
+    /// returns whether they read (`fuzz/fuzz_targets/state.rs`).
+    #[doc(hidden)]
+    pub fn fuzz_state_frame(bytes: &[u8]) -> bool {
+        super::persistence::unframe_state(bytes).is_ok()
+    }
+
     /// What the Python classes `#[replicated]` generates use (feature `python`).
     #[cfg(feature = "python")]
     pub mod python {
