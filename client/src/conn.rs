@@ -222,24 +222,29 @@ impl Conn {
             slot.complete(Done::Lost(format!("the connection to {} {}", self.address, self.why())));
             return answer;
         }
-        lock(&self.pending).insert(req, slot.clone());
+        // How many are in flight, counted under the same lock as the insert.
+        let in_flight = {
+            let mut pending = lock(&self.pending);
+            pending.insert(req, slot.clone());
+            pending.len()
+        };
         if self.is_closed() {
             // Closed meanwhile: `close` may have completed the others before this one was in.
             lock(&self.pending).remove(&req);
             slot.complete(Done::Lost(format!("the connection to {} {}", self.address, self.why())));
             return answer;
         }
-        self.write(frame);
+        self.write(frame, in_flight);
         answer
     }
 
     /// Sends `frame`. With nothing else in flight on the connection (one call at a time), the
     /// caller writes it at once; otherwise it is queued for the connection's writer thread, so
     /// that calls in flight leave in batches, one system call for many.
-    fn write(&self, frame: &[u8]) {
+    fn write(&self, frame: &[u8], in_flight: usize) {
         // A large frame always goes to the writer thread: the caller may be a member's own
         // thread, which must stay free to read what it is sent.
-        let alone = lock(&self.pending).len() <= 1 && frame.len() <= 64 << 10;
+        let alone = in_flight <= 1 && frame.len() <= 64 << 10;
         let mut w = lock(&self.out.writer);
         w.queued.extend_from_slice(frame);
         if w.writing {
