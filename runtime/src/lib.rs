@@ -44,6 +44,7 @@ pub mod channel;
 mod error;
 pub mod executor;
 pub mod fs;
+pub mod limit;
 pub mod net;
 mod op;
 mod reactor;

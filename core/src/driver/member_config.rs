@@ -51,6 +51,7 @@
 //! queued_bytes_max = 16777216     # answers a client has not read; beyond, it is closed
 //! idle_timeout_ms = 300000        # a silent session is closed
 //! frame_max = 67108864            # the longest request
+//! buffered_bytes_max = 67108864   # bytes of requests still arriving, all sessions together
 //!
 //! [limits]                        # as in the static group's file; every member must have the same
 //! window_len = 4096
@@ -87,6 +88,7 @@ struct ClientsFile {
     queued_bytes_max: Option<usize>,
     idle_timeout_ms: Option<u64>,
     frame_max: Option<usize>,
+    buffered_bytes_max: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -338,12 +340,14 @@ impl GroupMemberConfig {
             queued_bytes_max: f.clients.queued_bytes_max.unwrap_or(dc.queued_bytes_max),
             idle: ms(f.clients.idle_timeout_ms, dc.idle),
             frame_max: f.clients.frame_max.unwrap_or(dc.frame_max),
+            buffered_bytes_max: f.clients.buffered_bytes_max.unwrap_or(dc.buffered_bytes_max),
         };
         for (key, v) in [
             ("clients.max", clients.max),
             ("clients.in_flight_max", clients.in_flight_max),
             ("clients.queued_bytes_max", clients.queued_bytes_max),
             ("clients.frame_max", clients.frame_max),
+            ("clients.buffered_bytes_max", clients.buffered_bytes_max),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be above zero"));
@@ -354,6 +358,9 @@ impl GroupMemberConfig {
         }
         if clients.frame_max > u32::MAX as usize {
             return Err(invalid("clients.frame_max", "must be at most 4294967295"));
+        }
+        if clients.buffered_bytes_max < clients.frame_max {
+            return Err(invalid("clients.buffered_bytes_max", "must be at least clients.frame_max"));
         }
         let subgroups = if f.subgroups.is_empty() {
             None
@@ -587,6 +594,7 @@ senders = [0, 2]
             (&["clients.max=0"], "clients.max"),
             (&["clients.idle_timeout_ms=0"], "clients.idle_timeout_ms"),
             (&["clients.frame_max=5000000000"], "clients.frame_max"),
+            (&["clients.buffered_bytes_max=65536"], "clients.buffered_bytes_max"),
             (&["membership.heartbeat_ms=60", "membership.suspect_after_ms=100"], "membership.suspect_after_ms"),
             (&["membership.beat=1"], "beat"),
             (&["layout.mode=sideways"], "layout.mode"),

@@ -33,6 +33,13 @@ use crate::time;
 
 /// Size of each connection's receive buffer.
 const RECV_BUF_LEN: usize = 256 << 10;
+/// An accepted connection's `Hello` is read into a buffer this small (a listener holds one per
+/// connection in its handshake); a transport that claims the connection gets a full receive
+/// buffer then.
+const HELLO_BUF_LEN: usize = 4 << 10;
+/// The bytes of one-shot messages ([`TcpAcceptor::accept_messages`]) an acceptor holds while
+/// they arrive, over all connections; beyond it, the connection holding the most is dropped.
+pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// Pieces (headers and bodies) in one `sendmsg`.
 const SEND_BATCH_MAX: usize = 1024;
 /// Frames with bodies up to this long are copied behind their header into one buffer.
@@ -266,6 +273,24 @@ async fn read_hello_any(
     Ok((PeerId(h.aux as u32), (h.aux >> 32) as u32, buf, filled))
 }
 
+/// How long an accepted connection has to send its `Hello`.
+const HELLO_WITHIN: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// Refused connections are logged at most ten a second per thread (an attack would
+    /// otherwise write a line per connection).
+    static REFUSALS: crate::limit::LogLimiter = crate::limit::LogLimiter::default();
+}
+
+/// Logs a refused connection, rate limited.
+fn refused(addr: &SocketAddr, reason: &str) {
+    REFUSALS.with(|l| {
+        if let Some(left_out) = l.admit(Instant::now()) {
+            tracing::warn!(%addr, %reason, left_out, "refused a connection");
+        }
+    });
+}
+
 /// Reads the `Hello` of an accepted connection within 5 s; logs and returns `None` if it is
 /// missing or malformed (the connection is then dropped).
 async fn accept_hello(
@@ -273,17 +298,15 @@ async fn accept_hello(
     addr: SocketAddr,
     max_frame_len: usize,
 ) -> Option<(PeerId, u32, AlignedBuf, usize)> {
-    let r =
-        time::timeout(Duration::from_secs(5), read_hello_any(stream, AlignedBuf::zeroed(RECV_BUF_LEN), max_frame_len))
-            .await;
+    let r = time::timeout(HELLO_WITHIN, read_hello_any(stream, AlignedBuf::zeroed(HELLO_BUF_LEN), max_frame_len)).await;
     match r {
         Ok(Ok(v)) => Some(v),
         Ok(Err(reason)) => {
-            tracing::warn!(%addr, %reason, "refused a connection");
+            refused(&addr, &reason);
             None
         }
         Err(_) => {
-            tracing::warn!(%addr, "refused a connection: no hello within 5 s");
+            refused(&addr, "no hello within 5 s");
             None
         }
     }
@@ -291,7 +314,14 @@ async fn accept_hello(
 
 /// Reads one `Data` frame of at most `max` bytes behind a `Hello` already read (`filled` bytes
 /// of `buf`, the hello first), checksum verified.
-async fn read_message(stream: &TcpStream, mut buf: AlignedBuf, filled: usize, max: usize) -> Result<Vec<u8>, String> {
+/// `charge` is told the bytes held after each read, and says whether they may be kept.
+async fn read_message(
+    stream: &TcpStream,
+    mut buf: AlignedBuf,
+    filled: usize,
+    max: usize,
+    charge: impl Fn(usize) -> bool,
+) -> Result<Vec<u8>, String> {
     let mut got = buf.spare_full()[HEADER_LEN..filled].to_vec();
     let mut need = HEADER_LEN;
     let mut header = None;
@@ -320,6 +350,9 @@ async fn read_message(stream: &TcpStream, mut buf: AlignedBuf, filled: usize, ma
                 got.extend_from_slice(&buf.spare_full()[..n]);
                 if got.len() > HEADER_LEN + max {
                     return Err("more bytes than one message".into());
+                }
+                if !charge(got.len()) {
+                    return Err("dropped: the listener holds too many bytes of incomplete messages".into());
                 }
             }
             Err(e) => return Err(format!("receive failed: {e}")),
@@ -396,10 +429,13 @@ struct AcceptorInner {
     message_tag: Cell<Option<(u32, usize)>>,
     /// Messages read, waiting for [`TcpAcceptor::next_message`] (at most `park_max`).
     messages: RefCell<VecDeque<(PeerId, Vec<u8>)>>,
-    /// Messages being read now (at most `park_max`).
-    reading: Cell<usize>,
-    /// Connections whose `Hello` is being read (at most `park_max`).
-    handshaking: Cell<usize>,
+    /// Messages being read now (at most `park_max`), by connection: the bytes held, and the
+    /// connection (shut down to drop it).
+    reading: RefCell<BTreeMap<u64, (usize, Rc<TcpStream>)>>,
+    /// Connections in their handshake or reading a message (at most `park_max`; the oldest is
+    /// dropped for a new one), by number (they are numbered in order of arrival).
+    handshaking: RefCell<BTreeMap<u64, Option<JoinHandle<()>>>>,
+    next_conn: Cell<u64>,
     message_waiter: RefCell<Option<Waker>>,
     /// Connections with this tag are sessions of external clients, handed out as they arrive.
     session_tag: Cell<Option<u32>>,
@@ -435,6 +471,26 @@ impl std::fmt::Debug for ParkedConn {
 }
 
 impl AcceptorInner {
+    /// Connection `id` now holds `held` bytes of a message; drops the connections holding the
+    /// most while all of them hold more than [`MESSAGE_BYTES_MAX`]. Whether `id` may go on.
+    fn charge(&self, id: u64, held: usize) -> bool {
+        let mut reading = self.reading.borrow_mut();
+        let Some(entry) = reading.get_mut(&id) else { return false };
+        entry.0 = held;
+        let mut total: usize = reading.values().map(|e| e.0).sum();
+        while total > MESSAGE_BYTES_MAX {
+            let greediest = *reading.iter().max_by_key(|(_, e)| e.0).expect("over the budget: someone holds bytes").0;
+            let (bytes, stream) = reading.remove(&greediest).expect("present");
+            total -= bytes;
+            if greediest == id {
+                return false;
+            }
+            tracing::debug!(bytes, "dropped the connection holding the most bytes of an incomplete message");
+            stream.shutdown();
+        }
+        true
+    }
+
     fn expire(&self) {
         let now = Instant::now();
         self.parked.borrow_mut().retain(|(tag, peer), (at, _)| {
@@ -455,16 +511,26 @@ impl AcceptorInner {
 
 /// The handshake of one accepted connection, and where it goes: read as a message (within
 /// `park_timeout`), or parked for its transport.
-async fn route(inner: Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
-    route_inner(&inner, me, stream, addr, max).await;
-    inner.handshaking.set(inner.handshaking.get() - 1);
+async fn route(inner: Rc<AcceptorInner>, id: u64, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
+    /// Forgets the connection however the task ends (done, or dropped for a newer one).
+    struct Slot(Rc<AcceptorInner>, u64);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.reading.borrow_mut().remove(&self.1);
+            // Taken out first: dropping the handle (this very task's) borrows nothing.
+            let handle = self.0.handshaking.borrow_mut().remove(&self.1);
+            drop(handle);
+        }
+    }
+    let _slot = Slot(inner.clone(), id);
+    route_inner(&inner, id, me, stream, addr, max).await;
 }
 
-async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
+async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
     let Some((peer, tag, mut buf, filled)) = accept_hello(&stream, addr, max).await else { return };
     if inner.session_tag.get() == Some(tag) {
         if inner.sessions.borrow().len() >= inner.park_max {
-            tracing::warn!(%addr, "refused a client: too many sessions waiting to be served");
+            refused(&addr, "too many client sessions waiting to be served");
             return;
         }
         if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
@@ -480,14 +546,19 @@ async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, a
     if let Some((message_tag, message_max)) = inner.message_tag.get()
         && tag == message_tag
     {
-        let busy = inner.reading.get() + inner.messages.borrow().len() >= inner.park_max;
-        if busy || stream.send_all(hello(me, tag).to_vec()).await.is_err() {
-            tracing::warn!(%addr, %peer, busy, "dropped a message connection");
+        let busy = inner.reading.borrow().len() + inner.messages.borrow().len() >= inner.park_max;
+        if busy {
+            refused(&addr, "too many messages arriving or waiting");
             return;
         }
-        inner.reading.set(inner.reading.get() + 1);
-        let r = time::timeout(inner.park_timeout, read_message(&stream, buf, filled, message_max)).await;
-        inner.reading.set(inner.reading.get() - 1);
+        if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
+            return;
+        }
+        let stream = Rc::new(stream);
+        inner.reading.borrow_mut().insert(id, (0, stream.clone()));
+        let read = read_message(&stream, buf, filled, message_max, |held| inner.charge(id, held));
+        let r = time::timeout(inner.park_timeout, read).await;
+        inner.reading.borrow_mut().remove(&id);
         match r {
             Ok(Ok(body)) => {
                 inner.messages.borrow_mut().push_back((peer, body));
@@ -495,8 +566,8 @@ async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, a
                     w.wake();
                 }
             }
-            Ok(Err(reason)) => tracing::warn!(%addr, %peer, %reason, "dropped a bad message"),
-            Err(_) => tracing::warn!(%addr, %peer, "dropped a message not complete in time"),
+            Ok(Err(reason)) => refused(&addr, &format!("a bad message from {peer}: {reason}")),
+            Err(_) => refused(&addr, &format!("a message from {peer} not complete in time")),
         }
         // Closing tells the sender its message was read.
         stream.shutdown();
@@ -504,7 +575,8 @@ async fn route_inner(inner: &Rc<AcceptorInner>, me: PeerId, stream: TcpStream, a
     }
     let full = inner.parked.borrow().len() >= inner.park_max;
     if full || inner.parked.borrow().contains_key(&(tag, peer)) {
-        tracing::warn!(%addr, %peer, tag, full, "refused a connection: duplicate, or too many waiting");
+        let why = if full { "too many connections waiting for their transport" } else { "a duplicate connection" };
+        refused(&addr, &format!("{why} (peer {peer}, tag {tag})"));
         return;
     }
     if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
@@ -534,8 +606,9 @@ impl TcpAcceptor {
             park_timeout,
             message_tag: Cell::new(None),
             messages: RefCell::new(VecDeque::new()),
-            reading: Cell::new(0),
-            handshaking: Cell::new(0),
+            reading: RefCell::new(BTreeMap::new()),
+            handshaking: RefCell::new(BTreeMap::new()),
+            next_conn: Cell::new(0),
             message_waiter: RefCell::new(None),
             session_tag: Cell::new(None),
             sessions: RefCell::new(VecDeque::new()),
@@ -556,13 +629,20 @@ impl TcpAcceptor {
                     };
                     inner.expire();
                     // Each connection's handshake runs on its own, so one silent connection does
-                    // not hold up the others; at most `park_max` at once.
-                    if inner.handshaking.get() >= inner.park_max {
-                        tracing::warn!(%addr, "refused a connection: too many handshakes under way");
-                        continue;
+                    // not hold up the others; at most `park_max` at once, the oldest dropped for
+                    // a new one (a peer's handshake takes microseconds: the oldest are the ones
+                    // that hold a slot without using it).
+                    if inner.handshaking.borrow().len() >= inner.park_max {
+                        let oldest = inner.handshaking.borrow_mut().pop_first();
+                        refused(&addr, "too many handshakes under way: the oldest dropped");
+                        if let Some((_, Some(task))) = oldest {
+                            task.abort();
+                        }
                     }
-                    inner.handshaking.set(inner.handshaking.get() + 1);
-                    drop(spawn(route(inner.clone(), me, stream, addr, max)));
+                    let id = inner.next_conn.get();
+                    inner.next_conn.set(id + 1);
+                    let task = spawn(route(inner.clone(), id, me, stream, addr, max));
+                    inner.handshaking.borrow_mut().insert(id, Some(task));
                 }
             })
         };
@@ -581,6 +661,10 @@ impl TcpAcceptor {
         }
         self.inner.parked.borrow_mut().clear();
         self.inner.sessions.borrow_mut().clear();
+        let handshakes = std::mem::take(&mut *self.inner.handshaking.borrow_mut());
+        for task in handshakes.into_values().flatten() {
+            task.abort();
+        }
     }
 
     /// Connections waiting for a transport.
@@ -852,7 +936,7 @@ impl TcpTransport {
         let now = Instant::now();
         let mut conns = BTreeMap::new();
         let mut pending = Vec::new();
-        for (peer, h) in connected {
+        for (peer, mut h) in connected {
             let conn = Rc::new(Conn {
                 peer,
                 stream: h.stream,
@@ -867,7 +951,15 @@ impl TcpTransport {
                 paused: Cell::new(false),
             });
             conns.insert(peer, conn.clone());
-            pending.push((conn, h.buf, h.filled));
+            // A connection accepted with a small buffer for its hello gets a full one.
+            let buf = if h.buf.capacity() < RECV_BUF_LEN {
+                let mut full = AlignedBuf::zeroed(RECV_BUF_LEN);
+                full.spare_full()[..h.filled].copy_from_slice(&h.buf.spare_full()[..h.filled]);
+                full
+            } else {
+                h.buf
+            };
+            pending.push((conn, buf, h.filled));
         }
         let inner = Rc::new(Inner {
             me,

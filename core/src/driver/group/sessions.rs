@@ -3,10 +3,14 @@
 //! answers and notifications are queued on the session and written by a task of their own, so
 //! many calls are in flight on one connection and their answers leave in batches.
 //!
-//! Bounded: at most [`ClientLimits::max`] sessions; per session, [`ClientLimits::in_flight_max`]
-//! calls under way (more are answered `Overloaded`) and [`ClientLimits::queued_bytes_max`] of
-//! answers waiting to be written (a client that stops reading is closed); a session silent
-//! for [`ClientLimits::idle`] is closed. None of it touches the group's own traffic.
+//! Bounded: at most [`ClientLimits::max`] sessions (beyond, the one silent longest is closed
+//! for the newcomer); per session, [`ClientLimits::in_flight_max`] calls under way (more are
+//! answered `Overloaded`) and [`ClientLimits::queued_bytes_max`] of answers waiting to be
+//! written (a client that stops reading is closed); a session silent for
+//! [`ClientLimits::idle`] is closed. A session reads into a buffer of [`READ_BUF_LEN`]; one
+//! that receives a longer request holds more while it arrives, and all of those extra bytes
+//! together stay within [`ClientLimits::buffered_bytes_max`] (beyond, the session holding the
+//! most is closed). None of it touches the group's own traffic.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -28,7 +32,8 @@ use crate::rpc::wire::{FLAG_ACK_APPLIED, FLAG_ACK_PERSISTED, FLAG_SESSION, HEADE
 /// How a member bounds its external clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientLimits {
-    /// Sessions open at once; more are closed as they arrive (default 1024).
+    /// Sessions open at once; beyond, the session silent longest is closed for a new one
+    /// (default 1024).
     pub max: usize,
     /// Calls under way per session; more are answered `Overloaded` (default 1024).
     pub in_flight_max: usize,
@@ -40,6 +45,10 @@ pub struct ClientLimits {
     /// The longest request accepted (default 64 MiB; the group's `payload_len_max` still
     /// bounds an ordered call).
     pub frame_max: usize,
+    /// Bytes of requests longer than a session's read buffer, held while they arrive, over all
+    /// sessions; beyond, the session holding the most is closed (default 64 MiB; at least
+    /// `frame_max`).
+    pub buffered_bytes_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -50,6 +59,7 @@ impl Default for ClientLimits {
             queued_bytes_max: 16 << 20,
             idle: Duration::from_secs(300),
             frame_max: derecho_wire::client::FRAME_MAX,
+            buffered_bytes_max: 64 << 20,
         }
     }
 }
@@ -61,7 +71,12 @@ pub(super) struct Sessions {
     open: RefCell<BTreeMap<u64, Rc<Session>>>,
     /// Sessions subscribed to each topic.
     topics: RefCell<BTreeMap<String, Vec<Weak<Session>>>>,
+    /// Warnings about sessions closed for newcomers, rate limited.
+    refusals: derecho_runtime::limit::LogLimiter,
 }
+
+/// A session's read buffer (a longer request gets a larger one while it arrives).
+pub const READ_BUF_LEN: usize = 64 << 10;
 
 /// Topics, and subscribers per topic, a member keeps at most.
 const TOPICS_MAX: usize = 256;
@@ -77,6 +92,10 @@ pub(super) struct Session {
     closed: Cell<bool>,
     in_flight: Cell<usize>,
     queued_max: usize,
+    /// Bytes of its read buffer beyond [`READ_BUF_LEN`] (a long request arriving).
+    extra: Cell<usize>,
+    /// When it last received something.
+    active: Cell<std::time::Instant>,
 }
 
 impl Session {
@@ -128,9 +147,35 @@ impl Sessions {
         }
     }
 
-    /// Sessions open now.
-    pub(super) fn count(&self) -> usize {
-        self.open.borrow().len()
+    /// Makes room for a new session when `max` are open: closes the one silent longest.
+    fn evict_for_newcomer(&self, max: usize) -> bool {
+        let open = self.open.borrow();
+        let live = || open.values().filter(|s| !s.closed.get());
+        if live().count() < max {
+            return false;
+        }
+        if let Some(s) = live().min_by_key(|s| s.active.get()) {
+            s.close();
+        }
+        true
+    }
+
+    /// Session `s` needs `extra` bytes beyond its read buffer; closes the sessions holding the
+    /// most while all of them would hold more than `max`. Whether `s` may have them.
+    fn charge(&self, s: &Session, extra: usize, max: usize) -> bool {
+        s.extra.set(extra);
+        let open = self.open.borrow();
+        let mut total: usize = open.values().map(|o| o.extra.get()).sum();
+        while total > max {
+            let greediest = open.values().max_by_key(|o| o.extra.get()).expect("over the budget: someone holds bytes");
+            total -= greediest.extra.replace(0);
+            greediest.close();
+            if std::ptr::eq(&**greediest, s) {
+                return false;
+            }
+            tracing::debug!(addr = %greediest.addr, "closed the client holding the most bytes of incomplete requests");
+        }
+        true
     }
 }
 
@@ -144,9 +189,10 @@ pub(super) async fn serve(weak: Weak<Inner>) {
             return;
         }
         let limits = inner.settings.clients.clone();
-        if inner.sessions.count() >= limits.max {
-            tracing::warn!(addr = %s.addr, max = limits.max, "refused a client: too many sessions");
-            continue;
+        if inner.sessions.evict_for_newcomer(limits.max)
+            && let Some(left_out) = inner.sessions.refusals.admit(std::time::Instant::now())
+        {
+            tracing::warn!(addr = %s.addr, max = limits.max, left_out, "too many client sessions: closed the one silent longest");
         }
         drop(spawn(session(weak.clone(), s, limits)));
     }
@@ -161,6 +207,8 @@ async fn session(weak: Weak<Inner>, s: TcpSession, limits: ClientLimits) {
         closed: Cell::new(false),
         in_flight: Cell::new(0),
         queued_max: limits.queued_bytes_max,
+        extra: Cell::new(0),
+        active: Cell::new(std::time::Instant::now()),
     });
     let id = {
         let Some(inner) = weak.upgrade() else { return };
@@ -214,7 +262,7 @@ async fn write_loop(s: Rc<Session>) {
 async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: &ClientLimits) -> String {
     let frames = Frames::new(limits.frame_max);
     // The acceptor may have read more than a buffer's worth behind the hello.
-    let mut buf = AlignedBuf::zeroed((64 << 10).max(early.len().next_power_of_two()));
+    let mut buf = AlignedBuf::zeroed(READ_BUF_LEN.max(early.len()));
     buf.spare_full()[..early.len()].copy_from_slice(&early);
     let (mut start, mut end) = (0, early.len());
     loop {
@@ -236,7 +284,14 @@ async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: 
                         start = 0;
                     }
                     if n > buf.capacity() {
-                        let mut bigger = AlignedBuf::zeroed(n.next_power_of_two());
+                        let len = n.next_multiple_of(READ_BUF_LEN);
+                        let Some(inner) = weak.upgrade() else { return "the member closed".into() };
+                        if !inner.sessions.charge(s, len - READ_BUF_LEN, limits.buffered_bytes_max) {
+                            return format!(
+                                "a request of {n} bytes while the member holds too many bytes of incomplete requests"
+                            );
+                        }
+                        let mut bigger = AlignedBuf::zeroed(len);
                         bigger.spare_full()[..end].copy_from_slice(&buf.spare_full()[..end]);
                         buf = bigger;
                     }
@@ -251,10 +306,11 @@ async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: 
         if s.closed.get() {
             return "closed".into();
         }
-        if start == end && buf.capacity() > 64 << 10 {
+        if start == end && buf.capacity() > READ_BUF_LEN {
             // A large frame is done: its buffer goes.
-            buf = AlignedBuf::zeroed(64 << 10);
+            buf = AlignedBuf::zeroed(READ_BUF_LEN);
             (start, end) = (0, 0);
+            s.extra.set(0);
         }
         let (r, b) = match time::timeout(limits.idle, s.stream.recv(buf, end)).await {
             Ok(r) => r,
@@ -263,7 +319,10 @@ async fn read_loop(weak: &Weak<Inner>, s: &Rc<Session>, early: Vec<u8>, limits: 
         buf = b;
         match r {
             Ok(0) => return "the client closed the connection".into(),
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                s.active.set(std::time::Instant::now());
+            }
             Err(e) => return format!("receive failed: {e}"),
         }
     }
