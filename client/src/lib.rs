@@ -69,6 +69,18 @@ pub enum ClientError {
     /// The shard is not in the group's current view.
     #[error("{0} is not in the group's current view")]
     NoSuchShard(ShardRef),
+    /// The group's current view is inadequate, so no shard serves calls until a later view;
+    /// `why` says what it waits for (a shard that lost every member holding its state waits for
+    /// one of them to come back with its logs).
+    #[error("{shard} cannot serve calls now: view {view} of the group is inadequate: {why}")]
+    Unavailable {
+        /// The shard called.
+        shard: ShardRef,
+        /// The view.
+        view: u32,
+        /// Why the view is inadequate.
+        why: String,
+    },
     /// The member could not run the call, or refused it.
     #[error("the member could not run the call ({kind}): {reason}")]
     Remote {
@@ -516,8 +528,14 @@ impl Client {
                 // An inadequate view has no shards: a call that may have been applied waits for
                 // the next view rather than say the shard does not exist.
                 if sent {
-                    last = format!("{shard} is not in view {}", view.id.0);
+                    last = match &view.inadequate {
+                        Some(why) => format!("{shard} is not in view {}, which is inadequate: {why}", view.id.0),
+                        None => format!("{shard} is not in view {}", view.id.0),
+                    };
                     continue;
+                }
+                if let Some(why) = &view.inadequate {
+                    return Err(ClientError::Unavailable { shard, view: view.id.0, why: why.clone() });
                 }
                 return Err(ClientError::NoSuchShard(shard));
             };

@@ -496,6 +496,9 @@ fn a_member_that_cannot_save_a_proposed_view_stops_without_acknowledging_it() {
         };
         assert!(reason.contains("could not be saved") && reason.contains("the disk is gone"), "{reason}");
         assert_eq!(cannot.0.get(), 1, "C tried to save the view once");
+        // A member that failed serves nothing more: its listener is closed.
+        let refused = std::net::TcpStream::connect(c.local_addr());
+        assert!(refused.is_err(), "C's listener still accepts connections after C failed");
         let v = a.wait_view(WAIT, |v| v.members.contains(&NodeId(3))).await.expect("D is in");
         assert_eq!(v.members, vec![NodeId(0), NodeId(1), NodeId(3)]);
         while let Some(e) = a.try_next_event() {

@@ -26,7 +26,8 @@
 //!
 //! ```text
 //! 1 view       req u64, view u32, members (u32 count; id u32, address), shards (u32 count;
-//!              subgroup u16, shard u16, members: u32 count, ids)
+//!              subgroup u16, shard u16, members: u32 count, ids), inadequate u8 (1: followed
+//!              by why the view has no shards, UTF-8)
 //! 2 reply      status u8 (1 ok, 0 error), req u64, version u64, then the archived reply, or
 //!              the error's kind (one byte, RemoteKind) and UTF-8 text
 //! 3 subscribed req u64
@@ -136,6 +137,9 @@ pub struct ClientView {
     pub members: Vec<(NodeId, String)>,
     /// Every shard and its members.
     pub shards: Vec<(ShardRef, Vec<NodeId>)>,
+    /// Why the view has no shards, if it is inadequate (a shard lost every member holding its
+    /// state, say): calls wait for a view that has them.
+    pub inadequate: Option<String>,
 }
 
 impl ClientView {
@@ -326,6 +330,13 @@ impl Response<'_> {
                         o.extend_from_slice(&n.0.to_le_bytes());
                     }
                 }
+                match &view.inadequate {
+                    Some(why) => {
+                        o.push(1);
+                        put_str(o, why);
+                    }
+                    None => o.push(0),
+                }
             }
             Response::Reply { req, outcome } => Self::reply_into(o, *req, *outcome),
             Response::Subscribed { req } => {
@@ -390,8 +401,13 @@ impl Response<'_> {
                     }
                     shards.push((shard, ids));
                 }
+                let inadequate = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.str()?.to_string()),
+                    b => return Err(ProtocolError(format!("inadequacy flag {b}"))),
+                };
                 r.end()?;
-                Response::View { req, view: ClientView { id, members, shards } }
+                Response::View { req, view: ClientView { id, members, shards, inadequate } }
             }
             2 => {
                 let status = r.u8()?;
@@ -610,6 +626,7 @@ mod tests {
             id: ViewId(5),
             members: vec![(NodeId(0), "127.0.0.1:1".into()), (NodeId(4), "h:2".into())],
             shards: vec![(ShardRef::new(0, 0), vec![NodeId(0), NodeId(4)]), (ShardRef::new(0, 1), vec![])],
+            inadequate: None,
         };
         let all = [
             Response::View { req: 1, view: view.clone() },
@@ -638,7 +655,12 @@ mod tests {
         let mut out = Vec::new();
         Response::View {
             req: 1,
-            view: ClientView { id: ViewId(1), members: vec![(NodeId(1), "a".into())], shards: vec![] },
+            view: ClientView {
+                id: ViewId(1),
+                members: vec![(NodeId(1), "a".into())],
+                shards: vec![],
+                inadequate: Some("subgroup 0 shard 1 lost every member".into()),
+            },
         }
         .encode(&mut out);
         let b = body(&out).to_vec();

@@ -97,6 +97,7 @@ pub mod support {
                 Error::Remote { kind, .. } => kind.to_string(),
                 Error::Unreachable { .. } => "unreachable".into(),
                 Error::NoSuchShard(_) => "no such shard".into(),
+                Error::Unavailable { .. } => "unavailable".into(),
                 Error::BadReply(_) => "bad reply".into(),
                 Error::Arguments(_) => "bad arguments".into(),
                 Error::Unknown { .. } => "unknown".into(),

@@ -76,7 +76,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         persist: Option<PathBuf>,
     },
-    /// Stores VALUE under KEY; prints the version it was stored at.
+    /// Stores VALUE under KEY; prints the version it was stored at. With members that persist
+    /// (`--persist`), it returns once the value is durable at every member of its shard.
     Put {
         /// The key.
         key: String,

@@ -36,6 +36,8 @@ pub(super) type Frontiers = (Option<Version>, Option<Version>);
 pub(super) struct Published {
     /// The current view (`None` before the first).
     pub(super) view: Option<Rc<View>>,
+    /// Why the current view has no shards, if it is inadequate.
+    pub(super) inadequate: Option<String>,
     /// Why the member stopped.
     pub(super) stopped: Option<StopReason>,
     /// A view change is under way.
@@ -678,7 +680,11 @@ impl Inner {
                 "view installed"
             )
         });
-        self.published.borrow_mut().view = Some(Rc::new(change.view.clone()));
+        {
+            let mut p = self.published.borrow_mut();
+            p.view = Some(Rc::new(change.view.clone()));
+            p.inadequate = change.inadequate.clone();
+        }
         self.app.borrow_mut().view_installed(&change);
         let id = change.view.id;
         let held = {
@@ -696,14 +702,17 @@ impl Inner {
     }
 
     /// The member stopped: the application is told, waiting calls fail; a member that failed
-    /// (it broke a promise the group relies on) also closes its connections at once, so that
-    /// the others see it fail.
+    /// (it broke a promise the group relies on) also closes its connections and its listener
+    /// at once, so that the others see it fail and clients go elsewhere.
     fn stopped(self: &Rc<Self>, reason: StopReason) {
         self.published.borrow_mut().stopped = Some(reason.clone());
         self.app.borrow_mut().stopped();
         if let StopReason::Failed(why) = &reason {
             tracing::error!(reason = %why, "this member stops");
             self.closed.set(true);
+            // Nothing is served any more: clients go to other members at once.
+            self.acceptor.stop();
+            self.sessions.close_all();
             self.events.report(GroupEvent::Fatal(why.clone()));
             let open: Vec<Rc<AnyTransport>> = self.transports.borrow().values().map(|(t, _)| t.clone()).collect();
             drop(spawn(async move {

@@ -343,6 +343,7 @@ fn handle(inner: &Rc<Inner>, s: &Rc<Session>, body: &[u8]) -> Result<(), String>
                         id: v.id,
                         members: node.addresses(),
                         shards: v.shards.iter().map(|sh| (sh.id, sh.members.clone())).collect(),
+                        inadequate: inner.published.borrow().inadequate.clone(),
                     })
                 })
             };
