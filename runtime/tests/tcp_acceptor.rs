@@ -136,3 +136,31 @@ fn one_shot_messages_arrive_whole_and_bad_ones_are_dropped() {
         assert!(t0.elapsed() < Duration::from_secs(3));
     });
 }
+
+#[test]
+fn one_shot_messages_from_one_source_are_rate_limited() {
+    use derecho_runtime::transport::tcp::send_message;
+    let ex = Builder::new().build().unwrap();
+    ex.block_on(async {
+        let (l, addr) = listener();
+        let acceptor = TcpAcceptor::new(l, A, &TransportLimits::default(), 64, Duration::from_secs(2));
+        acceptor.accept_messages(77, 1 << 10);
+        // Three at once, then (practically) none.
+        acceptor.message_rate(0.001, 3.0);
+        let mut sent = 0;
+        for i in 0..10u8 {
+            if send_message(B, addr, 77, &[i], Duration::from_secs(2)).await.is_ok() {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 3, "messages beyond the burst were read");
+        for i in 0..3u8 {
+            let (_, body) = time::timeout(Duration::from_secs(2), acceptor.next_message()).await.expect("a message");
+            assert_eq!(body, vec![i]);
+        }
+        assert!(
+            time::timeout(Duration::from_millis(200), acceptor.next_message()).await.is_err(),
+            "a message beyond the rate was handed out"
+        );
+    });
+}

@@ -35,13 +35,21 @@ const RSS_GROWTH_MAX: u64 = 160 << 20;
 const CALL_BOUND: Duration = Duration::from_secs(2);
 
 fn members() -> (Vec<Member>, Vec<String>) {
+    members_with(&[])
+}
+
+/// Three members, each started with `extra` arguments.
+fn members_with(extra: &[&str]) -> (Vec<Member>, Vec<String>) {
     let program = env!("CARGO_BIN_EXE_ledger_member");
-    let first = Member::spawn(program, 0, &[]);
+    let extra: Vec<OsString> = extra.iter().map(OsString::from).collect();
+    let first = Member::spawn(program, 0, &extra);
     let a0 = first.expect("listening ")["listening ".len()..].to_string();
     let mut all = vec![first];
     let mut addrs = vec![a0.clone()];
     for me in 1..3 {
-        let m = Member::spawn(program, me, &[OsString::from("--contact"), OsString::from(&a0)]);
+        let mut args = vec![OsString::from("--contact"), OsString::from(&a0)];
+        args.extend(extra.iter().cloned());
+        let m = Member::spawn(program, me, &args);
         addrs.push(m.expect("listening ")["listening ".len()..].to_string());
         all.push(m);
     }
@@ -298,6 +306,43 @@ fn phantom_joiners_do_not_stop_the_group() {
     assert!(seen_max <= 5, "more phantoms than members that stay were admitted at once ({seen_max} members)");
     assert!(failures.is_empty(), "calls failed during the phantom joins: {failures:?}");
     eprintln!("phantom joins: {calls} calls meanwhile, worst {worst:?}, largest view {seen_max}");
+    for m in &mut members {
+        m.finish();
+    }
+}
+
+/// With an allow-list (`allow_only`), a join for another id is refused, and the refusal says so.
+#[test]
+fn a_join_from_an_id_not_allowed_is_refused() {
+    let (mut members, addrs) = members_with(&["--allow", "0,1,2,3"]);
+    let app = {
+        use derecho::driver::Application;
+        let s = derecho::rpc::Service::new();
+        s.host(derecho::protocol::SubgroupId(0), Ledger::default);
+        s.fingerprint()
+    };
+    let control = derecho_wire::control_tag(GROUP);
+    // The joiner's listener, where the answer goes.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = l.local_addr().unwrap().to_string();
+    raw_join(&addrs[0], control, 9, &at, app);
+    l.set_nonblocking(false).unwrap();
+    let (mut s, _) = l.accept().expect("the member answers the joiner's listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).expect("the member's hello");
+    s.write_all(&Header::encode(Kind::Hello, u64::from(9u32) | (u64::from(control) << 32), &[])).unwrap();
+    s.read_exact(&mut h).expect("the answer's header");
+    let len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("the answer");
+    let answer = Control::decode(&body).expect("a control message");
+    assert_eq!(
+        answer,
+        Control::Answer(derecho::protocol::wire::Answer::Refused(derecho::protocol::JoinRefusal::NotAllowed(NodeId(
+            9
+        ))))
+    );
     for m in &mut members {
         m.finish();
     }

@@ -17,6 +17,7 @@
 //! state_len_max = 67108864        # the largest shard state sent or accepted, bytes; default 64 MiB
 //! transport = "shm"               # each view over "tcp" or "shm" (processes of this host); default "tcp"
 //! shm_dir = "/dev/shm"            # where shared-memory views keep their files; default /dev/shm
+//! allowed_ids = [0, 1, 2, 3]      # only these ids may join or come back with their logs; default any
 //!
 //! [membership]                    # PROTOCOLS §3; every field optional
 //! heartbeat_ms = 10               # how often a member bumps its heartbeat; default 10
@@ -198,6 +199,7 @@ struct File {
     transport: TransportKind,
     #[serde(default = "dev_shm")]
     shm_dir: PathBuf,
+    allowed_ids: Option<Vec<u32>>,
     #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
@@ -278,6 +280,8 @@ pub struct GroupMemberConfig {
     pub limits: Limits,
     /// How the member bounds its external clients.
     pub clients: ClientLimits,
+    /// See [`GroupBuilder::allow_only`].
+    pub allowed_ids: Option<Vec<NodeId>>,
 }
 
 impl GroupMemberConfig {
@@ -447,6 +451,7 @@ impl GroupMemberConfig {
             subgroups,
             limits,
             clients,
+            allowed_ids: f.allowed_ids.map(|ids| ids.into_iter().map(NodeId).collect()),
         })
     }
 
@@ -486,6 +491,9 @@ impl GroupMemberConfig {
         if let Some(a) = self.metrics_listen {
             b = b.metrics_listen(a);
         }
+        if let Some(ids) = &self.allowed_ids {
+            b = b.allow_only(ids.iter().copied());
+        }
         b
     }
 
@@ -515,6 +523,9 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!((c.me, c.contact, c.group.as_str()), (NodeId(2), None, "derecho"));
         assert_eq!(c.clients, ClientLimits::default());
+        assert_eq!(c.allowed_ids, None);
+        let c = load(&["allowed_ids=[3, 1]"]).unwrap();
+        assert_eq!(c.allowed_ids, Some(vec![NodeId(3), NodeId(1)]));
         let c = load(&["clients.max=7", "clients.idle_timeout_ms=1500"]).unwrap();
         assert_eq!((c.clients.max, c.clients.idle), (7, Duration::from_millis(1500)));
         assert_eq!(c.membership, MembershipConfig::default());

@@ -446,6 +446,9 @@ pub enum JoinRefusal {
     /// The group has `members_max` members (counting joins under way).
     #[error("the group is full ({0} members, the members_max limit)")]
     GroupFull(u32),
+    /// The group's configuration does not allow this id to join (its allow-list).
+    #[error("{0} is not among the node ids the group's configuration allows to join")]
+    NotAllowed(NodeId),
     /// The member asked runs no group: it is starting, joining or restarting itself.
     #[error("the member asked runs no group (it is starting, joining or restarting)")]
     NotRunning,

@@ -234,6 +234,10 @@ impl Writer {
                 self.u64(*ours);
                 self.u64(*theirs);
             }
+            JoinRefusal::NotAllowed(n) => {
+                self.u8(7);
+                self.u32(n.0);
+            }
         }
     }
 }
@@ -345,6 +349,7 @@ impl<'a> Reader<'a> {
             4 => JoinRefusal::NotRestarted { view: self.u32()?, saved: self.u32()? },
             5 => JoinRefusal::NotRunning,
             6 => JoinRefusal::AppMismatch { ours: self.u64()?, theirs: self.u64()? },
+            7 => JoinRefusal::NotAllowed(NodeId(self.u32()?)),
             _ => return Err(self.err("an unknown refusal")),
         })
     }

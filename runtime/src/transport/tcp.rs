@@ -40,6 +40,11 @@ const HELLO_BUF_LEN: usize = 4 << 10;
 /// The bytes of one-shot messages ([`TcpAcceptor::accept_messages`]) an acceptor holds while
 /// they arrive, over all connections; beyond it, the connection holding the most is dropped.
 pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// One-shot messages accepted per second from one source address by default, and how many may
+/// come at once ([`TcpAcceptor::message_rate`]).
+pub const MESSAGES_PER_SOURCE: (f64, f64) = (100.0, 200.0);
+/// Source addresses whose message rates an acceptor tracks at once.
+const SOURCES_MAX: usize = 4096;
 /// Pieces (headers and bodies) in one `sendmsg`.
 const SEND_BATCH_MAX: usize = 1024;
 /// Frames with bodies up to this long are copied behind their header into one buffer.
@@ -436,6 +441,10 @@ struct AcceptorInner {
     /// dropped for a new one), by number (they are numbered in order of arrival).
     handshaking: RefCell<BTreeMap<u64, Option<JoinHandle<()>>>>,
     next_conn: Cell<u64>,
+    /// Messages per second from one source address, and the burst.
+    message_rate: Cell<(f64, f64)>,
+    /// Each source's tokens and when they were counted.
+    sources: RefCell<BTreeMap<std::net::IpAddr, (f64, Instant)>>,
     message_waiter: RefCell<Option<Waker>>,
     /// Connections with this tag are sessions of external clients, handed out as they arrive.
     session_tag: Cell<Option<u32>>,
@@ -471,6 +480,27 @@ impl std::fmt::Debug for ParkedConn {
 }
 
 impl AcceptorInner {
+    /// Whether one more message from `ip` is within its rate (a token bucket per source).
+    fn message_allowed(&self, ip: std::net::IpAddr, now: Instant) -> bool {
+        let (rate, burst) = self.message_rate.get();
+        let mut sources = self.sources.borrow_mut();
+        if sources.len() >= SOURCES_MAX && !sources.contains_key(&ip) {
+            // Forget sources whose bucket is full again (idle ones), or all of them.
+            sources.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+            if sources.len() >= SOURCES_MAX {
+                sources.clear();
+            }
+        }
+        let (tokens, at) = sources.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
     /// Connection `id` now holds `held` bytes of a message; drops the connections holding the
     /// most while all of them hold more than [`MESSAGE_BYTES_MAX`]. Whether `id` may go on.
     fn charge(&self, id: u64, held: usize) -> bool {
@@ -551,6 +581,10 @@ async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: Tcp
             refused(&addr, "too many messages arriving or waiting");
             return;
         }
+        if !inner.message_allowed(addr.ip(), Instant::now()) {
+            refused(&addr, "more messages from this address than its rate allows");
+            return;
+        }
         if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
             return;
         }
@@ -609,6 +643,8 @@ impl TcpAcceptor {
             reading: RefCell::new(BTreeMap::new()),
             handshaking: RefCell::new(BTreeMap::new()),
             next_conn: Cell::new(0),
+            message_rate: Cell::new(MESSAGES_PER_SOURCE),
+            sources: RefCell::new(BTreeMap::new()),
             message_waiter: RefCell::new(None),
             session_tag: Cell::new(None),
             sessions: RefCell::new(VecDeque::new()),
@@ -678,6 +714,12 @@ impl TcpAcceptor {
     /// dropped).
     pub fn accept_messages(&self, tag: u32, max_len: usize) {
         self.inner.message_tag.set(Some((tag, max_len)));
+    }
+
+    /// Accepts at most `per_second` one-shot messages a second from one source address, and
+    /// `burst` at once (default [`MESSAGES_PER_SOURCE`]); more are closed unread.
+    pub fn message_rate(&self, per_second: f64, burst: f64) {
+        self.inner.message_rate.set((per_second, burst.max(1.0)));
     }
 
     /// From now on, connections with group tag `tag` are sessions of external clients: each is

@@ -2,7 +2,7 @@
 //! clients call it while members are killed.
 //!
 //! ```text
-//! ledger_member --me N [--contact ADDR] [--persist DIR]
+//! ledger_member --me N [--contact ADDR] [--persist DIR] [--allow ID,ID,...]
 //! ```
 //!
 //! Standard output: `listening ADDR` (before it starts or joins), then `ready` once its view has
@@ -36,7 +36,10 @@ fn main() {
     let persist = arg(&args, "--persist").map(std::path::PathBuf::from);
     let rx = derecho_tests::child::stdin_lines();
     derecho::Builder::new().build().expect("executor").block_on(async move {
-        let builder = derecho_tests::child::loopback_member(me, "ledger");
+        let mut builder = derecho_tests::child::loopback_member(me, "ledger");
+        if let Some(ids) = arg(&args, "--allow") {
+            builder = builder.allow_only(ids.split(',').map(|i| derecho::protocol::NodeId(i.parse().expect("an id"))));
+        }
         let service = Service::new();
         service.host(SubgroupId(0), Ledger::default);
         if let Some(dir) = &persist {

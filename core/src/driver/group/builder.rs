@@ -43,6 +43,7 @@ pub struct GroupBuilder {
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
     clients: super::ClientLimits,
+    allowed: Option<Rc<[NodeId]>>,
 }
 
 impl std::fmt::Debug for GroupBuilder {
@@ -74,7 +75,20 @@ impl GroupBuilder {
             transport: TransportKind::Tcp,
             shm_dir: std::path::PathBuf::from("/dev/shm"),
             clients: super::ClientLimits::default(),
+            allowed: None,
         }
+    }
+
+    /// Only these node ids may join the group or come back to it with their logs, when this
+    /// member admits joiners (as leader); others are refused with
+    /// [`JoinRefusal::NotAllowed`](crate::protocol::JoinRefusal::NotAllowed). Default: any id.
+    /// Every member should give the same list (any of them may lead).
+    pub fn allow_only(mut self, ids: impl IntoIterator<Item = NodeId>) -> Self {
+        let mut ids: Vec<NodeId> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.allowed = Some(ids.into());
+        self
     }
 
     /// The transport of each view (every member must use the same): TCP (the default), or
@@ -267,6 +281,7 @@ impl GroupBuilder {
             connect_timeout_ns: self.connect_timeout.as_nanos() as u64,
             persistent: app.persistent(),
             app: app.fingerprint(),
+            allowed: self.allowed.clone(),
         };
         let group = Group::run(settings, acceptor, Member::new(config), app, begin);
         // Served from the start: a member joining or restarting shows what it waits for.

@@ -47,6 +47,9 @@ pub struct MemberConfig {
     /// A fingerprint of the application (0: none): a joiner whose fingerprint differs from a
     /// member's is refused ([`JoinRefusal::AppMismatch`]).
     pub app: u64,
+    /// The node ids allowed to join or to come back with their logs (`None`: any id); others
+    /// are refused ([`JoinRefusal::NotAllowed`]).
+    pub allowed: Option<Rc<[NodeId]>>,
 }
 
 impl MemberConfig {
@@ -67,6 +70,7 @@ impl MemberConfig {
             connect_timeout_ns: 2_000_000_000,
             persistent: false,
             app: 0,
+            allowed: None,
         }
     }
 }

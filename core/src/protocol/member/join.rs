@@ -24,6 +24,10 @@ use crate::protocol::restart::Offer;
 use crate::protocol::sst::SstMemory;
 use crate::protocol::wire::{Answer, Control, JOIN_VERSION};
 
+/// Joins a leader holds at most while it waits for their listeners to answer
+/// ([`Answer::Pending`] delivered); more are dropped unanswered until some are done.
+pub const ADMITTING_MAX: usize = 16;
+
 /// A member asking to be let in (see the module documentation).
 #[derive(Debug)]
 pub struct Asking {
@@ -211,6 +215,9 @@ impl<M: SstMemory> Member<M> {
         if node == self.config.me {
             return;
         }
+        if self.config.allowed.as_ref().is_some_and(|ids| ids.binary_search(&node).is_err()) {
+            return self.answer_joiner(&address, Answer::Refused(JoinRefusal::NotAllowed(node)));
+        }
         if let Some((offer, _)) = &restart
             && let Err(refusal) = self.admits_restart(node, offer)
         {
@@ -230,6 +237,15 @@ impl<M: SstMemory> Member<M> {
             }
             Ok(JoinCheck::New) => {
                 if self.admitting.contains_key(&address) {
+                    return;
+                }
+                if self.admitting.len() >= ADMITTING_MAX {
+                    // Too many joiners whose listeners have not answered yet: this one is not
+                    // answered at all (an answer would be one more connection to an address
+                    // the request names), and asks again after its retry period.
+                    self.events.push_back(Event::Waiting(format!(
+                        "dropped a join: {ADMITTING_MAX} joiners' listeners have not answered yet"
+                    )));
                     return;
                 }
                 self.joiners.insert(node, address.clone());

@@ -86,7 +86,12 @@ fn control(message: &Control) -> Rc<[u8]> {
 
 /// A member of `next` that entered it at time 0, its first commands and events taken.
 fn entered(me: u32, next: &NextView, persistent: bool) -> Member<HeapMemory> {
-    let mut m = Member::new(config(me, persistent));
+    entered_with(config(me, persistent), next)
+}
+
+/// [`entered`] with these settings.
+fn entered_with(config: MemberConfig, next: &NextView) -> Member<HeapMemory> {
+    let mut m = Member::new(config);
     m.enter_view(Rc::new(next.clone()));
     assert_eq!(commands(&mut m), vec![Command::Connect { next: Rc::new(next.clone()) }]);
     m.handle(Time(1), Input::Connected { view: next.view.id, memory: table(next) });
@@ -178,6 +183,65 @@ impl Net {
 
 fn join(node: u32) -> Vec<u8> {
     Control::Join { version: JOIN_VERSION, node: NodeId(node), address: address(node), app: 0 }.encode()
+}
+
+/// Admission control (issue 15): with an allow-list, an id not on it is refused (answered, not
+/// proposed); one on it is admitted as usual.
+#[test]
+fn a_leader_with_an_allow_list_refuses_other_ids() {
+    let mut c = config(0, false);
+    c.allowed = Some(vec![NodeId(0), NodeId(1), NodeId(2), NodeId(7)].into());
+    let mut leader = entered_with(c, &next_view(0, &[0, 1, 2]));
+    assert_eq!(leader.handle_control(Time(100), NodeId(9), &join(9)), None);
+    assert_eq!(
+        commands(&mut leader),
+        vec![Command::SendControl {
+            to: address(9),
+            message: control(&Control::Answer(Answer::Refused(JoinRefusal::NotAllowed(NodeId(9))))),
+            report: false
+        }]
+    );
+    leader.handle_control(Time(110), NodeId(7), &join(7));
+    assert_eq!(
+        commands(&mut leader),
+        vec![Command::SendControl {
+            to: address(7),
+            message: control(&Control::Answer(Answer::Pending)),
+            report: true
+        }]
+    );
+}
+
+/// Admission control (issue 15): at most `ADMITTING_MAX` joiners wait for their listeners to
+/// answer; a join beyond that is dropped unanswered (and says so), and taken once one is done.
+#[test]
+fn a_leader_holds_a_bounded_number_of_joins_waiting_for_their_listeners() {
+    use super::join::ADMITTING_MAX;
+    let mut net = Net::new(&[0, 1, 2], false);
+    let leader = net.member(0);
+    for n in 0..ADMITTING_MAX as u32 {
+        leader.handle_control(Time(100), NodeId(100 + n), &join(100 + n));
+        assert_eq!(commands(leader).len(), 1, "joiner {n} is answered");
+    }
+    let _ = events(leader);
+    let extra = 100 + ADMITTING_MAX as u32;
+    leader.handle_control(Time(100), NodeId(extra), &join(extra));
+    assert_eq!(commands(leader), vec![], "a join beyond the bound was answered");
+    assert_eq!(
+        events(leader),
+        vec![Event::Waiting(format!("dropped a join: {ADMITTING_MAX} joiners' listeners have not answered yet"))]
+    );
+    // One listener does not answer: room for the next.
+    leader.handle(Time(110), Input::ControlNotSent { to: address(100) });
+    leader.handle_control(Time(120), NodeId(extra), &join(extra));
+    assert_eq!(
+        commands(leader),
+        vec![Command::SendControl {
+            to: address(extra),
+            message: control(&Control::Answer(Answer::Pending)),
+            report: true
+        }]
+    );
 }
 
 /// PROTOCOLS §3.5 and member-core finding 4: the leader proposes a joiner only once its

@@ -252,6 +252,7 @@ impl GroupSim {
             connect_timeout_ns: 2 * c.membership.suspect_after_ns(),
             persistent: c.sync_ns.is_some(),
             app: 0,
+            allowed: None,
         }
     }
 
