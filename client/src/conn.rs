@@ -121,11 +121,90 @@ struct Outgoing {
     wake: std::sync::Condvar,
 }
 
+/// How bytes cross a connection: as they are, or in TLS records.
+#[derive(Debug)]
+enum Wire {
+    Plain,
+    Tls(Box<Mutex<rustls::ClientConnection>>),
+}
+
+impl Wire {
+    /// Writes all of `buf` (encrypted, with TLS). Callers take turns (`Writer::writing`), so
+    /// records leave in the order they were made.
+    fn write_all(&self, mut stream: &TcpStream, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Wire::Plain => stream.write_all(buf),
+            Wire::Tls(c) => {
+                let records = {
+                    let mut c = lock(c);
+                    c.writer().write_all(buf)?;
+                    let mut out = Vec::with_capacity(buf.len() + buf.len() / 16 + 64);
+                    while c.wants_write() {
+                        c.write_tls(&mut out)?;
+                    }
+                    out
+                };
+                stream.write_all(&records)
+            }
+        }
+    }
+}
+
+/// What the reader thread received and has not decrypted yet.
+struct Received {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Received {
+    /// Reads into `out`: decrypted bytes with TLS (`Ok(0)` when the member closed). Timeouts
+    /// of the socket come out as errors, as from `read`.
+    fn read(&mut self, wire: &Wire, mut stream: &TcpStream, out: &mut [u8]) -> std::io::Result<usize> {
+        let Wire::Tls(c) = wire else { return stream.read(out) };
+        loop {
+            {
+                let mut c = lock(c);
+                match c.reader().read(out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                // Ciphertext left from before (the session's plaintext buffer was full).
+                let mut fed = false;
+                while self.start < self.end {
+                    let mut rd = &self.buf[self.start..self.end];
+                    match c.read_tls(&mut rd) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => self.start += n,
+                    }
+                    fed = true;
+                    c.process_new_packets().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                }
+                if fed {
+                    continue;
+                }
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let n = stream.read(&mut self.buf[self.end..])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.end += n;
+        }
+    }
+}
+
 /// A connection to one member.
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) address: String,
     stream: TcpStream,
+    wire: Arc<Wire>,
     out: Arc<Outgoing>,
     pending: Mutex<BTreeMap<u64, Arc<Slot>>>,
     closed: AtomicBool,
@@ -140,6 +219,7 @@ impl Conn {
         tag: u32,
         within: Duration,
         frame_max: usize,
+        tls: Option<&derecho_wire::tls::TlsIdentity>,
         inbox: Arc<Inbox>,
     ) -> Result<Arc<Self>, String> {
         let addrs: Vec<_> = address.to_socket_addrs().map_err(|e| format!("cannot resolve {address}: {e}"))?.collect();
@@ -159,9 +239,22 @@ impl Conn {
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(within)).map_err(io)?;
         stream.set_write_timeout(Some(within)).map_err(io)?;
+        let wire = match tls {
+            None => Wire::Plain,
+            Some(id) => {
+                let name = derecho_wire::tls::TlsIdentity::server_name();
+                let mut c = rustls::ClientConnection::new(id.client_config(), name)
+                    .map_err(|e| format!("TLS with {address}: {e}"))?;
+                while c.is_handshaking() {
+                    c.complete_io(&mut stream).map_err(|e| format!("TLS handshake with {address}: {e}"))?;
+                }
+                Wire::Tls(Box::new(Mutex::new(c)))
+            }
+        };
         // The member's answer is read by the connection's thread: a client may run on the
         // thread of a member it talks to, which must be free to answer.
-        stream.write_all(&hello(tag)).map_err(io)?;
+        wire.write_all(&stream, &hello(tag)).map_err(io)?;
+        let wire = Arc::new(wire);
         // The reader wakes at least this often to expire requests past their deadline.
         stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(io)?;
         let reader = stream.try_clone().map_err(io)?;
@@ -170,6 +263,7 @@ impl Conn {
         let conn = Arc::new(Self {
             address: address.to_string(),
             stream,
+            wire: wire.clone(),
             out: out.clone(),
             pending: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
@@ -178,12 +272,15 @@ impl Conn {
         let weak = Arc::downgrade(&conn);
         std::thread::Builder::new()
             .name(format!("derecho-client {address}"))
-            .spawn(move || read_loop(weak, reader, tag, within, frame_max, inbox))
+            .spawn({
+                let wire = wire.clone();
+                move || read_loop(weak, reader, &wire, tag, within, frame_max, inbox)
+            })
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         let weak = Arc::downgrade(&conn);
         std::thread::Builder::new()
             .name(format!("derecho-client {address} writer"))
-            .spawn(move || write_loop(&weak, &out, writer))
+            .spawn(move || write_loop(&weak, &out, writer, &wire))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         Ok(conn)
     }
@@ -258,7 +355,7 @@ impl Conn {
         }
         w.writing = true;
         drop(w);
-        if let Err(e) = drain(&self.out, &self.stream) {
+        if let Err(e) = drain(&self.out, &self.stream, &self.wire) {
             self.close(&format!("failed while sending: {e}"));
         }
     }
@@ -322,7 +419,7 @@ impl Conn {
 }
 
 /// Writes what is queued until the queue is empty (the caller set `writing`; it is cleared).
-fn drain(out: &Outgoing, stream: &TcpStream) -> std::io::Result<()> {
+fn drain(out: &Outgoing, stream: &TcpStream, wire: &Wire) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut w = lock(&out.writer);
     loop {
@@ -332,7 +429,7 @@ fn drain(out: &Outgoing, stream: &TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         drop(w);
-        let r = (&*stream).write_all(&buf);
+        let r = wire.write_all(stream, &buf);
         buf.clear();
         w = lock(&out.writer);
         if let Err(e) = r {
@@ -345,7 +442,7 @@ fn drain(out: &Outgoing, stream: &TcpStream) -> std::io::Result<()> {
 
 /// The writer thread: writes what callers queue while calls are in flight. After a batch it
 /// looks again for a few microseconds before it sleeps (a wake costs more than the look).
-fn write_loop(conn: &std::sync::Weak<Conn>, out: &Outgoing, stream: TcpStream) {
+fn write_loop(conn: &std::sync::Weak<Conn>, out: &Outgoing, stream: TcpStream, wire: &Wire) {
     loop {
         let mut w = lock(&out.writer);
         let mut looked = Instant::now();
@@ -374,7 +471,7 @@ fn write_loop(conn: &std::sync::Weak<Conn>, out: &Outgoing, stream: TcpStream) {
         }
         w.writing = true;
         drop(w);
-        if let Err(e) = drain(out, &stream) {
+        if let Err(e) = drain(out, &stream, wire) {
             if let Some(c) = conn.upgrade() {
                 c.close(&format!("failed while sending: {e}"));
             }
@@ -386,17 +483,19 @@ fn write_loop(conn: &std::sync::Weak<Conn>, out: &Outgoing, stream: TcpStream) {
 /// Reads the member's answers until the connection closes or the client lets it go.
 fn read_loop(
     conn: std::sync::Weak<Conn>,
-    mut stream: TcpStream,
+    stream: TcpStream,
+    wire: &Wire,
     tag: u32,
     within: Duration,
     frame_max: usize,
     inbox: Arc<Inbox>,
 ) {
     // The member's hello first, within the connect timeout.
+    let mut received = Received { buf: vec![0u8; 32 << 10], start: 0, end: 0 };
     let mut raw = [0u8; HEADER_LEN];
     let (mut got, until) = (0, Instant::now() + within);
     while got < HEADER_LEN {
-        let why = match stream.read(&mut raw[got..]) {
+        let why = match received.read(wire, &stream, &mut raw[got..]) {
             Ok(0) => Some("closed the connection during the handshake (another group, or not a member?)".to_string()),
             Ok(n) => {
                 got += n;
@@ -458,7 +557,7 @@ fn read_loop(
                 }
             }
         }
-        match stream.read(&mut buf[end..]) {
+        match received.read(wire, &stream, &mut buf[end..]) {
             Ok(0) => {
                 if let Some(c) = conn.upgrade() {
                     c.close("was closed by the member");

@@ -142,6 +142,9 @@ pub struct ClientConfig {
     pub ack: Ack,
     /// The longest message accepted from a member (default 64 MiB).
     pub frame_max: usize,
+    /// Mutual TLS with the members (who must run TLS with the same authority); `None`:
+    /// plaintext (default).
+    pub tls: Option<derecho_wire::tls::TlsIdentity>,
 }
 
 impl Default for ClientConfig {
@@ -151,6 +154,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(1),
             ack: Ack::Service,
             frame_max: FRAME_MAX,
+            tls: None,
         }
     }
 }
@@ -164,6 +168,14 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// Connects to the members with mutual TLS, presenting `identity` (its certificate's first
+    /// DNS name is who the members see calling) and trusting its authority.
+    #[must_use]
+    pub fn tls(mut self, identity: derecho_wire::tls::TlsIdentity) -> Self {
+        self.config.tls = Some(identity);
+        self
+    }
+
     /// How long a call may take in all.
     #[must_use]
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -390,7 +402,7 @@ impl Client {
         if within.is_zero() {
             return Err(format!("no time left to connect to {address}"));
         }
-        let c = Conn::open(address, s.tag, within, s.config.frame_max, s.inbox.clone())?;
+        let c = Conn::open(address, s.tag, within, s.config.frame_max, s.config.tls.as_ref(), s.inbox.clone())?;
         let mut conns = lock(&s.conns);
         conns.retain(|_, c| !c.is_closed());
         Ok(conns.entry(address.to_string()).or_insert(c).clone())

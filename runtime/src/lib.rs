@@ -50,6 +50,8 @@ mod op;
 mod reactor;
 pub mod signal;
 pub mod time;
+/// Mutual TLS identities (shared with the client crate).
+pub use derecho_wire::tls;
 pub mod transport;
 
 pub use buf::AlignedBuf;

@@ -4,10 +4,12 @@
 //! owns them while the operation is in flight (`crate::op`). Methods take `&self`: one task may
 //! receive while another sends on the same stream (share it with `Rc`).
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::{self, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::task::Waker;
 
 use io_uring::{opcode, types};
 
@@ -226,10 +228,108 @@ impl TcpListener {
     }
 }
 
-/// A connected TCP stream with `TCP_NODELAY` set.
+/// A connected TCP stream with `TCP_NODELAY` set; with [`TcpStream::accept_tls`] or
+/// [`TcpStream::connect_tls`], every byte is carried in TLS records (the methods below then
+/// encrypt and decrypt on the way).
 #[derive(Debug)]
 pub struct TcpStream {
     fd: OwnedFd,
+    tls: Option<Box<TlsState>>,
+}
+
+/// Ciphertext is received into a buffer this large.
+const TLS_IN_LEN: usize = 64 << 10;
+
+/// A TLS stream's session and what it has not decrypted yet.
+struct TlsState {
+    conn: RefCell<rustls::Connection>,
+    /// Received ciphertext not yet given to the session (`buf[start..end]`); `None` while a
+    /// receive into the buffer is in flight.
+    cin: RefCell<Option<(AlignedBuf, usize, usize)>>,
+    /// A task is encrypting and sending: ciphertext leaves in the order it was made.
+    sending: Cell<bool>,
+    send_waiters: RefCell<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    fn new(mut conn: rustls::Connection) -> Self {
+        // Everything written is drained at once by the writer: no limit needed on what waits.
+        conn.set_buffer_limit(None);
+        Self {
+            conn: RefCell::new(conn),
+            cin: RefCell::new(Some((AlignedBuf::zeroed(TLS_IN_LEN), 0, 0))),
+            sending: Cell::new(false),
+            send_waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Decrypted bytes into `dst`: `None` when there are none yet; `Some(Ok(0))` once the peer
+    /// closed the session.
+    fn read_plain(&self, dst: &mut [u8]) -> Option<io::Result<usize>> {
+        match io::Read::read(&mut self.conn.borrow_mut().reader(), dst) {
+            Ok(n) => Some(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Gives the session the ciphertext received so far (as much as it takes: it stops while
+    /// its plaintext buffer is full).
+    fn feed(&self) -> io::Result<()> {
+        let mut cin = self.cin.borrow_mut();
+        let Some((buf, start, end)) = cin.as_mut() else { return Ok(()) };
+        let mut conn = self.conn.borrow_mut();
+        while *start < *end {
+            let mut rd = &buf.spare_full()[*start..*end];
+            match conn.read_tls(&mut rd) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => *start += n,
+            }
+            if let Err(e) = conn.process_new_packets() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
+            }
+        }
+        if start == end {
+            (*start, *end) = (0, 0);
+        }
+        Ok(())
+    }
+
+    /// Whether ciphertext waits to be given to the session.
+    fn has_unfed(&self) -> bool {
+        self.cin.borrow().as_ref().is_some_and(|(_, s, e)| s < e)
+    }
+
+    /// Takes the turn to send (see `sending`).
+    async fn send_turn(&self) -> SendTurn<'_> {
+        std::future::poll_fn(|cx| {
+            if self.sending.replace(true) {
+                self.send_waiters.borrow_mut().push(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        SendTurn(self)
+    }
+}
+
+/// The turn to send on a TLS stream, given back when dropped.
+struct SendTurn<'a>(&'a TlsState);
+
+impl Drop for SendTurn<'_> {
+    fn drop(&mut self) {
+        self.0.sending.set(false);
+        for w in self.0.send_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
 }
 
 struct MsgData<B> {
@@ -241,7 +341,7 @@ struct MsgData<B> {
 impl TcpStream {
     fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-        Ok(Self { fd })
+        Ok(Self { fd, tls: None })
     }
 
     /// Connects to `addr`.
@@ -302,6 +402,69 @@ impl TcpStream {
     /// If the range is empty or extends past the buffer's capacity.
     pub async fn recv_range(
         &self,
+        buf: AlignedBuf,
+        range: std::ops::Range<usize>,
+        poll_first: bool,
+    ) -> (io::Result<usize>, AlignedBuf) {
+        assert!(
+            range.start < range.end && range.end <= buf.capacity(),
+            "recv range {range:?} empty or past capacity {}",
+            buf.capacity()
+        );
+        match &self.tls {
+            None => self.raw_recv_range(buf, range, poll_first).await,
+            Some(tls) => self.tls_recv(tls, buf, range, poll_first).await,
+        }
+    }
+
+    async fn tls_recv(
+        &self,
+        tls: &TlsState,
+        mut buf: AlignedBuf,
+        range: std::ops::Range<usize>,
+        poll_first: bool,
+    ) -> (io::Result<usize>, AlignedBuf) {
+        loop {
+            if let Some(r) = tls.read_plain(&mut buf.spare_full()[range.clone()]) {
+                return (r, buf);
+            }
+            if tls.has_unfed() {
+                if let Err(e) = tls.feed() {
+                    return (Err(e), buf);
+                }
+                if let Some(r) = tls.read_plain(&mut buf.spare_full()[range.clone()]) {
+                    return (r, buf);
+                }
+            }
+            let Some((mut cbuf, start, end)) = tls.cin.borrow_mut().take() else {
+                return (Err(io::Error::other("two receives at once on one TLS stream")), buf);
+            };
+            if start > 0 {
+                cbuf.spare_full().copy_within(start..end, 0);
+            }
+            let end = end - start;
+            let cap = cbuf.capacity();
+            if end == cap {
+                *tls.cin.borrow_mut() = Some((cbuf, 0, end));
+                return (Err(io::Error::other("a TLS record does not fit the receive buffer")), buf);
+            }
+            let (r, cbuf) = self.raw_recv_range(cbuf, end..cap, poll_first).await;
+            let n = *r.as_ref().unwrap_or(&0);
+            *tls.cin.borrow_mut() = Some((cbuf, 0, end + n));
+            match r {
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {
+                    if let Err(e) = tls.feed() {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn raw_recv_range(
+        &self,
         mut buf: AlignedBuf,
         range: std::ops::Range<usize>,
         poll_first: bool,
@@ -327,11 +490,18 @@ impl TcpStream {
         (done.result.map(|n| n as usize), buf)
     }
 
-    /// Sends the bytes of one buffer from `skip` on, in one `send`; returns how many were sent.
+    /// Sends the bytes of one buffer from `skip` on, in one `send`; returns how many were sent
+    /// (over TLS, all of them once they are sent).
     pub async fn send_one<B: IoBuf>(&self, buf: B, skip: usize) -> (io::Result<usize>, B) {
         let len = buf.bytes_len().saturating_sub(skip);
         if len == 0 {
             return (Ok(0), buf);
+        }
+        if let Some(tls) = &self.tls {
+            // SAFETY: `IoBuf` promises `bytes_len` initialised bytes at `stable_ptr`.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.stable_ptr(), buf.bytes_len()) };
+            let r = self.tls_send(tls, &[&bytes[skip..]]).await;
+            return (r, buf);
         }
         let fd = self.fd.as_raw_fd();
         // SAFETY: the pointer is into the buffer's stable heap memory, owned by the operation;
@@ -348,8 +518,155 @@ impl TcpStream {
     }
 
     /// Sends the bytes of `bufs`, skipping the first `skip` bytes, in one `sendmsg`. Returns how
-    /// many bytes were sent (possibly fewer than offered) and the buffers.
+    /// many bytes were sent (possibly fewer than offered; over TLS, all of them once they are
+    /// sent) and the buffers.
     pub async fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>, skip: usize) -> (io::Result<usize>, Vec<B>) {
+        let Some(tls) = &self.tls else { return self.raw_send_vectored(bufs, skip).await };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(bufs.len());
+        let mut skip_left = skip;
+        for b in &bufs {
+            // SAFETY: `IoBuf` promises `bytes_len` initialised bytes at `stable_ptr`.
+            let bytes = unsafe { std::slice::from_raw_parts(b.stable_ptr(), b.bytes_len()) };
+            if skip_left >= bytes.len() {
+                skip_left -= bytes.len();
+                continue;
+            }
+            parts.push(&bytes[skip_left..]);
+            skip_left = 0;
+        }
+        let r = self.tls_send(tls, &parts).await;
+        drop(parts);
+        (r, bufs)
+    }
+
+    /// Encrypts `parts` and sends the records; returns the plaintext bytes taken.
+    async fn tls_send(&self, tls: &TlsState, parts: &[&[u8]]) -> io::Result<usize> {
+        let _turn = tls.send_turn().await;
+        let (taken, out) = {
+            let mut conn = tls.conn.borrow_mut();
+            let mut taken = 0;
+            for p in parts {
+                io::Write::write_all(&mut conn.writer(), p)?;
+                taken += p.len();
+            }
+            let mut out = Vec::with_capacity(taken + taken / 16 + 64);
+            while conn.wants_write() {
+                conn.write_tls(&mut out)?;
+            }
+            (taken, out)
+        };
+        self.raw_send_all(out).await?;
+        Ok(taken)
+    }
+
+    /// Sends what the session has to send (handshake messages, alerts).
+    async fn tls_flush(&self, tls: &TlsState) -> io::Result<()> {
+        let _turn = tls.send_turn().await;
+        let mut out = Vec::new();
+        {
+            let mut conn = tls.conn.borrow_mut();
+            while conn.wants_write() {
+                conn.write_tls(&mut out)?;
+            }
+        }
+        if !out.is_empty() {
+            self.raw_send_all(out).await?;
+        }
+        Ok(())
+    }
+
+    /// All of `buf`, without TLS.
+    async fn raw_send_all(&self, buf: Vec<u8>) -> io::Result<()> {
+        let mut bufs = vec![buf];
+        let total = bufs[0].len();
+        let mut sent = 0;
+        while sent < total {
+            let (res, b) = self.raw_send_vectored(bufs, sent).await;
+            bufs = b;
+            match res? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => sent += n,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the TLS handshake as the accepting side: the peer must present a certificate the
+    /// authority of `identity` issued.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed or closed, or the handshake failed (`InvalidData`, with rustls's
+    /// reason: no certificate, one the authority did not issue, another protocol).
+    pub async fn accept_tls(self, identity: &crate::tls::TlsIdentity) -> io::Result<Self> {
+        let conn = rustls::ServerConnection::new(identity.server_config()).map_err(io::Error::other)?;
+        self.handshake(rustls::Connection::Server(conn)).await
+    }
+
+    /// Runs the TLS handshake as the connecting side (see [`TcpStream::accept_tls`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpStream::accept_tls`].
+    pub async fn connect_tls(self, identity: &crate::tls::TlsIdentity) -> io::Result<Self> {
+        let name = crate::tls::TlsIdentity::server_name();
+        let conn = rustls::ClientConnection::new(identity.client_config(), name).map_err(io::Error::other)?;
+        self.handshake(rustls::Connection::Client(conn)).await
+    }
+
+    async fn handshake(mut self, conn: rustls::Connection) -> io::Result<Self> {
+        assert!(self.tls.is_none(), "TLS on a TLS stream");
+        self.tls = Some(Box::new(TlsState::new(conn)));
+        let tls = self.tls.as_deref().expect("just set");
+        loop {
+            self.tls_flush(tls).await?;
+            if !tls.conn.borrow().is_handshaking() {
+                return Ok(self);
+            }
+            let Some((mut cbuf, start, end)) = tls.cin.borrow_mut().take() else { unreachable!("one task") };
+            if start > 0 {
+                cbuf.spare_full().copy_within(start..end, 0);
+            }
+            let end = end - start;
+            let cap = cbuf.capacity();
+            let (r, cbuf) = self.raw_recv_range(cbuf, end..cap, false).await;
+            let n = *r.as_ref().unwrap_or(&0);
+            *tls.cin.borrow_mut() = Some((cbuf, 0, end + n));
+            match r {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the TLS handshake")),
+                Ok(_) => {
+                    if let Err(e) = tls.feed() {
+                        // Tell the peer why (an alert), then fail.
+                        let _ = self.tls_flush(tls).await;
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether this stream runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the peer's certificate names node `node` (`node-N.derecho`); true on a stream
+    /// without TLS (there is nothing to check).
+    pub fn peer_is_node(&self, node: u32) -> bool {
+        let Some(tls) = &self.tls else { return true };
+        let conn = tls.conn.borrow();
+        conn.peer_certificates().and_then(|c| c.first()).is_some_and(|c| crate::tls::names_node(c, node))
+    }
+
+    /// The first DNS name of the peer's certificate (`None` without TLS).
+    pub fn peer_identity(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let conn = tls.conn.borrow();
+        conn.peer_certificates().and_then(|c| c.first()).and_then(crate::tls::first_dns_name)
+    }
+
+    async fn raw_send_vectored<B: IoBuf>(&self, bufs: Vec<B>, skip: usize) -> (io::Result<usize>, Vec<B>) {
         let mut iovecs = Vec::with_capacity(bufs.len());
         let mut skip_left = skip;
         for b in &bufs {
@@ -420,6 +737,43 @@ impl TcpStream {
     /// If the range extends past the buffer's capacity.
     pub fn try_recv_now(&self, buf: &mut AlignedBuf, range: std::ops::Range<usize>) -> io::Result<Option<usize>> {
         assert!(range.start <= range.end && range.end <= buf.capacity(), "recv range {range:?} past capacity");
+        let Some(tls) = &self.tls else { return self.raw_try_recv_now(buf, range) };
+        if let Some(r) = tls.read_plain(&mut buf.spare_full()[range.clone()]) {
+            return r.map(Some);
+        }
+        tls.feed()?;
+        if let Some(r) = tls.read_plain(&mut buf.spare_full()[range.clone()]) {
+            return r.map(Some);
+        }
+        let got = {
+            let mut cin = tls.cin.borrow_mut();
+            // A receive in flight owns the buffer: nothing now.
+            let Some((cbuf, start, end)) = cin.as_mut() else { return Ok(None) };
+            if *start > 0 {
+                cbuf.spare_full().copy_within(*start..*end, 0);
+                (*start, *end) = (0, *end - *start);
+            }
+            let cap = cbuf.capacity();
+            if *end == cap {
+                return Ok(None);
+            }
+            let n = self.raw_try_recv_now(cbuf, *end..cap)?;
+            if let Some(n) = n {
+                *end += n;
+            }
+            n
+        };
+        match got {
+            None => Ok(None),
+            Some(0) => Ok(Some(0)),
+            Some(_) => {
+                tls.feed()?;
+                tls.read_plain(&mut buf.spare_full()[range]).transpose()
+            }
+        }
+    }
+
+    fn raw_try_recv_now(&self, buf: &mut AlignedBuf, range: std::ops::Range<usize>) -> io::Result<Option<usize>> {
         let dst = &mut buf.spare_full()[range];
         // SAFETY: `dst` is a valid, writable slice of the given length.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len(), libc::MSG_DONTWAIT) };

@@ -116,23 +116,23 @@ fn one_shot_messages_arrive_whole_and_bad_ones_are_dropped() {
         let _silent = std::net::TcpStream::connect(addr).unwrap();
         // A message larger than the receive buffer arrives whole, with its sender's id.
         let big: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
-        send_message(B, addr, 77, &big, Duration::from_secs(5)).await.expect("sent");
+        send_message(B, addr, 77, &big, Duration::from_secs(5), None).await.expect("sent");
         let (from, body) = time::timeout(Duration::from_secs(5), acceptor.next_message()).await.expect("a message");
         assert_eq!((from, body.len()), (B, big.len()));
         assert_eq!(body, big);
         // Longer than the receiver's limit: the receiver drops it, the sender hears the close
         // before it could send everything or right after, and nothing is handed out.
         let huge = vec![0u8; (1 << 20) + 1];
-        let _ = send_message(B, addr, 77, &huge, Duration::from_secs(5)).await;
+        let _ = send_message(B, addr, 77, &huge, Duration::from_secs(5), None).await;
         // An empty message arrives, and is the next one handed out.
-        send_message(PeerId(2), addr, 77, &[], Duration::from_secs(5)).await.expect("empty sent");
+        send_message(PeerId(2), addr, 77, &[], Duration::from_secs(5), None).await.expect("empty sent");
         let (from, body) = time::timeout(Duration::from_secs(5), acceptor.next_message()).await.expect("a message");
         assert_eq!((from, body.len()), (PeerId(2), 0), "the oversized message was handed out");
         // Nobody listening: an error within the bound, not a hang.
         let (dead, dead_addr) = listener();
         drop(dead);
         let t0 = Instant::now();
-        assert!(send_message(B, dead_addr, 77, b"x", Duration::from_millis(300)).await.is_err());
+        assert!(send_message(B, dead_addr, 77, b"x", Duration::from_millis(300), None).await.is_err());
         assert!(t0.elapsed() < Duration::from_secs(3));
     });
 }
@@ -149,7 +149,7 @@ fn one_shot_messages_from_one_source_are_rate_limited() {
         acceptor.message_rate(0.001, 3.0);
         let mut sent = 0;
         for i in 0..10u8 {
-            if send_message(B, addr, 77, &[i], Duration::from_secs(2)).await.is_ok() {
+            if send_message(B, addr, 77, &[i], Duration::from_secs(2), None).await.is_ok() {
                 sent += 1;
             }
         }

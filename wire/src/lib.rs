@@ -11,6 +11,7 @@ pub mod frame;
 pub mod hash;
 pub mod ids;
 pub mod remote;
+pub mod tls;
 
 /// The group tag a handshake carries: FNV-1a of the group's name and a number saying what the
 /// connection is for (a view's transport, the control messages, client sessions).

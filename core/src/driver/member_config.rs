@@ -18,6 +18,12 @@
 //! transport = "shm"               # each view over "tcp" or "shm" (processes of this host); default "tcp"
 //! shm_dir = "/dev/shm"            # where shared-memory views keep their files; default /dev/shm
 //! allowed_ids = [0, 1, 2, 3]      # only these ids may join or come back with their logs; default any
+//! insecure = false                # true: plaintext on purpose (without [tls] it is plaintext anyway, with a warning)
+//!
+//! [tls]                           # mutual TLS on every connection; all three required
+//! ca = "ca.pem"                   # the authority every peer's certificate must chain to (PEM)
+//! cert = "node-3.pem"             # this member's chain (PEM), naming it node-3.derecho
+//! key = "node-3.key"              # its private key (PEM)
 //!
 //! [membership]                    # PROTOCOLS §3; every field optional
 //! heartbeat_ms = 10               # how often a member bumps its heartbeat; default 10
@@ -80,6 +86,35 @@ struct MembershipFile {
     state_transfer_timeout_ms: Option<u64>,
     lost_shards: Option<String>,
 }
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// The `[tls]` table: the files, and the identity read from them.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// The authority's certificates.
+    pub ca: PathBuf,
+    /// This member's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// What was read from them.
+    pub identity: derecho_runtime::tls::TlsIdentity,
+}
+
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.ca, &self.cert, &self.key) == (&other.ca, &other.cert, &other.key)
+    }
+}
+
+impl Eq for TlsSettings {}
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +236,9 @@ struct File {
     shm_dir: PathBuf,
     allowed_ids: Option<Vec<u32>>,
     #[serde(default)]
+    insecure: bool,
+    tls: Option<TlsFile>,
+    #[serde(default)]
     membership: MembershipFile,
     #[serde(default)]
     clients: ClientsFile,
@@ -282,6 +320,10 @@ pub struct GroupMemberConfig {
     pub clients: ClientLimits,
     /// See [`GroupBuilder::allow_only`].
     pub allowed_ids: Option<Vec<NodeId>>,
+    /// See [`GroupBuilder::tls`].
+    pub tls: Option<TlsSettings>,
+    /// See [`GroupBuilder::insecure`].
+    pub insecure: bool,
 }
 
 impl GroupMemberConfig {
@@ -426,6 +468,17 @@ impl GroupMemberConfig {
         if f.restart_timeout_ms == 0 {
             return Err(invalid("restart_timeout_ms", "must be above zero"));
         }
+        if f.insecure && f.tls.is_some() {
+            return Err(invalid("insecure", "true, but [tls] is given: choose one"));
+        }
+        let tls = match f.tls {
+            None => None,
+            Some(t) => {
+                let identity = derecho_runtime::tls::TlsIdentity::from_pem_files(&t.ca, &t.cert, &t.key)
+                    .map_err(|e| invalid("tls", e.to_string()))?;
+                Some(TlsSettings { ca: t.ca, cert: t.cert, key: t.key, identity })
+            }
+        };
         if f.state_len_max == 0 || f.state_len_max > u32::MAX as usize - 64 {
             return Err(invalid("state_len_max", "must be from 1 to 4294967231"));
         }
@@ -452,6 +505,8 @@ impl GroupMemberConfig {
             limits,
             clients,
             allowed_ids: f.allowed_ids.map(|ids| ids.into_iter().map(NodeId).collect()),
+            tls,
+            insecure: f.insecure,
         })
     }
 
@@ -494,6 +549,12 @@ impl GroupMemberConfig {
         if let Some(ids) = &self.allowed_ids {
             b = b.allow_only(ids.iter().copied());
         }
+        if let Some(t) = &self.tls {
+            b = b.tls(t.identity.clone());
+        }
+        if self.insecure {
+            b = b.insecure();
+        }
         b
     }
 
@@ -526,6 +587,22 @@ mod tests {
         assert_eq!(c.allowed_ids, None);
         let c = load(&["allowed_ids=[3, 1]"]).unwrap();
         assert_eq!(c.allowed_ids, Some(vec![NodeId(3), NodeId(1)]));
+        assert_eq!((c.tls.is_none(), c.insecure), (true, false));
+        // TLS files: read when the file is; an error names the file.
+        let dir = std::env::temp_dir().join(format!("derecho-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = derecho_runtime::tls::DevCa::new().unwrap();
+        ca.write(&dir, "node-2", "node-2.derecho").unwrap();
+        let set = |k: &str, f: &str| format!("tls.{k}=\"{}\"", dir.join(f).display());
+        let c = load(&[&set("ca", "ca.pem"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]).unwrap();
+        assert_eq!(c.tls.as_ref().map(|t| t.identity.name()), Some("node-2.derecho"));
+        let e = load(&[&set("ca", "ca.pem"), &set("cert", "missing.pem"), &set("key", "node-2.key")]).unwrap_err();
+        assert!(e.to_string().contains("missing.pem") && e.to_string().contains("cannot read"), "{e}");
+        let e = load(&[&set("ca", "node-2.key"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]).unwrap_err();
+        assert!(e.to_string().contains("node-2.key") && e.to_string().contains("no certificate"), "{e}");
+        let e = load(&["insecure=true", &set("ca", "ca.pem"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]);
+        assert!(e.unwrap_err().to_string().contains("insecure"));
+        let _ = std::fs::remove_dir_all(&dir);
         let c = load(&["clients.max=7", "clients.idle_timeout_ms=1500"]).unwrap();
         assert_eq!((c.clients.max, c.clients.idle), (7, Duration::from_millis(1500)));
         assert_eq!(c.membership, MembershipConfig::default());

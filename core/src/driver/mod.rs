@@ -38,7 +38,7 @@ pub use group::{
     AppError, Application, ClientLimits, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
     PARTITION_SAFETY_NEEDED, PersistWaitError, SendToError, ShardMetrics, Shutdown, State, ViewChange, WaitError,
 };
-pub use member_config::GroupMemberConfig;
+pub use member_config::{GroupMemberConfig, TlsSettings};
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

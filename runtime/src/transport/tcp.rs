@@ -30,6 +30,7 @@ use crate::buf::{AlignedBuf, BufPool};
 use crate::executor::{HookId, JoinHandle, Park, PollHook, add_poll_hook, remove_poll_hook, spawn};
 use crate::net::{TcpListener, TcpStream};
 use crate::time;
+use crate::tls::TlsIdentity;
 
 /// Size of each connection's receive buffer.
 const RECV_BUF_LEN: usize = 256 << 10;
@@ -72,12 +73,15 @@ pub struct TcpConfig {
     pub checksum_body_len_max: usize,
     /// Limits and timings.
     pub limits: TransportLimits,
+    /// Mutual TLS on every connection, each peer's certificate naming its id
+    /// ([`crate::tls::node_name`]); `None`: plaintext. Default `None`.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl TcpConfig {
-    /// A configuration with default limits and group tag.
+    /// A configuration with default limits and group tag, without TLS.
     pub fn new(me: PeerId, peers: Vec<(PeerId, SocketAddr)>) -> Self {
-        Self { me, peers, group_tag: 0, checksum_body_len_max: 64 << 10, limits: TransportLimits::default() }
+        Self { me, peers, group_tag: 0, checksum_body_len_max: 64 << 10, limits: TransportLimits::default(), tls: None }
     }
 
     fn validate(&self) -> Result<(), TransportError> {
@@ -299,11 +303,21 @@ fn refused(addr: &SocketAddr, reason: &str) {
 /// Reads the `Hello` of an accepted connection within 5 s; logs and returns `None` if it is
 /// missing or malformed (the connection is then dropped).
 async fn accept_hello(
-    stream: &TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     max_frame_len: usize,
-) -> Option<(PeerId, u32, AlignedBuf, usize)> {
-    let r = time::timeout(HELLO_WITHIN, read_hello_any(stream, AlignedBuf::zeroed(HELLO_BUF_LEN), max_frame_len)).await;
+    tls: Option<&TlsIdentity>,
+) -> Option<(TcpStream, PeerId, u32, AlignedBuf, usize)> {
+    let handshake = async {
+        let stream = match tls {
+            Some(id) => stream.accept_tls(id).await.map_err(|e| format!("TLS handshake failed: {e}"))?,
+            None => stream,
+        };
+        let (peer, tag, buf, filled) =
+            read_hello_any(&stream, AlignedBuf::zeroed(HELLO_BUF_LEN), max_frame_len).await?;
+        Ok::<_, String>((stream, peer, tag, buf, filled))
+    };
+    let r = time::timeout(HELLO_WITHIN, handshake).await;
     match r {
         Ok(Ok(v)) => Some(v),
         Ok(Err(reason)) => {
@@ -380,10 +394,18 @@ pub async fn send_message(
     tag: u32,
     body: &[u8],
     within: Duration,
+    tls: Option<&TlsIdentity>,
 ) -> Result<(), TransportError> {
     let io = |context: &str, source| TransportError::Io { context: format!("{context} {addr}"), source };
     let exchange = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| io("connect to", e))?;
+        let stream = match tls {
+            None => stream,
+            Some(id) => stream.connect_tls(id).await.map_err(|e| TransportError::Handshake {
+                addr: addr.to_string(),
+                reason: format!("TLS handshake failed: {e}"),
+            })?,
+        };
         stream.send_all(hello(me, tag).to_vec()).await.map_err(|e| io("send to", e))?;
         // The receiver's hello, read before sending (unread bytes would turn our close into a
         // reset, which may discard the message at the receiver).
@@ -445,6 +467,8 @@ struct AcceptorInner {
     message_rate: Cell<(f64, f64)>,
     /// Each source's tokens and when they were counted.
     sources: RefCell<BTreeMap<std::net::IpAddr, (f64, Instant)>>,
+    /// Mutual TLS on every connection accepted.
+    tls: RefCell<Option<TlsIdentity>>,
     message_waiter: RefCell<Option<Waker>>,
     /// Connections with this tag are sessions of external clients, handed out as they arrive.
     session_tag: Cell<Option<u32>>,
@@ -462,6 +486,8 @@ pub struct TcpSession {
     pub addr: SocketAddr,
     /// Bytes the client sent behind its `Hello`.
     pub early: Vec<u8>,
+    /// The first DNS name of the client's certificate (`None` without TLS).
+    pub identity: Option<String>,
 }
 
 impl std::fmt::Debug for TcpSession {
@@ -557,7 +583,14 @@ async fn route(inner: Rc<AcceptorInner>, id: u64, me: PeerId, stream: TcpStream,
 }
 
 async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: TcpStream, addr: SocketAddr, max: usize) {
-    let Some((peer, tag, mut buf, filled)) = accept_hello(&stream, addr, max).await else { return };
+    let tls = inner.tls.borrow().clone();
+    let Some((stream, peer, tag, mut buf, filled)) = accept_hello(stream, addr, max, tls.as_ref()).await else {
+        return;
+    };
+    if inner.session_tag.get() != Some(tag) && !stream.peer_is_node(peer.0) {
+        refused(&addr, &format!("its certificate does not name {peer}, whom its hello claims to be"));
+        return;
+    }
     if inner.session_tag.get() == Some(tag) {
         if inner.sessions.borrow().len() >= inner.park_max {
             refused(&addr, "too many client sessions waiting to be served");
@@ -567,7 +600,8 @@ async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: Tcp
             return;
         }
         let early = buf.spare_full()[HEADER_LEN..filled].to_vec();
-        inner.sessions.borrow_mut().push_back(TcpSession { stream, addr, early });
+        let identity = stream.peer_identity();
+        inner.sessions.borrow_mut().push_back(TcpSession { stream, addr, early, identity });
         if let Some(w) = inner.session_waiter.borrow_mut().take() {
             w.wake();
         }
@@ -645,6 +679,7 @@ impl TcpAcceptor {
             next_conn: Cell::new(0),
             message_rate: Cell::new(MESSAGES_PER_SOURCE),
             sources: RefCell::new(BTreeMap::new()),
+            tls: RefCell::new(None),
             message_waiter: RefCell::new(None),
             session_tag: Cell::new(None),
             sessions: RefCell::new(VecDeque::new()),
@@ -714,6 +749,13 @@ impl TcpAcceptor {
     /// dropped).
     pub fn accept_messages(&self, tag: u32, max_len: usize) {
         self.inner.message_tag.set(Some((tag, max_len)));
+    }
+
+    /// Requires mutual TLS on every connection accepted from now on: the peer's certificate must
+    /// chain to `identity`'s authority and, but for external clients, name the id its hello
+    /// claims ([`crate::tls::node_name`]). Call before the executor runs the acceptor.
+    pub fn require_tls(&self, identity: TlsIdentity) {
+        *self.inner.tls.borrow_mut() = Some(identity);
     }
 
     /// Accepts at most `per_second` one-shot messages a second from one source address, and
@@ -806,6 +848,7 @@ impl TcpTransport {
 
         let accepted: Rc<RefCell<BTreeMap<PeerId, Handshaken>>> = Rc::new(RefCell::new(BTreeMap::new()));
         let acceptor = {
+            let tls = config.tls.clone();
             let accepted = accepted.clone();
             let expected = expected_accepts.clone();
             let max = limits.max_frame_len;
@@ -820,9 +863,15 @@ impl TcpTransport {
                             continue;
                         }
                     };
-                    let Some((peer, their_tag, buf, filled)) = accept_hello(&stream, addr, max).await else {
+                    let Some((stream, peer, their_tag, buf, filled)) =
+                        accept_hello(stream, addr, max, tls.as_ref()).await
+                    else {
                         continue;
                     };
+                    if !stream.peer_is_node(peer.0) {
+                        refused(&addr, &format!("its certificate does not name {peer}, whom its hello claims to be"));
+                        continue;
+                    }
                     if their_tag != tag {
                         tracing::warn!(%addr, %peer, their_tag, tag, "refused a connection from another group");
                         continue;
@@ -842,7 +891,7 @@ impl TcpTransport {
         let mut dialled = Vec::new();
         let mut dial_error = None;
         for (peer, addr) in dials {
-            match Self::dial(me, peer, addr, tag, limits.max_frame_len, deadline).await {
+            match Self::dial(me, peer, addr, tag, limits.max_frame_len, deadline, config.tls.clone()).await {
                 Ok(h) => dialled.push(h),
                 Err(TransportError::ConnectTimeout { .. }) => {}
                 Err(e) => {
@@ -897,7 +946,8 @@ impl TcpTransport {
             let mut tasks = Vec::new();
             for (peer, addr) in dials {
                 let max = limits.max_frame_len;
-                tasks.push(spawn(async move { Self::dial(me, peer, addr, tag, max, deadline).await }));
+                let tls = config.tls.clone();
+                tasks.push(spawn(async move { Self::dial(me, peer, addr, tag, max, deadline, tls).await }));
             }
             let accepted = acceptor.claim(tag, &expected, deadline).await;
             dialled.extend(accepted);
@@ -932,6 +982,7 @@ impl TcpTransport {
         tag: u32,
         max: usize,
         deadline: Instant,
+        tls: Option<TlsIdentity>,
     ) -> Result<Handshaken, TransportError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -949,6 +1000,18 @@ impl TcpTransport {
                 }
                 Err(_) => continue,
             };
+            let handshake = |reason: String| TransportError::Handshake { addr: addr.to_string(), reason };
+            let stream = match &tls {
+                None => stream,
+                Some(id) => match time::timeout(left.max(Duration::from_millis(1)), stream.connect_tls(id)).await {
+                    Ok(Ok(s)) if s.peer_is_node(peer.0) => s,
+                    Ok(Ok(_)) => return Err(handshake(format!("its certificate does not name {peer}"))),
+                    Ok(Err(e)) => return Err(handshake(format!("TLS handshake failed: {e}"))),
+                    Err(_) => {
+                        return Err(TransportError::ConnectTimeout { after: Duration::ZERO, missing: vec![peer] });
+                    }
+                },
+            };
             if stream.send_all(hello(me, tag).to_vec()).await.is_err() {
                 time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -958,7 +1021,6 @@ impl TcpTransport {
                 read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), max, tag),
             )
             .await;
-            let handshake = |reason: String| TransportError::Handshake { addr: addr.to_string(), reason };
             return match r {
                 Ok(Ok((got, buf, filled))) if got == peer => Ok(Handshaken { peer, stream, buf, filled }),
                 Ok(Ok((got, ..))) => Err(handshake(format!("expected {peer}, the listener is {got}"))),

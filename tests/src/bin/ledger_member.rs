@@ -2,8 +2,11 @@
 //! clients call it while members are killed.
 //!
 //! ```text
-//! ledger_member --me N [--contact ADDR] [--persist DIR] [--allow ID,ID,...]
+//! ledger_member --me N [--contact ADDR] [--persist DIR] [--allow ID,ID,...] [--tls DIR [--tls-as ID]]
 //! ```
+//!
+//! With `--tls`, every connection runs mutual TLS with `DIR/ca.pem`, `DIR/node-ID.pem` and
+//! `DIR/node-ID.key` (ID: `--tls-as`, by default its own id).
 //!
 //! Standard output: `listening ADDR` (before it starts or joins), then `ready` once its view has
 //! three members. It runs until its standard input closes (or says `exit`).
@@ -37,6 +40,17 @@ fn main() {
     let rx = derecho_tests::child::stdin_lines();
     derecho::Builder::new().build().expect("executor").block_on(async move {
         let mut builder = derecho_tests::child::loopback_member(me, "ledger");
+        if let Some(dir) = arg(&args, "--tls") {
+            let dir = std::path::Path::new(dir);
+            let who = arg(&args, "--tls-as").map_or(me, |w| w.parse().expect("an id"));
+            let identity = derecho::runtime::tls::TlsIdentity::from_pem_files(
+                &dir.join("ca.pem"),
+                &dir.join(format!("node-{who}.pem")),
+                &dir.join(format!("node-{who}.key")),
+            )
+            .expect("the TLS files");
+            builder = builder.tls(identity);
+        }
         if let Some(ids) = arg(&args, "--allow") {
             builder = builder.allow_only(ids.split(',').map(|i| derecho::protocol::NodeId(i.parse().expect("an id"))));
         }

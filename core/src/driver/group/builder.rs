@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use derecho_runtime::net::TcpListener;
 use derecho_runtime::time;
+use derecho_runtime::tls::TlsIdentity;
 use derecho_runtime::transport::region::Region;
 use derecho_runtime::transport::shm::{ShmConfig, ShmTransport};
 use derecho_runtime::transport::tcp::{TcpAcceptor, TcpConfig, TcpTransport};
@@ -44,6 +45,8 @@ pub struct GroupBuilder {
     shm_dir: std::path::PathBuf,
     clients: super::ClientLimits,
     allowed: Option<Rc<[NodeId]>>,
+    tls: Option<TlsIdentity>,
+    insecure: bool,
 }
 
 impl std::fmt::Debug for GroupBuilder {
@@ -76,7 +79,27 @@ impl GroupBuilder {
             shm_dir: std::path::PathBuf::from("/dev/shm"),
             clients: super::ClientLimits::default(),
             allowed: None,
+            tls: None,
+            insecure: false,
         }
+    }
+
+    /// Mutual TLS on every TCP connection this member accepts or makes: view transports, joins
+    /// and control messages, external clients. Peers must present a certificate `identity`'s
+    /// authority issued; a member's must name its node id (`node-N.derecho`,
+    /// [`derecho_runtime::tls::node_name`]), checked against the id it claims. Every member of
+    /// the group must use TLS with the same authority.
+    pub fn tls(mut self, identity: TlsIdentity) -> Self {
+        self.tls = Some(identity);
+        self
+    }
+
+    /// Runs without TLS on purpose: anyone who reaches the port can join and call. Without
+    /// [`GroupBuilder::tls`] a member runs plaintext either way; this only says it is meant
+    /// (the warning logged at start says so).
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
+        self
     }
 
     /// Only these node ids may join the group or come back to it with their logs, when this
@@ -306,6 +329,19 @@ impl GroupBuilder {
         }
         let limits = TransportLimits { max_frame_len: MESSAGE_LEN_MAX, ..TransportLimits::default() };
         let acceptor = TcpAcceptor::new(listener, PeerId(self.me.0), &limits, PARK_MAX, self.connect_timeout * 4);
+        match &self.tls {
+            Some(id) => {
+                acceptor.require_tls(id.clone());
+                tracing::info!(name = id.name(), "mutual TLS on every connection");
+            }
+            None if self.insecure => tracing::warn!(
+                "insecure: plaintext connections, nothing authenticated (whoever reaches {advertise} can join and call)"
+            ),
+            None => tracing::warn!(
+                "no TLS configured: plaintext connections, nothing authenticated (whoever reaches {advertise} can join \
+                 and call); configure TLS, or say insecure to mean it"
+            ),
+        }
         acceptor.accept_messages(control_tag(&self.name), MESSAGE_LEN_MAX);
         acceptor.accept_sessions(derecho_wire::session_tag(&self.name));
         Ok((acceptor, advertise))
@@ -356,6 +392,7 @@ pub(super) struct Settings {
     transport: TransportKind,
     shm_dir: std::path::PathBuf,
     pub(super) clients: super::ClientLimits,
+    pub(super) tls: Option<TlsIdentity>,
 }
 
 impl From<&GroupBuilder> for Settings {
@@ -369,6 +406,7 @@ impl From<&GroupBuilder> for Settings {
             transport: b.transport,
             shm_dir: b.shm_dir.clone(),
             clients: b.clients.clone(),
+            tls: b.tls.clone(),
         }
     }
 }
@@ -429,6 +467,7 @@ impl Settings {
             let mut config = TcpConfig::new(PeerId(self.me.0), peers);
             config.group_tag = view_tag(&self.name, view.id);
             config.limits = limits;
+            config.tls = self.tls.clone();
             let t = TcpTransport::connect_via(acceptor, config, true).await?;
             let region = t.register_region(TABLE_REGION, table_len)?;
             (Rc::new(AnyTransport::Tcp(t)), region)

@@ -544,10 +544,11 @@ impl Inner {
         let me = PeerId(self.settings.me.0);
         let tag = control_tag(&self.settings.name);
         let within = self.settings.connect_timeout;
+        let tls = self.settings.tls.clone();
         let weak = Rc::downgrade(self);
         self.spawn_task(async move {
             let sent = match to.parse::<SocketAddr>() {
-                Ok(addr) => match send_message(me, addr, tag, &message, within).await {
+                Ok(addr) => match send_message(me, addr, tag, &message, within, tls.as_ref()).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "control message not delivered");

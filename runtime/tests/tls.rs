@@ -1,0 +1,100 @@
+//! TLS on the runtime's TCP streams: mutual authentication against one authority, names bound
+//! to node ids, and bytes that arrive whole and in order through every receive path.
+
+use std::time::Duration;
+
+use derecho_runtime::buf::AlignedBuf;
+use derecho_runtime::net::{TcpListener, TcpStream};
+use derecho_runtime::tls::{DevCa, node_name};
+use derecho_runtime::{Builder, spawn, time};
+
+/// Receives exactly `n` bytes (using the non-blocking path when `spin`).
+async fn recv_exactly(s: &TcpStream, n: usize, spin: bool) -> Vec<u8> {
+    let mut got = Vec::with_capacity(n);
+    let mut buf = AlignedBuf::zeroed(16 << 10);
+    while got.len() < n {
+        if spin {
+            let cap = buf.capacity();
+            match s.try_recv_now(&mut buf, 0..cap).expect("try_recv_now") {
+                Some(0) => panic!("closed after {} of {n} bytes", got.len()),
+                Some(k) => {
+                    got.extend_from_slice(&buf.spare_full()[..k]);
+                    continue;
+                }
+                None => time::sleep(Duration::from_micros(50)).await,
+            }
+            continue;
+        }
+        let (r, b) = s.recv(buf, 0).await;
+        buf = b;
+        let k = r.expect("recv");
+        assert!(k > 0, "closed after {} of {n} bytes", got.len());
+        got.extend_from_slice(&buf.spare_full()[..k]);
+    }
+    got
+}
+
+#[test]
+fn both_ends_authenticate_and_bytes_arrive_whole_in_order() {
+    let ca = DevCa::new().unwrap();
+    let server_id = ca.identity(&node_name(1)).unwrap();
+    let client_id = ca.identity(&node_name(2)).unwrap();
+    Builder::new().build().unwrap().block_on(async move {
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr();
+        let server = spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let s = s.accept_tls(&server_id).await.expect("server handshake");
+            assert!(s.is_tls());
+            assert!(s.peer_is_node(2) && !s.peer_is_node(3), "the client's certificate names node 2 only");
+            assert_eq!(s.peer_identity().as_deref(), Some("node-2.derecho"));
+            let big = recv_exactly(&s, 1 << 20, false).await;
+            assert!(big.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "bytes changed on the way");
+            let small = recv_exactly(&s, 3, true).await;
+            assert_eq!(small, b"end");
+            let (r, _) = s.send_vectored(vec![b"he".to_vec(), b"llo".to_vec()], 1).await;
+            assert_eq!(r.unwrap(), 4);
+        });
+        let c = TcpStream::connect(addr).await.unwrap().connect_tls(&client_id).await.expect("client handshake");
+        assert!(c.peer_is_node(1) && !c.peer_is_node(2));
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        c.send_all(big).await.unwrap();
+        let (r, _) = c.send_one(b"xend".to_vec(), 1).await;
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(recv_exactly(&c, 4, false).await, b"ello");
+        server.await;
+    });
+}
+
+#[test]
+fn a_peer_of_another_authority_or_without_tls_is_refused() {
+    let ca = DevCa::new().unwrap();
+    let other = DevCa::new().unwrap();
+    let server_id = ca.identity(&node_name(1)).unwrap();
+    let stranger = other.identity(&node_name(2)).unwrap();
+    Builder::new().build().unwrap().block_on(async move {
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr();
+        let server = spawn(async move {
+            let mut reasons = Vec::new();
+            for _ in 0..2 {
+                let (s, _) = l.accept().await.unwrap();
+                let r = time::timeout(Duration::from_secs(5), s.accept_tls(&server_id)).await.expect("not a hang");
+                reasons.push(r.expect_err("a handshake that must fail").to_string());
+            }
+            reasons
+        });
+        // A certificate from another authority: the client refuses the server's too.
+        let r = TcpStream::connect(addr).await.unwrap().connect_tls(&stranger).await;
+        assert!(r.is_err(), "a client of another authority got through");
+        // Plaintext bytes where a handshake should be.
+        let plain = TcpStream::connect(addr).await.unwrap();
+        plain.send_all(vec![0x16u8, 3, 3, 0, 5, 1, 2, 3, 4, 5, 9, 9, 9]).await.unwrap();
+        plain.shutdown_write();
+        let reasons = server.await;
+        assert_eq!(reasons.len(), 2);
+        for r in &reasons {
+            assert!(!r.is_empty());
+        }
+    });
+}

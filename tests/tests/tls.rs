@@ -1,0 +1,86 @@
+//! Mutual TLS between member processes (`ledger_member --tls`) and with external clients: a
+//! group whose members present certificates of one authority forms and serves a client that
+//! presents one too; a client without TLS, a client of another authority, and a member whose
+//! certificate names another node id get nowhere.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use derecho::protocol::ShardRef;
+use derecho::rpc::{ExternalClient, ExternalHandle, block_on};
+use derecho::runtime::tls::{DevCa, node_name};
+use derecho_tests::kv_process::Member;
+use derecho_tests::ledger::{Ledger, LedgerExternal};
+
+const SHARD: ShardRef = ShardRef::new(0, 0);
+
+/// Removes a directory when dropped.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
+    let dir = Dir(std::env::temp_dir().join(format!("derecho-tls-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let ca = DevCa::new().unwrap();
+    for n in [0, 1, 2, 7] {
+        ca.write(&dir.0, &format!("node-{n}"), &node_name(n)).unwrap();
+    }
+    let program = env!("CARGO_BIN_EXE_ledger_member");
+    let tls = |extra: &[&str]| -> Vec<OsString> {
+        let mut a = vec![OsString::from("--tls"), dir.0.clone().into_os_string()];
+        a.extend(extra.iter().map(OsString::from));
+        a
+    };
+    let first = Member::spawn(program, 0, &tls(&[]));
+    let a0 = first.expect("listening ")["listening ".len()..].to_string();
+    let mut members = vec![first];
+    let mut addrs = vec![a0.clone()];
+    for me in 1..3 {
+        let m = Member::spawn(program, me, &tls(&["--contact", &a0]));
+        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
+        members.push(m);
+    }
+    for m in &members {
+        m.expect("ready");
+    }
+    // A client with a certificate of the group's authority calls.
+    let client = ExternalClient::builder("ledger", addrs.clone())
+        .timeout(Duration::from_secs(10))
+        .tls(ca.identity("alice.example").unwrap())
+        .build();
+    let ledger = LedgerExternal::new(ExternalHandle::<Ledger>::new(client.clone(), SHARD));
+    for op in 0..50u64 {
+        block_on(ledger.add(op)).expect("a call over TLS");
+    }
+    // Without TLS, or with another authority's certificate, a client gets nowhere.
+    let quick = |b: derecho::rpc::ClientBuilder| b.timeout(Duration::from_secs(2)).build();
+    let plain = quick(ExternalClient::builder("ledger", addrs.clone()));
+    let e = plain.blocking().refresh_view().expect_err("a plaintext client got a view");
+    eprintln!("plaintext client: {e}");
+    let other = DevCa::new().unwrap();
+    let stranger =
+        quick(ExternalClient::builder("ledger", addrs.clone()).tls(other.identity("mallory.example").unwrap()));
+    let e = stranger.blocking().refresh_view().expect_err("a client of another authority got a view");
+    eprintln!("client of another authority: {e}");
+    // A member whose certificate names node 7 claims to be node 3: never admitted.
+    let mut liar = Member::spawn(program, 3, &tls(&["--contact", &a0, "--tls-as", "7"]));
+    let _ = liar.expect("listening ");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let v = client.blocking().refresh_view().expect("the view");
+        assert_eq!(v.members.len(), 3, "a member with another node's certificate was admitted: {:?}", v.members);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    liar.kill();
+    // The group still serves.
+    block_on(ledger.add(1000)).expect("a call after the attempts");
+    for m in &mut members {
+        m.finish();
+    }
+}
