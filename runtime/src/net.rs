@@ -238,7 +238,7 @@ pub struct TcpStream {
 }
 
 /// Ciphertext is received into a buffer this large.
-const TLS_IN_LEN: usize = 64 << 10;
+const TLS_IN_LEN: usize = 256 << 10;
 
 /// A TLS stream's session and what it has not decrypted yet.
 struct TlsState {

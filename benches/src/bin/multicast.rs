@@ -32,7 +32,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use derecho::driver::{GroupConfig, StaticGroup, connect_with};
+use derecho::driver::{GroupConfig, StaticGroup, connect_with_tls};
 use derecho::protocol::{Delivered, NodeId};
 use derecho::runtime::time;
 use derecho::{ShmTransport, TcpListener, available_cores};
@@ -80,6 +80,7 @@ impl Senders {
 
 #[derive(Clone, Debug)]
 struct Case {
+    /// `tcp`, `shm`, or `tls` (TCP with mutual TLS).
     transport: &'static str,
     members: u32,
     senders: Senders,
@@ -110,9 +111,9 @@ impl Case {
 
     /// The group's configuration file.
     fn toml(&self, addrs: &[SocketAddr], namespace: &str) -> String {
+        let transport = if self.transport == "shm" { "shm" } else { "tcp" };
         let mut t = format!(
-            "me = 0\ntransport = \"{}\"\nspin_us = {SPIN_US}\nstart_timeout_ms = 30000\nshm_namespace = \"{namespace}\"\n",
-            self.transport
+            "me = 0\ntransport = \"{transport}\"\nspin_us = {SPIN_US}\nstart_timeout_ms = 30000\nshm_namespace = \"{namespace}\"\n"
         );
         // Rings big enough for a window's worth of the largest messages.
         let ring = if self.size > 1024 { 8 << 20 } else { 1 << 20 };
@@ -215,7 +216,12 @@ impl Progress {
 }
 
 /// One member's run: start, send, deliver everything, settle, close.
-async fn member(config: GroupConfig, listener: Option<TcpListener>, case: Work) -> Result<Outcome, String> {
+async fn member(
+    config: GroupConfig,
+    listener: Option<TcpListener>,
+    case: Work,
+    tls: Option<derecho::runtime::tls::TlsIdentity>,
+) -> Result<Outcome, String> {
     let me = config.me;
     let shard = config.view.shards[0].clone();
     let sends = shard.senders.contains(&me);
@@ -231,7 +237,7 @@ async fn member(config: GroupConfig, listener: Option<TcpListener>, case: Work) 
         error: RefCell::new(None),
     });
     let p = progress.clone();
-    let transport = connect_with(&config, listener).await.map_err(|e| format!("member {me}: {e}"))?;
+    let transport = connect_with_tls(&config, listener, tls).await.map_err(|e| format!("member {me}: {e}"))?;
     let group =
         StaticGroup::start(transport, me, config.view.clone(), &config.limits, config.start_timeout, move |d| {
             p.on_deliver(&d)
@@ -293,7 +299,17 @@ fn unique_ns(case: &Case) -> String {
 fn run_case(case: &Case) -> Vec<Outcome> {
     let cores = available_cores();
     let core = |i: u32| if cores.is_empty() { None } else { Some(cores[i as usize % cores.len()]) };
-    let listeners = if case.transport == "tcp" { loopback_listeners(case.members) } else { Vec::new() };
+    let listeners = if case.transport == "shm" { Vec::new() } else { loopback_listeners(case.members) };
+    // With TLS: a throw-away authority, and each member's certificate in a directory.
+    let tls_dir = (case.transport == "tls").then(|| {
+        let dir = std::env::temp_dir().join(format!("{}-tls", unique_ns(case)));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        let ca = derecho::runtime::tls::DevCa::new().expect("a development authority");
+        for i in 0..case.members {
+            ca.write(&dir, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
+        }
+        dir
+    });
     let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect();
     let ns = unique_ns(case);
     let toml = case.toml(&addrs, &ns);
@@ -311,9 +327,10 @@ fn run_case(case: &Case) -> Vec<Outcome> {
             let config = config_of(i);
             let listener = listeners.next();
             let work = case.work();
+            let tls = tls_dir.as_deref().map(|d| tls_identity(d, i));
             let t = config
                 .executor()
-                .spawn_thread(move || member(config, listener, work))
+                .spawn_thread(move || member(config, listener, work, tls))
                 .expect("start a member's executor thread");
             threads.push(t);
         }
@@ -345,6 +362,9 @@ fn run_case(case: &Case) -> Vec<Outcome> {
                 if case.latency {
                     args.push("--latency".into());
                 }
+                if let Some(d) = &tls_dir {
+                    args.extend(["--tls".into(), d.display().to_string()]);
+                }
                 spawn_member(&args)
             })
             .collect();
@@ -355,7 +375,20 @@ fn run_case(case: &Case) -> Vec<Outcome> {
     if case.transport == "shm" {
         let _ = ShmTransport::remove_namespace(std::path::Path::new("/dev/shm"), &ns);
     }
+    if let Some(d) = tls_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
     outcomes
+}
+
+/// Member `i`'s identity from the certificates in `dir`.
+fn tls_identity(dir: &std::path::Path, i: u32) -> derecho::runtime::tls::TlsIdentity {
+    derecho::runtime::tls::TlsIdentity::from_pem_files(
+        &dir.join("ca.pem"),
+        &dir.join(format!("node-{i}.pem")),
+        &dir.join(format!("node-{i}.key")),
+    )
+    .expect("the benchmark's certificates")
 }
 
 /// A member process whose stdout carries its outcome (killed and reaped if dropped unfinished).
@@ -392,8 +425,9 @@ fn member_child(args: &[String]) {
         count: arg(args, "--count").expect("--count").parse().expect("a count"),
         latency: flag(args, "--latency"),
     };
+    let tls = arg(args, "--tls").map(|d| tls_identity(d.as_ref(), config.me.0));
     let executor = config.executor().build().expect("the member's executor");
-    match executor.block_on(member(config, None, work)) {
+    match executor.block_on(member(config, None, work, tls)) {
         Ok(o) => println!("{}", o.line()),
         Err(e) => {
             eprintln!("multicast member: {e}");
@@ -435,7 +469,11 @@ fn main() {
     eprintln!("multicast benchmark ({}), cores {cores:?}", if quick { "quick" } else { "full" });
 
     if let Some(transport) = arg(&args, "--case") {
-        let transport = if transport == "shm" { "shm" } else { "tcp" };
+        let transport = match transport {
+            "shm" => "shm",
+            "tls" => "tls",
+            _ => "tcp",
+        };
         let num = |n: &str, d: u64| arg(&args, n).map_or(d, |v| v.parse().expect("a number"));
         let size = num("--size", 100) as usize;
         let case = Case {
@@ -455,6 +493,8 @@ fn main() {
     let only = arg(&args, "--only").map(str::to_string);
     let want = |name: &str| only.as_deref().is_none_or(|w| name.contains(w));
     let mut targets = Vec::new();
+    // Plaintext results, for the TLS cases' ratio.
+    let mut plain: Vec<(String, f64)> = Vec::new();
 
     // Baselines.
     let raw_tcp = median((0..plan.repeats).map(|_| raw::stream_gbps(1 << 20, 2 << 30, other_core)).collect());
@@ -473,6 +513,8 @@ fn main() {
     let cases = [
         tput("tcp", 100, Senders::All, true, false),
         tput("tcp", 10 << 10, Senders::All, true, false),
+        tput("tls", 100, Senders::All, true, false),
+        tput("tls", 10 << 10, Senders::All, true, false),
         tput("shm", 100, Senders::All, true, false),
         tput("shm", 10 << 10, Senders::All, true, false),
         tput("tcp", 100, Senders::Half, true, false),
@@ -487,7 +529,7 @@ fn main() {
         if !want(&case.name()) {
             continue;
         }
-        let base = if case.transport == "tcp" { raw_tcp } else { raw::memcpy_gbps(case.size, 1 << 30) };
+        let base = if case.transport == "shm" { raw::memcpy_gbps(case.size, 1 << 30) } else { raw_tcp };
         let runs: Vec<Vec<Outcome>> = (0..plan.repeats).map(|_| run_case(&case)).collect();
         let msgs = median(runs.iter().map(|o| slowest(o).0).collect());
         let gbps = median(runs.iter().map(|o| slowest(o).1).collect());
@@ -496,6 +538,22 @@ fn main() {
             .with_baseline(base * 1e9 / case.size as f64)
             .print();
         Record::new(BENCH, name.clone(), "delivered_gbps", gbps, "GB/s").with_baseline(base).print();
+        if case.transport == "tcp" {
+            plain.push((name.clone(), gbps));
+        }
+        // TLS against plaintext, measured in this run.
+        let vs_plain = plain
+            .iter()
+            .find(|(n, _)| Some(n.as_str()) == name.strip_prefix("tls-").map(|r| format!("tcp-{r}")).as_deref());
+        if case.transport == "tls"
+            && let Some((_, p)) = vs_plain
+        {
+            Record::new(BENCH, name.clone(), "tls_vs_plaintext_gbps", gbps, "GB/s").with_baseline(*p).print();
+            if case.size == 10 << 10 {
+                let ratio = gbps / p;
+                targets.push(target("tls-10kib-vs-plaintext", ratio, "ratio", 0.7, ratio >= 0.7));
+            }
+        }
         match name.as_str() {
             "tcp-100b-3m-all-ordered" => targets.push(target("tcp-100b-msgs", msgs, "msg/s", 1e6, msgs >= 1e6)),
             "tcp-10kib-3m-all-ordered" => targets.push(target("tcp-10kib-gbps", gbps, "GB/s", 0.8, gbps >= 0.8)),

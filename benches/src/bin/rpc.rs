@@ -12,12 +12,15 @@
 //! * `multicast` (the baseline of `ordered`): the same members multicast messages of the same
 //!   size with no call layer; messages delivered per second at a member.
 //!
-//! Cases are named `TRANSPORT-SIZE-MODE` (`tcp-100b-ordered`, `shm-10kib-query`). A full run
-//! ends with the issue's target line:
-//! `target-ordered-100b` (at least 500,000 ordered calls per second over TCP).
+//! Cases are named `TRANSPORT-SIZE-MODE` (`tcp-100b-ordered`, `shm-10kib-query`); transport
+//! `tls` is TCP with mutual TLS on every connection (certificates of a throw-away authority), and
+//! its cases also print their rate against the same case over plaintext TCP in the same run
+//! (`tls_vs_plaintext`). A full run ends with the issues' target lines:
+//! `target-ordered-100b` (at least 500,000 ordered calls per second over TCP) and
+//! `target-tls-10kib-ordered-vs-plaintext` (TLS at least 0.7 of plaintext).
 //!
 //! ```text
-//! cargo run --release -p derecho-benches --bin rpc [-- --quick] [-- --secs S] [-- --transport tcp|shm]
+//! cargo run --release -p derecho-benches --bin rpc [-- --quick] [-- --secs S] [-- --transport tcp|tls|shm]
 //! ```
 
 use std::cell::Cell;
@@ -56,6 +59,17 @@ fn member(args: &[String]) {
             .membership(membership);
         let builder = match shm_dir {
             Some(d) => builder.transport(TransportKind::Shm).shm_dir(d),
+            None => builder,
+        };
+        let builder = match arg(args, "--tls") {
+            Some(d) => {
+                let d = std::path::Path::new(d);
+                let file = |ext: &str| d.join(format!("node-{}.{ext}", me.0));
+                let id =
+                    derecho::runtime::tls::TlsIdentity::from_pem_files(&d.join("ca.pem"), &file("pem"), &file("key"))
+                        .expect("the benchmark's certificates");
+                builder.tls(id)
+            }
             None => builder,
         };
         let delivered = Rc::new(Cell::new(0u64));
@@ -135,6 +149,16 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
         std::fs::create_dir_all(&d).expect("a directory in /dev/shm");
         d
     });
+    // With TLS, a throw-away authority and each member's certificate in a directory.
+    let tls_dir = (transport == "tls").then(|| {
+        let d = std::env::temp_dir().join(format!("derecho-rpc-bench-tls-{}-{size}-{mode}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("a directory for the certificates");
+        let ca = derecho::runtime::tls::DevCa::new().expect("a development authority");
+        for i in 0..MEMBERS {
+            ca.write(&d, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
+        }
+        d
+    });
     let mut members = MemberProcesses::new(format!("rpc {transport} {mode}"), Duration::from_secs(60 + secs));
     let args = |id: u32, contact: Option<&str>| {
         let mut a: Vec<String> = vec!["--member".into(), id.to_string(), "--size".into(), size.to_string()];
@@ -145,6 +169,9 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
         }
         if let Some(c) = contact {
             a.extend(["--contact".into(), c.into()]);
+        }
+        if let Some(d) = &tls_dir {
+            a.extend(["--tls".into(), d.display().to_string()]);
         }
         if let Some(d) = &shm_dir {
             a.extend(["--shm-dir".into(), d.clone()]);
@@ -172,6 +199,9 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
         results.len() == MEMBERS as usize
     });
     members.finish(Duration::from_secs(30));
+    if let Some(d) = tls_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
     if let Some(d) = shm_dir {
         let left: Vec<String> = std::fs::read_dir(&d)
             .map(|r| r.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -203,8 +233,11 @@ fn main() {
         available_cores()
     );
     let mut ordered_100b = None;
+    let mut tls_10kib = None;
+    // Plaintext rates by (size, mode), for the TLS cases' ratio.
+    let mut plain: Vec<((usize, &str), f64)> = Vec::new();
     let only = arg(&args, "--transport");
-    for transport in ["tcp", "shm"].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
+    for transport in ["tcp", "tls", "shm"].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         for (size, label) in [(100usize, "100b"), (10 << 10, "10kib")] {
             let case = |mode: &str| format!("{transport}-{label}-{mode}");
             let baseline = run_case(transport, size, "multicast", secs);
@@ -216,11 +249,30 @@ fn main() {
             }
             let query = run_case(transport, size, "query", secs);
             Record::new(BENCH, case("query"), "queries_per_s", query, "queries/s").print();
+            for (mode, rate) in [("multicast", baseline), ("ordered", ordered), ("query", query)] {
+                if transport == "tcp" {
+                    plain.push(((size, mode), rate));
+                }
+                let vs = plain.iter().find(|(k, _)| *k == (size, mode)).map(|(_, r)| *r);
+                if transport == "tls"
+                    && let Some(p) = vs
+                {
+                    Record::new(BENCH, case(mode), "tls_vs_plaintext", rate, "per s").with_baseline(p).print();
+                    if (size, mode) == (10 << 10, "ordered") {
+                        tls_10kib = Some(rate / p);
+                    }
+                }
+            }
         }
     }
     if let Some(v) = ordered_100b {
         Record::new(BENCH, "target-ordered-100b", "calls_per_s", v, "calls/s")
             .with_target(500_000.0, v >= 500_000.0)
+            .print();
+    }
+    if let Some(r) = tls_10kib {
+        Record::new(BENCH, "target-tls-10kib-ordered-vs-plaintext", "ratio", r, "ratio")
+            .with_target(0.7, r >= 0.7)
             .print();
     }
 }

@@ -134,6 +134,20 @@ fn no_address(id: u32) -> GroupError {
 ///
 /// As [`connect`].
 pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -> Result<AnyTransport, GroupError> {
+    connect_with_tls(config, listener, None).await
+}
+
+/// As [`connect_with`], with mutual TLS on every TCP connection when `tls` is given (each
+/// member's certificate naming its id, [`derecho_runtime::tls::node_name`]).
+///
+/// # Errors
+///
+/// As [`connect`].
+pub async fn connect_with_tls(
+    config: &GroupConfig,
+    listener: Option<TcpListener>,
+    tls: Option<derecho_runtime::tls::TlsIdentity>,
+) -> Result<AnyTransport, GroupError> {
     let me = PeerId(config.me.0);
     let limits = TransportLimits { connect_timeout: config.start_timeout, ..TransportLimits::default() };
     let others = config.members.iter().filter(|m| m.id != config.me.0);
@@ -154,6 +168,7 @@ pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -
             }
             let mut tcp = TcpConfig::new(me, peers);
             tcp.group_tag = config.group_tag();
+            tcp.tls = tls;
             // A push carries at most one row of the table; a peer's queue holds a few of them.
             let row_len = RowLayout::new(&config.view, &config.limits).row_len;
             tcp.limits = TransportLimits {
