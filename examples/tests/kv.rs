@@ -197,13 +197,19 @@ fn a_member_logs_what_it_does_and_leaves_on_sigterm() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines.len() >= 3, "{err}");
     for l in &lines {
-        assert!(l.starts_with('{') && l.ends_with('}') && l.contains("\"level\":\"INFO\""), "not a JSON event: {l}");
+        let level = l.contains("\"level\":\"INFO\"") || l.contains("\"level\":\"WARN\"");
+        assert!(l.starts_with('{') && l.ends_with('}') && level, "not a JSON event: {l}");
     }
     assert!(err.contains("\"message\":\"view installed\"") && err.contains("\"span\":{\"id\":0"), "{err}");
-    // Quiet when asked.
-    let m = Member::start(&[("RUST_LOG", "warn")], &[]);
+    // Quiet when asked, but for one loud line: it runs plaintext (insecure = true, on purpose).
+    let m = Member::start(&[("RUST_LOG", "warn")], &["--set", "insecure=true"]);
     let (code, err) = m.terminate();
-    assert_eq!((code, err.as_str()), (Some(0), ""));
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("WARN") && lines[0].contains("insecure: plaintext"),
+        "expected only the plaintext warning:\n{err}"
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ use derecho::driver::{GroupEvent, GroupMemberConfig, Signals, resolve_address};
 use derecho::persist::Hlc;
 use derecho::protocol::{NodeId, StopReason, Version};
 use derecho::rpc::{ClientError, ClientView, ExternalClient, ExternalHandle, RemoteKind, Service};
+use derecho::runtime::tls::{DevCa, TlsIdentity, node_name};
 use derecho::{Builder, available_cores};
 use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
 use derecho_examples::status;
@@ -51,6 +52,10 @@ struct Cli {
     /// for `member`, the member to join through.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     contact: Vec<String>,
+    /// Client commands connect with mutual TLS, presenting DIR/client.pem and DIR/client.key and
+    /// trusting DIR/ca.pem (the members must run TLS with the same authority).
+    #[arg(long, global = true, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -185,7 +190,7 @@ fn main() -> ExitCode {
                     .error(clap::error::ErrorKind::MissingRequiredArgument, "this command needs --contact HOST:PORT")
                     .exit();
             }
-            run_client(&cli.contact, client)
+            run_client(&cli.contact, cli.tls_dir.as_deref(), client)
         }
     };
     match r {
@@ -259,12 +264,22 @@ fn ids(members: &[NodeId]) -> String {
 }
 
 // ANCHOR: external
-async fn connect(contacts: Vec<SocketAddr>) -> Result<ExternalClient, String> {
-    ExternalClient::builder("kv-demo", contacts.iter().map(SocketAddr::to_string))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())
+async fn connect(contacts: Vec<SocketAddr>, tls: Option<TlsIdentity>) -> Result<ExternalClient, String> {
+    let b =
+        ExternalClient::builder("kv-demo", contacts.iter().map(SocketAddr::to_string)).timeout(Duration::from_secs(10));
+    let b = match tls {
+        Some(id) => b.tls(id),
+        None => b,
+    };
+    b.connect().await.map_err(|e| e.to_string())
+}
+
+/// The client's TLS identity from `--tls-dir` (`ca.pem`, `client.pem`, `client.key`).
+fn client_tls(dir: Option<&std::path::Path>) -> Result<Option<TlsIdentity>, String> {
+    let Some(d) = dir else { return Ok(None) };
+    TlsIdentity::from_pem_files(&d.join("ca.pem"), &d.join("client.pem"), &d.join("client.key"))
+        .map(Some)
+        .map_err(|e| format!("--tls-dir: {e}"))
 }
 
 fn store(client: &ExternalClient, key: &str) -> KvStoreExternal {
@@ -284,14 +299,15 @@ fn explain(e: ClientError) -> String {
 }
 
 /// The command-line client.
-fn run_client(contacts: &[String], command: Cmd) -> Result<ExitCode, String> {
+fn run_client(contacts: &[String], tls_dir: Option<&std::path::Path>, command: Cmd) -> Result<ExitCode, String> {
+    let tls = client_tls(tls_dir)?;
     let contacts = contacts
         .iter()
         .map(|c| resolve_address(c).map_err(|e| format!("--contact: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let executor = Builder::new().build().map_err(|e| e.to_string())?;
     executor.block_on(async move {
-        let client = connect(contacts).await?;
+        let client = connect(contacts, tls).await?;
         match command {
             Cmd::View => {
                 let v = client.view().ok_or("no view")?;
@@ -490,9 +506,24 @@ fn demo(shm: bool) -> Result<(), String> {
     }
     // Every member logs the store's updates (removed with the demo).
     let logs = RemovedOnDrop(Some(std::env::temp_dir().join(format!("derecho-kv-demo-logs-{}", std::process::id()))));
+    // Development mode: a throw-away authority and certificates for the members and the client,
+    // removed with the demo. Every connection runs mutual TLS.
+    let tls = RemovedOnDrop(Some(std::env::temp_dir().join(format!("derecho-kv-demo-tls-{}", std::process::id()))));
+    let tls_dir = tls.0.clone().expect("a directory");
+    std::fs::create_dir_all(&tls_dir).map_err(|e| format!("cannot create {}: {e}", tls_dir.display()))?;
+    let ca = DevCa::new().map_err(|e| e.to_string())?;
+    for i in 0..4 {
+        ca.write(&tls_dir, &format!("node-{i}"), &node_name(i)).map_err(|e| e.to_string())?;
+    }
+    ca.write(&tls_dir, "client", "client.kv-demo").map_err(|e| e.to_string())?;
+    let client_id = client_tls(Some(&tls_dir))?;
     let mut members = Members(Vec::new());
     let over = if shm { "shared memory" } else { "loopback TCP" };
     println!("kv demo: four member processes host a key-value store in two shards, over {over}");
+    println!(
+        "kv demo: mutual TLS on every connection, with a throw-away authority and certificates in {}",
+        tls_dir.display()
+    );
     // Member `i`, with its output forwarded to `rx`; the same command restarts it from its logs.
     let spawn = |i: u32| -> Result<Child, String> {
         let mut cmd = Command::new(&exe);
@@ -511,6 +542,11 @@ fn demo(shm: bool) -> Result<(), String> {
             cmd.args(["--set", "transport=\"shm\"", "--set", &format!("shm_dir=\"{}\"", d.display())]);
         }
         cmd.arg("--persist").arg(logs.0.as_ref().expect("a directory").join(format!("member-{i}")));
+        for (key, file) in
+            [("ca", "ca.pem".to_string()), ("cert", format!("node-{i}.pem")), ("key", format!("node-{i}.key"))]
+        {
+            cmd.args(["--set", &format!("tls.{key}=\"{}\"", tls_dir.join(file).display())]);
+        }
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
         let out = child.stdout.take().expect("piped");
         let tx = tx.clone();
@@ -537,7 +573,7 @@ fn demo(shm: bool) -> Result<(), String> {
     }
     let executor = Builder::new().build().map_err(|e| e.to_string())?;
     let result = executor.block_on(async {
-        let client = connect(vec![addrs[0]]).await?;
+        let client = connect(vec![addrs[0]], client_id.clone()).await?;
         // Wait until the view has all four members.
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.view().is_none_or(|v| v.members.len() < 4) {
@@ -595,6 +631,8 @@ fn demo(shm: bool) -> Result<(), String> {
             let out = Command::new(&exe)
                 .arg("--contact")
                 .arg(addrs[1].to_string())
+                .arg("--tls-dir")
+                .arg(&tls_dir)
                 .args(&cmd)
                 .output()
                 .map_err(|e| e.to_string())?;
@@ -604,7 +642,7 @@ fn demo(shm: bool) -> Result<(), String> {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        print!("$ kv --contact {} {}\n{}", addrs[1], cmd.join(" "), String::from_utf8_lossy(&out.stdout));
+        print!("$ kv --contact {} --tls-dir DIR {}\n{}", addrs[1], cmd.join(" "), String::from_utf8_lossy(&out.stdout));
         if !out.status.success() {
             return Err(format!("kv {cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
@@ -612,11 +650,13 @@ fn demo(shm: bool) -> Result<(), String> {
     // A value above the group's message limit is refused, and the error says which limit.
     let big = "x".repeat(20 << 10);
     let out = Command::new(&exe)
-        .args(["--contact", &addrs[1].to_string(), "put", "big", &big])
+        .args(["--contact", &addrs[1].to_string(), "--tls-dir"])
+        .arg(&tls_dir)
+        .args(["put", "big", &big])
         .output()
         .map_err(|e| e.to_string())?;
     let said = String::from_utf8_lossy(&out.stderr);
-    print!("$ kv --contact {} put big <20 KiB of x>\n{said}", addrs[1]);
+    print!("$ kv --contact {} --tls-dir DIR put big <20 KiB of x>\n{said}", addrs[1]);
     if out.status.success() || !said.contains("limits.payload_len_max") {
         return Err(format!("a 20 KiB put was not refused with the limit named: {said}"));
     }
@@ -659,7 +699,7 @@ fn demo(shm: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         // No member answers before the restart leader has its quorum.
         let client = loop {
-            if let Ok(c) = connect(vec![addrs[1]]).await
+            if let Ok(c) = connect(vec![addrs[1]], client_id.clone()).await
                 && c.view().is_some_and(|v| v.members.len() == 4)
             {
                 break c;
@@ -711,7 +751,7 @@ fn demo(shm: bool) -> Result<(), String> {
     if !status.success() {
         return Err(format!("member {leaver} exited with {status} after SIGTERM"));
     }
-    let client = executor.block_on(connect(vec![addrs[0]]))?;
+    let client = executor.block_on(connect(vec![addrs[0]], client_id.clone()))?;
     let view = client.view().ok_or("no view")?;
     if view.members.iter().any(|m| m.0 == NodeId(leaver)) {
         return Err(format!("member {leaver} exited but view {} still has it", view.id.0));
