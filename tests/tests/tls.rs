@@ -37,12 +37,12 @@ fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
         a.extend(extra.iter().map(OsString::from));
         a
     };
-    let first = Member::spawn(program, 0, &tls(&[]));
+    let first = Member::spawn(program, 0, &tls(&["--only-client", "alice.example"]));
     let a0 = first.expect("listening ")["listening ".len()..].to_string();
     let mut members = vec![first];
     let mut addrs = vec![a0.clone()];
     for me in 1..3 {
-        let m = Member::spawn(program, me, &tls(&["--contact", &a0]));
+        let m = Member::spawn(program, me, &tls(&["--contact", &a0, "--only-client", "alice.example"]));
         addrs.push(m.expect("listening ")["listening ".len()..].to_string());
         members.push(m);
     }
@@ -58,6 +58,20 @@ fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
     for op in 0..50u64 {
         block_on(ledger.add(op)).expect("a call over TLS");
     }
+    // The service authorises by identity: bob has a valid certificate, and is refused.
+    let bob = ExternalClient::builder("ledger", addrs.clone())
+        .timeout(Duration::from_secs(10))
+        .tls(ca.identity("bob.example").unwrap())
+        .build();
+    let bob_ledger = LedgerExternal::new(ExternalHandle::<Ledger>::new(bob, SHARD));
+    match block_on(bob_ledger.add(5000)) {
+        Err(derecho::rpc::ClientError::Remote { kind: derecho::rpc::RemoteKind::Unauthorized, reason }) => {
+            assert!(reason.contains("bob.example") && reason.contains("only alice.example"), "{reason}");
+        }
+        other => panic!("bob's call: {other:?}"),
+    }
+    let (all, _) = block_on(ledger.report(None)).expect("alice reads the ledger");
+    assert!(!all.contains(&5000), "bob's refused call was applied");
     // Without TLS, or with another authority's certificate, a client gets nowhere.
     let quick = |b: derecho::rpc::ClientBuilder| b.timeout(Duration::from_secs(2)).build();
     let plain = quick(ExternalClient::builder("ledger", addrs.clone()));

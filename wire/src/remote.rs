@@ -43,6 +43,9 @@ pub enum RemoteKind {
     /// The call was applied, but not known persisted at every member of its shard in time (a
     /// member's disk is failing or slow). Sending it again returns the same reply once it is.
     NotPersisted = 15,
+    /// The service's authorisation refused the caller ([`crate::tls`] identities; the text
+    /// says why).
+    Unauthorized = 16,
 }
 
 impl RemoteKind {
@@ -64,6 +67,7 @@ impl RemoteKind {
             13 => Self::SessionExpired,
             14 => Self::TryAgain,
             15 => Self::NotPersisted,
+            16 => Self::Unauthorized,
             _ => Self::Other,
         }
     }
@@ -96,6 +100,7 @@ impl std::fmt::Display for RemoteKind {
             Self::SessionExpired => "session expired",
             Self::TryAgain => "try again",
             Self::NotPersisted => "not persisted",
+            Self::Unauthorized => "unauthorized",
         })
     }
 }

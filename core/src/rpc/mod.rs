@@ -49,7 +49,26 @@ pub use external::{
 };
 pub use recovery::RecoveryError;
 pub use replicated::{Applied, HandlerError, Method, Replicated, StateError};
-pub use service::{Service, StartError};
+pub use service::{Authorize, ExternalCaller, Service, StartError};
+
+thread_local! {
+    /// The identity of the external client whose request the member's session hands to the
+    /// application now (see [`Service::authorize`]).
+    static EXTERNAL_IDENTITY: std::cell::RefCell<Option<std::rc::Rc<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `identity` as the external caller's (restored after).
+pub(crate) fn with_external_identity<R>(identity: Option<std::rc::Rc<str>>, f: impl FnOnce() -> R) -> R {
+    let before = EXTERNAL_IDENTITY.with(|c| c.replace(identity));
+    let r = f();
+    EXTERNAL_IDENTITY.with(|c| *c.borrow_mut() = before);
+    r
+}
+
+/// The identity of the external caller being handed to the application, if any.
+pub(crate) fn external_identity() -> Option<std::rc::Rc<str>> {
+    EXTERNAL_IDENTITY.with(|c| c.borrow().clone())
+}
 pub use wire::RemoteKind;
 
 pub use crate::context::{CallContext, context};

@@ -95,7 +95,25 @@ pub(super) struct ServiceInner {
     pub(super) session_waiters: RefCell<BTreeMap<SessionKey, Vec<Waker>>>,
     /// Relayed calls the shard refused (a retry it cannot judge), with the refusal.
     pub(super) session_refusals: RefCell<BTreeMap<SessionKey, Vec<u8>>>,
+    /// Decides which external callers may make which calls ([`Service::authorize`]).
+    pub(super) authorize: RefCell<Option<Rc<Authorize>>>,
 }
+
+/// An external client's call as [`Service::authorize`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExternalCaller<'a> {
+    /// The first DNS name of the client's TLS certificate; `None` over plaintext.
+    pub identity: Option<&'a str>,
+    /// The shard called.
+    pub shard: ShardRef,
+    /// The method's id in the type's method table.
+    pub method: u32,
+    /// An ordered call (else a query).
+    pub ordered: bool,
+}
+
+/// The authorisation of external calls: `Err(why)` refuses one.
+pub type Authorize = dyn Fn(&ExternalCaller<'_>) -> Result<(), String>;
 
 /// A relayed call of an external client: its shard, the client, the call's number.
 pub(super) type SessionKey = (ShardRef, u64, u64);
@@ -135,6 +153,7 @@ impl Default for ServiceInner {
             sessions: RefCell::default(),
             session_waiters: RefCell::default(),
             session_refusals: RefCell::default(),
+            authorize: RefCell::default(),
         }
     }
 }
@@ -156,6 +175,18 @@ impl Service {
     /// A service hosting nothing yet; calls wait at most 30 s for their replies.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Decides, at the member a client is connected to and before anything else happens, which
+    /// external calls run: `f` sees the client's identity (its TLS certificate's first DNS name,
+    /// `None` over plaintext), the shard, the method and whether the call is ordered. A call it
+    /// refuses is answered [`RemoteKind::Unauthorized`] with its reason, and is neither relayed
+    /// nor applied anywhere. An ordered call is authorised once, where it enters the group, so
+    /// every replica applies the same calls (handlers at other replicas never see who called).
+    /// Default: every call runs.
+    pub fn authorize(&self, f: impl Fn(&ExternalCaller<'_>) -> Result<(), String> + 'static) -> &Self {
+        *self.inner.authorize.borrow_mut() = Some(Rc::new(f));
+        self
     }
 
     /// How long a call waits for its replies before the missing ones are
@@ -555,6 +586,20 @@ impl Application for Service {
         let inner = &self.inner;
         let refuse = |kind: RemoteKind, why: &str| Some(State::Ready(external_error(kind, why)));
         let Ok((h, args)) = Header::read(request) else { return refuse(RemoteKind::Other, "not a call") };
+        // Taken out of the cell first: the application's function may call back into the service.
+        let authorize = inner.authorize.borrow().clone();
+        if let Some(f) = authorize {
+            let identity = crate::rpc::external_identity();
+            let caller = ExternalCaller {
+                identity: identity.as_deref(),
+                shard: h.shard,
+                method: h.method,
+                ordered: h.kind == Kind::Ordered,
+            };
+            if let Err(why) = f(&caller) {
+                return refuse(RemoteKind::Unauthorized, &why);
+            }
+        }
         if inner.external.get() >= EXTERNAL_MAX {
             return refuse(RemoteKind::Overloaded, "too many external calls under way");
         }

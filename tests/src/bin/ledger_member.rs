@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! ledger_member --me N [--contact ADDR] [--persist DIR] [--allow ID,ID,...] [--tls DIR [--tls-as ID]]
+//!               [--only-client NAME]
 //! ```
 //!
 //! With `--tls`, every connection runs mutual TLS with `DIR/ca.pem`, `DIR/node-ID.pem` and
-//! `DIR/node-ID.key` (ID: `--tls-as`, by default its own id).
+//! `DIR/node-ID.key` (ID: `--tls-as`, by default its own id). With `--only-client`, only the
+//! external client whose certificate names NAME may call (`Service::authorize`).
 //!
 //! Standard output: `listening ADDR` (before it starts or joins), then `ready` once its view has
 //! three members. It runs until its standard input closes (or says `exit`).
@@ -56,6 +58,12 @@ fn main() {
         }
         let service = Service::new();
         service.host(SubgroupId(0), Ledger::default);
+        if let Some(name) = arg(&args, "--only-client").map(str::to_string) {
+            service.authorize(move |c| match c.identity {
+                Some(id) if id == name => Ok(()),
+                other => Err(format!("{other:?} may not call; only {name} may")),
+            });
+        }
         if let Some(dir) = &persist {
             service.persist_to(dir).expect("the log directory");
         }

@@ -96,6 +96,8 @@ pub(super) struct Session {
     extra: Cell<usize>,
     /// When it last received something.
     active: Cell<std::time::Instant>,
+    /// The client's TLS identity (its certificate's first DNS name).
+    identity: Option<Rc<str>>,
 }
 
 impl Session {
@@ -209,6 +211,7 @@ async fn session(weak: Weak<Inner>, s: TcpSession, limits: ClientLimits) {
         queued_max: limits.queued_bytes_max,
         extra: Cell::new(0),
         active: Cell::new(std::time::Instant::now()),
+        identity: s.identity.map(Rc::from),
     });
     let id = {
         let Some(inner) = weak.upgrade() else { return };
@@ -433,7 +436,9 @@ fn handle(inner: &Rc<Inner>, s: &Rc<Session>, body: &[u8]) -> Result<(), String>
                 );
             }
             request.extend_from_slice(call.args);
-            match inner.upcall(|app| app.external(&request)).flatten() {
+            let identity = s.identity.clone();
+            match crate::rpc::with_external_identity(identity, || inner.upcall(|app| app.external(&request))).flatten()
+            {
                 None => refuse(RemoteKind::Other, "this member serves no external calls"),
                 Some(State::Ready(answer)) => answer_call(s, req, ordered, &answer),
                 Some(State::Later(f)) => {
