@@ -514,11 +514,28 @@ fn read_loop(
             return;
         }
     }
-    if let Err(e) = check_hello(&raw, tag) {
-        if let Some(c) = conn.upgrade() {
-            c.close(&format!("answered the handshake wrongly: {e}"));
+    let member = match check_hello(&raw, tag) {
+        Ok(id) => id,
+        Err(e) => {
+            if let Some(c) = conn.upgrade() {
+                c.close(&format!("answered the handshake wrongly: {e}"));
+            }
+            return;
         }
-        return;
+    };
+    // With TLS, the listener must be the member its hello says: a certificate the authority
+    // issued to a client (or anyone not a member) does not name a node.
+    if let Wire::Tls(c) = wire {
+        let names = lock(c)
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .is_some_and(|cert| derecho_wire::tls::names_node(cert, member.0));
+        if !names {
+            if let Some(c) = conn.upgrade() {
+                c.close(&format!("its certificate does not name {member}, whom its hello claims to be"));
+            }
+            return;
+        }
     }
     let frames = Frames::new(frame_max);
     let mut buf = vec![0u8; 64 << 10];

@@ -238,7 +238,7 @@ pub struct TcpStream {
 }
 
 /// Ciphertext is received into a buffer this large.
-const TLS_IN_LEN: usize = 256 << 10;
+const TLS_IN_LEN: usize = 64 << 10;
 
 /// A TLS stream's session and what it has not decrypted yet.
 struct TlsState {
@@ -248,6 +248,8 @@ struct TlsState {
     cin: RefCell<Option<(AlignedBuf, usize, usize)>>,
     /// A task is encrypting and sending: ciphertext leaves in the order it was made.
     sending: Cell<bool>,
+    /// A send was abandoned after its records were made: the stream cannot be used.
+    broken: Cell<bool>,
     send_waiters: RefCell<Vec<Waker>>,
 }
 
@@ -265,6 +267,7 @@ impl TlsState {
             conn: RefCell::new(conn),
             cin: RefCell::new(Some((AlignedBuf::zeroed(TLS_IN_LEN), 0, 0))),
             sending: Cell::new(false),
+            broken: Cell::new(false),
             send_waiters: RefCell::new(Vec::new()),
         }
     }
@@ -285,14 +288,24 @@ impl TlsState {
         let mut cin = self.cin.borrow_mut();
         let Some((buf, start, end)) = cin.as_mut() else { return Ok(()) };
         let mut conn = self.conn.borrow_mut();
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"));
         while *start < *end {
             let mut rd = &buf.spare_full()[*start..*end];
             match conn.read_tls(&mut rd) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => *start += n,
+                Err(e) => {
+                    // Only a full plaintext buffer is a reason to stop (it is read first, and
+                    // the rest fed then); anything else is the peer's doing.
+                    let io = conn.process_new_packets().map_err(|e| invalid(e.to_string()))?;
+                    if io.plaintext_bytes_to_read() > 0 {
+                        break;
+                    }
+                    return Err(invalid(e.to_string()));
+                }
             }
             if let Err(e) = conn.process_new_packets() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
+                return Err(invalid(e.to_string()));
             }
         }
         if start == end {
@@ -437,7 +450,13 @@ impl TcpStream {
                 }
             }
             let Some((mut cbuf, start, end)) = tls.cin.borrow_mut().take() else {
-                return (Err(io::Error::other("two receives at once on one TLS stream")), buf);
+                return (
+                    Err(io::Error::other(
+                        "another receive on this TLS stream is under way, or one was abandoned mid-way (the stream \
+                         cannot be used after that)",
+                    )),
+                    buf,
+                );
             };
             if start > 0 {
                 cbuf.spare_full().copy_within(start..end, 0);
@@ -542,6 +561,9 @@ impl TcpStream {
     /// Encrypts `parts` and sends the records; returns the plaintext bytes taken.
     async fn tls_send(&self, tls: &TlsState, parts: &[&[u8]]) -> io::Result<usize> {
         let _turn = tls.send_turn().await;
+        if tls.broken.get() {
+            return Err(io::Error::other("a send on this TLS stream was abandoned mid-way: records were lost"));
+        }
         let (taken, out) = {
             let mut conn = tls.conn.borrow_mut();
             let mut taken = 0;
@@ -555,7 +577,11 @@ impl TcpStream {
             }
             (taken, out)
         };
+        // Records are numbered: if this send is abandoned before they all leave, the stream is
+        // broken for good (the peer would fail to decrypt what follows).
+        tls.broken.set(true);
         self.raw_send_all(out).await?;
+        tls.broken.set(false);
         Ok(taken)
     }
 
@@ -629,6 +655,9 @@ impl TcpStream {
             }
             let end = end - start;
             let cap = cbuf.capacity();
+            if end == cap {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "a TLS handshake larger than its buffer"));
+            }
             let (r, cbuf) = self.raw_recv_range(cbuf, end..cap, false).await;
             let n = *r.as_ref().unwrap_or(&0);
             *tls.cin.borrow_mut() = Some((cbuf, 0, end + n));
@@ -738,6 +767,9 @@ impl TcpStream {
     pub fn try_recv_now(&self, buf: &mut AlignedBuf, range: std::ops::Range<usize>) -> io::Result<Option<usize>> {
         assert!(range.start <= range.end && range.end <= buf.capacity(), "recv range {range:?} past capacity");
         let Some(tls) = &self.tls else { return self.raw_try_recv_now(buf, range) };
+        if tls.cin.borrow().is_none() {
+            return Ok(None); // a receive is in flight: it owns what arrives
+        }
         if let Some(r) = tls.read_plain(&mut buf.spare_full()[range.clone()]) {
             return r.map(Some);
         }

@@ -77,7 +77,7 @@ fn a_peer_of_another_authority_or_without_tls_is_refused() {
         let addr = l.local_addr();
         let server = spawn(async move {
             let mut reasons = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let (s, _) = l.accept().await.unwrap();
                 let r = time::timeout(Duration::from_secs(5), s.accept_tls(&server_id)).await.expect("not a hang");
                 reasons.push(r.expect_err("a handshake that must fail").to_string());
@@ -91,8 +91,17 @@ fn a_peer_of_another_authority_or_without_tls_is_refused() {
         let plain = TcpStream::connect(addr).await.unwrap();
         plain.send_all(vec![0x16u8, 3, 3, 0, 5, 1, 2, 3, 4, 5, 9, 9, 9]).await.unwrap();
         plain.shutdown_write();
+        // 300 KiB of handshake records that never make a handshake: an error, not a panic or a
+        // buffer that grows.
+        let flood = TcpStream::connect(addr).await.unwrap();
+        let mut records = Vec::new();
+        while records.len() < 300 << 10 {
+            records.extend_from_slice(&[0x16, 3, 3, 0x40, 0x00]);
+            records.extend(std::iter::repeat_n(0u8, 0x4000));
+        }
+        let _ = flood.send_all(records).await;
         let reasons = server.await;
-        assert_eq!(reasons.len(), 2);
+        assert_eq!(reasons.len(), 3);
         for r in &reasons {
             assert!(!r.is_empty());
         }

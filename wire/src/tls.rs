@@ -288,8 +288,8 @@ impl DevCa {
         TlsIdentity::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
     }
 
-    /// Writes `ca.pem` (if missing) and `FILE.pem` and `FILE.key` (the key readable by its owner
-    /// only) for `name` into `dir`; returns the three paths.
+    /// Writes `ca.pem`, `FILE.pem` and `FILE.key` (the key readable by its owner only) for
+    /// `name` into `dir`, replacing what is there; returns the three paths.
     ///
     /// # Errors
     ///
@@ -307,6 +307,9 @@ impl DevCa {
                 .mode(mode)
                 .open(path)
                 .map_err(|e| file_error(path, format!("cannot write it: {e}")))?;
+            // The mode applies to a new file only: an existing one gets it here.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| file_error(path, format!("cannot set its mode: {e}")))?;
             f.write_all(text.as_bytes()).map_err(|e| file_error(path, format!("cannot write it: {e}")))?;
         }
         Ok(paths)

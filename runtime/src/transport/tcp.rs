@@ -409,9 +409,17 @@ pub async fn send_message(
         stream.send_all(hello(me, tag).to_vec()).await.map_err(|e| io("send to", e))?;
         // The receiver's hello, read before sending (unread bytes would turn our close into a
         // reset, which may discard the message at the receiver).
-        read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), 0, tag)
+        let (receiver, ..) = read_hello(&stream, AlignedBuf::zeroed(RECV_BUF_LEN), 0, tag)
             .await
             .map_err(|reason| TransportError::Handshake { addr: addr.to_string(), reason })?;
+        // With TLS, the listener is the member its hello says (a client's certificate, also
+        // issued by the authority, does not name a node).
+        if !stream.peer_is_node(receiver.0) {
+            return Err(TransportError::Handshake {
+                addr: addr.to_string(),
+                reason: format!("its certificate does not name {receiver}, whom its hello claims to be"),
+            });
+        }
         let mut frame = Header::encode(Kind::Data, 0, body).to_vec();
         frame.extend_from_slice(body);
         stream.send_all(frame).await.map_err(|e| io("send to", e))?;
@@ -511,10 +519,11 @@ impl AcceptorInner {
         let (rate, burst) = self.message_rate.get();
         let mut sources = self.sources.borrow_mut();
         if sources.len() >= SOURCES_MAX && !sources.contains_key(&ip) {
-            // Forget sources whose bucket is full again (idle ones), or all of them.
+            // Forget sources whose bucket is full again (idle ones); with none idle, a new
+            // source waits (clearing the others would reset their limits).
             sources.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
             if sources.len() >= SOURCES_MAX {
-                sources.clear();
+                return false;
             }
         }
         let (tokens, at) = sources.entry(ip).or_insert((burst, now));

@@ -196,6 +196,10 @@ impl<M: SstMemory> Member<M> {
         if !self.compatible(version, app, &address) {
             return;
         }
+        // Before anything else, also a restart's offers: an id not allowed never counts.
+        if self.config.allowed.as_ref().is_some_and(|ids| !ids.contains(&node)) {
+            return self.answer_joiner(&address, Answer::Refused(JoinRefusal::NotAllowed(node)));
+        }
         match &self.phase {
             Phase::Restarting(_) => return self.offer_received(now, node, address, restart),
             Phase::Asking(a) => {
@@ -214,9 +218,6 @@ impl<M: SstMemory> Member<M> {
         }
         if node == self.config.me {
             return;
-        }
-        if self.config.allowed.as_ref().is_some_and(|ids| ids.binary_search(&node).is_err()) {
-            return self.answer_joiner(&address, Answer::Refused(JoinRefusal::NotAllowed(node)));
         }
         if let Some((offer, _)) = &restart
             && let Err(refusal) = self.admits_restart(node, offer)

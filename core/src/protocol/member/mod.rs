@@ -434,6 +434,17 @@ impl<M: SstMemory> Member<M> {
                 return None;
             }
         };
+        // A join or an offer speaks for its sender only: the id its hello claimed (with TLS, the
+        // id its certificate names) must be the one it asks for. Otherwise anyone admitted to
+        // the listener could ask in another's name, or count for others in a restart.
+        if let Control::Join { node, .. } | Control::Restart { node, .. } = &message
+            && *node != from
+        {
+            self.events.push_back(Event::Waiting(format!(
+                "ignored a join or restart offer for {node} sent by {from}: a member asks for itself only"
+            )));
+            return None;
+        }
         let rest = match message {
             Control::Join { version, node, address, app } => {
                 self.join_request(now, version, node, address, app, None);

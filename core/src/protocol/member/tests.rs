@@ -212,6 +212,23 @@ fn a_leader_with_an_allow_list_refuses_other_ids() {
     );
 }
 
+/// A join speaks for its sender only: a request for node 9 sent by node 8 (as its hello, and
+/// with TLS its certificate, says) is ignored, and says so.
+#[test]
+fn a_join_in_another_nodes_name_is_ignored() {
+    let mut net = Net::new(&[0, 1, 2], false);
+    let leader = net.member(0);
+    let _ = events(leader);
+    assert_eq!(leader.handle_control(Time(100), NodeId(8), &join(9)), None);
+    assert_eq!(commands(leader), vec![]);
+    assert_eq!(
+        events(leader),
+        vec![Event::Waiting(
+            "ignored a join or restart offer for node 9 sent by node 8: a member asks for itself only".into()
+        )]
+    );
+}
+
 /// Admission control (issue 15): at most `ADMITTING_MAX` joiners wait for their listeners to
 /// answer; a join beyond that is dropped unanswered (and says so), and taken once one is done.
 #[test]
