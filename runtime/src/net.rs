@@ -601,7 +601,8 @@ impl TcpStream {
         Ok(())
     }
 
-    /// All of `buf`, without TLS.
+    /// All of `buf`, without TLS (a loop of its own: [`TcpStream::send_all`] goes through
+    /// the TLS layer, which calls this).
     async fn raw_send_all(&self, buf: Vec<u8>) -> io::Result<()> {
         let mut bufs = vec![buf];
         let total = bufs[0].len();

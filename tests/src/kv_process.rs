@@ -131,3 +131,29 @@ impl Drop for Member {
         }
     }
 }
+
+/// Three members of `program` (a member binary that prints `listening ADDR`, then `ready` once
+/// its view has three members): member 0 starts the group, 1 and 2 join through it; each gets
+/// `extra` arguments. Returns them once all are ready, with their addresses.
+///
+/// # Panics
+///
+/// If a member does not start or get ready within [`WAIT`].
+pub fn three_members(program: &str, extra: &[&str]) -> (Vec<Member>, Vec<String>) {
+    let extra: Vec<OsString> = extra.iter().map(OsString::from).collect();
+    let first = Member::spawn(program, 0, &extra);
+    let a0 = first.expect("listening ")["listening ".len()..].to_string();
+    let mut all = vec![first];
+    let mut addrs = vec![a0.clone()];
+    for me in 1..3 {
+        let mut args = vec![OsString::from("--contact"), OsString::from(&a0)];
+        args.extend(extra.iter().cloned());
+        let m = Member::spawn(program, me, &args);
+        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
+        all.push(m);
+    }
+    for m in &all {
+        m.expect("ready");
+    }
+    (all, addrs)
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use derecho::protocol::{NodeId, ShardRef};
 use derecho::rpc::{ExternalClient, ExternalHandle, block_on};
-use derecho_tests::kv_process::Member;
+use derecho_tests::kv_process::{Member, three_members};
 use derecho_tests::ledger::{Ledger, LedgerExternal};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -28,20 +28,7 @@ const GROUP: &str = "ledger";
 
 /// Three members; returns them and their addresses.
 fn members() -> (Vec<Member>, Vec<String>) {
-    let program = env!("CARGO_BIN_EXE_ledger_member");
-    let first = Member::spawn(program, 0, &[]);
-    let a0 = first.expect("listening ")["listening ".len()..].to_string();
-    let mut all = vec![first];
-    let mut addrs = vec![a0.clone()];
-    for me in 1..3 {
-        let m = Member::spawn(program, me, &[OsString::from("--contact"), OsString::from(&a0)]);
-        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
-        all.push(m);
-    }
-    for m in &all {
-        m.expect("ready");
-    }
-    (all, addrs)
+    three_members(env!("CARGO_BIN_EXE_ledger_member"), &[])
 }
 
 fn client(addrs: &[String]) -> (ExternalClient, LedgerExternal) {

@@ -11,7 +11,6 @@
 //!   admitted, the second at most two at a time (fewer than the three members that stay), and
 //!   they are removed again.
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use derecho::protocol::wire::{Control, JOIN_VERSION};
 use derecho::protocol::{NodeId, ShardRef};
 use derecho::rpc::{ExternalClient, ExternalHandle, block_on};
-use derecho_tests::kv_process::Member;
+use derecho_tests::kv_process::{Member, three_members};
 use derecho_tests::ledger::{Ledger, LedgerExternal};
 use derecho_wire::frame::{HEADER_LEN, Header, Kind};
 
@@ -40,23 +39,7 @@ fn members() -> (Vec<Member>, Vec<String>) {
 
 /// Three members, each started with `extra` arguments.
 fn members_with(extra: &[&str]) -> (Vec<Member>, Vec<String>) {
-    let program = env!("CARGO_BIN_EXE_ledger_member");
-    let extra: Vec<OsString> = extra.iter().map(OsString::from).collect();
-    let first = Member::spawn(program, 0, &extra);
-    let a0 = first.expect("listening ")["listening ".len()..].to_string();
-    let mut all = vec![first];
-    let mut addrs = vec![a0.clone()];
-    for me in 1..3 {
-        let mut args = vec![OsString::from("--contact"), OsString::from(&a0)];
-        args.extend(extra.iter().cloned());
-        let m = Member::spawn(program, me, &args);
-        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
-        all.push(m);
-    }
-    for m in &all {
-        m.expect("ready");
-    }
-    (all, addrs)
+    three_members(env!("CARGO_BIN_EXE_ledger_member"), extra)
 }
 
 fn client(addrs: &[String]) -> (ExternalClient, LedgerExternal) {

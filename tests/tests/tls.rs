@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use derecho::protocol::ShardRef;
 use derecho::rpc::{ExternalClient, ExternalHandle, block_on};
 use derecho::runtime::tls::{DevCa, node_name};
-use derecho_tests::kv_process::Member;
+use derecho_tests::kv_process::{Member, three_members};
 use derecho_tests::ledger::{Ledger, LedgerExternal};
 
 const SHARD: ShardRef = ShardRef::new(0, 0);
@@ -37,18 +37,9 @@ fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
         a.extend(extra.iter().map(OsString::from));
         a
     };
-    let first = Member::spawn(program, 0, &tls(&["--only-client", "alice.example"]));
-    let a0 = first.expect("listening ")["listening ".len()..].to_string();
-    let mut members = vec![first];
-    let mut addrs = vec![a0.clone()];
-    for me in 1..3 {
-        let m = Member::spawn(program, me, &tls(&["--contact", &a0, "--only-client", "alice.example"]));
-        addrs.push(m.expect("listening ")["listening ".len()..].to_string());
-        members.push(m);
-    }
-    for m in &members {
-        m.expect("ready");
-    }
+    let dir_arg = dir.0.display().to_string();
+    let (mut members, addrs) = three_members(program, &["--tls", &dir_arg, "--only-client", "alice.example"]);
+    let a0 = addrs[0].clone();
     // A client with a certificate of the group's authority calls.
     let client = ExternalClient::builder("ledger", addrs.clone())
         .timeout(Duration::from_secs(10))

@@ -178,7 +178,7 @@ mod tests {
     fn remote_kinds_round_trip_and_unknown_bytes_read_as_other() {
         for b in 0..=u8::MAX {
             let k = RemoteKind::from_u8(b);
-            if b <= 15 {
+            if b <= 16 {
                 assert_eq!(k as u8, b);
             } else {
                 assert_eq!(k, RemoteKind::Other);
