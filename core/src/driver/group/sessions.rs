@@ -196,33 +196,31 @@ pub(super) async fn serve(weak: Weak<Inner>) {
         {
             tracing::warn!(addr = %s.addr, max = limits.max, left_out, "too many client sessions: closed the one silent longest");
         }
-        drop(spawn(session(weak.clone(), s, limits)));
-    }
-}
-
-async fn session(weak: Weak<Inner>, s: TcpSession, limits: ClientLimits) {
-    let session = Rc::new(Session {
-        stream: s.stream,
-        addr: s.addr,
-        out: RefCell::new(Vec::new()),
-        writer: RefCell::new(None),
-        closed: Cell::new(false),
-        in_flight: Cell::new(0),
-        queued_max: limits.queued_bytes_max,
-        extra: Cell::new(0),
-        active: Cell::new(std::time::Instant::now()),
-        identity: s.identity.map(Rc::from),
-    });
-    let id = {
-        let Some(inner) = weak.upgrade() else { return };
+        // Counted at once (not when its task first runs): the next newcomer sees it.
+        let TcpSession { stream, addr, early, identity } = s;
+        let session = Rc::new(Session {
+            stream,
+            addr,
+            out: RefCell::new(Vec::new()),
+            writer: RefCell::new(None),
+            closed: Cell::new(false),
+            in_flight: Cell::new(0),
+            queued_max: limits.queued_bytes_max,
+            extra: Cell::new(0),
+            active: Cell::new(std::time::Instant::now()),
+            identity: identity.map(Rc::from),
+        });
         let id = inner.sessions.next.get();
         inner.sessions.next.set(id + 1);
         inner.sessions.open.borrow_mut().insert(id, session.clone());
-        id
-    };
+        drop(spawn(run_session(weak.clone(), session, id, early, limits)));
+    }
+}
+
+async fn run_session(weak: Weak<Inner>, session: Rc<Session>, id: u64, early: Vec<u8>, limits: ClientLimits) {
     tracing::debug!(addr = %session.addr, "a client connected");
     let writer = spawn(write_loop(session.clone()));
-    let why = read_loop(&weak, &session, s.early, &limits).await;
+    let why = read_loop(&weak, &session, early, &limits).await;
     tracing::debug!(addr = %session.addr, %why, "a client's session ended");
     session.close();
     drop(writer);
