@@ -250,6 +250,8 @@ struct TlsState {
     sending: Cell<bool>,
     /// A send was abandoned after its records were made: the stream cannot be used.
     broken: Cell<bool>,
+    /// Records being sent (kept between sends, the allocation reused).
+    out: RefCell<Vec<u8>>,
     send_waiters: RefCell<Vec<Waker>>,
 }
 
@@ -268,6 +270,7 @@ impl TlsState {
             cin: RefCell::new(Some((AlignedBuf::zeroed(TLS_IN_LEN), 0, 0))),
             sending: Cell::new(false),
             broken: Cell::new(false),
+            out: RefCell::new(Vec::new()),
             send_waiters: RefCell::new(Vec::new()),
         }
     }
@@ -564,46 +567,53 @@ impl TcpStream {
         if tls.broken.get() {
             return Err(io::Error::other("a send on this TLS stream was abandoned mid-way: records were lost"));
         }
-        let (taken, out) = {
+        let mut taken = 0;
+        {
             let mut conn = tls.conn.borrow_mut();
-            let mut taken = 0;
             for p in parts {
                 io::Write::write_all(&mut conn.writer(), p)?;
                 taken += p.len();
             }
-            let mut out = Vec::with_capacity(taken + taken / 16 + 64);
-            while conn.wants_write() {
-                conn.write_tls(&mut out)?;
-            }
-            (taken, out)
-        };
-        // Records are numbered: if this send is abandoned before they all leave, the stream is
-        // broken for good (the peer would fail to decrypt what follows).
-        tls.broken.set(true);
-        self.raw_send_all(out).await?;
-        tls.broken.set(false);
+        }
+        self.send_records(tls).await?;
         Ok(taken)
     }
 
     /// Sends what the session has to send (handshake messages, alerts).
     async fn tls_flush(&self, tls: &TlsState) -> io::Result<()> {
         let _turn = tls.send_turn().await;
-        let mut out = Vec::new();
+        self.send_records(tls).await
+    }
+
+    /// Sends every record the session has ready, through a buffer kept from one send to the
+    /// next (up to 1 MiB). The caller holds the turn to send.
+    async fn send_records(&self, tls: &TlsState) -> io::Result<()> {
+        let mut out = std::mem::take(&mut *tls.out.borrow_mut());
         {
             let mut conn = tls.conn.borrow_mut();
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
             }
         }
-        if !out.is_empty() {
-            self.raw_send_all(out).await?;
+        if out.is_empty() {
+            *tls.out.borrow_mut() = out;
+            return Ok(());
+        }
+        // Records are numbered: if this send is abandoned before they all leave, the stream is
+        // broken for good (the peer would fail to decrypt what follows).
+        tls.broken.set(true);
+        let mut out = self.raw_send_all(out).await?;
+        tls.broken.set(false);
+        if out.capacity() <= 1 << 20 {
+            out.clear();
+            *tls.out.borrow_mut() = out;
         }
         Ok(())
     }
 
     /// All of `buf`, without TLS (a loop of its own: [`TcpStream::send_all`] goes through
-    /// the TLS layer, which calls this).
-    async fn raw_send_all(&self, buf: Vec<u8>) -> io::Result<()> {
+    /// the TLS layer, which calls this); gives the buffer back.
+    async fn raw_send_all(&self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
         let mut bufs = vec![buf];
         let total = bufs[0].len();
         let mut sent = 0;
@@ -615,7 +625,7 @@ impl TcpStream {
                 n => sent += n,
             }
         }
-        Ok(())
+        Ok(bufs.pop().expect("one buffer"))
     }
 
     /// Runs the TLS handshake as the accepting side: the peer must present a certificate the

@@ -469,7 +469,7 @@ struct AcceptorInner {
     reading: RefCell<BTreeMap<u64, (usize, Rc<TcpStream>)>>,
     /// Connections in their handshake or reading a message (at most `park_max`; the oldest is
     /// dropped for a new one), by number (they are numbered in order of arrival).
-    handshaking: RefCell<BTreeMap<u64, Option<JoinHandle<()>>>>,
+    handshaking: RefCell<BTreeMap<u64, JoinHandle<()>>>,
     next_conn: Cell<u64>,
     /// Messages per second from one source address, and the burst.
     message_rate: Cell<(f64, f64)>,
@@ -715,14 +715,14 @@ impl TcpAcceptor {
                     if inner.handshaking.borrow().len() >= inner.park_max {
                         let oldest = inner.handshaking.borrow_mut().pop_first();
                         refused(&addr, "too many handshakes under way: the oldest dropped");
-                        if let Some((_, Some(task))) = oldest {
+                        if let Some((_, task)) = oldest {
                             task.abort();
                         }
                     }
                     let id = inner.next_conn.get();
                     inner.next_conn.set(id + 1);
                     let task = spawn(route(inner.clone(), id, me, stream, addr, max));
-                    inner.handshaking.borrow_mut().insert(id, Some(task));
+                    inner.handshaking.borrow_mut().insert(id, task);
                 }
             })
         };
@@ -742,7 +742,7 @@ impl TcpAcceptor {
         self.inner.parked.borrow_mut().clear();
         self.inner.sessions.borrow_mut().clear();
         let handshakes = std::mem::take(&mut *self.inner.handshaking.borrow_mut());
-        for task in handshakes.into_values().flatten() {
+        for task in handshakes.into_values() {
             task.abort();
         }
     }
