@@ -496,7 +496,12 @@ fn read_loop(
     let (mut got, until) = (0, Instant::now() + within);
     while got < HEADER_LEN {
         let why = match received.read(wire, &stream, &mut raw[got..]) {
-            Ok(0) => Some("closed the connection during the handshake (another group, or not a member?)".to_string()),
+            Ok(0) => Some(match wire {
+                Wire::Plain => "closed the connection during the handshake (it may require TLS, be of another \
+                                group, or not be a member)"
+                    .to_string(),
+                _ => "closed the connection during the handshake (another group, or not a member?)".to_string(),
+            }),
             Ok(n) => {
                 got += n;
                 None

@@ -60,7 +60,7 @@ def main():
     members = []
     try:
         for i, a in enumerate(addresses):
-            args = [KV, "member", "--set", "me=%d" % i, "--set", 'listen="%s"' % a]
+            args = [KV, "member", "--set", "me=%d" % i, "--set", 'listen="%s"' % a, "--set", "insecure=true"]
             if i:
                 args += ["--set", 'contact="%s"' % addresses[0]]
             members.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env))

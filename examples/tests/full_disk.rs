@@ -65,7 +65,8 @@ fn used(dir: &Path) -> u64 {
 /// its listening address (from its first line).
 fn member(me: u32, dir: &Path, contact: Option<&str>, stderr: &Path) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv"));
-    cmd.args(["member", "--set", &format!("me={me}"), "--set", "listen=\"127.0.0.1:0\"", "--persist"]).arg(dir);
+    cmd.args(["member", "--set", &format!("me={me}"), "--set", "listen=\"127.0.0.1:0\"", "--set", "insecure=true"]);
+    cmd.arg("--persist").arg(dir);
     if let Some(c) = contact {
         cmd.args(["--set", &format!("contact=\"{c}\"")]);
     }

@@ -91,7 +91,15 @@ fn bad_options_and_files_get_clear_errors() {
     let out = run(&["--count", "zero"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--count"));
-    let out = run(&["--member", "--set", "membership.heartbeat_ms=0", "--set", "listen=\"127.0.0.1:0\""]);
+    let out = run(&[
+        "--member",
+        "--set",
+        "membership.heartbeat_ms=0",
+        "--set",
+        "listen=\"127.0.0.1:0\"",
+        "--set",
+        "insecure=true",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("membership.heartbeat_ms"), "{stderr}");

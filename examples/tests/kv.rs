@@ -99,13 +99,21 @@ fn the_client_reports_errors_clearly() {
     // A member whose log directory is a file says so.
     let file = std::env::temp_dir().join(format!("kv-persist-file-{}", std::process::id()));
     std::fs::write(&file, b"not a directory").unwrap();
-    let out = run(&["member", "--set", "listen=\"127.0.0.1:0\"", "--persist", file.to_str().unwrap()]);
+    let out = run(&[
+        "member",
+        "--set",
+        "listen=\"127.0.0.1:0\"",
+        "--set",
+        "insecure=true",
+        "--persist",
+        file.to_str().unwrap(),
+    ]);
     let _ = std::fs::remove_file(&file);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(err(&out).contains("is not a directory"), "{}", err(&out));
     // A configuration error names the variable it came from; other DERECHO_ variables are not read.
     let out = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .args(["member", "--set", "listen=\"127.0.0.1:0\""])
+        .args(["member", "--set", "listen=\"127.0.0.1:0\"", "--set", "insecure=true"])
         .env("DERECHO_CFG__MEMBERSHIP__HEARTBEAT_MS", "0")
         .env("DERECHO_CONF_FILE", "/etc/derecho.cfg")
         .output()
@@ -116,9 +124,24 @@ fn the_client_reports_errors_clearly() {
         "{}",
         err(&out)
     );
+    // Neither TLS nor plaintext on purpose: refused, saying what to give.
+    let out = run(&["member", "--set", "listen=\"127.0.0.1:0\""]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err(&out).contains("tls") && err(&out).contains("insecure = true"), "{}", err(&out));
+    // `kv certs` writes what `--tls-dir` reads; a member needs its own files there.
+    let dir = std::env::temp_dir().join(format!("kv-certs-{}", std::process::id()));
+    let out = run(&["certs", dir.to_str().unwrap(), "--members", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    for f in ["ca.pem", "node-0.pem", "node-1.key", "client.pem", "client.key"] {
+        assert!(dir.join(f).exists(), "kv certs wrote no {f}");
+    }
+    let out = run(&["member", "--tls-dir", dir.to_str().unwrap(), "--set", "me=2", "--set", "listen=\"127.0.0.1:0\""]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err(&out).contains("node-2.pem"), "{}", err(&out));
 }
 
-/// A member started with `args` after `kv member --set listen=127.0.0.1:0`, its standard
+/// A member started with `args` after `kv member --set listen=127.0.0.1:0 --set insecure=true`, its standard
 /// output read until it listens (and, with a metrics listener, until it says where).
 struct Member {
     child: std::process::Child,
@@ -135,7 +158,7 @@ impl Member {
     fn start(env: &[(&str, &str)], args: &[&str]) -> Member {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_kv"))
-            .args(["member", "--set", "listen=\"127.0.0.1:0\""])
+            .args(["member", "--set", "listen=\"127.0.0.1:0\"", "--set", "insecure=true"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -218,6 +241,7 @@ fn joining_through_a_dead_contact_says_whom_it_asks_and_gives_up_with_the_addres
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_kv"))
         .args(["member", "--set", "me=1", "--set", "listen=\"127.0.0.1:0\"", "--set", "join_timeout_ms=3000"])
+        .args(["--set", "insecure=true"])
         .args(["--set", &format!("contact=\"{dead}\"")])
         .env("RUST_LOG", "info")
         .output()

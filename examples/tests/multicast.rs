@@ -50,14 +50,23 @@ fn shared_memory_members_deliver_the_same_order() {
 }
 
 #[test]
-fn tcp_members_from_a_configuration_file() {
+fn tcp_members_with_tls_from_a_configuration_file() {
     // Ports the kernel hands out now are free; the members bind them again. All four listeners
     // stay open until every port is known, or the kernel could hand out one port twice.
     let listeners: Vec<std::net::TcpListener> =
         (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
     drop(listeners);
-    let mut toml = String::from("me = 0\ntransport = \"tcp\"\nspin_us = 20\n[limits]\npayload_len_max = 2048\n");
+    // Mutual TLS between the members: certificates of a throw-away authority, named by `[tls] dir`.
+    let certs = std::env::temp_dir().join(format!("multicast-test-{}-tls", std::process::id()));
+    let ca = derecho::runtime::tls::DevCa::new().unwrap();
+    for i in 0..4 {
+        ca.write(&certs, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).unwrap();
+    }
+    let mut toml = format!(
+        "me = 0\ntransport = \"tcp\"\nspin_us = 20\n[tls]\ndir = {:?}\n[limits]\npayload_len_max = 2048\n",
+        certs.display().to_string()
+    );
     for (id, port) in ports.iter().enumerate() {
         toml += &format!("[[members]]\nid = {id}\naddress = \"127.0.0.1:{port}\"\n");
     }
@@ -67,6 +76,7 @@ fn tcp_members_from_a_configuration_file() {
     std::fs::write(&path, toml).unwrap();
     let out = run(&["--config", path.to_str().unwrap(), "--count", "2000", "--size", "1500", "--unpinned"]);
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&certs);
     assert_agreement(&out, 4, 4000);
 }
 

@@ -62,6 +62,8 @@ fn a_client_that_accepts_no_connections_is_served_from_another_host() {
             format!("me={k}"),
             "--set".into(),
             format!("listen=\"{}:7000\"", Net::addr(k)),
+            "--set".into(),
+            "insecure=true".into(),
         ];
         if k > 0 {
             args.extend(["--set".into(), format!("contact=\"{contact}\"")]);

@@ -43,6 +43,8 @@ fn an_isolated_member_stops_partitioned_and_the_majority_continues() {
             format!("listen=\"{}:7000\"", Net::addr(k)),
             "--set".into(),
             "membership.suspect_after_ms=200".into(),
+            "--set".into(),
+            "insecure=true".into(),
         ];
         if k > 0 {
             args.extend(["--set".into(), format!("contact=\"{}:7000\"", Net::addr(0))]);

@@ -39,6 +39,7 @@ pub fn loopback_member(me: u32, name: &str) -> GroupBuilder {
     let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).expect("a listener");
     println!("listening {}", listener.local_addr());
     GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
+        .insecure()
         .listener(listener)
         .name(name)
         .membership(membership)

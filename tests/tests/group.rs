@@ -75,6 +75,7 @@ fn builder(me: u32, min_members: usize) -> GroupBuilder {
         ..MembershipConfig::default()
     };
     GroupBuilder::new(NodeId(me), local())
+        .insecure()
         .name("group-test")
         .membership(membership)
         .layout(OneShard { mode: DeliveryMode::Ordered, min_members })
@@ -531,6 +532,7 @@ fn a_member_waits_briefly_for_its_address_to_be_free() {
             drop(held);
         }));
         let g = GroupBuilder::new(NodeId(0), addr)
+            .insecure()
             .name("bind-retry")
             .start(|_: Delivered<'_>| {})
             .await
@@ -539,6 +541,7 @@ fn a_member_waits_briefly_for_its_address_to_be_free() {
         g.close().await;
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let e = GroupBuilder::new(NodeId(0), taken.local_addr().unwrap())
+            .insecure()
             .name("bind-retry")
             .connect_timeout(Duration::from_millis(200))
             .start(|_: Delivered<'_>| {})

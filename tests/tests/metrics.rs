@@ -63,7 +63,8 @@ fn metrics_move_as_messages_flow_and_the_listener_serves_them() {
             service.host(SubgroupId(0), Tally::default);
             let membership =
                 derecho::protocol::MembershipConfig { suspect_after: Duration::from_millis(300), ..Default::default() };
-            let builder = GroupBuilder::new(NodeId(id), "127.0.0.1:0".parse().unwrap()).membership(membership);
+            let builder =
+                GroupBuilder::new(NodeId(id), "127.0.0.1:0".parse().unwrap()).insecure().membership(membership);
             let contact = members.first().map(|(g, _)| g.local_addr());
             let group = service.start_or_join(builder, contact).await.expect("start or join");
             listeners.push(group.serve_metrics("127.0.0.1:0".parse().unwrap()).expect("a metrics listener"));

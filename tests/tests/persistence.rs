@@ -29,6 +29,7 @@ fn builder(me: u32, name: &str) -> GroupBuilder {
         ..MembershipConfig::default()
     };
     GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .insecure()
         .name(name)
         .membership(membership)
         .connect_timeout(Duration::from_secs(3))

@@ -174,6 +174,7 @@ fn builder(me: u32) -> GroupBuilder {
     };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     GroupBuilder::new(NodeId(me), local)
+        .insecure()
         .name("reentrancy-test")
         .membership(membership)
         .layout(OneShard { mode: DeliveryMode::Ordered, min_members: 1 })

@@ -79,6 +79,7 @@ fn builder(me: u32) -> GroupBuilder {
         ..MembershipConfig::default()
     };
     GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .insecure()
         .name("replicated-test")
         .membership(membership)
         .connect_timeout(Duration::from_secs(3))

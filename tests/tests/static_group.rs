@@ -189,14 +189,21 @@ async fn tagged_member(config: GroupConfig, listener: Option<TcpListener>, tag: 
 
 /// Two groups side by side in one process, with no state shared between them: each of two
 /// executor threads hosts a member of a TCP group and a member of a shared-memory group, both
-/// configured from TOML. Each group delivers its own messages only, in one order.
+/// configured from TOML, the TCP group with mutual TLS (`[tls] dir`, certificates of a throw-away
+/// authority). Each group delivers its own messages only, in one order.
 #[test]
 fn two_groups_side_by_side_share_executors() {
     let limits = "[limits]\nwindow_len = 16\npayload_len_max = 64\nring_len = 4096\n";
     let listeners: Vec<TcpListener> =
         (0..2).map(|_| TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let certs = std::env::temp_dir().join(format!("sg{}-side-tls", std::process::id()));
+    let ca = derecho::runtime::tls::DevCa::new().expect("an authority");
+    for i in 0..2 {
+        ca.write(&certs, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
+    }
     let tcp = format!(
-        "me = 0\ntransport = \"tcp\"\n{limits}[[members]]\nid = 0\naddress = \"{}\"\n[[members]]\nid = 1\naddress = \"{}\"\n",
+        "me = 0\ntransport = \"tcp\"\n[tls]\ndir = {:?}\n{limits}[[members]]\nid = 0\naddress = \"{}\"\n[[members]]\nid = 1\naddress = \"{}\"\n",
+        certs.display().to_string(),
         listeners[0].local_addr(),
         listeners[1].local_addr()
     );
@@ -213,6 +220,7 @@ fn two_groups_side_by_side_share_executors() {
                 .spawn_thread(move || async move {
                     let me = [format!("me={me}")];
                     let tcp = GroupConfig::from_toml(&tcp, std::iter::empty(), &me).expect("valid TCP config");
+                    assert!(tcp.tls.is_some(), "the TCP group runs TLS");
                     let shm = GroupConfig::from_toml(&shm, std::iter::empty(), &me).expect("valid shm config");
                     let t = derecho::spawn(tagged_member(tcp, Some(listener), b'T'));
                     let s = tagged_member(shm, None, b'S').await;
@@ -223,6 +231,7 @@ fn two_groups_side_by_side_share_executors() {
         .collect();
     let logs: Vec<_> = threads.into_iter().map(|t| t.join().expect("member thread")).collect();
     let _ = ShmTransport::remove_namespace(std::path::Path::new("/dev/shm"), &ns);
+    let _ = std::fs::remove_dir_all(&certs);
     for (group, tag, pick) in [("TCP", b'T', 0), ("shm", b'S', 1)] {
         let member_logs: Vec<&Vec<(u32, u8, u8)>> = logs.iter().map(|(t, s)| if pick == 0 { t } else { s }).collect();
         assert_eq!(member_logs[0].len(), 400, "{group} group delivered {} messages", member_logs[0].len());

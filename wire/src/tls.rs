@@ -289,15 +289,23 @@ impl DevCa {
     }
 
     /// Writes `ca.pem`, `FILE.pem` and `FILE.key` (the key readable by its owner only) for
-    /// `name` into `dir`, replacing what is there; returns the three paths.
+    /// `name` into `dir` (created, readable by its owner only, if missing), replacing what is
+    /// there; returns the three paths.
     ///
     /// # Errors
     ///
     /// [`TlsError::File`] naming a file that cannot be written.
     pub fn write(&self, dir: &Path, file: &str, name: &str) -> Result<[PathBuf; 3], TlsError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let (cert, key) = self.issue(name)?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| file_error(dir, format!("cannot create the directory: {e}")))?;
+        }
         let paths = [dir.join("ca.pem"), dir.join(format!("{file}.pem")), dir.join(format!("{file}.key"))];
         for (path, text, mode) in [(&paths[0], &self.pem, 0o644), (&paths[1], &cert, 0o644), (&paths[2], &key, 0o600)] {
             let mut f = std::fs::OpenOptions::new()

@@ -52,8 +52,11 @@ fn member(args: &[String]) {
     let executor = derecho_benches::member_executor(args, Duration::from_micros(SPIN_US));
     executor.block_on(async move {
         let (limits, membership) = derecho_benches::call_bench_settings();
-        let builder =
-            GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap()).name(GROUP).limits(limits).membership(membership);
+        let builder = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
+            .insecure()
+            .name(GROUP)
+            .limits(limits)
+            .membership(membership);
         let service = Service::new();
         service.host(SubgroupId(0), Sink::default);
         let contact = arg(args, "--contact").map(|c| c.parse().expect("an address"));

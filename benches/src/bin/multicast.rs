@@ -32,7 +32,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use derecho::driver::{GroupConfig, StaticGroup, connect_with_tls};
+use derecho::driver::{GroupConfig, StaticGroup, connect_with};
 use derecho::protocol::{Delivered, NodeId};
 use derecho::runtime::time;
 use derecho::{ShmTransport, TcpListener, available_cores};
@@ -109,12 +109,17 @@ impl Case {
         )
     }
 
-    /// The group's configuration file.
-    fn toml(&self, addrs: &[SocketAddr], namespace: &str) -> String {
+    /// The group's configuration file; with `tls`, the directory of the members' certificates.
+    fn toml(&self, addrs: &[SocketAddr], namespace: &str, tls: Option<&std::path::Path>) -> String {
         let transport = if self.transport == "shm" { "shm" } else { "tcp" };
         let mut t = format!(
             "me = 0\ntransport = \"{transport}\"\nspin_us = {SPIN_US}\nstart_timeout_ms = 30000\nshm_namespace = \"{namespace}\"\n"
         );
+        match tls {
+            Some(d) => t += &format!("[tls]\ndir = {:?}\n", d.display().to_string()),
+            None if transport == "tcp" => t += "insecure = true\n",
+            None => {}
+        }
         // Rings big enough for a window's worth of the largest messages.
         let ring = if self.size > 1024 { 8 << 20 } else { 1 << 20 };
         t += &format!("[limits]\nwindow_len = 4096\npayload_len_max = {}\nring_len = {ring}\n", self.size.max(1024));
@@ -216,12 +221,7 @@ impl Progress {
 }
 
 /// One member's run: start, send, deliver everything, settle, close.
-async fn member(
-    config: GroupConfig,
-    listener: Option<TcpListener>,
-    case: Work,
-    tls: Option<derecho::runtime::tls::TlsIdentity>,
-) -> Result<Outcome, String> {
+async fn member(config: GroupConfig, listener: Option<TcpListener>, case: Work) -> Result<Outcome, String> {
     let me = config.me;
     let shard = config.view.shards[0].clone();
     let sends = shard.senders.contains(&me);
@@ -237,7 +237,7 @@ async fn member(
         error: RefCell::new(None),
     });
     let p = progress.clone();
-    let transport = connect_with_tls(&config, listener, tls).await.map_err(|e| format!("member {me}: {e}"))?;
+    let transport = connect_with(&config, listener).await.map_err(|e| format!("member {me}: {e}"))?;
     let group =
         StaticGroup::start(transport, me, config.view.clone(), &config.limits, config.start_timeout, move |d| {
             p.on_deliver(&d)
@@ -312,7 +312,7 @@ fn run_case(case: &Case) -> Vec<Outcome> {
     });
     let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect();
     let ns = unique_ns(case);
-    let toml = case.toml(&addrs, &ns);
+    let toml = case.toml(&addrs, &ns, tls_dir.as_deref());
     let config_of = |i: u32| {
         let mut sets = vec![format!("me={i}")];
         if let Some(c) = core(i) {
@@ -327,10 +327,9 @@ fn run_case(case: &Case) -> Vec<Outcome> {
             let config = config_of(i);
             let listener = listeners.next();
             let work = case.work();
-            let tls = tls_dir.as_deref().map(|d| tls_identity(d, i));
             let t = config
                 .executor()
-                .spawn_thread(move || member(config, listener, work, tls))
+                .spawn_thread(move || member(config, listener, work))
                 .expect("start a member's executor thread");
             threads.push(t);
         }
@@ -362,9 +361,6 @@ fn run_case(case: &Case) -> Vec<Outcome> {
                 if case.latency {
                     args.push("--latency".into());
                 }
-                if let Some(d) = &tls_dir {
-                    args.extend(["--tls".into(), d.display().to_string()]);
-                }
                 spawn_member(&args)
             })
             .collect();
@@ -379,16 +375,6 @@ fn run_case(case: &Case) -> Vec<Outcome> {
         let _ = std::fs::remove_dir_all(d);
     }
     outcomes
-}
-
-/// Member `i`'s identity from the certificates in `dir`.
-fn tls_identity(dir: &std::path::Path, i: u32) -> derecho::runtime::tls::TlsIdentity {
-    derecho::runtime::tls::TlsIdentity::from_pem_files(
-        &dir.join("ca.pem"),
-        &dir.join(format!("node-{i}.pem")),
-        &dir.join(format!("node-{i}.key")),
-    )
-    .expect("the benchmark's certificates")
 }
 
 /// A member process whose stdout carries its outcome (killed and reaped if dropped unfinished).
@@ -425,9 +411,8 @@ fn member_child(args: &[String]) {
         count: arg(args, "--count").expect("--count").parse().expect("a count"),
         latency: flag(args, "--latency"),
     };
-    let tls = arg(args, "--tls").map(|d| tls_identity(d.as_ref(), config.me.0));
     let executor = config.executor().build().expect("the member's executor");
-    match executor.block_on(member(config, None, work, tls)) {
+    match executor.block_on(member(config, None, work)) {
         Ok(o) => println!("{}", o.line()),
         Err(e) => {
             eprintln!("multicast member: {e}");

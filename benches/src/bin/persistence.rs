@@ -204,6 +204,7 @@ fn member(args: &[String]) {
         let limits = Limits { payload_len_max: 16 << 10, ring_len: 4 << 20, ..Limits::default() };
         let membership = MembershipConfig { suspect_after: Duration::from_secs(2), ..MembershipConfig::default() };
         let builder = GroupBuilder::new(NodeId(me), "127.0.0.1:0".parse().unwrap())
+            .insecure()
             .name("persistence-bench")
             .limits(limits)
             .membership(membership);

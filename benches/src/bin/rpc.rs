@@ -70,7 +70,7 @@ fn member(args: &[String]) {
                         .expect("the benchmark's certificates");
                 builder.tls(id)
             }
-            None => builder,
+            None => builder.insecure(),
         };
         let delivered = Rc::new(Cell::new(0u64));
         let service = Service::new();

@@ -58,7 +58,10 @@ fn member(args: &[String]) {
     };
     let executor = derecho::Builder::new().build().expect("executor");
     executor.block_on(async {
-        let b = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap()).name("view-change-bench").membership(membership);
+        let b = GroupBuilder::new(me, "127.0.0.1:0".parse().unwrap())
+            .insecure()
+            .name("view-change-bench")
+            .membership(membership);
         let group = match arg(args, "--contact") {
             None => b.start(Printer).await.expect("start"),
             Some(c) => {

@@ -7,6 +7,13 @@
 //! core = 1                    # pin this member's executor to this core; default unpinned
 //! start_timeout_ms = 30000    # start-up barrier and connection timeout; default 30000
 //! shm_namespace = "derecho"   # names the /dev/shm files of a shm group; default "derecho"
+//! insecure = false            # tcp: true runs plaintext on purpose; tcp requires this or [tls]
+//!
+//! [tls]                       # tcp: mutual TLS between the members: dir, or ca, cert and key
+//! # dir = "tls"               # holds ca.pem, node-ME.pem and node-ME.key (ME: `me`)
+//! ca = "ca.pem"               # the authority every member's certificate must chain to (PEM)
+//! cert = "node-0.pem"         # this member's chain (PEM), naming it node-0.derecho
+//! key = "node-0.key"          # its private key (PEM)
 //!
 //! [limits]                    # every field optional; defaults as in `Limits::default()`
 //! window_len = 4096
@@ -31,7 +38,7 @@
 //! the key and where its value came from (the file and line, the variable, or the `--set`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -83,6 +90,67 @@ fn ordered() -> String {
     "ordered".into()
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// The `[tls]` table: the files, and the identity read from them.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// The authority's certificates.
+    pub ca: PathBuf,
+    /// This member's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// What was read from them.
+    pub identity: derecho_runtime::tls::TlsIdentity,
+}
+
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.ca, &self.cert, &self.key) == (&other.ca, &other.cert, &other.key)
+    }
+}
+
+impl Eq for TlsSettings {}
+
+/// The `[tls]` table read (its files for member `me`), or plaintext if `insecure` says so; one of
+/// the two is required.
+pub(super) fn tls_or_insecure(
+    tls: Option<TlsFile>,
+    insecure: bool,
+    me: u32,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let t = match (tls, insecure) {
+        (Some(_), true) => return Err(invalid("insecure", "true, but [tls] is given: choose one")),
+        (None, false) => {
+            return Err(invalid(
+                "tls",
+                "missing: give [tls] (dir, or ca, cert and key) for mutual TLS, or insecure = true to run plaintext \
+                 on purpose",
+            ));
+        }
+        (None, true) => return Ok(None),
+        (Some(t), false) => t,
+    };
+    let (ca, cert, key) = match (t.dir, t.ca, t.cert, t.key) {
+        (Some(d), None, None, None) => {
+            (d.join("ca.pem"), d.join(format!("node-{me}.pem")), d.join(format!("node-{me}.key")))
+        }
+        (None, Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => return Err(invalid("tls", "give either dir, or all three of ca, cert and key")),
+    };
+    let identity = derecho_runtime::tls::TlsIdentity::from_pem_files(&ca, &cert, &key)
+        .map_err(|e| invalid("tls", e.to_string()))?;
+    Ok(Some(TlsSettings { ca, cert, key, identity }))
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LimitsConfig {
@@ -107,6 +175,9 @@ struct FileConfig {
     start_timeout_ms: u64,
     #[serde(default = "default_ns")]
     shm_namespace: String,
+    #[serde(default)]
+    insecure: bool,
+    tls: Option<TlsFile>,
     #[serde(default)]
     limits: LimitsConfig,
     members: Vec<MemberConfig>,
@@ -139,6 +210,10 @@ pub struct GroupConfig {
     pub start_timeout: Duration,
     /// Namespace of shared-memory files.
     pub shm_namespace: String,
+    /// Mutual TLS between the members (TCP). `None` over shared memory, or with `insecure`.
+    pub tls: Option<TlsSettings>,
+    /// Plaintext TCP on purpose (`insecure = true`).
+    pub insecure: bool,
     /// Limits.
     pub limits: Limits,
     /// Members with their addresses, in rank order.
@@ -610,6 +685,13 @@ impl GroupConfig {
         {
             return Err(invalid("shm_namespace", "letters, digits, '_', '.' or '-' only"));
         }
+        let tls = match f.transport {
+            TransportKind::Tcp => tls_or_insecure(f.tls, f.insecure, f.me)?,
+            TransportKind::Shm if f.tls.is_some() => {
+                return Err(invalid("tls", "a group over shared memory makes no TCP connection: omit [tls]"));
+            }
+            TransportKind::Shm => None,
+        };
         let shards = if f.shards.is_empty() {
             vec![ShardLayout {
                 id: ShardRef { subgroup: SubgroupId(0), shard: ShardIndex(0) },
@@ -654,6 +736,8 @@ impl GroupConfig {
             core: f.core,
             start_timeout: Duration::from_millis(f.start_timeout_ms),
             shm_namespace: f.shm_namespace,
+            tls,
+            insecure: f.insecure,
             limits,
             members: f.members,
             view,
@@ -665,7 +749,7 @@ impl GroupConfig {
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
+    const BASE: &str = r#"insecure = true
 me = 1
 [[members]]
 id = 0
@@ -731,6 +815,10 @@ address = "127.0.0.1:7001"
         let no_addr = "me = 0\ntransport = \"tcp\"\n[[members]]\nid = 0\n";
         assert!(load(no_addr, &[], &[]).unwrap_err().to_string().contains("members[0].address"));
         let shards = format!("{BASE}\n[[shards]]\nmembers = [0, 1]\nmode = \"sideways\"\n");
+        // TCP without TLS and without insecure: refused, saying what to give.
+        let e = load(BASE, &[], &["insecure=false"]).unwrap_err().to_string();
+        assert!(e.contains("tls") && e.contains("insecure = true"), "{e}");
+        assert!(load(BASE, &[], &["insecure=false", "transport=shm"]).is_ok(), "shm needs neither");
         assert!(load(&shards, &[], &[]).unwrap_err().to_string().contains("shards[0].mode"));
     }
 

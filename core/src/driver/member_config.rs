@@ -18,9 +18,10 @@
 //! transport = "shm"               # each view over "tcp" or "shm" (processes of this host); default "tcp"
 //! shm_dir = "/dev/shm"            # where shared-memory views keep their files; default /dev/shm
 //! allowed_ids = [0, 1, 2, 3]      # only these ids may join or come back with their logs; default any
-//! insecure = false                # true: plaintext on purpose (without [tls] it is plaintext anyway, with a warning)
+//! insecure = false                # true: plaintext on purpose, logged loudly; either this or [tls] is required
 //!
-//! [tls]                           # mutual TLS on every connection; all three required
+//! [tls]                           # mutual TLS on every connection: dir, or all of ca, cert and key
+//! # dir = "/etc/kv/tls"           # holds ca.pem, node-ME.pem and node-ME.key (ME: `me`)
 //! ca = "ca.pem"                   # the authority every peer's certificate must chain to (PEM)
 //! cert = "node-3.pem"             # this member's chain (PEM), naming it node-3.derecho
 //! key = "node-3.key"              # its private key (PEM)
@@ -71,6 +72,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::config::{LimitsConfig, TransportKind, de_address, de_address_opt, invalid, overlay, read};
+use super::config::{TlsFile, TlsSettings, tls_or_insecure};
 use super::{ClientLimits, ConfigError, GroupBuilder};
 use crate::protocol::{
     ADDRESS_LEN_MAX, DeliveryMode, GroupLayout, Limits, LostShards, MembershipConfig, NodeId, OneShard, Policy,
@@ -86,35 +88,6 @@ struct MembershipFile {
     state_transfer_timeout_ms: Option<u64>,
     lost_shards: Option<String>,
 }
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// The `[tls]` table: the files, and the identity read from them.
-#[derive(Clone, Debug)]
-pub struct TlsSettings {
-    /// The authority's certificates.
-    pub ca: PathBuf,
-    /// This member's certificate chain.
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
-    /// What was read from them.
-    pub identity: derecho_runtime::tls::TlsIdentity,
-}
-
-impl PartialEq for TlsSettings {
-    fn eq(&self, other: &Self) -> bool {
-        (&self.ca, &self.cert, &self.key) == (&other.ca, &other.cert, &other.key)
-    }
-}
-
-impl Eq for TlsSettings {}
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -468,17 +441,7 @@ impl GroupMemberConfig {
         if f.restart_timeout_ms == 0 {
             return Err(invalid("restart_timeout_ms", "must be above zero"));
         }
-        if f.insecure && f.tls.is_some() {
-            return Err(invalid("insecure", "true, but [tls] is given: choose one"));
-        }
-        let tls = match f.tls {
-            None => None,
-            Some(t) => {
-                let identity = derecho_runtime::tls::TlsIdentity::from_pem_files(&t.ca, &t.cert, &t.key)
-                    .map_err(|e| invalid("tls", e.to_string()))?;
-                Some(TlsSettings { ca: t.ca, cert: t.cert, key: t.key, identity })
-            }
-        };
+        let tls = tls_or_insecure(f.tls, f.insecure, f.me)?;
         if f.state_len_max == 0 || f.state_len_max > u32::MAX as usize - 64 {
             return Err(invalid("state_len_max", "must be from 1 to 4294967231"));
         }
@@ -572,7 +535,8 @@ impl GroupMemberConfig {
 mod tests {
     use super::*;
 
-    const BASE: &str = "me = 2\nlisten = \"127.0.0.1:7102\"\n";
+    /// Plaintext on purpose: a test that gives `[tls]` says `insecure=false`.
+    const BASE: &str = "me = 2\nlisten = \"127.0.0.1:7102\"\ninsecure = true\n";
 
     fn load(sets: &[&str]) -> Result<GroupMemberConfig, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -587,19 +551,32 @@ mod tests {
         assert_eq!(c.allowed_ids, None);
         let c = load(&["allowed_ids=[3, 1]"]).unwrap();
         assert_eq!(c.allowed_ids, Some(vec![NodeId(3), NodeId(1)]));
-        assert_eq!((c.tls.is_none(), c.insecure), (true, false));
+        assert_eq!((c.tls.is_none(), c.insecure), (true, true));
+        // Neither TLS nor insecure: refused, saying what to give.
+        let e = load(&["insecure=false"]).unwrap_err().to_string();
+        assert!(e.contains("tls") && e.contains("missing") && e.contains("insecure = true"), "{e}");
         // TLS files: read when the file is; an error names the file.
         let dir = std::env::temp_dir().join(format!("derecho-config-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = derecho_runtime::tls::DevCa::new().unwrap();
         ca.write(&dir, "node-2", "node-2.derecho").unwrap();
         let set = |k: &str, f: &str| format!("tls.{k}=\"{}\"", dir.join(f).display());
-        let c = load(&[&set("ca", "ca.pem"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]).unwrap();
+        let tls = |ca: &str, cert: &str, key: &str| {
+            load(&["insecure=false", &set("ca", ca), &set("cert", cert), &set("key", key)])
+        };
+        let c = tls("ca.pem", "node-2.pem", "node-2.key").unwrap();
         assert_eq!(c.tls.as_ref().map(|t| t.identity.name()), Some("node-2.derecho"));
-        let e = load(&[&set("ca", "ca.pem"), &set("cert", "missing.pem"), &set("key", "node-2.key")]).unwrap_err();
+        let e = tls("ca.pem", "missing.pem", "node-2.key").unwrap_err();
         assert!(e.to_string().contains("missing.pem") && e.to_string().contains("cannot read"), "{e}");
-        let e = load(&[&set("ca", "node-2.key"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]).unwrap_err();
+        let e = tls("node-2.key", "node-2.pem", "node-2.key").unwrap_err();
         assert!(e.to_string().contains("node-2.key") && e.to_string().contains("no certificate"), "{e}");
+        // A directory: the files named after `me`.
+        let c = load(&["insecure=false", &format!("tls.dir=\"{}\"", dir.display())]).unwrap();
+        assert_eq!((c.tls.as_ref().map(|t| t.cert.clone())), Some(dir.join("node-2.pem")));
+        let e = load(&["insecure=false", &format!("tls.dir=\"{}\"", dir.display()), &set("ca", "ca.pem")]).unwrap_err();
+        assert!(e.to_string().contains("either dir"), "{e}");
+        let e = load(&["insecure=false", "me=3", &format!("tls.dir=\"{}\"", dir.display())]).unwrap_err();
+        assert!(e.to_string().contains("node-3.pem") && e.to_string().contains("cannot read"), "{e}");
         let e = load(&["insecure=true", &set("ca", "ca.pem"), &set("cert", "node-2.pem"), &set("key", "node-2.key")]);
         assert!(e.unwrap_err().to_string().contains("insecure"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -728,7 +705,9 @@ senders = [0, 2]
             |block: &str, key: &str| block.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} =")));
         // A member: the block loads, gives the defaults, and names every key of every table.
         let documented = GroupMemberConfig::from_toml(&b[0], Vec::new(), &[]).expect("the member block loads");
-        let defaults = GroupMemberConfig::from_toml("me = 0\nlisten = \"127.0.0.1:7000\"\n", Vec::new(), &[]).unwrap();
+        let defaults =
+            GroupMemberConfig::from_toml("me = 0\nlisten = \"127.0.0.1:7000\"\ninsecure = true\n", Vec::new(), &[])
+                .unwrap();
         assert_eq!(documented, defaults, "the page's values are not the defaults");
         for table in ["", "membership.", "clients.", "layout.", "limits."] {
             let e = load(&[&format!("{table}zz_unknown=1")]).expect_err("an unknown key");
@@ -752,7 +731,7 @@ senders = [0, 2]
         }
         // A static group: the same.
         let documented = GroupConfig::from_toml(&b[2], Vec::new(), &[]).expect("the static block loads");
-        let minimal = "me = 0\n[[members]]\nid = 0\naddress = \"127.0.0.1:7000\"\n";
+        let minimal = "me = 0\ninsecure = true\n[[members]]\nid = 0\naddress = \"127.0.0.1:7000\"\n";
         assert_eq!(documented, GroupConfig::from_toml(minimal, Vec::new(), &[]).unwrap(), "static defaults differ");
         let unknown =
             |extra: &str| GroupConfig::from_toml(&format!("{minimal}{extra}"), Vec::new(), &[]).expect_err("unknown");

@@ -32,13 +32,15 @@ mod config;
 mod group;
 mod member_config;
 
-pub use config::{ConfigError, ENV_PREFIX, GroupConfig, MemberConfig, Origin, TransportKind, resolve_address};
+pub use config::{
+    ConfigError, ENV_PREFIX, GroupConfig, MemberConfig, Origin, TlsSettings, TransportKind, resolve_address,
+};
 pub use derecho_runtime::signal::{Signal, Signals};
 pub use group::{
     AppError, Application, ClientLimits, FRAME_LEN_MAX, Group, GroupBuilder, GroupSender, JoinError, Metrics,
     PARTITION_SAFETY_NEEDED, PersistWaitError, SendToError, ShardMetrics, Shutdown, State, ViewChange, WaitError,
 };
-pub use member_config::{GroupMemberConfig, TlsSettings};
+pub use member_config::GroupMemberConfig;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -112,8 +114,9 @@ impl SstMemory for RegionMemory {
 }
 
 /// Connects this member's transport as `config` says. Over TCP it listens on its own address
-/// (see [`connect_with`] to pass a listener already bound); over shared memory it uses the
-/// files of `config.shm_namespace`. Must run inside an executor.
+/// (see [`connect_with`] to pass a listener already bound), with mutual TLS if `config.tls`
+/// is given; over shared memory it uses the files of `config.shm_namespace`. Must run inside
+/// an executor.
 ///
 /// # Errors
 ///
@@ -134,11 +137,12 @@ fn no_address(id: u32) -> GroupError {
 ///
 /// As [`connect`].
 pub async fn connect_with(config: &GroupConfig, listener: Option<TcpListener>) -> Result<AnyTransport, GroupError> {
-    connect_with_tls(config, listener, None).await
+    connect_with_tls(config, listener, config.tls.as_ref().map(|t| t.identity.clone())).await
 }
 
 /// As [`connect_with`], with mutual TLS on every TCP connection when `tls` is given (each
-/// member's certificate naming its id, [`derecho_runtime::tls::node_name`]).
+/// member's certificate naming its id, [`derecho_runtime::tls::node_name`]) instead of the
+/// configuration's. Without either, `config.insecure` must say plaintext is meant.
 ///
 /// # Errors
 ///
@@ -153,6 +157,14 @@ pub async fn connect_with_tls(
     let others = config.members.iter().filter(|m| m.id != config.me.0);
     match config.transport {
         TransportKind::Tcp => {
+            if tls.is_none() && !config.insecure {
+                return Err(GroupError::Config(
+                    "neither TLS nor insecure is configured: give [tls] ca, cert and key, or insecure = true",
+                ));
+            }
+            if tls.is_none() {
+                tracing::warn!("insecure: plaintext connections between the members, nothing authenticated");
+            }
             let listener = match listener {
                 Some(l) => l,
                 None => {

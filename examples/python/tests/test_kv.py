@@ -36,7 +36,7 @@ def group():
     members = []
     env = dict(os.environ, RUST_LOG="warn")
     for i, address in enumerate(addresses):
-        args = [KV, "member", "--set", "me=%d" % i, "--set", 'listen="%s"' % address]
+        args = [KV, "member", "--set", "me=%d" % i, "--set", 'listen="%s"' % address, "--set", "insecure=true"]
         if i > 0:
             args += ["--set", 'contact="%s"' % addresses[0]]
         members.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env))

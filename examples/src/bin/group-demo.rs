@@ -119,19 +119,30 @@ fn launch(mut o: Options) -> Result<(), String> {
     };
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
     o.log_dir = Some(log_dir.clone());
+    // Development mode: a throw-away authority and the members' certificates, next to the logs.
+    // Every connection between the members runs mutual TLS.
+    let tls_dir = log_dir.join("tls");
+    let ca = derecho::runtime::tls::DevCa::new().map_err(|e| e.to_string())?;
+    for i in 0..4 {
+        ca.write(&tls_dir, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).map_err(|e| e.to_string())?;
+    }
     let ports = free_ports(4)?;
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let cores = available_cores();
     let core = |i: usize| (!o.unpinned && !cores.is_empty()).then(|| cores[i % cores.len()]);
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     println!(
-        "derecho group: 3 members on loopback TCP sending {} messages each at {}/s; one is killed, a fourth joins",
+        "derecho group: 3 members on loopback TCP (mutual TLS) sending {} messages each at {}/s; one is killed, a fourth joins",
         o.count, o.rate
     );
     let (tx, rx) = mpsc::channel();
     let mut members = Members { children: Vec::new(), lines: tx };
     let member_args = |i: usize, contact: Option<usize>| {
-        let mut extra = vec![format!("me={i}"), format!("listen=\"{}\"", addr(i))];
+        let mut extra = vec![
+            format!("me={i}"),
+            format!("listen=\"{}\"", addr(i)),
+            format!("tls.dir={:?}", tls_dir.display().to_string()),
+        ];
         if let Some(c) = contact {
             extra.push(format!("contact=\"{}\"", addr(c)));
         }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! cargo run --release -p derecho-examples --bin kv -- demo [--shm]          # the whole demo
-//! cargo run --release -p derecho-examples --bin kv -- member --set me=0 --set listen=\"127.0.0.1:7000\"
-//! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 put KEY VALUE
+//! cargo run --release -p derecho-examples --bin kv -- certs DIR [--members N]  # throw-away certificates
+//! cargo run --release -p derecho-examples --bin kv -- member --tls-dir DIR --set me=0 --set listen=\"127.0.0.1:7000\"
+//! cargo run --release -p derecho-examples --bin kv -- --tls-dir DIR --contact 127.0.0.1:7000 put KEY VALUE
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 get KEY [--at VERSION | --time TIME]
 //! cargo run --release -p derecho-examples --bin kv -- --contact 127.0.0.1:7000 view
 //! cargo run --release -p derecho-examples --bin kv -- status [--watch] METRICS_ADDRESS...
@@ -52,8 +53,10 @@ struct Cli {
     /// for `member`, the member to join through.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     contact: Vec<String>,
-    /// Client commands connect with mutual TLS, presenting DIR/client.pem and DIR/client.key and
-    /// trusting DIR/ca.pem (the members must run TLS with the same authority).
+    /// Mutual TLS with the files of DIR (as `kv certs` writes them). Client commands present
+    /// DIR/client.pem and DIR/client.key; `member` presents DIR/node-ME.pem and DIR/node-ME.key
+    /// (`--set tls.dir=DIR`). Both trust DIR/ca.pem.
+    /// A member needs this, `[tls]` in its file, or `--set insecure=true` (plaintext).
     #[arg(long, global = true, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -122,6 +125,17 @@ enum Cmd {
         #[arg(long)]
         gets: bool,
     },
+    /// Writes a throw-away certificate authority and certificates into DIR, for members and
+    /// clients on machines you trust (a development mode, not a CA): ca.pem, node-N.pem and
+    /// node-N.key for each member N, client.pem and client.key. Its key is not kept, so it
+    /// issues nothing later: run it again for more members. Keys are readable by their owner only.
+    Certs {
+        /// The directory (created if missing).
+        dir: PathBuf,
+        /// Members 0 to N-1.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        members: u32,
+    },
     /// Shows members' state as a table, read from their metrics listeners
     /// (`metrics_listen` in their configuration).
     Status {
@@ -179,8 +193,12 @@ fn main() -> ExitCode {
                     .error(clap::error::ErrorKind::ArgumentConflict, "a member joins through one --contact")
                     .exit(),
             }
+            if let Some(d) = &cli.tls_dir {
+                sets.push(format!("tls.dir={:?}", d.display().to_string()));
+            }
             member(config, &sets, persist)
         }
+        Cmd::Certs { dir, members } => certs(&dir, members).map(|()| ExitCode::SUCCESS),
         Cmd::Status { metrics, watch, interval } => {
             status::run(&metrics, watch, Duration::from_secs_f64(interval.max(0.1)))
         }
@@ -274,6 +292,28 @@ async fn connect(contacts: Vec<SocketAddr>, tls: Option<TlsIdentity>) -> Result<
     b.connect().await.map_err(|e| e.to_string())
 }
 
+/// A throw-away authority's certificates for members 0..`members` and a client, in `dir`.
+fn write_certs(dir: &std::path::Path, members: u32) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ca = DevCa::new().map_err(|e| e.to_string())?;
+    for i in 0..members {
+        ca.write(dir, &format!("node-{i}"), &node_name(i)).map_err(|e| e.to_string())?;
+    }
+    ca.write(dir, "client", "client.kv").map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `kv certs`.
+fn certs(dir: &std::path::Path, members: u32) -> Result<(), String> {
+    write_certs(dir, members)?;
+    println!(
+        "wrote ca.pem, node-0 to node-{} (.pem, .key) and client (.pem, .key) in {}",
+        members.saturating_sub(1),
+        dir.display()
+    );
+    Ok(())
+}
+
 /// The client's TLS identity from `--tls-dir` (`ca.pem`, `client.pem`, `client.key`).
 fn client_tls(dir: Option<&std::path::Path>) -> Result<Option<TlsIdentity>, String> {
     let Some(d) = dir else { return Ok(None) };
@@ -348,7 +388,9 @@ fn run_client(contacts: &[String], tls_dir: Option<&std::path::Path>, command: C
             Cmd::Bench { in_flight, secs, size, keys, gets } => {
                 bench(&client, in_flight.max(1), Duration::from_secs_f64(secs), size, keys.max(1), gets).await?;
             }
-            Cmd::Demo { .. } | Cmd::Member { .. } | Cmd::Status { .. } => unreachable!("not a client command"),
+            Cmd::Demo { .. } | Cmd::Member { .. } | Cmd::Certs { .. } | Cmd::Status { .. } => {
+                unreachable!("not a client command")
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -510,12 +552,7 @@ fn demo(shm: bool) -> Result<(), String> {
     // removed with the demo. Every connection runs mutual TLS.
     let tls = RemovedOnDrop(Some(std::env::temp_dir().join(format!("derecho-kv-demo-tls-{}", std::process::id()))));
     let tls_dir = tls.0.clone().expect("a directory");
-    std::fs::create_dir_all(&tls_dir).map_err(|e| format!("cannot create {}: {e}", tls_dir.display()))?;
-    let ca = DevCa::new().map_err(|e| e.to_string())?;
-    for i in 0..4 {
-        ca.write(&tls_dir, &format!("node-{i}"), &node_name(i)).map_err(|e| e.to_string())?;
-    }
-    ca.write(&tls_dir, "client", "client.kv-demo").map_err(|e| e.to_string())?;
+    write_certs(&tls_dir, 4)?;
     let client_id = client_tls(Some(&tls_dir))?;
     let mut members = Members(Vec::new());
     let over = if shm { "shared memory" } else { "loopback TCP" };
@@ -542,11 +579,7 @@ fn demo(shm: bool) -> Result<(), String> {
             cmd.args(["--set", "transport=\"shm\"", "--set", &format!("shm_dir=\"{}\"", d.display())]);
         }
         cmd.arg("--persist").arg(logs.0.as_ref().expect("a directory").join(format!("member-{i}")));
-        for (key, file) in
-            [("ca", "ca.pem".to_string()), ("cert", format!("node-{i}.pem")), ("key", format!("node-{i}.key"))]
-        {
-            cmd.args(["--set", &format!("tls.{key}=\"{}\"", tls_dir.join(file).display())]);
-        }
+        cmd.arg("--tls-dir").arg(&tls_dir);
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
         let out = child.stdout.take().expect("piped");
         let tx = tx.clone();

@@ -89,15 +89,18 @@ impl GroupBuilder {
     /// authority issued; a member's must name its node id (`node-N.derecho`,
     /// [`derecho_runtime::tls::node_name`]), checked against the id it claims. Every member of
     /// the group must use TLS with the same authority.
+    /// Replaces an earlier [`GroupBuilder::insecure`].
     pub fn tls(mut self, identity: TlsIdentity) -> Self {
         self.tls = Some(identity);
+        self.insecure = false;
         self
     }
 
-    /// Runs without TLS on purpose: anyone who reaches the port can join and call. Without
-    /// [`GroupBuilder::tls`] a member runs plaintext either way; this only says it is meant
-    /// (the warning logged at start says so).
+    /// Runs without TLS on purpose: anyone who reaches the port can join and call, and a
+    /// warning at start says so. A member needs either this or [`GroupBuilder::tls`]: without
+    /// both, starting fails. Replaces an earlier [`GroupBuilder::tls`].
     pub fn insecure(mut self) -> Self {
+        self.tls = None;
         self.insecure = true;
         self
     }
@@ -289,6 +292,9 @@ impl GroupBuilder {
         if (app.persistent() || restart) && !self.membership.partition_safety {
             return Err(JoinError::Config(PARTITION_SAFETY_NEEDED));
         }
+        if self.tls.is_none() && !self.insecure {
+            return Err(JoinError::Config(NO_TLS));
+        }
         let (acceptor, advertise) = self.acceptor().await?;
         let settings = Settings::from(&self);
         let config = MemberConfig {
@@ -334,12 +340,9 @@ impl GroupBuilder {
                 acceptor.require_tls(id.clone());
                 tracing::info!(name = id.name(), "mutual TLS on every connection");
             }
-            None if self.insecure => tracing::warn!(
-                "insecure: plaintext connections, nothing authenticated (whoever reaches {advertise} can join and call)"
-            ),
+            // `launch` checked that plaintext is meant.
             None => tracing::warn!(
-                "no TLS configured: plaintext connections, nothing authenticated (whoever reaches {advertise} can join \
-                 and call); configure TLS, or say insecure to mean it"
+                "insecure: plaintext connections, nothing authenticated (whoever reaches {advertise} can join and call)"
             ),
         }
         acceptor.accept_messages(control_tag(&self.name), MESSAGE_LEN_MAX);
@@ -378,6 +381,11 @@ pub(crate) fn control_tag(name: &str) -> u32 {
 }
 
 /// The group tag of view `view`'s transport.
+/// Why a member configured with neither TLS nor `insecure` does not start.
+const NO_TLS: &str = "neither TLS nor insecure is configured: give the authority, certificate and key \
+     (GroupBuilder::tls, or [tls] ca, cert and key), or say insecure (GroupBuilder::insecure, insecure = true) to run \
+     plaintext on purpose";
+
 fn view_tag(name: &str, view: ViewId) -> u32 {
     derecho_wire::tag(name, u64::from(view.0))
 }
