@@ -1,15 +1,17 @@
 //! The call a replicated handler is running for (PROTOCOLS §4, §6): the caller, the shard,
-//! and for an ordered call its version and time. The calls layer ([`crate::rpc`]) sets it
+//! for an ordered call its version and time, and for an external client's call over TLS the
+//! client's identity. The calls layer ([`crate::rpc`]) sets it
 //! around every handler it runs; versioned state ([`crate::persist::Persistent`]) reads it to
 //! stamp what the handler changes. Neither depends on the other.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use crate::persist::Hlc;
 use crate::protocol::{NodeId, ShardRef, Version};
 
 /// The call a handler is running for ([`context`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallContext {
     /// The member that called.
     pub caller: NodeId,
@@ -32,24 +34,31 @@ pub struct CallContext {
     /// a consistent snapshot of the shard ([`crate::persist::Persistent::at_time`]). `None`
     /// otherwise, or before anything is durable everywhere.
     pub stable_time: Option<Hlc>,
+    /// An external client's call over mutual TLS: the client's identity, the first DNS name of
+    /// its certificate, as the member it is connected to checked it. The same at every replica
+    /// of an ordered call (it travels with the call, and with it into the log), so a handler
+    /// may decide by it deterministically. `None` for calls of members, and of clients without
+    /// TLS.
+    pub client: Option<Rc<str>>,
 }
 
 thread_local! {
-    static CONTEXT: Cell<Option<CallContext>> = const { Cell::new(None) };
+    static CONTEXT: RefCell<Option<CallContext>> = const { RefCell::new(None) };
 }
 
 /// The call the handler running on this thread serves; `None` outside a handler. A
 /// versioned store reads the version of the update it applies from here.
 pub fn context() -> Option<CallContext> {
-    CONTEXT.with(Cell::get)
+    CONTEXT.with(|c| c.borrow().clone())
 }
 
 pub(crate) fn with_context<R>(c: CallContext, f: impl FnOnce() -> R) -> R {
     /// Restores the previous context even if the handler panics.
     struct Restore(Option<CallContext>);
+    // No borrow is held while `f` runs: a handler may read its context, or call a handler.
     impl Drop for Restore {
         fn drop(&mut self) {
-            CONTEXT.with(|x| x.set(self.0));
+            CONTEXT.with(|x| *x.borrow_mut() = self.0.take());
         }
     }
     let _restore = Restore(CONTEXT.with(|x| x.replace(Some(c))));

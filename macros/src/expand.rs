@@ -476,16 +476,22 @@ fn python_client(m: &Model) -> TokenStream {
         impl #name {
             /// Connects to the group `group` through the members at `contacts` (`host:port`)
             /// and calls into `shard` (subgroup, shard); each call may take `timeout` seconds.
+            /// With `ca`, `cert` and `key` (PEM files: the group's authority, this client's
+            /// certificate and its key), every connection is mutual TLS.
             #[staticmethod]
-            #[pyo3(signature = (contacts, group = ::std::string::String::from("derecho"), shard = (0, 0), timeout = 10.0))]
+            #[pyo3(signature = (contacts, group = ::std::string::String::from("derecho"), shard = (0, 0), timeout = 10.0, ca = None, cert = None, key = None))]
+            #[allow(clippy::too_many_arguments)]
             fn connect(
                 py: #pyo3::Python<'_>,
                 contacts: ::std::vec::Vec<::std::string::String>,
                 group: ::std::string::String,
                 shard: (u16, u16),
                 timeout: f64,
+                ca: ::core::option::Option<::std::string::String>,
+                cert: ::core::option::Option<::std::string::String>,
+                key: ::core::option::Option<::std::string::String>,
             ) -> #pyo3::PyResult<Self> {
-                let client = #support::connect(py, &group, contacts, timeout)?;
+                let client = #support::connect(py, &group, contacts, timeout, (ca, cert, key))?;
                 let handle = ::derecho::rpc::ExternalHandle::<#ty>::new(client, ::derecho::protocol::ShardRef::new(shard.0, shard.1));
                 ::core::result::Result::Ok(Self { inner: #external::new(handle) })
             }

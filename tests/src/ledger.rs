@@ -1,5 +1,6 @@
 //! A replicated ledger of operation ids, for the external clients' exactly-once test: it
-//! counts how many times each id was applied, so a call applied twice shows.
+//! counts how many times each id was applied, so a call applied twice shows. It also records
+//! who signed an operation (the TLS identity of the client that called), for the TLS test.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use derecho::rpc::support::rkyv::{Archive, Deserialize, Serialize};
 #[rkyv(crate = derecho::rpc::support::rkyv)]
 pub struct Ledger {
     applied: BTreeMap<u64, u32>,
+    signed: BTreeMap<u64, String>,
 }
 
 #[derecho::replicated]
@@ -19,6 +21,24 @@ impl Ledger {
         let n = self.applied.entry(op).or_default();
         *n += 1;
         *n
+    }
+
+    /// Records operation `op` as signed by the caller (`context().client`, "-" if none);
+    /// returns the name recorded.
+    pub fn sign(&mut self, op: u64) -> String {
+        let who = derecho::rpc::context().and_then(|c| c.client).map_or_else(|| "-".to_string(), |c| c.to_string());
+        self.signed.insert(op, who.clone());
+        who
+    }
+
+    /// Who signed `op` at this replica.
+    pub fn signer(&self, op: u64) -> Option<String> {
+        self.signed.get(&op).cloned()
+    }
+
+    /// The caller of this query, as its context names it.
+    pub fn whoami(&self) -> Option<String> {
+        derecho::rpc::context().and_then(|c| c.client).map(|c| c.to_string())
     }
 
     /// The ids applied, and those applied more than once.

@@ -49,6 +49,15 @@ fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
     for op in 0..50u64 {
         block_on(ledger.add(op)).expect("a call over TLS");
     }
+    // Handlers see alice's identity: an ordered call's at every replica (it travels with the
+    // call), a query's at the member serving it.
+    assert_eq!(block_on(ledger.sign(7)).expect("alice signs").1, "alice.example");
+    for m in 0..3 {
+        let at = Some(derecho::protocol::NodeId(m));
+        let signer = block_on(ledger.signer(at, 7)).expect("who signed, at each member");
+        assert_eq!(signer.as_deref(), Some("alice.example"), "member {m}");
+    }
+    assert_eq!(block_on(ledger.whoami(None)).expect("a query").as_deref(), Some("alice.example"));
     // The service authorises by identity: bob has a valid certificate, and is refused.
     let bob = ExternalClient::builder("ledger", addrs.clone())
         .timeout(Duration::from_secs(10))

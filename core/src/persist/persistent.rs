@@ -47,7 +47,7 @@ impl<T> Persistent<T> {
     /// [`VersionError::OutOfOrder`] if this field was already set at this version.
     pub fn set(&mut self, value: T) -> Result<Version, VersionError> {
         let c = crate::context::context();
-        let (Some(version), Some(time)) = (c.and_then(|c| c.version), c.and_then(|c| c.time)) else {
+        let (Some(version), Some(time)) = (c.as_ref().and_then(|c| c.version), c.as_ref().and_then(|c| c.time)) else {
             return Err(VersionError::NotInAnUpdate);
         };
         self.versions.record(version, time, value)?;

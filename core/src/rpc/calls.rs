@@ -13,7 +13,7 @@ use rkyv::util::AlignedVec;
 
 use super::replicated::Replicated;
 use super::service::ServiceInner;
-use super::sessions::{PREFIX_LEN, Prefix};
+use super::sessions::{PREFIX_LEN, Prefix, identity_block_len};
 use super::wire::{FLAG_SESSION, HEADER_LEN, Header, Kind, RemoteKind};
 use crate::context::context;
 use crate::driver::{GroupSendError, SendToError};
@@ -557,16 +557,17 @@ pub(super) async fn multicast_call(
     method: u32,
     args: &[u8],
 ) -> Result<u64, CallError> {
-    multicast_with(inner, shard, method, None, args).await
+    multicast_with(inner, shard, method, None, None, args).await
 }
 
 /// As [`multicast_call`], for an external client's call when `prefix` is given (written before
-/// the arguments, flagged in the header).
+/// the arguments with the client's `identity`, flagged in the header).
 pub(super) async fn multicast_with(
     inner: &ServiceInner,
     shard: ShardRef,
     method: u32,
     prefix: Option<Prefix>,
+    identity: Option<&str>,
     args: &[u8],
 ) -> Result<u64, CallError> {
     let me = inner.me.get().ok_or(CallError::Closed)?;
@@ -583,12 +584,12 @@ pub(super) async fn multicast_with(
     let flags = if prefix.is_some() { FLAG_SESSION } else { 0 };
     let header =
         Header { kind: Kind::Ordered, shard, method, caller: me, call, version: Version::from_u64(stamp.0), flags };
-    let at = HEADER_LEN + if prefix.is_some() { PREFIX_LEN } else { 0 };
+    let at = HEADER_LEN + if prefix.is_some() { PREFIX_LEN + identity_block_len(identity) } else { 0 };
     sender
         .send(shard, at + args.len(), |buf| {
             header.write(buf);
             if let Some(p) = prefix {
-                p.write(&mut buf[HEADER_LEN..at]);
+                p.write_with(identity, &mut buf[HEADER_LEN..at]);
             }
             buf[at..].copy_from_slice(args);
         })
@@ -631,9 +632,10 @@ pub(super) async fn relay_call(
     shard: ShardRef,
     method: u32,
     prefix: Prefix,
+    identity: Option<&str>,
     args: &[u8],
 ) -> Result<Vec<u8>, CallError> {
-    let call = multicast_with(inner, shard, method, Some(prefix), args).await?;
+    let call = multicast_with(inner, shard, method, Some(prefix), identity, args).await?;
     let guard = PendingGuard { inner, call };
     let key = (shard, prefix.client, prefix.seq);
     let answer = poll_fn(|cx| {

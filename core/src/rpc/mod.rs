@@ -126,19 +126,38 @@ pub mod support {
             ClientError::new_err((e.to_string(), kind))
         }
 
-        /// A client of `group` that has fetched the view, each call bounded by `timeout` s.
+        /// A client of `group` that has fetched the view, each call bounded by `timeout` s; with
+        /// mutual TLS when `ca`, `cert` and `key` (PEM files) are given.
         ///
         /// # Errors
         ///
-        /// `ClientError` when no contact answers; `ValueError` for a bad timeout.
-        pub fn connect(py: Python<'_>, group: &str, contacts: Vec<String>, timeout: f64) -> PyResult<ExternalClient> {
+        /// `ClientError` when no contact answers; `ValueError` for a bad timeout, or TLS files
+        /// that are incomplete or cannot be read (the message names the file).
+        pub fn connect(
+            py: Python<'_>,
+            group: &str,
+            contacts: Vec<String>,
+            timeout: f64,
+            tls: (Option<String>, Option<String>, Option<String>),
+        ) -> PyResult<ExternalClient> {
+            let bad = |m: String| pyo3::exceptions::PyValueError::new_err(m);
             if !(timeout.is_finite() && timeout > 0.0) {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "timeout {timeout} is not a positive number of seconds"
-                )));
+                return Err(bad(format!("timeout {timeout} is not a positive number of seconds")));
             }
-            let client =
-                ExternalClient::builder(group, contacts).timeout(std::time::Duration::from_secs_f64(timeout)).build();
+            let mut builder =
+                ExternalClient::builder(group, contacts).timeout(std::time::Duration::from_secs_f64(timeout));
+            match tls {
+                (None, None, None) => {}
+                (Some(ca), Some(cert), Some(key)) => {
+                    let path = std::path::Path::new;
+                    let identity =
+                        derecho_runtime::tls::TlsIdentity::from_pem_files(path(&ca), path(&cert), path(&key))
+                            .map_err(|e| bad(e.to_string()))?;
+                    builder = builder.tls(identity);
+                }
+                _ => return Err(bad("TLS needs all three of ca, cert and key".into())),
+            }
+            let client = builder.build();
             py.detach(|| client.blocking().refresh_view()).map_err(client_error)?;
             Ok(client)
         }

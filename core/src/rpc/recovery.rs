@@ -329,21 +329,21 @@ impl ServiceInner {
             bytes.extend_from_slice(&payload);
             let (h, args) = Header::read(&bytes).map_err(|e| fail(format!("the record of version {version}: {e}")))?;
             (time, last) = (hlc, Some(Version::from_u64(version)));
-            let args = if h.flags & FLAG_SESSION == 0 {
-                args
+            let (client, args) = if h.flags & FLAG_SESSION == 0 {
+                (None, args)
             } else {
-                let Some((prefix, args)) = Prefix::read(args) else { continue };
+                let Some((prefix, client, args)) = Prefix::read(args) else { continue };
                 if table.deliver(&prefix, Version::from_u64(version)) != Seen::Fresh {
                     continue;
                 }
-                args
+                (client, args)
             };
             // As at delivery: the version's time travels in the header's version field.
             let header = Header { version: Version::from_u64(hlc), ..h };
-            let context = call_context(&header, Some(Version::from_u64(version)));
+            let context = call_context(&header, Some(Version::from_u64(version)), client.map(Rc::from));
             // A handler's error is its answer to the call, the same as the first time.
             self.replay_calls.set(0);
-            let result = match with_context(context, || replica.apply(h.method, args)) {
+            let result = match with_context(context.clone(), || replica.apply(h.method, args)) {
                 Applied::Now(r) => r,
                 Applied::Later(f) => InContext { context, future: f }.await,
             };

@@ -45,16 +45,16 @@ impl<R> Idle<R> {
 
 /// The context of a call whose header went through the service: for a delivered ordered
 /// call its version field holds the version's time; for a query, the stable time plus one
-/// (0: none).
-pub(super) fn call_context(header: &Header, version: Option<Version>) -> CallContext {
+/// (0: none). `client`: an external client's identity.
+pub(super) fn call_context(header: &Header, version: Option<Version>, client: Option<Rc<str>>) -> CallContext {
     let (caller, shard) = (header.caller, header.shard);
     let field = header.version.as_u64();
     if header.kind == Kind::Ordered {
-        return CallContext { caller, shard, version, stable: None, time: Some(Hlc(field)), stable_time: None };
+        return CallContext { caller, shard, version, stable: None, time: Some(Hlc(field)), stable_time: None, client };
     }
     let stable = if header.kind == Kind::StableQuery { version } else { None };
     let stable_time = field.checked_sub(1).map(Hlc);
-    CallContext { caller, shard, version: None, stable, time: None, stable_time }
+    CallContext { caller, shard, version: None, stable, time: None, stable_time, client }
 }
 
 /// One shard's replica, and the calls waiting for it while an async handler runs.
@@ -78,8 +78,16 @@ impl Slot {
 
 /// Work for a shard's worker, in order.
 pub(super) enum Job {
-    /// An ordered call (delivered at `version`) or a query, with a copy of its arguments.
-    Call { header: Header, version: Option<Version>, from: NodeId, args: AlignedVec, external: Option<StateCell> },
+    /// An ordered call (delivered at `version`) or a query, with a copy of its arguments and
+    /// its external client's identity.
+    Call {
+        header: Header,
+        version: Option<Version>,
+        from: NodeId,
+        args: AlignedVec,
+        external: Option<StateCell>,
+        client: Option<Rc<str>>,
+    },
     /// The replica's state once everything before it is applied.
     Snapshot(StateCell),
 }
@@ -117,13 +125,13 @@ pub(super) async fn worker(inner: Weak<ServiceInner>, shard: ShardRef) {
             (job, slot.replica.take())
         };
         match job {
-            Job::Call { header, version, from, args, external } => {
-                let context = call_context(&header, version);
+            Job::Call { header, version, from, args, external, client } => {
+                let context = call_context(&header, version, client);
                 let result = match replica.as_mut() {
                     None => Err(HandlerError::NoReplica { shard }),
                     Some(r) => {
                         let applied = abort_on_panic(|| {
-                            with_context(context, || {
+                            with_context(context.clone(), || {
                                 if header.kind == Kind::Ordered {
                                     r.apply(header.method, &args)
                                 } else {
@@ -229,7 +237,7 @@ impl ServiceInner {
     pub(super) fn query(self: &Rc<Self>, header: Header, from: NodeId, args: &[u8]) {
         let header = Header { version: Version::from_u64(self.stable_time_field(header.shard)), ..header };
         if header.kind != Kind::StableQuery {
-            self.run_or_queue(header, None, from, args);
+            self.run_or_queue(header, None, from, args, None);
             return;
         }
         if self.stopped.get() {
@@ -278,7 +286,7 @@ impl ServiceInner {
                 && !inner.awaiting.borrow().contains(&shard)
                 && inner.replicas.borrow().get(&shard).is_some_and(|s| !s.retired);
             if usable {
-                inner.run_or_queue(header, Some(stable), from, &owned);
+                inner.run_or_queue(header, Some(stable), from, &owned, None);
             } else {
                 inner.refuse(
                     from,
@@ -301,11 +309,19 @@ impl ServiceInner {
 
     /// Runs a call now if the shard is idle and the method synchronous (arguments read in place);
     /// otherwise queues it for the shard's worker.
-    pub(super) fn run_or_queue(self: &Rc<Self>, header: Header, version: Option<Version>, from: NodeId, args: &[u8]) {
+    pub(super) fn run_or_queue(
+        self: &Rc<Self>,
+        header: Header,
+        version: Option<Version>,
+        from: NodeId,
+        args: &[u8],
+        client: Option<&str>,
+    ) {
         let ordered = header.kind == Kind::Ordered;
+        let client: Option<Rc<str>> = client.map(Rc::from);
         // A synchronous method on an idle replica runs now (an asynchronous one is queued).
         let ran = self.with_idle_replica(header.shard, |r| {
-            (!r.is_async(header.method)).then(|| Self::run_now(r, header, version, ordered, args))
+            (!r.is_async(header.method)).then(|| Self::run_now(r, header, version, ordered, args, client.clone()))
         });
         match ran {
             Idle::Ran(Some(result)) => {
@@ -320,7 +336,7 @@ impl ServiceInner {
         }
         let mut owned = AlignedVec::new();
         owned.extend_from_slice(args);
-        self.queue_job(header.shard, Job::Call { header, version, from, args: owned, external: None });
+        self.queue_job(header.shard, Job::Call { header, version, from, args: owned, external: None, client });
     }
 
     /// Queues a job for the worker of `shard`, starting it if none runs.
@@ -371,8 +387,9 @@ impl ServiceInner {
         version: Option<Version>,
         ordered: bool,
         args: &[u8],
+        client: Option<Rc<str>>,
     ) -> Result<AlignedVec, HandlerError> {
-        let context = call_context(&header, version);
+        let context = call_context(&header, version, client);
         let applied =
             with_context(context, || if ordered { r.apply(header.method, args) } else { r.query(header.method, args) });
         match applied {

@@ -234,7 +234,7 @@ pub(super) struct InContext<F> {
 impl<F: std::future::Future + Unpin> std::future::Future for InContext<F> {
     type Output = F::Output;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
-        let c = self.context;
+        let c = self.context.clone();
         abort_on_panic(|| with_context(c, || std::pin::Pin::new(&mut self.future).poll(cx)))
     }
 }

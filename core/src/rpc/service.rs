@@ -16,7 +16,7 @@ use super::persistence::{PersistCallback, PersistError, STATE_PREFIX, ShardLog, 
 use super::recovery;
 use super::replicas::{Job, QUEUE_LEN_MAX, Registered, Slot, StateCell, later};
 use super::replicated::{HandlerError, Hosted, Replicated, StateError};
-use super::sessions::{Prefix, Table};
+use super::sessions::{IDENTITY_LEN_MAX, Prefix, Table};
 use super::wire::{FLAG_ACK_APPLIED, FLAG_ACK_PERSISTED, FLAG_SESSION, Header, Kind, RemoteKind};
 use super::{CallError, EXTERNAL, Handle};
 use crate::driver::{AppError, Application, GroupSendError, GroupSender, JoinError, State, ViewChange};
@@ -182,8 +182,9 @@ impl Service {
     /// `None` over plaintext), the shard, the method and whether the call is ordered. A call it
     /// refuses is answered [`RemoteKind::Unauthorized`] with its reason, and is neither relayed
     /// nor applied anywhere. An ordered call is authorised once, where it enters the group, so
-    /// every replica applies the same calls (handlers at other replicas never see who called).
-    /// Default: every call runs.
+    /// every replica applies the same calls. Handlers see the identity too
+    /// ([`CallContext::client`](crate::rpc::CallContext::client)): an ordered call carries it to
+    /// every replica. Default: every call runs.
     pub fn authorize(&self, f: impl Fn(&ExternalCaller<'_>) -> Result<(), String> + 'static) -> &Self {
         *self.inner.authorize.borrow_mut() = Some(Rc::new(f));
         self
@@ -511,11 +512,11 @@ impl Application for Service {
         };
         inner.log_call(d.shard, version, time, d.payload);
         let h = Header { version: Version::from_u64(time), ..h };
-        let args = if h.flags & FLAG_SESSION == 0 {
-            args
+        let (client, args) = if h.flags & FLAG_SESSION == 0 {
+            (None, args)
         } else {
             match inner.session_call(d.shard, version, h.caller, args) {
-                Some(args) => args,
+                Some(x) => x,
                 None => return,
             }
         };
@@ -530,7 +531,7 @@ impl Application for Service {
             }
             p.version = Some(version);
         }
-        inner.run_or_queue(h, Some(version), h.caller, args);
+        inner.run_or_queue(h, Some(version), h.caller, args, client);
     }
 
     fn receive(&mut self, from: NodeId, body: &[u8]) {
@@ -586,10 +587,13 @@ impl Application for Service {
         let inner = &self.inner;
         let refuse = |kind: RemoteKind, why: &str| Some(State::Ready(external_error(kind, why)));
         let Ok((h, args)) = Header::read(request) else { return refuse(RemoteKind::Other, "not a call") };
+        let identity = crate::rpc::external_identity();
+        if identity.as_ref().is_some_and(|i| i.len() > IDENTITY_LEN_MAX) {
+            return refuse(RemoteKind::Unauthorized, "the client's certificate names it with more than 255 bytes");
+        }
         // Taken out of the cell first: the application's function may call back into the service.
         let authorize = inner.authorize.borrow().clone();
         if let Some(f) = authorize {
-            let identity = crate::rpc::external_identity();
             let caller = ExternalCaller {
                 identity: identity.as_deref(),
                 shard: h.shard,
@@ -616,8 +620,9 @@ impl Application for Service {
         if h.kind == Kind::Ordered {
             // Relayed: this member makes the ordered call on the client's behalf and answers
             // with the version and the reply the shard recorded for the client's call.
-            let Some((prefix, args)) = (h.flags & FLAG_SESSION != 0).then(|| Prefix::read(args)).flatten() else {
-                return refuse(RemoteKind::Other, "an external ordered call must carry the client's session");
+            let Some((prefix, None, args)) = (h.flags & FLAG_SESSION != 0).then(|| Prefix::read(args)).flatten() else {
+                // A client never names itself: the identity is the one its certificate proves.
+                return refuse(RemoteKind::Other, "an external ordered call must carry the client's session, only");
             };
             let me = inner.me.get()?;
             let in_shard = inner
@@ -637,7 +642,7 @@ impl Application for Service {
             };
             let (inner, args) = (inner.clone(), args.to_vec());
             return Some(counted(&self.inner.external, async move {
-                let reply = match relay_call(&inner, h.shard, h.method, prefix, &args).await {
+                let reply = match relay_call(&inner, h.shard, h.method, prefix, identity.as_deref(), &args).await {
                     Ok(reply) => reply,
                     Err(e) => return relay_error(&e),
                 };
@@ -669,8 +674,9 @@ impl Application for Service {
         };
         let header = Header { caller: EXTERNAL, version: Version::from_u64(inner.stable_time_field(h.shard)), ..h };
         if sync
-            && let Some(result) =
-                inner.with_idle_replica(h.shard, |r| ServiceInner::run_now(r, header, None, false, args)).ran()
+            && let Some(result) = inner
+                .with_idle_replica(h.shard, |r| ServiceInner::run_now(r, header, None, false, args, identity.clone()))
+                .ran()
         {
             return Some(State::Ready(external_reply(result)));
         }
@@ -679,7 +685,14 @@ impl Application for Service {
         let cell: StateCell = Rc::new(RefCell::new((None, None)));
         inner.queue_job(
             h.shard,
-            Job::Call { header, version: None, from: EXTERNAL, args: owned, external: Some(cell.clone()) },
+            Job::Call {
+                header,
+                version: None,
+                from: EXTERNAL,
+                args: owned,
+                external: Some(cell.clone()),
+                client: identity,
+            },
         );
         let State::Later(f) = later(cell) else { unreachable!("later() is a future") };
         Some(counted(&inner.external, f))

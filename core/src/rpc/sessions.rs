@@ -1,7 +1,9 @@
 //! Exactly-once ordered calls of external clients (PROTOCOLS §6).
 //!
 //! A client's ordered call is multicast with a prefix: the client's id, the call's number, the
-//! lowest number among the client's calls not yet answered, and whether this is a retry. Every
+//! lowest number among the client's calls not yet answered, and whether this is a retry; then,
+//! if the client connected with TLS, its identity as the relaying member checked it (so every
+//! replica's handler sees the same [`crate::context::CallContext::client`]). Every
 //! replica keeps, per shard, a [`Table`] of each client's calls from that lowest number on, with
 //! the version each was applied at and its reply. It is updated at delivery, in the shard's
 //! order, so it is the same at every replica; it travels with the state to joiners and is
@@ -34,6 +36,17 @@ pub(super) const PREFIX_LEN: usize = 32;
 
 /// The prefix flag: the client sent this call before.
 const PREFIX_RETRY: u64 = 1;
+/// The prefix flag: the client's identity follows the prefix (a length byte, the name, zeros
+/// to a 16-byte multiple). Only the relaying member sets it; a client's request carrying it is
+/// refused.
+const PREFIX_IDENTITY: u64 = 2;
+/// The longest identity carried (a DNS name has at most 253 bytes).
+pub(super) const IDENTITY_LEN_MAX: usize = 255;
+
+/// The bytes an identity takes after the prefix.
+pub(super) fn identity_block_len(identity: Option<&str>) -> usize {
+    identity.map_or(0, |i| (1 + i.len()).div_ceil(16) * 16)
+}
 
 /// Who made a call, and which of its calls it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,24 +58,49 @@ pub(super) struct Prefix {
 }
 
 impl Prefix {
+    /// Writes the prefix without an identity into `out` (`PREFIX_LEN` bytes).
     pub(super) fn write(&self, out: &mut [u8]) {
+        self.write_with(None, out);
+    }
+
+    /// Writes the prefix and `identity` into `out`: `PREFIX_LEN` bytes and
+    /// [`identity_block_len`]. The identity is at most [`IDENTITY_LEN_MAX`] bytes.
+    pub(super) fn write_with(&self, identity: Option<&str>, out: &mut [u8]) {
+        assert_eq!(out.len(), PREFIX_LEN + identity_block_len(identity), "the prefix's room");
         out[0..8].copy_from_slice(&self.client.to_le_bytes());
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.answered_below.to_le_bytes());
-        out[24..32].copy_from_slice(&(if self.retry { PREFIX_RETRY } else { 0 }).to_le_bytes());
+        let mut flags = if self.retry { PREFIX_RETRY } else { 0 };
+        if let Some(i) = identity {
+            assert!(i.len() <= IDENTITY_LEN_MAX, "an identity of {} bytes", i.len());
+            flags |= PREFIX_IDENTITY;
+            out[PREFIX_LEN] = i.len() as u8;
+            out[PREFIX_LEN + 1..PREFIX_LEN + 1 + i.len()].copy_from_slice(i.as_bytes());
+            out[PREFIX_LEN + 1 + i.len()..].fill(0);
+        }
+        out[24..32].copy_from_slice(&flags.to_le_bytes());
     }
 
-    /// The prefix and the arguments behind it.
-    pub(super) fn read(body: &[u8]) -> Option<(Self, &[u8])> {
+    /// The prefix, the identity it carries, and the arguments behind them; `None` if
+    /// malformed.
+    pub(super) fn read(body: &[u8]) -> Option<(Self, Option<&str>, &[u8])> {
         if body.len() < PREFIX_LEN {
             return None;
         }
         let w = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
-        if w(24) & !PREFIX_RETRY != 0 {
+        let flags = w(24);
+        if flags & !(PREFIX_RETRY | PREFIX_IDENTITY) != 0 {
             return None;
         }
-        let p = Self { client: w(0), seq: w(8), answered_below: w(16), retry: w(24) == PREFIX_RETRY };
-        Some((p, &body[PREFIX_LEN..]))
+        let p = Self { client: w(0), seq: w(8), answered_below: w(16), retry: flags & PREFIX_RETRY != 0 };
+        let rest = &body[PREFIX_LEN..];
+        if flags & PREFIX_IDENTITY == 0 {
+            return Some((p, None, rest));
+        }
+        let len = usize::from(*rest.first()?);
+        let name = std::str::from_utf8(rest.get(1..1 + len)?).ok()?;
+        let block = identity_block_len(Some(name));
+        Some((p, Some(name), rest.get(block..)?))
     }
 }
 
@@ -262,22 +300,23 @@ pub(super) fn session_reply(version: Version, result: &Result<AlignedVec, Handle
 
 impl ServiceInner {
     /// A call of an external client delivered at `version` (its body: the prefix, then the
-    /// arguments): recorded; returns the arguments if it is to be applied, `None` if not.
+    /// arguments): recorded; returns the client's identity and the arguments if it is to be
+    /// applied, `None` if not.
     pub(super) fn session_call<'a>(
         &self,
         shard: ShardRef,
         version: Version,
         caller: NodeId,
         body: &'a [u8],
-    ) -> Option<&'a [u8]> {
-        let Some((prefix, args)) = Prefix::read(body) else {
+    ) -> Option<(Option<&'a str>, &'a [u8])> {
+        let Some((prefix, identity, args)) = Prefix::read(body) else {
             tracing::warn!(%caller, %shard, "a client's call with a malformed prefix: ignored");
             return None;
         };
         let seen = self.sessions.borrow_mut().entry(shard).or_default().deliver(&prefix, version);
         let key = (shard, prefix.client, prefix.seq);
         match seen {
-            Seen::Fresh => return Some(args),
+            Seen::Fresh => return Some((identity, args)),
             Seen::Duplicate(_) => {}
             Seen::Expired => {
                 if Some(caller) == self.me.get() {
@@ -408,8 +447,32 @@ mod tests {
         assert_eq!(t.deliver(&p(100, 2, 1, true), v(1 << 20)), Seen::Expired);
         let mut prefix = [0u8; PREFIX_LEN];
         p(3, 4, 2, true).write(&mut prefix);
-        assert_eq!(Prefix::read(&prefix), Some((p(3, 4, 2, true), &[][..])));
-        prefix[24] = 2;
+        assert_eq!(Prefix::read(&prefix), Some((p(3, 4, 2, true), None, &[][..])));
+        prefix[24] = 4;
         assert_eq!(Prefix::read(&prefix), None);
+    }
+
+    #[test]
+    fn an_identity_travels_after_the_prefix_and_keeps_the_arguments_aligned() {
+        for name in ["a", "alice.example", &"x".repeat(15), &"y".repeat(IDENTITY_LEN_MAX)] {
+            let room = PREFIX_LEN + identity_block_len(Some(name));
+            assert_eq!(room % 16, 0, "{name}: the arguments stay aligned");
+            let mut body = vec![0xAAu8; room];
+            body.extend_from_slice(b"args");
+            p(3, 4, 2, false).write_with(Some(name), &mut body[..room]);
+            assert_eq!(Prefix::read(&body), Some((p(3, 4, 2, false), Some(name), &b"args"[..])), "{name}");
+            // Cut anywhere inside the identity: malformed, never a panic.
+            for cut in PREFIX_LEN..room {
+                let got = Prefix::read(&body[..cut]);
+                assert!(got.is_none(), "{name} cut at {cut}: {got:?}");
+            }
+        }
+        // A name that is not UTF-8, or longer than what follows: malformed.
+        let mut body = vec![0u8; PREFIX_LEN + 16];
+        p(1, 1, 1, false).write_with(Some("bob"), &mut body);
+        body[PREFIX_LEN + 1] = 0xFF;
+        assert_eq!(Prefix::read(&body), None);
+        body[PREFIX_LEN] = 200;
+        assert_eq!(Prefix::read(&body), None);
     }
 }

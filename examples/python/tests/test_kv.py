@@ -1,12 +1,14 @@
 """The kv example's store from Python, through the class #[replicated] generates.
 
-Three `kv member` processes (the binary in $KV_BIN) form a group on loopback; the store has two
-shards, and each key goes to the shard `kv_client.shard_of` names, as the members place it.
+Three `kv member` processes (the binary in $KV_BIN) form a group on loopback, every connection
+mutual TLS with certificates `kv certs` writes; the store has two shards, and each key goes to
+the shard `kv_client.shard_of` names, as the members place it.
 """
 
 import os
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -17,6 +19,13 @@ from kv_client import ClientError, KvStore, shard_of
 KV = os.environ.get("KV_BIN", "target/release/kv")
 GROUP = "kv-demo"
 SHARDS = 2
+# The members' and the client's certificates, written by `kv certs` (in the fixture).
+CERTS = tempfile.mkdtemp(prefix="kv-python-tls-")
+TLS = dict(
+    ca=os.path.join(CERTS, "ca.pem"),
+    cert=os.path.join(CERTS, "client.pem"),
+    key=os.path.join(CERTS, "client.key"),
+)
 
 
 def free_address():
@@ -27,7 +36,7 @@ def free_address():
 
 def store(addresses, key, timeout=10.0):
     """A client of the shard that holds `key`."""
-    return KvStore.connect(addresses, group=GROUP, shard=shard_of(key, SHARDS), timeout=timeout)
+    return KvStore.connect(addresses, group=GROUP, shard=shard_of(key, SHARDS), timeout=timeout, **TLS)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +44,16 @@ def group():
     addresses = [free_address() for _ in range(3)]
     members = []
     env = dict(os.environ, RUST_LOG="warn")
+    subprocess.run([KV, "certs", CERTS, "--members", "3"], check=True, stdout=subprocess.DEVNULL)
     for i, address in enumerate(addresses):
-        args = [KV, "member", "--set", "me=%d" % i, "--set", 'listen="%s"' % address, "--set", "insecure=true"]
+        args = [KV, "member", "--tls-dir", CERTS, "--set", "me=%d" % i, "--set", 'listen="%s"' % address]
         if i > 0:
             args += ["--set", 'contact="%s"' % addresses[0]]
         members.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, env=env))
     deadline = time.time() + 60
     while True:
         try:
-            c = KvStore.connect(addresses, group=GROUP, timeout=2.0)
+            c = KvStore.connect(addresses, group=GROUP, timeout=2.0, **TLS)
             if len(c.members()) == 3:
                 break
         except ClientError:
@@ -54,6 +64,9 @@ def group():
     for m in members:
         m.kill()
         m.wait()
+    for f in os.listdir(CERTS):
+        os.remove(os.path.join(CERTS, f))
+    os.rmdir(CERTS)
 
 
 def test_puts_and_gets_return_python_values(group):
@@ -100,12 +113,25 @@ def test_errors_are_python_exceptions_with_their_kind(group):
     assert issubclass(kv_client.ClientError, Exception)
 
 
+def test_tls_is_required_and_its_files_are_checked(group):
+    _, addresses = group
+    # The members run TLS: a plaintext client gets nowhere.
+    with pytest.raises(ClientError) as e:
+        KvStore.connect(addresses, group=GROUP, timeout=2.0)
+    assert e.value.args[1] == "unreachable"
+    # Some of the files but not all, or a file that is not there: ValueError naming it.
+    with pytest.raises(ValueError, match="all three"):
+        KvStore.connect(addresses, group=GROUP, ca=TLS["ca"])
+    with pytest.raises(ValueError, match="nowhere.pem"):
+        KvStore.connect(addresses, group=GROUP, ca=TLS["ca"], cert="/nowhere.pem", key=TLS["key"])
+
+
 def test_a_member_failure_is_notified_and_calls_go_on(group):
     members, addresses = group
     keys = ["k%d" % i for i in range(20)]
     for k in keys:
         store(addresses, k).put(k, k.encode())
-    watcher = KvStore.connect(addresses, group=GROUP)
+    watcher = KvStore.connect(addresses, group=GROUP, **TLS)
     assert watcher.subscribe("view") == 3
     # A member that shares its shard with another (a shard left with none stops the store) and
     # is not member 0 (the others' contact).
