@@ -148,6 +148,23 @@ impl Wire {
             }
         }
     }
+
+    /// With TLS, ends the session with a close_notify alert (best effort: the connection is
+    /// being closed either way). The caller holds the turn to write.
+    fn close_notify(&self, mut stream: &TcpStream) {
+        let Wire::Tls(c) = self else { return };
+        let mut records = Vec::new();
+        {
+            let mut c = lock(c);
+            c.send_close_notify();
+            while c.wants_write() {
+                if c.write_tls(&mut records).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = stream.write_all(&records);
+    }
 }
 
 /// What the reader thread received and has not decrypted yet.
@@ -192,7 +209,16 @@ impl Received {
             }
             let n = stream.read(&mut self.buf[self.end..])?;
             if n == 0 {
-                return Ok(0);
+                // The end of the stream: the session's end only after the member's close_notify
+                // (a FIN is not authenticated).
+                return match lock(c).reader().read(out) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the member closed the connection without a TLS close_notify",
+                    )),
+                    Err(e) => Err(e),
+                };
             }
             self.end += n;
         }
@@ -296,6 +322,13 @@ impl Conn {
             return;
         }
         *lock(&self.why) = Some(why.to_string());
+        {
+            // Nobody writes while this holds the writer's lock and no one has the turn.
+            let w = lock(&self.out.writer);
+            if !w.writing {
+                self.wire.close_notify(&self.stream);
+            }
+        }
         let _ = self.stream.shutdown(Shutdown::Both);
         lock(&self.out.writer).closed = true;
         self.out.wake.notify_one();

@@ -237,7 +237,11 @@ pub struct TcpStream {
     tls: Option<Box<TlsState>>,
 }
 
-/// Ciphertext is received into a buffer this large.
+/// Ciphertext is received into a buffer this large at first: one record of the largest
+/// (16 KiB of plaintext and 256 bytes of expansion, a 5-byte header) fits. A connection that
+/// is only shaking hands (perhaps one of many an attacker opened) holds no more.
+const TLS_IN_MIN: usize = 18 << 10;
+/// A stream whose receives fill the buffer has it grown, doubling, up to this.
 const TLS_IN_LEN: usize = 64 << 10;
 
 /// A TLS stream's session and what it has not decrypted yet.
@@ -267,7 +271,7 @@ impl TlsState {
         conn.set_buffer_limit(None);
         Self {
             conn: RefCell::new(conn),
-            cin: RefCell::new(Some((AlignedBuf::zeroed(TLS_IN_LEN), 0, 0))),
+            cin: RefCell::new(Some((AlignedBuf::zeroed(TLS_IN_MIN), 0, 0))),
             sending: Cell::new(false),
             broken: Cell::new(false),
             out: RefCell::new(Vec::new()),
@@ -315,6 +319,18 @@ impl TlsState {
             (*start, *end) = (0, 0);
         }
         Ok(())
+    }
+
+    /// At the end of the TCP stream: the last plaintext, `Ok(0)` if the peer ended the session
+    /// with a close_notify alert, or an error if it did not (the stream may have been cut short
+    /// by someone on the path: a FIN is not authenticated, a close_notify is).
+    fn at_eof(&self, dst: &mut [u8]) -> io::Result<usize> {
+        self.read_plain(dst).unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection without a TLS close_notify: what it sent may be cut short",
+            ))
+        })
     }
 
     /// Whether ciphertext waits to be given to the session.
@@ -470,11 +486,20 @@ impl TcpStream {
                 *tls.cin.borrow_mut() = Some((cbuf, 0, end));
                 return (Err(io::Error::other("a TLS record does not fit the receive buffer")), buf);
             }
-            let (r, cbuf) = self.raw_recv_range(cbuf, end..cap, poll_first).await;
+            let (r, mut cbuf) = self.raw_recv_range(cbuf, end..cap, poll_first).await;
             let n = *r.as_ref().unwrap_or(&0);
+            if end + n == cap && cap < TLS_IN_LEN {
+                // Bytes arrive faster than one buffer takes: a larger one, for fewer receives.
+                let mut bigger = AlignedBuf::zeroed((cap * 2).min(TLS_IN_LEN));
+                bigger.spare_full()[..cap].copy_from_slice(&cbuf.spare_full()[..cap]);
+                cbuf = bigger;
+            }
             *tls.cin.borrow_mut() = Some((cbuf, 0, end + n));
             match r {
-                Ok(0) => return (Ok(0), buf),
+                Ok(0) => {
+                    let r = tls.at_eof(&mut buf.spare_full()[range.clone()]);
+                    return (r, buf);
+                }
                 Ok(_) => {
                     if let Err(e) = tls.feed() {
                         return (Err(e), buf);
@@ -577,6 +602,23 @@ impl TcpStream {
         }
         self.send_records(tls).await?;
         Ok(taken)
+    }
+
+    /// Ends a TLS session: sends a close_notify alert, so the peer can tell this end's close
+    /// from a connection cut short (it reads `Ok(0)` only after one). Then, as without TLS,
+    /// the sending direction is shut down. Nothing more may be sent.
+    ///
+    /// # Errors
+    ///
+    /// The alert could not be sent.
+    pub async fn close_write(&self) -> io::Result<()> {
+        if let Some(tls) = &self.tls {
+            let _turn = tls.send_turn().await;
+            tls.conn.borrow_mut().send_close_notify();
+            self.send_records(tls).await?;
+        }
+        self.shutdown_write();
+        Ok(())
     }
 
     /// Sends what the session has to send (handshake messages, alerts).
@@ -808,7 +850,7 @@ impl TcpStream {
         };
         match got {
             None => Ok(None),
-            Some(0) => Ok(Some(0)),
+            Some(0) => tls.at_eof(&mut buf.spare_full()[range]).map(Some),
             Some(_) => {
                 tls.feed()?;
                 tls.read_plain(&mut buf.spare_full()[range]).transpose()

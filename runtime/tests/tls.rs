@@ -107,3 +107,53 @@ fn a_peer_of_another_authority_or_without_tls_is_refused() {
         }
     });
 }
+
+/// A session ends cleanly only with a close_notify: a bare FIN (which anyone on the path can
+/// send) reads as an error, through the blocking and the non-blocking receive alike.
+#[test]
+fn only_a_close_notify_ends_a_session_cleanly() {
+    let ca = DevCa::new().unwrap();
+    let server_id = ca.identity(&node_name(1)).unwrap();
+    let client_id = ca.identity(&node_name(2)).unwrap();
+    Builder::new().build().unwrap().block_on(async move {
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr();
+        let server = spawn(async move {
+            let mut outcomes = Vec::new();
+            for spin in [false, true, false] {
+                let (s, _) = l.accept().await.unwrap();
+                let s = s.accept_tls(&server_id).await.expect("server handshake");
+                assert_eq!(recv_exactly(&s, 5, spin).await, b"hello");
+                let r = if spin {
+                    let mut buf = AlignedBuf::zeroed(64);
+                    loop {
+                        match s.try_recv_now(&mut buf, 0..64) {
+                            Ok(None) => time::sleep(Duration::from_micros(50)).await,
+                            Ok(Some(n)) => break Ok(n),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                } else {
+                    s.recv(AlignedBuf::zeroed(64), 0).await.0
+                };
+                outcomes.push(r.map_err(|e| e.kind()));
+            }
+            outcomes
+        });
+        // First and second: a bare FIN after the bytes. Third: a close_notify, then the FIN.
+        for clean in [false, false, true] {
+            let c = TcpStream::connect(addr).await.unwrap().connect_tls(&client_id).await.expect("client handshake");
+            c.send_all(b"hello".to_vec()).await.unwrap();
+            if clean {
+                c.close_write().await.expect("close_notify sent");
+            } else {
+                c.shutdown_write();
+            }
+            // Held open until the server has read to the end.
+            let _ = time::timeout(Duration::from_secs(5), c.recv(AlignedBuf::zeroed(64), 0)).await;
+        }
+        let outcomes = server.await;
+        let cut = Err(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(outcomes, vec![cut, cut, Ok(0)], "blocking FIN, non-blocking FIN, close_notify");
+    });
+}

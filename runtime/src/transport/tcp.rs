@@ -381,7 +381,8 @@ async fn read_message(
 
 /// Sends one message to the [`TcpAcceptor`] at `addr` that accepts messages with group tag `tag`
 /// ([`TcpAcceptor::accept_messages`]), as peer `me`; returns once the receiver has read it (it
-/// closes the connection), or fails after `within`.
+/// closes the connection; with TLS, with a close_notify, so that a connection cut by someone
+/// else is an error, not a delivery), or fails after `within`.
 ///
 /// # Errors
 ///
@@ -642,11 +643,13 @@ async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: Tcp
                 if let Some(w) = inner.message_waiter.borrow_mut().take() {
                     w.wake();
                 }
+                // Closing tells the sender its message was read; with TLS, a close_notify
+                // says so (a FIN alone could come from anyone on the path).
+                let _ = time::timeout(HELLO_WITHIN, stream.close_write()).await;
             }
             Ok(Err(reason)) => refused(&addr, &format!("a bad message from {peer}: {reason}")),
             Err(_) => refused(&addr, &format!("a message from {peer} not complete in time")),
         }
-        // Closing tells the sender its message was read.
         stream.shutdown();
         return;
     }
@@ -1125,7 +1128,8 @@ impl TcpTransport {
                     time::sleep(Duration::from_micros(200)).await;
                 }
                 if !c.failed.get() {
-                    c.stream.shutdown_write();
+                    // With TLS, a close_notify after the goodbye.
+                    let _ = c.stream.close_write().await;
                 }
             }
             for c in self.inner.conns.values() {
