@@ -352,6 +352,31 @@ impl TlsState {
     }
 }
 
+/// Writes to a socket without waiting (`MSG_DONTWAIT`): `WouldBlock` once it takes no more.
+struct DirectWriter(RawFd);
+
+impl io::Write for DirectWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: a zeroed msghdr is valid; it points at `bufs` (an `IoSlice` has the layout of
+        // an `iovec`), which outlive the call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = mem::zeroed();
+            msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+            msg.msg_iovlen = bufs.len();
+            libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The turn to send on a TLS stream, given back when dropped.
 struct SendTurn<'a>(&'a TlsState);
 
@@ -592,16 +617,23 @@ impl TcpStream {
         if tls.broken.get() {
             return Err(io::Error::other("a send on this TLS stream was abandoned mid-way: records were lost"));
         }
-        let mut taken = 0;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         {
+            // All the parts at once: records span them (a part per record would cost a record's
+            // overhead and an encryption call for each small header).
             let mut conn = tls.conn.borrow_mut();
-            for p in parts {
-                io::Write::write_all(&mut conn.writer(), p)?;
-                taken += p.len();
+            let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
+            while !rest.is_empty() {
+                let n = io::Write::write_vectored(&mut conn.writer(), rest)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                io::IoSlice::advance_slices(&mut rest, n);
             }
         }
         self.send_records(tls).await?;
-        Ok(taken)
+        Ok(total)
     }
 
     /// Ends a TLS session: sends a close_notify alert, so the peer can tell this end's close
@@ -633,6 +665,17 @@ impl TcpStream {
         let mut out = std::mem::take(&mut *tls.out.borrow_mut());
         {
             let mut conn = tls.conn.borrow_mut();
+            // Straight from the session's buffers to the socket while it takes them (no await:
+            // this cannot be abandoned half-way); what it does not take is copied and sent
+            // through the ring below.
+            let mut direct = DirectWriter(self.fd.as_raw_fd());
+            while conn.wants_write() {
+                match conn.write_tls(&mut direct) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
             }
