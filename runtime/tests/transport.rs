@@ -1221,17 +1221,24 @@ fn shm_files_of_a_killed_member_are_removed() {
         ctl
     };
     let file = |name: &str| format!("/dev/shm/derecho-{ns}-{name}");
-    std::fs::write(file("3.ctl"), ctl(dead_pid)).unwrap();
+    // As a member makes them: readable and writable by their user only (a file open to others
+    // is never trusted to say its process is alive).
+    let write_600 = |path: String, bytes: &[u8]| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write_600(file("3.ctl"), &ctl(dead_pid));
     for f in ["1-to-3.ring", "2-to-3.ring", "3.r0", "3.r7"] {
-        std::fs::write(file(f), b"x").unwrap();
+        write_600(file(f), b"x");
     }
     // Another member's files, one of them for peer 13 (a prefix of nothing of 3's).
-    std::fs::write(file("13.ctl"), ctl(std::process::id())).unwrap();
-    std::fs::write(file("3-to-1.ring"), b"x").unwrap();
-    std::fs::write(file("1-to-13.ring"), b"x").unwrap();
+    write_600(file("13.ctl"), &ctl(std::process::id()));
+    write_600(file("3-to-1.ring"), b"x");
+    write_600(file("1-to-13.ring"), b"x");
     // A namespace that starts like this one (group `{ns}-v2`...): none of its files are 3's here.
-    std::fs::write(file("v2-3.ctl"), ctl(dead_pid)).unwrap();
-    std::fs::write(file("v2-1-to-3.ring"), b"x").unwrap();
+    write_600(file("v2-3.ctl"), &ctl(dead_pid));
+    write_600(file("v2-1-to-3.ring"), b"x");
     let dir = Path::new("/dev/shm");
     assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(13)).unwrap(), 0, "peer 13 is alive (our pid)");
     assert_eq!(ShmTransport::remove_files_of(dir, &ns, PeerId(3)).unwrap(), 5);

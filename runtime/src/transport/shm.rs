@@ -16,6 +16,11 @@
 //! accepts another's files only if the control block says `ready`, names a live process and
 //! carries the same nonce as the files. Files are removed when the transport is dropped.
 //!
+//! Every file is created with mode 0600 and `O_EXCL`, and a file is mapped only if it belongs to
+//! this user, is open to no other user and has one name: in a directory every user may write
+//! into, another user could otherwise make a file first under a name a peer will use, and read
+//! or write what travels through it.
+//!
 //! Receiving happens in a [poll hook](crate::PollHook): every loop iteration it drains the rings
 //! into [`TransportEvent::Frame`]s. Before the executor parks, the hook marks this peer asleep
 //! and arms an io_uring futex wait on its doorbell; a sender that sees the mark wakes it (one
@@ -218,18 +223,65 @@ fn region_header_of(map: &MmapRaw) -> &RegionHeader {
 fn map_file(path: &Path, create_len: Option<usize>) -> io::Result<MmapRaw> {
     use std::os::unix::fs::OpenOptionsExt;
     // Created readable and writable by this user only: rings and tables hold the group's
-    // messages, and other users of the host must neither read nor write them.
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create_len.is_some())
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
+    // messages, and other users of the host must neither read nor write them. A new file is
+    // made with O_EXCL, so that another user's file of that name is never taken over.
+    let f = OpenOptions::new().read(true).write(true).create_new(create_len.is_some()).mode(0o600).open(path)?;
+    owned_here(path, &f)?;
     if let Some(len) = create_len {
         f.set_len(len as u64)?;
     }
     MmapOptions::new().map_raw(&f)
+}
+
+/// Refuses a file this transport did not make for this user: one of another user (who could read
+/// or write what travels through it, having made it first under a name a member would use), one
+/// others may read or write, or one with other names (links).
+fn owned_here(path: &Path, f: &std::fs::File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}: {why}; refusing to share memory through it", path.display()),
+        ))
+    };
+    if !m.file_type().is_file() {
+        return refuse("not a regular file".into());
+    }
+    if m.uid() != me {
+        return refuse(format!("it belongs to user {}, not to this user ({me})", m.uid()));
+    }
+    if m.mode() & 0o077 != 0 {
+        return refuse(format!("its mode {:o} lets other users in", m.mode() & 0o777));
+    }
+    if m.nlink() != 1 {
+        return refuse(format!("it has {} names (hard links)", m.nlink()));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Files refused by [`owned_here`] are logged at most ten a second per thread (they are
+    /// looked for again and again while a peer is awaited).
+    static REFUSED_FILES: crate::limit::LogLimiter = crate::limit::LogLimiter::default();
+}
+
+/// Maps a peer's file: `None` if it is not there (yet), or is refused (logged, rate limited).
+fn map_peer_file(path: &Path) -> Option<MmapRaw> {
+    match map_file(path, None) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            REFUSED_FILES.with(|l| {
+                if let Some(left_out) = l.admit(Instant::now()) {
+                    tracing::warn!(error = %e, left_out, "refused a shared-memory file");
+                }
+            });
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Creates `path` atomically: a temporary file is sized, mapped, initialised by `init`, then
@@ -545,7 +597,7 @@ impl Inner {
         }
         let path = self.path(&format!("{}.r{}", peer.id.0, id.0));
         let not_ready = || TransportError::RegionNotReady { peer: peer.id, region: id };
-        let map = map_file(&path, None).map_err(|_| not_ready())?;
+        let map = map_peer_file(&path).ok_or_else(not_ready)?;
         if map.len() < REGION_DATA_OFFSET + len {
             return Err(not_ready());
         }
@@ -852,7 +904,7 @@ impl ShmTransport {
     /// of this run (same nonce) and owned by a live process.
     fn open_peer(config: &ShmConfig, p: PeerId) -> Option<(MmapRaw, MmapRaw, u32)> {
         let path = |name: &str| config.dir.join(format!("derecho-{}-{}", config.namespace, name));
-        let ctl = map_file(&path(&format!("{}.ctl", p.0)), None).ok()?;
+        let ctl = map_peer_file(&path(&format!("{}.ctl", p.0)))?;
         if ctl.len() < CTL_LEN {
             return None;
         }
@@ -869,7 +921,7 @@ impl ShmTransport {
             return None; // a crashed run's file: wait for the new one to replace it
         }
         let nonce = c.nonce.load(Ordering::Acquire);
-        let ring = map_file(&path(&format!("{}-to-{}.ring", config.me.0, p.0)), None).ok()?;
+        let ring = map_peer_file(&path(&format!("{}-to-{}.ring", config.me.0, p.0)))?;
         if ring.len() < RING_DATA_OFFSET + config.ring_len {
             return None;
         }
@@ -1135,6 +1187,40 @@ impl Transport for ShmTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_of_another_user_or_open_to_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("derecho-shm-owned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("derecho-x-1.ctl");
+        // Ours, 0600: mapped.
+        drop(map_file(&path, Some(4096)).expect("a new file"));
+        map_file(&path, None).expect("our own file");
+        // A new file where one exists: refused (O_EXCL), never taken over.
+        assert_eq!(map_file(&path, Some(4096)).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        // Readable by others: refused, saying why.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = map_file(&path, None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("mode 644") && e.to_string().contains("derecho-x-1.ctl"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A second name: refused.
+        let link = dir.join("derecho-x-2.ctl");
+        std::fs::hard_link(&path, &link).unwrap();
+        assert!(map_file(&path, None).unwrap_err().to_string().contains("2 names"));
+        std::fs::remove_file(&link).unwrap();
+        // Another user's (root can hand it to `nobody`; others cannot make one to test with).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            let e = map_file(&path, None).unwrap_err();
+            assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn file_owners_are_read_from_exact_names() {
