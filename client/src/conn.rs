@@ -150,7 +150,8 @@ impl Wire {
     }
 
     /// With TLS, ends the session with a close_notify alert (best effort: the connection is
-    /// being closed either way). The caller holds the turn to write.
+    /// being closed either way; on a non-blocking socket it is not sent if there is no room).
+    /// The caller holds the turn to write.
     fn close_notify(&self, mut stream: &TcpStream) {
         let Wire::Tls(c) = self else { return };
         let mut records = Vec::new();
@@ -316,19 +317,29 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Closes the connection because the client is done with it: with TLS, a close_notify first
+    /// (so the member can tell it from a connection cut on the way), unless a write is under way
+    /// or the socket would have to wait for room (the client never waits to close).
+    pub(crate) fn close_by_client(&self) {
+        if self.is_closed() {
+            return;
+        }
+        {
+            // Nobody writes while this holds the writer's lock and no one has the turn.
+            let w = lock(&self.out.writer);
+            if !w.writing && !w.closed && self.stream.set_nonblocking(true).is_ok() {
+                self.wire.close_notify(&self.stream);
+            }
+        }
+        self.close("was closed by the client");
+    }
+
     /// Closes the connection; every request waiting on it ends as [`Done::Lost`].
     pub(crate) fn close(&self, why: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         *lock(&self.why) = Some(why.to_string());
-        {
-            // Nobody writes while this holds the writer's lock and no one has the turn.
-            let w = lock(&self.out.writer);
-            if !w.writing {
-                self.wire.close_notify(&self.stream);
-            }
-        }
         let _ = self.stream.shutdown(Shutdown::Both);
         lock(&self.out.writer).closed = true;
         self.out.wake.notify_one();

@@ -269,7 +269,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         for c in lock(&self.conns).values() {
-            c.close("was closed by the client");
+            c.close_by_client();
         }
     }
 }

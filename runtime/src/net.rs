@@ -644,13 +644,20 @@ impl TcpStream {
     ///
     /// The alert could not be sent.
     pub async fn close_write(&self) -> io::Result<()> {
+        let mut r = Ok(());
         if let Some(tls) = &self.tls {
             let _turn = tls.send_turn().await;
-            tls.conn.borrow_mut().send_close_notify();
-            self.send_records(tls).await?;
+            r = if tls.broken.get() {
+                // Records of an abandoned send may still be on their way: an alert now would
+                // not decrypt at the peer.
+                Err(io::Error::other("a send on this TLS stream was abandoned mid-way: no close_notify"))
+            } else {
+                tls.conn.borrow_mut().send_close_notify();
+                self.send_records(tls).await
+            };
         }
         self.shutdown_write();
-        Ok(())
+        r
     }
 
     /// Sends what the session has to send (handshake messages, alerts).

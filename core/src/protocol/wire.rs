@@ -16,8 +16,10 @@ use super::{
 };
 
 /// The version of the join handshake; a joiner speaking another is refused with
-/// [`Answer::Version`].
-pub const JOIN_VERSION: u16 = 2;
+/// [`Answer::Version`]. 3: an external client's ordered call may carry its TLS identity, and a
+/// listener acknowledges a one-shot message over TLS with a close_notify (members of version 2
+/// would skip such calls, or count such acknowledgements as failures).
+pub const JOIN_VERSION: u16 = 3;
 
 /// A message to a member's listener.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -224,8 +224,15 @@ fn map_file(path: &Path, create_len: Option<usize>) -> io::Result<MmapRaw> {
     use std::os::unix::fs::OpenOptionsExt;
     // Created readable and writable by this user only: rings and tables hold the group's
     // messages, and other users of the host must neither read nor write them. A new file is
-    // made with O_EXCL, so that another user's file of that name is never taken over.
-    let f = OpenOptions::new().read(true).write(true).create_new(create_len.is_some()).mode(0o600).open(path)?;
+    // made with O_EXCL, so that another user's file of that name is never taken over, and no
+    // file is opened through a symbolic link.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create_len.is_some())
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     owned_here(path, &f)?;
     if let Some(len) = create_len {
         f.set_len(len as u64)?;
@@ -1210,6 +1217,11 @@ mod tests {
         std::fs::hard_link(&path, &link).unwrap();
         assert!(map_file(&path, None).unwrap_err().to_string().contains("2 names"));
         std::fs::remove_file(&link).unwrap();
+        // A symbolic link to it: refused (not followed).
+        let sym = dir.join("derecho-x-3.ctl");
+        std::os::unix::fs::symlink(&path, &sym).unwrap();
+        assert!(map_file(&sym, None).is_err(), "a mapping through a symbolic link");
+        std::fs::remove_file(&sym).unwrap();
         // Another user's (root can hand it to `nobody`; others cannot make one to test with).
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {

@@ -122,9 +122,13 @@ impl Session {
 
     fn close(&self) {
         if !self.closed.replace(true) {
-            self.stream.shutdown();
-            if let Some(w) = self.writer.borrow_mut().take() {
-                w.wake();
+            match self.writer.borrow_mut().take() {
+                // The writer waits for something to send: it ends the session (with TLS, with a
+                // close_notify, so the client can tell it from a connection cut on the way).
+                Some(w) => w.wake(),
+                // It is sending (perhaps to a client that does not read), or has not started:
+                // cut at once.
+                None => self.stream.shutdown(),
             }
         }
     }
@@ -242,6 +246,8 @@ async fn write_loop(s: Rc<Session>) {
         })
         .await;
         if s.closed.get() {
+            let _ = time::timeout(Duration::from_secs(1), s.stream.close_write()).await;
+            s.stream.shutdown();
             return;
         }
         std::mem::swap(&mut buf, &mut *s.out.borrow_mut());

@@ -301,6 +301,12 @@ async fn route_inner(inner: &Rc<AcceptorInner>, id: u64, me: PeerId, stream: Tcp
         return;
     }
     if inner.session_tag.get() == Some(tag) {
+        if stream.is_tls() && stream.peer_identity().is_none() {
+            // Handlers tell external callers by their name; one without would look like a
+            // member's own call.
+            refused(&addr, "a client certificate without a DNS name");
+            return;
+        }
         if inner.sessions.borrow().len() >= inner.park_max {
             refused(&addr, "too many client sessions waiting to be served");
             return;
