@@ -443,8 +443,8 @@ fn relay_error(e: &CallError) -> Vec<u8> {
         CallError::Remote { kind, .. } => external_error(*kind, &e.to_string()),
         CallError::Send(GroupSendError::Refused(SendError::TooLarge { len, max })) => {
             let why = format!(
-                "the ordered call is a message of {len} bytes, above the group's limit of {max} \
-                 (limits.payload_len_max)"
+                "the ordered call is a message of {len} bytes (its arguments, the client's session and, \
+                 with TLS, its identity), above the group's limit of {max} (limits.payload_len_max)"
             );
             external_error(RemoteKind::TooLarge, &why)
         }
