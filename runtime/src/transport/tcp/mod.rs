@@ -511,14 +511,28 @@ impl TcpTransport {
                 c.enqueue([Payload::from(frame::Header::encode(Kind::Goodbye, 0, &[]).to_vec())]);
             }
         }
+        // Each connection ends on its own (one whose peer reads slowly holds up no other):
+        // what is queued leaves, then (with TLS) a close_notify, then the end of stream.
+        let ending: Vec<JoinHandle<()>> = self
+            .inner
+            .conns
+            .values()
+            .map(|c| {
+                let c = c.clone();
+                spawn(async move {
+                    while c.out_len.get() > 0 && !c.failed.get() {
+                        time::sleep(Duration::from_micros(200)).await;
+                    }
+                    if !c.failed.get() {
+                        let _ = c.stream.close_write().await;
+                    }
+                })
+            })
+            .collect();
         let _ = time::timeout(linger, async {
-            for c in self.inner.conns.values() {
-                while c.out_len.get() > 0 && !c.failed.get() {
+            for h in &ending {
+                while !h.is_finished() {
                     time::sleep(Duration::from_micros(200)).await;
-                }
-                if !c.failed.get() {
-                    // With TLS, a close_notify after the goodbye.
-                    let _ = c.stream.close_write().await;
                 }
             }
             for c in self.inner.conns.values() {
@@ -528,6 +542,9 @@ impl TcpTransport {
             }
         })
         .await;
+        for h in ending {
+            h.abort();
+        }
         self.shutdown();
     }
 
