@@ -60,9 +60,7 @@ fn tcp_members_with_tls_from_a_configuration_file() {
     // Mutual TLS between the members: certificates of a throw-away authority, named by `[tls] dir`.
     let certs = std::env::temp_dir().join(format!("multicast-test-{}-tls", std::process::id()));
     let ca = derecho::runtime::tls::DevCa::new().unwrap();
-    for i in 0..4 {
-        ca.write(&certs, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).unwrap();
-    }
+    ca.write_nodes(&certs, 0..4).unwrap();
     let mut toml = format!(
         "me = 0\ntransport = \"tcp\"\nspin_us = 20\n[tls]\ndir = {:?}\n[limits]\npayload_len_max = 2048\n",
         certs.display().to_string()

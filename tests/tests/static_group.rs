@@ -198,9 +198,7 @@ fn two_groups_side_by_side_share_executors() {
         (0..2).map(|_| TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
     let certs = std::env::temp_dir().join(format!("sg{}-side-tls", std::process::id()));
     let ca = derecho::runtime::tls::DevCa::new().expect("an authority");
-    for i in 0..2 {
-        ca.write(&certs, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
-    }
+    ca.write_nodes(&certs, 0..2).expect("certificates");
     let tcp = format!(
         "me = 0\ntransport = \"tcp\"\n[tls]\ndir = {:?}\n{limits}[[members]]\nid = 0\naddress = \"{}\"\n[[members]]\nid = 1\naddress = \"{}\"\n",
         certs.display().to_string(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use derecho::protocol::ShardRef;
 use derecho::rpc::{ExternalClient, ExternalHandle, block_on};
-use derecho::runtime::tls::{DevCa, node_name};
+use derecho::runtime::tls::DevCa;
 use derecho_tests::kv_process::{Member, three_members};
 use derecho_tests::ledger::{Ledger, LedgerExternal};
 
@@ -28,9 +28,7 @@ fn members_and_clients_authenticate_and_outsiders_get_nowhere() {
     let dir = Dir(std::env::temp_dir().join(format!("derecho-tls-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let ca = DevCa::new().unwrap();
-    for n in [0, 1, 2, 7] {
-        ca.write(&dir.0, &format!("node-{n}"), &node_name(n)).unwrap();
-    }
+    ca.write_nodes(&dir.0, [0, 1, 2, 7]).unwrap();
     let program = env!("CARGO_BIN_EXE_ledger_member");
     let tls = |extra: &[&str]| -> Vec<OsString> {
         let mut a = vec![OsString::from("--tls"), dir.0.clone().into_os_string()];

@@ -288,6 +288,19 @@ impl DevCa {
         TlsIdentity::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
     }
 
+    /// Writes the files of members `ids` into `dir`: `ca.pem`, and `node-N.pem` and `node-N.key`
+    /// naming each member N ([`node_name`]), as a member's `[tls] dir` reads them.
+    ///
+    /// # Errors
+    ///
+    /// As [`DevCa::write`].
+    pub fn write_nodes(&self, dir: &Path, ids: impl IntoIterator<Item = u32>) -> Result<(), TlsError> {
+        for id in ids {
+            self.write(dir, &format!("node-{id}"), &node_name(id))?;
+        }
+        Ok(())
+    }
+
     /// Writes `ca.pem`, `FILE.pem` and `FILE.key` (the key readable by its owner only) for
     /// `name` into `dir` (created, readable by its owner only, if missing), replacing what is
     /// there; returns the three paths.

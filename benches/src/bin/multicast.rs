@@ -303,11 +303,8 @@ fn run_case(case: &Case) -> Vec<Outcome> {
     // With TLS: a throw-away authority, and each member's certificate in a directory.
     let tls_dir = (case.transport == "tls").then(|| {
         let dir = std::env::temp_dir().join(format!("{}-tls", unique_ns(case)));
-        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
         let ca = derecho::runtime::tls::DevCa::new().expect("a development authority");
-        for i in 0..case.members {
-            ca.write(&dir, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
-        }
+        ca.write_nodes(&dir, 0..case.members).expect("certificates");
         dir
     });
     let addrs: Vec<SocketAddr> = listeners.iter().map(TcpListener::local_addr).collect();

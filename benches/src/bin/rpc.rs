@@ -152,11 +152,8 @@ fn run_case(transport: &str, size: usize, mode: &str, secs: u64) -> f64 {
     // With TLS, a throw-away authority and each member's certificate in a directory.
     let tls_dir = (transport == "tls").then(|| {
         let d = std::env::temp_dir().join(format!("derecho-rpc-bench-tls-{}-{size}-{mode}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("a directory for the certificates");
         let ca = derecho::runtime::tls::DevCa::new().expect("a development authority");
-        for i in 0..MEMBERS {
-            ca.write(&d, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).expect("certificates");
-        }
+        ca.write_nodes(&d, 0..MEMBERS).expect("certificates");
         d
     });
     let mut members = MemberProcesses::new(format!("rpc {transport} {mode}"), Duration::from_secs(60 + secs));

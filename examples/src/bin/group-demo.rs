@@ -123,9 +123,7 @@ fn launch(mut o: Options) -> Result<(), String> {
     // Every connection between the members runs mutual TLS.
     let tls_dir = log_dir.join("tls");
     let ca = derecho::runtime::tls::DevCa::new().map_err(|e| e.to_string())?;
-    for i in 0..4 {
-        ca.write(&tls_dir, &format!("node-{i}"), &derecho::runtime::tls::node_name(i)).map_err(|e| e.to_string())?;
-    }
+    ca.write_nodes(&tls_dir, 0..4).map_err(|e| e.to_string())?;
     let ports = free_ports(4)?;
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let cores = available_cores();

@@ -37,7 +37,7 @@ use derecho::driver::{GroupEvent, GroupMemberConfig, Signals, resolve_address};
 use derecho::persist::Hlc;
 use derecho::protocol::{NodeId, StopReason, Version};
 use derecho::rpc::{ClientError, ClientView, ExternalClient, ExternalHandle, RemoteKind, Service};
-use derecho::runtime::tls::{DevCa, TlsIdentity, node_name};
+use derecho::runtime::tls::{DevCa, TlsIdentity};
 use derecho::{Builder, available_cores};
 use derecho_examples::kv::{KvStore, KvStoreExternal, shard_of};
 use derecho_examples::status;
@@ -296,9 +296,7 @@ async fn connect(contacts: Vec<SocketAddr>, tls: Option<TlsIdentity>) -> Result<
 fn write_certs(dir: &std::path::Path, members: u32) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let ca = DevCa::new().map_err(|e| e.to_string())?;
-    for i in 0..members {
-        ca.write(dir, &format!("node-{i}"), &node_name(i)).map_err(|e| e.to_string())?;
-    }
+    ca.write_nodes(dir, 0..members).map_err(|e| e.to_string())?;
     ca.write(dir, "client", "client.kv").map_err(|e| e.to_string())?;
     Ok(())
 }

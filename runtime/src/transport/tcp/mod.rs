@@ -513,7 +513,7 @@ impl TcpTransport {
         }
         // Each connection ends on its own (one whose peer reads slowly holds up no other):
         // what is queued leaves, then (with TLS) a close_notify, then the end of stream.
-        let ending: Vec<JoinHandle<()>> = self
+        let mut ending: Vec<JoinHandle<()>> = self
             .inner
             .conns
             .values()
@@ -530,10 +530,8 @@ impl TcpTransport {
             })
             .collect();
         let _ = time::timeout(linger, async {
-            for h in &ending {
-                while !h.is_finished() {
-                    time::sleep(Duration::from_micros(200)).await;
-                }
+            for h in &mut ending {
+                h.await;
             }
             for c in self.inner.conns.values() {
                 while !c.failed.get() {
